@@ -1,0 +1,41 @@
+# Proving Ground: `make setup && make run`, and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Pass extra pytest arguments with `make test ARGS="-k lru"`.
+ARGS ?=
+
+.PHONY: setup run test lint format bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(BIN)/python  ## venv with the project (editable, all extras, dev tools) + Debian binaries
+	# torch is pinned in the inference extra; installing everything in one resolve keeps it at the CPU wheel.
+	$(BIN)/pip install -q -e '.[all]'
+	bash scripts/install-system-deps.sh
+
+run: $(BIN)/python  ## start the whole stack as local processes (Ctrl-C stops it)
+	$(BIN)/python -m deploy.launch $(if $(REDIS),--redis,)
+
+test: $(BIN)/python  ## the whole test suite
+	$(BIN)/python -m pytest $(ARGS)
+
+lint:  ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check libs services deploy tests benchmarks loadtests
+
+format:
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format libs services deploy tests benchmarks loadtests
+
+bench:  ## every benchmark (writes reports under reports/)
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache reports
