@@ -1,0 +1,95 @@
+"""docker-compose.yml and the local launcher describe the same stack."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from deploy.topology import COMPOSE_FILE, ROOT, load_compose, local_services
+from tests.conftest import need_binary
+
+COMPOSE = load_compose()
+SERVICES = COMPOSE["services"]
+
+
+def test_compose_file_is_valid_for_docker_compose():
+    binary = need_binary("docker-compose")
+    result = subprocess.run(
+        [binary, "-f", str(COMPOSE_FILE), "config", "-q"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_compose_service_is_in_the_local_plan_with_the_same_ports():
+    plan = {s.name: s for s in local_services(redis=True)}
+    assert list(plan) == list(SERVICES)
+    for name, spec in SERVICES.items():
+        published = [int(str(p).split(":")[0]) for p in spec.get("ports", [])]
+        assert plan[name].ports == published, name
+
+
+def test_local_commands_are_the_compose_commands_with_loopback_addresses():
+    names = set(SERVICES)
+    alternatives = "|".join(names)
+    container_host = re.compile(rf"(?<![\w.-])({alternatives}):\d|//({alternatives})\b")
+    for service in local_services(redis=True):
+        compose_cmd = [str(a) for a in SERVICES[service.name].get("command", [])]
+        local = service.argv[-len(compose_cmd) :] if compose_cmd else []
+        assert len(local) == len(compose_cmd), service.name
+        if compose_cmd and compose_cmd[0] == "python":
+            assert local[0] == sys.executable  # the venv's interpreter runs our modules
+        for ours, theirs in zip(local[1:], compose_cmd[1:], strict=True):
+            if ours != theirs:  # only addresses and mounted paths may differ
+                assert "0.0.0.0" in theirs or "/" in theirs, (service.name, ours, theirs)
+        for value in [*service.argv, *service.env.values()]:
+            assert not container_host.search(value), (service.name, value)
+            assert "0.0.0.0" not in value, (service.name, value)
+
+
+def test_every_service_of_ours_has_a_dockerfile_with_only_its_extra():
+    for name, spec in SERVICES.items():
+        if "build" not in spec:
+            continue
+        dockerfile = ROOT / spec["build"]["dockerfile"]
+        text = dockerfile.read_text()
+        extra = dockerfile.name.split(".")[0]
+        assert f'".[{extra}]"' in text, dockerfile
+        assert re.search(r"^USER (?!root)\w+", text, re.M), f"{dockerfile} must run as non-root"
+        assert text.count("FROM ") >= 2, f"{dockerfile} must be multi-stage"
+        module = spec["command"][2]
+        assert module.startswith(f"services.{extra}"), (name, module)
+
+
+def test_every_service_has_a_healthcheck_on_its_published_port():
+    for name, spec in SERVICES.items():
+        if name == "grafana":
+            continue
+        test = " ".join(map(str, spec["healthcheck"]["test"]))
+        ports = re.findall(r"127\.0\.0\.1:(\d+)", test)
+        published = [str(p).split(":")[1] for p in spec.get("ports", [])]
+        assert set(ports) <= set(published), (name, ports, published)
+
+
+def test_prometheus_scrapes_every_http_service_of_the_stack():
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    for name, spec in SERVICES.items():
+        if spec.get("healthcheck") and "/healthz" in " ".join(map(str, spec["healthcheck"]["test"])):
+            first_port = str(spec["ports"][0]).split(":")[1]
+            assert f"{name}:{first_port}" in targets, name
+    for target in targets:
+        host, port = target.split(":")
+        assert host in SERVICES, target
+        assert any(str(p).endswith(f":{port}") for p in SERVICES[host]["ports"]), target
+
+
+def test_port_offset_moves_every_address_consistently(tmp_path: Path):
+    plan = {s.name: s for s in local_services(redis=True, port_offset=100, var_dir=tmp_path)}
+    crawler = plan["crawler"]
+    assert crawler.ports == [8181]
+    assert "127.0.0.1:8190" in crawler.env["PG_CRAWLER_RESOLVE"]
+    assert all(str(v).startswith(str(tmp_path)) for k, v in crawler.env.items() if k.endswith("DATA_DIR"))
