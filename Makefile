@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Pass extra pytest arguments with `make test ARGS="-k lru"`.
 ARGS ?=
 
-.PHONY: setup run test lint format bench clean help
+.PHONY: setup run test lint format bench clean help loadtest
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,3 +39,10 @@ bench:  ## every benchmark (writes reports under reports/)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache reports
+
+# `make loadtest SERVICE=inference USERS=20 DURATION=60s` against the stack `make run` started.
+SERVICE ?= inference
+USERS ?= 10
+DURATION ?= 30s
+loadtest:  ## locust, headless and bounded, against the local stack (reports/loadtest/)
+	$(BIN)/python -m loadtests.run --service $(SERVICE) --users $(USERS) --duration $(DURATION)
