@@ -1,0 +1,74 @@
+"""Model runner: turns the scheduler's chunks into tensors, runs one step, samples.
+
+Mechanism only: it reads sequences (tokens, progress, block tables) and returns the sampled
+token for each row that finished its pending tokens; the scheduler owns every state change.
+It runs on the engine thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from services.inference.model.kv_cache import KVCache
+from services.inference.model.sampling import sample
+from services.inference.model.tokenizer import PAD
+from services.inference.model.transformer import StepBatch, Transformer
+from services.inference.sequence import Sequence
+
+
+class ModelRunner:
+    def __init__(self, model: Transformer, cache: KVCache) -> None:
+        self.model = model
+        self.cache = cache
+        self.device = next(model.parameters()).device
+
+    def build(self, chunks: list[tuple[Sequence, int]]) -> StepBatch:
+        b = len(chunks)
+        t = max(n for _, n in chunks)
+        max_blocks = max(len(seq.block_table) for seq, _ in chunks)
+        tokens = torch.full((b, t), PAD, dtype=torch.long)
+        positions = torch.zeros((b, t), dtype=torch.long)
+        tables = torch.zeros((b, max_blocks), dtype=torch.long)
+        new_lens = torch.empty(b, dtype=torch.long)
+        ctx_lens = torch.empty(b, dtype=torch.long)
+        for row, (seq, n) in enumerate(chunks):
+            start = seq.num_computed
+            tokens[row, :n] = torch.tensor(seq.tokens[start : start + n])
+            positions[row, :n] = torch.arange(start, start + n)
+            tables[row, : len(seq.block_table)] = torch.tensor(seq.block_table)
+            new_lens[row] = n
+            ctx_lens[row] = start + n
+        dev = self.device
+        return StepBatch(
+            tokens.to(dev), positions.to(dev), new_lens.to(dev), ctx_lens.to(dev), tables.to(dev)
+        )
+
+    @torch.inference_mode()
+    def execute(self, chunks: list[tuple[Sequence, int]]) -> list[int | None]:
+        """Run one step; per chunk, the sampled next token, or None if still prefilling."""
+        logits = self.model.forward_step(self.build(chunks), self.cache)
+        rows = [i for i, (seq, n) in enumerate(chunks) if seq.num_computed + n == seq.num_tokens]
+        out: list[int | None] = [None] * len(chunks)
+        if rows:
+            picked = sample(logits[rows], [chunks[i][0].sampling for i in rows])
+            for i, tok in zip(rows, picked, strict=True):
+                out[i] = tok
+        return out
+
+    @torch.inference_mode()
+    def score(self, prompt: list[int], candidates: list[list[int]]) -> list[list[float]]:
+        """Per-token log-probs of each candidate continuation given the prompt (float32)."""
+        seqs = [prompt + c for c in candidates]
+        t = max(len(s) for s in seqs)
+        tokens = torch.full((len(seqs), t), PAD, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            tokens[i, : len(s)] = torch.tensor(s)
+        lengths = torch.tensor([len(s) for s in seqs])
+        logits = self.model(tokens.to(self.device), lengths.to(self.device))
+        logp = torch.log_softmax(logits, dim=-1).cpu()  # log space throughout, float32
+        out = []
+        for i, cand in enumerate(candidates):
+            # The token at position p is predicted by the logits at p - 1.
+            pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(cand))
+            out.append(logp[i, pos, torch.tensor(cand, dtype=torch.long)].tolist())
+        return out
