@@ -1,0 +1,80 @@
+"""From text lines to the well-formed event stream: detect, parse, validate.
+
+This is the seam every consumer (CLI, writers, tests, benchmarks) goes through::
+
+    trace = read_trace(open("run.log"), source="run.log", lenient=True)
+    tree = CallTree.from_events(trace.events)
+    for warning in trace.warnings: ...
+
+Nothing is read until ``trace.events`` is iterated, and the whole chain streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from libs.trace.detect import FORMATS, detect, peek
+from libs.trace.errors import Diagnostics, TraceError, TraceWarning
+from libs.trace.events import UNITS_TO_MICROSECONDS, Event
+from libs.trace.parsers import collapsed, phase, samples, spans, startend, tree
+from libs.trace.stack import well_formed
+
+Parser = Callable[[Iterable[str], Diagnostics], Iterator[Event]]
+
+PARSERS: dict[str, Parser] = {
+    "startend": startend.parse,
+    "phase": phase.parse,
+    "collapsed": collapsed.parse,
+    "samples": samples.parse,
+    "tree": tree.parse,
+    "spans": spans.parse,
+}
+assert set(PARSERS) == set(FORMATS)
+
+# Formats whose timestamps have a fixed unit; the others take the caller's ``time_unit``.
+FIXED_UNITS = {"collapsed": "samples", "samples": "s", "spans": "s"}
+
+
+@dataclass
+class Trace:
+    """A parsed input: its format, the unit of its timestamps, the validated event stream and
+    (filled while the stream is consumed, lenient mode only) the warnings."""
+
+    format: str
+    unit: str
+    events: Iterator[Event]
+    diagnostics: Diagnostics = field(repr=False)
+
+    @property
+    def warnings(self) -> list[TraceWarning]:
+        return self.diagnostics.warnings
+
+
+def read_trace(
+    lines: Iterable[str],
+    *,
+    format: str = "auto",
+    source: str = "<input>",
+    lenient: bool = False,
+    time_unit: str = "s",
+) -> Trace:
+    """Parse ``lines`` in ``format`` ("auto" detects it) into a validated event stream.
+
+    Raises :class:`TraceError` for undetectable input at once; every other problem is raised
+    (or, lenient, recorded) while ``events`` is iterated, naming its line.
+    """
+    if time_unit not in UNITS_TO_MICROSECONDS:
+        raise ValueError(f"time_unit must be one of {sorted(UNITS_TO_MICROSECONDS)}, got {time_unit!r}")
+    diag = Diagnostics(source=source, lenient=lenient)
+    if format == "auto":
+        head, lines = peek(lines)
+        try:
+            format = detect(head)
+        except ValueError as exc:
+            raise TraceError(str(exc), source=source) from None
+    parser = PARSERS.get(format)
+    if parser is None:
+        raise ValueError(f"format must be 'auto' or one of {', '.join(FORMATS)}, got {format!r}")
+    unit = FIXED_UNITS.get(format, time_unit)
+    return Trace(format, unit, well_formed(parser(lines, diag), diag), diag)
