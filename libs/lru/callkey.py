@@ -1,0 +1,104 @@
+"""Canonical cache keys for function calls.
+
+Two calls get the same key exactly when they bind the same value to every parameter of the
+same function. ``inspect.signature(f).bind`` plus ``apply_defaults`` turn ``f(1, b=2)``,
+``f(b=2, a=1)`` and ``f(1)`` (when ``b`` defaults to 2) into one binding; keyword-only and
+``**kwargs`` arguments are ordered by name, so keyword order never matters.
+
+Each argument is then canonicalised into a hashable, picklable form built only from
+``int``, ``str``, ``bytes``, ``None`` and tuples, which is what lets a persistent cache
+find the same key after a restart. The rules, chosen so that a cache never returns a result
+computed for a different input:
+
+* ``int``, ``str``, ``bytes`` and ``None`` stand for themselves (the fast, common case).
+* Everything else is a tuple whose first item names the type, so ``[1]``, ``(1,)``, ``{1}``
+  and ``frozenset({1})`` are four different keys, and so are ``1``, ``True`` and ``1.0``
+  (Python says ``1 == True == 1.0``, but ``f(True)`` may rightly differ from ``f(1)``, e.g.
+  ``json.dumps``; this matches ``functools.lru_cache(typed=True)``). Floats are keyed by
+  ``float.hex()``, so ``0.0`` and ``-0.0`` differ and every NaN meets every other NaN.
+* Lists, tuples, dicts, sets and frozensets (and subclasses, tagged with their own type
+  name) are canonicalised recursively; dict items and set members are sorted by the
+  ``repr`` of their canonical form, which is deterministic for builtin values.
+* Any other value must be hashable and is kept as is, tagged with its type's qualified name.
+  Its ordering inside a set can fall back on its ``repr``; when that is ambiguous the worst
+  case is a cache miss, never a wrong hit.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Hashable
+from typing import Any
+
+_SELF: tuple[type, ...] = (int, str, bytes, type(None))
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _type_name(t: type) -> str:
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def canonical(value: Any, _path: frozenset[int] = frozenset()) -> Hashable:
+    """The canonical, hashable form of one argument value (see the module docstring)."""
+    t = type(value)
+    if t in _SELF:
+        return value
+    if t is bool:
+        return ("bool", value)
+    if t is float:
+        return ("float", value.hex())
+    if t is complex:
+        return ("complex", value.real.hex(), value.imag.hex())
+    if isinstance(value, list | tuple | dict | set | frozenset | bytearray):
+        if id(value) in _path:
+            raise ValueError(f"cannot build a cache key from a self-referential {t.__name__}")
+        path = _path | {id(value)}
+        tag = t.__name__ if t.__module__ == "builtins" else _type_name(t)
+        if isinstance(value, bytearray):
+            return (tag, bytes(value))
+        if isinstance(value, list | tuple):
+            return (tag, tuple(canonical(v, path) for v in value))
+        if isinstance(value, dict):
+            pairs = [(canonical(k, path), canonical(v, path)) for k, v in value.items()]
+            return (tag, tuple(sorted(pairs, key=repr)))
+        members = [canonical(v, path) for v in value]
+        return (tag, tuple(sorted(members, key=repr)))
+    try:
+        hash(value)
+    except TypeError:
+        raise TypeError(
+            f"cannot build a cache key from an unhashable {_type_name(t)}; "
+            "pass a hashable value or a list/tuple/dict/set of them"
+        ) from None
+    return ("obj", _type_name(t), value)
+
+
+class CallKey:
+    """Builds the cache key of a call to one function: ``(identity, canonical arguments)``."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        # Module + qualname identify the function across processes, which a persisted
+        # cache needs; id() would not survive a restart.
+        self.identity = f"{getattr(func, '__module__', None)}.{getattr(func, '__qualname__', repr(func))}"
+        self.signature = inspect.signature(func)
+        self._kinds = {name: p.kind for name, p in self.signature.parameters.items()}
+        params = self.signature.parameters.values()
+        # A call that passes every parameter positionally to a function without *args,
+        # **kwargs or keyword-only parameters binds exactly as written: skip bind() then.
+        self._plain_arity = len(params) if all(p.kind in _POSITIONAL for p in params) else -1
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, tuple[Hashable, ...]]:
+        if not kwargs and len(args) == self._plain_arity:
+            return (self.identity, tuple([canonical(a) for a in args]))
+        bound = self.signature.bind(*args, **kwargs)  # TypeError exactly as the call would raise
+        bound.apply_defaults()
+        parts: list[Hashable] = []
+        for name, value in bound.arguments.items():
+            kind = self._kinds[name]
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                parts.append(("*", tuple([canonical(v) for v in value])))
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                parts.append(("**", tuple(sorted((k, canonical(v)) for k, v in value.items()))))
+            else:
+                parts.append(canonical(value))
+        return (self.identity, tuple(parts))

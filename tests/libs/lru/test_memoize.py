@@ -1,0 +1,283 @@
+"""memoize: one entry per distinct binding of the parameters, functools-style introspection."""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from libs.lru import CacheInfo, memoize
+from libs.lru.callkey import CallKey, canonical
+
+
+def counted(maxsize: int | None = 128, **options: Any) -> tuple[Any, list[tuple[Any, ...]]]:
+    """A memoized function that records every real call."""
+    calls: list[tuple[Any, ...]] = []
+
+    @memoize(maxsize, **options)
+    def f(a: Any, b: Any = 2, *rest: Any, c: Any = 3, **extra: Any) -> tuple[Any, ...]:
+        calls.append((a, b, rest, c, extra))
+        return (a, b, rest, c, extra)
+
+    return f, calls
+
+
+def test_spellings_of_the_same_binding_share_one_entry() -> None:
+    calls: list[tuple[int, int]] = []
+
+    @memoize()
+    def f(a: int, b: int = 2) -> int:
+        calls.append((a, b))
+        return a + b
+
+    assert f(1, b=2) == f(b=2, a=1) == f(1) == f(1, 2) == 3
+    assert calls == [(1, 2)]
+    assert f.cache_info() == CacheInfo(hits=3, misses=1, maxsize=128, currsize=1)  # type: ignore[attr-defined]
+
+
+def test_keyword_order_and_defaults_of_keyword_only_and_var_kwargs_do_not_matter() -> None:
+    f, calls = counted()
+    f(1, c=3, x=1, y=2)
+    f(1, 2, y=2, x=1)
+    f(a=1, y=2, c=3, x=1)
+    assert len(calls) == 1
+    f(1, x=1)  # different **extra
+    assert len(calls) == 2
+
+
+def test_var_positional_args_are_part_of_the_key() -> None:
+    f, calls = counted()
+    f(1, 2, 3, 4)
+    f(1, 2, 3, 4)
+    f(1, 2, 3)
+    f(1, 2, (3, 4))
+    assert len(calls) == 3
+
+
+def test_unhashable_nested_arguments_are_canonicalised_recursively() -> None:
+    f, calls = counted()
+    f({"x": [1, {2, 3}], "y": {"z": ()}})
+    f({"y": {"z": ()}, "x": [1, {3, 2}]})  # same value, different insertion and set order
+    assert len(calls) == 1
+    f({"x": [1, {2, 4}], "y": {"z": ()}})
+    assert len(calls) == 2
+
+
+def test_containers_of_different_types_are_different_keys() -> None:
+    f, calls = counted()
+    for arg in ([1], (1,), {1}, frozenset({1}), {1: None}, bytearray(b"\x01"), b"\x01"):
+        f(arg)
+    assert len(calls) == 7
+
+
+def test_one_true_and_one_point_zero_are_different_keys() -> None:
+    f, calls = counted()
+    assert f(1)[0] is not True
+    assert f(True)[0] is True
+    assert type(f(1.0)[0]) is float
+    assert len(calls) == 3
+    f(1)
+    assert len(calls) == 3
+
+
+def test_signed_zero_and_nan_floats() -> None:
+    assert canonical(0.0) != canonical(-0.0)
+    assert canonical(float("nan")) == canonical(math.nan)
+
+
+def test_tagged_values_cannot_collide_with_tuples_that_look_like_tags() -> None:
+    assert canonical(("bool", True)) != canonical(True)
+    assert canonical(("float", (1.0).hex())) != canonical(1.0)
+    assert canonical(["obj", "x"]) != canonical(("obj", "x"))
+
+
+def test_custom_hashable_objects_are_keyed_by_type_and_equality() -> None:
+    class Point(tuple):  # a tuple subclass is canonicalised like a tuple, under its own name
+        pass
+
+    assert canonical(Point((1, 2))) != canonical((1, 2))
+    assert canonical(Point((1, [2]))) == canonical(Point((1, [2])))
+
+
+def test_unhashable_unknown_type_raises_a_clear_type_error() -> None:
+    class Bag:
+        __hash__ = None  # type: ignore[assignment]
+
+    f, _ = counted()
+    with pytest.raises(TypeError, match=r"unhashable .*Bag"):
+        f(Bag())
+
+
+def test_self_referential_argument_raises_value_error() -> None:
+    loop: list[Any] = [1]
+    loop.append(loop)
+    f, _ = counted()
+    with pytest.raises(ValueError, match="self-referential"):
+        f(loop)
+
+
+def test_shared_but_not_cyclic_substructure_is_fine() -> None:
+    shared = [1, 2]
+    assert canonical([shared, shared]) == canonical([[1, 2], [1, 2]])
+
+
+def test_binding_errors_are_the_functions_own_type_errors() -> None:
+    f, calls = counted()
+    with pytest.raises(TypeError, match="missing a required argument"):
+        f()
+    with pytest.raises(TypeError):
+        f(1, a=1)
+    assert calls == []
+
+
+def test_key_includes_function_identity() -> None:
+    def g(x: int) -> int:
+        return x
+
+    def h(x: int) -> int:
+        return x
+
+    assert CallKey(g)((1,), {}) != CallKey(h)((1,), {})
+    assert CallKey(g)((1,), {})[0].endswith("test_key_includes_function_identity.<locals>.g")
+
+
+def test_fast_path_and_bind_path_build_identical_keys() -> None:
+    def f(a: Any, b: Any) -> None: ...
+
+    key = CallKey(f)
+    assert key(([1], {"x": 2.5}), {}) == key((), {"b": {"x": 2.5}, "a": [1]})
+
+
+def test_lru_eviction_and_cache_info() -> None:
+    f, calls = counted(maxsize=2)
+    f(1)
+    f(2)
+    f(1)
+    f(3)  # evicts 2
+    f(2)
+    assert [c[0] for c in calls] == [1, 2, 3, 2]
+    assert f.cache_info() == CacheInfo(hits=1, misses=4, maxsize=2, currsize=2)
+
+
+def test_cache_clear_resets_entries_and_counters() -> None:
+    f, calls = counted()
+    f(1)
+    f(1)
+    f.cache_clear()
+    assert f.cache_info() == CacheInfo(0, 0, 128, 0)
+    f(1)
+    assert len(calls) == 2
+
+
+def test_maxsize_zero_caches_nothing_and_none_is_unbounded() -> None:
+    f, calls = counted(maxsize=0)
+    f(1)
+    f(1)
+    assert len(calls) == 2 and f.cache_info() == CacheInfo(0, 2, 0, 0)
+    g, gcalls = counted(maxsize=None)
+    for i in range(1000):
+        g(i)
+    for i in range(1000):
+        g(i)
+    assert len(gcalls) == 1000 and g.cache_info().currsize == 1000
+
+
+def test_ttl_expires_results() -> None:
+    f, calls = counted(ttl=0.05)
+    f(1)
+    f(1)
+    assert len(calls) == 1
+    threading.Event().wait(0.1)
+    f(1)
+    assert len(calls) == 2
+
+
+def test_exceptions_are_not_cached() -> None:
+    attempts = 0
+
+    @memoize()
+    def flaky(x: int) -> int:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise RuntimeError("first call fails")
+        return x
+
+    with pytest.raises(RuntimeError):
+        flaky(1)
+    assert flaky(1) == 1 and flaky(1) == 1
+    assert attempts == 2
+
+
+def test_wrapper_looks_like_the_function() -> None:
+    f, _ = counted()
+    assert f.__name__ == "f" and callable(f.__wrapped__)
+    assert f.cache_parameters() == {"maxsize": 128, "ttl": None, "persist": None}
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "10", True])
+def test_bad_maxsize_is_rejected(bad: Any) -> None:
+    with pytest.raises(ValueError, match="maxsize"):
+        memoize(bad)
+
+
+def test_bare_decorator_use_is_rejected_with_a_hint() -> None:
+    with pytest.raises(TypeError, match=r"@memoize\(\)"):
+        memoize(lambda x: x)  # type: ignore[arg-type]
+
+
+def test_ttl_with_persist_is_rejected(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="ttl and persist"):
+        memoize(ttl=1, persist=tmp_path)
+
+
+# --- properties ---------------------------------------------------------------------------
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=4),
+    st.binary(max_size=4),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.text(max_size=3), inner, max_size=3),
+        st.frozensets(scalars, max_size=3),
+        st.sets(scalars, max_size=3),
+    ),
+    max_leaves=8,
+)
+
+
+def _typed_equal(a: Any, b: Any) -> bool:
+    """Reference equality: same type at every level, and equal values (independent of callkey)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return a.hex() == b.hex()
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_typed_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_typed_equal(a[k], b[k]) for k in a)
+    if isinstance(a, set | frozenset):
+        return len(a) == len(b) and all(any(_typed_equal(x, y) for y in b) for x in a)
+    return bool(a == b)
+
+
+@given(values, values)
+def test_canonical_keys_are_equal_exactly_when_values_are_typed_equal(a: Any, b: Any) -> None:
+    assert (canonical(a) == canonical(b)) == _typed_equal(a, b)
+
+
+@given(values)
+def test_canonical_key_is_hashable_and_stable(a: Any) -> None:
+    assert hash(canonical(a)) == hash(canonical(a))
