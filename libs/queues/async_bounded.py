@@ -225,7 +225,9 @@ class AsyncBoundedQueue(Generic[T]):
         if not drain:
             dropped = list(self._items)
             self._items.clear()
-            self._unfinished -= len(dropped)
+            # Nobody will acknowledge a dropped item. The floor at 0 covers a caller that
+            # acknowledged items before taking them, which task_done() has always allowed.
+            self._unfinished = max(0, self._unfinished - len(dropped))
             self._cancelled = True
             self._all_tasks_done.set()
         # Every waiter's loop condition is now false (the queue is closed), so all wake: each

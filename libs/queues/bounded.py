@@ -223,7 +223,9 @@ class BoundedQueue(Generic[T]):
             if not drain:
                 dropped = list(self._items)
                 self._items.clear()
-                self._unfinished -= len(dropped)
+                # Nobody will acknowledge a dropped item. The floor at 0 covers a caller that
+                # acknowledged items before taking them, which task_done() has always allowed.
+                self._unfinished = max(0, self._unfinished - len(dropped))
                 self._cancelled = True
             # The getters' and putters' predicates now hold for every waiter (a getter that
             # finds nothing left raises Closed), so all of them wake: notify() would leave the
