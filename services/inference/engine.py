@@ -1,0 +1,275 @@
+"""The engine: one thread that owns the scheduler, the KV cache and the model runner.
+
+Every model step runs here, off the event loop. Other threads talk to it only through
+`submit`, `cancel` and `call`, which enqueue commands the loop applies between steps; results
+come back through each sequence's `on_event` callback (the API layer bridges it to asyncio
+with `loop.call_soon_threadsafe`). A cancel is applied before the next step is planned, so the
+sequence's slot and KV blocks are free for that step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from services.inference import metrics as m
+from services.inference.fairness import FairQueue
+from services.inference.model.kv_cache import KVCache
+from services.inference.model.tokenizer import EOS
+from services.inference.model.transformer import Transformer
+from services.inference.runner import ModelRunner
+from services.inference.scheduler import Scheduler, SchedulerConfig, StepPlan
+from services.inference.sequence import CLASSES, SeqEvent, SeqStatus, Sequence
+
+
+@dataclass
+class EngineStats:
+    running: int
+    waiting: int
+    kv_used_tokens: int
+    kv_capacity_tokens: int
+    tokens_per_s: float
+    backlog_tokens: dict[str, int]  # by class
+    steps: int
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Transformer,
+        cache: KVCache,
+        sched_cfg: SchedulerConfig | None = None,
+        *,
+        weights: dict[str, float] | None = None,
+        prior_tokens_per_s: float = 1000.0,
+    ) -> None:
+        self.model = model
+        self.cache = cache
+        self.runner = ModelRunner(model, cache)
+        self.fair = FairQueue(weights)
+        self.scheduler = Scheduler(sched_cfg or SchedulerConfig(), cache, self.fair)
+        self.step_no = 0
+        self._commands: collections.deque[tuple[str, Any]] = collections.deque()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._live: dict[str, Sequence] = {}
+        self._recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=64)
+        self._prior_tps = prior_tokens_per_s
+        self._backlog: dict[str, int] = dict.fromkeys(CLASSES, 0)
+        self._submitted_since: dict[str, int] = dict.fromkeys(CLASSES, 0)
+        self.kv_high_water = 0
+        self.step_observer: Callable[[StepPlan], None] | None = None  # tests: per-step evidence
+        m.KV_CAPACITY.set(cache.capacity_tokens)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Engine:
+        self._thread = threading.Thread(target=self._loop, name="inference-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- commands (any thread) ---------------------------------------------------------------
+    def submit(self, seq: Sequence) -> None:
+        limit = min(self.model.cfg.max_seq_len, self.cache.capacity_tokens)
+        if seq.max_total_tokens > limit:
+            raise ValueError(f"prompt + max_tokens = {seq.max_total_tokens} exceeds {limit} tokens")
+        with self._wake:
+            self._commands.append(("add", seq))
+            # Counted until the loop next folds it into the measured backlog.
+            self._submitted_since[seq.klass] += seq.num_tokens + seq.max_tokens
+            self._wake.notify()
+
+    def cancel(self, seq: Sequence) -> None:
+        seq.cancelled = True
+        self._command("cancel", seq)
+
+    def call(self, fn: Callable[[ModelRunner], Any]) -> concurrent.futures.Future:
+        """Run fn(runner) on the engine thread between steps (scoring shares the model)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._command("call", (fn, fut))
+        return fut
+
+    def _command(self, kind: str, arg: Any) -> None:
+        with self._wake:
+            self._commands.append((kind, arg))
+            self._wake.notify()
+
+    # -- observation (any thread; values may be one step old) --------------------------------
+    @property
+    def tokens_per_s(self) -> float:
+        recent = list(self._recent)
+        busy = sum(dt for _, dt in recent)
+        if busy <= 0 or sum(n for n, _ in recent) < 32:
+            return self._prior_tps
+        return sum(n for n, _ in recent) / busy
+
+    def backlog_tokens(self, klass: str) -> int:
+        """Tokens of work queued or running at `klass`'s priority or higher."""
+        upto = CLASSES[: CLASSES.index(klass) + 1]
+        return sum(self._backlog[c] + self._submitted_since[c] for c in upto)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running=len(self.scheduler.running),
+            waiting=len(self.fair),
+            kv_used_tokens=self.cache.used_tokens,
+            kv_capacity_tokens=self.cache.capacity_tokens,
+            tokens_per_s=self.tokens_per_s,
+            backlog_tokens={c: self.backlog_tokens(c) for c in CLASSES},
+            steps=self.step_no,
+        )
+
+    # -- consumers -----------------------------------------------------------------------------
+    async def stream(self, seq: Sequence) -> AsyncIterator[SeqEvent]:
+        """Submit `seq` and yield its events on the calling event loop; cancels on exit."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
+        seq.on_event = lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev)
+        self.submit(seq)
+        try:
+            while True:
+                ev = await queue.get()
+                yield ev
+                if ev.kind == "finish":
+                    return
+        finally:
+            if seq.status is not SeqStatus.FINISHED:
+                self.cancel(seq)  # consumer went away (disconnect, error): free it next step
+
+    def run_to_completion(self, seqs: list[Sequence], timeout: float = 120.0) -> None:
+        """Blocking helper for tests and benchmarks."""
+        done = threading.Semaphore(0)
+        for seq in seqs:
+            seq.on_event = lambda ev: done.release() if ev.kind == "finish" else None
+            self.submit(seq)
+        deadline = time.monotonic() + timeout
+        for _ in seqs:
+            if not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("sequences did not finish in time")
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _apply_commands(self) -> None:
+        while self._commands:
+            kind, arg = self._commands.popleft()
+            if kind == "add":
+                arg.arrival_step = self.step_no
+                self._live[arg.seq_id] = arg
+                self.scheduler.add(arg)
+                if arg.cancelled:  # cancelled before it was ever seen
+                    self._end(arg, "cancelled")
+            elif kind == "cancel":
+                self._end(arg, "cancelled")
+            elif kind == "call":
+                fn, fut = arg
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn(self.runner))
+                    except BaseException as exc:  # handed to the caller, not lost
+                        fut.set_exception(exc)
+        for c in CLASSES:
+            self._submitted_since[c] = 0
+
+    def _end(self, seq: Sequence, reason: str) -> None:
+        if self.scheduler.drop(seq):
+            seq.finish_reason = reason
+            self._finished(seq)
+
+    def _finished(self, seq: Sequence) -> None:
+        now = time.monotonic()
+        seq.finished_at = now
+        seq.finish_step = self.step_no
+        self._live.pop(seq.seq_id, None)
+        labels = (seq.tenant, seq.klass)
+        m.FINISHED.labels(seq.tenant, seq.finish_reason or "unknown").inc()
+        if seq.first_token_at is not None:
+            m.E2E.labels(*labels).observe(now - seq.arrival)
+            if len(seq.output) > 1:
+                m.TPOT.labels(*labels).observe((now - seq.first_token_at) / (len(seq.output) - 1))
+        seq.emit(SeqEvent("finish", finish_reason=seq.finish_reason))
+
+    def _expire_deadlines(self) -> None:
+        now = time.monotonic()
+        expired = [s for s in self.fair if s.deadline is not None and s.deadline < now]
+        for seq in expired:
+            self._end(seq, "deadline")
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._wake:
+                while not self._commands and not self._stopping and not self._live:
+                    self._wake.wait()
+                if self._stopping:
+                    break
+                self._apply_commands()
+            self._expire_deadlines()
+            plan = self.scheduler.schedule()
+            if not plan.chunks:
+                with self._wake:  # nothing runnable (e.g. all waiting on KV): wait for news
+                    if not self._commands and not self._stopping:
+                        self._wake.wait(0.01)
+                continue
+            self._step(plan)
+        for seq in list(self._live.values()):
+            self._end(seq, "shutdown")
+
+    def _step(self, plan: StepPlan) -> None:
+        t0 = time.monotonic()
+        for seq in plan.admitted:
+            if seq.first_scheduled is None:
+                seq.first_scheduled = t0
+                m.QUEUE_WAIT.labels(seq.tenant, seq.klass).observe(t0 - seq.arrival)
+        for _seq, reason in plan.preempted:
+            m.PREEMPTIONS.labels(reason).inc()
+        self.kv_high_water = max(self.kv_high_water, self.cache.used_tokens)
+        if self.step_observer is not None:
+            self.step_observer(plan)
+        try:
+            sampled = self.runner.execute(plan.chunks)
+        except Exception:
+            # A failing step must not kill the engine: fail the sequences in it, keep serving.
+            for seq, _ in list(plan.chunks):
+                self._end(seq, "error")
+            return
+        self.step_no += 1
+        now = time.monotonic()
+        done = self.scheduler.commit(plan, sampled, EOS)
+        for (seq, _), tok in zip(plan.chunks, sampled, strict=True):
+            if tok is None:
+                continue
+            m.GENERATED_TOKENS.labels(seq.tenant, seq.klass).inc()
+            if seq.first_token_at is None:
+                seq.first_token_at = now
+                seq.first_token_step = self.step_no
+                m.TTFT.labels(seq.tenant, seq.klass).observe(now - seq.arrival)
+            seq.emit(SeqEvent("token", token=tok))
+        for seq in done:
+            self._finished(seq)
+        dt = now - t0
+        self._recent.append((plan.num_tokens, dt))
+        backlog = dict.fromkeys(CLASSES, 0)
+        for seq in self._live.values():
+            backlog[seq.klass] += seq.pending + seq.max_tokens - len(seq.output)
+        self._backlog = backlog
+        m.BATCH_SIZE.observe(len(plan.chunks))
+        m.STEP_TOKENS.observe(plan.num_tokens)
+        m.STEP_SECONDS.observe(dt)
+        m.KV_USED.set(self.cache.used_tokens)
+        m.RUNNING.set(len(self.scheduler.running))
+        m.WAITING.set(len(self.fair))
+        m.THROUGHPUT.set(self.tokens_per_s)

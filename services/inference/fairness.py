@@ -1,0 +1,87 @@
+"""Who goes next: priority classes first, then weighted fair queueing across tenants.
+
+Each tenant has a virtual token counter: every token computed for it (prefill or decode) adds
+1 / weight. Among tenants with waiting work in the highest non-empty class, the one with the
+smallest counter goes first, so a tenant that floods only raises its own counter and another
+tenant's requests overtake its backlog. A tenant that was idle restarts at the virtual time of
+the last admission (if that is ahead of its own counter), so idleness earns no burst credit.
+
+Within one tenant and class, order is FIFO; preempted sequences go back to the front.
+Thread-confined: only the engine thread touches it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+from services.inference.sequence import CLASSES, Sequence
+
+
+class FairQueue:
+    def __init__(self, weights: dict[str, float] | None = None, default_weight: float = 1.0) -> None:
+        self.weights = dict(weights or {})
+        self.default_weight = default_weight
+        self._queues: dict[tuple[str, str], deque[Sequence]] = {}
+        self.vtime: dict[str, float] = {}
+        self._clock = 0.0  # virtual time of the last admission
+        self._len = 0
+
+    def weight(self, tenant: str) -> float:
+        return self.weights.get(tenant, self.default_weight)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _waiting_tenants(self) -> set[str]:
+        return {t for (_, t), q in self._queues.items() if q}
+
+    def push(self, seq: Sequence, *, front: bool = False) -> None:
+        if seq.tenant not in self._waiting_tenants():
+            self.vtime[seq.tenant] = max(self.vtime.get(seq.tenant, 0.0), self._clock)
+        q = self._queues.setdefault((seq.klass, seq.tenant), deque())
+        if front:
+            q.appendleft(seq)
+        else:
+            q.append(seq)
+        self._len += 1
+
+    def remove(self, seq: Sequence) -> bool:
+        q = self._queues.get((seq.klass, seq.tenant))
+        if q is None:
+            return False
+        try:
+            q.remove(seq)
+        except ValueError:
+            return False
+        self._len -= 1
+        return True
+
+    def candidates(self) -> Iterator[Sequence]:
+        """Queue heads in service order: class rank, then tenant virtual time, then arrival."""
+        for klass in CLASSES:
+            heads = [q[0] for (k, _), q in self._queues.items() if k == klass and q]
+            heads.sort(key=lambda s: (self.vtime.get(s.tenant, 0.0), s.arrival))
+            yield from heads
+
+    def pop(self, seq: Sequence) -> None:
+        """Take `seq`, which must be a head returned by candidates()."""
+        q = self._queues[(seq.klass, seq.tenant)]
+        assert q[0] is seq, "pop() takes a queue head"
+        q.popleft()
+        self._len -= 1
+        self._clock = max(self._clock, self.vtime.get(seq.tenant, 0.0))
+
+    def charge(self, tenant: str, tokens: int) -> None:
+        self.vtime[tenant] = self.vtime.get(tenant, 0.0) + tokens / self.weight(tenant)
+
+    def __iter__(self) -> Iterator[Sequence]:
+        for q in self._queues.values():
+            yield from q
+
+    def waiting_by_tenant(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (_, t), q in self._queues.items():
+            if q:
+                out[t] = out.get(t, 0) + len(q)
+        return out

@@ -1,0 +1,62 @@
+"""Prometheus metrics of the inference service (default registry, names prefixed inference_).
+
+Labels are bounded: tenants come from configuration, classes are two, reasons a fixed set.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_SMALL = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+
+TTFT = Histogram(
+    "inference_time_to_first_token_seconds",
+    "Arrival to first generated token.",
+    ["tenant", "class"],
+    buckets=_LATENCY,
+)
+TPOT = Histogram(
+    "inference_time_per_output_token_seconds",
+    "Mean time between output tokens of a request.",
+    ["tenant", "class"],
+    buckets=_SMALL,
+)
+E2E = Histogram(
+    "inference_request_latency_seconds",
+    "Arrival to last token (end to end in the engine).",
+    ["tenant", "class"],
+    buckets=_LATENCY,
+)
+QUEUE_WAIT = Histogram(
+    "inference_queue_wait_seconds", "Arrival to first scheduled step.", ["tenant", "class"], buckets=_LATENCY
+)
+BATCH_SIZE = Histogram(
+    "inference_batch_size", "Sequences per engine step.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+)
+STEP_TOKENS = Histogram(
+    "inference_step_tokens",
+    "Tokens (prefill + decode) computed per step.",
+    buckets=(1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048),
+)
+STEP_SECONDS = Histogram("inference_step_duration_seconds", "Wall time of one engine step.", buckets=_SMALL)
+KV_USED = Gauge("inference_kv_cache_used_tokens", "KV-cache token slots held by sequences.")
+KV_CAPACITY = Gauge("inference_kv_cache_capacity_tokens", "KV-cache budget in tokens.")
+RUNNING = Gauge("inference_running_sequences", "Sequences in the running batch.")
+WAITING = Gauge("inference_waiting_sequences", "Sequences waiting for admission to the batch.")
+ADMISSIONS = Counter(
+    "inference_admissions_total", "Requests accepted by admission control.", ["tenant", "class"]
+)
+REJECTIONS = Counter(
+    "inference_rejections_total", "Requests rejected by admission control.", ["tenant", "reason"]
+)
+PREEMPTIONS = Counter("inference_preemptions_total", "Running sequences preempted.", ["reason"])
+PROMPT_TOKENS = Counter("inference_prompt_tokens_total", "Prompt tokens accepted.", ["tenant"])
+GENERATED_TOKENS = Counter("inference_generated_tokens_total", "Tokens generated.", ["tenant", "class"])
+FINISHED = Counter("inference_requests_finished_total", "Generation requests finished.", ["tenant", "reason"])
+THROUGHPUT = Gauge("inference_tokens_per_second", "Measured engine throughput (recent busy steps).")
+EMBED_BATCH = Histogram(
+    "inference_embedding_batch_size", "Texts per embedding batch.", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+)
+EMBED_TOKENS = Counter("inference_embedding_tokens_total", "Tokens embedded.", ["tenant"])
+JOBS = Counter("inference_jobs_total", "Async jobs by final state.", ["state"])

@@ -1,0 +1,213 @@
+"""Scheduling policy: which sequences run in the next step and how many tokens each computes.
+
+Each step (one model forward) is bounded by
+- `max_step_tokens`: prefill plus decode tokens computed in the step,
+- `max_seqs`: sequences in the running batch,
+- the KV cache: a fixed number of token slots (see kv_cache.py).
+
+Order of work in `schedule()`:
+1. Preempt for priority/fairness: if the best waiting request cannot get a slot or KV, and a
+   running sequence of a lower class, or of a tenant over its fair share of slots (while the
+   waiting tenant is under its share) exists, the youngest such sequence is preempted.
+2. Running sequences: decodes first (1 token each, so streams keep flowing), then prefills in
+   chunks of at most `prefill_chunk`. A sequence that needs a new KV block and finds none
+   preempts the lowest-priority running sequence not yet scheduled, or waits itself.
+3. Admission from the fair queue while budget, slots and KV allow. A sequence is admitted only
+   when blocks for its whole current tokens (prompt, plus output when it is recomputed after a
+   preemption) are free beyond a watermark; they are reserved at once, so an admitted prefill
+   never runs out of KV mid-prompt and nothing is admitted beyond the KV budget.
+
+Preemption is by recompute: blocks freed, progress reset, the sequence goes to the front of its
+queue with its generated tokens kept (and its sampler state, so seeded output is unchanged).
+Thread-confined to the engine thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.inference.fairness import FairQueue
+from services.inference.model.kv_cache import KVCache
+from services.inference.sequence import CLASSES, SeqStatus, Sequence
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_step_tokens: int = 256
+    max_seqs: int = 32
+    prefill_chunk: int = 128
+    watermark_blocks: int = 1  # kept free at admission so running decodes rarely preempt
+    max_preemptions_per_step: int = 4
+
+
+@dataclass
+class StepPlan:
+    chunks: list[tuple[Sequence, int]] = field(default_factory=list)
+    preempted: list[tuple[Sequence, str]] = field(default_factory=list)  # (seq, reason)
+    admitted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.chunks)
+
+
+def _rank(seq: Sequence) -> int:
+    return CLASSES.index(seq.klass)
+
+
+class Scheduler:
+    def __init__(self, cfg: SchedulerConfig, cache: KVCache, fair: FairQueue) -> None:
+        if cfg.max_step_tokens < 1 or cfg.max_seqs < 1 or cfg.prefill_chunk < 1:
+            raise ValueError("scheduler budgets must be positive")
+        self.cfg = cfg
+        self.cache = cache
+        self.fair = fair
+        self.running: list[Sequence] = []
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        seq.status = SeqStatus.WAITING
+        self.fair.push(seq)
+
+    def drop(self, seq: Sequence) -> bool:
+        """Remove a sequence wherever it is (cancel, deadline); frees its KV. True if found."""
+        if seq.status is SeqStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SeqStatus.WAITING:
+            if not self.fair.remove(seq):
+                return False
+        else:
+            return False
+        self.cache.free(seq.block_table)
+        seq.status = SeqStatus.FINISHED
+        return True
+
+    def finish(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.cache.free(seq.block_table)
+        seq.status = SeqStatus.FINISHED
+
+    def _preempt(self, seq: Sequence, reason: str, plan: StepPlan) -> None:
+        self.running.remove(seq)
+        self.cache.free(seq.block_table)
+        seq.num_computed = 0
+        seq.preemptions += 1
+        seq.status = SeqStatus.WAITING
+        self.fair.push(seq, front=True)
+        plan.preempted.append((seq, reason))
+
+    def fair_slots(self, tenant: str) -> int:
+        """This tenant's share of `max_seqs` among tenants that are running or waiting."""
+        active = {s.tenant for s in self.running} | set(self.fair.waiting_by_tenant())
+        active.add(tenant)
+        total = sum(self.fair.weight(t) for t in active)
+        return max(1, int(self.cfg.max_seqs * self.fair.weight(tenant) / total))
+
+    def _running_of(self, tenant: str) -> int:
+        return sum(1 for s in self.running if s.tenant == tenant)
+
+    def _fits(self, seq: Sequence) -> bool:
+        need = self.cache.blocks_for(seq.num_tokens) + self.cfg.watermark_blocks
+        return need <= self.cache.free_blocks
+
+    # -- policy ------------------------------------------------------------------------------
+    def schedule(self) -> StepPlan:
+        plan = StepPlan()
+        self._preempt_for_waiting(plan)
+        budget = self.cfg.max_step_tokens
+        # Decodes first, then prefills; within each, interactive before batch, oldest first.
+        order = sorted(self.running, key=lambda s: (s.pending > 1, _rank(s), s.arrival))
+        scheduled: set[int] = set()
+        for seq in order:
+            if budget == 0:
+                break
+            if seq.status is not SeqStatus.RUNNING:  # preempted earlier in this loop
+                continue
+            n = min(seq.pending, budget, self.cfg.prefill_chunk)
+            while not self.cache.can_grow(seq.block_table, seq.num_computed + n):
+                victims = [s for s in self.running if id(s) not in scheduled and s is not seq]
+                if not victims:
+                    break
+                victim = max(victims, key=lambda s: (_rank(s), s.arrival))
+                self._preempt(victim, "kv_full", plan)
+            if not self.cache.can_grow(seq.block_table, seq.num_computed + n):
+                self._preempt(seq, "kv_full", plan)
+                continue
+            self.cache.grow(seq.block_table, seq.num_computed + n)
+            plan.chunks.append((seq, n))
+            scheduled.add(id(seq))
+            budget -= n
+        self._admit(plan, budget)
+        return plan
+
+    def _admit(self, plan: StepPlan, budget: int) -> None:
+        while budget > 0 and len(self.running) < self.cfg.max_seqs:
+            seq = self._next_admissible()
+            if seq is None or not self._fits(seq):
+                return
+            self.fair.pop(seq)
+            self.cache.grow(seq.block_table, seq.num_tokens)
+            seq.status = SeqStatus.RUNNING
+            self.running.append(seq)
+            n = min(seq.pending, budget, self.cfg.prefill_chunk)
+            plan.chunks.append((seq, n))
+            plan.admitted.append(seq)
+            budget -= n
+
+    def _next_admissible(self) -> Sequence | None:
+        """The first candidate in fair order whose tenant is under its slot share, if another
+        tenant is waiting too; otherwise the first candidate (work-conserving)."""
+        waiting = self.fair.waiting_by_tenant()
+        for seq in self.fair.candidates():
+            others_waiting = any(t != seq.tenant for t in waiting)
+            if others_waiting and self._running_of(seq.tenant) >= self.fair_slots(seq.tenant):
+                continue
+            return seq
+        return None
+
+    def _preempt_for_waiting(self, plan: StepPlan) -> None:
+        for _ in range(self.cfg.max_preemptions_per_step):
+            seq = self._next_admissible()
+            if seq is None:
+                return
+            if len(self.running) < self.cfg.max_seqs and self._fits(seq):
+                return  # it will be admitted normally
+            victim = self._victim_for(seq)
+            if victim is None:
+                return
+            self._preempt(victim, "priority" if _rank(victim) > _rank(seq) else "fairness", plan)
+
+    def _victim_for(self, seq: Sequence) -> Sequence | None:
+        lower = [s for s in self.running if _rank(s) > _rank(seq)]
+        if not lower:
+            my_share = self.fair_slots(seq.tenant)
+            if self._running_of(seq.tenant) >= my_share:
+                return None
+            lower = [
+                s
+                for s in self.running
+                if _rank(s) == _rank(seq)
+                and s.tenant != seq.tenant
+                and self._running_of(s.tenant) > self.fair_slots(s.tenant)
+            ]
+        # Youngest first: it has the least work to recompute.
+        return max(lower, key=lambda s: s.arrival) if lower else None
+
+    # -- after the model step ------------------------------------------------------------------
+    def commit(self, plan: StepPlan, sampled: list[int | None], eos_id: int) -> list[Sequence]:
+        """Apply a step's results; returns the sequences that finished."""
+        done = []
+        for (seq, n), tok in zip(plan.chunks, sampled, strict=True):
+            seq.num_computed += n
+            self.fair.charge(seq.tenant, n)
+            if tok is None:
+                continue
+            seq.output.append(tok)
+            if seq.stop_at_eos and tok == eos_id:
+                seq.finish_reason = "stop"
+            elif len(seq.output) >= seq.max_tokens:
+                seq.finish_reason = "length"
+            if seq.finish_reason is not None:
+                self.finish(seq)
+                done.append(seq)
+        return done
