@@ -1,0 +1,365 @@
+"""Acting on duplicates without ever losing data: hardlink, reflink, delete, quarantine.
+
+Never the default: a scan only reports, `--action X` alone prints the plan (dry run), and only
+`--action X --apply` changes anything. For each duplicate name, in this order:
+
+1. the duplicate and the file kept must still be the inodes the scan saw (size, mtime_ns);
+2. their content is compared byte by byte again, right now;
+3. an intent record (what, where, the duplicate's metadata, the temp name) is appended to the
+   undo log and fsynced *before* the filesystem is touched;
+4. the change is made atomically: the new content is linked or cloned to a temp name in the
+   same directory, then os.replace()d over the duplicate, so the name always holds either the
+   old inode or an identical one; quarantine is a rename (or copy + fsync + rename across
+   filesystems); the directory is fsynced;
+5. a done record is appended.
+
+`undo LOG` walks the log backwards and puts every name back as it was (content from the kept
+file, metadata from the intent record), whether the step was done, half done or only intended,
+so a process killed at any point (SIGKILL included) is recoverable. Undo is idempotent.
+
+Keep rules (which file of a group stays): oldest mtime (default), newest, first (walk order:
+roots in the order given, names sorted), shortest-path, longest-path; ties by path bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import fcntl
+import json
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from services.dedup.compare import files_equal
+from services.dedup.scanner import ScanResult
+from services.dedup.walk import FileEntry
+
+FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
+ACTIONS = ("hardlink", "reflink", "delete", "quarantine")
+
+KEEP_RULES: dict[str, Callable[[Sequence[FileEntry]], FileEntry]] = {
+    "oldest": lambda fs: min(fs, key=lambda f: (f.mtime_ns, f.path)),
+    "newest": lambda fs: min(fs, key=lambda f: (-f.mtime_ns, f.path)),
+    "first": lambda fs: fs[0],
+    "shortest-path": lambda fs: min(fs, key=lambda f: (len(f.path), f.path)),
+    "longest-path": lambda fs: min(fs, key=lambda f: (-len(f.path), f.path)),
+}
+
+TMP_PREFIX = b".dedup-tmp-"
+
+
+class ActionRefused(Exception):
+    """A step was not taken because acting would not be safe (reason in the message)."""
+
+
+@dataclass(slots=True)
+class Step:
+    op: str
+    path: bytes  # the duplicate name that changes
+    keep: bytes  # the name that stays and supplies the content
+    entry: FileEntry  # scan's view of the duplicate's inode
+    kept: FileEntry  # scan's view of the kept inode
+
+
+def plan(result: ScanResult, action: str, keep: str) -> list[Step]:
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    rule = KEEP_RULES[keep]
+    steps = []
+    for g in result.groups:
+        kept = rule(g.files)
+        for f in g.files:
+            if f is kept:
+                continue
+            # Every name of a duplicate inode must change, or its blocks stay allocated.
+            for name in [f.path, *f.links]:
+                steps.append(Step(action, name, kept.path, f, kept))
+    return steps
+
+
+def _b64(p: bytes) -> str:
+    return base64.b64encode(p).decode("ascii")
+
+
+def _unb64(s: str) -> bytes:
+    return base64.b64decode(s)
+
+
+def _fsync_dir(path: bytes) -> None:
+    fd = os.open(os.path.dirname(path) or b".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class UndoLog:
+    """Append-only JSON lines, each fsynced before the step it announces runs."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def write(self, record: dict[str, Any]) -> None:
+        os.write(self.fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _same_inode(path: bytes, entry: FileEntry) -> os.stat_result:
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ActionRefused("no longer a regular file")
+    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (
+        entry.dev,
+        entry.ino,
+        entry.size,
+        entry.mtime_ns,
+    ):
+        raise ActionRefused("changed since the scan")
+    return st
+
+
+def _meta(st: os.stat_result) -> dict[str, int]:
+    return {
+        "mode": stat.S_IMODE(st.st_mode),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "atime_ns": st.st_atime_ns,
+        "mtime_ns": st.st_mtime_ns,
+        "ino": st.st_ino,
+        "dev": st.st_dev,
+    }
+
+
+def _apply_meta(fd_or_path: int | bytes, meta: dict[str, int]) -> None:
+    try:
+        os.chown(fd_or_path, meta["uid"], meta["gid"])
+    except PermissionError:
+        pass  # not root: the file stays ours, which is the best an unprivileged undo can do
+    os.chmod(fd_or_path, meta["mode"])
+    os.utime(fd_or_path, ns=(meta["atime_ns"], meta["mtime_ns"]))
+
+
+def _tmp_name(path: bytes, seq: int) -> bytes:
+    d = os.path.dirname(path)
+    return os.path.join(d, TMP_PREFIX + f"{os.getpid()}-{seq}".encode())
+
+
+def _quarantine_dest(qdir: bytes, path: bytes) -> bytes:
+    return os.path.join(qdir, os.path.abspath(path).lstrip(b"/"))
+
+
+def _reflink(src: bytes, tmp: bytes) -> None:
+    sfd = os.open(src, os.O_RDONLY)
+    try:
+        dfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.ioctl(dfd, FICLONE, sfd)
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        if exc.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
+            raise ActionRefused(f"reflink not supported here ({errno.errorcode.get(exc.errno)})") from None
+        raise
+    finally:
+        os.close(sfd)
+
+
+def _copy_durable(src: bytes, dst_tmp: bytes) -> None:
+    with open(src, "rb") as fs, open(dst_tmp, "xb") as fd:
+        shutil.copyfileobj(fs, fd, 1 << 20)
+        fd.flush()
+        os.fsync(fd.fileno())
+
+
+def execute(step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None) -> str:
+    """Take one step (all safety checks included); return a line saying what happened."""
+    st = _same_inode(step.path, step.entry)
+    _same_inode(step.keep, step.kept)
+    if os.path.samestat(st, os.lstat(step.keep)):
+        raise ActionRefused("already the same inode")
+    if not files_equal(step.keep, step.path):
+        raise ActionRefused("content differs from the kept file now")
+    tmp = _tmp_name(step.path, seq)
+    record: dict[str, Any] = {
+        "type": "intent",
+        "seq": seq,
+        "op": step.op,
+        "path": _b64(step.path),
+        "keep": _b64(step.keep),
+        "tmp": _b64(tmp),
+        "meta": _meta(st),
+        "ts": time.time(),
+    }
+    if step.op == "quarantine":
+        assert quarantine_dir is not None
+        dest = _quarantine_dest(quarantine_dir, step.path)
+        record["dest"] = _b64(dest)
+        record["dest_tmp"] = _b64(_tmp_name(dest, seq))
+    log.write(record)
+
+    if step.op == "hardlink":
+        os.link(step.keep, tmp)
+        os.replace(tmp, step.path)
+    elif step.op == "reflink":
+        _reflink(step.keep, tmp)
+        _apply_meta(tmp, record["meta"])  # the duplicate keeps its own owner, mode and times
+        os.replace(tmp, step.path)
+    elif step.op == "delete":
+        os.unlink(step.path)
+    elif step.op == "quarantine":
+        dest = _unb64(record["dest"])
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if os.path.lexists(dest):
+            raise ActionRefused(f"quarantine target exists: {os.fsdecode(dest)}")
+        try:
+            os.rename(step.path, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            dtmp = _unb64(record["dest_tmp"])
+            _copy_durable(step.path, dtmp)
+            _apply_meta(dtmp, record["meta"])
+            os.replace(dtmp, dest)
+            _fsync_dir(dest)
+            os.unlink(step.path)
+        _fsync_dir(dest)
+    _fsync_dir(step.path)
+    log.write({"type": "done", "seq": seq})
+    verb = {"hardlink": "linked", "reflink": "cloned", "delete": "deleted", "quarantine": "quarantined"}
+    return f"{verb[step.op]} {os.fsdecode(step.path)} (kept {os.fsdecode(step.keep)})"
+
+
+def default_undo_log() -> str:
+    return os.path.abspath(time.strftime("dedup-undo-%Y%m%dT%H%M%SZ.jsonl", time.gmtime()))
+
+
+def plan_and_run(
+    result: ScanResult,
+    *,
+    action: str,
+    keep: str,
+    apply: bool,
+    quarantine_dir: str | None,
+    undo_log: str | None,
+    out: TextIO,
+) -> int:
+    """Print the plan (dry run) or carry it out; return the number of steps that failed."""
+    steps = plan(result, action, keep)
+    if not apply:
+        for s in steps:
+            out.write(f"would {s.op} {os.fsdecode(s.path)} (keep {os.fsdecode(s.keep)})\n")
+        out.write(f"dry run: {len(steps)} {action} steps planned; add --apply to act\n")
+        return 0
+    qdir = os.fsencode(os.path.abspath(quarantine_dir)) if quarantine_dir else None
+    log_path = undo_log or default_undo_log()
+    log = UndoLog(log_path)
+    failures = 0
+    try:
+        log.write({"type": "header", "version": 1, "action": action, "keep": keep, "ts": time.time()})
+        for seq, s in enumerate(steps, 1):
+            try:
+                out.write(execute(s, seq, log, qdir) + "\n")
+            except (ActionRefused, OSError) as exc:
+                failures += 1
+                out.write(f"skipped {os.fsdecode(s.path)}: {exc}\n")
+    finally:
+        log.close()
+    out.write(f"applied {len(steps) - failures} of {len(steps)} {action} steps; undo log: {log_path}\n")
+    return failures
+
+
+def _read_log(path: str) -> tuple[list[dict[str, Any]], set[int]]:
+    intents: list[dict[str, Any]] = []
+    done: set[int] = set()
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue  # a torn last line from a crash mid-write: the step never started
+            if rec.get("type") == "intent":
+                intents.append(rec)
+            elif rec.get("type") == "done":
+                done.add(rec["seq"])
+    return intents, done
+
+
+def _restore_copy(path: bytes, source: bytes, meta: dict[str, int], tmp: bytes) -> None:
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    _copy_durable(source, tmp)
+    _apply_meta(tmp, meta)
+    os.replace(tmp, path)
+    _fsync_dir(path)
+
+
+def undo_step(rec: dict[str, Any]) -> str | None:
+    """Put one name back as it was; return what was done, or None when nothing was needed."""
+    path, keep, tmp, meta = _unb64(rec["path"]), _unb64(rec["keep"]), _unb64(rec["tmp"]), rec["meta"]
+    op = rec["op"]
+    if os.path.lexists(tmp):
+        os.unlink(tmp)  # a step killed between creating the temp name and replacing
+    if op == "quarantine":
+        dest, dtmp = _unb64(rec["dest"]), _unb64(rec["dest_tmp"])
+        if os.path.lexists(dtmp):
+            os.unlink(dtmp)
+        if os.path.lexists(dest) and not os.path.lexists(path):
+            os.rename(dest, path)  # same filesystem: the original inode comes back
+            _fsync_dir(path)
+            return f"returned {os.fsdecode(path)} from quarantine"
+        if os.path.lexists(dest) and os.path.lexists(path):
+            os.unlink(dest)  # cross-device copy finished but the original was never removed
+            return f"removed quarantine copy of {os.fsdecode(path)}"
+        return None
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and st.st_ino == meta["ino"] and st.st_dev == meta["dev"]:
+        return None  # the step never replaced the name
+    if (
+        op == "hardlink"
+        and st is not None
+        and not (os.path.exists(keep) and os.path.samestat(st, os.stat(keep)))
+    ):
+        return f"left {os.fsdecode(path)} alone: changed after the action"
+    if op == "delete" and st is not None:
+        return f"left {os.fsdecode(path)} alone: recreated after the action"
+    if op == "reflink" and st is not None:
+        _apply_meta(path, meta)  # content is already a separate identical copy
+        return f"restored metadata of {os.fsdecode(path)}"
+    # hardlink (name now shares the kept inode) or delete (name gone): give it back its own
+    # copy of the content, which was proven identical to the kept file before acting.
+    source = keep if os.path.exists(keep) else path
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"cannot restore {os.fsdecode(path)}: kept file {os.fsdecode(keep)} is gone")
+    _restore_copy(path, source, meta, tmp)
+    return f"restored {os.fsdecode(path)}"
+
+
+def undo(log_path: str, out: TextIO) -> int:
+    intents, _done = _read_log(log_path)
+    failures = 0
+    for rec in reversed(intents):
+        try:
+            msg = undo_step(rec)
+        except OSError as exc:
+            failures += 1
+            out.write(f"failed: {exc}\n")
+            continue
+        if msg:
+            out.write(msg + "\n")
+    out.write(f"undo: {len(intents)} recorded steps examined, {failures} failed\n")
+    return failures

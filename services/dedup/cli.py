@@ -1,0 +1,269 @@
+"""Command line: `python -m services.dedup scan PATH...`, `undo LOG`, `chunks PATH...`, `worker`.
+
+Exit codes (scan, undo, chunks):
+  0  the work completed and every path was read (duplicates found or not)
+  1  the work completed but some paths could not be read or some actions failed (listed)
+  2  bad input (unknown option, bad value, missing root): one line on stderr
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import NoReturn, TextIO
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line and exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
+        raise UsageError(message)
+
+
+def parse_size(text: str) -> int:
+    m = _SIZE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a size like 4096, 10K, 1M or 2G, got {text!r}")
+    n = int(m.group(1))
+    return n * 1024 ** " kmgt".index((m.group(2) or " ").lower())
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from services.dedup.actions import ACTIONS, KEEP_RULES
+    from services.dedup.reader import HASHERS
+
+    p = _Parser(prog="python -m services.dedup", description="Find and safely remove duplicate files.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    s = sub.add_parser(
+        "scan",
+        help="find duplicate files under PATH...",
+        description="Find files with identical content: size buckets, head/tail hash, full hash, "
+        "byte-by-byte verification. Exit 0: done; 1: done with per-path errors; 2: bad input.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to scan")
+    s.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
+    s.add_argument("-o", "--output", metavar="FILE", help="write the report here instead of stdout")
+    s.add_argument(
+        "--hash", dest="algorithm", choices=sorted(HASHERS), default="blake3", help="full-content hash"
+    )
+    s.add_argument("--workers", type=_positive_int, default=4, help="parallel readers (bounded queue)")
+    s.add_argument(
+        "--order", choices=["path", "inode"], default="path", help="read order; inode suits spinning disks"
+    )
+    s.add_argument("--partial-size", type=parse_size, default=4096, help="bytes hashed at head and tail")
+    s.add_argument("-L", "--follow-symlinks", action="store_true", help="follow symlinks (cycle-safe)")
+    s.add_argument("-x", "--one-file-system", action="store_true", help="do not cross into other filesystems")
+    s.add_argument("--include", action="append", default=[], metavar="GLOB", help="only base names matching")
+    s.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip names/paths matching")
+    s.add_argument("--min-size", type=parse_size, default=1, help="smallest file considered")
+    s.add_argument("--max-size", type=parse_size, default=None, help="largest file considered")
+    s.add_argument("--include-empty", action="store_true", help="report empty files as duplicates too")
+    s.add_argument(
+        "--cache", metavar="DIR", default=None, help="hash cache directory (default: ~/.cache/...)"
+    )
+    s.add_argument("--no-cache", action="store_true", help="do not read or write the hash cache")
+    s.add_argument("--reverify", action="store_true", help="byte-verify even members the cache proved before")
+    s.add_argument("--progress", action="store_true", default=None, help="force the progress bar on stderr")
+    s.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+    s.add_argument("--action", choices=sorted(ACTIONS), default=None, help="what to do with each duplicate")
+    s.add_argument("--keep", choices=sorted(KEEP_RULES), default="oldest", help="which file of a group stays")
+    s.add_argument("--apply", action="store_true", help="really act (without it, a dry run is printed)")
+    s.add_argument("--dry-run", action="store_true", help="show what the action would do (the default)")
+    s.add_argument("--quarantine-dir", metavar="DIR", help="where --action quarantine moves duplicates")
+    s.add_argument("--undo-log", metavar="FILE", help="undo log path (default: ./dedup-undo-<time>.jsonl)")
+
+    u = sub.add_parser("undo", help="reverse the actions recorded in an undo log")
+    u.add_argument("log", metavar="LOG", help="undo log written by scan --apply")
+
+    c = sub.add_parser("chunks", help="content-defined chunking report: bytes shared by non-identical files")
+    c.add_argument("paths", nargs="+", metavar="PATH")
+    c.add_argument("--avg", type=parse_size, default=8192, help="average chunk size (power of two)")
+    c.add_argument("--min-size", type=parse_size, default=1, help="smallest file considered")
+    c.add_argument(
+        "--max-bytes", type=parse_size, default=parse_size("512M"), help="stop after reading this much"
+    )
+    c.add_argument("--format", choices=["table", "json"], default="table")
+    c.add_argument("--top", type=_positive_int, default=20, help="pairs shown in the table")
+
+    sub.add_parser("worker", help="run the page dedup worker (HTTP API); `worker --help` for its settings")
+    return p
+
+
+class TqdmProgress:
+    """One tqdm bar per stage, on stderr."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.bar = None
+
+    def start(self, stage: str, total: int) -> None:
+        from tqdm import tqdm
+
+        self.close()
+        self.bar = tqdm(total=total, desc=f"{stage:<6}", unit="file", file=self.stream, leave=False)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _open_output(path: str | None) -> TextIO:
+    if path is None:
+        sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+        return sys.stdout
+    return open(path, "w", encoding="utf-8", errors="surrogateescape", newline="")
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from services.dedup import report
+    from services.dedup.scanner import scan
+    from services.dedup.stages import ScanConfig
+    from services.dedup.walk import WalkOptions
+
+    for path in args.paths:
+        if not os.path.lexists(path):
+            raise UsageError(f"{path}: no such file or directory")
+    if args.max_size is not None and args.max_size < args.min_size:
+        raise UsageError("--max-size is smaller than --min-size")
+    if args.action == "quarantine" and not args.quarantine_dir:
+        raise UsageError("--action quarantine needs --quarantine-dir")
+    if args.apply and args.dry_run:
+        raise UsageError("--apply and --dry-run contradict each other")
+    if args.apply and not args.action:
+        raise UsageError("--apply needs --action")
+
+    options = WalkOptions(
+        follow_symlinks=args.follow_symlinks,
+        one_filesystem=args.one_file_system,
+        min_size=0 if args.include_empty else max(1, args.min_size),
+        max_size=args.max_size,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+    )
+    config = ScanConfig(
+        algorithm=args.algorithm,
+        partial_size=args.partial_size,
+        workers=args.workers,
+        order=args.order,
+        trust_verified_cache=not args.reverify,
+    )
+    show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    progress = TqdmProgress(sys.stderr) if show_progress else None
+
+    cache = None
+    if not args.no_cache:
+        from services.dedup.hashcache import HashCache, default_cache_dir
+
+        try:
+            cache = HashCache(args.cache or default_cache_dir())
+        except ImportError as exc:  # libs.lru without PersistentLRU: scan anyway, say so
+            print(f"warning: hash cache unavailable ({exc}); scanning without it", file=sys.stderr)
+    try:
+        result = scan(args.paths, options, config, cache=cache, progress=progress)
+    finally:
+        if cache is not None:
+            cache.close()
+
+    out = _open_output(args.output)
+    try:
+        action_failures = 0
+        if args.action:
+            from services.dedup.actions import plan_and_run
+
+            action_failures = plan_and_run(
+                result,
+                action=args.action,
+                keep=args.keep,
+                apply=args.apply,
+                quarantine_dir=args.quarantine_dir,
+                undo_log=args.undo_log,
+                out=out if args.format == "table" else sys.stderr,
+            )
+        if args.format == "json":
+            report.write_json(result, out)
+        elif args.format == "csv":
+            report.write_csv(result, out)
+        else:
+            report.write_table(result, out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return EXIT_PARTIAL if result.errors or action_failures else EXIT_OK
+
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    from services.dedup.actions import undo
+
+    if not os.path.isfile(args.log):
+        raise UsageError(f"{args.log}: no such undo log")
+    sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+    failures = undo(args.log, out=sys.stdout)
+    return EXIT_PARTIAL if failures else EXIT_OK
+
+
+def cmd_chunks(args: argparse.Namespace) -> int:
+    from services.dedup.chunking import chunk_report, write_chunk_report
+
+    for path in args.paths:
+        if not os.path.lexists(path):
+            raise UsageError(f"{path}: no such file or directory")
+    if args.avg & (args.avg - 1) or args.avg < 256:
+        raise UsageError(f"--avg must be a power of two >= 256, got {args.avg}")
+    rep = chunk_report(args.paths, avg_size=args.avg, min_file_size=args.min_size, max_bytes=args.max_bytes)
+    sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+    write_chunk_report(rep, sys.stdout, fmt=args.format, top=args.top)
+    return EXIT_PARTIAL if rep.errors else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "worker":
+        from services.dedup.worker import main as worker_main
+
+        return worker_main(argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        handler = {"scan": cmd_scan, "undo": cmd_undo, "chunks": cmd_chunks}[args.command]
+        return handler(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:  # ScanConfig and friends validate their own fields
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `scan ... | head`: the reader left, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

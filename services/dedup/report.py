@@ -1,0 +1,123 @@
+"""Output of a scan: a readable table, JSON and CSV for machines, with totals.
+
+Paths are decoded with surrogateescape: written to a stream whose error handler is also
+surrogateescape they come out as the original bytes. JSON adds `path_b64` (the exact bytes)
+for names that are not valid UTF-8, since a JSON reader may reject lone surrogates.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+from typing import Any, TextIO
+
+from services.dedup.scanner import ScanResult
+from services.dedup.walk import FileEntry
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def path_json(path: bytes) -> dict[str, str]:
+    out = {"path": os.fsdecode(path)}
+    try:
+        path.decode("utf-8")
+    except UnicodeDecodeError:
+        out["path_b64"] = base64.b64encode(path).decode("ascii")
+    return out
+
+
+def _file_json(f: FileEntry) -> dict[str, Any]:
+    d: dict[str, Any] = path_json(f.path)
+    d.update(dev=f.dev, ino=f.ino, mtime_ns=f.mtime_ns)
+    if f.links:
+        d["links"] = [path_json(p) for p in f.links]
+    return d
+
+
+def to_dict(result: ScanResult) -> dict[str, Any]:
+    return {
+        "totals": result.totals(),
+        "config": {
+            "algorithm": result.config.algorithm,
+            "partial_size": result.config.partial_size,
+            "workers": result.config.workers,
+            "order": result.config.order,
+        },
+        "groups": [
+            {
+                "size": g.size,
+                "digest": g.digest.hex() if g.digest else None,
+                "wasted_bytes": g.wasted_bytes,
+                "files": [_file_json(f) for f in g.files],
+            }
+            for g in result.groups
+        ],
+        "hard_linked": [_file_json(f) for f in result.hard_linked],
+        "errors": [{**path_json(e.path), "error": e.error} for e in result.errors],
+        "stages": [s.as_dict() for s in result.stages],
+        "walk": {k: getattr(result.walk_stats, k) for k in result.walk_stats.__slots__},
+    }
+
+
+def write_json(result: ScanResult, out: TextIO) -> None:
+    json.dump(to_dict(result), out, indent=2)
+    out.write("\n")
+
+
+def write_csv(result: ScanResult, out: TextIO) -> None:
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["group", "size", "digest", "path", "dev", "ino", "also_linked_as"])
+    for i, g in enumerate(result.groups, 1):
+        for f in g.files:
+            w.writerow(
+                [
+                    i,
+                    g.size,
+                    g.digest.hex() if g.digest else "",
+                    os.fsdecode(f.path),
+                    f.dev,
+                    f.ino,
+                    "|".join(os.fsdecode(p) for p in f.links),
+                ]
+            )
+
+
+def write_table(result: ScanResult, out: TextIO, *, show_stages: bool = True) -> None:
+    for i, g in enumerate(result.groups, 1):
+        digest = g.digest.hex()[:16] if g.digest else "(content compared)"
+        out.write(
+            f"group {i}: {len(g.files)} files x {human_bytes(g.size)}"
+            f" ({g.size} bytes), wasted {human_bytes(g.wasted_bytes)}  {digest}\n"
+        )
+        for f in g.files:
+            out.write(f"  {os.fsdecode(f.path)}\n")
+            for link in f.links:
+                out.write(f"    = {os.fsdecode(link)} (already hard-linked)\n")
+        out.write("\n")
+    if result.hard_linked:
+        out.write(f"already hard-linked: {len(result.hard_linked)} inodes with several names\n")
+    for e in result.errors:
+        out.write(f"error: {os.fsdecode(e.path)}: {e.error}\n")
+    t = result.totals()
+    if show_stages:
+        out.write(
+            "\nstage    groups_in  files_in  groups_out  files_out     bytes_read  cache_hits  seconds\n"
+        )
+        for s in result.stages:
+            out.write(
+                f"{s.name:<8} {s.groups_in:>9} {s.files_in:>9} {s.groups_out:>11} {s.files_out:>10}"
+                f" {s.bytes_read:>14} {s.cache_hits:>11} {s.seconds:>8.3f}\n"
+            )
+    out.write(
+        f"\n{t['groups']} groups, {t['files_in_groups']} files, {t['redundant_files']} redundant,"
+        f" {human_bytes(t['wasted_bytes'])} wasted; scanned {t['files_scanned']} files,"
+        f" read {human_bytes(t['bytes_read'])} in {t['seconds']:.2f}s; {t['errors']} errors\n"
+    )

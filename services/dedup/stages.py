@@ -1,0 +1,288 @@
+"""The pipeline: each stage is a function from candidate groups to smaller groups.
+
+    size buckets -> head hash -> tail hash -> full streaming hash -> byte verification
+
+A group leaving a stage has at least two files (distinct inodes) that agree on everything
+that stage and the ones before it looked at. Each stage records its own statistics (groups
+and files in and out, bytes read, seconds, errors), so a report shows where the pruning
+happened and what it cost.
+
+Shortcuts, each because the bytes are already known: files of at most `partial_size` bytes
+are wholly covered by the head hash (the tail stage passes them through), files of at most
+2 x `partial_size` by head + tail (the full-hash stage passes them through). Verification
+is never skipped except for members a previous scan already proved identical under a
+cryptographic digest, and whose inode is unchanged since (see hashcache).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from services.dedup.compare import equal_classes
+from services.dedup.hashcache import HashCache
+from services.dedup.reader import CRYPTOGRAPHIC, HASHERS, ByteCounter, full_digest, partial_digest
+from services.dedup.walk import FileEntry, WalkError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class Group:
+    size: int
+    files: list[FileEntry]
+    digest: bytes | None = None  # full-content digest once known
+
+    @property
+    def wasted_bytes(self) -> int:
+        return self.size * (len(self.files) - 1)
+
+
+@dataclass(slots=True)
+class StageStats:
+    name: str
+    groups_in: int = 0
+    files_in: int = 0
+    groups_out: int = 0
+    files_out: int = 0
+    bytes_read: int = 0
+    cache_hits: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+class Progress(Protocol):
+    def start(self, stage: str, total: int) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def close(self) -> None: ...
+
+
+class NoProgress:
+    def start(self, stage: str, total: int) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class ScanConfig:
+    algorithm: str = "blake3"
+    partial_size: int = 4096
+    workers: int = 4
+    order: str = "path"  # "inode": read in (device, inode) order, kinder to spinning disks
+    trust_verified_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in HASHERS:
+            raise ValueError(f"unknown hash algorithm {self.algorithm!r} (choose from {sorted(HASHERS)})")
+        if self.order not in {"path", "inode"}:
+            raise ValueError(f"unknown order {self.order!r} (choose path or inode)")
+        if self.partial_size < 1 or self.workers < 1:
+            raise ValueError("partial_size and workers must be positive")
+
+
+@dataclass(slots=True)
+class ScanContext:
+    config: ScanConfig = field(default_factory=ScanConfig)
+    cache: HashCache | None = None
+    progress: Progress = field(default_factory=NoProgress)
+    counter: ByteCounter = field(default_factory=ByteCounter)
+    errors: list[WalkError] = field(default_factory=list)
+    stages: list[StageStats] = field(default_factory=list)
+
+    def report_error(self, entry: FileEntry, exc: OSError) -> None:
+        text = str(exc) if exc.__class__.__name__ == "FileChanged" else f"{type(exc).__name__}: {exc}"
+        self.errors.append(WalkError(entry.path, text))
+
+    def map(
+        self, func: Callable[[T], R], items: Iterable[T]
+    ) -> Iterator[tuple[T, R | None, BaseException | None]]:
+        """Bounded parallel map through libs.queues; a plain loop when one worker is asked."""
+        if self.config.workers <= 1:
+            for item in items:
+                try:
+                    yield item, func(item), None
+                except Exception as exc:
+                    yield item, None, exc
+            return
+        from libs.queues import parallel_map
+
+        workers = self.config.workers
+        yield from parallel_map(func, items, workers=workers, maxsize=workers * 4)
+
+    def ordered(self, items: list[tuple[int, FileEntry]]) -> list[tuple[int, FileEntry]]:
+        if self.config.order == "inode":
+            return sorted(items, key=lambda it: (it[1].dev, it[1].ino))
+        return items
+
+
+Stage = Callable[[list[Group], ScanContext], list[Group]]
+
+
+def size_groups(files: Iterable[FileEntry]) -> list[Group]:
+    """Stage 0: files of a unique size cannot have a duplicate."""
+    buckets: dict[int, list[FileEntry]] = {}
+    for f in files:
+        buckets.setdefault(f.size, []).append(f)
+    return [Group(size, members) for size, members in sorted(buckets.items()) if len(members) > 1]
+
+
+def _refine(
+    groups: list[Group],
+    ctx: ScanContext,
+    cache_field: str,
+    compute: Callable[[FileEntry], bytes],
+    *,
+    sets_digest: bool = False,
+) -> list[Group]:
+    cache = ctx.cache
+
+    def key_of(item: tuple[int, FileEntry]) -> tuple[bytes, bool]:
+        entry = item[1]
+        if cache is not None:
+            cached = cache.get(entry, cache_field)
+            if cached is not None:
+                return cached, True
+        digest = compute(entry)
+        if cache is not None:
+            cache.update(entry, **{cache_field: digest})
+        return digest, False
+
+    items = ctx.ordered([(gi, f) for gi, g in enumerate(groups) for f in g.files])
+    split: dict[tuple[int, bytes], list[FileEntry]] = {}
+    stats = ctx.stages[-1]
+    for (gi, entry), result, exc in ctx.map(key_of, items):
+        ctx.progress.advance()
+        if exc is not None or result is None:
+            if isinstance(exc, OSError):
+                ctx.report_error(entry, exc)
+                continue
+            raise exc if exc is not None else RuntimeError("no result")
+        digest, hit = result
+        stats.cache_hits += hit
+        split.setdefault((gi, digest), []).append(entry)
+    out = []
+    for (gi, digest), members in split.items():
+        if len(members) > 1:
+            # Keep the walk's order inside a group whatever order the workers finished in.
+            order = {id(f): i for i, f in enumerate(groups[gi].files)}
+            members.sort(key=lambda f: order[id(f)])
+            out.append(Group(groups[gi].size, members, digest if sets_digest else groups[gi].digest))
+    out.sort(key=lambda g: (g.size, g.files[0].path))
+    return out
+
+
+def head_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
+    """Stage 1: digest of the first `partial_size` bytes."""
+    n = ctx.config.partial_size
+    return _refine(groups, ctx, f"head{n}", lambda e: partial_digest(e, ctx.counter, "head", n))
+
+
+def tail_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
+    """Stage 2: digest of the last `partial_size` bytes (files the head covered pass through)."""
+    n = ctx.config.partial_size
+    covered = [g for g in groups if g.size <= n]
+    rest = [g for g in groups if g.size > n]
+    return covered + _refine(rest, ctx, f"tail{n}", lambda e: partial_digest(e, ctx.counter, "tail", n))
+
+
+def full_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
+    """Stage 3: streaming digest of the whole content (head + tail may already cover it)."""
+    n = ctx.config.partial_size
+    alg = ctx.config.algorithm
+    covered = [g for g in groups if g.size <= 2 * n]
+    rest = [g for g in groups if g.size > 2 * n]
+    hashed = _refine(rest, ctx, f"full:{alg}", lambda e: full_digest(e, ctx.counter, alg), sets_digest=True)
+    return covered + hashed
+
+
+def verify_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
+    """Stage 4: byte-by-byte comparison; only proven-identical classes are reported."""
+    alg = ctx.config.algorithm
+    cache = ctx.cache if ctx.config.trust_verified_cache and alg in CRYPTOGRAPHIC else None
+    stats = ctx.stages[-1]
+
+    def verify(group: Group) -> tuple[list[Group], int]:
+        proven: list[FileEntry] = []
+        if cache is not None and group.digest is not None:
+            proven = [f for f in group.files if cache.get(f, "verified") == group.digest]
+        unproven = [f for f in group.files if not any(f is p for p in proven)]
+        if not unproven:
+            return [group], len(proven)
+        # One proven member stands for all of them: they are equal to each other already.
+        anchor = proven[:1]
+        classes = equal_classes(anchor + unproven, ctx.counter, ctx.report_error)
+        out = []
+        for cls in classes:
+            if anchor and cls and cls[0] is anchor[0]:
+                cls = proven + cls[1:]
+            elif anchor and any(f is anchor[0] for f in cls):
+                cls = proven + [f for f in cls if f is not anchor[0]]
+            if len(cls) > 1:
+                if cache is not None and group.digest is not None:
+                    for f in cls:
+                        cache.update(f, verified=group.digest)
+                order = {id(f): i for i, f in enumerate(group.files)}
+                cls.sort(key=lambda f: order[id(f)])
+                out.append(Group(group.size, cls, group.digest))
+        return out, len(proven)
+
+    out: list[Group] = []
+    for group, result, exc in ctx.map(verify, groups):
+        ctx.progress.advance(len(group.files))
+        if exc is not None or result is None:
+            raise exc if exc is not None else RuntimeError("no result")
+        out.extend(result[0])
+        stats.cache_hits += result[1]
+    out.sort(key=lambda g: (g.size, g.files[0].path))
+    return out
+
+
+PIPELINE: list[tuple[str, Stage]] = [
+    ("head", head_stage),
+    ("tail", tail_stage),
+    ("full", full_stage),
+    ("verify", verify_stage),
+]
+
+
+def find_duplicates(files: Iterable[FileEntry], ctx: ScanContext) -> list[Group]:
+    """Run every stage in order and return proven duplicate groups."""
+    files = list(files)
+    t0 = time.perf_counter()
+    groups = size_groups(files)
+    ctx.stages.append(
+        StageStats(
+            "size",
+            groups_in=len(files),
+            files_in=len(files),
+            groups_out=len(groups),
+            files_out=sum(len(g.files) for g in groups),
+            seconds=time.perf_counter() - t0,
+        )
+    )
+    for name, stage in PIPELINE:
+        stats = StageStats(name, groups_in=len(groups), files_in=sum(len(g.files) for g in groups))
+        ctx.stages.append(stats)
+        read_before = ctx.counter.total
+        errors_before = len(ctx.errors)
+        t0 = time.perf_counter()
+        ctx.progress.start(name, stats.files_in)
+        groups = stage(groups, ctx)
+        stats.seconds = time.perf_counter() - t0
+        stats.bytes_read = ctx.counter.total - read_before
+        stats.errors = len(ctx.errors) - errors_before
+        stats.groups_out = len(groups)
+        stats.files_out = sum(len(g.files) for g in groups)
+    ctx.progress.close()
+    return groups

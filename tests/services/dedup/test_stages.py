@@ -1,0 +1,204 @@
+"""The stage pipeline: each stage prunes, only byte-proven groups come out, errors stay per path."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from services.dedup import compare
+from services.dedup.scanner import scan
+from services.dedup.stages import (
+    ScanConfig,
+    ScanContext,
+    find_duplicates,
+    full_stage,
+    head_stage,
+    size_groups,
+    tail_stage,
+    verify_stage,
+)
+from services.dedup.walk import walk
+from tests.services.dedup.conftest import write
+
+
+def _group_names(result) -> list[list[str]]:
+    return sorted(sorted(os.path.basename(f.display) for f in g.files) for g in result.groups)
+
+
+def test_each_stage_prunes_what_it_can_see(tmp_path: Path) -> None:
+    rng = random.Random(1)
+    base = rng.randbytes(64 * 1024)
+    write(tmp_path / "unique-size", base[:1000])
+    write(tmp_path / "a", base)
+    write(tmp_path / "a-copy", base)
+    head, tail, mid = bytearray(base), bytearray(base), bytearray(base)
+    head[0] ^= 1
+    tail[-1] ^= 1
+    mid[len(base) // 2] ^= 1
+    write(tmp_path / "head-differs", bytes(head))
+    write(tmp_path / "tail-differs", bytes(tail))
+    write(tmp_path / "middle-differs", bytes(mid))
+    result = scan([tmp_path], config=ScanConfig(workers=1))
+    assert _group_names(result) == [["a", "a-copy"]]
+    by_name = {s.name: s for s in result.stages}
+    assert (by_name["size"].files_in, by_name["size"].files_out) == (6, 5)
+    assert (by_name["head"].files_in, by_name["head"].files_out) == (5, 4)
+    assert (by_name["tail"].files_in, by_name["tail"].files_out) == (4, 3)
+    assert (by_name["full"].files_in, by_name["full"].files_out) == (3, 2)
+    assert by_name["head"].bytes_read == 5 * 4096
+    assert by_name["full"].bytes_read == 3 * len(base)
+    assert by_name["verify"].bytes_read == 2 * len(base)
+
+
+def test_verification_catches_what_the_hashes_missed(tmp_path: Path) -> None:
+    """Content changed after hashing, with size and mtime put back: only the byte compare can tell."""
+    data = random.Random(2).randbytes(100_000)
+    for name in ("x", "y", "z"):
+        write(tmp_path / name, data)
+    ctx = ScanContext(config=ScanConfig(workers=1))
+    files = walk([tmp_path]).files
+    groups = size_groups(files)
+    for stage in (head_stage, tail_stage, full_stage):
+        from services.dedup.stages import StageStats
+
+        ctx.stages.append(StageStats(stage.__name__))
+        groups = stage(groups, ctx)
+    assert [len(g.files) for g in groups] == [3]
+    st = os.stat(tmp_path / "y")
+    changed = bytearray(data)
+    changed[50_000] ^= 0xFF
+    write(tmp_path / "y", bytes(changed))
+    os.utime(tmp_path / "y", ns=(st.st_atime_ns, st.st_mtime_ns))
+    from services.dedup.stages import StageStats
+
+    ctx.stages.append(StageStats("verify"))
+    groups = verify_stage(groups, ctx)
+    assert [sorted(os.path.basename(f.path) for f in g.files) for g in groups] == [[b"x", b"z"]]
+
+
+def test_files_changed_or_removed_after_the_walk_are_reported_not_trusted(tmp_path: Path) -> None:
+    data = b"same content " * 1000
+    for name in ("a", "b", "c", "d"):
+        write(tmp_path / name, data)
+    files = walk([tmp_path]).files
+    with open(tmp_path / "b", "ab") as f:
+        f.write(b"grown")
+    os.unlink(tmp_path / "c")
+    ctx = ScanContext(config=ScanConfig(workers=1))
+    groups = find_duplicates(files, ctx)
+    assert [sorted(os.path.basename(f.path) for f in g.files) for g in groups] == [[b"a", b"d"]]
+    errors = {os.path.basename(e.path): e.error for e in ctx.errors}
+    assert set(errors) == {b"b", b"c"}
+    assert "changed during scan" in errors[b"b"]
+    assert "FileNotFoundError" in errors[b"c"]
+
+
+def test_file_replaced_by_a_fifo_mid_scan_does_not_hang(tmp_path: Path) -> None:
+    write(tmp_path / "a", b"q" * 9000)
+    write(tmp_path / "b", b"q" * 9000)
+    files = walk([tmp_path]).files
+    os.unlink(tmp_path / "b")
+    os.mkfifo(tmp_path / "b")
+    ctx = ScanContext(config=ScanConfig(workers=1))
+    assert find_duplicates(files, ctx) == []
+    assert [os.path.basename(e.path) for e in ctx.errors] == [b"b"]
+
+
+def test_sparse_files_equal_a_dense_file_with_the_same_bytes(tmp_path: Path) -> None:
+    for name in ("sparse1", "sparse2"):
+        with open(tmp_path / name, "wb") as f:
+            f.truncate(3 << 20)
+            f.seek(2 << 20)
+            f.write(b"island")
+    dense = bytearray(3 << 20)
+    dense[2 << 20 : (2 << 20) + 6] = b"island"
+    write(tmp_path / "dense", bytes(dense))
+    with open(tmp_path / "other-sparse", "wb") as f:
+        f.truncate(3 << 20)
+        f.seek(1 << 20)
+        f.write(b"island")
+    assert _group_names(scan([tmp_path], config=ScanConfig(workers=1))) == [["dense", "sparse1", "sparse2"]]
+
+
+def test_memory_does_not_grow_with_file_size(tmp_path: Path) -> None:
+    for name in ("big1", "big2"):
+        with open(tmp_path / name, "wb") as f:
+            f.truncate(96 << 20)  # sparse: cheap to create, read as 96 MiB of zeros
+            f.write(b"start")
+    tracemalloc.start()
+    try:
+        result = scan([tmp_path], config=ScanConfig(workers=1, algorithm="xxh3-128"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(result.groups) == 1
+    assert result.bytes_read >= 4 * (96 << 20)  # full hash + verify read both files
+    assert peak < 8 << 20, f"peak {peak} bytes while reading {result.bytes_read}"
+
+
+@pytest.mark.parametrize("algorithm", ["blake3", "xxh3-128", "sha256"])
+def test_every_hash_algorithm_finds_the_same_groups(tree: Path, algorithm: str) -> None:
+    reference = _group_names(scan([tree], config=ScanConfig(workers=1)))
+    assert _group_names(scan([tree], config=ScanConfig(workers=1, algorithm=algorithm))) == reference
+
+
+def test_parallel_and_inode_ordered_reads_give_the_same_groups(tree: Path) -> None:
+    reference = scan([tree], config=ScanConfig(workers=1))
+    parallel = scan([tree], config=ScanConfig(workers=4, order="inode"))
+    assert _group_names(parallel) == _group_names(reference)
+    assert parallel.bytes_read == reference.bytes_read  # same work, only in another order
+
+
+def test_groups_larger_than_the_open_file_limit_are_compared_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compare, "MAX_OPEN", 4)
+    contents = [bytes([i]) * 20_000 for i in range(3)]
+    for i in range(15):
+        write(tmp_path / f"f{i:02d}", contents[i % 3])
+    files = walk([tmp_path]).files
+    classes = compare.equal_classes(files, compare.ByteCounter(), lambda e, exc: pytest.fail(str(exc)))
+    names = sorted(sorted(int(os.path.basename(f.path)[1:]) for f in c) for c in classes)
+    assert names == [list(range(k, 15, 3)) for k in range(3)]
+
+
+def test_unreadable_files_and_directories_are_reported_per_path(world_readable_tmp: Path) -> None:
+    """Tests run as root, which reads through chmod 000; the scan runs in a forked child that
+    has dropped to user `nobody` (setgid/setuid), so the kernel really refuses the reads."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to nobody")
+    root = world_readable_tmp / "t"
+    (root / "locked-dir").mkdir(parents=True)
+    for name in ("a", "b", "locked-file"):
+        write(root / name, b"readable?" * 1000)
+    write(root / "locked-dir" / "c", b"readable?" * 1000)
+    os.chmod(root / "locked-file", 0)
+    os.chmod(root / "locked-dir", 0)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop privileges for good, scan, send the result, exit without cleanup
+        try:
+            os.close(read_fd)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            result = scan([root], config=ScanConfig(workers=1))
+            payload = {
+                "groups": [sorted(os.path.basename(f.display) for f in g.files) for g in result.groups],
+                "errors": {os.path.basename(e.display): e.error for e in result.errors},
+            }
+            os.write(write_fd, json.dumps(payload).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        payload = json.loads(f.read() or b"{}")
+    os.waitpid(pid, 0)
+    assert payload["groups"] == [["a", "b"]]
+    assert set(payload["errors"]) == {"locked-dir", "locked-file"}
+    assert all("PermissionError" in e for e in payload["errors"].values())
