@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
             "py-spy's 100 Hz; use 0.005 for -r 200)",
         )
         sub.add_argument(
+            "--strip-lines",
+            action="store_true",
+            help="fold py-spy frame names 'fn (file.py:12)' into 'fn (file.py)' (one row per function)",
+        )
+        sub.add_argument(
             "--sort",
             default="inclusive",
             choices=table.SORT_KEYS,
@@ -137,7 +142,12 @@ def run(argv: Sequence[str] | None, stdin: TextIO, stdout: TextIO, stderr: TextI
         with open(args.input, encoding="utf-8") if args.input != "-" else _stdin(stdin) as lines:
             lines_iter: Iterable[str] = _progress(lines, stderr) if stderr.isatty() else lines
             trace = read_trace(
-                lines_iter, format=args.format, source=source, lenient=args.lenient, time_unit=args.time_unit
+                lines_iter,
+                format=args.format,
+                source=source,
+                lenient=args.lenient,
+                time_unit=args.time_unit,
+                strip_lines=args.strip_lines,
             )
             if args.output == "-":
                 _write(trace, args, stdout)

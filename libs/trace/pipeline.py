@@ -11,6 +11,7 @@ Nothing is read until ``trace.events`` is iterated, and the whole chain streams.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -58,9 +59,11 @@ def read_trace(
     source: str = "<input>",
     lenient: bool = False,
     time_unit: str = "s",
+    strip_lines: bool = False,
 ) -> Trace:
     """Parse ``lines`` in ``format`` ("auto" detects it) into a validated event stream.
 
+    ``strip_lines`` folds py-spy's per-line frame names ``fn (file.py:12)`` into ``fn (file.py)``.
     Raises :class:`TraceError` for undetectable input at once; every other problem is raised
     (or, lenient, recorded) while ``events`` is iterated, naming its line.
     """
@@ -77,4 +80,22 @@ def read_trace(
     if parser is None:
         raise ValueError(f"format must be 'auto' or one of {', '.join(FORMATS)}, got {format!r}")
     unit = FIXED_UNITS.get(format, time_unit)
-    return Trace(format, unit, well_formed(parser(lines, diag), diag), diag)
+    events = parser(lines, diag)
+    if strip_lines:
+        events = _strip_lines(events)
+    return Trace(format, unit, well_formed(events, diag), diag)
+
+
+# py-spy names frames "function (file.py:LINE)" with the line executing in that frame, so one
+# function shows up once per line it was sampled on; this folds them into "function (file.py)".
+_LINE_SUFFIX = re.compile(r"^(.*) \((.*):\d+\)$")
+
+
+def _strip_lines(events: Iterator[Event]) -> Iterator[Event]:
+    cache: dict[str, str] = {}
+    for ev in events:
+        name = cache.get(ev.name)
+        if name is None:
+            name = cache[ev.name] = _LINE_SUFFIX.sub(r"\1 (\2)", ev.name)
+        ev.name = name
+        yield ev

@@ -45,7 +45,7 @@ from libs.trace.events import BEGIN, Event
 
 
 def _fmt(ts: float) -> str:
-    return f"{ts:g}"
+    return f"{ts:.15g}"  # Unix-time stamps need all their digits
 
 
 def well_formed(events: Iterable[Event], diag: Diagnostics) -> Iterator[Event]:

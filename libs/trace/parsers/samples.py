@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 
-from libs.trace.errors import Diagnostics, FormatError
+from libs.trace.errors import Diagnostics, FormatError, TimeWentBack
 from libs.trace.events import Event
 from libs.trace.stackdiff import StackDiffer
 
@@ -58,6 +58,11 @@ def parse(lines: Iterable[str], diag: Diagnostics) -> Iterator[Event]:
         if state is None:
             state = threads[thread] = _Thread(thread)
         if state.last_ts is not None:
+            if ts < state.last_ts:
+                # Reported here rather than by the stack machine, which would see an end before
+                # its begin and call it a negative duration; lenient: clamp (zero-length sample).
+                diag.report(TimeWentBack, f"timestamp {ts:.15g} goes back from {state.last_ts:.15g}", number)
+                ts = state.last_ts
             state.gap = ts - state.last_ts
         state.last_ts = ts
         yield from state.differ.advance(stack, float(ts), number)

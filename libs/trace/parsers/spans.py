@@ -6,7 +6,7 @@ that name it as parent; when a root (``parent_id: null``) arrives its tree is co
 emitted as events, then forgotten. Memory is therefore bounded by the spans of the traces
 still in flight, not by the file.
 
-Each trace is its own track, ``"<service> <first 8 hex of trace_id>"``. Spans are intervals
+Each trace is its own track, ``"<service> <trace_id>"``. Spans are intervals
 ``[ts, ts + dur)`` in seconds. Siblings that overlap in time (concurrent asyncio tasks) cannot
 share one stack: a child that starts before the previous sibling on its lane ended is drawn
 on a lane of its own, ``"<track> #k"``, as a root there (its time then does not count as its
@@ -43,7 +43,7 @@ class _Span:
         self.end: float = self.start + float(record["dur"])
         self.span_id: str = record["span_id"]
         self.parent_id: str | None = record["parent_id"]
-        self.track = f"{record['service']} {record['trace_id'][:8]}"
+        self.track = f"{record['service']} {record['trace_id']}"
         self.line = line
         self.children: list[_Span] = []
 
