@@ -28,11 +28,11 @@ test: $(BIN)/python  ## the whole test suite
 
 lint:  ## ruff
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check libs services deploy tests benchmarks loadtests
+	$(BIN)/ruff format --check .
 
 format:
 	$(BIN)/ruff check --fix .
-	$(BIN)/ruff format libs services deploy tests benchmarks loadtests
+	$(BIN)/ruff format .
 
 bench:  ## every benchmark (writes reports under reports/)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
