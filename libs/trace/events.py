@@ -24,6 +24,7 @@ frames (and two call-tree nodes ``f`` and ``f;f``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 BEGIN = "B"
@@ -36,6 +37,14 @@ UNITS_TO_MICROSECONDS: dict[str, float] = {
     "us": 1.0,
     "ns": 1e-3,
 }
+
+
+def finite(text: str) -> float:
+    """Parse a timestamp or duration; NaN and infinities are refused (they break ordering)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {text!r}")
+    return value
 
 
 @dataclass(slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from libs.trace.errors import Diagnostics, FormatError
-from libs.trace.events import BEGIN, END, Event
+from libs.trace.events import BEGIN, END, Event, finite
 
 _PHASES = {"B": BEGIN, "E": END}
 
@@ -32,7 +32,7 @@ def parse(lines: Iterable[str], diag: Diagnostics) -> Iterator[Event]:
             diag.report(FormatError, f"expected phase B or E, got {phase[:40]!r}", number)
             continue
         try:
-            ts = float(head)
+            ts = finite(head)
         except ValueError:
             diag.report(FormatError, f"expected a number as timestamp, got {head[:40]!r}", number)
             continue

@@ -11,6 +11,7 @@ the gap before it (zero when it is the thread's only sample). Timestamps are sec
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 
 from libs.trace.errors import Diagnostics, FormatError, TimeWentBack
@@ -45,7 +46,7 @@ def parse(lines: Iterable[str], diag: Diagnostics) -> Iterator[Event]:
         ts = record.get("ts")
         stack = record.get("stack")
         thread = record.get("thread", "main")
-        if isinstance(ts, bool) or not isinstance(ts, int | float):
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
             diag.report(FormatError, f"field 'ts': expected a number, got {ts!r}", number)
             continue
         if not isinstance(stack, list) or not all(isinstance(f, str) and f for f in stack):

@@ -21,6 +21,7 @@ noise: up to ``TOLERANCE`` seconds it is silently clipped into the parent. Beyon
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator
 
@@ -59,7 +60,7 @@ def _check(record: object, number: int, diag: Diagnostics) -> bool:
             return False
     for field in ("ts", "dur"):
         value = record[field]
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             diag.report(FormatError, f"field {field!r}: expected a number, got {value!r}", number)
             return False
     if not isinstance(record["name"], str) or not record["name"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from libs.trace.errors import Diagnostics, FormatError
-from libs.trace.events import BEGIN, END, Event
+from libs.trace.events import BEGIN, END, Event, finite
 
 _PHASES = {"start": BEGIN, "begin": BEGIN, "end": END}
 
@@ -31,7 +31,7 @@ def parse(lines: Iterable[str], diag: Diagnostics) -> Iterator[Event]:
             diag.report(FormatError, f"expected 'start' or 'end', got {phase[:40]!r}", number)
             continue
         try:
-            ts = float(stamp)
+            ts = finite(stamp)
         except ValueError:
             diag.report(FormatError, f"expected a number as timestamp, got {stamp[:40]!r}", number)
             continue

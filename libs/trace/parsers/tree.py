@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from libs.trace.errors import Diagnostics, FormatError, NegativeDuration
-from libs.trace.events import BEGIN, END, Event
+from libs.trace.events import BEGIN, END, Event, finite
 
 # Accumulated float error tolerated when children exactly fill their parent (0.1 + 0.2 > 0.3).
 _SLACK = 1e-9
@@ -52,7 +52,7 @@ def parse(lines: Iterable[str], diag: Diagnostics) -> Iterator[Event]:
         name, _, amount = text.rpartition(" ")
         name = name.strip()
         try:
-            inclusive = float(amount)
+            inclusive = finite(amount)
         except ValueError:
             diag.report(FormatError, f"expected 'name INCLUSIVE_TIME', got {text[:80]!r}", number)
             continue
