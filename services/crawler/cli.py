@@ -1,0 +1,238 @@
+"""`python -m services.crawler crawl SEED...`: a one-shot crawl with a progress bar.
+
+Running it again on the same --store resumes: finished URLs stay finished, URLs a killed run held
+come back when their lease expires. Exit codes: 0 finished, 1 the crawl failed, 2 bad usage,
+130 interrupted (Ctrl-C stops dispatching, lets in-flight requests finish, keeps the store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from services.crawler.engine import Crawl, CrawlState
+from services.crawler.fetcher import Fetcher, ResolverMap, ResolveRule
+from services.crawler.settings import USER_AGENT, CrawlConfig
+from services.crawler.sinks import open_sink
+from services.crawler.store_sqlite import SQLiteStore
+from services.crawler.warc import WarcOutput
+
+# CrawlConfig field path -> the flag that sets it, so validation errors name what the user typed.
+_FLAGS = {
+    "seeds": "SEED",
+    "scope": "--scope",
+    "max_pages": "--max-pages",
+    "max_depth": "--max-depth",
+    "max_pages_per_host": "--max-pages-per-host",
+    "concurrency": "--concurrency",
+    "user_agent": "--user-agent",
+    "politeness.min_delay": "--min-delay",
+    "politeness.max_in_flight_per_host": "--max-in-flight-per-host",
+    "lease_seconds": "--lease-seconds",
+    "fetch.connect_timeout": "--connect-timeout",
+    "fetch.read_timeout": "--read-timeout",
+    "fetch.total_timeout": "--total-timeout",
+    "fetch.max_body_bytes": "--max-body-bytes",
+    "retry.max_attempts": "--max-attempts",
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m services.crawler crawl",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("seeds", nargs="+", metavar="SEED", help="absolute http(s) URL to start from")
+    p.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="host glob allowed, repeatable (default: the seeds' hosts)",
+    )
+    p.add_argument("--max-pages", type=int, default=10_000, help="stop after this many fetched URLs")
+    p.add_argument("--max-depth", type=int, default=None, help="link hops from a seed (default unlimited)")
+    p.add_argument("--max-pages-per-host", type=int, default=5_000, help="URLs admitted per host")
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight across hosts")
+    p.add_argument("--min-delay", type=float, default=1.0, help="minimum seconds between requests to a host")
+    p.add_argument("--max-in-flight-per-host", type=int, default=1, help="concurrent requests per host")
+    p.add_argument("--adaptive-factor", type=float, default=1.0, help="delay >= factor * mean latency")
+    p.add_argument("--user-agent", default=USER_AGENT, help="User-Agent header")
+    p.add_argument("--lease-seconds", type=float, default=60.0, help="a claimed URL returns after this")
+    p.add_argument("--connect-timeout", type=float, default=5.0)
+    p.add_argument("--read-timeout", type=float, default=10.0)
+    p.add_argument("--total-timeout", type=float, default=30.0)
+    p.add_argument("--max-body-bytes", type=int, default=2 * 1024 * 1024)
+    p.add_argument("--max-attempts", type=int, default=4, help="fetch attempts per URL")
+    p.add_argument("--retry-base", type=float, default=0.5, help="backoff base seconds")
+    p.add_argument("--retry-cap", type=float, default=30.0, help="backoff cap seconds")
+    p.add_argument(
+        "--resolve",
+        action="append",
+        default=[],
+        metavar="PATTERN=IP:PORT",
+        help="resolver map entry, repeatable, e.g. '*.sim.test=127.0.0.1:8090'",
+    )
+    p.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="allow private/loopback addresses outside the resolver map",
+    )
+    p.add_argument("--store", default=None, help="SQLite store (default data/crawler/<crawl-id>.sqlite)")
+    p.add_argument("--crawl-id", default="cli", help="crawl id used in page events and file names")
+    p.add_argument("--warc-dir", default=None, help="write WARC files here (default: none)")
+    p.add_argument("--pages-to", default="", help="page event sink: redis://, http(s):// or a .jsonl path")
+    p.add_argument("--seed", type=int, default=None, help="random seed for retry jitter")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    return p
+
+
+def _config_from_args(args: argparse.Namespace) -> CrawlConfig:
+    raw: dict[str, Any] = {
+        "seeds": args.seeds,
+        "scope": args.scope,
+        "max_pages": args.max_pages,
+        "max_depth": args.max_depth,
+        "max_pages_per_host": args.max_pages_per_host,
+        "concurrency": args.concurrency,
+        "user_agent": args.user_agent,
+        "lease_seconds": args.lease_seconds,
+        "politeness": {
+            "min_delay": args.min_delay,
+            "max_in_flight_per_host": args.max_in_flight_per_host,
+            "adaptive_factor": args.adaptive_factor,
+        },
+        "fetch": {
+            "connect_timeout": args.connect_timeout,
+            "read_timeout": args.read_timeout,
+            "total_timeout": args.total_timeout,
+            "max_body_bytes": args.max_body_bytes,
+        },
+        "retry": {
+            "max_attempts": args.max_attempts,
+            "base_delay": args.retry_base,
+            "max_delay": args.retry_cap,
+        },
+    }
+    try:
+        return CrawlConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+        raise UsageError(f"{_FLAGS.get(loc, loc)}: {err['msg']}") from None
+
+
+class _Progress:
+    def __init__(self, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(unit="page", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+    def __call__(self, crawl: Crawl) -> None:
+        if self.bar is None:
+            return
+        done = crawl.stats.fetched
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix(
+            hosts=len(crawl.frontier.slots),
+            queued_hosts=len(crawl.frontier),
+            denied=crawl.stats.robots_denied,
+            retries=crawl.stats.retries,
+            refresh=False,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+async def run_crawl(args: argparse.Namespace, config: CrawlConfig) -> dict[str, Any]:
+    rules = [ResolveRule.parse(r) for r in args.resolve]
+    store_path = Path(args.store or f"data/crawler/{args.crawl_id}.sqlite")
+    store = SQLiteStore(store_path)
+    store.set_meta("config", config.model_dump_json())
+    warc = WarcOutput(args.warc_dir, args.crawl_id) if args.warc_dir else None
+    sink = open_sink(args.pages_to)
+    progress = _Progress(sys.stderr.isatty() if args.progress is None else args.progress)
+    resolver = ResolverMap(rules, allow_private=args.allow_private)
+    try:
+        async with Fetcher(
+            config.fetch, resolver, config.user_agent, concurrency=config.concurrency
+        ) as fetcher:
+            crawl = Crawl(
+                args.crawl_id,
+                config,
+                store,
+                fetcher,
+                warc=warc,
+                sink=sink,
+                seed=args.seed,
+                on_progress=progress,
+            )
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, crawl.cancel)
+            await crawl.run()
+            status = crawl.status()
+            status["store"] = str(store_path)
+            return status
+    finally:
+        progress.close()
+        if sink is not None:
+            await sink.close()
+        if warc is not None:
+            warc.close()
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        config = _config_from_args(args)
+        for spec in args.resolve:
+            try:
+                ResolveRule.parse(spec)
+            except ValueError as exc:
+                raise UsageError(f"--resolve: {exc}") from None
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        status = asyncio.run(run_crawl(args, config))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    with contextlib.suppress(BrokenPipeError):
+        print(json.dumps(status, indent=2, sort_keys=True))
+    if status["state"] == CrawlState.FAILED.value:
+        return 1
+    if status["state"] == CrawlState.CANCELLED.value:
+        return 130
+    return 0

@@ -1,0 +1,541 @@
+"""The engine coordinates one crawl: frontier (what next) -> fetcher (how) -> parser -> store/WARC/sink.
+
+Policy lives in the frontier and the host slots; mechanism in the fetcher; I/O in store, WARC and
+sink. The engine's loop is the one backpressure predicate: a host is pulled from the frontier only
+when a fetch slot (of `concurrency`) is free.
+
+Per host, a worker does exactly one of:
+- fetch robots.txt (the host's first request, and again when the cached policy expires);
+- claim URLs until one is allowed by robots (denied ones are marked FAILED without a request),
+  fetch it, record the outcome and the links in one store transaction, emit the page event.
+Then the host goes back into the frontier at its next eligible time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+from services.crawler import metrics
+from services.crawler.fetcher import Fetcher, FetchError, FetchResult
+from services.crawler.frontier import Frontier
+from services.crawler.parser import ParsedPage, decode_body, parse_html
+from services.crawler.politeness import HostSlot, parse_retry_after
+from services.crawler.retry import RetryPolicy, is_retryable_status
+from services.crawler.robots import (
+    MAX_ROBOTS_BYTES,
+    MAX_ROBOTS_REDIRECTS,
+    RobotsCache,
+    RobotsMode,
+    RobotsPolicy,
+    policy_from_response,
+)
+from services.crawler.settings import ROBOTS_TOKEN, CrawlConfig
+from services.crawler.sinks import PageSink
+from services.crawler.store import FrontierStore, NewURL, Outcome, URLRecord, URLState
+from services.crawler.urlnorm import InvalidURL, host_of, normalize
+from services.crawler.warc import WarcOutput
+
+log = logging.getLogger("services.crawler.engine")
+_ROBOTS_ATTEMPTS = 3  # transient robots.txt failures retried politely before disallow-all
+_PARSE_OFF_LOOP_BYTES = 256 * 1024
+_CLAIMS_PER_TURN = 200  # robots-denied URLs skipped per host turn before yielding
+
+
+class CrawlState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+@dataclass
+class CrawlStats:
+    requests: int = 0
+    fetched: int = 0
+    failed: int = 0
+    robots_denied: int = 0
+    robots_fetches: int = 0
+    retries: int = 0
+    bytes: int = 0
+    leases_expired: int = 0
+    discovered: int = 0
+    duplicate_content: int = 0
+    pages_emitted: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "statuses"}
+        d["statuses"] = dict(self.statuses)
+        return d
+
+
+def new_owner_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class Crawl:
+    def __init__(
+        self,
+        crawl_id: str,
+        config: CrawlConfig,
+        store: FrontierStore,
+        fetcher: Fetcher,
+        *,
+        warc: WarcOutput | None = None,
+        sink: PageSink | None = None,
+        owner: str | None = None,
+        seed: int | None = None,
+        on_progress: Callable[[Crawl], None] | None = None,
+    ) -> None:
+        self.crawl_id = crawl_id
+        self.config = config
+        self.store = store
+        self.fetcher = fetcher
+        self.warc = warc
+        self.sink = sink
+        self.owner = owner or new_owner_id()
+        self.on_progress = on_progress
+        self.frontier = Frontier(store, config.politeness)
+        self.robots = RobotsCache(ttl=config.robots_ttl, error_ttl=config.robots_error_ttl)
+        self.retry = RetryPolicy(config.retry, random.Random(seed))
+        self.state = CrawlState.PENDING
+        self.stats = CrawlStats()
+        self.error: str | None = None
+        self._scope = [p.lower() for p in config.scope] or sorted(
+            {(urlsplit(normalize(s)).hostname or "") for s in config.seeds}
+        )
+        self._robots_redirect: dict[str, tuple[str, int]] = {}
+        self._robots_attempts: Counter[str] = Counter()
+        self._fetched_before = 0
+        self._fetches_in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._resume = asyncio.Event()
+        self._resume.set()
+        self._wake = asyncio.Event()
+
+    # -- control -----------------------------------------------------------------------------
+    def pause(self) -> None:
+        if self.state is CrawlState.RUNNING:
+            self.state = CrawlState.PAUSED
+            self._resume.clear()
+
+    def resume(self) -> None:
+        if self.state is CrawlState.PAUSED:
+            self.state = CrawlState.RUNNING
+            self._resume.set()
+
+    def cancel(self) -> None:
+        if self.state in (CrawlState.PENDING, CrawlState.RUNNING, CrawlState.PAUSED):
+            self.state = CrawlState.CANCELLING
+            self._resume.set()
+            self._wake.set()
+
+    @property
+    def done(self) -> bool:
+        return self.state in (CrawlState.CANCELLED, CrawlState.FINISHED, CrawlState.FAILED)
+
+    # -- scope and admission -----------------------------------------------------------------
+    def in_scope(self, url: str) -> bool:
+        hostname = urlsplit(url).hostname or ""
+        return any(fnmatch.fnmatchcase(hostname, p) for p in self._scope)
+
+    def _admit(self, url: str, depth: int, *, redirects: int = 0, via: str | None = None) -> NewURL | None:
+        if len(url) > self.config.max_url_length or not self.in_scope(url):
+            return None
+        if self.config.max_depth is not None and depth > self.config.max_depth:
+            return None
+        return NewURL(url, host_of(url), depth, redirects, via)
+
+    def _budget_left(self) -> bool:
+        return self._fetched_before + self.stats.fetched + self._fetches_in_flight < self.config.max_pages
+
+    # -- main loop ---------------------------------------------------------------------------
+    async def run(self) -> CrawlStats:
+        self.state = CrawlState.RUNNING
+        self.stats.started_at = time.time()
+        now = time.time()
+        seeds = [self._admit(normalize(s), 0) for s in self.config.seeds]
+        self.store.add([s for s in seeds if s is not None], now=now)
+        self._fetched_before = self.store.counts()["FETCHED"]
+        expired = self.store.expire_leases(now)
+        self._count_expired(expired)
+        self.frontier.load_pending()
+        reaper = asyncio.create_task(self._reaper())
+        slots = asyncio.Semaphore(self.config.concurrency)
+        try:
+            while self.state is not CrawlState.CANCELLING:
+                if self.state is CrawlState.PAUSED:
+                    await self._resume.wait()
+                    continue
+                if not self._budget_left():
+                    if not self._tasks:
+                        break
+                    await self._wait_wake(0.5)
+                    continue
+                await slots.acquire()
+                host = await self.frontier.next_host(timeout=0.25)
+                if host is None:
+                    slots.release()
+                    if not self._tasks and self.frontier.idle and self.store.earliest_lease_expiry() is None:
+                        break  # nothing queued, nothing running, nothing leased: the crawl is complete
+                    continue
+                task = asyncio.create_task(self._work(host))
+                self._tasks.add(task)
+                task.add_done_callback(lambda t, s=slots: self._task_done(t, s))
+        except Exception as exc:
+            self.state = CrawlState.FAILED
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("crawl %s failed", self.crawl_id)
+        finally:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            if self.state is CrawlState.CANCELLING:
+                self.state = CrawlState.CANCELLED
+            elif self.state is not CrawlState.FAILED:
+                self.state = CrawlState.FINISHED
+            self.stats.finished_at = time.time()
+            metrics.FRONTIER_SIZE.set(0)
+            if self.on_progress:
+                self.on_progress(self)
+        return self.stats
+
+    def _task_done(self, task: asyncio.Task[None], slots: asyncio.Semaphore) -> None:
+        self._tasks.discard(task)
+        slots.release()
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("worker failed: %s", exc, exc_info=exc)
+
+    async def _wait_wake(self, timeout: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _count_expired(self, n: int) -> None:
+        if n:
+            self.stats.leases_expired += n
+            metrics.LEASES_EXPIRED.inc(n)
+
+    async def _reaper(self) -> None:
+        """Hand back URLs whose lease ran out (a dead worker's), and refresh the frontier gauge."""
+        interval = min(1.0, self.config.lease_seconds / 4)
+        while True:
+            await asyncio.sleep(interval)
+            expired = self.store.expire_leases(time.time())
+            if expired:
+                self._count_expired(expired)
+                self.frontier.load_pending()
+            counts = self.store.counts()
+            metrics.FRONTIER_SIZE.set(counts["DISCOVERED"] + counts["RETRYABLE"])
+
+    # -- one host turn -----------------------------------------------------------------------
+    async def _work(self, host: str) -> None:
+        slot = self.frontier.slot(host)
+        try:
+            if host in self._robots_redirect:
+                url, hops = self._robots_redirect.pop(host)
+                await self._fetch_robots(host, slot, url, hops)
+                self.frontier.after_fetch(host)
+                return
+            for _ in range(_CLAIMS_PER_TURN):
+                if self.state is CrawlState.CANCELLING or not self._budget_left():
+                    self.frontier.schedule(host)
+                    return
+                rec = self.store.claim(host, self.owner, self.config.lease_seconds, time.time())
+                if rec is None:
+                    self.frontier.reschedule_from_store(host)
+                    return
+                policy = self.robots.get(host)
+                if policy is None:
+                    # First request to this host (or the cached policy expired): robots.txt first.
+                    self.store.release(rec.id)
+                    scheme = urlsplit(rec.url).scheme
+                    await self._fetch_robots(host, slot, f"{scheme}://{host}/robots.txt", 0)
+                    self.frontier.after_fetch(host)
+                    return
+                if not policy.allows(rec.url):
+                    self._deny(rec, policy)
+                    continue
+                if not self.store.start(rec.id, self.owner, self.config.lease_seconds, time.time()):
+                    continue  # lease lost to the reaper in between: someone else owns it now
+                await self._fetch_page(rec, slot)
+                self.frontier.after_fetch(host)
+                return
+            self.frontier.schedule(host)
+        except Exception:
+            self.frontier.schedule(host)
+            raise
+
+    def _deny(self, rec: URLRecord, policy: RobotsPolicy) -> None:
+        reason = (
+            "robots_disallowed" if policy.mode is RobotsMode.RULES else f"robots_unavailable: {policy.reason}"
+        )
+        self.store.finish(rec.id, Outcome(URLState.FAILED, error=reason), [], now=time.time())
+        self.stats.robots_denied += 1
+        self.stats.failed += 1
+        metrics.ROBOTS_DENIALS.inc()
+
+    def _begin_request(self, host: str, slot: HostSlot) -> float:
+        slot.on_start(time.monotonic())
+        self.stats.requests += 1
+        metrics.HOST_REQUESTS.labels(host).inc()
+        metrics.IN_FLIGHT.inc()
+        return time.monotonic()
+
+    def _end_request(self, slot: HostSlot, t0: float, status: int | None, retry_after: float | None) -> None:
+        metrics.IN_FLIGHT.dec()
+        now = time.monotonic()
+        delay = slot.on_finish(now, now - t0, status, retry_after)
+        metrics.POLITENESS_DELAY.observe(delay)
+        metrics.FETCH_LATENCY.observe(now - t0)
+
+    async def _fetch_robots(self, host: str, slot: HostSlot, url: str, hops: int) -> None:
+        t0 = self._begin_request(host, slot)
+        self.stats.robots_fetches += 1
+        status: int | None = None
+        retry_after = None
+        try:
+            result = await self.fetcher.fetch(url, max_body_bytes=MAX_ROBOTS_BYTES, allowed_types=["*"])
+        except FetchError as exc:
+            self._robots_attempts[host] += 1
+            metrics.FETCHES.labels(type(exc).__name__).inc()
+            if exc.retryable and self._robots_attempts[host] < _ROBOTS_ATTEMPTS:
+                self._end_request(slot, t0, None, self.retry.backoff(self._robots_attempts[host]))
+                return  # the next turn of this host tries robots.txt again
+            policy = policy_from_response(None, b"", ROBOTS_TOKEN, error=str(exc))
+        else:
+            status = result.status
+            retry_after = parse_retry_after(result.header("Retry-After"))
+            metrics.FETCHES.labels(str(status)).inc()
+            metrics.BYTES.inc(len(result.body))
+            self.stats.bytes += len(result.body)
+            if 300 <= status < 400 and result.location and hops < MAX_ROBOTS_REDIRECTS:
+                try:
+                    target = normalize(result.location, url)
+                except InvalidURL:
+                    target = ""
+                if target and host_of(target) == host:
+                    self._robots_redirect[host] = (target, hops + 1)
+                    self._end_request(slot, t0, status, retry_after)
+                    return
+            if (status == 429 or status >= 500) and self._robots_attempts[host] + 1 < _ROBOTS_ATTEMPTS:
+                self._robots_attempts[host] += 1
+                backoff = self.retry.backoff(self._robots_attempts[host], retry_after)
+                self._end_request(slot, t0, status, backoff)
+                return
+            policy = policy_from_response(status, result.body, ROBOTS_TOKEN)
+        slot.crawl_delay = policy.crawl_delay
+        self._robots_attempts.pop(host, None)
+        self.robots.put(host, policy)
+        metrics.ROBOTS_FETCHES.labels(policy.mode.value).inc()
+        self._end_request(slot, t0, status, retry_after)
+
+    async def _fetch_page(self, rec: URLRecord, slot: HostSlot) -> None:
+        attempts_made = rec.attempts + 1
+        self._fetches_in_flight += 1
+        t0 = self._begin_request(rec.host, slot)
+        try:
+            try:
+                result = await self.fetcher.fetch(rec.url)
+            except FetchError as exc:
+                self._end_request(slot, t0, None, None)
+                metrics.FETCHES.labels(type(exc).__name__).inc()
+                self.stats.statuses[type(exc).__name__] += 1
+                self._retry_or_fail(
+                    rec, attempts_made, type(exc).__name__, None, None, exc.retryable, str(exc)
+                )
+                return
+            retry_after = parse_retry_after(result.header("Retry-After"))
+            self._end_request(slot, t0, result.status, retry_after if result.status in (429, 503) else None)
+            await self._handle_response(rec, result, attempts_made, retry_after)
+        finally:
+            self._fetches_in_flight -= 1
+            if self.on_progress:
+                self.on_progress(self)
+
+    def _retry_or_fail(
+        self,
+        rec: URLRecord,
+        attempts_made: int,
+        reason: str,
+        status: int | None,
+        retry_after: float | None,
+        retryable: bool,
+        error: str,
+    ) -> None:
+        now = time.time()
+        if retryable and self.retry.should_retry(attempts_made):
+            wait = self.retry.backoff(attempts_made, retry_after)
+            self.store.retry(rec.id, now + wait, error, status)
+            self.stats.retries += 1
+            metrics.RETRIES.labels(reason).inc()
+            return
+        self.store.finish(
+            rec.id, Outcome(URLState.FAILED, status=status, error=error, fetched_at=now), [], now=now
+        )
+        self.stats.failed += 1
+
+    async def _handle_response(
+        self, rec: URLRecord, result: FetchResult, attempts_made: int, retry_after: float | None
+    ) -> None:
+        status = result.status
+        now = time.time()
+        metrics.FETCHES.labels(str(status)).inc()
+        metrics.BYTES.inc(len(result.body))
+        self.stats.bytes += len(result.body)
+        self.stats.statuses[str(status)] += 1
+        if is_retryable_status(status):
+            self._retry_or_fail(rec, attempts_made, str(status), status, retry_after, True, f"HTTP {status}")
+            return
+        warc_file = self.warc.write(result) if self.warc is not None else None
+        new_urls: list[NewURL] = []
+        sha: str | None = None
+        if 300 <= status < 400 and result.location:
+            if rec.redirects < self.config.fetch.max_redirects:
+                try:
+                    target = normalize(result.location, rec.url)
+                except InvalidURL:
+                    target = None
+                if target is not None:
+                    admitted = self._admit(
+                        target, rec.depth, redirects=rec.redirects + 1, via=rec.via or rec.url
+                    )
+                    if admitted is not None:
+                        new_urls.append(admitted)
+        elif 200 <= status < 300:
+            sha = hashlib.sha256(result.body).hexdigest()
+            duplicate = self.store.first_with_content(sha, rec.id) != rec.id
+            if duplicate:
+                self.stats.duplicate_content += 1
+                metrics.DUPLICATE_CONTENT.inc()
+            page = None
+            if not result.body_skipped:
+                page = await self._parse(result)
+            if page is not None:
+                if not (duplicate and self.config.skip_duplicate_content_links):
+                    for link in page.links:
+                        admitted = self._admit(link, rec.depth + 1)
+                        if admitted is not None:
+                            new_urls.append(admitted)
+                if self.sink is not None:
+                    await self._emit(rec, result, sha, page, warc_file, now)
+        new = self.store.finish(
+            rec.id,
+            Outcome(URLState.FETCHED, status=status, content_sha256=sha, fetched_at=now),
+            new_urls,
+            max_per_host=self.config.max_pages_per_host,
+            now=now,
+        )
+        self.stats.fetched += 1
+        if new:
+            self.stats.discovered += new
+            metrics.DISCOVERED.inc(new)
+            for host in {u.host for u in new_urls}:
+                self.frontier.schedule(host)
+
+    async def _parse(self, result: FetchResult) -> ParsedPage:
+        html = decode_body(result.body, result.charset)
+        if len(result.body) > _PARSE_OFF_LOOP_BYTES:
+            return await asyncio.to_thread(parse_html, html, result.url)
+        return parse_html(html, result.url)
+
+    async def _emit(
+        self,
+        rec: URLRecord,
+        result: FetchResult,
+        sha: str,
+        page: ParsedPage,
+        warc_file: str | None,
+        now: float,
+    ) -> None:
+        assert self.sink is not None
+        event = {
+            "crawl_id": self.crawl_id,
+            "url": rec.via or rec.url,
+            "final_url": rec.url,
+            "status": result.status,
+            "content_type": result.content_type,
+            "content_sha256": sha,
+            "text": page.text,
+            "links": page.links,
+            "canonical": page.canonical,
+            "fetched_at": now,
+            "warc_file": warc_file,
+        }
+        await self.sink.emit(event)
+        self.stats.pages_emitted += 1
+
+    # -- views -------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        counts = self.store.counts()
+        stats = self.stats.as_dict()
+        elapsed = (
+            ((self.stats.finished_at or time.time()) - self.stats.started_at) if self.stats.started_at else 0
+        )
+        return {
+            "crawl_id": self.crawl_id,
+            "state": self.state.value,
+            "error": self.error,
+            "urls": counts,
+            "frontier_size": counts["DISCOVERED"] + counts["RETRYABLE"],
+            "hosts_known": len(self.frontier.slots),
+            "hosts_queued": len(self.frontier),
+            "in_flight": self._fetches_in_flight,
+            "stats": stats,
+            "elapsed_seconds": round(elapsed, 3),
+            "pages_per_second": round(self.stats.fetched / elapsed, 3) if elapsed > 0 else 0.0,
+        }
+
+    def host_view(self, host: str) -> dict[str, Any]:
+        slot = self.frontier.slots.get(host)
+        policy = self.robots.get(host)
+        now = time.monotonic()
+        out: dict[str, Any] = {
+            "host": host,
+            "urls": self.store.host_counts(host),
+            "robots": policy.summary() if policy else None,
+        }
+        if slot is not None:
+            out.update(
+                {
+                    "delay_seconds": round(slot.delay, 3),
+                    "crawl_delay": slot.crawl_delay,
+                    "backoff_multiplier": slot.backoff_multiplier,
+                    "in_flight": slot.in_flight,
+                    "requests": slot.requests,
+                    "next_eligible_in_seconds": round(max(0.0, slot.next_eligible - now), 3),
+                    "latency_ewma_seconds": None
+                    if slot.latency_ewma is None
+                    else round(slot.latency_ewma, 4),
+                    "requests_per_second_60s": round(slot.request_rate(now), 3),
+                    "last_request_at": slot.last_request_at,
+                }
+            )
+        return out
+
+    def hosts_view(self) -> list[dict[str, Any]]:
+        return [self.host_view(h) for h in sorted(self.frontier.slots)]

@@ -1,0 +1,136 @@
+"""The frontier: the crawl's control plane. It alone decides which host may be fetched next.
+
+Structure (Mercator-style "back queues"):
+- per-host queues live in the store (`FrontierStore.claim(host)` pops the host's best URL);
+- one in-memory min-heap of (next eligible time, host) holds every host that has work and a free
+  slot; a host appears in it at most once (`_queued` is the membership set);
+- per-host politeness state lives in one HostSlot per host (politeness.py).
+
+Fairness: a host re-enters the heap only after its request finished, keyed by its own next eligible
+time, so one huge host gets one turn per delay like every other host and cannot starve the rest.
+Memory: O(hosts) here; URLs stay on disk in the store. Backpressure: the engine pulls the next host
+only when it has a free fetch slot, so nothing upstream of the fetcher accumulates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+
+from services.crawler import metrics
+from services.crawler.politeness import HostSlot
+from services.crawler.settings import PolitenessConfig
+from services.crawler.store import FrontierStore
+
+
+class Frontier:
+    def __init__(
+        self,
+        store: FrontierStore,
+        politeness: PolitenessConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.politeness = politeness
+        self.clock = clock
+        self.wall = wall
+        self.slots: dict[str, HostSlot] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._queued: set[str] = set()
+        self._seq = itertools.count()
+        self._changed = asyncio.Event()
+
+    # -- host slots ----------------------------------------------------------------------------
+    def slot(self, host: str) -> HostSlot:
+        slot = self.slots.get(host)
+        if slot is None:
+            slot = self.slots[host] = HostSlot(host, self.politeness)
+        return slot
+
+    def _mono_from_wall(self, wall_time: float) -> float:
+        return self.clock() + max(0.0, wall_time - self.wall())
+
+    # -- heap ----------------------------------------------------------------------------------
+    def schedule(self, host: str, not_before_wall: float | None = None) -> None:
+        """Put `host` in the heap (if not there) at its next eligible time."""
+        if host in self._queued:
+            return
+        slot = self.slot(host)
+        at = slot.next_eligible
+        if not_before_wall is not None:
+            at = max(at, self._mono_from_wall(not_before_wall))
+        heapq.heappush(self._heap, (at, next(self._seq), host))
+        self._queued.add(host)
+        metrics.FRONTIER_HOSTS.set(len(self._queued))
+        self._changed.set()
+
+    def load_pending(self) -> int:
+        """Seed the heap from the store (start or restart of a crawl)."""
+        hosts = self.store.pending_hosts()
+        for host, not_before in hosts:
+            self.schedule(host, not_before)
+        return len(hosts)
+
+    def after_fetch(self, host: str) -> None:
+        """A host's request finished: it competes again from its next eligible time."""
+        self.schedule(host)
+
+    def reschedule_from_store(self, host: str) -> None:
+        """The host had nothing claimable now: requeue at its earliest waiting URL, or drop it."""
+        ready_at = self.store.next_ready_at(host)
+        if ready_at is not None:
+            self.schedule(host, ready_at)
+
+    @property
+    def idle(self) -> bool:
+        return not self._heap
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def peek_time(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    async def next_host(self, timeout: float | None = None) -> str | None:
+        """Wait for the host with the earliest eligible time to become eligible, and pop it.
+
+        Returns None if nothing became eligible within `timeout` (the engine uses that to check
+        for completion, expired leases and pause/cancel).
+        """
+        deadline = None if timeout is None else self.clock() + timeout
+        while True:
+            now = self.clock()
+            while self._heap:
+                at, _, host = self._heap[0]
+                slot = self.slot(host)
+                if slot.in_flight >= self.politeness.max_in_flight_per_host:
+                    # Requeued by after_fetch when the in-flight request finishes.
+                    heapq.heappop(self._heap)
+                    self._queued.discard(host)
+                    continue
+                at = max(at, slot.next_eligible)
+                if at > now:
+                    if at != self._heap[0][0]:  # its slot moved on (e.g. Retry-After): re-key it
+                        heapq.heapreplace(self._heap, (at, next(self._seq), host))
+                        continue
+                    break
+                heapq.heappop(self._heap)
+                self._queued.discard(host)
+                metrics.FRONTIER_HOSTS.set(len(self._queued))
+                return host
+            wait = None if not self._heap else self._heap[0][0] - now
+            if deadline is not None:
+                remaining = deadline - now
+                if remaining <= 0:
+                    return None
+                wait = remaining if wait is None else min(wait, remaining)
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=wait)
+            except TimeoutError:
+                pass

@@ -1,0 +1,38 @@
+"""Prometheus metrics of the crawler (default registry; every name starts with crawler_).
+
+The per-host request counter carries a `host` label: fine for the hundreds of hosts of a websim
+crawl; a crawl of the open web would aggregate it (top-k) instead.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+FETCHES = Counter("crawler_fetches_total", "Fetches by outcome: HTTP status code or error class", ["status"])
+BYTES = Counter("crawler_fetched_bytes_total", "Response body bytes received (after decoding)")
+HOST_REQUESTS = Counter(
+    "crawler_host_requests_total", "Requests sent per host (robots.txt included)", ["host"]
+)
+ROBOTS_DENIALS = Counter("crawler_robots_denials_total", "URLs not fetched because robots.txt disallows them")
+ROBOTS_FETCHES = Counter("crawler_robots_fetches_total", "robots.txt fetches by resulting policy", ["policy"])
+FRONTIER_SIZE = Gauge("crawler_frontier_size", "URLs waiting to be fetched (DISCOVERED + RETRYABLE)")
+FRONTIER_HOSTS = Gauge("crawler_frontier_hosts", "Hosts in the scheduling heap")
+IN_FLIGHT = Gauge("crawler_in_flight_requests", "Requests in flight")
+LEASES_EXPIRED = Counter(
+    "crawler_leases_expired_total", "Claimed URLs handed back because their lease ran out"
+)
+RETRIES = Counter("crawler_retries_total", "Fetches scheduled for another attempt", ["reason"])
+DISCOVERED = Counter("crawler_discovered_urls_total", "New unique URLs admitted to the frontier")
+DUPLICATE_CONTENT = Counter("crawler_duplicate_content_total", "Bodies whose SHA-256 was already seen")
+PAGES_EMITTED = Counter("crawler_pages_emitted_total", "Page events handed to the sink")
+SINK_ERRORS = Counter("crawler_sink_errors_total", "Page events the sink failed to deliver")
+FETCH_LATENCY = Histogram(
+    "crawler_fetch_duration_seconds",
+    "Time from request start to body read",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+POLITENESS_DELAY = Histogram(
+    "crawler_politeness_delay_seconds",
+    "Delay imposed before a host's next request",
+    buckets=(0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0),
+)

@@ -1,0 +1,147 @@
+"""The frontier's durable state: the interface every backend implements (SQLite now, Redis later).
+
+URL state machine (every transition is one atomic store operation, so a crash leaves no half state):
+
+    DISCOVERED --claim--> SCHEDULED --start--> FETCHING --finish--> FETCHED | FAILED
+        ^                     |                    |
+        |                     +---- lease expires -+--> RETRYABLE --claim--> SCHEDULED ...
+        +--------------------------- release (pause/cancel) ------+
+    FETCHING --retry (429/5xx/timeout)--> RETRYABLE (not_before = now + backoff)
+
+A claim carries a lease (owner, until). A worker that dies leaves its URLs SCHEDULED/FETCHING;
+`expire_leases` hands them back, so fetching is at-least-once. `finish` writes the outcome and the
+newly discovered links in one transaction, and finishing a FETCHED URL again changes nothing, so
+writes are idempotent.
+
+Designed for a Redis implementation with host partitions: every per-URL operation names its host,
+`claim` works on one host's queue only, and the global questions (`pending_hosts`, `counts`) are
+answered per partition and merged.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class URLState(IntEnum):
+    DISCOVERED = 0
+    SCHEDULED = 1
+    FETCHING = 2
+    FETCHED = 3
+    FAILED = 4
+    RETRYABLE = 5
+
+
+READY_STATES = (URLState.DISCOVERED, URLState.RETRYABLE)
+LEASED_STATES = (URLState.SCHEDULED, URLState.FETCHING)
+
+
+def url_key(url: str) -> bytes:
+    """128-bit digest of a normalised URL: the exact-dedup key (collision odds ~n^2/2^129)."""
+    return hashlib.blake2b(url.encode("utf-8"), digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class NewURL:
+    url: str
+    host: str
+    depth: int
+    redirects: int = 0
+    via: str | None = None  # the URL whose redirect led here
+
+
+@dataclass(frozen=True)
+class URLRecord:
+    id: int
+    url: str
+    host: str
+    depth: int
+    redirects: int
+    via: str | None
+    state: URLState
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: URLState  # FETCHED or FAILED
+    status: int | None = None
+    content_sha256: str | None = None
+    error: str | None = None
+    fetched_at: float | None = None
+
+
+class FrontierStore(abc.ABC):
+    """Durable URL set + per-host ready queues. Times are wall-clock Unix seconds (they outlive a process)."""
+
+    @abc.abstractmethod
+    def add(self, urls: list[NewURL], *, max_per_host: int | None = None, now: float) -> int:
+        """Insert URLs not seen before (exact dedup); return how many were new."""
+
+    @abc.abstractmethod
+    def claim(self, host: str, owner: str, lease_seconds: float, now: float) -> URLRecord | None:
+        """Move the host's best ready URL (lowest depth, oldest) to SCHEDULED under a lease."""
+
+    @abc.abstractmethod
+    def start(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
+        """SCHEDULED -> FETCHING, counting one attempt; False if the lease was lost."""
+
+    @abc.abstractmethod
+    def finish(
+        self,
+        url_id: int,
+        outcome: Outcome,
+        new_urls: list[NewURL],
+        *,
+        max_per_host: int | None = None,
+        now: float,
+    ) -> int:
+        """Record a final outcome and the links found, atomically; return the number of new URLs."""
+
+    @abc.abstractmethod
+    def retry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
+        """FETCHING -> RETRYABLE, eligible again at `not_before`."""
+
+    @abc.abstractmethod
+    def release(self, url_id: int) -> None:
+        """Give a claimed URL back untouched (pause, cancel, robots not ready)."""
+
+    @abc.abstractmethod
+    def expire_leases(self, now: float) -> int:
+        """Return URLs whose lease ran out to the ready states; return how many."""
+
+    @abc.abstractmethod
+    def pending_hosts(self) -> list[tuple[str, float]]:
+        """Hosts with ready or waiting URLs, each with its earliest not_before."""
+
+    @abc.abstractmethod
+    def next_ready_at(self, host: str) -> float | None:
+        """Earliest not_before among the host's ready URLs, or None when it has none."""
+
+    @abc.abstractmethod
+    def earliest_lease_expiry(self) -> float | None:
+        """When the next held lease runs out, or None when no URL is leased."""
+
+    @abc.abstractmethod
+    def first_with_content(self, sha256: str, url_id: int) -> int:
+        """Remember which URL first had this body; return that URL's id (content dedup)."""
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, int]:
+        """URLs per state name."""
+
+    @abc.abstractmethod
+    def host_counts(self, host: str) -> dict[str, int]:
+        """One host's URLs per state name."""
+
+    @abc.abstractmethod
+    def get_meta(self, key: str) -> str | None: ...
+
+    @abc.abstractmethod
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,248 @@
+"""SQLite (WAL) implementation of FrontierStore: the durable embedded default.
+
+WAL with synchronous=NORMAL: every committed transaction survives a killed process (SIGKILL); only
+an OS crash or power loss can drop the last few. One connection, used from one thread (the event
+loop); each public method is one transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from services.crawler.store import (
+    LEASED_STATES,
+    READY_STATES,
+    FrontierStore,
+    NewURL,
+    Outcome,
+    URLRecord,
+    URLState,
+    url_key,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS urls (
+    id            INTEGER PRIMARY KEY,
+    url_key       BLOB NOT NULL UNIQUE,
+    url           TEXT NOT NULL,
+    host          TEXT NOT NULL,
+    depth         INTEGER NOT NULL,
+    redirects     INTEGER NOT NULL DEFAULT 0,
+    via           TEXT,
+    state         INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    not_before    REAL NOT NULL DEFAULT 0,
+    lease_owner   TEXT,
+    lease_until   REAL,
+    status        INTEGER,
+    content_sha256 TEXT,
+    error         TEXT,
+    discovered_at REAL,
+    fetched_at    REAL
+);
+CREATE INDEX IF NOT EXISTS urls_host_queue ON urls (host, state, depth, id);
+CREATE INDEX IF NOT EXISTS urls_state_lease ON urls (state, lease_until);
+CREATE TABLE IF NOT EXISTS hosts (host TEXT PRIMARY KEY, admitted INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS content (sha256 TEXT PRIMARY KEY, url_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_READY = ",".join(str(int(s)) for s in READY_STATES)
+_LEASED = ",".join(str(int(s)) for s in LEASED_STATES)
+
+
+class SQLiteStore(FrontierStore):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _insert(self, urls: list[NewURL], max_per_host: int | None, now: float) -> int:
+        new = 0
+        cur = self._db.cursor()
+        for u in urls:
+            key = url_key(u.url)
+            if cur.execute("SELECT 1 FROM urls WHERE url_key=?", (key,)).fetchone():
+                continue
+            if max_per_host is not None:
+                row = cur.execute("SELECT admitted FROM hosts WHERE host=?", (u.host,)).fetchone()
+                if row is not None and row[0] >= max_per_host:
+                    continue
+            cur.execute(
+                "INSERT INTO urls (url_key, url, host, depth, redirects, via, state, discovered_at)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (key, u.url, u.host, u.depth, u.redirects, u.via, int(URLState.DISCOVERED), now),
+            )
+            cur.execute(
+                "INSERT INTO hosts (host, admitted) VALUES (?, 1)"
+                " ON CONFLICT(host) DO UPDATE SET admitted = admitted + 1",
+                (u.host,),
+            )
+            new += 1
+        return new
+
+    # -- FrontierStore -------------------------------------------------------------------------
+    def add(self, urls: list[NewURL], *, max_per_host: int | None = None, now: float) -> int:
+        if not urls:
+            return 0
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            return self._insert(urls, max_per_host, now)
+
+    def claim(self, host: str, owner: str, lease_seconds: float, now: float) -> URLRecord | None:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute(
+                f"SELECT id, url, host, depth, redirects, via, state, attempts FROM urls"
+                f" WHERE host=? AND state IN ({_READY}) AND not_before<=?"
+                f" ORDER BY depth, id LIMIT 1",
+                (host, now),
+            ).fetchone()
+            if row is None:
+                return None
+            self._db.execute(
+                "UPDATE urls SET state=?, lease_owner=?, lease_until=? WHERE id=?",
+                (int(URLState.SCHEDULED), owner, now + lease_seconds, row[0]),
+            )
+        return URLRecord(row[0], row[1], row[2], row[3], row[4], row[5], URLState.SCHEDULED, row[7])
+
+    def start(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
+        with self._db:
+            cur = self._db.execute(
+                "UPDATE urls SET state=?, attempts=attempts+1, lease_until=?"
+                " WHERE id=? AND state=? AND lease_owner=?",
+                (int(URLState.FETCHING), now + lease_seconds, url_id, int(URLState.SCHEDULED), owner),
+            )
+            return cur.rowcount == 1
+
+    def finish(
+        self,
+        url_id: int,
+        outcome: Outcome,
+        new_urls: list[NewURL],
+        *,
+        max_per_host: int | None = None,
+        now: float,
+    ) -> int:
+        assert outcome.state in (URLState.FETCHED, URLState.FAILED)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute("SELECT state FROM urls WHERE id=?", (url_id,)).fetchone()
+            if row is None or row[0] in (int(URLState.FETCHED), int(URLState.FAILED)):
+                return 0  # already final: a second finish (at-least-once fetch) changes nothing
+            self._db.execute(
+                "UPDATE urls SET state=?, status=?, content_sha256=?, error=?, fetched_at=?,"
+                " lease_owner=NULL, lease_until=NULL WHERE id=?",
+                (
+                    int(outcome.state),
+                    outcome.status,
+                    outcome.content_sha256,
+                    outcome.error,
+                    outcome.fetched_at,
+                    url_id,
+                ),
+            )
+            return self._insert(new_urls, max_per_host, now)
+
+    def retry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
+        with self._db:
+            self._db.execute(
+                f"UPDATE urls SET state=?, not_before=?, error=?, status=?, lease_owner=NULL,"
+                f" lease_until=NULL"
+                f" WHERE id=? AND state IN ({_LEASED})",
+                (int(URLState.RETRYABLE), not_before, error, status, url_id),
+            )
+
+    def release(self, url_id: int) -> None:
+        with self._db:
+            self._db.execute(
+                f"UPDATE urls SET state=CASE WHEN attempts>0 THEN ? ELSE ? END,"
+                f" lease_owner=NULL, lease_until=NULL WHERE id=? AND state IN ({_LEASED})",
+                (int(URLState.RETRYABLE), int(URLState.DISCOVERED), url_id),
+            )
+
+    def expire_leases(self, now: float) -> int:
+        with self._db:
+            cur = self._db.execute(
+                f"UPDATE urls SET state=CASE WHEN attempts>0 THEN ? ELSE ? END,"
+                f" lease_owner=NULL, lease_until=NULL WHERE state IN ({_LEASED}) AND lease_until<?",
+                (int(URLState.RETRYABLE), int(URLState.DISCOVERED), now),
+            )
+            return cur.rowcount
+
+    def pending_hosts(self) -> list[tuple[str, float]]:
+        return [
+            (h, t)
+            for h, t in self._db.execute(
+                f"SELECT host, MIN(not_before) FROM urls WHERE state IN ({_READY}) GROUP BY host"
+            )
+        ]
+
+    def next_ready_at(self, host: str) -> float | None:
+        row = self._db.execute(
+            f"SELECT MIN(not_before) FROM urls WHERE host=? AND state IN ({_READY})", (host,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def earliest_lease_expiry(self) -> float | None:
+        row = self._db.execute(f"SELECT MIN(lease_until) FROM urls WHERE state IN ({_LEASED})").fetchone()
+        return row[0] if row else None
+
+    def leased_by_others(self, owner: str) -> int:
+        row = self._db.execute(
+            f"SELECT COUNT(*) FROM urls WHERE state IN ({_LEASED}) AND lease_owner<>?", (owner,)
+        ).fetchone()
+        return int(row[0])
+
+    def first_with_content(self, sha256: str, url_id: int) -> int:
+        with self._db:
+            self._db.execute("INSERT OR IGNORE INTO content (sha256, url_id) VALUES (?, ?)", (sha256, url_id))
+            row = self._db.execute("SELECT url_id FROM content WHERE sha256=?", (sha256,)).fetchone()
+        return int(row[0])
+
+    def counts(self) -> dict[str, int]:
+        out = {s.name: 0 for s in URLState}
+        for state, n in self._db.execute("SELECT state, COUNT(*) FROM urls GROUP BY state"):
+            out[URLState(state).name] = n
+        return out
+
+    def host_counts(self, host: str) -> dict[str, int]:
+        out = {s.name: 0 for s in URLState}
+        for state, n in self._db.execute(
+            "SELECT state, COUNT(*) FROM urls WHERE host=? GROUP BY state", (host,)
+        ):
+            out[URLState(state).name] = n
+        return out
+
+    def hosts(self) -> list[str]:
+        return [h for (h,) in self._db.execute("SELECT host FROM hosts ORDER BY host")]
+
+    def fetched_urls(self) -> list[tuple[str, int | None, str | None]]:
+        return list(
+            self._db.execute(
+                "SELECT url, status, content_sha256 FROM urls WHERE state=? ORDER BY id",
+                (int(URLState.FETCHED),),
+            )
+        )
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (key, value),
+            )
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,192 @@
+"""URL normalisation: a table of RFC 3986 section 6 cases, and hypothesis properties."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes, urlsplit
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.crawler.urlnorm import InvalidURL, host_of, normalize, request_target
+
+CASES = [
+    # scheme and host case, default port
+    ("HTTP://Www.Example.COM/", None, "http://www.example.com/"),
+    ("http://example.com:80/a", None, "http://example.com/a"),
+    ("https://example.com:443/a", None, "https://example.com/a"),
+    ("http://example.com:8080/a", None, "http://example.com:8080/a"),
+    ("https://example.com:80/a", None, "https://example.com:80/a"),
+    # empty path, fragment
+    ("http://example.com", None, "http://example.com/"),
+    ("http://example.com/a#section", None, "http://example.com/a"),
+    ("http://example.com/a?q=1#f", None, "http://example.com/a?q=1"),
+    # dot segments
+    ("http://example.com/a/./b/../c", None, "http://example.com/a/c"),
+    ("http://example.com/../../a", None, "http://example.com/a"),
+    ("../x", "http://example.com/a/b/c", "http://example.com/a/x"),
+    ("./", "http://example.com/a/b", "http://example.com/a/"),
+    # percent-encoding: unreserved decoded, others upper-cased, raw unsafe characters encoded
+    ("http://example.com/%7euser/%41%2d", None, "http://example.com/~user/A-"),
+    ("http://example.com/a%2fb", None, "http://example.com/a%2Fb"),
+    ("http://example.com/a b", None, "http://example.com/a%20b"),
+    ("http://example.com/caf\u00e9", None, "http://example.com/caf%C3%A9"),
+    ("http://example.com/50%", None, "http://example.com/50%"),
+    # query: never sorted, never dropped
+    ("http://example.com/?b=2&a=1", None, "http://example.com/?b=2&a=1"),
+    ("http://example.com/?a=%7e&a=%2F", None, "http://example.com/?a=~&a=%2F"),
+    ("http://example.com/p?", None, "http://example.com/p?"),
+    # trailing slash is never rewritten
+    ("http://example.com/dir", None, "http://example.com/dir"),
+    ("http://example.com/dir/", None, "http://example.com/dir/"),
+    # IDNA hosts
+    ("http://B\u00fccher.de/", None, "http://xn--bcher-kva.de/"),
+    ("http://xn--bcher-kva.de/", None, "http://xn--bcher-kva.de/"),
+    # relative references, protocol-relative, base hrefs
+    ("//Other.Host/x", "https://example.com/", "https://other.host/x"),
+    ("?q=1", "http://example.com/a/b", "http://example.com/a/b?q=1"),
+    ("#top", "http://example.com/a", "http://example.com/a"),
+    ("  /trim  ", "http://example.com/", "http://example.com/trim"),
+    # IPv6 literals keep their brackets
+    ("http://[::1]:8080/a", None, "http://[::1]:8080/a"),
+]
+
+
+@pytest.mark.parametrize(("url", "base", "expected"), CASES)
+def test_normalisation_table(url: str, base: str | None, expected: str) -> None:
+    assert normalize(url, base) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mailto:a@b.c",
+        "javascript:void(0)",
+        "ftp://example.com/",
+        "http://",
+        "http://exa mple.com/",
+        "http://example.com:99999/",
+        "data:text/html,hi",
+        "http://a/" + "x" * 5000,
+    ],
+)
+def test_rejects_what_cannot_be_crawled(url: str) -> None:
+    with pytest.raises(InvalidURL):
+        normalize(url)
+
+
+def test_host_and_request_target() -> None:
+    assert host_of("http://h.sim.test:8080/a?b") == "h.sim.test:8080"
+    assert host_of("http://h.sim.test/a") == "h.sim.test"
+    assert request_target("http://h.sim.test/a/b?x=1") == "/a/b?x=1"
+
+
+# -- properties ---------------------------------------------------------------------------------
+_SEGMENT_ATOMS = st.sampled_from(
+    [
+        "a",
+        "Z",
+        "0",
+        "-",
+        ".",
+        "_",
+        "~",
+        "%41",
+        "%7e",
+        "%7E",
+        "%2f",
+        "%2F",
+        "%3a",
+        "%e9",
+        "%C3%A9",
+        "\u00e9",
+        "\u4e2d",
+        " ",
+        "!",
+        "$",
+        "&",
+        "'",
+        "(",
+        ")",
+        "*",
+        "+",
+        ",",
+        ";",
+        "=",
+        ":",
+        "@",
+        "%",
+        "%%",
+        "%g1",
+        '"',
+        "<",
+        "|",
+        "^",
+        "`",
+        "{",
+    ]
+)
+_segment = (
+    st.lists(_SEGMENT_ATOMS, min_size=0, max_size=6).map("".join).filter(lambda s: s not in (".", ".."))
+)
+_label = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=1, max_size=8
+)
+_host = st.lists(_label, min_size=1, max_size=3).map(".".join)
+_query = st.lists(st.tuples(_segment, _segment), max_size=4).map(
+    lambda kv: "&".join(f"{k}={v}" for k, v in kv)
+)
+
+
+@st.composite
+def urls(draw: st.DrawFn) -> str:
+    scheme = draw(st.sampled_from(["http", "https", "HTTP", "Https"]))
+    host = draw(_host)
+    port = draw(st.sampled_from(["", ":80", ":443", ":8080"]))
+    path = "/" + "/".join(draw(st.lists(_segment, max_size=5)))
+    query = draw(st.one_of(st.just(None), _query))
+    fragment = draw(st.one_of(st.just(None), _segment))
+    url = f"{scheme}://{host}{port}{path}"
+    if query is not None:
+        url += "?" + query
+    if fragment is not None:
+        url += "#" + fragment
+    # Leading/trailing spaces are not part of a URL (browsers strip them from hrefs, so do we).
+    return url.rstrip(" ")
+
+
+def _server_view(url: str) -> tuple[str, int, list[bytes], bytes]:
+    """What an origin server decodes from the request: host, port, path segments, query bytes.
+
+    Written with urllib's own decoder, independent of the normaliser's escape handling.
+    """
+    parts = urlsplit(url)
+    default = 443 if parts.scheme.lower() == "https" else 80
+    path = parts.path or "/"
+    segments = [unquote_to_bytes(seg) for seg in path.split("/")]
+    query = unquote_to_bytes(parts.query.replace("+", "%2B"))
+    return (parts.hostname or "").lower(), parts.port or default, segments, query
+
+
+@settings(max_examples=400, deadline=None)
+@given(urls())
+def test_normalisation_is_idempotent(url: str) -> None:
+    once = normalize(url)
+    assert normalize(once) == once
+
+
+@settings(max_examples=400, deadline=None)
+@given(urls())
+def test_normalisation_never_changes_what_the_server_sees(url: str) -> None:
+    assert _server_view(normalize(url)) == _server_view(url)
+
+
+@settings(max_examples=200, deadline=None)
+@given(urls(), urls())
+def test_relative_resolution_then_normalisation_is_stable(base: str, other: str) -> None:
+    # A path-relative reference: the other URL's path and query, without the leading slashes.
+    rest = other.split("://", 1)[1]
+    ref = rest.split("/", 1)[1].lstrip("/") if "/" in rest else ""
+    resolved = normalize(ref, base)
+    assert normalize(resolved) == resolved
+    assert resolved.startswith(("http://", "https://"))
