@@ -1,0 +1,55 @@
+"""memoize(persist=...): results survive a real process restart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from libs.lru import memoize
+
+    computed = []
+
+    @memoize(maxsize=3, persist=sys.argv[1])
+    def slow_square(x, scale=1, *, tags=()):
+        computed.append(x)
+        return {"x": x, "square": x * x * scale, "tags": sorted(tags)}
+
+    for arg in sys.argv[2:]:
+        slow_square(int(arg), tags=["b", "a"])
+    # scale=1 is the default, so only the tuple-vs-list tags make this a different key.
+    slow_square(2, 1, tags=("a", "b"))
+    print(",".join(map(str, computed)), slow_square.cache_info().currsize)
+    """
+)
+
+
+def run(script: Path, cache_dir: Path, *args: int) -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, str(script), str(cache_dir), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_results_survive_a_restart_and_lru_order_is_kept(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    cache_dir = tmp_path / "cache"
+    # First run computes 1, 2, 3 (list tags) and 2 (tuple tags); maxsize 3 evicts 1.
+    assert run(script, cache_dir, 1, 2, 3) == "1,2,3,2 3"
+    # Second run, restored order [2L, 2T, 3L]: 3 and 2L hit; 1 is computed and evicts 2T,
+    # so the closing tuple-tagged call computes 2 again. Any lost order or entry changes this.
+    assert run(script, cache_dir, 3, 2, 1) == "1,2 3"
