@@ -1,0 +1,189 @@
+"""WebSim: the simulated web's public face (generate, serve, log, faults, truth)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+from aiohttp import web
+
+from services.crawler.websim import truth
+from services.crawler.websim.config import DEFAULT_USER_AGENT, SimConfig
+from services.crawler.websim.faults import Fault, Faults
+from services.crawler.websim.generator import generate
+from services.crawler.websim.requestlog import RequestLog
+from services.crawler.websim.server import build_app
+from services.crawler.websim.web import Page, Web, canonical_target, host_name, normalize_host
+
+
+class WebSim:
+    """A deterministic simulated web. Same SimConfig -> byte-identical site."""
+
+    default_user_agent = DEFAULT_USER_AGENT
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config or SimConfig()
+        self.web: Web = generate(self.config)
+        self.log = RequestLog()
+        self.faults = Faults(self.config.seed)
+        self._attempts: Counter[str] = Counter()
+        self._attempts_lock = threading.Lock()
+
+    # -- serving -------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        return build_app(self)
+
+    @asynccontextmanager
+    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
+        """Serve on host:port (0 = a free port) while the block runs; yields the port."""
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        try:
+            server = site._server  # aiohttp exposes the bound socket only here
+            assert server is not None and server.sockets
+            yield server.sockets[0].getsockname()[1]
+        finally:
+            await runner.cleanup()
+
+    @contextmanager
+    def run_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
+        """Serve from a background thread with its own event loop; yields the port."""
+        ready = threading.Event()
+        box: dict[str, Any] = {}
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            box["loop"] = loop
+
+            async def run() -> None:
+                stop = asyncio.Event()
+                box["stop"] = stop
+                try:
+                    async with self.serve(host, port) as bound:
+                        box["port"] = bound
+                        ready.set()
+                        await stop.wait()
+                except BaseException as exc:  # surfaced to the caller below
+                    box["error"] = exc
+                    ready.set()
+
+            loop.run_until_complete(run())
+            loop.close()
+
+        thread = threading.Thread(target=main, name="websim", daemon=True)
+        thread.start()
+        ready.wait(30)
+        if "error" in box:
+            raise box["error"]
+        try:
+            yield box["port"]
+        finally:
+            box["loop"].call_soon_threadsafe(box["stop"].set)
+            thread.join(10)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def count_attempt(self, page_id: str) -> int:
+        with self._attempts_lock:
+            self._attempts[page_id] += 1
+            return self._attempts[page_id]
+
+    def reset(self) -> None:
+        """Forget the log and transient-page attempts (faults stay)."""
+        self.log.clear()
+        with self._attempts_lock:
+            self._attempts.clear()
+
+    def entries(self, since: int = 0, host: str | None = None) -> list[dict[str, Any]]:
+        """The request log (see requestlog.py for the fields)."""
+        return self.log.entries(since=since, host=host)
+
+    def set_fault(
+        self, host: str = "*", *, error_rate: float = 0.0, latency_ms: float = 0.0, drop_rate: float = 0.0
+    ) -> None:
+        self.faults.set(Fault(host.lower(), error_rate, latency_ms, drop_rate))
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    # -- the web as data -------------------------------------------------------------------------
+
+    def seeds(self, n: int | None = None) -> list[str]:
+        """Home pages of the first n hosts (all hosts when n is None)."""
+        count = self.config.hosts if n is None else min(n, self.config.hosts)
+        return [f"http://{host_name(i)}/" for i in range(count)]
+
+    def hosts(self) -> list[str]:
+        return list(self.web.hosts)
+
+    def host_policy(self, host: str) -> dict[str, Any]:
+        h = self.web.host(normalize_host(host))
+        if h is None:
+            raise KeyError(host)
+        return {
+            "host": h.name,
+            "robots": h.robots_kind,
+            "robots_status": h.robots_status if h.robots_kind != "unreachable" else None,
+            "crawl_delay": truth.required_delay(self.web, h.name, self.default_user_agent),
+            "pages": len(h.pages),
+            "redirects": len(h.redirects),
+            "trap": h.trap_start is not None,
+            "sitemaps": list(h.robots.sitemaps) if h.robots else [],
+            "robots_slow_s": self.config.robots_slow_s if h.robots_kind == "slow" else None,
+        }
+
+    def host_pages(self, host: str) -> list[dict[str, Any]]:
+        h = self.web.host(normalize_host(host))
+        if h is None:
+            raise KeyError(host)
+        return [page_info(p) for p in h.pages.values()]
+
+    def page_info(self, page_id: str) -> dict[str, Any] | None:
+        page = self.web.page(page_id)
+        return None if page is None else page_info(page)
+
+    def required_delay(self, host: str, user_agent: str = DEFAULT_USER_AGENT) -> float | None:
+        """Crawl-delay that robots.txt of `host` sets for `user_agent`'s group, or None."""
+        return truth.required_delay(self.web, normalize_host(host), user_agent)
+
+    def allowed(self, host: str, raw_path: str, user_agent: str = DEFAULT_USER_AGENT) -> bool:
+        """Would a robots-respecting crawler be allowed to request raw_path on host?"""
+        return truth.allowed(self.web, normalize_host(host), canonical_target(raw_path), user_agent)
+
+    def ground_truth(
+        self,
+        seeds: Iterable[str],
+        user_agent: str = DEFAULT_USER_AGENT,
+        max_depth: int | None = None,
+        max_pages: int | None = None,
+        max_redirects: int = 5,
+    ) -> set[str]:
+        """Page ids a polite crawler from `seeds` fetches successfully; rules in truth.py."""
+        return truth.ground_truth(self.web, list(seeds), user_agent, max_depth, max_pages, max_redirects)
+
+
+def page_info(page: Page) -> dict[str, Any]:
+    return {
+        "page_id": page.pid,
+        "url": f"http://{page.host}{page.path}",
+        "kind": page.kind,
+        "noindex": page.noindex,
+        "nofollow": page.nofollow,
+        "malformed": page.malformed,
+        "charset": page.charset,
+        "slow_s": page.slow_s,
+        "transient": list(page.transient or []) or None,
+        "dup_of": page.dup_of,
+        "near_of": page.near_of,
+        "canonical": page.canonical,
+        "base_href": page.base_href,
+        "orphan": page.orphan,
+        "links": len(page.links),
+    }
