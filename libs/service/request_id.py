@@ -17,7 +17,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from libs.service.logging import get_logger, request_id_var
 from libs.service.routes import asgi_route
 
-__all__ = ["REQUEST_ID_HEADER", "RequestIdMiddleware", "aiohttp_request_id_middleware", "new_request_id"]
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "REQUEST_ID_KEY",
+    "RequestIdMiddleware",
+    "aiohttp_request_id_middleware",
+    "new_request_id",
+]
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Ids end up in logs and span logs: keep them short and free of anything a log parser chokes on.
@@ -26,6 +32,7 @@ _WELL_FORMED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 _QUIET_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
 log = get_logger("libs.service.access")
+REQUEST_ID_KEY = web.RequestKey("pg_request_id", str)
 
 
 def new_request_id() -> str:
@@ -99,6 +106,7 @@ def aiohttp_request_id_middleware(
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
+        request[REQUEST_ID_KEY] = request_id  # for on_response_prepare (see instrument_aiohttp)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp
 from libs.service.health import Health
 from libs.service.logging import get_logger
 
-__all__ = ["DrainingServer", "serve"]
+__all__ = ["DrainingServer", "Hook", "run_hooks", "serve"]
 
 Hook = Callable[[], Awaitable[Any]] | Callable[[], Any]
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -95,7 +95,7 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-async def _run_hooks(hooks: Iterable[Hook]) -> bool:
+async def run_hooks(hooks: Iterable[Hook]) -> bool:
     ok = True
     for hook in hooks:
         name = getattr(hook, "__qualname__", repr(hook))
@@ -146,7 +146,7 @@ def serve(
         try:
             await server.serve()
         finally:
-            hooks_ok = await _run_hooks(hooks)
+            hooks_ok = await run_hooks(hooks)
         log.info("stopped", extra={"hooks_ok": hooks_ok})
         return hooks_ok
 

@@ -42,6 +42,9 @@ class ServiceSettings(BaseModel):
     port: int = Field(8000, description="TCP port to listen on (0 = any free port)")
     log_level: LogLevel = Field("INFO", description="minimum level of the JSON log lines on stderr")
     span_log: Path | None = Field(None, description="append span records (JSON lines) to this file")
+    drain_timeout: float = Field(
+        10.0, ge=0, description="on SIGTERM, seconds to let in-flight requests finish before cancelling them"
+    )
 
     # A validator rather than Field(ge=, le=): subclasses redeclare `port` with their own default
     # and would silently drop Field constraints; validators are inherited.

@@ -58,12 +58,46 @@ SERVICE = textwrap.dedent(
 )
 
 
+AIOHTTP_SERVICE = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from aiohttp import web
+    from libs.service.aiohttp_app import instrument_aiohttp, serve_aiohttp
+    from libs.service.logging import configure_logging
+
+    port, events, slow_s, drain_timeout, drain_delay = (
+        int(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
+    configure_logging("slowaio", "INFO")
+
+    def note(what):
+        with events.open("a") as f:
+            f.write(what + "\\n")
+
+    async def slow(request):
+        note("started")
+        await asyncio.sleep(slow_s)
+        note("finished")
+        return web.json_response({"slept": slow_s})
+
+    async def flush():
+        note("hook")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    health = instrument_aiohttp(app, "slowaio")
+    sys.exit(serve_aiohttp(app, "127.0.0.1", port, health=health, drain_timeout=drain_timeout,
+                           drain_delay=drain_delay, on_shutdown=[flush]))
+    """
+)
+
+
 @contextmanager
 def service(
-    tmp_path: Path, *, slow_s: float, drain_timeout: float, drain_delay: float = 0.0
+    tmp_path: Path, *, slow_s: float, drain_timeout: float, drain_delay: float = 0.0, kind: str = "fastapi"
 ) -> Iterator[tuple]:
     script = tmp_path / "slowsvc.py"
-    script.write_text(SERVICE)
+    script.write_text(SERVICE if kind == "fastapi" else AIOHTTP_SERVICE)
     events = tmp_path / "events.txt"
     events.touch()
     port = free_port()
@@ -129,9 +163,13 @@ def fire(url: str, result: dict) -> threading.Thread:
     return t
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_mid_request_finishes_it_refuses_new_connections_and_exits_0(tmp_path: Path, sig: int) -> None:
-    with service(tmp_path, slow_s=1.5, drain_timeout=20) as (proc, port, events):
+@pytest.mark.parametrize(
+    ("kind", "sig"), [("fastapi", signal.SIGTERM), ("fastapi", signal.SIGINT), ("aiohttp", signal.SIGTERM)]
+)
+def test_signal_mid_request_finishes_it_refuses_new_connections_and_exits_0(
+    tmp_path: Path, kind: str, sig: int
+) -> None:
+    with service(tmp_path, slow_s=1.5, drain_timeout=20, kind=kind) as (proc, port, events):
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
         result: dict = {}
         t = fire(f"http://127.0.0.1:{port}/slow", result)
@@ -153,8 +191,9 @@ def test_signal_mid_request_finishes_it_refuses_new_connections_and_exits_0(tmp_
     assert "Traceback" not in stderr
 
 
-def test_readyz_says_503_while_draining_before_the_listener_closes(tmp_path: Path) -> None:
-    with service(tmp_path, slow_s=1.0, drain_timeout=20, drain_delay=1.5) as (proc, port, _events):
+@pytest.mark.parametrize("kind", ["fastapi", "aiohttp"])
+def test_readyz_says_503_while_draining_before_the_listener_closes(tmp_path: Path, kind: str) -> None:
+    with service(tmp_path, slow_s=1.0, drain_timeout=20, drain_delay=1.5, kind=kind) as (proc, port, _events):
         url = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{url}/readyz").status_code == 200
         proc.send_signal(signal.SIGTERM)
@@ -172,8 +211,11 @@ def test_readyz_says_503_while_draining_before_the_listener_closes(tmp_path: Pat
         assert proc.wait(timeout=20) == 0
 
 
-def test_request_longer_than_drain_timeout_is_cut_and_process_still_exits_0(tmp_path: Path) -> None:
-    with service(tmp_path, slow_s=60, drain_timeout=0.5) as (proc, port, events):
+@pytest.mark.parametrize("kind", ["fastapi", "aiohttp"])
+def test_request_longer_than_drain_timeout_is_cut_and_process_still_exits_0(
+    tmp_path: Path, kind: str
+) -> None:
+    with service(tmp_path, slow_s=60, drain_timeout=0.5, kind=kind) as (proc, port, events):
         result: dict = {}
         t = fire(f"http://127.0.0.1:{port}/slow", result)
         wait_for_line(events, "started")

@@ -242,9 +242,14 @@ def test_processes_sharing_a_file_and_sigkill_leave_only_whole_records(tmp_path:
     try:
         for p in procs:
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 10
-        while path.stat().st_size < 300_000 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        deadline = time.monotonic() + 30
+
+        def all_writing() -> bool:
+            data = path.read_bytes()
+            return len(data) > 300_000 and all(f'"service":"p{k}"'.encode() in data for k in range(3))
+
+        while not all_writing() and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         for p in procs:
             p.send_signal(signal.SIGKILL)
