@@ -198,3 +198,22 @@ async def test_aiohttp_middleware_and_metrics_handler() -> None:
     assert m[("http_requests_in_flight", ())] == 1  # the scrape
     count = ("http_request_duration_seconds_count", (("method", "GET"), ("route", "/pages/{page_id}")))
     assert m[count] == 4
+
+
+def test_mounted_sub_app_routes_keep_their_prefix_and_template() -> None:
+    service = unique("mnt")
+    app = create_app(service)
+    sub = FastAPI()
+
+    @sub.get("/items/{item_id}")
+    async def item(item_id: int) -> dict:
+        return {"id": item_id}
+
+    app.mount("/sub", sub)
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as c:
+        assert c.get("/sub/items/3").status_code == 200
+        assert c.get("/sub/items/4").status_code == 200
+        assert c.get("/sub/nothing").status_code == 404
+        m = scrape(c.get("/metrics").text, service)
+    assert total(m, "GET", "/sub/items/{item_id}", "200") == 2
+    assert total(m, "GET", "<unmatched>", "404") == 1
