@@ -13,7 +13,7 @@ from time import monotonic
 from types import TracebackType
 from typing import Generic, TypeVar
 
-from libs.queues.bounded import BoundedQueue, check_timeout
+from libs.queues.bounded import BoundedQueue, check_maxsize, check_timeout
 from libs.queues.errors import Closed, PoolError
 
 T = TypeVar("T")
@@ -157,7 +157,8 @@ def parallel_map(
     running calls to finish before the generator closes, so no thread outlives it.
     """
     _check_workers(workers)
-    limit = 2 * workers if maxsize is None else maxsize
+    # Validated here, not in the generator body, so a bad call fails where it is made.
+    limit = check_maxsize(2 * workers if maxsize is None else maxsize)
     return _parallel_map(func, iter(items), workers, limit)
 
 
