@@ -496,7 +496,9 @@ class _Builder:
                 # The same agent in two groups: RFC 9309 says combine them.
                 half = len(pgb_rules) // 2
                 groups.append(Group(agents, pgb_rules[:half], delay))
-                groups.append(Group(("*",), pick(), decoy) if has_star else Group((OTHER_BOT,), ()))
+                # A group with no line of its own would merge into the next one (RFC 9309 2.1).
+                filler = Group((OTHER_BOT,), (Rule(False, "/"),))
+                groups.append(Group(("*",), pick(), decoy) if has_star else filler)
                 groups.append(Group(agents, pgb_rules[half:], None))
                 has_star = False
             else:

@@ -227,8 +227,11 @@ async def _quiet_drops(request: web.Request, handler: Any) -> web.StreamResponse
 def build_app(sim: WebSim) -> web.Application:
     app = web.Application(middlewares=[*middlewares(), _quiet_drops], client_max_size=1024**2)
     handler = Handler(sim)
-    app.router.add_route("*", "/{tail:.*}", handler)
-    app["websim"] = sim
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await handler(request)
+
+    app.router.add_route("*", "/{tail:.*}", handle)
     return app
 
 

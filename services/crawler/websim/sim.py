@@ -132,7 +132,7 @@ class WebSim:
             "robots": h.robots_kind,
             "robots_status": h.robots_status if h.robots_kind != "unreachable" else None,
             "crawl_delay": truth.required_delay(self.web, h.name, self.default_user_agent),
-            "pages": len(h.pages),
+            "page_count": len(h.pages),
             "redirects": len(h.redirects),
             "trap": h.trap_start is not None,
             "sitemaps": list(h.robots.sitemaps) if h.robots else [],
