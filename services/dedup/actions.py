@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +52,15 @@ KEEP_RULES: dict[str, Callable[[Sequence[FileEntry]], FileEntry]] = {
 }
 
 TMP_PREFIX = b".dedup-tmp-"
+# Fault injection for the crash tests: "POINT:SEQ" sends SIGKILL to this process at that point
+# of that step, so every intermediate state is exercised deterministically.
+CRASH_ENV = "PG_DEDUP_CRASH_AT"
+
+
+def _crash_point(point: str, seq: int) -> None:
+    want = os.environ.get(CRASH_ENV)
+    if want and want == f"{point}:{seq}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class ActionRefused(Exception):
@@ -208,13 +218,16 @@ def execute(step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None) ->
         record["dest"] = _b64(dest)
         record["dest_tmp"] = _b64(_tmp_name(dest, seq))
     log.write(record)
+    _crash_point("intent", seq)
 
     if step.op == "hardlink":
         os.link(step.keep, tmp)
+        _crash_point("tmp", seq)
         os.replace(tmp, step.path)
     elif step.op == "reflink":
         _reflink(step.keep, tmp)
         _apply_meta(tmp, record["meta"])  # the duplicate keeps its own owner, mode and times
+        _crash_point("tmp", seq)
         os.replace(tmp, step.path)
     elif step.op == "delete":
         os.unlink(step.path)
@@ -231,11 +244,13 @@ def execute(step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None) ->
             dtmp = _unb64(record["dest_tmp"])
             _copy_durable(step.path, dtmp)
             _apply_meta(dtmp, record["meta"])
+            _crash_point("tmp", seq)
             os.replace(dtmp, dest)
             _fsync_dir(dest)
             os.unlink(step.path)
         _fsync_dir(dest)
     _fsync_dir(step.path)
+    _crash_point("acted", seq)
     log.write({"type": "done", "seq": seq})
     verb = {"hardlink": "linked", "reflink": "cloned", "delete": "deleted", "quarantine": "quarantined"}
     return f"{verb[step.op]} {os.fsdecode(step.path)} (kept {os.fsdecode(step.keep)})"
@@ -251,9 +266,9 @@ def plan_and_run(
     action: str,
     keep: str,
     apply: bool,
-    quarantine_dir: str | None,
-    undo_log: str | None,
     out: TextIO,
+    quarantine_dir: str | None = None,
+    undo_log: str | None = None,
 ) -> int:
     """Print the plan (dry run) or carry it out; return the number of steps that failed."""
     steps = plan(result, action, keep)
@@ -309,14 +324,22 @@ def undo_step(rec: dict[str, Any]) -> str | None:
     """Put one name back as it was; return what was done, or None when nothing was needed."""
     path, keep, tmp, meta = _unb64(rec["path"]), _unb64(rec["keep"]), _unb64(rec["tmp"]), rec["meta"]
     op = rec["op"]
-    if os.path.lexists(tmp):
+    if os.path.lexists(tmp) and op != "quarantine":
         os.unlink(tmp)  # a step killed between creating the temp name and replacing
     if op == "quarantine":
         dest, dtmp = _unb64(rec["dest"]), _unb64(rec["dest_tmp"])
         if os.path.lexists(dtmp):
             os.unlink(dtmp)
         if os.path.lexists(dest) and not os.path.lexists(path):
-            os.rename(dest, path)  # same filesystem: the original inode comes back
+            try:
+                os.rename(dest, path)  # same filesystem: the original inode comes back
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                # Across filesystems: a durable copy under the temp name, then the swap; the
+                # quarantined copy goes only once the name holds the bytes again.
+                _restore_copy(path, dest, meta, tmp)
+                os.unlink(dest)
             _fsync_dir(path)
             return f"returned {os.fsdecode(path)} from quarantine"
         if os.path.lexists(dest) and os.path.lexists(path):

@@ -107,8 +107,9 @@ class ScanContext:
     def map(
         self, func: Callable[[T], R], items: Iterable[T]
     ) -> Iterator[tuple[T, R | None, BaseException | None]]:
-        """Bounded parallel map through libs.queues; a plain loop when one worker is asked."""
-        if self.config.workers <= 1:
+        """Bounded parallel map through libs.queues; a plain loop for one worker or one item."""
+        items = list(items)
+        if self.config.workers <= 1 or len(items) <= 1:
             for item in items:
                 try:
                     yield item, func(item), None
