@@ -137,20 +137,21 @@ class AsyncBoundedQueue(Generic[T]):
         Raises Closed if the queue is or gets closed first. When it raises (Closed, QueueFull,
         CancelledError) the item was not queued.
         """
-        check_timeout(timeout)
-        if timeout is None:
-            return await self._put(item)
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._put(item)
-        except TimeoutError:
-            raise QueueFull from None
-
-    async def _put(self, item: T) -> None:
+        if timeout is not None:
+            return await self._put_within(item, timeout)
+        # The common case is inlined: one coroutine frame per put, as in asyncio.Queue.
         while len(self._items) >= self._maxsize and not self._closed:
             await self._wait(self._putters)
         # No await from here on: the item is queued, or the call raises Closed.
         self.put_nowait(item)
+
+    async def _put_within(self, item: T, timeout: float) -> None:
+        check_timeout(timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.put(item)
+        except TimeoutError:
+            raise QueueFull from None
 
     # -- consumers -------------------------------------------------------------------------
 
@@ -169,20 +170,20 @@ class AsyncBoundedQueue(Generic[T]):
 
         Raises Closed once the queue is closed and empty. When it raises, no item was taken.
         """
-        check_timeout(timeout)
-        if timeout is None:
-            return await self._get()
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._get()
-        except TimeoutError:
-            raise QueueEmpty from None
-
-    async def _get(self) -> T:
+        if timeout is not None:
+            return await self._get_within(timeout)
         while not self._items and not self._closed:
             await self._wait(self._getters)
         # No await from here on: the item taken is the item returned.
         return self.get_nowait()
+
+    async def _get_within(self, timeout: float) -> T:
+        check_timeout(timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.get()
+        except TimeoutError:
+            raise QueueEmpty from None
 
     # -- task accounting -------------------------------------------------------------------
 
