@@ -178,11 +178,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     cache = None
     if not args.no_cache:
+        from libs.lru.errors import PersistenceError
         from services.dedup.hashcache import HashCache, default_cache_dir
 
         try:
             cache = HashCache(args.cache or default_cache_dir())
-        except ImportError as exc:  # libs.lru without PersistentLRU: scan anyway, say so
+        except (ImportError, OSError, PersistenceError) as exc:
+            # A cache is an optimisation: locked by another scan, corrupt or unwritable, the
+            # scan still runs (reading everything) and says why.
             print(f"warning: hash cache unavailable ({exc}); scanning without it", file=sys.stderr)
     try:
         result = scan(args.paths, options, config, cache=cache, progress=progress)

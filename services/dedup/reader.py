@@ -110,14 +110,20 @@ class OpenedFile:
         self.close(check=exc_type is None)
 
 
-def partial_digest(entry: FileEntry, counter: ByteCounter, where: str, length: int) -> bytes:
-    """Digest of the first (`where`='head') or last ('tail') `length` bytes."""
+def partial_digest(entry: FileEntry, counter: ByteCounter, where: str, length: int, algorithm: str) -> bytes:
+    """Digest of the first (`where`='head') or last ('tail') `length` bytes.
+
+    The configured algorithm is used here too (on 4 KiB even BLAKE3 costs microseconds), so
+    that for files no longer than head + tail the partial digests identify the content.
+    """
     with OpenedFile(entry, counter) as f:
         offset = 0 if where == "head" else max(0, entry.size - length)
         data = f.read_at(offset, length)
         if len(data) != min(length, entry.size):
             raise FileChanged(f"changed during scan: short read at {offset}")
-        return xxhash.xxh3_128_digest(data)
+        hasher = HASHERS[algorithm]()
+        hasher.update(data)
+        return hasher.digest()
 
 
 def full_digest(entry: FileEntry, counter: ByteCounter, algorithm: str) -> bytes:

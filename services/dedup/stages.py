@@ -34,7 +34,9 @@ R = TypeVar("R")
 class Group:
     size: int
     files: list[FileEntry]
-    digest: bytes | None = None  # full-content digest once known
+    # Digest of what the stages have seen; identifies the whole content once it covers it
+    # (head for size <= partial_size, head + tail up to 2 x partial_size, else the full hash).
+    digest: bytes | None = None
 
     @property
     def wasted_bytes(self) -> int:
@@ -143,9 +145,10 @@ def _refine(
     ctx: ScanContext,
     cache_field: str,
     compute: Callable[[FileEntry], bytes],
-    *,
-    sets_digest: bool = False,
+    combine: Callable[[Group, bytes], bytes | None],
 ) -> list[Group]:
+    """Split every group by a per-file digest (cached when possible); `combine` gives the
+    new group's content digest from the old group and the digest it was split by."""
     cache = ctx.cache
 
     def key_of(item: tuple[int, FileEntry]) -> tuple[bytes, bool]:
@@ -178,32 +181,46 @@ def _refine(
             # Keep the walk's order inside a group whatever order the workers finished in.
             order = {id(f): i for i, f in enumerate(groups[gi].files)}
             members.sort(key=lambda f: order[id(f)])
-            out.append(Group(groups[gi].size, members, digest if sets_digest else groups[gi].digest))
+            out.append(Group(groups[gi].size, members, combine(groups[gi], digest)))
     out.sort(key=lambda g: (g.size, g.files[0].path))
     return out
 
 
 def head_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
-    """Stage 1: digest of the first `partial_size` bytes."""
-    n = ctx.config.partial_size
-    return _refine(groups, ctx, f"head{n}", lambda e: partial_digest(e, ctx.counter, "head", n))
+    """Stage 1: digest of the first `partial_size` bytes (all of a file no longer than that)."""
+    n, alg = ctx.config.partial_size, ctx.config.algorithm
+    return _refine(
+        groups,
+        ctx,
+        f"head{n}:{alg}",
+        lambda e: partial_digest(e, ctx.counter, "head", n, alg),
+        lambda g, d: d,
+    )
 
 
 def tail_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
-    """Stage 2: digest of the last `partial_size` bytes (files the head covered pass through)."""
-    n = ctx.config.partial_size
+    """Stage 2: digest of the last `partial_size` bytes (files the head covered pass through).
+
+    For files of at most 2 x partial_size, head and tail digests together identify the content.
+    """
+    n, alg = ctx.config.partial_size, ctx.config.algorithm
     covered = [g for g in groups if g.size <= n]
     rest = [g for g in groups if g.size > n]
-    return covered + _refine(rest, ctx, f"tail{n}", lambda e: partial_digest(e, ctx.counter, "tail", n))
+    return covered + _refine(
+        rest,
+        ctx,
+        f"tail{n}:{alg}",
+        lambda e: partial_digest(e, ctx.counter, "tail", n, alg),
+        lambda g, d: (g.digest or b"") + d if g.size <= 2 * n else None,
+    )
 
 
 def full_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
     """Stage 3: streaming digest of the whole content (head + tail may already cover it)."""
-    n = ctx.config.partial_size
-    alg = ctx.config.algorithm
+    n, alg = ctx.config.partial_size, ctx.config.algorithm
     covered = [g for g in groups if g.size <= 2 * n]
     rest = [g for g in groups if g.size > 2 * n]
-    hashed = _refine(rest, ctx, f"full:{alg}", lambda e: full_digest(e, ctx.counter, alg), sets_digest=True)
+    hashed = _refine(rest, ctx, f"full:{alg}", lambda e: full_digest(e, ctx.counter, alg), lambda g, d: d)
     return covered + hashed
 
 
