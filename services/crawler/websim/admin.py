@@ -9,6 +9,8 @@
                            (all zero removes that host's faults)
     DELETE /faults         remove all faults
     GET  /truth            ?seed=URL (repeat) or ?n=N (first N hosts), &ua=, &max_depth=, &max_pages=
+    GET  /judge            ?min_delay=S&tolerance=S&ua=  counts of robots/politeness violations,
+                           duplicate fetches and pages fetched, from the log
     GET  /hosts            every host's policy; GET /hosts/{host}: one, with its pages
     GET  /metrics, /healthz, /readyz
 
@@ -63,6 +65,19 @@ def _int_param(request: web.Request, name: str, default: int | None = None, mini
     return value
 
 
+def _float_param(request: web.Request, name: str, default: float) -> float:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _BadParam(name, f"expected a number, got {raw!r}") from None
+    if not value >= 0:
+        raise _BadParam(name, f"must be >= 0, got {raw}")
+    return value
+
+
 class _BadParam(Exception):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
@@ -101,6 +116,14 @@ async def _route(sim: WebSim, request: web.Request) -> web.StreamResponse:
         return await _faults(sim, request)
     if path == "/truth" and method == "GET":
         return _truth(sim, request)
+    if path == "/judge" and method == "GET":
+        return web.json_response(
+            sim.judge(
+                min_delay=_float_param(request, "min_delay", 0.0),
+                tolerance=_float_param(request, "tolerance", 0.005),
+                user_agent=request.query.get("ua") or sim.default_user_agent,
+            )
+        )
     if path == "/hosts" and method == "GET":
         return web.json_response({"hosts": [sim.host_policy(h) for h in sim.web.hosts]})
     if path.startswith("/hosts/") and method == "GET":
@@ -108,7 +131,18 @@ async def _route(sim: WebSim, request: web.Request) -> web.StreamResponse:
         if sim.web.host(name) is None:
             return error(404, "not_found", f"no such host: {name}", "path.host")
         return web.json_response({**sim.host_policy(name), "pages": sim.host_pages(name)})
-    if path in ("/", "/log", "/log/clear", "/reset", "/truth", "/hosts", "/metrics", "/healthz", "/readyz"):
+    if path in (
+        "/",
+        "/log",
+        "/log/clear",
+        "/reset",
+        "/truth",
+        "/judge",
+        "/hosts",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+    ):
         return error(405, "method_not_allowed", f"{method} not allowed on {path}")
     return error(404, "not_found", f"no admin endpoint {path}; see GET /")
 

@@ -27,6 +27,7 @@ from services.crawler.websim.web import (
     Special,
     canonical_target,
     normalize_host,
+    origin_form,
 )
 
 if TYPE_CHECKING:
@@ -40,15 +41,6 @@ def is_admin_host(host: str) -> bool:
     if host in ADMIN_HOSTS or host.startswith("["):
         return True
     return all(part.isdigit() for part in host.split(".")) and host.count(".") == 3
-
-
-def _origin_form(raw: str) -> str:
-    # An absolute-form target (proxy style) carries scheme and authority; keep path+query.
-    if raw.lower().startswith(("http://", "https://")):
-        rest = raw.split("://", 1)[1]
-        slash = rest.find("/")
-        return rest[slash:] if slash >= 0 else "/"
-    return raw or "/"
 
 
 class Dropped(Exception):
@@ -110,7 +102,7 @@ class Handler:
         if host is None:
             entry["kind"] = "unknown_host"
             return _text(404, f"no such host: {host_name}\n")
-        target = canonical_target(_origin_form(raw))
+        target = canonical_target(origin_form(raw))
         resource = host.resolve(target)
         _describe(resource, entry)
         latency, drop, error = sim.faults.draw(host_name)

@@ -11,13 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
-from services.crawler.websim import truth
+from services.crawler.websim import judge, truth
 from services.crawler.websim.config import DEFAULT_USER_AGENT, SimConfig
 from services.crawler.websim.faults import Fault, Faults
 from services.crawler.websim.generator import generate
 from services.crawler.websim.requestlog import RequestLog
 from services.crawler.websim.server import build_app
-from services.crawler.websim.web import Page, Web, canonical_target, host_name, normalize_host
+from services.crawler.websim.web import Page, Web, canonical_target, host_name, normalize_host, origin_form
 
 
 class WebSim:
@@ -155,7 +155,9 @@ class WebSim:
 
     def allowed(self, host: str, raw_path: str, user_agent: str = DEFAULT_USER_AGENT) -> bool:
         """Would a robots-respecting crawler be allowed to request raw_path on host?"""
-        return truth.allowed(self.web, normalize_host(host), canonical_target(raw_path), user_agent)
+        return truth.allowed(
+            self.web, normalize_host(host), canonical_target(origin_form(raw_path)), user_agent
+        )
 
     def ground_truth(
         self,
@@ -167,6 +169,39 @@ class WebSim:
     ) -> set[str]:
         """Page ids a polite crawler from `seeds` fetches successfully; rules in truth.py."""
         return truth.ground_truth(self.web, list(seeds), user_agent, max_depth, max_pages, max_redirects)
+
+    # -- judging a crawl from the log (judge.py) --------------------------------------------------
+
+    def robots_violations(
+        self, entries: list[dict[str, Any]] | None = None, user_agent: str = DEFAULT_USER_AGENT
+    ) -> list[dict[str, Any]]:
+        return judge.robots_violations(self.web, self.entries() if entries is None else entries, user_agent)
+
+    def politeness_violations(
+        self,
+        entries: list[dict[str, Any]] | None = None,
+        min_delay: float = 0.0,
+        tolerance: float = 0.005,
+        user_agent: str = DEFAULT_USER_AGENT,
+    ) -> list[dict[str, Any]]:
+        return judge.politeness_violations(
+            self.web, self.entries() if entries is None else entries, min_delay, tolerance, user_agent
+        )
+
+    def duplicate_fetches(
+        self, entries: list[dict[str, Any]] | None = None, user_agent: str | None = DEFAULT_USER_AGENT
+    ) -> list[dict[str, Any]]:
+        return judge.duplicate_fetches(self.entries() if entries is None else entries, user_agent)
+
+    def fetched_pages(
+        self, entries: list[dict[str, Any]] | None = None, user_agent: str | None = DEFAULT_USER_AGENT
+    ) -> set[str]:
+        return judge.fetched_pages(self.entries() if entries is None else entries, user_agent)
+
+    def judge(
+        self, min_delay: float = 0.0, tolerance: float = 0.005, user_agent: str = DEFAULT_USER_AGENT
+    ) -> dict[str, Any]:
+        return judge.report(self.web, self.entries(), min_delay, tolerance, user_agent)
 
 
 def page_info(page: Page) -> dict[str, Any]:

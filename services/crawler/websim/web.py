@@ -223,6 +223,15 @@ def remove_dot_segments(path: str) -> str:
     return "".join(out)
 
 
+def origin_form(raw: str) -> str:
+    """Request target -> path+query; an absolute-form target (proxy style) loses scheme and host."""
+    if raw.lower().startswith(("http://", "https://")):
+        rest = raw.split("://", 1)[1]
+        slash = rest.find("/")
+        return rest[slash:] if slash >= 0 else "/"
+    return raw or "/"
+
+
 def canonical_target(raw: str) -> str:
     """Raw request target (origin form) -> the canonical path+query websim files resources under.
 

@@ -1,0 +1,111 @@
+"""Judging a crawl from websim's side: robots and politeness violations, duplicate fetches.
+
+Pure functions over request-log entries (see requestlog.py) and the generated rules; the
+crawler's tests and the benchmark use them so every crawler is judged by the same code.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from services.crawler.websim import truth
+from services.crawler.websim.config import DEFAULT_USER_AGENT
+from services.crawler.websim.robots import product_token
+from services.crawler.websim.web import Web, canonical_target, is_sim_host, origin_form
+
+Entry = dict[str, Any]
+#: A response after which fetching the same page again is a duplicate (not a retry).
+FINAL = frozenset(range(200, 500)) - {408, 425, 429}
+
+
+def _mine(entries: Iterable[Entry], user_agent: str | None) -> list[Entry]:
+    if user_agent is None:
+        return list(entries)
+    token = product_token(user_agent)
+    return [e for e in entries if product_token(e.get("user_agent") or "") == token]
+
+
+def robots_violations(
+    web: Web, entries: Iterable[Entry], user_agent: str = DEFAULT_USER_AGENT
+) -> list[Entry]:
+    """Requests by `user_agent` for paths its robots group disallows (5xx/unreachable robots:
+    everything but /robots.txt). Only that agent's requests are judged."""
+    out = []
+    for e in _mine(entries, user_agent):
+        if not is_sim_host(e["host"]) or web.host(e["host"]) is None:
+            continue
+        if not truth.allowed(web, e["host"], canonical_target(origin_form(e["path"])), user_agent):
+            out.append(e)
+    return out
+
+
+def politeness_violations(
+    web: Web,
+    entries: Iterable[Entry],
+    min_delay: float = 0.0,
+    tolerance: float = 0.005,
+    user_agent: str = DEFAULT_USER_AGENT,
+) -> list[dict[str, Any]]:
+    """Pairs of consecutive requests to one host closer than max(min_delay, Crawl-delay) - tolerance.
+
+    Measured between request arrivals (start to start), as websim's log stamps them.
+    """
+    by_host: dict[str, list[Entry]] = defaultdict(list)
+    for e in _mine(entries, user_agent):
+        by_host[e["host"]].append(e)
+    out = []
+    for host, items in by_host.items():
+        items.sort(key=lambda e: e["ts"])
+        required = max(min_delay, truth.required_delay(web, host, user_agent) or 0.0)
+        for a, b in itertools.pairwise(items):
+            gap = b["ts"] - a["ts"]
+            if gap < required - tolerance:
+                out.append({"host": host, "gap_s": gap, "required_s": required, "first": a, "second": b})
+    return out
+
+
+def duplicate_fetches(entries: Iterable[Entry], user_agent: str | None = DEFAULT_USER_AGENT) -> list[Entry]:
+    """Requests for a resource (page, calendar month, redirect, 410) that had already been answered
+    finally (2xx-4xx except 408/425/429). Retries after 429, 5xx or a dropped connection are not
+    duplicates; URL variants of one page count as the same resource."""
+    done: set[str] = set()
+    out = []
+    for e in sorted(_mine(entries, user_agent), key=lambda e: e["seq"]):
+        pid = e.get("page_id")
+        if pid is None:
+            continue
+        if pid in done:
+            out.append(e)
+        elif e["status"] in FINAL:
+            done.add(pid)
+    return out
+
+
+def fetched_pages(entries: Iterable[Entry], user_agent: str | None = DEFAULT_USER_AGENT) -> set[str]:
+    """Page ids answered 200 with content: compare with WebSim.ground_truth."""
+    return {
+        e["page_id"]
+        for e in _mine(entries, user_agent)
+        if e["status"] == 200 and e["kind"] in ("page", "calendar")
+    }
+
+
+def report(
+    web: Web,
+    entries: list[Entry],
+    min_delay: float = 0.0,
+    tolerance: float = 0.005,
+    user_agent: str = DEFAULT_USER_AGENT,
+) -> dict[str, Any]:
+    """Counts for a crawl, as served by GET /judge."""
+    mine = _mine(entries, user_agent)
+    return {
+        "requests": len(mine),
+        "pages_fetched": len(fetched_pages(mine, None)),
+        "robots_violations": len(robots_violations(web, mine, user_agent)),
+        "politeness_violations": len(politeness_violations(web, mine, min_delay, tolerance, user_agent)),
+        "duplicate_fetches": len(duplicate_fetches(mine, None)),
+    }

@@ -1,0 +1,85 @@
+"""Judging a crawl from the log: each check catches what it should and nothing else."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.crawler.websim import WebSim
+
+from .conftest import fetch
+
+UA = "ProvingGroundBot/0.2"
+
+
+@pytest.fixture(autouse=True)
+def clean(sim: WebSim, port: int) -> None:
+    sim.reset()
+
+
+def disallowed_page(sim: WebSim):
+    for page in sim.web.all_pages():
+        host = sim.web.host(page.host)
+        if host.robots is not None and not host.robots.allowed(UA, page.path) and not page.transient:
+            return page
+    raise AssertionError("no disallowed page")
+
+
+def test_robots_violations_name_exactly_the_disallowed_requests(sim: WebSim, port: int) -> None:
+    bad = disallowed_page(sim)
+    closed = next(h for h in sim.web.hosts.values() if h.robots_kind == "500")
+    fetch(port, "h0000.sim.test", "/robots.txt", ua=UA)
+    fetch(port, "h0000.sim.test", "/", ua=UA)
+    fetch(port, bad.host.upper(), bad.path, ua=UA)
+    fetch(port, closed.name, "/robots.txt", ua=UA)
+    fetch(port, closed.name, "/", ua=UA)
+    fetch(port, bad.host, bad.path, ua="SomeOtherCrawler/1.0")  # another agent: not judged as ours
+    violations = sim.robots_violations()
+    assert [(v["host"], v["path"]) for v in violations] == [(bad.host, bad.path), (closed.name, "/")]
+
+
+def test_politeness_violations_use_the_larger_of_crawl_delay_and_min_delay(sim: WebSim) -> None:
+    # Synthetic log entries: the check is a pure function of arrival times.
+    slow_host = next(h for h in sim.hosts() if (sim.required_delay(h) or 0) >= 0.2)
+    required = sim.required_delay(slow_host)
+    free_host = next(h for h in sim.hosts() if sim.required_delay(h) is None)
+
+    def entry(seq: int, host: str, ts: float, ua: str = UA) -> dict:
+        return {
+            "seq": seq,
+            "host": host,
+            "ts": ts,
+            "path": "/",
+            "status": 200,
+            "user_agent": ua,
+            "page_id": None,
+            "kind": "page",
+        }
+
+    log = [
+        entry(0, slow_host, 100.0),
+        entry(1, slow_host, 100.0 + required / 2),  # too soon
+        entry(2, slow_host, 100.0 + required / 2 + required),  # fine
+        entry(3, free_host, 100.0),
+        entry(4, free_host, 100.01),  # fine without a crawl-delay, too soon for min_delay=0.05
+        entry(5, slow_host, 100.0 + required / 2 + required + 0.001, ua="OtherCrawler/1"),  # not ours
+    ]
+    found = sim.politeness_violations(log)
+    assert [(v["host"], v["second"]["seq"], v["required_s"]) for v in found] == [(slow_host, 1, required)]
+    found = sim.politeness_violations(log, min_delay=0.05)
+    assert sorted(v["second"]["seq"] for v in found) == [1, 4]
+    assert len(sim.politeness_violations(log, min_delay=10.0)) == 3
+
+
+def test_duplicates_count_final_answers_not_retries(sim: WebSim, port: int) -> None:
+    page = next(p for p in sim.web.all_pages() if p.transient and p.transient[1] == 2)
+    for _ in range(3):  # two 429/503 then a 200: retries, not duplicates
+        fetch(port, page.host, page.path, ua=UA)
+    assert sim.duplicate_fetches() == []
+    fetch(port, page.host, page.path.replace("/", "/./", 1), ua=UA)  # a URL variant of the same page
+    assert [d["page_id"] for d in sim.duplicate_fetches()] == [page.pid]
+    assert sim.fetched_pages() == {page.pid}
+    summary = json.loads(fetch(port, "127.0.0.1", "/judge?min_delay=0").body)
+    assert summary["duplicate_fetches"] == 1 and summary["pages_fetched"] == 1 and summary["requests"] == 4
+    assert fetch(port, "127.0.0.1", "/judge?min_delay=-1").status == 400
