@@ -100,17 +100,11 @@ class LRUCache(Generic[K, V]):
         self._hits = self._misses = self._evictions = self._expirations = 0
 
     # ------------------------------------------------------------------ list primitives
-    # Callers hold the lock. These are the only places that rewire links.
+    # Callers hold the lock. get() and put() inline the same rewiring (see get()).
 
     def _unlink(self, link: _Link) -> None:
         link.prev.next = link.next
         link.next.prev = link.prev
-
-    def _append_mru(self, link: _Link) -> None:
-        last = self._root.prev
-        link.prev = last
-        link.next = self._root
-        last.next = self._root.prev = link
 
     def _remove_expired(self, link: _Link, dropped: list[tuple[Any, Any]]) -> None:
         self._unlink(link)
@@ -132,17 +126,14 @@ class LRUCache(Generic[K, V]):
 
     def get(self, key: K, default: Any = None) -> V | Any:
         """The value for ``key`` (and mark it most recently used), or ``default``."""
-        dropped: list[tuple[Any, Any]] = []
         with self._lock:
             link = self._map.get(key)
             if link is None:
                 self._misses += 1
                 return default
-            if self._timed and link.expires <= self._clock():
-                self._remove_expired(link, dropped)
-                self._misses += 1
-            else:
-                # Hot path: move the link to the MRU end (inlined _unlink + _append_mru).
+            if not (self._timed and link.expires <= self._clock()):
+                # Hot path, kept free of calls and allocations on purpose: unlink and
+                # re-insert just before root (the MRU end), as lru_cache does.
                 link.prev.next = link.next
                 link.next.prev = link.prev
                 root = self._root
@@ -152,6 +143,9 @@ class LRUCache(Generic[K, V]):
                 last.next = root.prev = link
                 self._hits += 1
                 return link.value
+            dropped: list[tuple[Any, Any]] = []
+            self._remove_expired(link, dropped)
+            self._misses += 1
         self._notify(dropped)
         return default
 
@@ -161,33 +155,39 @@ class LRUCache(Generic[K, V]):
             ttl = self._ttl
         else:
             _check_ttl(ttl)
-        dropped: list[tuple[Any, Any]] = []
         with self._lock:
-            if ttl is not None:
+            if ttl is None:
+                expires = math.inf
+            else:
                 self._timed = True
                 expires = self._clock() + ttl
-            else:
-                expires = math.inf
+            root = self._root
             link = self._map.get(key)
             if link is not None:
                 link.value = value
                 link.expires = expires
-                self._unlink(link)
-                self._append_mru(link)
+                link.prev.next = link.next
+                link.next.prev = link.prev
+            else:
+                link = _Link(key, value, expires)
+                self._map[key] = link
+            last = root.prev
+            link.prev = last
+            link.next = root
+            last.next = root.prev = link
+            if len(self._map) <= self._capacity:
                 return
-            link = _Link(key, value, expires)
-            self._append_mru(link)
-            self._map[key] = link
-            if len(self._map) > self._capacity:
-                victim = self._root.next
-                self._unlink(victim)
-                del self._map[victim.key]
-                if self._timed and victim.expires <= self._clock():
-                    self._expirations += 1
-                else:
-                    self._evictions += 1
-                dropped.append((victim.key, victim.value))
-        self._notify(dropped)
+            # Over capacity only ever by one: evict the least recently used entry.
+            victim = root.next
+            root.next = victim.next
+            victim.next.prev = root
+            del self._map[victim.key]
+            if self._timed and victim.expires <= self._clock():
+                self._expirations += 1
+            else:
+                self._evictions += 1
+        if self._on_evict is not None:
+            self._on_evict(victim.key, victim.value)
 
     def peek(self, key: K, default: Any = None) -> V | Any:
         """The value for ``key`` without changing recency or hit/miss counters."""

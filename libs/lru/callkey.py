@@ -87,9 +87,10 @@ class CallKey:
         # **kwargs or keyword-only parameters binds exactly as written: skip bind() then.
         self._plain_arity = len(params) if all(p.kind in _POSITIONAL for p in params) else -1
 
-    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, tuple[Hashable, ...]]:
+    def build(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, tuple[Hashable, ...]]:
+        """The key of the call ``func(*args, **kwargs)``."""
         if not kwargs and len(args) == self._plain_arity:
-            return (self.identity, tuple([canonical(a) for a in args]))
+            return (self.identity, tuple(map(canonical, args)))
         bound = self.signature.bind(*args, **kwargs)  # TypeError exactly as the call would raise
         bound.apply_defaults()
         parts: list[Hashable] = []
@@ -102,3 +103,5 @@ class CallKey:
             else:
                 parts.append(canonical(value))
         return (self.identity, tuple(parts))
+
+    __call__ = build

@@ -1,0 +1,367 @@
+"""Benchmark libs.lru against functools.lru_cache and cachetools, side by side in one run.
+
+    .venv/bin/python benchmarks/bench_lru.py [--runs 5] [--ops 200000] [--json reports/bench_lru.json]
+
+Groups (each row: median ops/s over --runs timed runs after one warm-up run, min-max spread,
+and the ratio to the group's reference peer):
+
+* memoized function: calls of a memoized one-argument function (a hit returns the cached
+  value, a miss calls the function and stores it). functools.lru_cache is C code; memoize
+  and cachetools.cached are pure Python.
+* cache-aside get/put: ``v = c.get(k); if v is None: c.put(k, k)`` on LRUCache,
+  cachetools.LRUCache and PersistentLRU (fsync off: each record reaches the kernel).
+  LRUCache and memoize take a lock on every operation (they are thread-safe);
+  cachetools is not, so the "+Lock" rows show it used the way threads must use it.
+* put (always evicting) and get (always hitting) alone.
+* persistent get/put: PersistentLRU (fsync off) against the in-memory LRUCache, on --ops/10.
+* durable put: PersistentLRU with fsync=True (one fdatasync per state change), 500 ops.
+
+Within a group the contenders run round-robin (run 1 of each, then run 2 of each, ...), so
+load changes on a shared machine hit them alike and the ratios stay meaningful.
+
+Key streams: "hot" sends 90% of accesses to 1,000 hot keys out of 10,000 (capacity 1,000:
+most accesses hit), "cold" is uniform over 100,000 keys (almost every access misses and evicts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cachetools
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from libs.lru import LRUCache, PersistentLRU, memoize
+
+CAPACITY = 1000
+
+
+@dataclass
+class Row:
+    group: str
+    workload: str
+    impl: str
+    ops: int
+    median_ops_s: float
+    min_ops_s: float
+    max_ops_s: float
+    ratio: float = 1.0  # median / the reference peer's median in the same group and workload
+    reference: str = ""
+
+
+def key_stream(kind: str, n: int, seed: int = 7) -> list[int]:
+    rng = random.Random(seed)
+    if kind == "hot":
+        hot, cold = (0, CAPACITY), (CAPACITY, 10_000)
+        return [rng.randrange(*(hot if rng.random() < 0.9 else cold)) for _ in range(n)]
+    return [rng.randrange(100_000) for _ in range(n)]
+
+
+# Each factory returns a fresh "run(keys)" closure, so every timed run starts from an empty cache.
+Runner = Callable[[list[int]], None]
+
+
+def memoized_functools() -> Runner:
+    @functools.lru_cache(maxsize=CAPACITY)
+    def f(k: int) -> int:
+        return k
+
+    def run(keys: list[int]) -> None:
+        for k in keys:
+            f(k)
+
+    return run
+
+
+def memoized_ours() -> Runner:
+    @memoize(maxsize=CAPACITY)
+    def f(k: int) -> int:
+        return k
+
+    def run(keys: list[int]) -> None:
+        for k in keys:
+            f(k)
+
+    return run
+
+
+def memoized_cachetools() -> Runner:
+    @cachetools.cached(cachetools.LRUCache(maxsize=CAPACITY))
+    def f(k: int) -> int:
+        return k
+
+    def run(keys: list[int]) -> None:
+        for k in keys:
+            f(k)
+
+    return run
+
+
+def memoized_cachetools_locked() -> Runner:
+    @cachetools.cached(cachetools.LRUCache(maxsize=CAPACITY), lock=threading.Lock())
+    def f(k: int) -> int:
+        return k
+
+    def run(keys: list[int]) -> None:
+        for k in keys:
+            f(k)
+
+    return run
+
+
+def aside_cachetools_locked() -> Runner:
+    """cachetools.LRUCache is not thread-safe; this is how threads must share one."""
+    c: cachetools.LRUCache[int, int] = cachetools.LRUCache(maxsize=CAPACITY)
+    lock = threading.Lock()
+
+    def run(keys: list[int]) -> None:
+        for k in keys:
+            with lock:
+                v = c.get(k)
+            if v is None:
+                with lock:
+                    c[k] = k
+
+    return run
+
+
+def aside_ours() -> Runner:
+    c: LRUCache[int, int] = LRUCache(CAPACITY)
+    get, put = c.get, c.put
+
+    def run(keys: list[int]) -> None:
+        for k in keys:
+            if get(k) is None:
+                put(k, k)
+
+    return run
+
+
+def aside_cachetools() -> Runner:
+    c: cachetools.LRUCache[int, int] = cachetools.LRUCache(maxsize=CAPACITY)
+    get, put = c.get, c.__setitem__
+
+    def run(keys: list[int]) -> None:
+        for k in keys:
+            if get(k) is None:
+                put(k, k)
+
+    return run
+
+
+class _PersistentRunner:
+    """A PersistentLRU in a fresh temporary directory per timed run."""
+
+    def __init__(self, fsync: bool) -> None:
+        self.dir = tempfile.mkdtemp(prefix="bench-lru-")
+        self.cache: PersistentLRU[int, int] = PersistentLRU(self.dir, CAPACITY, fsync=fsync)
+
+    def __call__(self, keys: list[int]) -> None:
+        get, put = self.cache.get, self.cache.put
+        try:
+            for k in keys:
+                if get(k) is None:
+                    put(k, k)
+        finally:
+            self.cache.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def put_only(factory: Callable[[], tuple[Callable[[int, int], None], Callable[[int], object]]]) -> Runner:
+    put, _ = factory()
+    # Fill first so every timed put evicts.
+    for k in range(-CAPACITY, 0):
+        put(k, k)
+
+    def run(keys: list[int]) -> None:
+        for k in keys:
+            put(k, k)
+
+    return run
+
+
+def get_only(factory: Callable[[], tuple[Callable[[int, int], None], Callable[[int], object]]]) -> Runner:
+    put, get = factory()
+    for k in range(CAPACITY):
+        put(k, k)
+
+    def run(keys: list[int]) -> None:
+        for k in keys:
+            get(k % CAPACITY)
+
+    return run
+
+
+def ours_pair() -> tuple[Callable[[int, int], None], Callable[[int], object]]:
+    c: LRUCache[int, int] = LRUCache(CAPACITY)
+    return c.put, c.get
+
+
+def cachetools_pair() -> tuple[Callable[[int, int], None], Callable[[int], object]]:
+    c: cachetools.LRUCache[int, int] = cachetools.LRUCache(maxsize=CAPACITY)
+    return c.__setitem__, c.get
+
+
+def bench(runs: int, ops: int, progress: Callable[[str], None]) -> list[Row]:
+    # Each case: (group, workload, ops, contenders); the first contender is the reference peer.
+    Case = tuple[str, str, int, list[tuple[str, Callable[[], Runner]]]]
+    persistent_ops = max(ops // 10, 1000)
+    cases: list[Case] = []
+    for workload in ("hot", "cold"):
+        cases.append(
+            (
+                "memoized function",
+                workload,
+                ops,
+                [
+                    ("functools.lru_cache", memoized_functools),
+                    ("libs.lru.memoize", memoized_ours),
+                    ("cachetools.cached", memoized_cachetools),
+                    ("cachetools.cached+Lock", memoized_cachetools_locked),
+                ],
+            )
+        )
+        cases.append(
+            (
+                "cache-aside get/put",
+                workload,
+                ops,
+                [
+                    ("cachetools.LRUCache", aside_cachetools),
+                    ("cachetools.LRUCache+Lock", aside_cachetools_locked),
+                    ("libs.lru.LRUCache", aside_ours),
+                ],
+            )
+        )
+    cases += [
+        (
+            "put (evicting)",
+            "distinct",
+            ops,
+            [
+                ("cachetools.LRUCache", lambda: put_only(cachetools_pair)),
+                ("libs.lru.LRUCache", lambda: put_only(ours_pair)),
+            ],
+        ),
+        (
+            "get (hit)",
+            "hot",
+            ops,
+            [
+                ("cachetools.LRUCache", lambda: get_only(cachetools_pair)),
+                ("libs.lru.LRUCache", lambda: get_only(ours_pair)),
+            ],
+        ),
+        (
+            "persistent get/put",
+            "hot",
+            persistent_ops,
+            [
+                ("libs.lru.LRUCache", aside_ours),
+                ("PersistentLRU fsync=False", lambda: _PersistentRunner(fsync=False)),
+            ],
+        ),
+        (
+            "persistent get/put",
+            "cold",
+            persistent_ops,
+            [
+                ("libs.lru.LRUCache", aside_ours),
+                ("PersistentLRU fsync=False", lambda: _PersistentRunner(fsync=False)),
+            ],
+        ),
+        (
+            "durable put",
+            "cold",
+            500,
+            [
+                ("PersistentLRU fsync=False", lambda: _PersistentRunner(fsync=False)),
+                ("PersistentLRU fsync=True", lambda: _PersistentRunner(fsync=True)),
+            ],
+        ),
+    ]
+    rows: list[Row] = []
+    for i, (group, workload, n, contenders) in enumerate(cases, 1):
+        progress(
+            f"[{i}/{len(cases)}] {group} / {workload}: {len(contenders)} contenders, {n} ops x {runs} runs"
+        )
+        keys = list(range(n)) if workload == "distinct" else key_stream(workload, n)
+        for _, factory in contenders:
+            factory()(keys)  # warm-up: imports, allocator, caches
+        rates: dict[str, list[float]] = {name: [] for name, _ in contenders}
+        # Round-robin, so that load changes on a shared machine hit every contender alike.
+        for _ in range(runs):
+            for name, factory in contenders:
+                run = factory()
+                t0 = time.perf_counter()
+                run(keys)
+                rates[name].append(n / (time.perf_counter() - t0))
+        ref_name = contenders[0][0]
+        ref_median = statistics.median(rates[ref_name])
+        for name, _ in contenders:
+            r = rates[name]
+            med = statistics.median(r)
+            rows.append(Row(group, workload, name, n, med, min(r), max(r), med / ref_median, ref_name))
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        f"{'group':<20} {'keys':<8} {'implementation':<26} {'median ops/s':>13} "
+        f"{'min-max ops/s':>21} {'ratio':>6}  vs"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        spread = f"{r.min_ops_s:,.0f}-{r.max_ops_s:,.0f}"
+        lines.append(
+            f"{r.group:<20} {r.workload:<8} {r.impl:<26} {r.median_ops_s:>13,.0f} {spread:>21} "
+            f"{r.ratio:>6.2f}  {r.reference}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=5, help="timed runs per row after one warm-up (default 5)")
+    p.add_argument("--ops", type=int, default=200_000, help="operations per in-memory run (default 200000)")
+    p.add_argument("--json", type=Path, default=Path("reports/bench_lru.json"), help="where to write results")
+    args = p.parse_args(argv)
+    if args.runs < 1 or args.ops < 1000:
+        p.error("--runs must be >= 1 and --ops >= 1000")
+    started = time.time()
+    rows = bench(args.runs, args.ops, lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(table(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "lru",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "started_unix": started,
+        "seconds": time.time() - started,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "runs": args.runs,
+        "capacity": CAPACITY,
+        "rows": [asdict(r) for r in rows],
+    }
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.json} in {report['seconds']:.0f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
