@@ -32,7 +32,8 @@ def check_maxsize(maxsize: int) -> int:
 
 
 def check_timeout(timeout: float | None) -> None:
-    if timeout is not None and timeout < 0:
+    # `not timeout >= 0` also refuses NaN, which would otherwise reach Lock.acquire().
+    if timeout is not None and not timeout >= 0:
         raise ValueError(f"timeout: expected a non-negative number or None, got {timeout!r}")
 
 

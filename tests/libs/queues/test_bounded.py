@@ -77,6 +77,8 @@ def test_a_negative_timeout_is_refused() -> None:
         q.put(1, timeout=-0.5)
     with pytest.raises(ValueError, match="timeout"):
         q.join(timeout=-1)
+    with pytest.raises(ValueError, match="timeout"):
+        q.get(timeout=float("nan"))
 
 
 def test_get_with_timeout_gives_up_with_empty() -> None:
