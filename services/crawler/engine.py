@@ -162,8 +162,7 @@ class Crawl:
     def _admit(self, url: str, depth: int, *, redirects: int = 0, via: str | None = None) -> NewURL | None:
         if len(url) > self.config.max_url_length or not self.in_scope(url):
             return None
-        if self.config.max_depth is not None and depth > self.config.max_depth:
-            return None
+        # Depth is judged by the store, which knows the shortest path found so far.
         return NewURL(url, host_of(url), depth, redirects, via)
 
     def _budget_left(self) -> bool:
@@ -175,7 +174,7 @@ class Crawl:
         self.stats.started_at = time.time()
         now = time.time()
         seeds = [self._admit(normalize(s), 0) for s in self.config.seeds]
-        self.store.add([s for s in seeds if s is not None], now=now)
+        self.store.add([s for s in seeds if s is not None], now=now, max_depth=self.config.max_depth)
         self._fetched_before = self.store.counts()["FETCHED"]
         expired = self.store.expire_leases(now)
         self._count_expired(expired)
@@ -448,6 +447,8 @@ class Crawl:
             Outcome(URLState.FETCHED, status=status, content_sha256=sha, fetched_at=now),
             new_urls,
             max_per_host=self.config.max_pages_per_host,
+            max_depth=self.config.max_depth,
+            parent_depth=rec.depth,
             now=now,
         )
         self.stats.fetched += 1

@@ -192,6 +192,10 @@ class Fetcher:
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar()
         )
+        # aiohttp silently re-sends an idempotent request once when a kept-alive connection drops.
+        # That second request would bypass the host's politeness slot and the retry accounting,
+        # so it is switched off: every request the server sees is one the frontier allowed.
+        self._session._retry_connection = False
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -68,7 +68,9 @@ class CrawlConfig(BaseModel):
     )
     lease_seconds: float = Field(60.0, gt=0, le=86400, description="a claimed URL returns after this")
     skip_duplicate_content_links: bool = Field(
-        True, description="do not extract links from a body whose SHA-256 was already seen"
+        False,
+        description="do not extract links from a body whose SHA-256 was already seen (off: identical bodies"
+        " under different URLs can still hold different relative links)",
     )
 
     @field_validator("seeds")

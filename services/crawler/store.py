@@ -78,8 +78,11 @@ class FrontierStore(abc.ABC):
     """Durable URL set + per-host ready queues. Times are wall-clock Unix seconds (they outlive a process)."""
 
     @abc.abstractmethod
-    def add(self, urls: list[NewURL], *, max_per_host: int | None = None, now: float) -> int:
-        """Insert URLs not seen before (exact dedup); return how many were new."""
+    def add(
+        self, urls: list[NewURL], *, max_per_host: int | None = None, now: float, max_depth: int | None = None
+    ) -> int:
+        """Insert URLs not seen before (exact dedup); return how many were new. A URL seen before
+        at a greater depth gets the smaller one (max_depth means BFS depth)."""
 
     @abc.abstractmethod
     def claim(self, host: str, owner: str, lease_seconds: float, now: float) -> URLRecord | None:
@@ -97,6 +100,8 @@ class FrontierStore(abc.ABC):
         new_urls: list[NewURL],
         *,
         max_per_host: int | None = None,
+        max_depth: int | None = None,
+        parent_depth: int | None = None,
         now: float,
     ) -> int:
         """Record a final outcome and the links found, atomically; return the number of new URLs."""

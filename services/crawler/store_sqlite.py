@@ -46,6 +46,11 @@ CREATE INDEX IF NOT EXISTS urls_host_queue ON urls (host, state, depth, id);
 CREATE INDEX IF NOT EXISTS urls_state_lease ON urls (state, lease_until);
 CREATE TABLE IF NOT EXISTS hosts (host TEXT PRIMARY KEY, admitted INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS content (sha256 TEXT PRIMARY KEY, url_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS edges (
+    src INTEGER NOT NULL, url TEXT NOT NULL, host TEXT NOT NULL, delta INTEGER NOT NULL,
+    redirects INTEGER NOT NULL, via TEXT
+);
+CREATE INDEX IF NOT EXISTS edges_src ON edges (src);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -64,12 +69,19 @@ class SQLiteStore(FrontierStore):
         self._db.executescript(_SCHEMA)
 
     # -- helpers -------------------------------------------------------------------------------
-    def _insert(self, urls: list[NewURL], max_per_host: int | None, now: float) -> int:
+    def _insert(
+        self, urls: list[NewURL], max_per_host: int | None, now: float, max_depth: int | None = None
+    ) -> int:
         new = 0
         cur = self._db.cursor()
         for u in urls:
             key = url_key(u.url)
-            if cur.execute("SELECT 1 FROM urls WHERE url_key=?", (key,)).fetchone():
+            seen = cur.execute("SELECT id, depth FROM urls WHERE url_key=?", (key,)).fetchone()
+            if seen is not None:
+                if u.depth < seen[1]:
+                    self._lower_depth(seen[0], u.depth, max_per_host, now, max_depth)
+                continue
+            if max_depth is not None and u.depth > max_depth:
                 continue
             if max_per_host is not None:
                 row = cur.execute("SELECT admitted FROM hosts WHERE host=?", (u.host,)).fetchone()
@@ -88,13 +100,39 @@ class SQLiteStore(FrontierStore):
             new += 1
         return new
 
+    def _lower_depth(
+        self, url_id: int, depth: int, max_per_host: int | None, now: float, max_depth: int | None
+    ) -> None:
+        """A URL was reached by a shorter path: lower its depth and, if it was already fetched,
+        its descendants' (links once cut by max_depth may now be admitted). Hosts are crawled in
+        parallel, so discovery order is not BFS order; this keeps max_depth meaning BFS depth."""
+        stack = [(url_id, depth)]
+        while stack:
+            uid, d = stack.pop()
+            row = self._db.execute("SELECT depth, state FROM urls WHERE id=?", (uid,)).fetchone()
+            if row is None or row[0] <= d:
+                continue
+            self._db.execute("UPDATE urls SET depth=? WHERE id=?", (d, uid))
+            if row[1] != int(URLState.FETCHED):
+                continue
+            for url, host, delta, redirects, via in self._db.execute(
+                "SELECT url, host, delta, redirects, via FROM edges WHERE src=?", (uid,)
+            ).fetchall():
+                child = self._db.execute("SELECT id FROM urls WHERE url_key=?", (url_key(url),)).fetchone()
+                if child is not None:
+                    stack.append((child[0], d + delta))
+                else:
+                    self._insert([NewURL(url, host, d + delta, redirects, via)], max_per_host, now, max_depth)
+
     # -- FrontierStore -------------------------------------------------------------------------
-    def add(self, urls: list[NewURL], *, max_per_host: int | None = None, now: float) -> int:
+    def add(
+        self, urls: list[NewURL], *, max_per_host: int | None = None, now: float, max_depth: int | None = None
+    ) -> int:
         if not urls:
             return 0
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            return self._insert(urls, max_per_host, now)
+            return self._insert(urls, max_per_host, now, max_depth)
 
     def claim(self, host: str, owner: str, lease_seconds: float, now: float) -> URLRecord | None:
         with self._db:
@@ -129,6 +167,8 @@ class SQLiteStore(FrontierStore):
         new_urls: list[NewURL],
         *,
         max_per_host: int | None = None,
+        max_depth: int | None = None,
+        parent_depth: int | None = None,
         now: float,
     ) -> int:
         assert outcome.state in (URLState.FETCHED, URLState.FAILED)
@@ -149,7 +189,21 @@ class SQLiteStore(FrontierStore):
                     url_id,
                 ),
             )
-            return self._insert(new_urls, max_per_host, now)
+            if max_depth is None:
+                return self._insert(new_urls, max_per_host, now)
+            # With a depth limit, remember every edge (even the ones cut by the limit) so that a
+            # later, shorter path to this page can re-derive its descendants' depths.
+            depth_now = self._db.execute("SELECT depth FROM urls WHERE id=?", (url_id,)).fetchone()[0]
+            base = depth_now if parent_depth is None else parent_depth
+            rebased = []
+            for u in new_urls:
+                delta = u.depth - base
+                self._db.execute(
+                    "INSERT INTO edges (src, url, host, delta, redirects, via) VALUES (?,?,?,?,?,?)",
+                    (url_id, u.url, u.host, delta, u.redirects, u.via),
+                )
+                rebased.append(NewURL(u.url, u.host, depth_now + delta, u.redirects, u.via))
+            return self._insert(rebased, max_per_host, now, max_depth)
 
     def retry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
         with self._db:
