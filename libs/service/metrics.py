@@ -94,10 +94,22 @@ class _HttpMetrics:
             "http_requests_in_flight", "HTTP requests being served", ("service",), multiprocess_mode="livesum"
         )
 
+        # labels() validates and locks on every call; the label sets are bounded, so keep the
+        # children (a racing first insert stores the same objects: labels() is get-or-create).
+        self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+
     def observe(self, service: str, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in _METHODS else "OTHER"
-        self.requests.labels(service, method, route, str(status)).inc()
-        self.duration.labels(service, method, route).observe(seconds)
+        key = (service, method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(service, method, route, str(status)),
+                self.duration.labels(service, method, route),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 _http: _HttpMetrics | None = None

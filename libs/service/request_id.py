@@ -6,9 +6,9 @@ streaming cancellation), plus the aiohttp twin.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -37,7 +37,7 @@ REQUEST_ID_KEY = web.RequestKey("pg_request_id", str)
 
 def new_request_id() -> str:
     """32 lowercase hex digits: also usable as a span-log trace_id."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # uuid4().hex without building a UUID: a few us per request
 
 
 def accept_request_id(value: str | None) -> str:
