@@ -41,7 +41,7 @@ from libs.trace.errors import (
     TimeWentBack,
     UnmatchedEnd,
 )
-from libs.trace.events import BEGIN, Event
+from libs.trace.events import BEGIN, END, Event
 
 
 def _fmt(ts: float) -> str:
@@ -102,7 +102,7 @@ def well_formed(events: Iterable[Event], diag: Diagnostics) -> Iterator[Event]:
                 f"(begun line {above.line}) is still open",
                 ev.line,
             )
-            yield Event("E", ts, above.name, ev.line, track, above.depth)
+            yield Event(END, ts, above.name, ev.line, track, above.depth)
         stack.pop()
         ev.depth = index
         yield ev
@@ -118,4 +118,4 @@ def well_formed(events: Iterable[Event], diag: Diagnostics) -> Iterator[Event]:
             frame = stack.pop()
             if frame is not outer:
                 diag.report(MissingEnd, f"{frame.name!r} begun here has no end", frame.line)
-            yield Event("E", ts, frame.name, 0, track, frame.depth)
+            yield Event(END, ts, frame.name, 0, track, frame.depth)

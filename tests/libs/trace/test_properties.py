@@ -207,3 +207,42 @@ def test_garbage_input_only_ever_raises_trace_error(lines: list[str], fmt: str, 
         CallTree.from_events(read("\n".join(lines), fmt, lenient=lenient).events)
     except TraceError:
         assert not lenient, "lenient mode repairs or skips, it never raises"
+
+
+def _samples_text(ops: list[Op]) -> str:
+    """The same trace as timestamped stack samples: one sample per distinct timestamp, holding
+    the stack as it is after every event at that timestamp."""
+    stack: list[str] = []
+    samples: list[tuple[float, list[str]]] = []
+    for name, kind, ts in ops:
+        if kind == "B":
+            stack.append(name)
+        else:
+            stack.pop()
+        if samples and samples[-1][0] == ts:
+            samples[-1] = (ts, list(stack))
+        else:
+            samples.append((ts, list(stack)))
+    return "".join(json.dumps({"ts": ts, "stack": s}) + "\n" for ts, s in samples)
+
+
+def _tree_text(tree: CallTree) -> str:
+    return "".join(
+        f"{'  ' * (len(path) - 1)}{path[-1]} {node.inclusive:g}\n" for path, node in tree.root.walk()
+    )
+
+
+def _times(tree: CallTree) -> dict[str, tuple[float, float]]:
+    """Per path (inclusive, exclusive), leaving out paths that own no time: a zero-length frame
+    is an event but not a sample, so sampled inputs cannot show it."""
+    return {p: (i, e) for p, (_, i, e) in paths(tree).items() if i}
+
+
+@SETTINGS
+@given(well_formed())
+def test_times_are_conserved_across_input_formats(ops: list[Op]) -> None:
+    reference, _ = tree_of(RENDER["startend"](ops), "startend")
+    sampled, _ = tree_of(_samples_text(ops), "samples")
+    assert _times(sampled) == _times(reference)
+    indented, _ = tree_of(_tree_text(reference), "tree")
+    assert _times(indented) == _times(reference)
