@@ -1,0 +1,201 @@
+"""Control API (FastAPI): start crawls, watch them, pause/resume/cancel, per-host view.
+
+    POST /v1/crawls                       body: CrawlConfig -> 201 {crawl status}
+    GET  /v1/crawls                       all crawls of this process
+    GET  /v1/crawls/{crawl_id}            status: state, URL counts, stats, pages/s
+    POST /v1/crawls/{crawl_id}/pause      stop dispatching (in-flight requests finish)
+    POST /v1/crawls/{crawl_id}/resume
+    POST /v1/crawls/{crawl_id}/cancel     stop; the store keeps everything for a later resume
+    GET  /v1/crawls/{crawl_id}/hosts      per-host politeness view (delay, rate, robots, URL counts)
+    GET  /v1/crawls/{crawl_id}/hosts/{host}
+Docs at /docs (OpenAPI at /openapi.json); bad input -> 422 naming the field.
+Each crawl has its own SQLite store under data_dir, so a crawl id started again resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import Field
+
+from libs.service.app import ApiError, create_app
+from libs.service.health import Health
+from libs.service.logging import configure_logging, get_logger
+from libs.service.server import serve
+from libs.service.settings import ServiceSettings, load_settings
+from services.crawler.engine import Crawl
+from services.crawler.fetcher import Fetcher, ResolverMap, ResolveRule
+from services.crawler.settings import CrawlConfig
+from services.crawler.sinks import PageSink, open_sink
+from services.crawler.store_sqlite import SQLiteStore
+from services.crawler.warc import WarcOutput
+
+log = get_logger("services.crawler.api")
+_CRAWL_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class CrawlerSettings(ServiceSettings):
+    """The control API process (python -m services.crawler)."""
+
+    host: str = Field("127.0.0.1", description="address the control API listens on")
+    port: int = Field(8081, description="port the control API listens on")
+    data_dir: str = Field("data/crawler", description="crawl stores and WARC files go here")
+    resolve: list[str] = Field(
+        default_factory=list,
+        description="resolver map 'PATTERN=IP:PORT' (curl --resolve style), e.g. '*.sim.test=127.0.0.1:8090'",
+    )
+    allow_private: bool = Field(False, description="allow private/loopback targets outside the resolver map")
+    pages_to: str = Field("", description="page event sink: redis://..., http(s)://..., or a .jsonl path")
+    warc: bool = Field(True, description="write WARC files under data_dir/warc")
+
+
+@dataclass
+class _Running:
+    crawl: Crawl
+    task: asyncio.Task[None] | None = None
+    final: dict[str, Any] | None = None  # status taken just before the store was closed
+
+
+class CrawlManager:
+    def __init__(self, settings: CrawlerSettings) -> None:
+        self.settings = settings
+        self.rules = [ResolveRule.parse(r) for r in settings.resolve]
+        self.crawls: dict[str, _Running] = {}
+        self._sink: PageSink | None = None
+
+    def _get(self, crawl_id: str) -> _Running:
+        running = self.crawls.get(crawl_id)
+        if running is None:
+            raise ApiError(404, "not_found", f"no crawl {crawl_id!r}", field="crawl_id")
+        return running
+
+    def status(self, crawl_id: str) -> dict[str, Any]:
+        running = self._get(crawl_id)
+        return running.final if running.final is not None else running.crawl.status()
+
+    async def start(self, config: CrawlConfig, crawl_id: str | None) -> Crawl:
+        crawl_id = crawl_id or uuid.uuid4().hex[:12]
+        if not _CRAWL_ID.match(crawl_id):
+            raise ApiError(422, "invalid_request", "crawl_id: 1-64 of A-Z a-z 0-9 _ . -", field="crawl_id")
+        if crawl_id in self.crawls and not self.crawls[crawl_id].crawl.done:
+            raise ApiError(409, "conflict", f"crawl {crawl_id!r} is running", field="crawl_id")
+        if self._sink is None and self.settings.pages_to:
+            self._sink = open_sink(self.settings.pages_to)
+        data = Path(self.settings.data_dir)
+        store = SQLiteStore(data / f"{crawl_id}.sqlite")
+        store.set_meta("config", config.model_dump_json())
+        warc = WarcOutput(data / "warc", crawl_id) if self.settings.warc else None
+        resolver = ResolverMap(self.rules, allow_private=self.settings.allow_private)
+        fetcher = Fetcher(config.fetch, resolver, config.user_agent, concurrency=config.concurrency)
+        crawl = Crawl(crawl_id, config, store, fetcher, warc=warc, sink=self._sink)
+        running = _Running(crawl)
+
+        async def run() -> None:
+            try:
+                async with fetcher:
+                    await crawl.run()
+            finally:
+                running.final = crawl.status()
+                if warc is not None:
+                    warc.close()
+                store.close()
+                log.info("crawl %s ended: %s", crawl_id, crawl.state.value)
+
+        running.task = asyncio.create_task(run())
+        self.crawls[crawl_id] = running
+        return crawl
+
+    async def shutdown(self) -> None:
+        for running in self.crawls.values():
+            running.crawl.cancel()
+        await asyncio.gather(*(r.task for r in self.crawls.values() if r.task), return_exceptions=True)
+        if self._sink is not None:
+            await self._sink.close()
+
+
+def build_app(settings: CrawlerSettings, health: Health | None = None) -> tuple[FastAPI, CrawlManager]:
+    health = health or Health(ready=True)
+    manager = CrawlManager(settings)
+    app = create_app(
+        "crawler",
+        title="Crawler",
+        version="0.1.0",
+        health=health,
+        description="Polite crawler control API (ProvingGroundBot)",
+    )
+
+    @app.post("/v1/crawls", status_code=201, summary="Start (or resume) a crawl")
+    async def start_crawl(config: CrawlConfig, crawl_id: str | None = None) -> dict[str, Any]:
+        crawl = await manager.start(config, crawl_id)
+        return crawl.status()
+
+    @app.get("/v1/crawls", summary="All crawls of this process")
+    async def list_crawls() -> list[dict[str, Any]]:
+        return [{"crawl_id": cid, "state": r.crawl.state.value} for cid, r in manager.crawls.items()]
+
+    @app.get("/v1/crawls/{crawl_id}", summary="Status of one crawl")
+    async def get_crawl(crawl_id: str) -> dict[str, Any]:
+        return manager.status(crawl_id)
+
+    @app.post("/v1/crawls/{crawl_id}/pause", summary="Stop dispatching; in-flight requests finish")
+    async def pause(crawl_id: str) -> dict[str, Any]:
+        crawl = manager._get(crawl_id).crawl
+        crawl.pause()
+        return {"crawl_id": crawl_id, "state": crawl.state.value}
+
+    @app.post("/v1/crawls/{crawl_id}/resume", summary="Resume a paused crawl")
+    async def resume(crawl_id: str) -> dict[str, Any]:
+        crawl = manager._get(crawl_id).crawl
+        crawl.resume()
+        return {"crawl_id": crawl_id, "state": crawl.state.value}
+
+    @app.post("/v1/crawls/{crawl_id}/cancel", summary="Cancel; the store keeps the work done")
+    async def cancel(crawl_id: str) -> dict[str, Any]:
+        running = manager._get(crawl_id)
+        running.crawl.cancel()
+        if running.task is not None:
+            await asyncio.shield(running.task)
+        return {"crawl_id": crawl_id, "state": running.crawl.state.value}
+
+    def _live(crawl_id: str) -> Crawl:
+        running = manager._get(crawl_id)
+        if running.final is not None:
+            raise ApiError(409, "conflict", "the crawl has ended; see its status", field="crawl_id")
+        return running.crawl
+
+    @app.get("/v1/crawls/{crawl_id}/hosts", summary="Per-host politeness view")
+    async def hosts(crawl_id: str) -> list[dict[str, Any]]:
+        return _live(crawl_id).hosts_view()
+
+    @app.get("/v1/crawls/{crawl_id}/hosts/{host}", summary="One host's politeness state")
+    async def host(crawl_id: str, host: str) -> dict[str, Any]:
+        crawl = _live(crawl_id)
+        if host not in crawl.frontier.slots:
+            raise ApiError(404, "not_found", f"host {host!r} not seen in this crawl", field="host")
+        return crawl.host_view(host)
+
+    app.state.crawls = manager
+    return app, manager
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings(
+        CrawlerSettings, argv, env_prefix="PG_CRAWLER_", prog="python -m services.crawler"
+    )
+    for spec in settings.resolve:
+        try:
+            ResolveRule.parse(spec)
+        except ValueError as exc:
+            print(f"error: --resolve: {exc}", file=sys.stderr)
+            return 2
+    configure_logging(service="crawler", level=settings.log_level)
+    health = Health(ready=True)
+    app, manager = build_app(settings, health)
+    return serve(app, settings.host, settings.port, health=health, on_shutdown=[manager.shutdown])
