@@ -200,3 +200,26 @@ def test_required_delay_is_the_crawl_delay_of_the_applicable_group(sim: WebSim) 
         else:
             assert delay is None
         assert sim.host_policy(host)["crawl_delay"] == delay
+
+
+def test_redirect_chains_end_at_five_hops_and_loops_end(sim: WebSim) -> None:
+    from services.crawler.websim.truth import follow
+
+    checked = 0
+    for host in sim.web.hosts.values():
+        for red in host.redirects.values():
+            end = follow(sim.web, host.name, red.path, UA, max_redirects=5)
+            if red.path.startswith("/loop/"):
+                assert end is None
+            for n in (5, 6):
+                if red.path != f"/hop{n}/1":
+                    continue
+                last = host.redirects[f"/hop{n}/{n}"]
+                open_path = all(
+                    sim.allowed(host.name, f"/hop{n}/{i}") for i in range(1, n + 1)
+                ) and sim.allowed(last.target_host, last.target_path)
+                assert (end is not None) == (open_path and n == 5)
+                six = follow(sim.web, host.name, red.path, UA, max_redirects=6)
+                assert (six is not None) == open_path
+                checked += 1
+    assert checked >= 2
