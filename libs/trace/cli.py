@@ -160,6 +160,8 @@ def run(argv: Sequence[str] | None, stdin: TextIO, stdout: TextIO, stderr: TextI
         stderr.write(f"error: {exc} (see python -m libs.trace --help)\n")
     except TraceError as exc:
         stderr.write(f"error: {exc}\n")
+    except BrokenPipeError:
+        raise  # the reader went away (| head): not an input error, main() ends quietly
     except UnicodeDecodeError as exc:
         stderr.write(f"error: input is not UTF-8 text: {exc.reason} at byte {exc.start}\n")
     except OSError as exc:
@@ -208,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(argv, sys.stdin, sys.stdout, sys.stderr)
     except BrokenPipeError:
+        # Python would report the failed flush of stdout at exit; point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         return 130

@@ -4,8 +4,9 @@ Input: events from any parser, in input order, possibly broken. Output: the same
 ``depth`` filled in, guaranteed well-formed per track: every end closes the frame on top of
 its track's stack, timestamps never decrease, every begun frame is ended. The only state is
 one stack of open begin events per track plus the last timestamp per track, so memory is
-O(max depth x tracks) whatever the length of the input; aggregates (``calltree.py``) are
-separate consumers of the output.
+O(max depth) per track whatever the length of the input (a single-threaded log has one
+track; a span log has one per trace, and of a finished one only an empty stack and a
+timestamp stay behind); aggregates (``calltree.py``) are separate consumers of the output.
 
 Checks, in strict mode each one raises the named :mod:`errors` class with the input line:
 

@@ -161,3 +161,17 @@ def test_spans_and_time_units_through_the_cli(tmp_path: Path) -> None:
     }
     code, out, _ = cli("report", "-", stdin=json.dumps(record) + "\n")
     assert code == 0 and "request" in out and "inclusive (s)" in out
+
+
+def test_reader_closing_the_pipe_early_is_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "long.log"
+    path.write_text("".join(f"f{i % 7}:start:{i}\nf{i % 7}:end:{i + 1}\n" for i in range(20_000)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "libs.trace", "convert", str(path), "--to", "chrome"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"{")
+    proc.stdout.close()  # like `| head -1`
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and err == b""
