@@ -22,7 +22,9 @@ in the rare short write, which libs.trace reports by line number.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -30,17 +32,23 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.service.logging import request_id_var
+from libs.service.routes import asgi_route
 
-__all__ = ["Span", "SpanLog", "configure_spans", "current_span", "span"]
+__all__ = ["Span", "SpanLog", "SpanMiddleware", "configure_spans", "current_span", "span"]
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _MAX_ATTR_CHARS = 256
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _current: ContextVar[Span | None] = ContextVar("pg_current_span", default=None)
 
@@ -191,6 +199,29 @@ class SpanLog:
     def enabled(self) -> bool:
         return self._fd is not None
 
+    def traced(self, name: str | None = None, **attrs: Any) -> Callable[[F], F]:
+        """Decorator: each call of the (sync or async) function runs inside a span."""
+
+        def decorate(fn: F) -> F:
+            span_name = name or fn.__qualname__
+            if inspect.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    async with self.span(span_name, **attrs):
+                        return await fn(*args, **kwargs)
+
+                return async_wrapper  # type: ignore[return-value]
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                with self.span(span_name, **attrs):
+                    return fn(*args, **kwargs)
+
+            return wrapper  # type: ignore[return-value]
+
+        return decorate
+
     def span(self, name: str, **attrs: Any) -> Span | _NoopSpan:
         """A new span named `name` with scalar attributes; enter it to start timing."""
         if self._fd is None:
@@ -256,3 +287,44 @@ def configure_spans(path: str | os.PathLike[str] | None, service: str) -> SpanLo
 def span(name: str, **attrs: Any) -> Span | _NoopSpan:
     """A span on the process-wide log (see configure_spans); a no-op until one is configured."""
     return _default.span(name, **attrs)
+
+
+class SpanMiddleware:
+    """Pure ASGI: one root span per HTTP request, named `<METHOD> <route template>`.
+
+    Spans a handler opens nest under it, and its trace_id is the request id when the
+    request-id middleware runs outside this one (create_app(..., spans=...) orders them so).
+    """
+
+    def __init__(self, app: ASGIApp, *, spans: SpanLog) -> None:
+        self.app = app
+        self.spans = spans
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.spans.enabled:
+            await self.app(scope, receive, send)
+            return
+        root_path = scope.get("root_path", "")
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        s = self.spans.span("http", method=scope.get("method"))
+        if not isinstance(s, Span):  # the log was closed meanwhile
+            await self.app(scope, receive, send)
+            return
+        with s:
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                route = asgi_route(scope, root_path)
+                # the name is only written when the span ends, so it can carry the matched route
+                s.name = f"{scope.get('method')} {route}"
+                s.set("route", route)
+                s.set("status", status)
+                if status >= 500:
+                    s.status = "error"

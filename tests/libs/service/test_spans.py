@@ -268,3 +268,55 @@ def test_processes_sharing_a_file_and_sigkill_leave_only_whole_records(tmp_path:
     assert len(bad) <= len(procs), bad
     assert {r["service"] for r in good} == {"p0", "p1", "p2"}
     assert len(good) > 100
+
+
+def test_traced_decorator_wraps_sync_and_async_functions(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    with SpanLog(path, "svc") as log:
+
+        @log.traced()
+        def parse(x: int) -> int:
+            return x * 2
+
+        @log.traced("fetch", kind="page")
+        async def fetch(x: int) -> int:
+            return parse(x) + 1
+
+        assert parse(2) == 4
+        assert asyncio.run(fetch(3)) == 7
+        assert parse.__name__ == "parse" and fetch.__name__ == "fetch"
+    first, inner, outer = records(path)
+    assert first["name"].endswith("parse") and first["parent_id"] is None
+    assert outer["name"] == "fetch" and outer["attrs"] == {"kind": "page"}
+    assert inner["parent_id"] == outer["span_id"]
+
+
+def test_create_app_with_spans_makes_one_root_span_per_request(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    log = SpanLog(path, "api")
+    app = create_app("api-spans", spans=log)
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict:
+        with log.span("lookup", item=item_id):
+            pass
+        return {"id": item_id}
+
+    @app.get("/boom")
+    async def boom() -> dict:
+        raise RuntimeError("x")
+
+    with serve_in_thread(app) as url:
+        rid = httpx.get(f"{url}/items/7", headers={"X-Request-ID": "f" * 32}).headers["x-request-id"]
+        assert httpx.get(f"{url}/boom").status_code == 500
+        assert httpx.get(f"{url}/nowhere").status_code == 404
+    log.close()
+    recs = records(path)
+    lookup, request = recs[0], recs[1]
+    assert rid == "f" * 32 and request["trace_id"] == lookup["trace_id"] == rid
+    assert request["name"] == "GET /items/{item_id}" and request["parent_id"] is None
+    assert lookup["parent_id"] == request["span_id"]
+    assert request["attrs"] == {"method": "GET", "route": "/items/{item_id}", "status": 200}
+    failed, nowhere = recs[2], recs[3]
+    assert failed["name"] == "GET /boom" and failed["status"] == "error" and failed["attrs"]["status"] == 500
+    assert nowhere["name"] == "GET <unmatched>" and nowhere["status"] == "ok"
