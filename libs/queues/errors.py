@@ -30,7 +30,8 @@ class PoolError(ExceptionGroup):
     """Raised by WorkerPool.join(): every exception the worker function raised, one per failed item.
 
     Each exception carries a note (PEP 678) naming the item it failed on; ``except* ValueError``
-    picks out one kind.
+    picks out one kind. A BaseException that is not an Exception (SystemExit, ...) appears as a
+    RuntimeError whose __cause__ is the original, since an ExceptionGroup holds only Exceptions.
     """
 
     def derive(self, excs: Sequence[Exception]) -> PoolError:

@@ -32,6 +32,20 @@ def _describe(func: Callable[..., object]) -> str:
     return getattr(func, "__qualname__", None) or repr(func)
 
 
+def _as_failure(exc: BaseException, func: Callable[..., object], item: object) -> Exception:
+    """The exception PoolError reports for ``item``, with a note naming the item.
+
+    An ExceptionGroup holds only Exceptions, so a bare BaseException (SystemExit, ...) is
+    reported as a RuntimeError caused by it.
+    """
+    if not isinstance(exc, Exception):
+        wrapped = RuntimeError(f"{type(exc).__name__} raised in a worker: {exc!r}")
+        wrapped.__cause__ = exc
+        exc = wrapped
+    exc.add_note(f"raised by {_describe(func)} for item {item!r}")
+    return exc
+
+
 class WorkerPool(Generic[T]):
     """Run ``func(item)`` for every submitted item on ``workers`` threads.
 
@@ -77,9 +91,10 @@ class WorkerPool(Generic[T]):
                 return
             try:
                 self._func(item)
-            except Exception as exc:
-                exc.add_note(f"raised by {_describe(self._func)} for item {item!r}")
-                errors.append(exc)
+            except BaseException as exc:
+                # SystemExit and friends are caught too: a worker that died would shrink the
+                # pool silently, and with all of them gone submit() would block forever.
+                errors.append(_as_failure(exc, self._func, item))
             finally:
                 queue.task_done()
 
@@ -168,7 +183,7 @@ def _parallel_map(
     # Neither queue ever blocks a put: both are sized `limit` and at most `limit` items are in
     # flight (drawn and not yet yielded), so inputs + calls running + results <= limit.
     inputs: BoundedQueue[T] = BoundedQueue(limit)
-    results: BoundedQueue[tuple[T, R | None, Exception | None]] = BoundedQueue(limit)
+    results: BoundedQueue[tuple[T, R | None, BaseException | None]] = BoundedQueue(limit)
 
     def work() -> None:
         while True:
@@ -177,8 +192,10 @@ def _parallel_map(
             except Closed:
                 return
             try:
-                outcome: tuple[T, R | None, Exception | None] = (item, func(item), None)
-            except Exception as exc:
+                outcome: tuple[T, R | None, BaseException | None] = (item, func(item), None)
+            except BaseException as exc:
+                # Every BaseException: a worker that died here would leave its item forever
+                # in flight and the consumer blocked in results.get().
                 outcome = (item, None, exc)
             try:
                 results.put(outcome)

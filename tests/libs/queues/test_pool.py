@@ -105,6 +105,19 @@ def test_pool_errors_can_be_caught_by_kind_with_except_star() -> None:
     assert sorted(c.__name__ for c in caught) == ["KeyError", "KeyError", "ValueError", "ValueError"]
 
 
+def test_a_worker_that_raises_system_exit_keeps_working_and_reports_it() -> None:
+    def work(item: int) -> None:
+        if item < 3:
+            raise SystemExit(item)  # would end a bare thread silently
+
+    pool = WorkerPool(work, workers=1, maxsize=1)
+    for i in range(10):
+        pool.submit(i, timeout=10)  # with its only worker dead this would block
+    with pytest.raises(PoolError) as caught:
+        pool.join(timeout=10)
+    assert [type(e.__cause__) for e in caught.value.exceptions] == [SystemExit] * 3
+
+
 def test_close_without_drain_returns_the_items_never_started() -> None:
     gate = threading.Event()
     work = Recorder(gate)
@@ -267,6 +280,17 @@ def test_an_error_from_the_source_propagates_and_stops_the_threads() -> None:
     with pytest.raises(OSError, match="source broke"):
         list(parallel_map(lambda x: x, broken(), workers=2))
     assert pool_threads() == []
+
+
+def test_parallel_map_returns_even_a_system_exit_instead_of_hanging() -> None:
+    def work(item: int) -> int:
+        if item == 2:
+            raise SystemExit("bye")
+        return item
+
+    outcomes = {item: error for item, _, error in parallel_map(work, range(5), workers=1)}
+    assert isinstance(outcomes.pop(2), SystemExit)
+    assert outcomes == dict.fromkeys([0, 1, 3, 4])
 
 
 def test_parallel_map_on_nothing_yields_nothing() -> None:
