@@ -58,7 +58,8 @@ class WorkerPool(Generic[T]):
         with WorkerPool(fetch, workers=8, maxsize=64) as pool:
             for url in urls:
                 pool.submit(url)
-        # leaving the block: close(drain=True) and join()
+        # leaving the block: close(drain=True) and join(); if the block raised instead,
+        # close(drain=False) (items not started are dropped) and its exception propagates
     """
 
     def __init__(self, func: Callable[[T], object], *, workers: int, maxsize: int) -> None:
