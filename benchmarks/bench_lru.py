@@ -334,6 +334,32 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[Row], path: Path) -> Path | None:
+    """A bar chart of median ops/s per row (log scale), or None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    labels = [f"{r.group} / {r.workload} / {r.impl}" for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1))
+    ax.barh(
+        range(len(rows)),
+        [r.median_ops_s for r in rows],
+        color=["C0" if "libs" in r.impl or "Persistent" in r.impl else "C7" for r in rows],
+    )
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("median ops/s (log scale); blue = libs.lru")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=5, help="timed runs per row after one warm-up (default 5)")
@@ -359,7 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [asdict(r) for r in rows],
     }
     args.json.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.json} in {report['seconds']:.0f}s", file=sys.stderr)
+    png = plot(rows, args.json.with_suffix(".png"))
+    print(
+        f"\nwrote {args.json}{' and ' + str(png) if png else ''} in {report['seconds']:.0f}s", file=sys.stderr
+    )
     return 0
 
 

@@ -80,4 +80,4 @@ class PersistentModel(RuleBasedStateMachine):
 
 
 TestPersistentModel = PersistentModel.TestCase
-TestPersistentModel.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+TestPersistentModel.settings = settings(max_examples=30, stateful_step_count=30, deadline=None)
