@@ -6,7 +6,8 @@ that name it as parent; when a root (``parent_id: null``) arrives its tree is co
 emitted as events, then forgotten. Memory is therefore bounded by the spans of the traces
 still in flight, not by the file.
 
-Each trace is its own track, ``"<service> <trace_id>"``. Spans are intervals
+Each trace is its own track, ``"<service> <trace_id>"``; a second root of the same trace
+that overlaps the first (or starts earlier) goes to ``"<track> ~<span_id>"``. Spans are intervals
 ``[ts, ts + dur)`` in seconds. Siblings that overlap in time (concurrent asyncio tasks) cannot
 share one stack: a child that starts before the previous sibling on its lane ended is drawn
 on a lane of its own, ``"<track> #k"``, as a root there (its time then does not count as its
@@ -126,6 +127,7 @@ def _emit(root: _Span, diag: Diagnostics) -> Iterator[Event]:
 
 def parse(lines: Iterable[str], diag: Diagnostics) -> Iterator[Event]:
     waiting: dict[str, list[_Span]] = {}  # parent span_id -> children seen so far
+    track_end: dict[str, float] = {}  # per track, the end of the last root emitted on it
     for number, raw in enumerate(lines, 1):
         text = raw.strip()
         if not text or text[0] == "#":
@@ -140,6 +142,11 @@ def parse(lines: Iterable[str], diag: Diagnostics) -> Iterator[Event]:
         span = _Span(record, number)
         span.children = waiting.pop(span.span_id, [])
         if span.parent_id is None:
+            # Several roots can share a trace id (a client reusing its X-Request-ID); one that
+            # starts before the previous root on the track ended gets a track of its own.
+            if span.start < track_end.get(span.track, float("-inf")):
+                span.track = f"{span.track} ~{span.span_id[:8]}"
+            track_end[span.track] = max(span.end, track_end.get(span.track, float("-inf")))
             yield from _emit(span, diag)
         else:
             waiting.setdefault(span.parent_id, []).append(span)

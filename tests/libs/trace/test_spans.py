@@ -3,6 +3,7 @@ tree is rebuilt by span_id/parent_id; every record the tests write is schema-val
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from pathlib import Path
@@ -157,3 +158,41 @@ def test_real_span_log_from_libs_service_if_present(tmp_path: Path) -> None:
         VALIDATOR.validate(json.loads(line))
     tree, _ = tree_of("\n".join(lines) + "\n")
     assert {"request", "request;parse", "request;fetch"} == set(paths(tree))
+
+
+def test_roots_sharing_a_trace_id_do_not_collide() -> None:
+    # Two requests with the same client request id: two roots, one trace id, out of order.
+    first = span_log(("GET /a", 0.5, 1.0, []), trace=7)
+    second = span_log(("GET /b", 0.0, 1.0, []), trace=7)
+    second[0]["span_id"] = "f" * 16
+    tree, trace = tree_of(text_of(first + second))
+    assert paths(tree)["GET /a"][0] == 1 and paths(tree)["GET /b"][0] == 1
+    assert round(tree.total, 6) == 2.0 and trace.warnings == []
+
+
+def test_concurrent_asyncio_spans_from_libs_service(tmp_path: Path) -> None:
+    spans = pytest.importorskip("libs.service.spans", reason="libs.service.spans not landed yet")
+    path = tmp_path / "spans.jsonl"
+    log = spans.SpanLog(str(path), service="crawler")
+
+    async def fetch(host: str) -> None:
+        async with log.span("fetch", host=host):
+            await asyncio.sleep(0.01)
+
+    async def request() -> None:
+        async with log.span("request"):
+            await asyncio.gather(*(fetch(f"h{i}.sim.test") for i in range(3)))
+
+    async def main() -> None:
+        await asyncio.gather(request(), request())
+
+    asyncio.run(main())
+    log.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 8
+    for line in lines:
+        VALIDATOR.validate(json.loads(line))
+    tree, trace = tree_of("\n".join(lines) + "\n")
+    functions = {s.name: s for s in tree.functions()}
+    assert functions["request"].calls == 2 and functions["fetch"].calls == 6
+    assert trace.warnings == []
