@@ -1,4 +1,4 @@
-"""Admin API, served on Host admin.sim.test, localhost or a bare IP (never logged).
+"""Admin API, served for Host admin.sim.test and any name outside .sim.test (never logged).
 
     GET  /                 index of these endpoints
     GET  /log              request log as JSON lines; ?since=SEQ&host=NAME

@@ -17,7 +17,7 @@ Entry fields (all always present):
     attempt     int, how many times this page_id has been requested (transient pages count it)
     duration_s  float, arrival to response start (includes injected and slow-page latency)
 
-Admin requests (Host admin.sim.test, an IP literal or localhost) are not logged: they are not
+Admin requests (Host admin.sim.test or any name outside .sim.test) are not logged: they are not
 part of the simulated web, and reading the log must not change it.
 """
 

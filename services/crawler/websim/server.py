@@ -33,14 +33,14 @@ from services.crawler.websim.web import (
 if TYPE_CHECKING:
     from services.crawler.websim.sim import WebSim
 
-ADMIN_HOSTS = frozenset({f"admin.{DOMAIN}", "localhost", ""})
+ADMIN_HOST = f"admin.{DOMAIN}"
 SERVER = "websim/0.1"
 
 
 def is_admin_host(host: str) -> bool:
-    if host in ADMIN_HOSTS or host.startswith("["):
-        return True
-    return all(part.isdigit() for part in host.split(".")) and host.count(".") == 3
+    """admin.sim.test and every name outside .sim.test (an IP, localhost, the compose service name
+    "websim" that Prometheus scrapes): the simulated web is exactly the *.sim.test names."""
+    return host == ADMIN_HOST or not (host == DOMAIN or host.endswith("." + DOMAIN))
 
 
 class Dropped(Exception):

@@ -43,10 +43,18 @@ def test_host_header_routing_ignores_case_port_and_trailing_dot(sim: WebSim, por
 
 def test_unknown_host_is_404_and_logged(sim: WebSim, port: int) -> None:
     assert fetch(port, "h9999.sim.test", "/robots.txt").status == 404
-    assert fetch(port, "example.org", "/").status == 404
+    assert fetch(port, "Nope.Sim.Test:8090", "/").status == 404
     entries = last(sim, 2)
     assert [e["kind"] for e in entries] == ["unknown_host", "unknown_host"]
-    assert [e["host"] for e in entries] == ["h9999.sim.test", "example.org"]
+    assert [e["host"] for e in entries] == ["h9999.sim.test", "nope.sim.test"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8090", "localhost", "websim:8090", "admin.sim.test", "[::1]:80"])
+def test_names_outside_the_simulated_web_reach_the_admin_api(sim: WebSim, port: int, host: str) -> None:
+    reply = fetch(port, host, "/")
+    assert reply.status == 200 and json.loads(reply.body)["service"] == "websim"
+    assert fetch(port, host, "/metrics").status == 200
+    assert sim.entries() == []
 
 
 def test_url_variants_resolve_to_one_page_id(sim: WebSim, port: int) -> None:
