@@ -80,7 +80,17 @@ class CallKey:
         # Module + qualname identify the function across processes, which a persisted
         # cache needs; id() would not survive a restart.
         self.identity = f"{getattr(func, '__module__', None)}.{getattr(func, '__qualname__', repr(func))}"
-        self.signature = inspect.signature(func)
+        try:
+            self.signature = inspect.signature(func)
+        except (ValueError, TypeError):
+            # Some builtins have no introspectable signature. Keying by (*args, **kwargs) is
+            # still exact; only different spellings of one call no longer share an entry.
+            self.signature = inspect.Signature(
+                [
+                    inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+                    inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+                ]
+            )
         self._kinds = {name: p.kind for name, p in self.signature.parameters.items()}
         params = self.signature.parameters.values()
         # A call that passes every parameter positionally to a function without *args,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 from typing import Any
@@ -152,6 +153,15 @@ def test_fast_path_and_bind_path_build_identical_keys() -> None:
     assert key(([1], {"x": 2.5}), {}) == key((), {"b": {"x": 2.5}, "a": [1]})
 
 
+def test_functions_without_a_signature_are_keyed_by_raw_args_and_kwargs() -> None:
+    with pytest.raises(ValueError):
+        inspect.signature(max)
+    cached_max = memoize()(max)
+    assert cached_max(3, 1, 2) == 3 and cached_max([1, 5]) == 5 and cached_max(3, 1, 2) == 3
+    assert cached_max(3, 1, key=lambda x: -x) == 1
+    assert cached_max.cache_info().hits == 1
+
+
 def test_lru_eviction_and_cache_info() -> None:
     f, calls = counted(maxsize=2)
     f(1)
@@ -281,3 +291,30 @@ def test_canonical_keys_are_equal_exactly_when_values_are_typed_equal(a: Any, b:
 @given(values)
 def test_canonical_key_is_hashable_and_stable(a: Any) -> None:
     assert hash(canonical(a)) == hash(canonical(a))
+
+
+def test_many_threads_get_correct_results_and_consistent_counters() -> None:
+    @memoize(maxsize=16)
+    def square(x: int, *, offset: int = 0) -> int:
+        return x * x + offset
+
+    errors: list[str] = []
+    calls_per_thread = 2000
+
+    def work(tid: int) -> None:
+        for i in range(calls_per_thread):
+            x = (tid * 31 + i) % 40
+            got = square(x, offset=tid % 2) if i % 2 else square(x=x, offset=tid % 2)
+            if got != x * x + tid % 2:
+                errors.append(f"square({x}) = {got}")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    info = square.cache_info()
+    assert info.hits + info.misses == 8 * calls_per_thread
+    assert info.hits > 0 and info.currsize <= 16
