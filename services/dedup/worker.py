@@ -1,0 +1,438 @@
+"""The dedup worker: `python -m services.dedup worker` (FastAPI, default port 8082).
+
+    POST /v1/pages           one page event (docs/formats/page-event.schema.json) or {"events": [...]}
+    GET  /v1/clusters?url=   the duplicate cluster of a URL
+    GET  /v1/stats           index counters
+    POST /v1/scans           a filesystem scan job under an allow-listed root (--scan-roots)
+    GET  /v1/scans/{id}      its status and report
+    + /metrics /healthz /readyz /docs from libs.service
+
+With `--redis URL` it also consumes the stream `pg:pages` (field `event`) in the consumer
+group `dedup`: entries are acknowledged only after they are indexed, a restarted consumer
+first re-reads its own pending entries, and entries left pending by a dead consumer are
+claimed after `--claim-idle-ms`. Indexing is idempotent per URL, so redelivery is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, FastAPI, Query
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from libs.service.app import ApiError, create_app
+from libs.service.health import Health
+from libs.service.logging import configure_logging, get_logger
+from libs.service.settings import ServiceSettings, load_settings
+from services.dedup import metrics
+from services.dedup.neardup import METHODS, NearConfig, PageIndex
+
+log = get_logger("services.dedup.worker")
+
+STREAM = "pg:pages"
+GROUP = "dedup"
+
+
+class DedupSettings(ServiceSettings):
+    port: int = Field(8082, description="TCP port to listen on (0 = any free port)")
+    redis: str | None = Field(None, description="consume page events from this Redis (redis://host:port/db)")
+    stream: str = Field(STREAM, description="Redis stream holding page events (field 'event')")
+    group: str = Field(GROUP, description="Redis consumer group")
+    consumer: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="consumer name in the group",
+    )
+    claim_idle_ms: int = Field(
+        60_000, ge=1, description="claim entries another consumer left pending this long"
+    )
+    scan_roots: list[str] = Field(
+        default_factory=list,
+        description="directories scan jobs may read (comma-separated); none = scans refused",
+    )
+    scan_cache: str | None = Field(None, description="hash cache directory for scan jobs (none = no cache)")
+    near_method: Literal["simhash", "minhash", "both"] = Field("both", description="near-duplicate detector")
+    simhash_k: int = Field(8, ge=0, le=31, description="SimHash: max Hamming distance of near duplicates")
+    minhash_threshold: float = Field(0.5, gt=0, le=1, description="MinHash: min estimated Jaccard similarity")
+    max_batch: int = Field(1000, ge=1, description="most events accepted in one POST /v1/pages")
+
+
+class PageEvent(BaseModel):
+    """One fetched page, exactly as docs/formats/page-event.schema.json describes it."""
+
+    model_config = ConfigDict(extra="forbid")
+    crawl_id: str
+    url: str = Field(min_length=1)
+    final_url: str = Field(min_length=1)
+    status: int
+    content_type: str | None = None
+    content_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    text: str | None = None
+    links: list[str] | None = None
+    canonical: str | None = None
+    fetched_at: float
+    warc_file: str | None = None
+
+
+class PageBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[PageEvent]
+
+
+class ScanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    paths: list[str] = Field(min_length=1, description="files or directories, each under an allowed root")
+    algorithm: Literal["blake3", "xxh3-128", "sha256"] = "blake3"
+    min_size: int = Field(1, ge=0)
+    max_size: int | None = Field(None, ge=0)
+    follow_symlinks: bool = False
+    one_file_system: bool = False
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    workers: int = Field(4, ge=1, le=32)
+
+
+def _first_error_field(exc: ValidationError, prefix: str) -> str:
+    loc = exc.errors()[0]["loc"] if exc.errors() else ()
+    return ".".join([prefix, *(str(x) for x in loc)])
+
+
+class ScanJobs:
+    """Scan jobs, one at a time on a worker thread (disk I/O is the bottleneck)."""
+
+    def __init__(self, roots: Sequence[str], cache_dir: str | None) -> None:
+        self.roots = [os.path.realpath(r) for r in roots]
+        self.cache_dir = cache_dir
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedup-scan")
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def allowed(self, path: str) -> bool:
+        real = os.path.realpath(path)  # symlinks and '..' resolved before the containment test
+        return any(real == r or real.startswith(r.rstrip("/") + "/") for r in self.roots)
+
+    def submit(self, req: ScanRequest) -> dict[str, Any]:
+        for i, p in enumerate(req.paths):
+            if not self.allowed(p):
+                raise ApiError(
+                    403, "forbidden", f"{p!r} is not under an allowed scan root", field=f"body.paths.{i}"
+                )
+            if not os.path.exists(p):
+                raise ApiError(422, "invalid_request", f"{p!r} does not exist", field=f"body.paths.{i}")
+        job_id = f"s{next(self._ids)}"
+        job = {"id": job_id, "status": "queued", "paths": req.paths, "submitted_at": time.time()}
+        with self._lock:
+            self._jobs[job_id] = job
+        self._pool.submit(self._run, job, req)
+        return dict(job)
+
+    def _run(self, job: dict[str, Any], req: ScanRequest) -> None:
+        from services.dedup import report
+        from services.dedup.scanner import scan
+        from services.dedup.stages import ScanConfig
+        from services.dedup.walk import WalkOptions
+
+        job["status"] = "running"
+        job["started_at"] = time.time()
+        try:
+            options = WalkOptions(
+                follow_symlinks=req.follow_symlinks,
+                one_filesystem=req.one_file_system,
+                min_size=req.min_size,
+                max_size=req.max_size,
+                include=tuple(req.include),
+                exclude=tuple(req.exclude),
+            )
+            cache = None
+            if self.cache_dir:
+                from services.dedup.hashcache import HashCache
+
+                cache = HashCache(self.cache_dir)
+            try:
+                result = scan(
+                    req.paths, options, ScanConfig(algorithm=req.algorithm, workers=req.workers), cache=cache
+                )
+            finally:
+                if cache is not None:
+                    cache.close()
+            job["report"] = report.to_dict(result)
+            job["status"] = "done"
+            metrics.SCAN_BYTES.inc(result.bytes_read)
+            metrics.SCAN_WASTED.set(result.wasted_bytes)
+        except Exception as exc:  # a job failure is the job's status, never the worker's death
+            log.exception("scan job failed", extra={"job": job["id"]})
+            job["status"] = "failed"
+            job["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            job["finished_at"] = time.time()
+            metrics.SCANS.labels(status=job["status"]).inc()
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return None if job is None else dict(job)
+
+    def count(self) -> dict[str, int]:
+        with self._lock:
+            out: dict[str, int] = {}
+            for j in self._jobs.values():
+                out[j["status"]] = out.get(j["status"], 0) + 1
+            return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def ingest(index: PageIndex, event: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    result = index.add_event(event)
+    metrics.PAGE_SECONDS.observe(time.perf_counter() - t0)
+    metrics.PAGES_SEEN.inc()
+    if not result.new:
+        metrics.PAGES_REDELIVERED.inc()
+    elif result.exact_of:
+        metrics.EXACT.inc()
+    elif result.near:
+        metrics.NEAR.labels(method=result.near[0]["method"]).inc()
+    return {"url": event["url"], "new": result.new, "exact_of": result.exact_of, "near": result.near}
+
+
+class StreamConsumer:
+    """Redis stream consumer group reader; at-least-once, acknowledged after indexing."""
+
+    def __init__(self, settings: DedupSettings, index: PageIndex) -> None:
+        import redis.asyncio as aioredis
+
+        assert settings.redis is not None
+        self.settings = settings
+        self.index = index
+        self.client = aioredis.from_url(settings.redis, decode_responses=False)
+        self._stop = asyncio.Event()
+        self.acked = 0
+        self.invalid = 0
+
+    async def ensure_group(self) -> None:
+        from redis.exceptions import ResponseError
+
+        try:
+            await self.client.xgroup_create(self.settings.stream, self.settings.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    async def _handle(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        s = self.settings
+        for entry_id, fields in entries:
+            raw = fields.get(b"event")
+            try:
+                event = PageEvent.model_validate_json(raw or b"").model_dump(exclude_none=True)
+            except ValidationError as exc:
+                # A poison entry must not block the stream: count it, log it, acknowledge it.
+                self.invalid += 1
+                metrics.PAGES_INVALID.labels(source="redis").inc()
+                log.warning("invalid page event", extra={"entry": entry_id.decode(), "error": str(exc)[:300]})
+            else:
+                await asyncio.to_thread(ingest, self.index, event)
+            await self.client.xack(s.stream, s.group, entry_id)
+            self.acked += 1
+            metrics.STREAM_ACKED.inc()
+
+    async def run(self) -> None:
+        s = self.settings
+        await self.ensure_group()
+        # Our own pending entries first: a restart after a crash finishes what it had taken.
+        while not self._stop.is_set():
+            resp = await self.client.xreadgroup(s.group, s.consumer, {s.stream: "0"}, count=100)
+            entries = resp[0][1] if resp else []
+            if not entries:
+                break
+            await self._handle(entries)
+        last_claim = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - last_claim > s.claim_idle_ms / 1000 / 2:
+                    last_claim = time.monotonic()
+                    claimed = await self.client.xautoclaim(
+                        s.stream,
+                        s.group,
+                        s.consumer,
+                        min_idle_time=s.claim_idle_ms,
+                        start_id="0-0",
+                        count=100,
+                    )
+                    if claimed and claimed[1]:
+                        await self._handle([e for e in claimed[1] if e[1] is not None])
+                resp = await self.client.xreadgroup(
+                    s.group, s.consumer, {s.stream: ">"}, count=100, block=500
+                )
+                for _stream, entries in resp or []:
+                    await self._handle(entries)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis gone for a moment: say so, wait, go on
+                log.warning("stream read failed; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAPI:
+    index = index or PageIndex(
+        NearConfig(
+            method=settings.near_method,
+            simhash_k=settings.simhash_k,
+            minhash_threshold=settings.minhash_threshold,
+        )
+    )
+    jobs = ScanJobs(settings.scan_roots, settings.scan_cache)
+    health = Health()
+    consumer = StreamConsumer(settings, index) if settings.redis else None
+    if consumer is not None:
+        health.add_check("redis", consumer.ping)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if consumer is not None:
+            task = asyncio.create_task(consumer.run(), name="dedup-stream")
+        health.set_ready(True)
+        try:
+            yield
+        finally:
+            if task is not None and consumer is not None:
+                consumer.stop()
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                await consumer.close()
+            jobs.close()
+
+    app = create_app(
+        "dedup",
+        title="Dedup worker",
+        version="0.1.0",
+        health=health,
+        description="Exact and near-duplicate detection for crawled pages; filesystem scan jobs.",
+        lifespan=lifespan,
+    )
+    app.state.index = index
+    app.state.jobs = jobs
+    app.state.consumer = consumer
+
+    def _update_gauges() -> None:
+        st = index.stats()
+        metrics.INDEX_PAGES.set(st["index_size"])
+        metrics.CLUSTERS.set(st["clusters"])
+
+    @app.post(
+        "/v1/pages",
+        tags=["pages"],
+        summary="Index one page event or a batch {'events': [...]}; returns what each duplicates",
+    )
+    def post_pages(
+        payload: Annotated[
+            dict[str, Any],
+            Body(
+                description="a page event (docs/formats/page-event.schema.json) or {'events': [event, ...]}",
+                openapi_examples={
+                    "one": {
+                        "value": {
+                            "crawl_id": "c1",
+                            "url": "http://h0001.sim.test/a",
+                            "final_url": "http://h0001.sim.test/a",
+                            "status": 200,
+                            "content_sha256": "0" * 64,
+                            "text": "hello world",
+                            "fetched_at": 1700000000.0,
+                        }
+                    }
+                },
+            ),
+        ],
+    ) -> dict[str, Any]:
+        try:
+            if "events" in payload:
+                events = PageBatch.model_validate(payload).events
+            else:
+                events = [PageEvent.model_validate(payload)]
+        except ValidationError as exc:
+            metrics.PAGES_INVALID.labels(source="http").inc()
+            raise ApiError(
+                422, "invalid_request", exc.errors()[0]["msg"], field=_first_error_field(exc, "body")
+            ) from None
+        if len(events) > settings.max_batch:
+            raise ApiError(
+                413, "payload_too_large", f"at most {settings.max_batch} events per request", "body.events"
+            )
+        results = [ingest(index, e.model_dump(exclude_none=True)) for e in events]
+        _update_gauges()
+        return {"accepted": len(results), "results": results}
+
+    @app.get("/v1/clusters", tags=["pages"], summary="The duplicate cluster of a URL")
+    def get_cluster(
+        url: Annotated[str, Query(min_length=1, description="page URL (as sent, or final URL)")],
+    ) -> dict:
+        cluster = index.cluster(url)
+        if cluster is None:
+            raise ApiError(404, "not_found", f"no page indexed for {url!r}", field="query.url")
+        return cluster
+
+    @app.get("/v1/stats", tags=["pages"], summary="Index and worker counters")
+    def get_stats() -> dict[str, Any]:
+        out: dict[str, Any] = {"index": index.stats(), "scans": jobs.count(), "scan_roots": jobs.roots}
+        if consumer is not None:
+            out["stream"] = {
+                "stream": settings.stream,
+                "group": settings.group,
+                "consumer": settings.consumer,
+                "acked": consumer.acked,
+                "invalid": consumer.invalid,
+            }
+        return out
+
+    @app.post("/v1/scans", tags=["scans"], status_code=202, summary="Start a scan job under an allowed root")
+    def post_scan(req: ScanRequest) -> dict[str, Any]:
+        return jobs.submit(req)
+
+    @app.get("/v1/scans/{scan_id}", tags=["scans"], summary="Status and report of a scan job")
+    def get_scan(scan_id: str) -> dict[str, Any]:
+        job = jobs.get(scan_id)
+        if job is None:
+            raise ApiError(404, "not_found", f"no scan job {scan_id!r}", field="path.scan_id")
+        return job
+
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from libs.service.server import serve
+
+    settings = load_settings(
+        DedupSettings, argv, env_prefix="PG_DEDUP_", prog="python -m services.dedup worker"
+    )
+    configure_logging("dedup", settings.log_level)
+    app = build_app(settings)
+    log.info(
+        "starting",
+        extra={"port": settings.port, "redis": bool(settings.redis), "scan_roots": settings.scan_roots},
+    )
+    return serve(app, settings.host, settings.port, drain_timeout=settings.drain_timeout)
+
+
+__all__ = ["METHODS", "DedupSettings", "PageEvent", "build_app", "main"]

@@ -1,0 +1,216 @@
+"""The page worker over real sockets: HTTP API, scan jobs on allow-listed roots, Redis stream."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, wait_for_port
+from tests.services.dedup.conftest import REPO, write
+from tests.services.dedup.pages import corpus
+
+
+def _event(url: str, text: str, **kw) -> dict:
+    return {
+        "crawl_id": "c1",
+        "url": url,
+        "final_url": url,
+        "status": 200,
+        "content_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "text": text,
+        "fetched_at": 1.0,
+        **kw,
+    }
+
+
+def _start(*args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.dedup",
+            "worker",
+            "--port",
+            str(port),
+            "--log-level",
+            "WARNING",
+            *args,
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_port(port, timeout=20)
+    except TimeoutError:
+        proc.kill()
+        raise AssertionError(proc.stderr.read().decode() if proc.stderr else "no stderr") from None
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.fixture
+def scan_root(tmp_path: Path) -> Path:
+    root = tmp_path / "allowed"
+    root.mkdir()
+    for name in ("a", "b", "c"):
+        write(root / name, b"same bytes " * 500)
+    write(root / "d", b"other")
+    return root
+
+
+@pytest.fixture
+def worker(scan_root: Path) -> Iterator[str]:
+    proc, base = _start("--scan-roots", str(scan_root))
+    try:
+        yield base
+    finally:
+        _stop(proc)
+
+
+def test_pages_clusters_and_stats(worker: str) -> None:
+    pages = corpus(seed=3, families=5, variants=2, unrelated=10)
+    with httpx.Client(base_url=worker, timeout=10) as c:
+        first = c.post("/v1/pages", json=_event(pages[0].url, pages[0].text))
+        assert first.status_code == 200 and first.json()["accepted"] == 1
+        batch = c.post("/v1/pages", json={"events": [_event(p.url, p.text) for p in pages[1:]]})
+        assert batch.status_code == 200 and batch.json()["accepted"] == len(pages) - 1
+        fam = next(p for p in pages if p.family is not None)
+        cluster = c.get("/v1/clusters", params={"url": fam.url}).json()
+        expected = {p.url for p in pages if p.family == fam.family}
+        assert {m["url"] for m in cluster["members"]} == expected
+        assert all(e["kind"] in ("simhash", "minhash", "exact") for e in cluster["edges"])
+        stats = c.get("/v1/stats").json()
+        assert stats["index"]["index_size"] == len(pages)
+        text = c.get("/metrics").text
+        assert "dedup_pages_seen_total" in text and "dedup_index_pages" in text
+        assert c.get("/readyz").status_code == 200
+        assert {"/v1/pages", "/v1/clusters", "/v1/scans"} <= set(c.get("/openapi.json").json()["paths"])
+
+
+def test_bad_input_names_the_field(worker: str) -> None:
+    good = _event("http://h1.sim.test/x", "text " * 30)
+    with httpx.Client(base_url=worker, timeout=10) as c:
+        cases = [
+            ({**good, "content_sha256": "XYZ"}, "body.content_sha256"),
+            ({k: v for k, v in good.items() if k != "url"}, "body.url"),
+            ({**good, "surprise": 1}, "body.surprise"),
+            ({"events": [good, {**good, "status": "two hundred"}]}, "body.events.1.status"),
+        ]
+        for body, field in cases:
+            r = c.post("/v1/pages", json=body)
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["field"] == field
+        r = c.post("/v1/pages", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code in (400, 422) and "error" in r.json()
+        r = c.get("/v1/clusters", params={"url": "http://unknown/"})
+        assert r.status_code == 404 and r.json()["error"]["field"] == "query.url"
+        assert c.get("/v1/clusters").status_code == 422
+        assert c.get("/v1/stats").json()["index"]["index_size"] == 0  # nothing half-stored
+
+
+def test_scan_jobs_only_under_allowed_roots(worker: str, scan_root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, scan_root / "escape")
+    with httpx.Client(base_url=worker, timeout=10) as c:
+        for bad in (str(outside), str(scan_root / ".." / "outside"), str(scan_root / "escape"), "/etc"):
+            r = c.post("/v1/scans", json={"paths": [str(scan_root), bad]})
+            assert r.status_code == 403, (bad, r.text)
+            assert r.json()["error"]["field"] == "body.paths.1"
+        r = c.post("/v1/scans", json={"paths": [str(scan_root)], "workers": 2})
+        assert r.status_code == 202
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            job = c.get(f"/v1/scans/{job_id}").json()
+            if job["status"] in ("done", "failed"):
+                break
+            time.sleep(0.05)
+        assert job["status"] == "done", job
+        (group,) = job["report"]["groups"]
+        assert sorted(os.path.basename(f["path"]) for f in group["files"]) == ["a", "b", "c"]
+        assert c.get("/v1/scans/nope").status_code == 404
+
+
+def _xadd_all(redis_url: str, events: list[dict | bytes]) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    for ev in events:
+        r.xadd("pg:pages", {"event": ev if isinstance(ev, bytes) else json.dumps(ev)})
+    r.close()
+
+
+def _wait_acked(base: str, n: int, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=base, timeout=5) as c:
+        while time.monotonic() < deadline:
+            stats = c.get("/v1/stats").json()
+            if stats["stream"]["acked"] >= n:
+                return stats
+            time.sleep(0.05)
+    raise AssertionError(f"not all {n} entries acknowledged: {stats}")
+
+
+def test_redis_stream_consumer_group(redis_url: str) -> None:
+    import redis
+
+    pages = corpus(seed=4, families=4, variants=2, unrelated=8)
+    events: list[dict | bytes] = [_event(p.url, p.text) for p in pages]
+    events.insert(3, b"{broken json")
+    events.insert(5, json.dumps({"url": "only a url"}).encode())
+    _xadd_all(redis_url, events)
+    proc, base = _start("--redis", redis_url)
+    try:
+        stats = _wait_acked(base, len(events))
+        assert stats["stream"]["invalid"] == 2
+        assert stats["index"]["index_size"] == len(pages)
+        fam = next(p for p in pages if p.family is not None)
+        with httpx.Client(base_url=base) as c:
+            cluster = c.get("/v1/clusters", params={"url": fam.url}).json()
+        assert {m["url"] for m in cluster["members"]} == {p.url for p in pages if p.family == fam.family}
+        r = redis.Redis.from_url(redis_url)
+        assert r.xpending("pg:pages", "dedup")["pending"] == 0
+        r.close()
+    finally:
+        _stop(proc)
+
+
+def test_entries_taken_by_a_crashed_consumer_are_processed(redis_url: str) -> None:
+    """Entries read but never acknowledged (the reader died) come back: to the same consumer
+    name on restart, and to any consumer once they have been idle for --claim-idle-ms."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    r.xgroup_create("pg:pages", "dedup", id="0", mkstream=True)
+    _xadd_all(redis_url, [_event(f"http://h1.sim.test/{i}", f"page {i} " * 30) for i in range(6)])
+    r.xreadgroup("dedup", "me", {"pg:pages": ">"}, count=3)  # taken by "me", never acked
+    r.xreadgroup("dedup", "dead", {"pg:pages": ">"}, count=3)  # taken by another, never acked
+    assert r.xpending("pg:pages", "dedup")["pending"] == 6
+    proc, base = _start("--redis", redis_url, "--consumer", "me", "--claim-idle-ms", "200")
+    try:
+        stats = _wait_acked(base, 6)
+        assert stats["index"]["index_size"] == 6
+        assert r.xpending("pg:pages", "dedup")["pending"] == 0
+    finally:
+        _stop(proc)
+        r.close()
