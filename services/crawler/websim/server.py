@@ -116,12 +116,12 @@ class Handler:
             entry["fault"] = "error"
             FAULTS.labels("error").inc()
             return _text(500, "injected fault\n")
-        if entry["page_id"] is not None:
-            # Counted after faults: a transient page fails for its first N requests that reach it.
-            entry["attempt"] = sim.count_attempt(entry["page_id"])
         if request.method not in ("GET", "HEAD"):
             entry["kind"] = "bad_method"
             return _text(405, "method not allowed\n", Allow="GET, HEAD")
+        if entry["page_id"] is not None:
+            # Counted after faults: a transient page fails for its first N requests that reach it.
+            entry["attempt"] = sim.count_attempt(entry["page_id"])
         return await self._serve(request, host, resource, entry)
 
     async def _serve(
