@@ -3,6 +3,12 @@
 Duration events ``ph: "B"``/``"E"`` with ``ts`` in microseconds; one ``tid`` per track, named
 by a ``thread_name`` metadata event, all in ``pid`` 1. Events are written as they arrive, so
 memory stays O(tracks).
+
+Why B/E and not X: importers (Perfetto, chrome://tracing, speedscope) stable-sort by ``ts``,
+so with equal timestamps the file order decides nesting. The stack machine's order is the
+nesting order, so B/E keep it exactly; X events can only be written when a frame ends, which
+puts a parent after its children and is mis-nested when they share a start (the case of
+google/perfetto#878).
 """
 
 from __future__ import annotations
