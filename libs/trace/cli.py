@@ -44,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
             "(flamegraph.pl), speedscope JSON or an SVG flame graph. Intervals are half-open "
             "[start, end)."
         ),
+        epilog=(
+            "examples:\n"
+            "  python -m libs.trace report profile.txt --strip-lines --sort exclusive --top 20\n"
+            "  python -m libs.trace convert spans.jsonl --to chrome -o trace.json   # ui.perfetto.dev\n"
+            "  python -m libs.trace convert run.log --to svg -o flame.svg\n"
+            "  python -m libs.trace convert - --to collapsed < run.log | flamegraph.pl > flame.svg\n"
+            "exit status: 0 ok, 2 bad input or usage (one line on stderr)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command, help_text, default_to in (
@@ -83,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             default=0.01,
             metavar="SECONDS",
-            help="seconds per sample of collapsed input, for time-based outputs (default: 0.01, "
+            help="seconds per sample of collapsed input, for --to chrome (default: 0.01, "
             "py-spy's 100 Hz; use 0.005 for -r 200)",
         )
         sub.add_argument(
