@@ -17,6 +17,7 @@ from services.crawler.websim.faults import Fault, Faults
 from services.crawler.websim.generator import generate
 from services.crawler.websim.requestlog import RequestLog
 from services.crawler.websim.server import build_app
+from services.crawler.websim.watch import ViolationWatch
 from services.crawler.websim.web import Page, Web, canonical_target, host_name, normalize_host, origin_form
 
 
@@ -29,6 +30,7 @@ class WebSim:
         self.config = config or SimConfig()
         self.web: Web = generate(self.config)
         self.log = RequestLog()
+        self.watch = ViolationWatch(self.web)
         self.faults = Faults(self.config.seed)
         self._attempts: Counter[str] = Counter()
         self._attempts_lock = threading.Lock()
@@ -98,6 +100,7 @@ class WebSim:
     def reset(self) -> None:
         """Forget the log and transient-page attempts (faults stay)."""
         self.log.clear()
+        self.watch.clear()
         with self._attempts_lock:
             self._attempts.clear()
 
