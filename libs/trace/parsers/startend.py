@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from libs.trace.errors import Diagnostics, FormatError
-from libs.trace.events import BEGIN, END, Event, finite
+from libs.trace.events import BEGIN, END, Event
 
 _PHASES = {"start": BEGIN, "begin": BEGIN, "end": END}
 
@@ -31,7 +31,9 @@ def parse(lines: Iterable[str], diag: Diagnostics) -> Iterator[Event]:
             diag.report(FormatError, f"expected 'start' or 'end', got {phase[:40]!r}", number)
             continue
         try:
-            ts = finite(stamp)
+            ts = float(stamp)
+            if ts - ts != 0.0:  # NaN or an infinity, inlined: this loop is the hot path
+                raise ValueError
         except ValueError:
             diag.report(FormatError, f"expected a number as timestamp, got {stamp[:40]!r}", number)
             continue

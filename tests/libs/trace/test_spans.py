@@ -10,6 +10,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from libs.trace import CrossedNesting, MissingEnd, NegativeDuration, read_trace
 from libs.trace.calltree import CallTree
@@ -195,4 +197,51 @@ def test_concurrent_asyncio_spans_from_libs_service(tmp_path: Path) -> None:
     tree, trace = tree_of("\n".join(lines) + "\n")
     functions = {s.name: s for s in tree.functions()}
     assert functions["request"].calls == 2 and functions["fetch"].calls == 6
+    assert trace.warnings == []
+
+
+@st.composite
+def span_trees(draw: st.DrawFn, depth: int = 0) -> Spec:
+    """A random span tree in integer time: children laid out one after another (touching is
+    allowed: half-open intervals) inside their parent."""
+    children: list[Spec] = []
+    cursor = 0
+    if depth < 4:
+        for _ in range(draw(st.integers(0, 3))):
+            cursor += draw(st.integers(0, 3))
+            child = draw(span_trees(depth + 1))
+            children.append(_shift(child, cursor))
+            cursor += child[2]
+    dur = cursor + draw(st.integers(0, 3))
+    return (draw(st.sampled_from(["get", "fetch", "parse"])), 0, dur, children)
+
+
+def _shift(spec: Spec, by: float) -> Spec:
+    name, start, dur, children = spec
+    return (name, start + by, dur, [_shift(c, by) for c in children])
+
+
+def _oracle(spec: Spec, prefix: str = "") -> dict[str, list[float]]:
+    name, _, dur, children = spec
+    path = prefix + name
+    result: dict[str, list[float]] = {}
+    for child in children:
+        for key, (calls, incl, excl) in _oracle(child, path + ";").items():
+            entry = result.setdefault(key, [0, 0, 0])
+            entry[0] += calls
+            entry[1] += incl
+            entry[2] += excl
+    entry = result.setdefault(path, [0, 0, 0])
+    entry[0] += 1
+    entry[1] += dur
+    entry[2] += dur - sum(c[2] for c in children)
+    return result
+
+
+@settings(max_examples=100, deadline=None)
+@given(span_trees())
+def test_random_span_trees_rebuild_exactly(spec: Spec) -> None:
+    tree, trace = tree_of(text_of(span_log(spec, base=0.0)))
+    expected = {p: (int(c), float(i), float(e)) for p, (c, i, e) in _oracle(spec).items()}
+    assert paths(tree) == expected
     assert trace.warnings == []
