@@ -184,7 +184,11 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
                     rate("dedup_near_duplicates_total", "method", "near ({{method}})"),
                 ),
             ),
-            Panel("Duplicate ratio", (("dedup_ratio", "ratio"),), "percentunit"),
+            Panel(
+                "Duplicate ratio (exact)",
+                (("rate(dedup_exact_duplicates_total[5m]) / rate(dedup_pages_seen_total[5m])", "exact"),),
+                "percentunit",
+            ),
             Panel(
                 "Index size and clusters", (("dedup_index_pages", "pages"), ("dedup_clusters", "clusters"))
             ),
