@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Pass extra pytest arguments with `make test ARGS="-k lru"`.
 ARGS ?=
 
-.PHONY: setup run test lint format bench clean help loadtest
+.PHONY: setup run test lint format bench clean help loadtest bench-docs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,3 +46,6 @@ USERS ?= 10
 DURATION ?= 30s
 loadtest:  ## locust, headless and bounded, against the local stack (reports/loadtest/)
 	$(BIN)/python -m loadtests.run --service $(SERVICE) --users $(USERS) --duration $(DURATION)
+
+bench-docs:  ## assemble docs/benchmarks.md from docs/bench/*.md
+	{ cat docs/bench/_header.md; for f in docs/bench/[!_]*.md; do echo; cat "$$f"; done; } > docs/benchmarks.md
