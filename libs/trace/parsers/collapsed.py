@@ -5,7 +5,8 @@ Collapsed stacks have no timestamps. Each line is laid on a synthetic timeline i
 read: it lasts COUNT units (unit "samples"), and consecutive lines are diffed by longest
 common prefix (``stackdiff.py``), so frames shared by adjacent lines stay open. Per call path
 the inclusive and exclusive sample counts are therefore exactly those of the file; only the
-number of "calls" depends on line order.
+number of "calls" depends on line order. A line with an empty stack (``" 3"``) is idle time:
+it advances the timeline without any frame.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ def parse(lines: Iterable[str], diag: Diagnostics) -> Iterator[Event]:
         if count < 0:
             diag.report(FormatError, f"sample count must not be negative, got {count}", number)
             continue
-        frames = stack.rstrip().split(";")
+        stack = stack.rstrip()
+        # A line with no frames at all (" 3") is samples of a thread with an empty Python
+        # stack, as py-spy can record while an interpreter starts or exits: time passes, no
+        # frame owns it.
+        frames = stack.split(";") if stack else []
         if "" in frames:
             diag.report(FormatError, f"empty frame name in stack {stack[:80]!r}", number)
             continue

@@ -67,6 +67,13 @@ def test_collapsed_keeps_per_path_counts_whatever_the_line_order() -> None:
     assert got == {"a": (9.0, 0.0), "a;b": (9.0, 2.0), "a;b;c": (7.0, 7.0), "x": (1.0, 1.0)}
 
 
+def test_collapsed_empty_stack_is_idle_time_owned_by_no_frame() -> None:
+    # py-spy can record an empty stack while the interpreter starts or exits.
+    tree, _ = tree_of("a;b 2\n 3\na 1\n", "collapsed")
+    assert paths(tree) == {"a": (2, 3.0, 1.0), "a;b": (1, 2.0, 2.0)}
+    assert tree.total == 3.0 and (tree.start, tree.end) == (0, 6)
+
+
 def test_collapsed_frames_may_hold_spaces_and_colons() -> None:
     tree, _ = tree_of("<module> (prog.py:14);main (prog.py:13) 5\n", "collapsed")
     assert "<module> (prog.py:14);main (prog.py:13)" in paths(tree)

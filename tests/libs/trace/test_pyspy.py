@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.trace import CallTree
+from libs.trace import CallTree, TraceError
 
 from .tracetext import tree_of
 
@@ -65,8 +65,22 @@ def test_live_pyspy_record_of_a_real_program(tmp_path: Path) -> None:
     if pyspy is None:
         pytest.skip("py-spy not installed (it is in the dev extra)")
     out = tmp_path / "out.txt"
-    command = [pyspy, "record", "--format", "raw", "-r", "200", "-d", "2", "-o", str(out), "--",
-               sys.executable, str(PROGRAM), "3"]  # fmt: skip
+    command = [
+        pyspy,
+        "record",
+        "--format",
+        "raw",
+        "-r",
+        "200",
+        "-d",
+        "2",
+        "-o",
+        str(out),
+        "--",
+        sys.executable,
+        str(PROGRAM),
+        "30",
+    ]  # fmt: skip  (py-spy ends the program at -d 2)
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     except subprocess.TimeoutExpired:
@@ -74,4 +88,10 @@ def test_live_pyspy_record_of_a_real_program(tmp_path: Path) -> None:
     if result.returncode != 0 or not out.exists():
         reason = (result.stderr or result.stdout).strip().splitlines()
         pytest.skip(f"py-spy could not record here (ptrace not permitted?): {reason[-1] if reason else '?'}")
-    _check_profile(out.read_text())
+    text = out.read_text()
+    try:
+        _check_profile(text)
+    except TraceError as exc:  # keep the offending line in the report: live output varies
+        lines = text.splitlines()
+        bad = lines[exc.line - 1] if 0 < exc.line <= len(lines) else "?"
+        pytest.fail(f"{exc}\noffending line: {bad[:300]!r}")
