@@ -59,6 +59,12 @@ class HashCache:
                 self.counters.hits += 1
             return found
 
+    def peek(self, entry: FileEntry, field: str) -> Any:
+        """Like get, without counting a hit or miss (for planning which groups to read)."""
+        with self._lock:
+            value = self._value(entry)
+            return None if value is None else value.get(field)
+
     def update(self, entry: FileEntry, **fields: Any) -> None:
         with self._lock:
             value = dict(self._value(entry) or {"ctime_ns": entry.ctime_ns})

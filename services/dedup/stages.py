@@ -7,9 +7,11 @@ that stage and the ones before it looked at. Each stage records its own statisti
 and files in and out, bytes read, seconds, errors), so a report shows where the pruning
 happened and what it cost.
 
-Shortcuts, each because the bytes are already known: files of at most `partial_size` bytes
-are wholly covered by the head hash (the tail stage passes them through), files of at most
-2 x `partial_size` by head + tail (the full-hash stage passes them through). Verification
+Shortcuts, each because the bytes are already known or will be read anyway: files of at most
+`partial_size` bytes are wholly covered by the head hash (the tail stage passes them through),
+files of at most 2 x `partial_size` by head + tail (the full-hash stage passes them through);
+groups of at most LOCKSTEP_GROUP files are hashed by the verify stage while it compares them,
+so each of their bytes is read once instead of twice. Verification
 is never skipped except for members a previous scan already proved identical under a
 cryptographic digest, and whose inode is unchanged since (see hashcache).
 """
@@ -109,9 +111,14 @@ class ScanContext:
     def map(
         self, func: Callable[[T], R], items: Iterable[T]
     ) -> Iterator[tuple[T, R | None, BaseException | None]]:
-        """Bounded parallel map through libs.queues; a plain loop for one worker or one item."""
+        """Bounded parallel map through libs.queues; a plain loop for one worker or one item.
+
+        Items travel in batches: one queue hand-off costs tens of microseconds, as much as
+        hashing a small file, so per-item dispatch would eat the gain of the threads.
+        """
         items = list(items)
-        if self.config.workers <= 1 or len(items) <= 1:
+        workers = self.config.workers
+        if workers <= 1 or len(items) <= 1:
             for item in items:
                 try:
                     yield item, func(item), None
@@ -120,8 +127,22 @@ class ScanContext:
             return
         from libs.queues import parallel_map
 
-        workers = self.config.workers
-        yield from parallel_map(func, items, workers=workers, maxsize=workers * 4)
+        size = max(1, min(256, len(items) // (workers * 8)))
+        batches = [items[i : i + size] for i in range(0, len(items), size)]
+
+        def run_batch(batch: list[T]) -> list[tuple[T, R | None, BaseException | None]]:
+            out: list[tuple[T, R | None, BaseException | None]] = []
+            for item in batch:
+                try:
+                    out.append((item, func(item), None))
+                except Exception as exc:
+                    out.append((item, None, exc))
+            return out
+
+        for _batch, results, exc in parallel_map(run_batch, batches, workers=workers, maxsize=workers * 4):
+            if exc is not None or results is None:
+                raise exc if exc is not None else RuntimeError("no result")
+            yield from results
 
     def ordered(self, items: list[tuple[int, FileEntry]]) -> list[tuple[int, FileEntry]]:
         if self.config.order == "inode":
@@ -130,6 +151,8 @@ class ScanContext:
 
 
 Stage = Callable[[list[Group], ScanContext], list[Group]]
+# Groups up to this size skip the full-hash stage: verification reads them once, in lock-step.
+LOCKSTEP_GROUP = 16
 
 
 def size_groups(files: Iterable[FileEntry]) -> list[Group]:
@@ -175,12 +198,12 @@ def _refine(
         digest, hit = result
         stats.cache_hits += hit
         split.setdefault((gi, digest), []).append(entry)
+    # Keep the walk's order inside a group whatever order the workers finished in.
+    position = {id(f): i for g in groups for i, f in enumerate(g.files)}
     out = []
     for (gi, digest), members in split.items():
         if len(members) > 1:
-            # Keep the walk's order inside a group whatever order the workers finished in.
-            order = {id(f): i for i, f in enumerate(groups[gi].files)}
-            members.sort(key=lambda f: order[id(f)])
+            members.sort(key=lambda f: position[id(f)])
             out.append(Group(groups[gi].size, members, combine(groups[gi], digest)))
     out.sort(key=lambda g: (g.size, g.files[0].path))
     return out
@@ -216,43 +239,69 @@ def tail_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
 
 
 def full_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
-    """Stage 3: streaming digest of the whole content (head + tail may already cover it)."""
+    """Stage 3: streaming digest of the whole content, where it pays.
+
+    Groups whose content head + tail already cover pass through. So do groups of at most
+    LOCKSTEP_GROUP files: verification reads them in lock-step and hashes the bytes as it
+    compares them, so a full hash first would read every byte twice for nothing. Larger
+    groups are hashed here (split without holding many files open), and so is any group with
+    a cached digest for some member: only the members without one are read.
+    """
     n, alg = ctx.config.partial_size, ctx.config.algorithm
-    covered = [g for g in groups if g.size <= 2 * n]
-    rest = [g for g in groups if g.size > 2 * n]
-    hashed = _refine(rest, ctx, f"full:{alg}", lambda e: full_digest(e, ctx.counter, alg), lambda g, d: d)
-    return covered + hashed
+    field_name = f"full:{alg}"
+    cache = ctx.cache
+
+    def any_cached(g: Group) -> bool:
+        return cache is not None and any(cache.peek(f, field_name) is not None for f in g.files)
+
+    passing = [g for g in groups if g.size <= 2 * n or (len(g.files) <= LOCKSTEP_GROUP and not any_cached(g))]
+    keep = {id(g) for g in passing}
+    rest = [g for g in groups if id(g) not in keep]
+    hashed = _refine(rest, ctx, field_name, lambda e: full_digest(e, ctx.counter, alg), lambda g, d: d)
+    return passing + hashed
 
 
 def verify_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
-    """Stage 4: byte-by-byte comparison; only proven-identical classes are reported."""
+    """Stage 4: byte-by-byte comparison; only proven-identical classes are reported.
+
+    Groups without a content digest yet (small groups the full stage passed on) get one here,
+    hashed from the very bytes being compared, and it goes to the cache like any full digest.
+    """
     alg = ctx.config.algorithm
-    cache = ctx.cache if ctx.config.trust_verified_cache and alg in CRYPTOGRAPHIC else None
+    full_field = f"full:{alg}"
+    trusted = ctx.cache if ctx.config.trust_verified_cache and alg in CRYPTOGRAPHIC else None
     stats = ctx.stages[-1]
 
     def verify(group: Group) -> tuple[list[Group], int]:
         proven: list[FileEntry] = []
-        if cache is not None and group.digest is not None:
-            proven = [f for f in group.files if cache.get(f, "verified") == group.digest]
+        if trusted is not None and group.digest is not None:
+            proven = [f for f in group.files if trusted.get(f, "verified") == group.digest]
         unproven = [f for f in group.files if not any(f is p for p in proven)]
         if not unproven:
             return [group], len(proven)
         # One proven member stands for all of them: they are equal to each other already.
         anchor = proven[:1]
-        classes = equal_classes(anchor + unproven, ctx.counter, ctx.report_error)
+        new_hasher = HASHERS[alg] if group.digest is None else None
+        classes = equal_classes(anchor + unproven, ctx.counter, ctx.report_error, new_hasher)
+        order = {id(f): i for i, f in enumerate(group.files)}
         out = []
-        for cls in classes:
-            if anchor and cls and cls[0] is anchor[0]:
-                cls = proven + cls[1:]
-            elif anchor and any(f is anchor[0] for f in cls):
+        for cls, digest in classes:
+            if anchor and any(f is anchor[0] for f in cls):
                 cls = proven + [f for f in cls if f is not anchor[0]]
-            if len(cls) > 1:
-                if cache is not None and group.digest is not None:
-                    for f in cls:
-                        cache.update(f, verified=group.digest)
-                order = {id(f): i for i, f in enumerate(group.files)}
-                cls.sort(key=lambda f: order[id(f)])
-                out.append(Group(group.size, cls, group.digest))
+            digest = group.digest if group.digest is not None else digest
+            if ctx.cache is not None and digest is not None:
+                for f in cls:
+                    # Singletons keep their new full digest too: the next scan then splits
+                    # this group from the cache instead of reading it again.
+                    fields = {"verified": digest} if trusted is not None and len(cls) > 1 else {}
+                    if group.digest is None:
+                        fields[full_field] = digest
+                    if fields:
+                        ctx.cache.update(f, **fields)
+            if len(cls) < 2:
+                continue
+            cls.sort(key=lambda f: order[id(f)])
+            out.append(Group(group.size, cls, digest))
         return out, len(proven)
 
     out: list[Group] = []

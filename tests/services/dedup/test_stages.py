@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from services.dedup import compare
+from services.dedup import compare, stages
 from services.dedup.scanner import scan
 from services.dedup.stages import (
+    LOCKSTEP_GROUP,
     ScanConfig,
     ScanContext,
     find_duplicates,
@@ -49,14 +50,33 @@ def test_each_stage_prunes_what_it_can_see(tmp_path: Path) -> None:
     assert (by_name["size"].files_in, by_name["size"].files_out) == (6, 5)
     assert (by_name["head"].files_in, by_name["head"].files_out) == (5, 4)
     assert (by_name["tail"].files_in, by_name["tail"].files_out) == (4, 3)
-    assert (by_name["full"].files_in, by_name["full"].files_out) == (3, 2)
+    # A group this small skips the full hash: verify hashes while comparing, one read per byte.
+    assert (by_name["full"].files_in, by_name["full"].files_out, by_name["full"].bytes_read) == (3, 3, 0)
+    assert (by_name["verify"].files_in, by_name["verify"].files_out) == (3, 2)
     assert by_name["head"].bytes_read == 5 * 4096
-    assert by_name["full"].bytes_read == 3 * len(base)
-    assert by_name["verify"].bytes_read == 2 * len(base)
+    assert by_name["verify"].bytes_read == 3 * len(base)
+    import blake3
+
+    assert result.groups[0].digest == blake3.blake3(base).digest()
 
 
-def test_verification_catches_what_the_hashes_missed(tmp_path: Path) -> None:
+def test_large_groups_are_fully_hashed_before_verification(tmp_path: Path) -> None:
+    rng = random.Random(4)
+    base = rng.randbytes(30_000)
+    for i in range(LOCKSTEP_GROUP + 4):
+        data = bytearray(base)
+        if i % 2:
+            data[15_000] ^= 0xFF  # two contents, differing only in the middle
+        write(tmp_path / f"f{i:02d}", bytes(data))
+    result = scan([tmp_path], config=ScanConfig(workers=1))
+    by_name = {s.name: s for s in result.stages}
+    assert (by_name["full"].groups_out, by_name["full"].bytes_read) == (2, (LOCKSTEP_GROUP + 4) * len(base))
+    assert sorted(len(g.files) for g in result.groups) == [(LOCKSTEP_GROUP + 4) // 2] * 2
+
+
+def test_verification_catches_what_the_hashes_missed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Content changed after hashing, with size and mtime put back: only the byte compare can tell."""
+    monkeypatch.setattr(stages, "LOCKSTEP_GROUP", 0)  # make the full stage hash this small group
     data = random.Random(2).randbytes(100_000)
     for name in ("x", "y", "z"):
         write(tmp_path / name, data)
@@ -137,7 +157,7 @@ def test_memory_does_not_grow_with_file_size(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert len(result.groups) == 1
-    assert result.bytes_read >= 4 * (96 << 20)  # full hash + verify read both files
+    assert result.bytes_read >= 2 * (96 << 20)  # both files read whole (once, hashed while compared)
     assert peak < 8 << 20, f"peak {peak} bytes while reading {result.bytes_read}"
 
 
@@ -163,7 +183,7 @@ def test_groups_larger_than_the_open_file_limit_are_compared_in_batches(
         write(tmp_path / f"f{i:02d}", contents[i % 3])
     files = walk([tmp_path]).files
     classes = compare.equal_classes(files, compare.ByteCounter(), lambda e, exc: pytest.fail(str(exc)))
-    names = sorted(sorted(int(os.path.basename(f.path)[1:]) for f in c) for c in classes)
+    names = sorted(sorted(int(os.path.basename(f.path)[1:]) for f in c) for c, _ in classes)
     assert names == [list(range(k, 15, 3)) for k in range(3)]
 
 
