@@ -27,16 +27,24 @@ class CacheCounters:
 
 
 class HashCache:
-    """Thin typed layer over libs.lru.PersistentLRU (values are small dicts)."""
+    """Typed layer over libs.lru.PersistentLRU (one small dict per file).
+
+    A scan asks for several fields of the same file (head, tail, full digest, verified), so
+    each file's value is fetched from the persistent LRU once (peek: no log record) and kept
+    in a per-scan working set; changes are written back as one put per changed file by
+    flush(), and files that were only read are touched once so that they stay recent.
+    """
 
     def __init__(self, directory: str | os.PathLike, capacity: int = 1_000_000) -> None:
         from libs.lru import PersistentLRU  # imported here so the engine runs without a cache
 
         os.makedirs(directory, exist_ok=True)
         # fsync per entry would cost a disk flush per file; losing the tail of the log on a
-        # crash only costs re-hashing, so the log is flushed by snapshot()/close() instead.
-        self._lru = PersistentLRU(directory, capacity, snapshot_every=50_000, fsync=False)
+        # crash only costs re-hashing, so durability comes from the snapshot at close().
+        self._lru = PersistentLRU(directory, capacity, snapshot_every=100_000, fsync=False)
         self._lock = threading.Lock()
+        self._work: dict[Key, dict[str, Any] | None] = {}
+        self._dirty: set[Key] = set()
         self.counters = CacheCounters()
 
     @staticmethod
@@ -44,9 +52,13 @@ class HashCache:
         return (entry.dev, entry.ino, entry.size, entry.mtime_ns)
 
     def _value(self, entry: FileEntry) -> dict[str, Any] | None:
-        value = self._lru.get(self.key(entry))
-        if value is None or value.get("ctime_ns") != entry.ctime_ns:
-            return None
+        key = self.key(entry)
+        if key in self._work:
+            return self._work[key]
+        value = self._lru.peek(key)
+        if value is not None and value.get("ctime_ns") != entry.ctime_ns:
+            value = None  # rewritten and re-dated: same key, other content
+        self._work[key] = value
         return value
 
     def get(self, entry: FileEntry, field: str) -> Any:
@@ -59,6 +71,18 @@ class HashCache:
                 self.counters.hits += 1
             return found
 
+    def get_many(self, entries: list[FileEntry], field: str) -> list[Any]:
+        """get() for many files under one lock acquisition (the warm re-scan's hot loop)."""
+        with self._lock:
+            out = []
+            for entry in entries:
+                value = self._value(entry)
+                out.append(None if value is None else value.get(field))
+            hits = sum(v is not None for v in out)
+            self.counters.hits += hits
+            self.counters.misses += len(out) - hits
+            return out
+
     def peek(self, entry: FileEntry, field: str) -> Any:
         """Like get, without counting a hit or miss (for planning which groups to read)."""
         with self._lock:
@@ -67,13 +91,35 @@ class HashCache:
 
     def update(self, entry: FileEntry, **fields: Any) -> None:
         with self._lock:
+            key = self.key(entry)
             value = dict(self._value(entry) or {"ctime_ns": entry.ctime_ns})
             value.update(fields)
-            self._lru.put(self.key(entry), value)
+            self._work[key] = value
+            self._dirty.add(key)
             self.counters.stores += 1
 
-    def close(self) -> None:
+    def flush(self) -> None:
+        """Write changed values, touch the ones only read, forget the working set.
+
+        Touching (a logged get) only matters once evictions are near: below 90% of capacity
+        nothing is evicted, so the re-scan of an unchanged tree writes nothing at all.
+        """
         with self._lock:
+            touch = len(self._lru) >= 0.9 * self._lru.capacity
+            for key, value in self._work.items():
+                if key in self._dirty and value is not None:
+                    self._lru.put(key, value)
+                elif value is not None and touch:
+                    self._lru.get(key)
+            self._work.clear()
+            self._dirty.clear()
+
+    def close(self) -> None:
+        changed = bool(self._dirty)
+        self.flush()
+        with self._lock:
+            if changed:  # the next open then loads one snapshot instead of replaying the log
+                self._lru.snapshot()
             self._lru.close()
 
     def __enter__(self) -> HashCache:

@@ -176,10 +176,6 @@ def _refine(
 
     def key_of(item: tuple[int, FileEntry]) -> tuple[bytes, bool]:
         entry = item[1]
-        if cache is not None:
-            cached = cache.get(entry, cache_field)
-            if cached is not None:
-                return cached, True
         digest = compute(entry)
         if cache is not None:
             cache.update(entry, **{cache_field: digest})
@@ -188,6 +184,18 @@ def _refine(
     items = ctx.ordered([(gi, f) for gi, g in enumerate(groups) for f in g.files])
     split: dict[tuple[int, bytes], list[FileEntry]] = {}
     stats = ctx.stages[-1]
+    if cache is not None:
+        # Cached digests first, in one pass: only the misses go to the readers.
+        cached = cache.get_many([f for _, f in items], cache_field)
+        misses = []
+        for (gi, entry), digest in zip(items, cached, strict=True):
+            if digest is None:
+                misses.append((gi, entry))
+            else:
+                split.setdefault((gi, digest), []).append(entry)
+        stats.cache_hits += len(items) - len(misses)
+        ctx.progress.advance(len(items) - len(misses))
+        items = misses
     for (gi, entry), result, exc in ctx.map(key_of, items):
         ctx.progress.advance()
         if exc is not None or result is None:
