@@ -53,7 +53,9 @@ from services.crawler.warc import WarcOutput
 log = logging.getLogger("services.crawler.engine")
 _ROBOTS_ATTEMPTS = 3  # transient robots.txt failures retried politely before disallow-all
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
-_CLAIMS_PER_TURN = 200  # robots-denied URLs skipped per host turn before yielding
+_CLAIMS_PER_TURN = 200
+# Gap after a robots.txt redirect hop, while the host's Crawl-delay is still unknown.
+_UNKNOWN_ROBOTS_DELAY = 1.0
 
 
 class CrawlState(StrEnum):
@@ -339,7 +341,8 @@ class Crawl:
                     target = ""
                 if target and host_of(target) == host:
                     self._robots_redirect[host] = (target, hops + 1)
-                    self._end_request(slot, t0, status, retry_after)
+                    # The host's Crawl-delay is still unknown: wait a conservative second.
+                    self._end_request(slot, t0, status, max(retry_after or 0.0, _UNKNOWN_ROBOTS_DELAY))
                     return
             if (status == 429 or status >= 500) and self._robots_attempts[host] + 1 < _ROBOTS_ATTEMPTS:
                 self._robots_attempts[host] += 1

@@ -1,0 +1,276 @@
+"""Crawler vs Scrapy on the same websim, judged from websim's own request log.
+
+    .venv/bin/python benchmarks/bench_crawler.py [--hosts 100] [--delay 0.1] [--depth 8] [--repeats 3]
+
+websim runs in its own process; each crawler runs in its own process (peak RSS from wait4) against
+it, one after the other, after a warm-up round; websim's log and transient-page counters are reset
+before every run. Scrapy: ROBOTSTXT_OBEY=True, DOWNLOAD_DELAY=--delay, RANDOMIZE_DOWNLOAD_DELAY=False,
+CONCURRENT_REQUESTS_PER_DOMAIN=1, DEPTH_LIMIT=--depth, same User-Agent; it reaches websim by using
+it as its HTTP proxy (the Scrapy analogue of our --resolve map). Ours: --min-delay --delay,
+--max-depth --depth, one request in flight per host.
+
+Reported per crawler (median and min-max over repeats): wall seconds, unique pages (websim page ids
+answered 200), pages/s, requests, politeness violations (per-host gaps below max(delay, robots
+Crawl-delay) - 5 ms), robots violations (requests websim's own matcher disallows), duplicate fetches
+(same canonical URL answered non-retryably more than once), peak RSS, and pages/s as a fraction of
+the politeness bound hosts/delay; also "critical path": the slowest host's n_requests * delay over
+wall time (1.0 = as fast as politeness allows). JSON goes to reports/bench_crawler.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from services.crawler.websim import SimConfig, WebSim  # noqa: E402
+from services.crawler.websim import truth as websim_truth  # noqa: E402
+from services.crawler.websim.web import canonical_target  # noqa: E402
+from tests.conftest import free_port, wait_for_port  # noqa: E402
+
+UA = "ProvingGroundBot/0.1 (+http://127.0.0.1/bot)"
+RETRYABLE = {0, 429, 500, 502, 503, 504}
+
+WEBSIM = """
+import asyncio, sys
+from services.crawler.websim import SimConfig, WebSim
+sim = WebSim(SimConfig(hosts=int(sys.argv[1]), seed=int(sys.argv[2])))
+async def main():
+    async with sim.serve("127.0.0.1", int(sys.argv[3])):
+        await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+SCRAPY = """
+import json, sys
+import scrapy
+from scrapy.crawler import CrawlerProcess
+from scrapy.linkextractors import LinkExtractor
+port, delay, depth = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+seeds = json.loads(sys.argv[4])
+
+class SimResolver:
+    # Scrapy's stand-in for `--resolve *.sim.test=127.0.0.1:PORT`: websim as the HTTP proxy.
+    def process_request(self, request, spider):
+        request.meta["proxy"] = f"http://127.0.0.1:{port}"
+
+class Sim(scrapy.Spider):
+    name = "sim"
+    start_urls = seeds
+    links = LinkExtractor(deny_extensions=[], allow_domains=["sim.test"])
+    def parse(self, response):
+        if not hasattr(response, "text"):
+            return
+        for link in self.links.extract_links(response):
+            if not link.nofollow:
+                yield scrapy.Request(link.url, callback=self.parse)
+
+process = CrawlerProcess(settings={
+    "ROBOTSTXT_OBEY": True, "ROBOTSTXT_USER_AGENT": "ProvingGroundBot", "USER_AGENT": %(ua)r,
+    "DOWNLOAD_DELAY": delay, "RANDOMIZE_DOWNLOAD_DELAY": False, "DOWNLOAD_DELAY_JITTER": 0,
+    "CONCURRENT_REQUESTS": 64,
+    "CONCURRENT_REQUESTS_PER_DOMAIN": 1, "DEPTH_LIMIT": depth, "LOG_LEVEL": "ERROR",
+    "RETRY_TIMES": 3, "RETRY_HTTP_CODES": [429, 500, 502, 503, 504], "TELNETCONSOLE_ENABLED": False,
+    "DOWNLOADER_MIDDLEWARES": {"__main__.SimResolver": 1}, "DOWNLOAD_TIMEOUT": 30,
+    "REQUEST_FINGERPRINTER_IMPLEMENTATION": "2.7",
+})
+process.crawl(Sim)
+process.start()
+""".replace("%(ua)r", repr(UA))
+
+
+def admin(port: int, path: str, method: str = "GET") -> bytes:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", method=method, data=b"" if method == "POST" else None
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.read()
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float, int]:
+    """Run a command; return (wall seconds, peak RSS MiB, exit status) from wait4."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child must never block
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.stderr.write(err.read().decode(errors="replace")[-2000:])
+    return wall, usage.ru_maxrss / 1024, proc.returncode
+
+
+def judge(sim: WebSim, entries: list[dict[str, Any]], delay: float) -> dict[str, Any]:
+    by_host: dict[str, list[float]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    politeness = robots = 0
+    for e in entries:
+        path = e["path"]
+        if path.startswith("http"):
+            path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
+        target = canonical_target(path)
+        by_host[e["host"]].append(e["ts"])
+        groups[(e["host"], target)].append(e["status"])
+        if e["kind"] != "robots" and not websim_truth.allowed(sim.web, e["host"], target):
+            robots += 1
+    critical = 0.0
+    for host, stamps in by_host.items():
+        required = max(delay, websim_truth.required_delay(sim.web, host) or 0.0)
+        politeness += sum(1 for a, b in itertools.pairwise(stamps) if b - a < required - 0.005)
+        critical = max(critical, (len(stamps) - 1) * required)
+    duplicates = sum(max(0, sum(1 for s in st if s not in RETRYABLE) - 1) for st in groups.values())
+    pages = {e["page_id"] for e in entries if e["status"] == 200 and e["kind"] in ("page", "calendar")}
+    return {
+        "pages": len(pages),
+        "requests": len(entries),
+        "politeness_violations": politeness,
+        "robots_violations": robots,
+        "duplicate_fetches": duplicates,
+        "critical_path_s": critical,
+        "hosts_contacted": len(by_host),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hosts", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--delay", type=float, default=0.1)
+    ap.add_argument("--depth", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="reports/bench_crawler.json")
+    args = ap.parse_args()
+
+    sim = WebSim(SimConfig(hosts=args.hosts, seed=args.seed))
+    seeds = sim.seeds(args.hosts)
+    truth = sim.ground_truth(seeds, max_depth=args.depth)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen(
+        [sys.executable, "-c", WEBSIM, str(args.hosts), str(args.seed), str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    results: dict[str, list[dict[str, Any]]] = {"crawler": [], "scrapy": []}
+    try:
+        wait_for_port(port, timeout=60)
+        with tempfile.TemporaryDirectory() as tmp:
+
+            def ours(i: int) -> list[str]:
+                return [
+                    sys.executable,
+                    "-m",
+                    "services.crawler",
+                    "crawl",
+                    *seeds,
+                    "--scope",
+                    "*.sim.test",
+                    "--resolve",
+                    f"*.sim.test=127.0.0.1:{port}",
+                    "--store",
+                    f"{tmp}/run{i}.sqlite",
+                    "--max-depth",
+                    str(args.depth),
+                    "--min-delay",
+                    str(args.delay),
+                    "--no-progress",
+                    "--retry-base",
+                    "0.2",
+                    "--retry-cap",
+                    "2",
+                ]
+
+            def scrapy() -> list[str]:
+                return [
+                    sys.executable,
+                    "-c",
+                    SCRAPY,
+                    str(port),
+                    str(args.delay),
+                    str(args.depth),
+                    json.dumps(seeds),
+                ]
+
+            rounds = [("warmup", -1)] + [("measure", i) for i in range(args.repeats)]
+            for phase, i in rounds:
+                for name, cmd in (("crawler", ours(i + 1)), ("scrapy", scrapy())):
+                    admin(port, "/reset", "POST")
+                    wall, rss, rc = run_measured(cmd)
+                    entries = [json.loads(line) for line in admin(port, "/log").splitlines() if line.strip()]
+                    row = {"wall_s": wall, "peak_rss_mib": rss, "exit": rc, **judge(sim, entries, args.delay)}
+                    row["pages_per_s"] = row["pages"] / wall
+                    row["bound_fraction"] = row["pages_per_s"] / (args.hosts / args.delay)
+                    row["critical_path_fraction"] = row["critical_path_s"] / wall
+                    row["coverage_of_truth"] = row["pages"] / len(truth)
+                    print(f"{phase} {name}: {row['pages']} pages in {wall:.1f}s", file=sys.stderr)
+                    if phase == "measure":
+                        results[name].append(row)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+    keys = [
+        "wall_s",
+        "pages",
+        "pages_per_s",
+        "requests",
+        "politeness_violations",
+        "robots_violations",
+        "duplicate_fetches",
+        "peak_rss_mib",
+        "bound_fraction",
+        "critical_path_fraction",
+        "coverage_of_truth",
+    ]
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for name, rows in results.items():
+        summary[name] = {
+            k: {
+                "median": statistics.median(r[k] for r in rows),
+                "min": min(r[k] for r in rows),
+                "max": max(r[k] for r in rows),
+            }
+            for k in keys
+        }
+    print(
+        f"\nwebsim: {args.hosts} hosts, seed {args.seed}, truth {len(truth)} pages at depth <= {args.depth};"
+        f" delay {args.delay}s; bound = hosts/delay = {args.hosts / args.delay:.0f} pages/s; "
+        f"{args.repeats} repeats (median [min-max])"
+    )
+    print(f"{'metric':<24}{'crawler':>26}{'scrapy':>26}{'ratio':>9}")
+    for k in keys:
+        a, b = summary["crawler"][k], summary["scrapy"][k]
+        ratio = a["median"] / b["median"] if b["median"] else float("nan")
+
+        def cell(d: dict[str, float]) -> str:
+            return f"{d['median']:.3g} [{d['min']:.3g}-{d['max']:.3g}]"
+
+        print(f"{k:<24}{cell(a):>26}{cell(b):>26}{ratio:>9.2f}")
+    out = ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {"args": vars(args), "truth_pages": len(truth), "runs": results, "summary": summary}, indent=2
+        )
+    )
+    print(f"\nJSON: {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
