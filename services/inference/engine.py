@@ -14,9 +14,10 @@ import collections
 import concurrent.futures
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -28,6 +29,51 @@ from services.inference.model.transformer import Transformer
 from services.inference.runner import ModelRunner
 from services.inference.scheduler import Scheduler, SchedulerConfig, StepPlan
 from services.inference.sequence import CLASSES, SeqEvent, SeqStatus, Sequence
+
+
+class _LoopBridge:
+    """Hands events from the engine thread to one event loop with at most one wake-up pending.
+
+    One call_soon_threadsafe per event would write to the loop's self-pipe once per token per
+    sequence; under load that wake-up traffic, and the GIL hand-offs it causes, starve the
+    engine thread. Events pushed while a drain is already scheduled ride along with it.
+    """
+
+    _bridges: ClassVar[weakref.WeakKeyDictionary] = weakref.WeakKeyDictionary()  # loop -> bridge
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue, SeqEvent]] = []
+        self._scheduled = False
+
+    @classmethod
+    def for_running_loop(cls) -> _LoopBridge:
+        loop = asyncio.get_running_loop()
+        with cls._registry_lock:
+            bridge = cls._bridges.get(loop)
+            if bridge is None:
+                bridge = cls._bridges[loop] = cls(loop)
+            return bridge
+
+    def push(self, queue: asyncio.Queue, event: SeqEvent) -> None:
+        with self._lock:
+            self._pending.append((queue, event))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: its consumers are gone
+            pass
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._pending = self._pending, []
+            self._scheduled = False
+        for queue, event in items:
+            queue.put_nowait(event)
 
 
 @dataclass
@@ -141,9 +187,9 @@ class Engine:
     # -- consumers -----------------------------------------------------------------------------
     async def stream(self, seq: Sequence) -> AsyncIterator[SeqEvent]:
         """Submit `seq` and yield its events on the calling event loop; cancels on exit."""
-        loop = asyncio.get_running_loop()
+        bridge = _LoopBridge.for_running_loop()
         queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
-        seq.on_event = lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev)
+        seq.on_event = lambda ev: bridge.push(queue, ev)
         self.submit(seq)
         try:
             while True:

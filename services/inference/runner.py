@@ -15,6 +15,43 @@ from services.inference.model.tokenizer import PAD
 from services.inference.model.transformer import StepBatch, Transformer
 from services.inference.sequence import Sequence
 
+# Padded work one extra forward call is worth, in (row x context) units: below this, one call.
+SPLIT_MIN_SAVING = 4096
+
+
+def split_by_padding(rows: list[int], chunks: list[tuple[Sequence, int]]) -> list[list[int]]:
+    """Split rows (same phase) in two by context length when that saves enough padding.
+
+    A group's attention is padded to its longest context (and its longest chunk), so one group
+    mixing a 20-token and a 300-token context does 15x the work for the short row. Sorting
+    by context and cutting once at the cheapest point recovers most of it for one extra call.
+    """
+    if len(rows) < 4:
+        return [rows] if rows else []
+
+    def cost(seq: Sequence, n: int) -> int:
+        return seq.num_computed + n
+
+    order = sorted(rows, key=lambda i: cost(*chunks[i]))
+    keys = [cost(*chunks[i]) for i in order]
+    widths = [chunks[i][1] for i in order]
+    # Area of a group = rows x longest context x longest chunk (chunks are 1 for decodes).
+    prefix_w = list(widths)
+    for j in range(1, len(order)):
+        prefix_w[j] = max(prefix_w[j - 1], widths[j])
+    suffix_w = list(widths)
+    for j in range(len(order) - 2, -1, -1):
+        suffix_w[j] = max(suffix_w[j + 1], widths[j])
+    whole = len(order) * keys[-1] * suffix_w[0]
+    best, cut = whole, 0
+    for j in range(1, len(order)):
+        area = j * keys[j - 1] * prefix_w[j - 1] + (len(order) - j) * keys[-1] * suffix_w[j]
+        if area < best:
+            best, cut = area, j
+    if cut == 0 or whole - best < SPLIT_MIN_SAVING:
+        return [rows]
+    return [order[:cut], order[cut:]]
+
 
 class ModelRunner:
     def __init__(self, model: Transformer, cache: KVCache) -> None:
@@ -45,8 +82,19 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, chunks: list[tuple[Sequence, int]]) -> list[int | None]:
-        """Run one step; per chunk, the sampled next token, or None if still prefilling."""
-        logits = self.model.forward_step(self.build(chunks), self.cache)
+        """Run one step; per chunk, the sampled next token, or None if still prefilling.
+
+        Decode rows (1 token) and prefill rows (a chunk) go through the model as two groups:
+        one padded batch would pad every decode row to the longest prefill chunk, computing
+        e.g. 64 x 256 positions for 64 + 256 real tokens.
+        """
+        logits = torch.empty(
+            (len(chunks), self.model.cfg.vocab_size), dtype=torch.float32, device=self.device
+        )
+        decode = [i for i, (_, n) in enumerate(chunks) if n == 1]
+        prefill = [i for i, (_, n) in enumerate(chunks) if n > 1]
+        for group in (*split_by_padding(decode, chunks), *split_by_padding(prefill, chunks)):
+            logits[group] = self.model.forward_step(self.build([chunks[i] for i in group]), self.cache)
         rows = [i for i, (seq, n) in enumerate(chunks) if seq.num_computed + n == seq.num_tokens]
         out: list[int | None] = [None] * len(chunks)
         if rows:

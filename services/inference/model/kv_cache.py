@@ -1,6 +1,6 @@
 """KV cache as a pool of fixed-size blocks (vLLM-style paging, gathered rather than fused).
 
-Memory is one preallocated tensor per K and V: [n_layers, num_blocks * block_size, H, D]. A
+Memory is one preallocated tensor per K and V: [n_layers, H, num_blocks * block_size, D]. A
 sequence owns a list of block ids (its block table); token position p lives in slot
 `table[p // block_size] * block_size + p % block_size`. The budget is therefore a number of
 tokens fixed at start-up, and no load can make it grow: a sequence that cannot get a block
@@ -34,7 +34,8 @@ class KVCache:
             raise ValueError(f"KV budget {num_tokens} tokens is smaller than one block ({block_size})")
         self.block_size = block_size
         self.num_blocks = num_tokens // block_size
-        shape = (n_layers, self.num_blocks * block_size, n_heads, head_dim)
+        # Heads before slots: a gather of a batch's contexts is then already [H, B*L, D].
+        shape = (n_layers, n_heads, self.num_blocks * block_size, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         # Pop from the end: the most recently freed block is reused first (warm in cache).

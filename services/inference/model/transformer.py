@@ -71,14 +71,15 @@ class Block(nn.Module):
         return q.view(shape), k.view(shape), v.view(shape)  # [B, T, H, D]
 
     def _finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        b, _, t, _ = attn.shape
-        x = x + self.proj(attn.transpose(1, 2).reshape(b, t, -1))
+        """attn: [B, T, H, D] -> residual + MLP."""
+        b, t = attn.shape[:2]
+        x = x + self.proj(attn.reshape(b, t, -1))
         return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q, k, v = self._qkv(x)
         attn = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
-        return self._finish(x, attn)
+        return self._finish(x, attn.transpose(1, 2))
 
     def forward_cached(
         self,
@@ -90,14 +91,24 @@ class Block(nn.Module):
         read_slots: torch.Tensor,
         mask: torch.Tensor,
     ) -> torch.Tensor:
-        q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x)  # [B, T, H, D]
+        k_pool, v_pool = cache.k[layer], cache.v[layer]  # [H, slots, D] views
         # Only real (non-pad) new tokens are written; pad rows would clobber other slots.
-        cache.k[layer, write_slots] = k.reshape(-1, self.n_heads, self.head_dim)[write_rows].to(cache.k.dtype)
-        cache.v[layer, write_slots] = v.reshape(-1, self.n_heads, self.head_dim)[write_rows].to(cache.v.dtype)
-        keys = cache.k[layer, read_slots].transpose(1, 2)  # [B, H, Lctx, D]
-        values = cache.v[layer, read_slots].transpose(1, 2)
-        attn = attention(q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype), mask)
-        return self._finish(x, attn)
+        # index_select/index_copy_ rather than advanced indexing: several times faster on CPU.
+        heads = (self.n_heads, self.head_dim)
+        new_k = k.reshape(-1, *heads).index_select(0, write_rows).transpose(0, 1)  # [H, N, D]
+        new_v = v.reshape(-1, *heads).index_select(0, write_rows).transpose(0, 1)
+        k_pool.index_copy_(1, write_slots, new_k.to(k_pool.dtype))
+        v_pool.index_copy_(1, write_slots, new_v.to(v_pool.dtype))
+        # Heads-first pool: the gather lands contiguous as [H, B, Lctx, D], and attention runs
+        # with (H, B) as batch dims; no transpose copy of the whole context per layer.
+        b, lctx = read_slots.shape
+        flat = read_slots.reshape(-1)
+        keys = k_pool.index_select(1, flat).view(self.n_heads, b, lctx, self.head_dim)
+        values = v_pool.index_select(1, flat).view(self.n_heads, b, lctx, self.head_dim)
+        qh = q.permute(2, 0, 1, 3)  # [H, B, T, D]
+        attn = attention(qh, keys.to(q.dtype), values.to(q.dtype), mask.transpose(0, 1))  # [H, B, T, D]
+        return self._finish(x, attn.permute(1, 2, 0, 3))
 
 
 class Transformer(nn.Module):
