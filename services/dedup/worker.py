@@ -35,6 +35,7 @@ from libs.service.logging import configure_logging, get_logger
 from libs.service.settings import ServiceSettings, load_settings
 from services.dedup import metrics
 from services.dedup.neardup import METHODS, NearConfig, PageIndex
+from services.dedup.pagestore import PageStore
 
 log = get_logger("services.dedup.worker")
 
@@ -58,7 +59,13 @@ class DedupSettings(ServiceSettings):
         default_factory=list,
         description="directories scan jobs may read (comma-separated); none = scans refused",
     )
-    scan_cache: str | None = Field(None, description="hash cache directory for scan jobs (none = no cache)")
+    data_dir: str | None = Field(
+        None,
+        description="keep the page index (fingerprints only) and the scan hash cache here; none = memory",
+    )
+    scan_cache: str | None = Field(
+        None, description="hash cache directory for scan jobs (default: DATA_DIR/hash-cache, else none)"
+    )
     near_method: Literal["simhash", "minhash", "both"] = Field("both", description="near-duplicate detector")
     simhash_k: int = Field(8, ge=0, le=31, description="SimHash: max Hamming distance of near duplicates")
     minhash_threshold: float = Field(0.5, gt=0, le=1, description="MinHash: min estimated Jaccard similarity")
@@ -192,29 +199,41 @@ class ScanJobs:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def ingest(index: PageIndex, event: dict[str, Any]) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    result = index.add_event(event)
-    metrics.PAGE_SECONDS.observe(time.perf_counter() - t0)
-    metrics.PAGES_SEEN.inc()
-    if not result.new:
-        metrics.PAGES_REDELIVERED.inc()
-    elif result.exact_of:
-        metrics.EXACT.inc()
-    elif result.near:
-        metrics.NEAR.labels(method=result.near[0]["method"]).inc()
-    return {"url": event["url"], "new": result.new, "exact_of": result.exact_of, "near": result.near}
+def ingest(index: PageIndex, events: list[dict[str, Any]], store: PageStore | None) -> list[dict[str, Any]]:
+    """Index a batch; new pages reach the durable log (fsynced) before this returns, so a
+    caller that acknowledges afterwards never acknowledges a page a crash could lose."""
+    out = []
+    fresh = []
+    for event in events:
+        t0 = time.perf_counter()
+        prepared = index.prepare(event)
+        result = index.add(prepared)
+        metrics.PAGE_SECONDS.observe(time.perf_counter() - t0)
+        metrics.PAGES_SEEN.inc()
+        if not result.new:
+            metrics.PAGES_REDELIVERED.inc()
+        else:
+            fresh.append(prepared)
+            if result.exact_of:
+                metrics.EXACT.inc()
+            elif result.near:
+                metrics.NEAR.labels(method=result.near[0]["method"]).inc()
+        out.append({"url": event["url"], "new": result.new, "exact_of": result.exact_of, "near": result.near})
+    if store is not None:
+        store.append(fresh)
+    return out
 
 
 class StreamConsumer:
     """Redis stream consumer group reader; at-least-once, acknowledged after indexing."""
 
-    def __init__(self, settings: DedupSettings, index: PageIndex) -> None:
+    def __init__(self, settings: DedupSettings, index: PageIndex, store: PageStore | None) -> None:
         import redis.asyncio as aioredis
 
         assert settings.redis is not None
         self.settings = settings
         self.index = index
+        self.store = store
         self.client = aioredis.from_url(settings.redis, decode_responses=False)
         self._stop = asyncio.Event()
         self.acked = 0
@@ -234,20 +253,23 @@ class StreamConsumer:
 
     async def _handle(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         s = self.settings
+        events = []
         for entry_id, fields in entries:
             raw = fields.get(b"event")
             try:
-                event = PageEvent.model_validate_json(raw or b"").model_dump(exclude_none=True)
+                events.append(PageEvent.model_validate_json(raw or b"").model_dump(exclude_none=True))
             except ValidationError as exc:
                 # A poison entry must not block the stream: count it, log it, acknowledge it.
                 self.invalid += 1
                 metrics.PAGES_INVALID.labels(source="redis").inc()
                 log.warning("invalid page event", extra={"entry": entry_id.decode(), "error": str(exc)[:300]})
-            else:
-                await asyncio.to_thread(ingest, self.index, event)
-            await self.client.xack(s.stream, s.group, entry_id)
-            self.acked += 1
-            metrics.STREAM_ACKED.inc()
+        if events:
+            await asyncio.to_thread(ingest, self.index, events, self.store)
+        # Acknowledged only now: indexed and (with --data-dir) durable.
+        ids = [entry_id for entry_id, _ in entries]
+        await self.client.xack(s.stream, s.group, *ids)
+        self.acked += len(ids)
+        metrics.STREAM_ACKED.inc(len(ids))
 
     async def run(self) -> None:
         s = self.settings
@@ -300,9 +322,17 @@ def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAP
             minhash_threshold=settings.minhash_threshold,
         )
     )
-    jobs = ScanJobs(settings.scan_roots, settings.scan_cache)
+    store = None
+    if settings.data_dir:
+        store = PageStore(os.path.join(settings.data_dir, "pages"))
+        replayed = store.replay(index)
+        log.info("page index restored", extra={"pages": replayed, "skipped_lines": store.skipped})
+    scan_cache = settings.scan_cache
+    if scan_cache is None and settings.data_dir:
+        scan_cache = os.path.join(settings.data_dir, "hash-cache")
+    jobs = ScanJobs(settings.scan_roots, scan_cache)
     health = Health()
-    consumer = StreamConsumer(settings, index) if settings.redis else None
+    consumer = StreamConsumer(settings, index, store) if settings.redis else None
     if consumer is not None:
         health.add_check("redis", consumer.ping)
 
@@ -322,6 +352,8 @@ def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAP
                     await task
                 await consumer.close()
             jobs.close()
+            if store is not None:
+                store.close()
 
     app = create_app(
         "dedup",
@@ -380,7 +412,7 @@ def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAP
             raise ApiError(
                 413, "payload_too_large", f"at most {settings.max_batch} events per request", "body.events"
             )
-        results = [ingest(index, e.model_dump(exclude_none=True)) for e in events]
+        results = ingest(index, [e.model_dump(exclude_none=True) for e in events], store)
         _update_gauges()
         return {"accepted": len(results), "results": results}
 

@@ -214,3 +214,33 @@ def test_entries_taken_by_a_crashed_consumer_are_processed(redis_url: str) -> No
     finally:
         _stop(proc)
         r.close()
+
+
+def test_acknowledged_pages_survive_sigkill_with_a_data_dir(tmp_path: Path) -> None:
+    import signal
+
+    pages = corpus(seed=6, families=6, variants=2, unrelated=10)
+    data = tmp_path / "data"
+    proc, base = _start("--data-dir", str(data))
+    try:
+        with httpx.Client(base_url=base, timeout=10) as c:
+            for p in pages:
+                assert c.post("/v1/pages", json=_event(p.url, p.text)).status_code == 200
+            fam = next(p for p in pages if p.family is not None)
+            before = c.get("/v1/clusters", params={"url": fam.url}).json()
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no shutdown hook runs: only what was fsynced counts
+        proc.wait(timeout=10)
+    with open(data / "pages" / "pages.jsonl", "ab") as f:
+        f.write(b'{"url": "torn')  # a crash in the middle of an append
+    proc, base = _start("--data-dir", str(data))
+    try:
+        with httpx.Client(base_url=base, timeout=10) as c:
+            assert c.get("/v1/stats").json()["index"]["index_size"] == len(pages)
+            after = c.get("/v1/clusters", params={"url": fam.url}).json()
+            assert {m["url"] for m in after["members"]} == {m["url"] for m in before["members"]}
+            assert not c.post("/v1/pages", json=_event(pages[0].url, pages[0].text)).json()["results"][0][
+                "new"
+            ]
+    finally:
+        _stop(proc)
