@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--workers", type=_positive_int, default=4, help="parallel readers (bounded queue)")
     s.add_argument(
-        "--order", choices=["path", "inode"], default="path", help="read order; inode suits spinning disks"
+        "--order",
+        choices=["path", "inode"],
+        default="inode",
+        help="read order: inode (near on-disk order; much faster on a cold cache) or path",
     )
     s.add_argument("--partial-size", type=parse_size, default=4096, help="bytes hashed at head and tail")
     s.add_argument("-L", "--follow-symlinks", action="store_true", help="follow symlinks (cycle-safe)")

@@ -83,7 +83,7 @@ class ScanConfig:
     algorithm: str = "blake3"
     partial_size: int = 4096
     workers: int = 4
-    order: str = "path"  # "inode": read in (device, inode) order, kinder to spinning disks
+    order: str = "inode"  # read in (device, inode) order: close to on-disk order, kind to HDDs
     trust_verified_cache: bool = True
 
     def __post_init__(self) -> None:
