@@ -141,6 +141,51 @@ def ensure_tree(base: Path, files: int, nbytes: int, seed: int) -> tuple[Path, d
     return root, man
 
 
+def neardup_figures(seed: int = 5) -> list[dict[str, Any]]:
+    """Pairwise precision and recall of each near-duplicate method on planted pages."""
+    import hashlib
+    import itertools
+
+    from services.dedup.neardup import NearConfig, PageIndex
+    from tests.services.dedup.pages import corpus, true_pairs
+
+    rows = []
+    for rate in (0.01, 0.03, 0.05, 0.10):
+        pages = corpus(seed=seed, edit_rate=rate)
+        truth = true_pairs(pages)
+        for method in ("simhash", "minhash", "both"):
+            index = PageIndex(NearConfig(method=method))
+            t0 = time.perf_counter()
+            for p in pages:
+                body = hashlib.sha256(p.text.encode()).hexdigest()
+                index.add_event(
+                    {
+                        "url": p.url,
+                        "final_url": p.url,
+                        "status": 200,
+                        "content_sha256": body,
+                        "fetched_at": 0.0,
+                        "crawl_id": "bench",
+                        "text": p.text,
+                    }
+                )
+            per_page = (time.perf_counter() - t0) / len(pages)
+            predicted = {frozenset(pr) for c in index.clusters() for pr in itertools.combinations(c, 2)}
+            tp = len(predicted & truth)
+            rows.append(
+                {
+                    "edit_rate": rate,
+                    "method": method,
+                    "pages": len(pages),
+                    "true_pairs": len(truth),
+                    "precision": round(tp / len(predicted), 4) if predicted else 1.0,
+                    "recall": round(tp / len(truth), 4),
+                    "ms_per_page": round(per_page * 1000, 3),
+                }
+            )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="2k files / 96 MiB (CI-sized)")
@@ -275,8 +320,10 @@ def _bench(args: argparse.Namespace, root: Path, manifest: dict[str, Any], work:
     cold_rows = _rows(cold, cold["engine"].median()) if args.cold_runs else []
     rescan_speedup = round(ref / warm.median(), 1)
     cold_speedup = round(cold["engine"].median() / cold_rescan.median(), 1) if args.cold_runs else None
+    near = neardup_figures()
     result = {
         "benchmark": "dedup",
+        "neardup": near,
         "command": " ".join([".venv/bin/python", "benchmarks/bench_dedup.py", *(sys.argv[1:])]),
         "tree": manifest,
         "engine_workers": args.workers,
@@ -348,6 +395,14 @@ def _print_table(result: dict[str, Any]) -> None:
                 f" {r['stdev_s']:.3f} | {r['time_vs_engine']:.2f} | {r['rchar_mib']:,.1f} | {content} |"
                 f" {r['groups']} | {'yes' if r['groups_equal_engine'] else 'NO'} |"
             )
+    print("\nnear-duplicate pages (planted families, pairwise):\n")
+    print("| edit rate | method | pages | true pairs | precision | recall | ms/page |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for r in result["neardup"]:
+        print(
+            f"| {r['edit_rate']:.0%} | {r['method']} | {r['pages']} | {r['true_pairs']} |"
+            f" {r['precision']:.3f} | {r['recall']:.3f} | {r['ms_per_page']:.2f} |"
+        )
     speedup = result["warm_rescan_speedup"]
     print(f"\nwarm re-scan through the hash cache vs first scan, warm page cache: {speedup}x")
     if result["cold_first_scan_vs_warm_rescan"] is not None:
