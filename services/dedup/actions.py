@@ -210,6 +210,8 @@ def execute(step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None) ->
         "keep": _b64(step.keep),
         "tmp": _b64(tmp),
         "meta": _meta(st),
+        # Every name of the duplicate inode, so undo can make them share one inode again.
+        "names": [_b64(n) for n in [step.entry.path, *step.entry.links]],
         "ts": time.time(),
     }
     if step.op == "quarantine":
@@ -320,7 +322,7 @@ def _restore_copy(path: bytes, source: bytes, meta: dict[str, int], tmp: bytes) 
     _fsync_dir(path)
 
 
-def undo_step(rec: dict[str, Any]) -> str | None:
+def undo_step(rec: dict[str, Any], restored: dict[tuple[int, int], bytes] | None = None) -> str | None:
     """Put one name back as it was; return what was done, or None when nothing was needed."""
     path, keep, tmp, meta = _unb64(rec["path"]), _unb64(rec["keep"]), _unb64(rec["tmp"]), rec["meta"]
     op = rec["op"]
@@ -365,19 +367,41 @@ def undo_step(rec: dict[str, Any]) -> str | None:
         return f"restored metadata of {os.fsdecode(path)}"
     # hardlink (name now shares the kept inode) or delete (name gone): give it back its own
     # copy of the content, which was proven identical to the kept file before acting.
+    original = (meta["dev"], meta["ino"])
+    if restored is not None and original not in restored:
+        for other in map(_unb64, rec.get("names", [])):
+            try:
+                ost = os.lstat(other)
+            except FileNotFoundError:
+                continue
+            if other != path and (ost.st_dev, ost.st_ino) == original:
+                restored[original] = other  # a name the action never reached still holds it
+                break
+    if restored is not None and original in restored and os.path.exists(restored[original]):
+        # Another name of the same original inode is back already: link to it, so the names
+        # share one inode again, as they did before the action.
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.link(restored[original], tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path)
+        return f"restored {os.fsdecode(path)} (linked to {os.fsdecode(restored[original])})"
     source = keep if os.path.exists(keep) else path
     if not os.path.exists(source):
         raise FileNotFoundError(f"cannot restore {os.fsdecode(path)}: kept file {os.fsdecode(keep)} is gone")
     _restore_copy(path, source, meta, tmp)
+    if restored is not None:
+        restored[original] = path
     return f"restored {os.fsdecode(path)}"
 
 
 def undo(log_path: str, out: TextIO) -> int:
     intents, _done = _read_log(log_path)
     failures = 0
+    restored: dict[tuple[int, int], bytes] = {}  # original (dev, inode) -> name restored first
     for rec in reversed(intents):
         try:
-            msg = undo_step(rec)
+            msg = undo_step(rec, restored)
         except OSError as exc:
             failures += 1
             out.write(f"failed: {exc}\n")

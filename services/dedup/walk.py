@@ -132,6 +132,7 @@ def iter_files(
     seen_files: dict[tuple[int, int], FileEntry] = {}
     seen_dirs: set[tuple[int, int]] = set()
     stack: list[tuple[bytes, int]] = []  # (directory path, device of its root for --one-filesystem)
+    has_exclude = bool(flt.exclude)
 
     for root in roots:
         root_b = os.fsencode(root)
@@ -148,7 +149,9 @@ def iter_files(
                 stack.append((root_b, st.st_dev))
         elif stat.S_ISREG(st.st_mode):
             stats.files_seen += 1
-            yield from _consider_file(root_b, os.path.basename(root_b), st, flt, seen_files, stats)
+            entry = _consider_file(root_b, os.path.basename(root_b), st, flt, seen_files, stats)
+            if entry is not None:
+                yield entry
         else:
             stats.special_skipped += 1
 
@@ -168,7 +171,7 @@ def iter_files(
             for de in entries:
                 path = de.path
                 name = de.name
-                if flt.excluded(path, name):
+                if has_exclude and flt.excluded(path, name):
                     stats.filtered += 1
                     continue
                 try:
@@ -196,7 +199,9 @@ def iter_files(
                         stats.filtered += 1
                         continue
                     stats.files_seen += 1
-                    yield from _consider_file(path, name, st, flt, seen_files, stats)
+                    entry = _consider_file(path, name, st, flt, seen_files, stats)
+                    if entry is not None:
+                        yield entry
                 else:
                     stats.special_skipped += 1  # FIFOs, sockets, devices: never read
             # Reversed so that popping visits subdirectories in name order (depth first).
@@ -210,17 +215,17 @@ def _consider_file(
     flt: _Filter,
     seen_files: dict[tuple[int, int], FileEntry],
     stats: WalkStats,
-) -> Iterator[FileEntry]:
+) -> FileEntry | None:
     key = (st.st_dev, st.st_ino)
     known = seen_files.get(key)
     if known is not None:
         if path != known.path and path not in known.links:
             known.links.append(path)
             stats.hard_links += 1
-        return
+        return None
     if not flt.wanted_file(name, st.st_size):
         stats.filtered += 1
-        return
+        return None
     entry = FileEntry(
         path=path,
         dev=st.st_dev,
@@ -232,4 +237,4 @@ def _consider_file(
     )
     seen_files[key] = entry
     stats.files_kept += 1
-    yield entry
+    return entry

@@ -224,3 +224,39 @@ def test_sigkill_at_a_random_moment_then_undo(tmp_path: Path) -> None:
     assert _contents(root) == {k: v[0] for k, v in before.items()}  # hardlinks never change bytes
     assert run_cli("undo", str(log)).returncode == 0
     assert _state(root) == before
+
+
+def test_every_name_of_a_duplicate_inode_is_acted_on_and_restored(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    _make_dups(root, 2)
+    os.link(root / "g0000-1.dat", root / "g0000-1-alias.dat")  # the duplicate has two names
+    before = _state(root)
+    failures, text = _run(root, "hardlink", tmp_path / "undo.jsonl")
+    assert failures == 0, text
+    kept = os.stat(root / "g0000-0.dat").st_ino
+    assert os.stat(root / "g0000-1.dat").st_ino == kept == os.stat(root / "g0000-1-alias.dat").st_ino
+    undo(str(tmp_path / "undo.jsonl"), io.StringIO())
+    assert _state(root) == before  # nlink included: the two names share one inode again
+    assert os.stat(root / "g0000-1.dat").st_ino == os.stat(root / "g0000-1-alias.dat").st_ino
+
+
+def test_killed_between_two_names_of_one_inode_undo_relinks_them(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    _make_dups(root, 1)
+    os.link(root / "g0000-1.dat", root / "g0000-1-alias.dat")
+    before = _state(root)
+    log = tmp_path / "undo.jsonl"
+    proc = run_cli(
+        "scan",
+        "--no-cache",
+        "--action",
+        "hardlink",
+        "--apply",
+        "--undo-log",
+        str(log),
+        str(root),
+        env={**os.environ, CRASH_ENV: "intent:2"},  # first name replaced, second only announced
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert run_cli("undo", str(log)).returncode == 0
+    assert _state(root) == before

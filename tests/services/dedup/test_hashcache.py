@@ -82,3 +82,11 @@ def test_a_corrupt_cache_is_reported_and_the_scan_still_runs(tree: Path, tmp_pat
     report = json.loads(proc.stdout)
     assert report["totals"]["groups"] > 0
     assert b"Traceback" not in proc.stderr
+
+
+def test_a_cache_in_use_by_another_scan_is_skipped_with_a_warning(tree: Path, tmp_path: Path) -> None:
+    with HashCache(tmp_path / "c"):  # another scan holds the directory lock
+        proc = run_cli("scan", "--format", "json", "--cache", str(tmp_path / "c"), str(tree))
+    assert proc.returncode == 0
+    assert proc.stderr.decode().startswith("warning: hash cache unavailable")
+    assert json.loads(proc.stdout)["totals"]["groups"] > 0
