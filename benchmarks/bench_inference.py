@@ -10,11 +10,13 @@ layers), same device, same torch threads:
   (b) batch-1: `python -m services.inference --max-seqs 1`, driven by the same load;
   (c) scheduler: `python -m services.inference` with continuous batching, --max-seqs set to the
       best batch size found in (a) (the device's sweet spot; override with --max-seqs).
-Load: open-loop Poisson arrivals (a seeded schedule, identical for (b) and (c)), two tenants
-and two classes: alice sends interactive requests (streamed over SSE: TTFT measured at the
-client), bob floods batch requests (non-streaming; TTFT from the server's timing). Prompts of
-16-192 bytes, outputs of 16-32 (interactive) or 16-128 (batch) tokens, ignore_eos so output
-lengths are exact. Offered load sweeps --loads x the limit's request rate.
+Load: open-loop Poisson arrivals (seeded schedules, identical for (b) and (c)), two tenants and
+two classes: alice sends interactive requests at a steady rate (--interactive-share of the
+limit; streamed over SSE, TTFT measured at the client), bob's batch requests (non-streaming;
+TTFT from the server's timing) fill the rest of each level, so the sweep is bob flooding
+while alice stays put. Prompts of 16-192 bytes, outputs of 16-32 (interactive) or 16-128
+(batch) tokens, ignore_eos so output lengths are exact. Offered load (output tokens/s) sweeps
+--loads x the limit.
 
 Tokens/s is the server's own counter (inference_generated_tokens_total) over the send window,
 so requests still queued at the end do not inflate it. Rejections (429/503) are counted per
@@ -69,6 +71,7 @@ class Result:
 class LevelReport:
     name: str
     offered_rps: float
+    offered_tokens_per_s: float
     duration_s: float
     tokens_per_s: float
     sent: int
@@ -76,27 +79,49 @@ class LevelReport:
     rejected: int
     reject_rate: float
     by_class: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+    server_cores: float = 0.0  # server process CPU seconds / wall seconds during the level
+    engine_cores: float = 0.0  # the busiest server thread (the engine), same ratio
 
 
-def workload(rate: float, duration: float, seed: int) -> list[Req]:
-    """Poisson arrivals at `rate`/s for `duration` s; 35% interactive (alice), 65% batch (bob)."""
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread of `pid` (Linux /proc), to show how much CPU the server got."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[task.name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+INTERACTIVE_OUT = (16, 32)
+BATCH_OUT = (16, 32, 64, 128)
+
+
+def workload(rate_interactive: float, rate_batch: float, duration: float, seed: int) -> list[Req]:
+    """Two independent Poisson streams over `duration` s, merged: alice's interactive requests
+    at a steady rate, bob's batch requests at the rate being swept (the flood)."""
     rng = random.Random(seed)
-    out, t = [], 0.0
-    while True:
-        t += rng.expovariate(rate)
-        if t >= duration:
-            return out
-        interactive = rng.random() < 0.35
-        n = rng.randint(16, 192)
-        prompt = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(n))
-        if interactive:
-            out.append(Req(t, "alice", "interactive", prompt, rng.choice([16, 32])))
-        else:
-            out.append(Req(t, "bob", "batch", prompt, rng.choice([16, 32, 64, 128])))
+    out = []
+    for tenant, klass, rate, outs in (
+        ("alice", "interactive", rate_interactive, INTERACTIVE_OUT),
+        ("bob", "batch", rate_batch, BATCH_OUT),
+    ):
+        t = 0.0
+        while rate > 0:
+            t += rng.expovariate(rate)
+            if t >= duration:
+                break
+            n = rng.randint(16, 192)
+            prompt = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(n))
+            out.append(Req(t, tenant, klass, prompt, rng.choice(outs)))
+    return sorted(out, key=lambda r: r.at)
 
 
 def mean_shape(seed: int) -> tuple[int, int]:
-    reqs = workload(200.0, 10.0, seed)
+    reqs = workload(50.0, 150.0, 10.0, seed)  # the limit's shape: a 1:3 interactive:batch mix
     return (
         round(statistics.mean(len(r.prompt) + 1 for r in reqs)),
         round(statistics.mean(r.max_tokens for r in reqs)),
@@ -138,6 +163,39 @@ def raw_limit(batch: int, prompt_len: int, out_len: int, threads: int) -> float:
             break
         chunks = [(s, 1) for s in seqs]
     return batch * out_len / (time.perf_counter() - began)
+
+
+def engine_offline(max_seqs: int, reqs: list[Req], threads: int) -> float:
+    """The engine (scheduler + runner) in-process, every request submitted at once, no HTTP:
+    separates the cost of scheduling mixed lengths from the cost of the server around it."""
+    import torch
+
+    from services.inference.engine import Engine
+    from services.inference.model.kv_cache import KVCache
+    from services.inference.model.tokenizer import ByteTokenizer
+    from services.inference.model.transformer import ModelConfig
+    from services.inference.model.weights import build_model
+    from services.inference.scheduler import SchedulerConfig
+    from services.inference.sequence import Sequence
+
+    torch.set_num_threads(threads)
+    cfg = ModelConfig()
+    cache = KVCache(n_layers=cfg.n_layers, n_heads=cfg.n_heads, head_dim=cfg.head_dim, num_tokens=32768)
+    engine = Engine(build_model(cfg, seed=0), cache, SchedulerConfig(max_seqs=max_seqs, max_step_tokens=512))
+    engine.start()
+    tok = ByteTokenizer()
+    seqs = [
+        Sequence(
+            str(i), r.tenant, tok.encode(r.prompt), max_tokens=r.max_tokens, klass=r.klass, stop_at_eos=False
+        )
+        for i, r in enumerate(reqs)
+    ]
+    try:
+        began = time.perf_counter()
+        engine.run_to_completion(seqs, timeout=600)
+        return sum(len(s.output) for s in seqs) / (time.perf_counter() - began)
+    finally:
+        engine.stop()
 
 
 # -- the server under load ---------------------------------------------------------------------
@@ -267,17 +325,24 @@ async def drive(
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
-        before = await generated_tokens(client, url)
         start = time.perf_counter()
+        # Throughput is read between the end of a ramp-up (the first 30% of the window, while
+        # the batch fills) and the end of sending: the steady state, not the fill or the drain.
+        ramp = 0.3 * duration
+
+        async def counter_at(t: float) -> tuple[float, float]:
+            await asyncio.sleep(max(0.0, start + t - time.perf_counter()))
+            return await generated_tokens(client, url), time.perf_counter()
+
+        first = asyncio.create_task(counter_at(ramp))
         tasks = []
         for req in reqs:
             delay = start + req.at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(client, url, req)))
-        await asyncio.sleep(max(0.0, start + duration - time.perf_counter()))
-        window = time.perf_counter() - start
-        after = await generated_tokens(client, url)
+        (before, t_before), (after, t_after) = await asyncio.gather(first, counter_at(duration))
+        window = t_after - t_before
         done, pending = await asyncio.wait(tasks, timeout=drain_s)
         for t in pending:
             t.cancel()
@@ -286,6 +351,7 @@ async def drive(
     rep = LevelReport(
         name,
         rate,
+        sum(r.max_tokens for r in reqs) / duration,
         round(window, 2),
         (after - before) / window,
         len(reqs),
@@ -320,15 +386,21 @@ def run_levels(name: str, max_seqs: int, rates: list[float], args, port: int) ->
     url = f"http://127.0.0.1:{port}"
     try:
         # Warm-up: a few requests of each class, not measured.
-        asyncio.run(drive(url, workload(5.0, 1.0, seed=999), 1.0, "warmup", 5.0, 30))
+        asyncio.run(drive(url, workload(3.0, 3.0, 1.0, seed=999), 1.0, "warmup", 6.0, 30))
         out = []
-        for i, rate in enumerate(rates):
-            reqs = workload(rate, args.duration, seed=args.seed + i)
+        for i, (rate_i, rate_b) in enumerate(rates):
+            rate = rate_i + rate_b
+            reqs = workload(rate_i, rate_b, args.duration, seed=args.seed + i)
+            cpu0, t0 = thread_cpu(proc.pid), time.perf_counter()
             rep = asyncio.run(drive(url, reqs, args.duration, name, rate, args.drain))
+            cpu1, wall = thread_cpu(proc.pid), time.perf_counter() - t0
+            deltas = [cpu1[t] - cpu0.get(t, 0.0) for t in cpu1]
+            rep.server_cores, rep.engine_cores = sum(deltas) / wall, max(deltas) / wall
             print(
                 f"  {name:9s} offered {rate:6.1f} req/s: {rep.tokens_per_s:7.0f} tok/s, "
                 f"rejected {rep.reject_rate:5.1%}, interactive p95 TTFT "
-                f"{_fmt(rep.by_class['interactive']['ttft_p95'])}",
+                f"{_fmt(rep.by_class['interactive']['ttft_p95'])}; server used {rep.server_cores:.2f} cores "
+                f"(engine thread {rep.engine_cores:.2f})",
                 flush=True,
             )
             out.append(rep)
@@ -348,13 +420,13 @@ def plot(levels: list[LevelReport], batch1: list[LevelReport], limit: float, pat
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    x = [r.offered_rps for r in levels]
+    x = [r.offered_tokens_per_s for r in levels]
     axes[0].plot(x, [r.tokens_per_s for r in levels], "o-", label="scheduler (c)")
     axes[0].plot(
-        [r.offered_rps for r in batch1], [r.tokens_per_s for r in batch1], "s--", label="batch-1 (b)"
+        [r.offered_tokens_per_s for r in batch1], [r.tokens_per_s for r in batch1], "s--", label="batch-1 (b)"
     )
     axes[0].axhline(limit, color="gray", ls=":", label="raw limit (a)")
-    axes[0].set(xlabel="offered load (req/s)", ylabel="generated tokens/s", title="Throughput")
+    axes[0].set(xlabel="offered load (output tokens/s)", ylabel="generated tokens/s", title="Throughput")
     for klass, style in (("interactive", "o-"), ("batch", "s-")):
         for q, alpha in (("p50", 0.5), ("p95", 1.0)):
             axes[1].plot(
@@ -365,12 +437,17 @@ def plot(levels: list[LevelReport], batch1: list[LevelReport], limit: float, pat
                 label=f"{klass} {q}",
             )
     axes[1].axhline(INTERACTIVE_SLO_TTFT_S * 1000, color="red", ls=":", label="interactive SLO")
-    axes[1].set(xlabel="offered load (req/s)", ylabel="TTFT (ms)", title="Time to first token", yscale="log")
+    axes[1].set(
+        xlabel="offered load (output tokens/s)", ylabel="TTFT (ms)", title="Time to first token", yscale="log"
+    )
     axes[2].plot(x, [r.reject_rate * 100 for r in levels], "o-", label="scheduler")
     axes[2].plot(
-        [r.offered_rps for r in batch1], [r.reject_rate * 100 for r in batch1], "s--", label="batch-1"
+        [r.offered_tokens_per_s for r in batch1],
+        [r.reject_rate * 100 for r in batch1],
+        "s--",
+        label="batch-1",
     )
-    axes[2].set(xlabel="offered load (req/s)", ylabel="rejected (%)", title="Rejections (429/503)")
+    axes[2].set(xlabel="offered load (output tokens/s)", ylabel="rejected (%)", title="Rejections (429/503)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -383,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--duration", type=float, default=10.0, help="seconds of offered load per level")
-    p.add_argument("--loads", default="0.25,0.5,0.75,1.0,1.5", help="offered load as fractions of the limit")
+    p.add_argument(
+        "--loads", default="0.25,0.5,0.75,1.0,1.5", help="offered tokens/s as fractions of the limit"
+    )
     p.add_argument("--repeats", type=int, default=3, help="runs of the raw limit per batch size")
     p.add_argument("--limit-batches", default="8,16,32,64", help="batch sizes tried for the raw limit")
     p.add_argument("--threads", type=int, default=1, help="torch threads for every measurement")
@@ -391,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
         "--drain", type=float, default=20.0, help="seconds to wait for in-flight requests per level"
     )
     p.add_argument("--max-seqs", type=int, default=0, help="scheduler batch cap (0 = the limit's best batch)")
+    p.add_argument("--offline-requests", type=int, default=200, help="requests in the (c0) in-process run")
+    p.add_argument(
+        "--interactive-share", type=float, default=0.15, help="alice's steady load, fraction of limit"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--port", type=int, default=18400)
     p.add_argument("--out", type=Path, default=ROOT / "reports")
@@ -404,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             "32",
             10.0,
         )
+        args.offline_requests = 60
     loads = [float(x) for x in args.loads.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -424,13 +508,24 @@ def main(argv: list[str] | None = None) -> int:
     best_batch = max(limit_runs, key=lambda b: statistics.median(limit_runs[b]))
     limit = statistics.median(limit_runs[best_batch])
     capacity_rps = limit / out_len
-    rates = [round(f * capacity_rps, 2) for f in loads]
+    # Alice steady at --interactive-share of the limit (tokens/s); bob fills the rest of each
+    # level's offered load: the sweep is bob flooding while alice stays put.
+    mean_i, mean_b = statistics.mean(INTERACTIVE_OUT), statistics.mean(BATCH_OUT)
+    rate_i = args.interactive_share * limit / mean_i
+    rates = [(rate_i, max(0.0, f - args.interactive_share) * limit / mean_b) for f in loads]
     print(
         f"limit {limit:.0f} tok/s at batch {best_batch} = {capacity_rps:.1f} req/s of the mean shape",
         flush=True,
     )
 
     max_seqs = args.max_seqs or best_batch
+    offline_reqs = workload(25.0, 75.0, args.offline_requests / 80, args.seed)[: args.offline_requests]
+    offline = [engine_offline(max_seqs, offline_reqs, args.threads) for _ in range(args.repeats)]
+    print(
+        f"(c0) engine in-process, no HTTP, {len(offline_reqs)} requests of the mix at once: "
+        f"{statistics.median(offline):.0f} tok/s (min {min(offline):.0f}, max {max(offline):.0f})",
+        flush=True,
+    )
     print(f"(c) this scheduler (continuous batching, max_seqs {max_seqs}):", flush=True)
     levels = run_levels("scheduler", max_seqs, rates, args, args.port)
     print("(b) batch-size-1 serving (max_seqs 1):", flush=True)
@@ -440,21 +535,29 @@ def main(argv: list[str] | None = None) -> int:
     b1 = max(batch1, key=lambda r: r.tokens_per_s)
     print()
     print(
-        "| system | offered req/s | tokens/s | vs limit | vs batch-1 | reject | inter. TTFT p50/p95/p99 (ms) "
-        "| inter. latency p95 | batch TTFT p95 | batch latency p95 |"
+        "| system | offered tok/s (x limit) | req/s | tokens/s | vs limit | vs batch-1 | reject "
+        "| inter. TTFT p50/p95/p99 (ms) | inter. latency p95 | batch TTFT p95 | batch latency p95 "
+        "| server cores (engine) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     print(
-        f"| (a) raw limit, batch {best_batch} | - | {limit:.0f} | 1.00 | "
-        f"{limit / b1.tokens_per_s:.1f}x | - | - | - | - | - |"
+        f"| (a) raw limit, batch {best_batch} | - | - | {limit:.0f} | 1.00 | "
+        f"{limit / b1.tokens_per_s:.1f}x | - | - | - | - | - | - |"
+    )
+    print(
+        f"| (c0) engine, no HTTP | - | - | {statistics.median(offline):.0f} | "
+        f"{statistics.median(offline) / limit:.2f} | {statistics.median(offline) / b1.tokens_per_s:.1f}x "
+        "| - | - | - | - | - | - |"
     )
     for r in [*levels, *batch1]:
         ic, bc = r.by_class["interactive"], r.by_class["batch"]
         ttft = "/".join(_fmt(ic[k]).replace(" ms", "") for k in ("ttft_p50", "ttft_p95", "ttft_p99"))
         print(
-            f"| {r.name} | {r.offered_rps:.1f} | {r.tokens_per_s:.0f} | {r.tokens_per_s / limit:.2f} | "
+            f"| {r.name} | {r.offered_tokens_per_s:.0f} ({r.offered_tokens_per_s / limit:.2f}) | "
+            f"{r.offered_rps:.1f} | {r.tokens_per_s:.0f} | {r.tokens_per_s / limit:.2f} | "
             f"{r.tokens_per_s / b1.tokens_per_s:.1f}x | {r.reject_rate:.1%} | {ttft} | "
-            f"{_fmt(ic['latency_p95'])} | {_fmt(bc['ttft_p95'])} | {_fmt(bc['latency_p95'])} |"
+            f"{_fmt(ic['latency_p95'])} | {_fmt(bc['ttft_p95'])} | {_fmt(bc['latency_p95'])} | "
+            f"{r.server_cores:.2f} ({r.engine_cores:.2f}) |"
         )
     ratio_limit = sat.tokens_per_s / limit
     ratio_b1 = sat.tokens_per_s / b1.tokens_per_s
@@ -478,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_per_s": limit,
             "runs": {str(b): v for b, v in limit_runs.items()},
         },
+        "engine_offline": {"max_seqs": max_seqs, "requests": len(offline_reqs), "runs": offline},
         "scheduler": [asdict(r) for r in levels],
         "batch1": [asdict(r) for r in batch1],
         "summary": {

@@ -137,7 +137,7 @@ def add_routes(app: FastAPI, gateway: Gateway, jobs: JobStore) -> None:
     )
     async def completions(body: CompletionRequest, request: Request, t: Tenant):
         holder: list[Sequence] = []
-        stream = await gateway.generate(t, body.params(), on_seq=holder.append)
+        stream = await gateway.generate(t, body.params(), on_seq=holder.append, stream_tokens=body.stream)
         model = body.model or gateway.model_name
         if body.stream:
             return StreamingResponse(

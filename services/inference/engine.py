@@ -310,7 +310,8 @@ class Engine:
                 seq.first_token_at = now
                 seq.first_token_step = self.step_no
                 m.TTFT.labels(seq.tenant, seq.klass).observe(now - seq.arrival)
-            seq.emit(SeqEvent("token", token=tok))
+            if seq.emit_tokens:
+                seq.emit(SeqEvent("token", token=tok))
         for seq in done:
             self._finished(seq)
         dt = now - t0

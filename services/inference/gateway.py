@@ -147,10 +147,19 @@ class Gateway:
         return seq, ticket
 
     async def generate(
-        self, tenant: TenantConfig, p: CompletionParams, on_seq: Callable[[Sequence], None] | None = None
+        self,
+        tenant: TenantConfig,
+        p: CompletionParams,
+        on_seq: Callable[[Sequence], None] | None = None,
+        *,
+        stream_tokens: bool = True,
     ) -> AsyncIterator[Piece | Finish]:
-        """Admit (raising before anything is yielded), then yield Pieces and one Finish."""
+        """Admit (raising before anything is yielded), then yield Pieces and one Finish.
+
+        With stream_tokens=False the text arrives as one Piece just before the Finish.
+        """
         seq, ticket = self.prepare(tenant, p)
+        seq.emit_tokens = stream_tokens
         if on_seq is not None:
             on_seq(seq)
         return self.stream(seq, ticket)
@@ -166,8 +175,9 @@ class Gateway:
                 reason = ev.finish_reason or "error"
                 if not seq.output:
                     self._raise_for(reason)
-                tail = decoder.flush()
-                if tail:
+                if not seq.emit_tokens:
+                    yield Piece(self.tokenizer.decode(seq.output), -1)
+                elif tail := decoder.flush():
                     yield Piece(tail, -1)
                 yield Finish(
                     reason=reason,
@@ -202,15 +212,14 @@ class Gateway:
         self, tenant: TenantConfig, p: CompletionParams, on_seq: Callable[[Sequence], None] | None = None
     ) -> Completion:
         seq_holder: list[Sequence] = []
-        stream = await self.generate(tenant, p, on_seq=lambda s: (seq_holder.append(s), on_seq and on_seq(s)))
+        stream = await self.generate(
+            tenant, p, on_seq=lambda s: (seq_holder.append(s), on_seq and on_seq(s)), stream_tokens=False
+        )
         text: list[str] = []
-        ids: list[int] = []
         finish: Finish | None = None
         async for item in stream:
             if isinstance(item, Piece):
                 text.append(item.text)
-                if item.token_id >= 0:
-                    ids.append(item.token_id)
             else:
                 finish = item
         assert finish is not None

@@ -94,6 +94,7 @@ class JobStore:
                     return job, False
         # Admission happens now, synchronously: a rejected job is a 429/503, not a failed job.
         seq, ticket = self.gateway.prepare(tenant, params)
+        seq.emit_tokens = False  # a job is read when done; no per-token traffic
         job = Job(
             id=f"job-{uuid.uuid4().hex[:24]}", tenant=tenant.name, request=body, idempotency_key=key, seq=seq
         )

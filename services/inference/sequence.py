@@ -51,6 +51,9 @@ class Sequence:
     status: SeqStatus = SeqStatus.WAITING
     finish_reason: str | None = None
     cancelled: bool = False  # set from any thread; the engine acts on it at its next step
+    # Per-token events only for consumers that stream; the others get the finish event alone,
+    # which spares the event loop one wake-up and one queue hop per generated token.
+    emit_tokens: bool = True
     preemptions: int = 0
 
     arrival: float = field(default_factory=time.monotonic)
