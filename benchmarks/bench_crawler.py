@@ -1,20 +1,25 @@
 """Crawler vs Scrapy on the same websim, judged from websim's own request log.
 
-    .venv/bin/python benchmarks/bench_crawler.py [--hosts 100] [--delay 0.1] [--depth 8] [--repeats 3]
+    .venv/bin/python benchmarks/bench_crawler.py [--scenario mixed|binding|all] [--repeats 3] [--depth 8]
+
+Scenarios: "mixed" (websim's default web of 100 hosts: robots variety, Crawl-delays, redirects,
+traps, transient 429/503, slow pages; delay 0.1 s) and "binding" (50 hosts of 30 plain pages each,
+delay 0.2 s: the configured delay is the only limit, so requests/s should approach hosts/delay).
 
 websim runs in its own process; each crawler runs in its own process (peak RSS from wait4) against
-it, one after the other, after a warm-up round; websim's log and transient-page counters are reset
-before every run. Scrapy: ROBOTSTXT_OBEY=True, DOWNLOAD_DELAY=--delay, RANDOMIZE_DOWNLOAD_DELAY=False,
-CONCURRENT_REQUESTS_PER_DOMAIN=1, DEPTH_LIMIT=--depth, same User-Agent; it reaches websim by using
-it as its HTTP proxy (the Scrapy analogue of our --resolve map). Ours: --min-delay --delay,
---max-depth --depth, one request in flight per host.
+it, one after the other, after one warm-up round; websim's log and transient-page counters are reset
+before every run. Scrapy: ROBOTSTXT_OBEY=True, DOWNLOAD_DELAY=delay, RANDOMIZE_DOWNLOAD_DELAY=False,
+CONCURRENT_REQUESTS_PER_DOMAIN=1, DEPTH_LIMIT=depth, same User-Agent; it reaches websim by using
+it as its HTTP proxy (the Scrapy analogue of our --resolve map). Ours: --min-delay delay,
+--max-depth depth, one request in flight per host.
 
 Reported per crawler (median and min-max over repeats): wall seconds, unique pages (websim page ids
-answered 200), pages/s, requests, politeness violations (per-host gaps below max(delay, robots
-Crawl-delay) - 5 ms), robots violations (requests websim's own matcher disallows), duplicate fetches
-(same canonical URL answered non-retryably more than once), peak RSS, and pages/s as a fraction of
-the politeness bound hosts/delay; also "critical path": the slowest host's n_requests * delay over
-wall time (1.0 = as fast as politeness allows). JSON goes to reports/bench_crawler.json.
+answered 200), pages/s, requests, requests/s, politeness violations (per-host gaps below
+max(delay, robots Crawl-delay) - 5 ms), robots violations (requests websim's own RFC 9309 matcher
+disallows), duplicate fetches (same canonical URL answered non-retryably more than once), peak RSS,
+requests/s as a fraction of the politeness bound hosts/delay, and "critical path": the busiest
+host's (requests - 1) * required delay over wall time (1.0 = as fast as politeness allows).
+JSON goes to reports/bench_crawler.json.
 """
 
 from __future__ import annotations
@@ -45,11 +50,11 @@ UA = "ProvingGroundBot/0.1 (+http://127.0.0.1/bot)"
 RETRYABLE = {0, 429, 500, 502, 503, 504}
 
 WEBSIM = """
-import asyncio, sys
+import asyncio, json, sys
 from services.crawler.websim import SimConfig, WebSim
-sim = WebSim(SimConfig(hosts=int(sys.argv[1]), seed=int(sys.argv[2])))
+sim = WebSim(SimConfig(**json.loads(sys.argv[1])))
 async def main():
-    async with sim.serve("127.0.0.1", int(sys.argv[3])):
+    async with sim.serve("127.0.0.1", int(sys.argv[2])):
         await asyncio.Event().wait()
 asyncio.run(main())
 """
@@ -146,25 +151,53 @@ def judge(sim: WebSim, entries: list[dict[str, Any]], delay: float) -> dict[str,
     }
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hosts", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--delay", type=float, default=0.1)
-    ap.add_argument("--depth", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default="reports/bench_crawler.json")
-    args = ap.parse_args()
+SCENARIOS: dict[str, dict[str, Any]] = {
+    # websim's default mix: robots variety, Crawl-delays, redirects, traps, transient 429/503, slow pages
+    "mixed": {"knobs": {}, "hosts": 100, "delay": 0.1},
+    # politeness binds: every host has 30 pages, no Crawl-delay/transients/slow pages, so the
+    # configured delay is the only limit and requests/s should approach hosts/delay
+    "binding": {
+        "knobs": {
+            "min_pages": 30,
+            "max_pages": 30,
+            "transient_rate": 0.0,
+            "slow_page_rate": 0.0,
+            "crawl_delay_rate": 0.0,
+            "huge_page_rate": 0.0,
+            "trap_rate": 0.0,
+            "robots_mix": {},
+        },
+        "hosts": 50,
+        "delay": 0.2,
+    },
+}
+KEYS = [
+    "wall_s",
+    "pages",
+    "pages_per_s",
+    "requests",
+    "requests_per_s",
+    "politeness_violations",
+    "robots_violations",
+    "duplicate_fetches",
+    "peak_rss_mib",
+    "bound_fraction",
+    "critical_path_fraction",
+    "coverage_of_truth",
+]
 
-    sim = WebSim(SimConfig(hosts=args.hosts, seed=args.seed))
-    seeds = sim.seeds(args.hosts)
+
+def run_scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, warmup: bool) -> dict[str, Any]:
+    hosts, delay = spec["hosts"], spec["delay"]
+    config = SimConfig(hosts=hosts, seed=args.seed, **spec["knobs"])
+    sim = WebSim(config)
+    seeds = sim.seeds(hosts)
     truth = sim.ground_truth(seeds, max_depth=args.depth)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    knobs = json.dumps({"hosts": hosts, "seed": args.seed, **spec["knobs"]})
     server = subprocess.Popen(
-        [sys.executable, "-c", WEBSIM, str(args.hosts), str(args.seed), str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
+        [sys.executable, "-c", WEBSIM, knobs, str(port)], env=env, stdout=subprocess.DEVNULL
     )
     results: dict[str, list[dict[str, Any]]] = {"crawler": [], "scrapy": []}
     try:
@@ -187,7 +220,7 @@ def main() -> int:
                     "--max-depth",
                     str(args.depth),
                     "--min-delay",
-                    str(args.delay),
+                    str(delay),
                     "--no-progress",
                     "--retry-base",
                     "0.2",
@@ -195,65 +228,61 @@ def main() -> int:
                     "2",
                 ]
 
+            # Scrapy inspects callback source (inspect.getsource), so the spider must live in a file.
+            spider = Path(tmp) / "scrapy_sim.py"
+            spider.write_text(SCRAPY)
+
             def scrapy() -> list[str]:
                 return [
                     sys.executable,
-                    "-c",
-                    SCRAPY,
+                    str(spider),
                     str(port),
-                    str(args.delay),
+                    str(delay),
                     str(args.depth),
                     json.dumps(seeds),
                 ]
 
-            rounds = [("warmup", -1)] + [("measure", i) for i in range(args.repeats)]
+            rounds = ([("warmup", -1)] if warmup else []) + [("measure", i) for i in range(args.repeats)]
             for phase, i in rounds:
-                for name, cmd in (("crawler", ours(i + 1)), ("scrapy", scrapy())):
+                for who, cmd in (("crawler", ours(i + 1)), ("scrapy", scrapy())):
                     admin(port, "/reset", "POST")
                     wall, rss, rc = run_measured(cmd)
                     entries = [json.loads(line) for line in admin(port, "/log").splitlines() if line.strip()]
-                    row = {"wall_s": wall, "peak_rss_mib": rss, "exit": rc, **judge(sim, entries, args.delay)}
+                    row = {"wall_s": wall, "peak_rss_mib": rss, "exit": rc, **judge(sim, entries, delay)}
                     row["pages_per_s"] = row["pages"] / wall
-                    row["bound_fraction"] = row["pages_per_s"] / (args.hosts / args.delay)
+                    row["requests_per_s"] = row["requests"] / wall
+                    row["bound_fraction"] = row["requests_per_s"] / (hosts / delay)
                     row["critical_path_fraction"] = row["critical_path_s"] / wall
                     row["coverage_of_truth"] = row["pages"] / len(truth)
-                    print(f"{phase} {name}: {row['pages']} pages in {wall:.1f}s", file=sys.stderr)
+                    print(
+                        f"{name} {phase} {who}: {row['pages']} pages, {row['requests']} requests,"
+                        f" {wall:.1f}s",
+                        file=sys.stderr,
+                    )
                     if phase == "measure":
-                        results[name].append(row)
+                        results[who].append(row)
     finally:
         server.terminate()
         server.wait(10)
 
-    keys = [
-        "wall_s",
-        "pages",
-        "pages_per_s",
-        "requests",
-        "politeness_violations",
-        "robots_violations",
-        "duplicate_fetches",
-        "peak_rss_mib",
-        "bound_fraction",
-        "critical_path_fraction",
-        "coverage_of_truth",
-    ]
     summary: dict[str, dict[str, dict[str, float]]] = {}
-    for name, rows in results.items():
-        summary[name] = {
+    for who, rows in results.items():
+        summary[who] = {
             k: {
                 "median": statistics.median(r[k] for r in rows),
                 "min": min(r[k] for r in rows),
                 "max": max(r[k] for r in rows),
             }
-            for k in keys
+            for k in KEYS
         }
     print(
-        f"\nwebsim: {args.hosts} hosts, seed {args.seed}, truth {len(truth)} pages at depth <= {args.depth};"
-        f" delay {args.delay}s; bound = hosts/delay = {args.hosts / args.delay:.0f} pages/s; "
-        f"{args.repeats} repeats (median [min-max])"
+        f"\n[{name}] websim: {hosts} hosts, seed {args.seed}, truth {len(truth)} pages"
+        f" at depth <= {args.depth};"
+        f" delay {delay}s; politeness bound hosts/delay = {hosts / delay:.0f} requests/s;"
+        f" {args.repeats} repeats, median [min-max]"
     )
     print(f"{'metric':<24}{'crawler':>26}{'scrapy':>26}{'ratio':>9}")
-    for k in keys:
+    for k in KEYS:
         a, b = summary["crawler"][k], summary["scrapy"][k]
         ratio = a["median"] / b["median"] if b["median"] else float("nan")
 
@@ -261,13 +290,31 @@ def main() -> int:
             return f"{d['median']:.3g} [{d['min']:.3g}-{d['max']:.3g}]"
 
         print(f"{k:<24}{cell(a):>26}{cell(b):>26}{ratio:>9.2f}")
+    return {
+        "hosts": hosts,
+        "delay": delay,
+        "knobs": spec["knobs"],
+        "truth_pages": len(truth),
+        "runs": results,
+        "summary": summary,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--depth", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="reports/bench_crawler.json")
+    args = ap.parse_args()
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    report = {
+        name: run_scenario(name, SCENARIOS[name], args, warmup=(k == 0)) for k, name in enumerate(names)
+    }
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {"args": vars(args), "truth_pages": len(truth), "runs": results, "summary": summary}, indent=2
-        )
-    )
+    out.write_text(json.dumps({"args": vars(args), "scenarios": report}, indent=2))
     print(f"\nJSON: {out.relative_to(ROOT)}")
     return 0
 

@@ -54,6 +54,9 @@ class CrawlerSettings(ServiceSettings):
     allow_private: bool = Field(False, description="allow private/loopback targets outside the resolver map")
     pages_to: str = Field("", description="page event sink: redis://..., http(s)://..., or a .jsonl path")
     warc: bool = Field(True, description="write WARC files under data_dir/warc")
+    bloom_capacity: int | None = Field(
+        None, description="Bloom filter sized for this many URLs in front of each crawl's exact URL set"
+    )
 
 
 @dataclass
@@ -89,7 +92,7 @@ class CrawlManager:
         if self._sink is None and self.settings.pages_to:
             self._sink = open_sink(self.settings.pages_to)
         data = Path(self.settings.data_dir)
-        store = SQLiteStore(data / f"{crawl_id}.sqlite")
+        store = SQLiteStore(data / f"{crawl_id}.sqlite", bloom_capacity=self.settings.bloom_capacity)
         store.set_meta("config", config.model_dump_json())
         warc = WarcOutput(data / "warc", crawl_id) if self.settings.warc else None
         resolver = ResolverMap(self.rules, allow_private=self.settings.allow_private)

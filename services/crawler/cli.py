@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow private/loopback addresses outside the resolver map",
     )
     p.add_argument("--store", default=None, help="SQLite store (default data/crawler/<crawl-id>.sqlite)")
+    p.add_argument(
+        "--bloom-capacity",
+        type=int,
+        default=None,
+        help="put a Bloom filter sized for this many URLs in front of the exact URL set",
+    )
     p.add_argument("--crawl-id", default="cli", help="crawl id used in page events and file names")
     p.add_argument("--warc-dir", default=None, help="write WARC files here (default: none)")
     p.add_argument("--pages-to", default="", help="page event sink: redis://, http(s):// or a .jsonl path")
@@ -174,7 +180,7 @@ class _Progress:
 async def run_crawl(args: argparse.Namespace, config: CrawlConfig) -> dict[str, Any]:
     rules = [ResolveRule.parse(r) for r in args.resolve]
     store_path = Path(args.store or f"data/crawler/{args.crawl_id}.sqlite")
-    store = SQLiteStore(store_path)
+    store = SQLiteStore(store_path, bloom_capacity=args.bloom_capacity)
     store.set_meta("config", config.model_dump_json())
     warc = WarcOutput(args.warc_dir, args.crawl_id) if args.warc_dir else None
     sink = open_sink(args.pages_to)

@@ -11,6 +11,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+from services.crawler.bloom import BloomFilter
 from services.crawler.store import (
     LEASED_STATES,
     READY_STATES,
@@ -59,7 +60,9 @@ _LEASED = ",".join(str(int(s)) for s in LEASED_STATES)
 
 
 class SQLiteStore(FrontierStore):
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, bloom_capacity: int | None = None) -> None:
+        """`bloom_capacity`: put a Bloom filter (1% false positives at that many URLs) in front of
+        the exact URL index; it is rebuilt from the store on open, so a resumed crawl keeps it."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -67,6 +70,12 @@ class SQLiteStore(FrontierStore):
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self.bloom: BloomFilter | None = None
+        self.bloom_skips = 0  # exact lookups the filter saved
+        if bloom_capacity:
+            self.bloom = BloomFilter(bloom_capacity)
+            for (key,) in self._db.execute("SELECT url_key FROM urls"):
+                self.bloom.add(key)
 
     # -- helpers -------------------------------------------------------------------------------
     def _insert(
@@ -76,7 +85,11 @@ class SQLiteStore(FrontierStore):
         cur = self._db.cursor()
         for u in urls:
             key = url_key(u.url)
-            seen = cur.execute("SELECT id, depth FROM urls WHERE url_key=?", (key,)).fetchone()
+            if self.bloom is not None and key not in self.bloom:
+                seen = None  # certainly new: no index lookup needed
+                self.bloom_skips += 1
+            else:
+                seen = cur.execute("SELECT id, depth FROM urls WHERE url_key=?", (key,)).fetchone()
             if seen is not None:
                 if u.depth < seen[1]:
                     self._lower_depth(seen[0], u.depth, max_per_host, now, max_depth)
@@ -92,6 +105,8 @@ class SQLiteStore(FrontierStore):
                 " VALUES (?,?,?,?,?,?,?,?)",
                 (key, u.url, u.host, u.depth, u.redirects, u.via, int(URLState.DISCOVERED), now),
             )
+            if self.bloom is not None:
+                self.bloom.add(key)
             cur.execute(
                 "INSERT INTO hosts (host, admitted) VALUES (?, 1)"
                 " ON CONFLICT(host) DO UPDATE SET admitted = admitted + 1",

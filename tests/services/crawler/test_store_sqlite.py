@@ -115,3 +115,32 @@ def test_sigkill_mid_write_loses_no_committed_transition(tmp_path: Path) -> None
         ).fetchone()
         assert n[0] == 3
     assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_bloom_filter_in_front_never_changes_an_answer(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(7)
+    batches = [[_u(f"/{rng.randrange(3000)}", depth=rng.randrange(4)) for _ in range(200)] for _ in range(20)]
+    plain = SQLiteStore(tmp_path / "plain.sqlite")
+    bloomed = SQLiteStore(tmp_path / "bloom.sqlite", bloom_capacity=5000)
+    for batch in batches:
+        assert plain.add(batch, now=0) == bloomed.add(batch, now=0)
+    assert plain.counts() == bloomed.counts()
+    assert bloomed.bloom_skips > 0  # the filter did save lookups
+    bloomed.close()
+    reopened = SQLiteStore(tmp_path / "bloom.sqlite", bloom_capacity=5000)  # rebuilt from the store
+    assert all(reopened.add(batch, now=0) == 0 for batch in batches)
+
+
+def test_bloom_false_positive_rate_is_near_its_target() -> None:
+    from services.crawler.bloom import BloomFilter
+    from services.crawler.store import url_key
+
+    bloom = BloomFilter(10_000, error_rate=0.01)
+    for i in range(10_000):
+        bloom.add(url_key(f"http://in.test/{i}"))
+    assert all(url_key(f"http://in.test/{i}") in bloom for i in range(10_000))  # no false negatives
+    false_pos = sum(url_key(f"http://out.test/{i}") in bloom for i in range(20_000)) / 20_000
+    assert false_pos < 0.02
+    assert bloom.memory_bytes < 13_000  # ~9.6 bits per URL instead of a 16-byte digest

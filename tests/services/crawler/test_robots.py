@@ -1,0 +1,86 @@
+"""robots.txt policy (RFC 9309 outcomes) and its TTL cache; politeness and retry arithmetic."""
+
+from __future__ import annotations
+
+import random
+
+from services.crawler.politeness import HostSlot, parse_retry_after
+from services.crawler.retry import RetryPolicy, is_retryable_status
+from services.crawler.robots import MAX_ROBOTS_BYTES, RobotsCache, RobotsMode, policy_from_response
+from services.crawler.settings import PolitenessConfig, RetryConfig
+
+TOKEN = "ProvingGroundBot"
+RULES = b"""User-agent: otherbot
+Disallow: /
+
+User-agent: provinggroundbot
+Disallow: /private
+Allow: /private/ok$
+Disallow: /*.pdf$
+Crawl-delay: 0.5
+
+User-agent: *
+Disallow: /everything
+"""
+
+
+def test_rules_most_specific_match_and_allow_on_tie() -> None:
+    p = policy_from_response(200, RULES, TOKEN)
+    assert p.mode is RobotsMode.RULES and p.crawl_delay == 0.5
+    assert not p.allows("http://h/private/x")
+    assert p.allows("http://h/private/ok")
+    assert not p.allows("http://h/private/ok/more")
+    assert not p.allows("http://h/doc.pdf") and p.allows("http://h/doc.pdf?x=1")
+    assert p.allows("http://h/everything")  # the * group does not apply: ours is named
+    tie = policy_from_response(200, b"User-agent: *\nDisallow: /a\nAllow: /a\n", TOKEN)
+    assert tie.allows("http://h/a")
+
+
+def test_status_semantics() -> None:
+    for status in (400, 401, 403, 404, 410):
+        assert policy_from_response(status, b"", TOKEN).allows("http://h/anything")
+    for status in (429, 500, 502, 503):
+        assert not policy_from_response(status, b"", TOKEN).allows("http://h/anything")
+    assert not policy_from_response(None, b"", TOKEN, error="connection refused").allows("http://h/")
+
+
+def test_only_the_first_500_kib_is_parsed() -> None:
+    body = b"User-agent: *\nDisallow: /early\n" + b"#" * MAX_ROBOTS_BYTES + b"\nDisallow: /late\n"
+    p = policy_from_response(200, body, TOKEN)
+    assert not p.allows("http://h/early") and p.allows("http://h/late")
+
+
+def test_cache_expires_error_policies_sooner() -> None:
+    cache = RobotsCache(ttl=3600, error_ttl=0.0001)
+    cache.put("good", policy_from_response(200, RULES, TOKEN))
+    cache.put("bad", policy_from_response(503, b"", TOKEN))
+    import time
+
+    time.sleep(0.01)
+    assert cache.get("good") is not None and cache.get("bad") is None
+
+
+def test_host_slot_delay_components_and_retry_after() -> None:
+    slot = HostSlot("h", PolitenessConfig(min_delay=0.1, adaptive_factor=2.0, max_delay=10))
+    slot.crawl_delay = 0.3
+    assert slot.delay == 0.3
+    slot.on_start(100.0)
+    slot.on_finish(100.5, 0.5, 200)  # slow answer: adaptive 2 x 0.5 s
+    assert slot.delay == 1.0 and slot.next_eligible == 101.5
+    slot.on_start(101.5)
+    wait = slot.on_finish(101.6, 0.1, 429, retry_after=5)
+    assert wait == 5 and slot.next_eligible == 106.6 and slot.backoff_multiplier == 2
+    assert not slot.can_start(106.0) and slot.can_start(106.6)
+
+
+def test_retry_after_parsing_and_backoff() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("Wed, 25 Nov 2026 10:00:10 GMT", now_wall=1795600800.0) == 10.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    assert all(is_retryable_status(s) for s in (429, 500, 502, 503, 504))
+    assert not any(is_retryable_status(s) for s in (400, 401, 403, 404, 410, 418, 501))
+    policy = RetryPolicy(RetryConfig(max_attempts=3, base_delay=1.0, max_delay=4.0), random.Random(1))
+    waits = [policy.backoff(n) for n in range(1, 8) for _ in range(50)]
+    assert all(0 <= w <= 4.0 for w in waits) and max(waits) > 2.0  # full jitter up to the cap
+    assert policy.backoff(1, retry_after=3.0) >= 3.0
+    assert policy.should_retry(2) and not policy.should_retry(3)
