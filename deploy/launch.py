@@ -149,6 +149,8 @@ def describe(service: Service) -> str:
         return f"http://127.0.0.1:{port}  (targets: /targets, alerts: /alerts)"
     if service.name == "redis":
         return f"redis://127.0.0.1:{port}/0"
+    if service.name == "websim":
+        return f"http://127.0.0.1:{port}  (admin: /log /judge /truth /faults, metrics: /metrics)"
     if service.health_path == "/healthz":
         return f"http://127.0.0.1:{port}  (API docs: /docs, metrics: /metrics)"
     return f"http://127.0.0.1:{port}"

@@ -31,7 +31,7 @@ class OperatorUser(HttpUser):
         }
         with self.client.post("/v1/crawls", json=body, name="/v1/crawls [start]", catch_response=True) as r:
             if r.status_code == 201:
-                self.crawls.append(r.json()["id"])
+                self.crawls.append(r.json()["crawl_id"])
             else:
                 r.failure(f"{r.status_code}: {r.text[:200]}")
 

@@ -30,6 +30,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from libs.service.health import Health
+from libs.service.heartbeat import Heartbeat
 from libs.service.logging import get_logger
 
 __all__ = ["DrainingServer", "Hook", "run_hooks", "serve"]
@@ -43,10 +44,18 @@ log = get_logger("libs.service.server")
 class DrainingServer(uvicorn.Server):
     """uvicorn.Server that marks `health` draining on a signal and exits without re-raising it."""
 
-    def __init__(self, config: uvicorn.Config, health: Health, *, drain_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        health: Health,
+        *,
+        drain_delay: float = 0.0,
+        heartbeat: Heartbeat | None = None,
+    ) -> None:
         super().__init__(config)
         self.health = health
         self.drain_delay = drain_delay
+        self.heartbeat = heartbeat
         self._stop_at: float | None = None
         self._signal: int | None = None
         self._announced = False
@@ -78,6 +87,10 @@ class DrainingServer(uvicorn.Server):
         self.handle_exit(signal.SIGTERM, None)
 
     async def on_tick(self, counter: int) -> bool:
+        # uvicorn ticks every 0.1 s on the serving event loop: a loop blocked by CPU work or a
+        # deadlock stops the heartbeat while the socket may still accept connections.
+        if self.heartbeat is not None and counter % 10 == 0:
+            self.heartbeat.beat()
         if self._stop_at is not None and not self._announced:
             self._announced = True
             name = signal.Signals(self._signal).name if self._signal else "shutdown"
@@ -137,8 +150,12 @@ def serve(
         "timeout_graceful_shutdown": drain_timeout,
     }
     options.update(uvicorn_options)
+    service = getattr(getattr(app, "state", None), "service", None)
     server = DrainingServer(
-        uvicorn.Config(app, host=host, port=port, **options), health, drain_delay=drain_delay
+        uvicorn.Config(app, host=host, port=port, **options),
+        health,
+        drain_delay=drain_delay,
+        heartbeat=Heartbeat(service, "event_loop") if service else None,
     )
     hooks = list(on_shutdown)
 
