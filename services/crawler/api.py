@@ -30,6 +30,7 @@ from libs.service.health import Health
 from libs.service.logging import configure_logging, get_logger
 from libs.service.server import serve
 from libs.service.settings import ServiceSettings, load_settings
+from libs.service.spans import SpanLog
 from services.crawler.engine import Crawl
 from services.crawler.fetcher import Fetcher, ResolverMap, ResolveRule
 from services.crawler.settings import CrawlConfig
@@ -72,6 +73,7 @@ class CrawlManager:
         self.rules = [ResolveRule.parse(r) for r in settings.resolve]
         self.crawls: dict[str, _Running] = {}
         self._sink: PageSink | None = None
+        self.spans = SpanLog(settings.span_log, "crawler")
 
     def _get(self, crawl_id: str) -> _Running:
         running = self.crawls.get(crawl_id)
@@ -97,7 +99,7 @@ class CrawlManager:
         warc = WarcOutput(data / "warc", crawl_id) if self.settings.warc else None
         resolver = ResolverMap(self.rules, allow_private=self.settings.allow_private)
         fetcher = Fetcher(config.fetch, resolver, config.user_agent, concurrency=config.concurrency)
-        crawl = Crawl(crawl_id, config, store, fetcher, warc=warc, sink=self._sink)
+        crawl = Crawl(crawl_id, config, store, fetcher, warc=warc, sink=self._sink, spans=self.spans)
         running = _Running(crawl)
 
         async def run() -> None:

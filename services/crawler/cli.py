@@ -18,6 +18,8 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from libs.service.logging import configure_logging
+from libs.service.spans import SpanLog
 from services.crawler.engine import Crawl, CrawlState
 from services.crawler.fetcher import Fetcher, ResolverMap, ResolveRule
 from services.crawler.settings import USER_AGENT, CrawlConfig
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="put a Bloom filter sized for this many URLs in front of the exact URL set",
     )
+    p.add_argument("--span-log", default=None, help="append span records (fetch/parse/store) to this file")
     p.add_argument("--crawl-id", default="cli", help="crawl id used in page events and file names")
     p.add_argument("--warc-dir", default=None, help="write WARC files here (default: none)")
     p.add_argument("--pages-to", default="", help="page event sink: redis://, http(s):// or a .jsonl path")
@@ -199,6 +202,7 @@ async def run_crawl(args: argparse.Namespace, config: CrawlConfig) -> dict[str, 
                 sink=sink,
                 seed=args.seed,
                 on_progress=progress,
+                spans=SpanLog(args.span_log, "crawler") if args.span_log else None,
             )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -228,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    configure_logging(service="crawler", level="WARNING")  # JSON lines on stderr, like the service
     try:
         status = asyncio.run(run_crawl(args, config))
     except KeyboardInterrupt:

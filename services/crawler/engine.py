@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from libs.service.spans import SpanLog
 from services.crawler import metrics
 from services.crawler.fetcher import Fetcher, FetchError, FetchResult
 from services.crawler.frontier import Frontier
@@ -108,6 +109,7 @@ class Crawl:
         owner: str | None = None,
         seed: int | None = None,
         on_progress: Callable[[Crawl], None] | None = None,
+        spans: SpanLog | None = None,
     ) -> None:
         self.crawl_id = crawl_id
         self.config = config
@@ -117,6 +119,7 @@ class Crawl:
         self.sink = sink
         self.owner = owner or new_owner_id()
         self.on_progress = on_progress
+        self.spans = spans or SpanLog(None, "crawler")  # path None: spans are no-ops
         self.frontier = Frontier(store, config.politeness)
         self.robots = RobotsCache(ttl=config.robots_ttl, error_ttl=config.robots_error_ttl)
         self.retry = RetryPolicy(config.retry, random.Random(seed))
@@ -362,7 +365,8 @@ class Crawl:
         t0 = self._begin_request(rec.host, slot)
         try:
             try:
-                result = await self.fetcher.fetch(rec.url)
+                async with self.spans.span("crawler.fetch", host=rec.host, depth=rec.depth):
+                    result = await self.fetcher.fetch(rec.url)
             except FetchError as exc:
                 self._end_request(slot, t0, None, None)
                 metrics.FETCHES.labels(type(exc).__name__).inc()
@@ -436,7 +440,8 @@ class Crawl:
                 metrics.DUPLICATE_CONTENT.inc()
             page = None
             if not result.body_skipped:
-                page = await self._parse(result)
+                with self.spans.span("crawler.parse", bytes=len(result.body)):
+                    page = await self._parse(result)
             if page is not None:
                 if not (duplicate and self.config.skip_duplicate_content_links):
                     for link in page.links:
@@ -445,7 +450,19 @@ class Crawl:
                             new_urls.append(admitted)
                 if self.sink is not None:
                     await self._emit(rec, result, sha, page, warc_file, now)
-        new = self.store.finish(
+        with self.spans.span("crawler.store", links=len(new_urls)):
+            new = self._finish_fetched(rec, status, sha, new_urls, now)
+        self.stats.fetched += 1
+        if new:
+            self.stats.discovered += new
+            metrics.DISCOVERED.inc(new)
+            for host in {u.host for u in new_urls}:
+                self.frontier.schedule(host)
+
+    def _finish_fetched(
+        self, rec: URLRecord, status: int, sha: str | None, new_urls: list[NewURL], now: float
+    ) -> int:
+        return self.store.finish(
             rec.id,
             Outcome(URLState.FETCHED, status=status, content_sha256=sha, fetched_at=now),
             new_urls,
@@ -454,12 +471,6 @@ class Crawl:
             parent_depth=rec.depth,
             now=now,
         )
-        self.stats.fetched += 1
-        if new:
-            self.stats.discovered += new
-            metrics.DISCOVERED.inc(new)
-            for host in {u.host for u in new_urls}:
-                self.frontier.schedule(host)
 
     async def _parse(self, result: FetchResult) -> ParsedPage:
         html = decode_body(result.body, result.charset)

@@ -163,6 +163,8 @@ def test_cli_crawl_writes_warc_and_page_events(site: tuple[MiniSite, int], tmp_p
             "--pages-to",
             str(tmp_path / "pages.jsonl"),
             "--progress",
+            "--span-log",
+            str(tmp_path / "spans.jsonl"),
         ],
         env=ENV,
         capture_output=True,
@@ -190,3 +192,8 @@ def test_cli_crawl_writes_warc_and_page_events(site: tuple[MiniSite, int], tmp_p
     assert len(events) == 13
     for event in events:
         jsonschema.validate(event, schema)
+    span_schema = json.loads(Path("docs/formats/span-log.schema.json").read_text())
+    spans = [json.loads(line) for line in (tmp_path / "spans.jsonl").read_text().splitlines()]
+    assert {s["name"] for s in spans} >= {"crawler.fetch", "crawler.parse", "crawler.store"}
+    for span in spans:
+        jsonschema.validate(span, span_schema)

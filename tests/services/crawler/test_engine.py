@@ -171,3 +171,24 @@ async def test_max_pages_bounds_the_crawl(tmp_path: Path) -> None:
         c = await crawl(port, tmp_path, max_pages=5)
     assert c.store.counts()["FETCHED"] == 5
     assert len([e for e in site.log if e.path != "/robots.txt"]) == 5
+
+
+async def test_one_huge_host_cannot_starve_the_others(tmp_path: Path) -> None:
+    site = MiniSite()
+    seeds = ["http://big.sim.test/"] + [f"http://s{i}.sim.test/" for i in range(6)]
+    site.page("big.sim.test", "/", "".join(f'<a href="/{i}">b</a>' for i in range(150)))
+    for i in range(150):
+        site.page("big.sim.test", f"/{i}", "big")
+    for i in range(6):
+        site.page(f"s{i}.sim.test", "/", "".join(f'<a href="/{k}">s</a>' for k in range(4)))
+        for k in range(4):
+            site.page(f"s{i}.sim.test", f"/{k}", "small")
+    with site.serve() as port:
+        # one fetch slot in total: the frontier alone decides who goes next
+        await crawl(port, tmp_path, seeds=seeds, concurrency=1, politeness={"min_delay": 0.02})
+    pages = [e for e in site.log if e.path != "/robots.txt"]
+    last_small = max(i for i, e in enumerate(pages) if e.host != "big.sim.test")
+    big_before = sum(1 for e in pages[:last_small] if e.host == "big.sim.test")
+    # every small host is done while the big one has had at most its fair share of turns
+    assert big_before <= 12, big_before
+    assert sum(1 for e in pages if e.host == "big.sim.test") == 151
