@@ -153,6 +153,8 @@ class ScanContext:
 Stage = Callable[[list[Group], ScanContext], list[Group]]
 # Groups up to this size skip the full-hash stage: verification reads them once, in lock-step.
 LOCKSTEP_GROUP = 16
+# Groups of files up to this size (and at most LOCKSTEP_GROUP of them) skip the partial hashes.
+DIRECT_MAX = 64 << 10
 
 
 def size_groups(files: Iterable[FileEntry]) -> list[Group]:
@@ -217,11 +219,19 @@ def _refine(
     return out
 
 
+def _direct(g: Group) -> bool:
+    """Small and few: partial digests would cost as many opens as reading the files whole,
+    so such a group goes straight to verification, which reads each file once."""
+    return g.size <= DIRECT_MAX and len(g.files) <= LOCKSTEP_GROUP
+
+
 def head_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
     """Stage 1: digest of the first `partial_size` bytes (all of a file no longer than that)."""
     n, alg = ctx.config.partial_size, ctx.config.algorithm
-    return _refine(
-        groups,
+    direct = [g for g in groups if _direct(g)]
+    rest = [g for g in groups if not _direct(g)]
+    return direct + _refine(
+        rest,
         ctx,
         f"head{n}:{alg}",
         lambda e: partial_digest(e, ctx.counter, "head", n, alg),
@@ -235,8 +245,8 @@ def tail_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
     For files of at most 2 x partial_size, head and tail digests together identify the content.
     """
     n, alg = ctx.config.partial_size, ctx.config.algorithm
-    covered = [g for g in groups if g.size <= n]
-    rest = [g for g in groups if g.size > n]
+    covered = [g for g in groups if g.size <= n or _direct(g)]
+    rest = [g for g in groups if g.size > n and not _direct(g)]
     return covered + _refine(
         rest,
         ctx,
@@ -249,23 +259,23 @@ def tail_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
 def full_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
     """Stage 3: streaming digest of the whole content, where it pays.
 
-    Groups whose content head + tail already cover pass through. So do groups of at most
-    LOCKSTEP_GROUP files: verification reads them in lock-step and hashes the bytes as it
-    compares them, so a full hash first would read every byte twice for nothing. Larger
-    groups are hashed here (split without holding many files open), and so is any group with
-    a cached digest for some member: only the members without one are read.
+    Groups whose digest already identifies the content (head, or head + tail) pass through.
+    So do groups of at most LOCKSTEP_GROUP files: verification reads them in lock-step and
+    hashes the bytes as it compares them, so a full hash first would read every byte twice
+    for nothing. Larger groups are hashed here (split without holding many files open), and
+    so is any group with a cached full digest for some member: only the others are read.
     """
-    n, alg = ctx.config.partial_size, ctx.config.algorithm
+    alg = ctx.config.algorithm
     field_name = f"full:{alg}"
     cache = ctx.cache
 
     def any_cached(g: Group) -> bool:
         return cache is not None and any(cache.peek(f, field_name) is not None for f in g.files)
 
-    passing = [g for g in groups if g.size <= 2 * n or (len(g.files) <= LOCKSTEP_GROUP and not any_cached(g))]
-    keep = {id(g) for g in passing}
-    rest = [g for g in groups if id(g) not in keep]
-    hashed = _refine(rest, ctx, field_name, lambda e: full_digest(e, ctx.counter, alg), lambda g, d: d)
+    todo = [g for g in groups if g.digest is None and (len(g.files) > LOCKSTEP_GROUP or any_cached(g))]
+    chosen = {id(g) for g in todo}
+    passing = [g for g in groups if id(g) not in chosen]
+    hashed = _refine(todo, ctx, field_name, lambda e: full_digest(e, ctx.counter, alg), lambda g, d: d)
     return passing + hashed
 
 

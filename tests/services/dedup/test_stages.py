@@ -33,7 +33,7 @@ def _group_names(result) -> list[list[str]]:
 
 def test_each_stage_prunes_what_it_can_see(tmp_path: Path) -> None:
     rng = random.Random(1)
-    base = rng.randbytes(64 * 1024)
+    base = rng.randbytes(100 * 1024)  # above DIRECT_MAX: the partial stages run
     write(tmp_path / "unique-size", base[:1000])
     write(tmp_path / "a", base)
     write(tmp_path / "a-copy", base)
@@ -58,6 +58,20 @@ def test_each_stage_prunes_what_it_can_see(tmp_path: Path) -> None:
     import blake3
 
     assert result.groups[0].digest == blake3.blake3(base).digest()
+
+
+def test_small_groups_go_straight_to_verification(tmp_path: Path) -> None:
+    data = random.Random(8).randbytes(20_000)
+    for name in ("a", "b"):
+        write(tmp_path / name, data)
+    changed = bytearray(data)
+    changed[0] ^= 1
+    write(tmp_path / "c", bytes(changed))
+    result = scan([tmp_path], config=ScanConfig(workers=1))
+    by_name = {s.name: s for s in result.stages}
+    assert by_name["head"].bytes_read == by_name["tail"].bytes_read == by_name["full"].bytes_read == 0
+    assert by_name["verify"].bytes_read <= 3 * len(data)  # each file read at most once
+    assert _group_names(result) == [["a", "b"]]
 
 
 def test_large_groups_are_fully_hashed_before_verification(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,8 @@ def _event(url: str, text: str, **kw) -> dict:
 
 def _start(*args: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    # stderr to a file, not a pipe: a pipe nobody reads can fill up and stall the worker.
+    log = tempfile.NamedTemporaryFile(prefix="dedup-worker-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -48,23 +51,32 @@ def _start(*args: str) -> tuple[subprocess.Popen, str]:
         ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
+    proc.log_path = log.name  # type: ignore[attr-defined]
+    log.close()
     try:
-        wait_for_port(port, timeout=20)
+        wait_for_port(port, timeout=30)
     except TimeoutError:
         proc.kill()
-        raise AssertionError(proc.stderr.read().decode() if proc.stderr else "no stderr") from None
+        raise AssertionError(_log_tail(proc)) from None
     return proc, f"http://127.0.0.1:{port}"
+
+
+def _log_tail(proc: subprocess.Popen) -> str:
+    with open(proc.log_path, errors="replace") as f:  # type: ignore[attr-defined]
+        return f.read()[-3000:]
 
 
 def _stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
-        assert proc.wait(timeout=15) == 0
+        rc = proc.wait(timeout=20)
+        assert rc == 0, f"worker exited {rc}: {_log_tail(proc)}"
     finally:
         if proc.poll() is None:
             proc.kill()
+        os.unlink(proc.log_path)  # type: ignore[attr-defined]
 
 
 @pytest.fixture
