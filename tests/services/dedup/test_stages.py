@@ -236,3 +236,33 @@ def test_unreadable_files_and_directories_are_reported_per_path(world_readable_t
     assert payload["groups"] == [["a", "b"]]
     assert set(payload["errors"]) == {"locked-dir", "locked-file"}
     assert all("PermissionError" in e for e in payload["errors"].values())
+
+
+def test_a_file_written_while_it_is_being_compared_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer changes the file between two chunks of the lock-step compare: the real
+    write is made from inside the read loop, at a known point, so the race is deterministic."""
+    from services.dedup import reader
+
+    data = random.Random(10).randbytes(3 << 20)  # several chunks
+    for name in ("a", "b", "c"):
+        write(tmp_path / name, data)
+    original = reader.OpenedFile.read_into
+    calls = {"n": 0}
+
+    def read_then_someone_writes(self, offset: int, buf: bytearray) -> int:
+        n = original(self, offset, buf)
+        if self.entry.path.endswith(b"/b"):
+            calls["n"] += 1
+        if calls["n"] == 2 and self.entry.path.endswith(b"/b"):
+            with open(self.entry.path, "r+b") as f:  # same size, new bytes after the read point
+                f.seek(len(data) - 10)
+                f.write(b"X" * 10)
+        return n
+
+    monkeypatch.setattr(reader.OpenedFile, "read_into", read_then_someone_writes)
+    result = scan([tmp_path], config=ScanConfig(workers=1))
+    assert _group_names(result) == [["a", "c"]]
+    assert [os.path.basename(e.path) for e in result.errors] == [b"b"]
+    assert "changed during scan" in result.errors[0].error
