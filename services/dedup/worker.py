@@ -73,9 +73,10 @@ class DedupSettings(ServiceSettings):
 
 
 class PageEvent(BaseModel):
-    """One fetched page, exactly as docs/formats/page-event.schema.json describes it."""
+    """One fetched page, exactly as docs/formats/page-event.schema.json describes it (strict:
+    "200" is not an integer there, so it is not one here either)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     crawl_id: str
     url: str = Field(min_length=1)
     final_url: str = Field(min_length=1)
@@ -314,6 +315,20 @@ class StreamConsumer:
         await self.client.aclose()
 
 
+def _pages_request_body() -> dict[str, Any]:
+    """The documented body of POST /v1/pages: an event, or a batch of them. Validation is done
+    by hand (see post_pages) so that errors name `body.events.1.url`, not a union branch."""
+    event = PageEvent.model_json_schema()
+    batch = {
+        "title": "PageBatch",
+        "type": "object",
+        "properties": {"events": {"type": "array", "items": event}},
+        "required": ["events"],
+        "additionalProperties": False,
+    }
+    return {"required": True, "content": {"application/json": {"schema": {"oneOf": [event, batch]}}}}
+
+
 def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAPI:
     index = index or PageIndex(
         NearConfig(
@@ -376,6 +391,7 @@ def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAP
         "/v1/pages",
         tags=["pages"],
         summary="Index one page event or a batch {'events': [...]}; returns what each duplicates",
+        openapi_extra={"requestBody": _pages_request_body()},
     )
     def post_pages(
         payload: Annotated[

@@ -256,3 +256,35 @@ def test_acknowledged_pages_survive_sigkill_with_a_data_dir(tmp_path: Path) -> N
             ]
     finally:
         _stop(proc)
+
+
+def test_page_event_model_agrees_with_the_shared_schema() -> None:
+    """docs/formats/page-event.schema.json is the contract with the crawler: the worker's model
+    accepts and rejects exactly what the schema does on these cases."""
+    import jsonschema
+    from pydantic import ValidationError
+
+    from services.dedup.worker import PageEvent
+
+    schema = json.loads((REPO / "docs" / "formats" / "page-event.schema.json").read_text())
+    assert set(PageEvent.model_fields) == set(schema["properties"])
+    assert {n for n, f in PageEvent.model_fields.items() if f.is_required()} == set(schema["required"])
+    good = _event("http://h1.sim.test/a", "words " * 30, links=["http://h1.sim.test/b"], canonical=None)
+    cases = [
+        (good, True),
+        ({**good, "warc_file": None, "content_type": "text/html"}, True),
+        ({**good, "content_sha256": "A" * 64}, False),
+        ({**good, "unknown": 1}, False),
+        ({k: v for k, v in good.items() if k != "final_url"}, False),
+        ({**good, "status": "200"}, False),
+        ({**good, "fetched_at": 1}, True),
+        ({**good, "text": 5}, False),
+    ]
+    for event, ok in cases:
+        schema_ok = jsonschema.Draft202012Validator(schema).is_valid(event)
+        try:
+            PageEvent.model_validate(event)
+            model_ok = True
+        except ValidationError:
+            model_ok = False
+        assert schema_ok == model_ok == ok, event
