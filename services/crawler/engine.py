@@ -432,24 +432,22 @@ class Crawl:
                     )
                     if admitted is not None:
                         new_urls.append(admitted)
-        elif 200 <= status < 300:
+        elif 200 <= status < 300 and not result.body_skipped:
+            # (A body outside the content-type allow list was never read: nothing to hash or parse.)
             sha = hashlib.sha256(result.body).hexdigest()
             duplicate = self.store.first_with_content(sha, rec.id) != rec.id
             if duplicate:
                 self.stats.duplicate_content += 1
                 metrics.DUPLICATE_CONTENT.inc()
-            page = None
-            if not result.body_skipped:
-                with self.spans.span("crawler.parse", bytes=len(result.body)):
-                    page = await self._parse(result)
-            if page is not None:
-                if not (duplicate and self.config.skip_duplicate_content_links):
-                    for link in page.links:
-                        admitted = self._admit(link, rec.depth + 1)
-                        if admitted is not None:
-                            new_urls.append(admitted)
-                if self.sink is not None:
-                    await self._emit(rec, result, sha, page, warc_file, now)
+            with self.spans.span("crawler.parse", bytes=len(result.body)):
+                page = await self._parse(result)
+            if not (duplicate and self.config.skip_duplicate_content_links):
+                for link in page.links:
+                    admitted = self._admit(link, rec.depth + 1)
+                    if admitted is not None:
+                        new_urls.append(admitted)
+            if self.sink is not None:
+                await self._emit(rec, result, sha, page, warc_file, now)
         with self.spans.span("crawler.store", links=len(new_urls)):
             new = self._finish_fetched(rec, status, sha, new_urls, now)
         self.stats.fetched += 1

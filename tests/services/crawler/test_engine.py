@@ -141,7 +141,14 @@ async def test_4xx_never_retried_and_429_retry_after_slows_the_host(tmp_path: Pa
 async def test_max_depth_scope_redirects_and_duplicate_content(tmp_path: Path) -> None:
     site = MiniSite()
     same = '<a href="child">child</a> same body'
-    site.page("a.sim.test", "/", '<a href="/d1/">d1</a><a href="/copy/">copy</a><a href="/r">r</a>')
+    site.page(
+        "a.sim.test",
+        "/",
+        '<a href="/d1/">d1</a><a href="/copy/">copy</a><a href="/r">r</a>'
+        '<a href="/a.pdf">a</a><a href="/b.pdf">b</a>',
+    )
+    site.page("a.sim.test", "/a.pdf", b"%PDF-a", content_type="application/pdf")  # fetched, body not read
+    site.page("a.sim.test", "/b.pdf", b"%PDF-b", content_type="application/pdf")
     site.page("a.sim.test", "/d1/", same)
     site.page("a.sim.test", "/copy/", same)  # byte-identical: its relative link is not followed
     site.page("a.sim.test", "/d1/child", '<a href="/d3">too deep</a>')
@@ -151,8 +158,8 @@ async def test_max_depth_scope_redirects_and_duplicate_content(tmp_path: Path) -
         c = await crawl(port, tmp_path, max_depth=2, sink=True, warc=True, skip_duplicate_content_links=True)
     paths = Counter(e.path for e in site.log)
     assert paths["/d1/child"] == 1 and paths["/copy/child"] == 0 and paths["/d3"] == 0
-    assert paths["/r"] == 1 and paths["/r2"] == 1
-    assert c.stats.duplicate_content == 1
+    assert paths["/r"] == 1 and paths["/r2"] == 1 and paths["/a.pdf"] == 1 and paths["/b.pdf"] == 1
+    assert c.stats.duplicate_content == 1  # only /copy/: unread PDF bodies are not "equal"
     events = [json.loads(line) for line in (tmp_path / "pages.jsonl").read_text().splitlines()]
     assert {e["final_url"] for e in events} == {
         "http://a.sim.test/",
