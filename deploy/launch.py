@@ -77,12 +77,8 @@ class Stack:
 
     def start(self, service: Service, names: set[str]) -> None:
         write_localised_files(service, names)
-        for _, local in service.paths:
-            if local.is_relative_to(ROOT / "var"):
-                local.mkdir(parents=True, exist_ok=True)
-        for value in service.env.values():
-            if value.startswith(str(ROOT / "var")):
-                Path(value).mkdir(parents=True, exist_ok=True)
+        for _, local in service.paths:  # volumes: created on first use, as docker does
+            local.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{service.name}.log", "ab")  # noqa: SIM115 (owned by the child)
         env = {**os.environ, **service.env, "PYTHONUNBUFFERED": "1"}

@@ -268,3 +268,52 @@ def test_each_locust_file_runs_headless_against_the_stack(stack: Stack, service:
 def test_compose_names_the_same_services_the_stack_ran(stack: Stack):
     ran = {m.group(1) for m in re.finditer(r"^\s+(\w+)\s+(http|redis)", "".join(stack.output), re.M)}
     assert ran <= set(load_compose()["services"])
+
+
+def test_make_run_redis_carries_page_events_through_a_redis_stream(tmp_path: Path):
+    """`make run REDIS=1`: the crawler publishes to a real redis-server, dedup consumes the stream."""
+    need_binary("redis-server")
+    offset = free_offset()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deploy.launch",
+            "--redis",
+            "--only",
+            "redis,websim,dedup,crawler",
+            "--port-offset",
+            str(offset),
+            "--var-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    stack = Stack(proc, offset, tmp_path, [])
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            stack.output.append(line)
+            if "stack up" in line or "error" in line:
+                break
+        assert "stack up" in "".join(stack.output), "".join(stack.output)
+        with httpx.Client(timeout=30) as http:
+            body = {"seeds": ["http://h0001.sim.test/", "http://h0002.sim.test/"], "max_pages": 40}
+            crawl = http.post(f"{stack.url('crawler')}/v1/crawls", json=body).json()
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                status = http.get(f"{stack.url('crawler')}/v1/crawls/{crawl['crawl_id']}").json()
+                stats = http.get(f"{stack.url('dedup')}/v1/stats").json()
+                done = status["state"] not in ("pending", "running")
+                if done and stats["stream"]["acked"] >= status["stats"]["pages_emitted"] > 0:
+                    break
+                time.sleep(1)
+            assert status["state"] == "finished", status
+            assert stats["stream"]["acked"] == status["stats"]["pages_emitted"] > 0, (status, stats)
+            assert stats["index"]["index_size"] == stats["stream"]["acked"], stats
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
