@@ -14,7 +14,7 @@ Load: open-loop Poisson arrivals (seeded schedules, identical for (b) and (c)), 
 two classes: alice sends interactive requests at a steady rate (--interactive-share of the
 limit; streamed over SSE, TTFT measured at the client), bob's batch requests (non-streaming;
 TTFT from the server's timing) fill the rest of each level, so the sweep is bob flooding
-while alice stays put. Prompts of 16-192 bytes, outputs of 16-32 (interactive) or 16-128
+while alice stays put. Prompts of 16-192 bytes, outputs of 16-64 (interactive) or 32-256
 (batch) tokens, ignore_eos so output lengths are exact. Offered load (output tokens/s) sweeps
 --loads x the limit.
 
@@ -96,8 +96,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
-INTERACTIVE_OUT = (16, 32)
-BATCH_OUT = (16, 32, 64, 128)
+INTERACTIVE_OUT = (16, 32, 64)
+BATCH_OUT = (32, 64, 128, 256)
 
 
 def workload(rate_interactive: float, rate_batch: float, duration: float, seed: int) -> list[Req]:
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seqs", type=int, default=0, help="scheduler batch cap (0 = the limit's best batch)")
     p.add_argument("--offline-requests", type=int, default=200, help="requests in the (c0) in-process run")
     p.add_argument(
-        "--interactive-share", type=float, default=0.15, help="alice's steady load, fraction of limit"
+        "--interactive-share", type=float, default=0.1, help="alice's steady load, fraction of limit"
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--port", type=int, default=18400)

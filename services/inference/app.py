@@ -105,7 +105,7 @@ def build_app(s: InferenceSettings, rt: Runtime | None = None) -> tuple[FastAPI,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt.engine.start()
-        health.add_check("engine", lambda: rt.engine._thread is not None and rt.engine._thread.is_alive())
+        health.add_check("engine", lambda: rt.engine.alive)
         embed_task = None
         if s.embeddings:
             embed_task = asyncio.create_task(_load_embeddings(rt))

@@ -129,6 +129,10 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     # -- commands (any thread) ---------------------------------------------------------------
     def submit(self, seq: Sequence) -> None:
         limit = min(self.model.cfg.max_seq_len, self.cache.capacity_tokens)

@@ -64,6 +64,11 @@ class FairQueue:
             heads.sort(key=lambda s: (self.vtime.get(s.tenant, 0.0), s.arrival))
             yield from heads
 
+    def candidates_of(self, klass: str) -> Iterator[Sequence]:
+        for (k, _), q in self._queues.items():
+            if k == klass and q:
+                yield q[0]
+
     def pop(self, seq: Sequence) -> None:
         """Take `seq`, which must be a head returned by candidates()."""
         q = self._queues[(seq.klass, seq.tenant)]

@@ -6,9 +6,11 @@ Each step (one model forward) is bounded by
 - the KV cache: a fixed number of token slots (see kv_cache.py).
 
 Order of work in `schedule()`:
-1. Preempt for priority/fairness: if the best waiting request cannot get a slot or KV, and a
-   running sequence of a lower class, or of a tenant over its fair share of slots (while the
-   waiting tenant is under its share) exists, the youngest such sequence is preempted.
+1. Preempt for priority/fairness: if the best waiting request has not been admitted for
+   `preempt_after_steps` steps because it cannot get a slot or KV, and a running sequence of a
+   lower class, or of a tenant over its fair share of slots (while the waiting tenant is under
+   its share) exists, the youngest such sequence is preempted. While interactive traffic is
+   around, the batch class leaves `interactive_reserve` slots free, so this stays rare.
 2. Running sequences: decodes first (1 token each, so streams keep flowing), then prefills in
    chunks of at most `prefill_chunk`. A sequence that needs a new KV block and finds none
    preempts the lowest-priority running sequence not yet scheduled, or waits itself.
@@ -38,6 +40,14 @@ class SchedulerConfig:
     prefill_chunk: int = 128
     watermark_blocks: int = 1  # kept free at admission so running decodes rarely preempt
     max_preemptions_per_step: int = 4
+    # Preempting for priority or fairness throws away the victim's KV (recompute later). Slots
+    # free up every few steps anyway, so a waiting request first gets this many steps to be
+    # admitted normally; preemption is the fallback that bounds its wait, not the routine.
+    preempt_after_steps: int = 4
+    # Slots the batch class may not take while interactive traffic is around (seen within the
+    # last `interactive_memory_steps` steps), so interactive requests rarely need to preempt.
+    interactive_reserve: int | None = None  # None = max_seqs // 8
+    interactive_memory_steps: int = 200
 
 
 @dataclass
@@ -63,10 +73,15 @@ class Scheduler:
         self.cache = cache
         self.fair = fair
         self.running: list[Sequence] = []
+        self.steps = 0
+        self._last_interactive = -(10**9)
+        reserve = cfg.interactive_reserve if cfg.interactive_reserve is not None else cfg.max_seqs // 8
+        self._reserve = min(reserve, cfg.max_seqs - 1)
 
     # -- bookkeeping -------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
         seq.status = SeqStatus.WAITING
+        seq.queued_step = self.steps
         self.fair.push(seq)
 
     def drop(self, seq: Sequence) -> bool:
@@ -93,6 +108,7 @@ class Scheduler:
         seq.num_computed = 0
         seq.preemptions += 1
         seq.status = SeqStatus.WAITING
+        seq.queued_step = self.steps
         self.fair.push(seq, front=True)
         plan.preempted.append((seq, reason))
 
@@ -111,7 +127,20 @@ class Scheduler:
         return need <= self.cache.free_blocks
 
     # -- policy ------------------------------------------------------------------------------
+    def _batch_cap(self) -> int:
+        """Running sequences the batch class may fill: all of them unless interactive is about."""
+        interactive_waiting = any(True for _ in self.fair.candidates_of("interactive"))
+        if interactive_waiting or any(s.klass == "interactive" for s in self.running):
+            self._last_interactive = self.steps
+        recent = self.steps - self._last_interactive <= self.cfg.interactive_memory_steps
+        return self.cfg.max_seqs - (self._reserve if recent else 0)
+
+    def _can_admit(self, seq: Sequence) -> bool:
+        cap = self.cfg.max_seqs if seq.klass == "interactive" else self._batch_cap()
+        return len(self.running) < cap and self._fits(seq)
+
     def schedule(self) -> StepPlan:
+        self.steps += 1
         plan = StepPlan()
         self._preempt_for_waiting(plan)
         budget = self.cfg.max_step_tokens
@@ -143,7 +172,7 @@ class Scheduler:
     def _admit(self, plan: StepPlan, budget: int) -> None:
         while budget > 0 and len(self.running) < self.cfg.max_seqs:
             seq = self._next_admissible()
-            if seq is None or not self._fits(seq):
+            if seq is None or not self._can_admit(seq):
                 return
             self.fair.pop(seq)
             self.cache.grow(seq.block_table, seq.num_tokens)
@@ -170,8 +199,10 @@ class Scheduler:
             seq = self._next_admissible()
             if seq is None:
                 return
-            if len(self.running) < self.cfg.max_seqs and self._fits(seq):
+            if self._can_admit(seq):
                 return  # it will be admitted normally
+            if self.steps - seq.queued_step < self.cfg.preempt_after_steps:
+                return  # give the normal turnover of the batch a chance first
             victim = self._victim_for(seq)
             if victim is None:
                 return

@@ -55,6 +55,7 @@ class Sequence:
     # which spares the event loop one wake-up and one queue hop per generated token.
     emit_tokens: bool = True
     preemptions: int = 0
+    queued_step: int = 0  # scheduler step at which it last entered the waiting queue
 
     arrival: float = field(default_factory=time.monotonic)
     first_scheduled: float | None = None

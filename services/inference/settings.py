@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from libs.service.settings import ServiceSettings
 from services.inference.admission import Limits, TenantConfig
@@ -26,31 +26,33 @@ DEV_ADMIN_SHA256 = "df76ff796f70d2c9cb055ea6280553caa27eda26b70e01082c160de75a05
 
 class InferenceSettings(ServiceSettings):
     port: int = Field(8000, description="HTTP port")
-    grpc_port: int = Field(50051, description="gRPC port (-1 = no gRPC server, 0 = any free port)")
+    grpc_port: int = Field(
+        50051, ge=-1, le=65535, description="gRPC port (-1 = no gRPC server, 0 = any free port)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cuda when present with auto")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights/KV dtype; auto = bfloat16 on cuda, float32 on cpu"
     )
-    torch_threads: int = Field(0, description="torch intra-op threads (0 = torch default)")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0 = torch default)")
     # Model
-    d_model: int = Field(128, description="model width")
-    n_layers: int = Field(4, description="transformer layers")
-    n_heads: int = Field(4, description="attention heads")
-    d_ff: int = Field(512, description="MLP hidden width")
-    max_seq_len: int = Field(1024, description="context length (positions)")
+    d_model: int = Field(128, ge=1, description="model width")
+    n_layers: int = Field(4, ge=1, description="transformer layers")
+    n_heads: int = Field(4, ge=1, description="attention heads")
+    d_ff: int = Field(512, ge=1, description="MLP hidden width")
+    max_seq_len: int = Field(1024, ge=1, description="context length (positions)")
     seed: int = Field(0, description="seed for the deterministic weight init")
     weights: Path | None = Field(None, description="load weights from this safetensors file instead")
     model_name: str = Field("pg-byte-tiny", description="model id served at /v1/models")
     # Scheduler
-    kv_cache_tokens: int = Field(16384, description="KV-cache budget in tokens")
-    kv_block_size: int = Field(16, description="tokens per KV block")
-    max_step_tokens: int = Field(512, description="prefill + decode tokens per engine step")
-    max_seqs: int = Field(64, description="sequences in the running batch")
-    prefill_chunk: int = Field(256, description="max prompt tokens one sequence prefills per step")
+    kv_cache_tokens: int = Field(16384, ge=1, description="KV-cache budget in tokens")
+    kv_block_size: int = Field(16, ge=1, description="tokens per KV block")
+    max_step_tokens: int = Field(512, ge=1, description="prefill + decode tokens per engine step")
+    max_seqs: int = Field(64, ge=1, description="sequences in the running batch")
+    prefill_chunk: int = Field(256, ge=1, description="max prompt tokens one sequence prefills per step")
     # Admission
-    max_prompt_tokens: int = Field(768, description="largest prompt in tokens")
-    max_output_tokens: int = Field(256, description="largest max_tokens")
-    max_waiting: int = Field(2048, description="requests waiting for the batch before 503")
+    max_prompt_tokens: int = Field(768, ge=1, description="largest prompt in tokens")
+    max_output_tokens: int = Field(256, ge=1, description="largest max_tokens")
+    max_waiting: int = Field(2048, ge=1, description="requests waiting for the batch before 503")
     max_queue_wait_interactive: float = Field(10.0, description="503 when the estimated wait exceeds it (s)")
     max_queue_wait_batch: float = Field(120.0, description="same, for the batch class (s)")
     tenants: dict[str, dict[str, Any]] | None = Field(
@@ -61,12 +63,22 @@ class InferenceSettings(ServiceSettings):
     )
     # Embeddings
     embeddings: bool = Field(True, description="serve /v1/embeddings (loads all-MiniLM-L6-v2)")
-    embed_max_batch_tokens: int = Field(8192, description="padded tokens per embedding batch")
-    embed_max_batch_texts: int = Field(64, description="texts per embedding batch")
+    embed_max_batch_tokens: int = Field(8192, ge=1, description="padded tokens per embedding batch")
+    embed_max_batch_texts: int = Field(64, ge=1, description="texts per embedding batch")
     embed_max_delay_ms: float = Field(5.0, description="max wait to fill an embedding batch (ms)")
     # Jobs
-    max_jobs: int = Field(10000, description="finished jobs kept for polling")
+    max_jobs: int = Field(10000, ge=1, description="finished jobs kept for polling")
     drain_timeout: float = Field(10.0, description="seconds to finish in-flight requests on SIGTERM")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InferenceSettings:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.kv_cache_tokens < self.kv_block_size:
+            raise ValueError(
+                f"kv_cache_tokens ({self.kv_cache_tokens}) is less than one block ({self.kv_block_size})"
+            )
+        return self
 
     def tenant_configs(self) -> list[TenantConfig]:
         raw = self.tenants if self.tenants is not None else DEV_TENANTS

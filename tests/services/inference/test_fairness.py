@@ -2,7 +2,8 @@
 
 Stated bounds (equal weights, max_seqs 4):
 - A floods, B steady and under its share: every B request finishes within its solo latency
-  plus 4 steps (its slot comes from a fairness preemption at most a step after it arrives), and
+  plus 8 steps (its slot comes from a finishing A sequence or, after the scheduler's patience
+  of 4 steps, from a fairness preemption), and
   B is served every token it asks for while A's backlog is still there.
 - Both flood: each tenant's share of computed tokens is its weight share within +-0.1.
 """
@@ -71,7 +72,7 @@ def test_steady_tenant_keeps_latency_while_other_floods(tiny_model) -> None:
         assert b.finish_reason == "length"
         assert b.finish_step < a_last_finish  # B really overlapped A's flood
         latency = b.finish_step - b.arrival_step
-        assert latency <= solo_steps + 4, (latency, solo_steps)
+        assert latency <= solo_steps + 8, (latency, solo_steps)
     # Every B token was computed (the last sampled token never needs a forward pass).
     assert tokens["bob"] == sum(len(b.prompt) + 19 for b in steady)
     assert sum(s.preemptions for s in flood) >= 1  # A was made room for, not B made to wait

@@ -187,10 +187,17 @@ def test_interactive_preempts_batch_when_full(tiny_model) -> None:
             eng.submit(s)
         stepper.advance(3)
         eng.submit(inter)
-        stepper.advance(1)
-        plan = stepper.plans[-1]
-        assert inter in plan.admitted
-        assert [r for _, r in plan.preempted] == ["priority"]
+        patience = eng.scheduler.cfg.preempt_after_steps
+        for _ in range(patience + 2):
+            stepper.advance(1)
+            if inter in stepper.plans[-1].admitted:
+                break
+        # Both slots hold 200-token batch generations: no normal turnover, so after its
+        # patience the interactive request preempts one of them (and only then).
+        assert inter in stepper.plans[-1].admitted
+        assert eng.scheduler.steps - inter.queued_step >= patience
+        assert [r for _, r in stepper.plans[-1].preempted] == ["priority"]
+        assert all(not p.preempted for p in stepper.plans[:-1])
         stepper.release_all()
         assert done.wait(30)
     finally:
@@ -199,3 +206,27 @@ def test_interactive_preempts_batch_when_full(tiny_model) -> None:
             eng.cancel(s)
         eng.stop()
     assert inter.finish_reason == "length"
+
+
+def test_batch_class_leaves_reserved_slots_while_interactive_is_about(tiny_model) -> None:
+    eng = make_engine(tiny_model, max_seqs=4, interactive_reserve=1)
+    batch_running: list[int] = []
+    preempted: list[str] = []
+
+    def observe(plan: StepPlan) -> None:
+        batch_running.append(sum(1 for s in eng.scheduler.running if s.klass == "batch"))
+        preempted.extend(r for _, r in plan.preempted)
+
+    eng.step_observer = observe
+    try:
+        inter = seqs_for(["steady interactive"], max_tokens=60)
+        eng.run_to_completion(inter)  # interactive traffic seen: the reserve is in force
+        batch_running.clear()
+        mixed = seqs_for(PROMPTS, max_tokens=20, tenant="bob", klass="batch") + seqs_for(
+            ["one", "two", "three"], max_tokens=8, tenant="alice"
+        )
+        eng.run_to_completion(mixed)
+    finally:
+        eng.stop()
+    assert max(batch_running) == 3  # never the reserved 4th slot
+    assert preempted == []  # interactive found room without preempting anyone
