@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 USER_AGENT = "ProvingGroundBot/0.1 (+http://127.0.0.1/bot)"
 # The product token robots.txt groups are matched against (RFC 9309 section 2.2.1).
@@ -72,6 +72,15 @@ class CrawlConfig(BaseModel):
         description="do not extract links from a body whose SHA-256 was already seen (off: identical bodies"
         " under different URLs can still hold different relative links)",
     )
+
+    @field_validator("lease_seconds")
+    @classmethod
+    def _lease_outlives_a_fetch(cls, lease: float, info: ValidationInfo) -> float:
+        # A lease that can run out during a fetch would hand the URL to a second worker mid-fetch.
+        fetch = info.data.get("fetch")
+        if fetch is not None and lease <= fetch.total_timeout:
+            raise ValueError(f"must exceed fetch.total_timeout ({fetch.total_timeout} s), got {lease}")
+        return lease
 
     @field_validator("seeds")
     @classmethod

@@ -105,6 +105,7 @@ def test_api_bad_input_names_the_field(api: str) -> None:
             ({"seeds": ["http://a.sim.test/"], "politeness": {"min_delay": -1}}, "body.politeness.min_delay"),
             ({"seeds": ["ftp://a.sim.test/"]}, "body.seeds"),
             ({"seeds": ["http://a.sim.test/"], "bogus": 1}, "body.bogus"),
+            ({"seeds": ["http://a.sim.test/"], "lease_seconds": 5}, "body.lease_seconds"),
         ]
         for body, field in cases:
             r = client.post("/v1/crawls", json=body)
