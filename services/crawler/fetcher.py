@@ -86,18 +86,27 @@ class _BlockedOSError(OSError):
 @dataclass(frozen=True)
 class ResolveRule:
     pattern: str
-    ip: str
+    ip: str  # an IP literal, or a host name (e.g. a compose service) resolved when used
     port: int
 
     @classmethod
     def parse(cls, spec: str) -> ResolveRule:
-        """'*.sim.test=127.0.0.1:8090' (or curl's 'host:port:ip' is not supported: one form only)."""
+        """'*.sim.test=127.0.0.1:8090' or '*.sim.test=websim:8090' (names: for containers)."""
         pattern, sep, target = spec.partition("=")
-        ip, sep2, port = target.rpartition(":")
-        if not sep or not sep2 or not pattern or not ip or not port.isdigit():
-            raise ValueError(f"resolve entry {spec!r}: expected HOSTPATTERN=IP:PORT")
-        ipaddress.ip_address(ip.strip("[]"))
-        return cls(pattern.lower(), ip.strip("[]"), int(port))
+        addr, sep2, port = target.rpartition(":")
+        addr = addr.strip("[]")
+        if not sep or not sep2 or not pattern or not addr or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"resolve entry {spec!r}: expected HOSTPATTERN=IP:PORT or HOSTPATTERN=NAME:PORT")
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            if not all(
+                label and label.replace("-", "").replace("_", "").isalnum() for label in addr.split(".")
+            ):
+                raise ValueError(
+                    f"resolve entry {spec!r}: {addr!r} is neither an IP nor a host name"
+                ) from None
+        return cls(pattern.lower(), addr, int(port))
 
 
 class ResolverMap(AbstractResolver):
@@ -123,7 +132,12 @@ class ResolverMap(AbstractResolver):
     ) -> list[ResolveResult]:
         rule = self.lookup(host)
         if rule is not None:
-            # An explicit map entry is the opt-in for a loopback target (curl --resolve semantics).
+            # An explicit map entry is the opt-in for a loopback/private target (curl --resolve).
+            try:
+                ipaddress.ip_address(rule.ip)
+            except ValueError:  # a name: resolve it, keep the mapped port, skip the guard
+                found = await self._dns.resolve(rule.ip, rule.port, family)
+                return [ResolveResult(**{**r, "hostname": host, "port": rule.port}) for r in found]
             fam = socket.AF_INET6 if ":" in rule.ip else socket.AF_INET
             return [
                 ResolveResult(

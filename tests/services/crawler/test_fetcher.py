@@ -33,7 +33,8 @@ def _fetcher(port: int, **cfg: object) -> Fetcher:
 def test_resolve_rule_parsing() -> None:
     rule = ResolveRule.parse("*.sim.test=127.0.0.1:8090")
     assert (rule.pattern, rule.ip, rule.port) == ("*.sim.test", "127.0.0.1", 8090)
-    for bad in ["*.sim.test", "*.sim.test=127.0.0.1", "=1.2.3.4:5", "a=notanip:80"]:
+    assert ResolveRule.parse("*.sim.test=websim:8090").ip == "websim"  # compose service names
+    for bad in ["*.sim.test", "*.sim.test=127.0.0.1", "=1.2.3.4:5", "a=not an ip:80", "a=1.2.3.4:99999"]:
         with pytest.raises(ValueError):
             ResolveRule.parse(bad)
 
@@ -47,6 +48,16 @@ async def test_resolver_map_routes_by_name_and_sends_host_header() -> None:
     assert res.status == 200 and res.body == b"<p>hi</p>" and res.content_type == "text/html"
     assert site.log[0].host == "h1.sim.test" and site.log[0].path == "/a%2Fb?x=%7E"  # bytes sent as given
     assert site.log[0].user_agent == UA
+
+
+async def test_resolver_map_target_may_be_a_name() -> None:
+    site = MiniSite()
+    site.page("h1.sim.test", "/", "via a name")
+    with site.serve() as port:
+        rules = [ResolveRule.parse(f"*.sim.test=localhost:{port}")]
+        async with Fetcher(FetchConfig(), ResolverMap(rules), UA) as f:
+            res = await f.fetch("http://h1.sim.test/")
+    assert res.body == b"via a name" and site.log[0].host == "h1.sim.test"
 
 
 async def test_ssrf_guard_refuses_loopback_outside_the_map() -> None:
