@@ -24,7 +24,6 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -315,6 +314,3 @@ def _translate(exc: BaseException, url: str) -> FetchError:
         return ConnectionDropped(msg, url)
     return ProtocolError(msg, url)
 
-
-def describe(exc: FetchError) -> dict[str, Any]:
-    return {"type": type(exc).__name__, "message": str(exc), "retryable": exc.retryable}

@@ -198,3 +198,56 @@ def test_cli_crawl_writes_warc_and_page_events(site: tuple[MiniSite, int], tmp_p
     assert {s["name"] for s in spans} >= {"crawler.fetch", "crawler.parse", "crawler.store"}
     for span in spans:
         jsonschema.validate(span, span_schema)
+
+
+def test_sigterm_mid_crawl_keeps_the_store_and_a_restart_resumes(
+    site: tuple[MiniSite, int], tmp_path: Path
+) -> None:
+    import signal
+
+    def start() -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "services.crawler",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path),
+                "--resolve",
+                f"*.sim.test=127.0.0.1:{site[1]}",
+                "--log-level",
+                "WARNING",
+            ],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(port, timeout=20)
+        return proc, f"http://127.0.0.1:{port}"
+
+    body = {"seeds": ["http://a.sim.test/"], "politeness": {"min_delay": 0.3}}
+    proc, base = start()
+    with httpx.Client(base_url=base, timeout=30) as client:
+        assert client.post("/v1/crawls", params={"crawl_id": "r1"}, json=body).status_code == 201
+        deadline = time.monotonic() + 20
+        while client.get("/v1/crawls/r1").json()["urls"]["FETCHED"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0  # drained: the crawl was cancelled, the store closed cleanly
+    fetched_before = len([e for e in site[0].log if e.path != "/robots.txt"])
+    assert 3 <= fetched_before < 13
+
+    proc, base = start()
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            assert client.post("/v1/crawls", params={"crawl_id": "r1"}, json=body).status_code == 201
+            final = _wait_state(client, "r1", {"finished"})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert final["urls"]["FETCHED"] == 13
+    pages = [e.path for e in site[0].log if e.path != "/robots.txt"]
+    assert len(pages) == len(set(pages)) == 13  # nothing fetched twice across the restart
