@@ -68,8 +68,8 @@ def to_dict(result: ScanResult) -> dict[str, Any]:
 
 
 def write_json(result: ScanResult, out: TextIO) -> None:
-    json.dump(to_dict(result), out, indent=2)
-    out.write("\n")
+    # One dumps and one write: json.dump with indent streams thousands of tiny writes.
+    out.write(json.dumps(to_dict(result), indent=2) + "\n")
 
 
 def write_csv(result: ScanResult, out: TextIO) -> None:
