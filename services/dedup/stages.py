@@ -323,7 +323,20 @@ def verify_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
         return out, len(proven)
 
     out: list[Group] = []
-    for group, result, exc in ctx.map(verify, groups):
+    todo = groups
+    if trusted is not None:
+        # Groups a previous scan proved whole need no reader thread: settle them here.
+        todo = []
+        for group in groups:
+            if group.digest is not None and all(
+                v == group.digest for v in trusted.get_many(group.files, "verified")
+            ):
+                out.append(group)
+                stats.cache_hits += len(group.files)
+                ctx.progress.advance(len(group.files))
+            else:
+                todo.append(group)
+    for group, result, exc in ctx.map(verify, todo):
         ctx.progress.advance(len(group.files))
         if exc is not None or result is None:
             raise exc if exc is not None else RuntimeError("no result")
