@@ -76,7 +76,14 @@ def test_api_runs_pauses_resumes_and_reports(api: str, site: tuple[MiniSite, int
         created = client.post("/v1/crawls", params={"crawl_id": "c1"}, json=body)
         assert created.status_code == 201, created.text
         assert client.post("/v1/crawls", params={"crawl_id": "c1"}, json=body).status_code == 409
+        deadline = time.monotonic() + 20  # let robots.txt and the first page through
+        while client.get("/v1/crawls/c1").json()["urls"]["FETCHED"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert client.post("/v1/crawls/c1/pause").json()["state"] == "paused"
+        time.sleep(0.3)
+        paused_at = client.get("/v1/crawls/c1").json()["urls"]["FETCHED"]
+        time.sleep(0.5)
+        assert client.get("/v1/crawls/c1").json()["urls"]["FETCHED"] == paused_at  # nothing while paused
         hosts = client.get("/v1/crawls/c1/hosts").json()
         assert hosts and hosts[0]["host"] == "a.sim.test" and hosts[0]["delay_seconds"] >= 0.1
         assert client.get("/v1/crawls/c1/hosts/a.sim.test").json()["robots"]["mode"] == "rules"
