@@ -236,11 +236,13 @@ def add_routes(app: FastAPI, gateway: Gateway, jobs: JobStore) -> None:
 
 
 async def _watch_disconnect(request: Request, gateway: Gateway, seq: Sequence) -> None:
+    """The body is already read, so the next ASGI message is the disconnect: wait for it
+    (no polling; hundreds of waiting requests would otherwise wake the loop constantly)."""
     while True:
-        if await request.is_disconnected():
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
             gateway.engine.cancel(seq)
             return
-        await asyncio.sleep(0.05)
 
 
 async def _sse(stream: AsyncIterator[Piece | Finish], seq: Sequence, model: str) -> AsyncIterator[bytes]:

@@ -7,6 +7,7 @@ result. Errors are InferenceError subclasses; each transport translates them onc
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -250,8 +251,6 @@ class Gateway:
         self, tenant: TenantConfig, prompt: str, candidates: list[str], model: str | None = None
     ) -> list[dict[str, object]]:
         """Sum of candidate token log-probs given the prompt; probabilities via log-sum-exp."""
-        import math
-
         self._check_model(model, self.model_name)
         if not candidates:
             raise InvalidRequest("candidates must hold at least one string", "body.candidates")
