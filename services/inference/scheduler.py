@@ -12,7 +12,8 @@ Order of work in `schedule()`:
    its share) exists, the youngest such sequence is preempted. While interactive traffic is
    around, the batch class leaves `interactive_reserve` slots free, so this stays rare.
 2. Running sequences: decodes first (1 token each, so streams keep flowing), then prefills in
-   chunks of at most `prefill_chunk`. A sequence that needs a new KV block and finds none
+   chunks of at most `prefill_chunk`; batch-class prefills leave room for the first chunk of a
+   waiting interactive request. A sequence that needs a new KV block and finds none
    preempts the lowest-priority running sequence not yet scheduled, or waits itself.
 3. Admission from the fair queue while budget, slots and KV allow. A sequence is admitted only
    when blocks for its whole current tokens (prompt, plus output when it is recomputed after a
@@ -144,6 +145,7 @@ class Scheduler:
         plan = StepPlan()
         self._preempt_for_waiting(plan)
         budget = self.cfg.max_step_tokens
+        hold = self._interactive_hold()
         # Decodes first, then prefills; within each, interactive before batch, oldest first.
         order = sorted(self.running, key=lambda s: (s.pending > 1, _rank(s), s.arrival))
         scheduled: set[int] = set()
@@ -152,7 +154,12 @@ class Scheduler:
                 break
             if seq.status is not SeqStatus.RUNNING:  # preempted earlier in this loop
                 continue
-            n = min(seq.pending, budget, self.cfg.prefill_chunk)
+            # Batch prefills leave `hold` tokens for a waiting interactive request's first chunk:
+            # otherwise long batch prompts could take the whole budget step after step.
+            room = budget - hold if seq.pending > 1 and seq.klass == "batch" else budget
+            n = min(seq.pending, room, self.cfg.prefill_chunk)
+            if n <= 0:
+                continue
             while not self.cache.can_grow(seq.block_table, seq.num_computed + n):
                 victims = [s for s in self.running if id(s) not in scheduled and s is not seq]
                 if not victims:
@@ -168,6 +175,13 @@ class Scheduler:
             budget -= n
         self._admit(plan, budget)
         return plan
+
+    def _interactive_hold(self) -> int:
+        """Budget to keep this step for admitting a waiting interactive request (0 if none)."""
+        for seq in self.fair.candidates_of("interactive"):
+            if self._can_admit(seq):
+                return min(seq.pending, self.cfg.prefill_chunk, self.cfg.max_step_tokens)
+        return 0
 
     def _admit(self, plan: StepPlan, budget: int) -> None:
         while budget > 0 and len(self.running) < self.cfg.max_seqs:

@@ -230,3 +230,29 @@ def test_batch_class_leaves_reserved_slots_while_interactive_is_about(tiny_model
         eng.stop()
     assert max(batch_running) == 3  # never the reserved 4th slot
     assert preempted == []  # interactive found room without preempting anyone
+
+
+def test_batch_prefill_leaves_budget_for_waiting_interactive(tiny_model) -> None:
+    # A 200-token batch prompt could take the whole 32-token budget for 7 steps in a row.
+    eng = make_engine(tiny_model, max_seqs=4, max_step_tokens=32, prefill_chunk=32)
+    stepper = Stepper(eng)
+    bulk = Sequence("bulk", "bob", TOK.encode("b" * 199), max_tokens=4, klass="batch", stop_at_eos=False)
+    inter = Sequence("urgent", "alice", TOK.encode("quick one"), max_tokens=4, stop_at_eos=False)
+    done = threading.Event()
+    inter.on_event = lambda ev: done.set() if ev.kind == "finish" else None
+    try:
+        eng.submit(bulk)
+        stepper.advance(1)
+        eng.submit(inter)
+        stepper.advance(1)
+        plan = stepper.plans[-1]
+        assert inter in plan.admitted  # the very next step, not after the bulk prefill
+        chunks = dict((s.seq_id, n) for s, n in plan.chunks)
+        assert chunks["urgent"] == len(inter.prompt)
+        assert 0 < chunks["bulk"] <= 32 - len(inter.prompt)
+        stepper.release_all()
+        assert done.wait(30)
+    finally:
+        stepper.release_all()
+        eng.cancel(bulk)
+        eng.stop()
