@@ -7,7 +7,7 @@ What it does, and nothing more:
 - an empty path becomes "/";
 - percent-encoding: escapes of unreserved characters (ALPHA DIGIT - . _ ~) are decoded, every other
   escape is upper-cased, and characters that may not appear raw (space, non-ASCII, quotes...) are
-  UTF-8 percent-encoded exactly as a browser would before sending them.
+  UTF-8 percent-encoded as a browser would before sending them; a stray "%" becomes %25.
 
 What it deliberately does not do, because each can merge distinct resources: sort or drop query
 parameters, add or remove trailing slashes, decode reserved escapes such as %2F, strip "www.".
@@ -52,11 +52,12 @@ def _normalise_escapes(part: str, safe: frozenset[int]) -> str:
                 out += b"%" + raw[i + 1 : i + 3].upper()
             i += 3
             continue
-        if b in safe or b == 0x25:
-            # A stray "%" (not followed by two hex digits) stays raw, as browsers send it: encoding
-            # it as %25 would change the bytes the server decodes.
+        if b in safe:
             out.append(b)
         else:
+            # Includes a stray "%" (not followed by two hex digits): as %25 it decodes to the same
+            # byte, and it can never fuse with what follows into a new escape ("%a%41" -> "%aA"
+            # would be a different URL; "%25aA" is not).
             out += b"%%%02X" % b
         i += 1
     return out.decode("ascii")
