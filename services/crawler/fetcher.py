@@ -313,4 +313,3 @@ def _translate(exc: BaseException, url: str) -> FetchError:
     if isinstance(exc, aiohttp.ClientError | OSError):
         return ConnectionDropped(msg, url)
     return ProtocolError(msg, url)
-
