@@ -88,7 +88,7 @@ class Block(nn.Module):
         cache: KVCache,
         write_slots: torch.Tensor,
         write_rows: torch.Tensor,
-        read_blocks: torch.Tensor,
+        read_slots: torch.Tensor,
         mask: torch.Tensor,
     ) -> torch.Tensor:
         q, k, v = self._qkv(x)  # [B, T, H, D]
@@ -100,16 +100,12 @@ class Block(nn.Module):
         new_v = v.reshape(-1, *heads).index_select(0, write_rows).transpose(0, 1)
         k_pool.index_copy_(1, write_slots, new_k.to(k_pool.dtype))
         v_pool.index_copy_(1, write_slots, new_v.to(v_pool.dtype))
-        # Heads-first pool, gathered a whole block at a time: the context lands contiguous as
-        # [H, B, blocks * block_size, D] (attention runs with (H, B) as batch dims), and one
-        # 2 KB row per block copies far faster than one 128-byte row per token.
-        b, nb = read_blocks.shape
-        lctx = nb * cache.block_size
-        flat = read_blocks.reshape(-1)
-        k_blocks = k_pool.view(self.n_heads, cache.num_blocks, cache.block_size * self.head_dim)
-        v_blocks = v_pool.view(self.n_heads, cache.num_blocks, cache.block_size * self.head_dim)
-        keys = k_blocks.index_select(1, flat).view(self.n_heads, b, lctx, self.head_dim)
-        values = v_blocks.index_select(1, flat).view(self.n_heads, b, lctx, self.head_dim)
+        # Heads-first pool: the gather lands contiguous as [H, B, Lctx, D], and attention runs
+        # with (H, B) as batch dims; no transpose copy of the whole context per layer.
+        b, lctx = read_slots.shape
+        flat = read_slots.reshape(-1)
+        keys = k_pool.index_select(1, flat).view(self.n_heads, b, lctx, self.head_dim)
+        values = v_pool.index_select(1, flat).view(self.n_heads, b, lctx, self.head_dim)
         qh = q.permute(2, 0, 1, 3)  # [H, B, T, D]
         attn = attention(qh, keys.to(q.dtype), values.to(q.dtype), mask.transpose(0, 1))  # [H, B, T, D]
         return self._finish(x, attn.permute(1, 2, 0, 3))
@@ -151,17 +147,15 @@ class Transformer(nn.Module):
         real = torch.arange(t, device=dev)[None, :] < step.new_lens[:, None]  # [B, T]
         write_rows = real.reshape(-1).nonzero().squeeze(1)
         write_slots = cache.slots(step.tables, step.positions)[real]
-        # Context read back for every row: whole blocks covering positions 0..max_ctx-1; keys
-        # past a row's own length (block tail, or table padding) are masked out.
-        nb = cache.blocks_for(int(step.ctx_lens.max()))
-        read_blocks = step.tables[:, :nb]
-        lctx = nb * cache.block_size
-        k_pos = torch.arange(lctx, device=dev)[None, :].expand(b, lctx)
+        # Context read back for every row: positions 0..max_ctx-1, pad keys masked out.
+        max_ctx = int(step.ctx_lens.max())
+        k_pos = torch.arange(max_ctx, device=dev)[None, :].expand(b, max_ctx)
         k_valid = k_pos < step.ctx_lens[:, None]
+        read_slots = cache.slots(step.tables, torch.where(k_valid, k_pos, torch.zeros_like(k_pos)))
         # Query (row b, new token i) at absolute position p sees keys j <= p that exist.
         mask = (k_pos[:, None, :] <= step.positions[:, :, None]) & k_valid[:, None, :]
         mask = mask[:, None]  # [B, 1, T, Lctx]
         for layer, block in enumerate(self.blocks):
-            x = block.forward_cached(x, layer, cache, write_slots, write_rows, read_blocks, mask)
+            x = block.forward_cached(x, layer, cache, write_slots, write_rows, read_slots, mask)
         last = (step.new_lens - 1).clamp(min=0)
         return self._logits(x[torch.arange(b, device=dev), last])
