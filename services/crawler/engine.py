@@ -317,6 +317,12 @@ class Crawl:
         metrics.POLITENESS_DELAY.observe(delay)
         metrics.FETCH_LATENCY.observe(now - t0)
 
+    def _retry_robots_hop(self, host: str, url: str, hops: int) -> None:
+        """A transient failure: the host's next turn asks the same URL again (a redirect target
+        is retried as such, rather than walking the redirect chain from /robots.txt once more)."""
+        if hops > 0:
+            self._robots_redirect[host] = (url, hops)
+
     async def _fetch_robots(self, host: str, slot: HostSlot, url: str, hops: int) -> None:
         t0 = self._begin_request(host, slot)
         self.stats.robots_fetches += 1
@@ -329,7 +335,8 @@ class Crawl:
             metrics.FETCHES.labels(type(exc).__name__).inc()
             if exc.retryable and self._robots_attempts[host] < _ROBOTS_ATTEMPTS:
                 self._end_request(slot, t0, None, self.retry.backoff(self._robots_attempts[host]))
-                return  # the next turn of this host tries robots.txt again
+                self._retry_robots_hop(host, url, hops)
+                return
             policy = policy_from_response(None, b"", ROBOTS_TOKEN, error=str(exc))
         else:
             status = result.status
@@ -351,6 +358,7 @@ class Crawl:
                 self._robots_attempts[host] += 1
                 backoff = self.retry.backoff(self._robots_attempts[host], retry_after)
                 self._end_request(slot, t0, status, backoff)
+                self._retry_robots_hop(host, url, hops)
                 return
             policy = policy_from_response(status, result.body, ROBOTS_TOKEN)
         slot.crawl_delay = policy.crawl_delay

@@ -129,6 +129,42 @@ def test_crawl_traps_stay_bounded(crawled: tuple[WebSim, Crawl, set[str]]) -> No
     assert all(n <= MAX_DEPTH + 1 for n in per_host.values()), per_host
 
 
+def test_under_injected_faults_the_crawl_stays_polite_and_retries_only_transients(tmp_path: Path) -> None:
+    sim = WebSim(SimConfig(hosts=40, seed=3))
+    seeds = sim.seeds(40)
+    truth = sim.ground_truth(seeds, max_depth=4)
+    sim.set_fault("*", error_rate=0.08, drop_rate=0.05)  # 500s and dropped connections everywhere
+    with sim.run_in_thread() as port:
+        c = asyncio.run(
+            crawl(
+                port,
+                tmp_path,
+                seeds=seeds,
+                max_depth=5,
+                politeness={"min_delay": MIN_DELAY},
+                retry={"base_delay": 0.05, "max_delay": 0.5, "max_attempts": 6},
+            )
+        )
+    entries = sim.entries()
+    assert sum(1 for e in entries if e["fault"]) > 50  # the faults did fire
+    by_host: dict[str, list[float]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for e in entries:
+        by_host[e["host"]].append(e["ts"])
+        groups[_key(e)].append(e["status"])
+        assert e["kind"] == "robots" or websim_truth.allowed(sim.web, e["host"], canonical_target(e["path"]))
+    for host, stamps in by_host.items():
+        required = max(MIN_DELAY, websim_truth.required_delay(sim.web, host) or 0.0)
+        assert all(b - a >= required - CLOCK_TOLERANCE for a, b in itertools.pairwise(stamps)), host
+    for key, statuses in groups.items():
+        assert all(st in RETRYABLE for st in statuses[:-1]), (key, statuses)
+    fetched = {e["page_id"] for e in entries if e["status"] == 200 and e["kind"] in ("page", "calendar")}
+    assert fetched <= truth
+    # a host whose robots.txt failed 3 times in a row is disallowed (RFC 9309), so allow a little loss
+    assert len(fetched) >= 0.9 * len(truth), (len(fetched), len(truth))
+    assert c.stats.retries > 20
+
+
 # -- crash and resume ---------------------------------------------------------------------------
 
 
