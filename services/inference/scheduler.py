@@ -124,7 +124,10 @@ class Scheduler:
         return sum(1 for s in self.running if s.tenant == tenant)
 
     def _fits(self, seq: Sequence) -> bool:
-        need = self.cache.blocks_for(seq.num_tokens) + self.cfg.watermark_blocks
+        # The watermark keeps headroom for running decodes; with nothing running there is no
+        # one to keep it for, and a sequence as large as the whole cache must still get in.
+        watermark = self.cfg.watermark_blocks if self.running else 0
+        need = self.cache.blocks_for(seq.num_tokens) + watermark
         return need <= self.cache.free_blocks
 
     # -- policy ------------------------------------------------------------------------------
