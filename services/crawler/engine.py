@@ -55,6 +55,7 @@ log = logging.getLogger("services.crawler.engine")
 _ROBOTS_ATTEMPTS = 3  # transient robots.txt failures retried politely before disallow-all
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
 _CLAIMS_PER_TURN = 200
+_MAX_WORKER_ERRORS = 50  # unexpected exceptions in host turns before the crawl is failed
 # Gap after a robots.txt redirect hop, while the host's Crawl-delay is still unknown.
 _UNKNOWN_ROBOTS_DELAY = 1.0
 
@@ -137,6 +138,8 @@ class Crawl:
         self._resume = asyncio.Event()
         self._resume.set()
         self._wake = asyncio.Event()
+        self._worker_errors = 0
+        self._failed = False
 
     # -- control -----------------------------------------------------------------------------
     def pause(self) -> None:
@@ -216,7 +219,9 @@ class Crawl:
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
-            if self.state is CrawlState.CANCELLING:
+            if self._failed:
+                self.state = CrawlState.FAILED
+            elif self.state is CrawlState.CANCELLING:
                 self.state = CrawlState.CANCELLED
             elif self.state is not CrawlState.FAILED:
                 self.state = CrawlState.FINISHED
@@ -233,6 +238,12 @@ class Crawl:
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error("worker failed: %s", exc, exc_info=exc)
+            self._worker_errors += 1
+            # A bug or a broken store fails every turn; stop instead of spinning on it.
+            if self._worker_errors >= _MAX_WORKER_ERRORS and not self.done:
+                self.error = f"{self._worker_errors} worker errors, last: {type(exc).__name__}: {exc}"
+                self.cancel()
+                self._failed = True
 
     async def _wait_wake(self, timeout: float) -> None:
         self._wake.clear()

@@ -199,3 +199,26 @@ async def test_one_huge_host_cannot_starve_the_others(tmp_path: Path) -> None:
     # every small host is done while the big one has had at most its fair share of turns
     assert big_before <= 12, big_before
     assert sum(1 for e in pages if e.host == "big.sim.test") == 151
+
+
+async def test_a_broken_store_fails_the_crawl_instead_of_spinning(tmp_path: Path) -> None:
+    import sqlite3
+
+    from services.crawler.store_sqlite import SQLiteStore
+
+    class DiskFull(SQLiteStore):
+        def finish(self, *args: Any, **kwargs: Any) -> int:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    site = MiniSite()
+    site.page("a.sim.test", "/", "".join(f'<a href="/{i}">x</a>' for i in range(80)))
+    config = CrawlConfig.model_validate(
+        {"seeds": [f"http://a.sim.test/{i}" for i in range(80)], "politeness": {"min_delay": 0.0}}
+    )
+    with site.serve() as port:
+        rules = [ResolveRule.parse(f"*.sim.test=127.0.0.1:{port}")]
+        async with Fetcher(config.fetch, ResolverMap(rules), config.user_agent) as fetcher:
+            c = Crawl("t", config, DiskFull(tmp_path / "s.sqlite"), fetcher)
+            await c.run()
+    assert c.state is CrawlState.FAILED
+    assert c.error is not None and "disk is full" in c.error
