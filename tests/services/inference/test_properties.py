@@ -54,6 +54,7 @@ def test_stream_decoder_equals_one_shot_decode(data: bytes) -> None:
             st.sampled_from(["interactive", "batch"]),
             st.sampled_from(["a", "b", "c"]),
             st.booleans(),
+            st.integers(0, 40),
         ),
         min_size=1,
         max_size=25,
@@ -62,19 +63,22 @@ def test_stream_decoder_equals_one_shot_decode(data: bytes) -> None:
     max_seqs=st.integers(1, 6),
     budget=st.integers(1, 48),
     chunk=st.integers(1, 32),
+    patience=st.integers(0, 4),
 )
-def test_scheduler_invariants_hold_and_everything_finishes(reqs, kv_blocks, max_seqs, budget, chunk) -> None:
+def test_scheduler_invariants_hold_and_everything_finishes(
+    reqs, kv_blocks, max_seqs, budget, chunk, patience
+):
     """The policy on its own (a stand-in emits token 1 when a row completes): KV blocks are
     conserved and never shared, budgets hold at every step, and all work finishes."""
     cache = KVCache(n_layers=1, n_heads=1, head_dim=1, num_tokens=kv_blocks * 4, block_size=4)
-    sched = Scheduler(
-        SchedulerConfig(max_step_tokens=budget, max_seqs=max_seqs, prefill_chunk=chunk),
-        cache,
-        FairQueue({"a": 1.0, "b": 2.0}),
+    cfg = SchedulerConfig(
+        max_step_tokens=budget, max_seqs=max_seqs, prefill_chunk=chunk, preempt_after_steps=patience
     )
+    sched = Scheduler(cfg, cache, FairQueue({"a": 1.0, "b": 2.0}))
     seqs = []
+    arrive: dict[int, list[Sequence]] = {}
     cancel_at: dict[int, int] = {}
-    for i, (prompt, out, klass, tenant, cancel) in enumerate(reqs):
+    for i, (prompt, out, klass, tenant, cancel, at) in enumerate(reqs):
         if prompt + out > cache.capacity_tokens:  # admission rejects these at the API
             continue
         seq = Sequence(
@@ -87,11 +91,13 @@ def test_scheduler_invariants_hold_and_everything_finishes(reqs, kv_blocks, max_
             stop_at_eos=False,
         )
         seqs.append(seq)
-        sched.add(seq)
+        arrive.setdefault(at, []).append(seq)  # arrivals spread over steps: preemption paths
         if cancel:
             cancel_at[id(seq)] = 3 + i  # some while waiting, some while running
     for step in range(5000):
-        if not sched.running and not len(sched.fair):
+        for seq in arrive.pop(step, []):
+            sched.add(seq)
+        if not sched.running and not len(sched.fair) and not arrive:
             break
         for seq in [s for s in seqs if cancel_at.get(id(s)) == step]:
             sched.drop(seq)
