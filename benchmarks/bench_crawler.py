@@ -300,6 +300,40 @@ def run_scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, warm
     }
 
 
+def plot(report: dict[str, Any], path: Path) -> Path | None:
+    """Pages/s and violations per scenario, crawler vs Scrapy, medians with min-max whiskers."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    metrics = [
+        ("pages_per_s", "pages/s"),
+        ("politeness_violations", "politeness violations"),
+        ("robots_violations", "robots violations"),
+        ("duplicate_fetches", "duplicate fetches"),
+    ]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6))
+    names = list(report)
+    for ax, (key, label) in zip(axes, metrics, strict=True):
+        for k, who in enumerate(("crawler", "scrapy")):
+            cells = [report[n]["summary"][who][key] for n in names]
+            xs = [i + (k - 0.5) * 0.38 for i in range(len(names))]
+            med = [c["median"] for c in cells]
+            err = [[c["median"] - c["min"] for c in cells], [c["max"] - c["median"] for c in cells]]
+            ax.bar(xs, med, width=0.38, yerr=err, capsize=3, label=who)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_title(label)
+    axes[0].legend()
+    fig.suptitle("crawler vs Scrapy on websim (judged from websim's request log)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all")
@@ -316,6 +350,9 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "scenarios": report}, indent=2))
     print(f"\nJSON: {out.relative_to(ROOT)}")
+    png = plot(report, out.with_suffix(".png"))
+    if png is not None:
+        print(f"PNG:  {png.relative_to(ROOT)}")
     return 0
 
 
