@@ -144,3 +144,29 @@ def test_bloom_false_positive_rate_is_near_its_target() -> None:
     false_pos = sum(url_key(f"http://out.test/{i}") in bloom for i in range(20_000)) / 20_000
     assert false_pos < 0.02
     assert bloom.memory_bytes < 13_000  # ~9.6 bits per URL instead of a 16-byte digest
+
+
+def test_a_shorter_path_found_later_lowers_depths_and_admits_cut_links(tmp_path: Path) -> None:
+    """max_depth means BFS depth even when hosts are crawled out of BFS order."""
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    store.add([_u("/far", depth=3)], now=0, max_depth=3)
+    rec = store.claim("a.test", "w", 10, now=0)
+    assert rec is not None and store.start(rec.id, "w", 10, now=0)
+    # /far is fetched at depth 3: its link to /child (depth 4) is over the limit and not admitted
+    assert (
+        store.finish(
+            rec.id,
+            Outcome(URLState.FETCHED, status=200),
+            [_u("/child", depth=4)],
+            max_depth=3,
+            parent_depth=3,
+            now=0,
+        )
+        == 0
+    )
+    assert store.counts()["DISCOVERED"] == 0
+    # then a page at depth 0 links to /far: /far is now depth 1, so /child (depth 2) gets in
+    store.add([_u("/far", depth=1)], now=0, max_depth=3)
+    row = store._db.execute("SELECT depth FROM urls WHERE url='http://a.test/child'").fetchone()
+    assert row == (2,)
+    assert store._db.execute("SELECT depth FROM urls WHERE url='http://a.test/far'").fetchone() == (1,)
