@@ -7,6 +7,8 @@ import time
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from .conftest import LiveServer
@@ -233,3 +235,43 @@ def test_models_health_and_metrics(live_server: LiveServer) -> None:
         'inference_generated_tokens_total{class="interactive",tenant="alice"}',
     ):
         assert name in text, name
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+_fields = st.sampled_from(
+    [
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "stream",
+        "priority",
+        "deadline_ms",
+        "model",
+        "x",
+    ]
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.dictionaries(_fields, _json_values, max_size=6))
+def test_malformed_completion_bodies_get_4xx_json_never_500(live_server: LiveServer, body: dict) -> None:
+    if isinstance(body.get("max_tokens"), int) and 0 < body["max_tokens"] <= 256:
+        body["max_tokens"] = min(body["max_tokens"], 4)  # keep valid ones quick
+    body["stream"] = False
+    with httpx.Client(base_url=live_server.url, timeout=60) as c:
+        r = c.post("/v1/completions", json=body, headers=ALICE)
+    assert r.status_code in (200, 400, 404, 413, 422), r.text
+    if r.status_code != 200:
+        err = r.json()["error"]
+        assert err["type"] and err["message"]
+        assert err["field"] is None or err["field"].startswith("body")
