@@ -93,7 +93,13 @@ def build_runtime(s: InferenceSettings) -> Runtime:
         admin_key_sha256=s.admin_key_sha256,
     )
     rt: Runtime
-    gateway = Gateway(engine, admission, model_name=s.model_name, embedder=lambda: rt.embedder)
+    gateway = Gateway(
+        engine,
+        admission,
+        model_name=s.model_name,
+        embedder=lambda: rt.embedder,
+        embedder_loading=lambda: rt.extras.get("embed_task"),
+    )
     rt = Runtime(s, engine, admission, gateway, JobStore(gateway, s.max_jobs), device)
     return rt
 
@@ -108,7 +114,10 @@ def build_app(s: InferenceSettings, rt: Runtime | None = None) -> tuple[FastAPI,
         health.add_check("engine", lambda: rt.engine.alive)
         embed_task = None
         if s.embeddings:
-            embed_task = asyncio.create_task(_load_embeddings(rt))
+            embed_task = rt.extras["embed_task"] = asyncio.create_task(_load_embeddings(rt))
+            # Ready once the embedding model has loaded (or failed to: then /v1/embeddings
+            # answers 503 and generation still serves); /healthz is up from the start.
+            health.add_check("embeddings", lambda: embed_task.done())
         grpc_server = None
         if s.grpc_port >= 0:
             from services.inference.grpc_server import start_grpc

@@ -43,6 +43,9 @@ class EmbeddingModel:
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the service logs JSON lines; no tqdm bars on stderr
 
         path = str(path or package_model_dir())
         self.tokenizer = AutoTokenizer.from_pretrained(path)

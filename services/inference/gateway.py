@@ -7,6 +7,7 @@ result. Errors are InferenceError subclasses; each transport translates them onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
@@ -22,6 +23,7 @@ from services.inference.model.tokenizer import ByteTokenizer, StreamDecoder
 from services.inference.sequence import CLASSES, Sequence
 
 MAX_SCORE_CANDIDATES = 32
+EMBED_LOAD_WAIT_S = 30.0
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Gateway:
         *,
         model_name: str,
         embedder: Callable[[], EmbeddingBatcher | None] = lambda: None,
+        embedder_loading: Callable[[], asyncio.Task | None] = lambda: None,
         embed_model_name: str = "all-MiniLM-L6-v2",
     ) -> None:
         self.engine = engine
@@ -80,6 +83,7 @@ class Gateway:
         self.tokenizer = ByteTokenizer()
         self.model_name = model_name
         self._embedder = embedder
+        self._embedder_loading = embedder_loading
         self.embed_model_name = embed_model_name
 
     # -- models ------------------------------------------------------------------------------
@@ -232,6 +236,13 @@ class Gateway:
     ) -> tuple[list, int]:
         self._check_model(model, self.embed_model_name)
         batcher = self._embedder()
+        loading = self._embedder_loading()
+        if batcher is None and loading is not None and not loading.done():
+            # Start-up: the model loads in the background (~10 s on CPU); wait for it briefly
+            # rather than fail the first requests.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(loading), EMBED_LOAD_WAIT_S)
+            batcher = self._embedder()
         if batcher is None:
             raise Overloaded("the embedding model is not loaded (yet)", "embeddings_unavailable", 10)
         if not texts:

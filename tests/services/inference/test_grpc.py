@@ -32,6 +32,19 @@ def stub(server: LiveServer):
         yield pb_grpc.InferenceStub(channel)
 
 
+def test_embeddings_wait_for_the_model_at_startup(server: LiveServer) -> None:
+    # First test on a fresh server: the model loads in the background for several seconds.
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        if server.runtime.embedder is None:
+            r = c.get("/readyz")
+            assert r.status_code == 503 and "embeddings" in r.text
+        assert c.get("/healthz").status_code == 200
+        r = c.post("/v1/embeddings", json={"input": "early bird"}, headers=ALICE_HTTP)
+        assert r.status_code == 200, r.text  # waited for the model instead of failing
+        assert len(r.json()["data"][0]["embedding"]) == 384
+        assert c.get("/readyz").status_code == 200
+
+
 def test_greedy_generation_identical_over_http_and_grpc(server: LiveServer, stub) -> None:
     with httpx.Client(base_url=server.url, timeout=60) as c:
         for prompt in PROMPTS:
