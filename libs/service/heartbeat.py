@@ -22,8 +22,16 @@ class Heartbeat:
     """Call beat() once per turn of a work loop (cheap: one gauge set)."""
 
     def __init__(self, service: str, worker: str) -> None:
+        self._labels = (service, worker)
         self._gauge = HEARTBEAT.labels(service, worker)
         self.beat()
 
     def beat(self) -> None:
         self._gauge.set(time.time())
+
+    def stop(self) -> None:
+        """A loop that ended on purpose removes its series, so no alert waits for it."""
+        try:
+            HEARTBEAT.remove(*self._labels)
+        except KeyError:
+            pass

@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from libs.service.heartbeat import Heartbeat
 from libs.service.spans import SpanLog
 from services.crawler import metrics
 from services.crawler.fetcher import Fetcher, FetchError, FetchResult
@@ -189,10 +190,14 @@ class Crawl:
         self.frontier.load_pending()
         reaper = asyncio.create_task(self._reaper())
         slots = asyncio.Semaphore(self.config.concurrency)
+        heartbeat = Heartbeat("crawler", f"crawl-{self.crawl_id}")
         try:
             while self.state is not CrawlState.CANCELLING:
+                heartbeat.beat()
                 if self.state is CrawlState.PAUSED:
-                    await self._resume.wait()
+                    # wake now and then while paused so the heartbeat says the loop lives
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._resume.wait(), timeout=5.0)
                     continue
                 if not self._budget_left():
                     if not self._tasks:
@@ -226,6 +231,7 @@ class Crawl:
             elif self.state is not CrawlState.FAILED:
                 self.state = CrawlState.FINISHED
             self.stats.finished_at = time.time()
+            heartbeat.stop()
             metrics.FRONTIER_SIZE.set(0)
             if self.on_progress:
                 self.on_progress(self)

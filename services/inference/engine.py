@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from libs.service.heartbeat import Heartbeat
 from services.inference import metrics as m
 from services.inference.fairness import FairQueue
 from services.inference.model.kv_cache import KVCache
@@ -267,10 +268,13 @@ class Engine:
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
+        heartbeat = Heartbeat("inference", "engine")
         while True:
+            heartbeat.beat()
             with self._wake:
                 while not self._commands and not self._stopping and not self._live:
-                    self._wake.wait()
+                    self._wake.wait(5.0)  # wake now and then while idle: the heartbeat says we live
+                    heartbeat.beat()
                 if self._stopping:
                     break
                 self._apply_commands()
@@ -284,6 +288,7 @@ class Engine:
             self._step(plan)
         for seq in list(self._live.values()):
             self._end(seq, "shutdown")
+        heartbeat.stop()
 
     def _step(self, plan: StepPlan) -> None:
         t0 = time.monotonic()

@@ -20,3 +20,11 @@ def test_beat_exports_the_time_of_the_last_turn():
         "worker_heartbeat_timestamp_seconds", {"service": "testsvc", "worker": "loop"}
     )
     assert second > first
+
+
+def test_stop_removes_the_series():
+    hb = Heartbeat("testsvc", "finished-loop")
+    hb.stop()
+    labels = {"service": "testsvc", "worker": "finished-loop"}
+    assert REGISTRY.get_sample_value("worker_heartbeat_timestamp_seconds", labels) is None
+    hb.stop()  # idempotent
