@@ -243,6 +243,7 @@ def test_acknowledged_pages_survive_sigkill_with_a_data_dir(tmp_path: Path) -> N
     finally:
         proc.send_signal(signal.SIGKILL)  # no shutdown hook runs: only what was fsynced counts
         proc.wait(timeout=10)
+        os.unlink(proc.log_path)  # type: ignore[attr-defined]
     with open(data / "pages" / "pages.jsonl", "ab") as f:
         f.write(b'{"url": "torn')  # a crash in the middle of an append
     proc, base = _start("--data-dir", str(data))
