@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from libs.service.app import ApiError, create_app
 from libs.service.health import Health
+from libs.service.heartbeat import Heartbeat
 from libs.service.logging import configure_logging, get_logger
 from libs.service.settings import ServiceSettings, load_settings
 from services.dedup import metrics
@@ -283,7 +284,9 @@ class StreamConsumer:
                 break
             await self._handle(entries)
         last_claim = 0.0
+        heartbeat = Heartbeat("dedup", "stream_consumer")
         while not self._stop.is_set():
+            heartbeat.beat()  # every turn, at least each 0.5 s block: Redis trouble does not stop it
             try:
                 if time.monotonic() - last_claim > s.claim_idle_ms / 1000 / 2:
                     last_claim = time.monotonic()
@@ -307,6 +310,7 @@ class StreamConsumer:
             except Exception as exc:  # Redis gone for a moment: say so, wait, go on
                 log.warning("stream read failed; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)
+        heartbeat.stop()
 
     def stop(self) -> None:
         self._stop.set()

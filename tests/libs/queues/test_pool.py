@@ -302,3 +302,10 @@ def test_parallel_map_arguments_are_validated_at_the_call() -> None:
         parallel_map(lambda x: x, [1], workers=0)
     with pytest.raises(ValueError, match="maxsize"):
         parallel_map(lambda x: x, [1], workers=1, maxsize=0)
+
+
+def test_parallel_map_on_empty_and_single_inputs_returns_at_once():
+    from libs.queues import parallel_map
+
+    assert list(parallel_map(lambda x: x, [], workers=4)) == []
+    assert list(parallel_map(lambda x: x * 2, [21], workers=4)) == [(21, 42, None)]
