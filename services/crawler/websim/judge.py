@@ -37,6 +37,8 @@ def robots_violations(
     for e in _mine(entries, user_agent):
         if not is_sim_host(e["host"]) or web.host(e["host"]) is None:
             continue
+        if e.get("kind") == "robots":  # robots.txt and its redirect hops (RFC 9309 2.3.1.2)
+            continue
         if not truth.allowed(web, e["host"], canonical_target(origin_form(e["path"])), user_agent):
             out.append(e)
     return out

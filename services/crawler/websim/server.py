@@ -92,7 +92,7 @@ class Handler:
         finally:
             entry["duration_s"] = round(time.monotonic() - started, 6)
             self.sim.log.record(**entry)
-            self.sim.watch.observe(host, raw, entry["user_agent"], arrival)
+            self.sim.watch.observe(host, raw, entry["user_agent"], arrival, entry["kind"])
             REQUESTS.labels(entry["kind"], str(entry["status"])).inc()
 
     async def _answer(

@@ -25,11 +25,14 @@ class ViolationWatch:
         self.web = web
         self.last_arrival: dict[tuple[str, str], float] = {}  # (host, agent token) -> ts
 
-    def observe(self, host: str, raw_path: str, user_agent: str | None, ts: float) -> None:
+    def observe(self, host: str, raw_path: str, user_agent: str | None, ts: float, kind: str) -> None:
         if not user_agent or not is_sim_host(host) or self.web.host(host) is None:
             return
         agent = product_token(user_agent)
-        if not truth.allowed(self.web, host, canonical_target(origin_form(raw_path)), user_agent):
+        # robots.txt and the hops of its redirects are always allowed (RFC 9309 2.3.1.2)
+        if kind != "robots" and not truth.allowed(
+            self.web, host, canonical_target(origin_form(raw_path)), user_agent
+        ):
             ROBOTS_VIOLATIONS.labels(agent).inc()
         previous = self.last_arrival.get((host, agent))
         self.last_arrival[(host, agent)] = ts

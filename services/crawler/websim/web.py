@@ -18,6 +18,7 @@ _HOST_RE = re.compile(r"^h(\d{4})\." + re.escape(DOMAIN) + "$")
 _CALENDAR_RE = re.compile(r"^/calendar/(\d{4})/(\d{2})$")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")
+_STRAY_PCT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 #: Kinds of page (resources that answer 200 with content). Ground truth holds only these.
 PAGE_KINDS = ("html", "pdf", "png", "huge", "calendar")
@@ -189,7 +190,9 @@ def _decode_unreserved(text: str) -> str:
         ch = chr(int(m.group(1), 16))
         return ch if ch in _UNRESERVED else "%" + m.group(1).upper()
 
-    return _PCT.sub(fix, text)
+    # A "%" that starts no escape is a literal percent sign: escape it first, or decoding a
+    # later escape could complete it ("%3%30" -> "%30") and a second pass would change it again.
+    return _PCT.sub(fix, _STRAY_PCT.sub("%25", text))
 
 
 def remove_dot_segments(path: str) -> str:

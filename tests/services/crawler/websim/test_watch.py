@@ -49,3 +49,17 @@ def test_disallowed_paths_and_too_close_requests_are_counted_per_agent():
         fetch(port, delayed, "/", agent)  # after the delay: fine
     assert counter("websim_robots_violations", agent) - robots_before == 1
     assert counter("websim_politeness_violations", agent) - polite_before == 1
+
+
+def test_following_a_robots_redirect_is_not_a_violation():
+    sim = WebSim(SimConfig(hosts=200, seed=1))
+    agent = "ProvingGroundBot/0.1"  # on h0101 its robots group disallows the redirect target
+    host = "h0101.sim.test"
+    assert sim.host_policy(host)["robots"] == "redirect"
+    before = counter("websim_robots_violations", agent)
+    with sim.run_in_thread(port=0) as port:
+        fetch(port, host, "/robots.txt", agent)  # urllib follows the redirect on the same Host
+    hops = [e for e in sim.entries() if e["host"] == host]
+    assert len(hops) >= 2 and hops[0]["status"] in (301, 302, 307, 308), hops
+    assert sim.judge(user_agent=agent)["robots_violations"] == 0
+    assert counter("websim_robots_violations", agent) == before
