@@ -11,7 +11,6 @@ exits 1 with the tail of that child's log, so nothing is ever left running half-
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -19,9 +18,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from argparse import Namespace
 from pathlib import Path
 
 from deploy.topology import ROOT, Service, load_compose, local_services, write_localised_files
+from libs.service.cli import EXIT_USAGE, ArgumentParser, UsageError
 
 HEALTH_TIMEOUT_S = 120.0
 STOP_GRACE_S = 15.0
@@ -152,8 +153,8 @@ def describe(service: Service) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m deploy.launch", description=__doc__.split("\n")[0])
+def parse_args(argv: list[str] | None) -> Namespace:
+    parser = ArgumentParser(prog="python -m deploy.launch", description=__doc__.split("\n")[0])
     parser.add_argument("--redis", action="store_true", help="also start redis-server and use it")
     parser.add_argument("--only", default="", help="comma-separated services to start (default: all)")
     parser.add_argument("--plan", action="store_true", help="print what would run and exit")
@@ -164,12 +165,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--var-dir", type=Path, default=ROOT / "var", help="state and logs (default: var/)")
     args = parser.parse_args(argv)
     if args.duration is not None and args.duration <= 0:
-        parser.error(f"--duration: expected a positive number of seconds, got {args.duration}")
+        raise UsageError(f"--duration: expected a positive number of seconds, got {args.duration}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     compose = load_compose()
     plan = local_services(
         redis=args.redis, var_dir=args.var_dir, port_offset=args.port_offset, compose=compose

@@ -7,15 +7,16 @@ summary.json, rps_latency.png}. Exit code: locust's (1 when any request failed),
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import re
 import subprocess
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 from deploy.topology import ROOT, local_services
+from libs.service.cli import EXIT_USAGE, ArgumentParser, UsageError
 
 LOADTESTS = ROOT / "loadtests"
 
@@ -24,8 +25,8 @@ def available() -> list[str]:
     return sorted(p.stem for p in LOADTESTS.glob("*.py") if p.stem not in {"__init__", "run", "common"})
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.run", description=__doc__.split("\n")[0])
+def parse_args(argv: list[str] | None) -> Namespace:
+    parser = ArgumentParser(prog="python -m loadtests.run", description=__doc__.split("\n")[0])
     parser.add_argument("--service", required=True, help=f"one of: {', '.join(available())}")
     parser.add_argument("--users", type=int, default=10, help="concurrent simulated users")
     parser.add_argument("--spawn-rate", type=float, default=5.0, help="users started per second")
@@ -34,12 +35,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "loadtest")
     args = parser.parse_args(argv)
     if args.service not in available():
-        parser.error(f"--service: expected one of {', '.join(available())}, got {args.service!r}")
+        raise UsageError(f"--service: expected one of {', '.join(available())}, got {args.service!r}")
     match = re.fullmatch(r"(\d+)(s|m)", args.duration)
     if not match or not 0 < int(match[1]) * (60 if match[2] == "m" else 1) <= 1800:
-        parser.error(f"--duration: expected 1s..30m like '30s' or '2m', got {args.duration!r}")
+        raise UsageError(f"--duration: expected 1s..30m like '30s' or '2m', got {args.duration!r}")
     if args.users < 1:
-        parser.error(f"--users: expected a positive integer, got {args.users}")
+        raise UsageError(f"--users: expected a positive integer, got {args.users}")
     return args
 
 
@@ -74,7 +75,11 @@ def plot(history_csv: Path, png: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     out = args.out / args.service
     out.mkdir(parents=True, exist_ok=True)
     host = args.host or service_url(args.service)

@@ -11,8 +11,9 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NoReturn, TextIO
+from typing import TextIO
 
+from libs.service.cli import ArgumentParser, UsageError
 from libs.trace.calltree import CallTree
 from libs.trace.detect import FORMATS
 from libs.trace.errors import TraceError
@@ -25,18 +26,8 @@ MAX_WARNINGS = 20
 PROGRESS_EVERY = 1_000_000
 
 
-class UsageError(Exception):
-    """Bad command line; reported as one line with exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse prints the usage block and then the error; the project rule is one line.
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="python -m libs.trace",
         description=(
             "Turn start/end logs, stack samples (py-spy raw), call trees and span logs into "
@@ -54,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     for command, help_text, default_to in (
         ("report", "print a per-function table (or another output) of a trace", "table"),
         ("convert", "convert a trace to another format", None),

@@ -14,10 +14,11 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from pydantic import ValidationError
 
+from libs.service.cli import ArgumentParser, UsageError
 from libs.service.logging import configure_logging
 from libs.service.spans import SpanLog
 from services.crawler.engine import Crawl, CrawlState
@@ -47,17 +48,8 @@ _FLAGS = {
 }
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
         prog="python -m services.crawler crawl",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

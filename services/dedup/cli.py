@@ -13,20 +13,13 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import NoReturn, TextIO
+from typing import TextIO
+
+from libs.service.cli import ArgumentParser, UsageError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line and exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, no usage dump
-        raise UsageError(message)
 
 
 def parse_size(text: str) -> int:
@@ -51,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     from services.dedup.actions import ACTIONS, KEEP_RULES
     from services.dedup.reader import HASHERS
 
-    p = _Parser(prog="python -m services.dedup", description="Find and safely remove duplicate files.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    p = ArgumentParser(prog="python -m services.dedup", description="Find and safely remove duplicate files.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
 
     s = sub.add_parser(
         "scan",
