@@ -8,11 +8,13 @@ for names that are not valid UTF-8, since a JSON reader may reject lone surrogat
 from __future__ import annotations
 
 import base64
+import codecs
 import csv
-import json
 import os
+import sys
 from typing import Any, TextIO
 
+from services.dedup.indented_json import dumps_indent2
 from services.dedup.scanner import ScanResult
 from services.dedup.walk import FileEntry
 
@@ -25,18 +27,21 @@ def human_bytes(n: float) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+_UTF8_FS = codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"
+
+
 def path_json(path: bytes) -> dict[str, str]:
-    out = {"path": os.fsdecode(path)}
     try:
-        path.decode("utf-8")
+        text = path.decode("utf-8")
     except UnicodeDecodeError:
-        out["path_b64"] = base64.b64encode(path).decode("ascii")
-    return out
+        return {"path": os.fsdecode(path), "path_b64": base64.b64encode(path).decode("ascii")}
+    # Valid UTF-8 on a UTF-8 filesystem: fsdecode would give this very text (one decode, not two).
+    return {"path": text if _UTF8_FS else os.fsdecode(path)}
 
 
 def _file_json(f: FileEntry) -> dict[str, Any]:
     d: dict[str, Any] = path_json(f.path)
-    d.update(dev=f.dev, ino=f.ino, mtime_ns=f.mtime_ns)
+    d["dev"], d["ino"], d["mtime_ns"] = f.dev, f.ino, f.mtime_ns
     if f.links:
         d["links"] = [path_json(p) for p in f.links]
     return d
@@ -68,8 +73,9 @@ def to_dict(result: ScanResult) -> dict[str, Any]:
 
 
 def write_json(result: ScanResult, out: TextIO) -> None:
-    # One dumps and one write: json.dump with indent streams thousands of tiny writes.
-    out.write(json.dumps(to_dict(result), indent=2) + "\n")
+    # One string and one write (json.dump with indent streams thousands of tiny writes), and
+    # the text of json.dumps(indent=2) made by the C encoder (see indented_json).
+    out.write(dumps_indent2(to_dict(result)) + "\n")
 
 
 def write_csv(result: ScanResult, out: TextIO) -> None:

@@ -20,6 +20,8 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+_S_IFMT, _S_IFDIR, _S_IFREG = 0o170000, stat.S_IFDIR, stat.S_IFREG
+
 
 @dataclass(slots=True)
 class FileEntry:
@@ -133,6 +135,11 @@ def iter_files(
     seen_dirs: set[tuple[int, int]] = set()
     stack: list[tuple[bytes, int]] = []  # (directory path, device of its root for --one-filesystem)
     has_exclude = bool(flt.exclude)
+    follow, one_fs = options.follow_symlinks, options.one_filesystem
+    # Without include globs the filter is the size range: tested inline (see the loop).
+    plain = not flt.include
+    min_size = options.min_size
+    max_size = options.max_size if options.max_size is not None else float("inf")
 
     for root in roots:
         root_b = os.fsencode(root)
@@ -168,25 +175,47 @@ def iter_files(
             # Sorted so that output and the "first name met" of a hard-linked inode are stable.
             entries.sort(key=lambda e: e.name)
             subdirs: list[tuple[bytes, int]] = []
+            # The per-entry loop is the warm re-scan's floor (one lstat per file, nothing
+            # read): type tests on st_mode bits and a plain file built inline, no calls.
             for de in entries:
                 path = de.path
-                name = de.name
-                if has_exclude and flt.excluded(path, name):
+                if has_exclude and flt.excluded(path, de.name):
                     stats.filtered += 1
                     continue
                 try:
-                    is_link = de.is_symlink()
-                    if is_link and not options.follow_symlinks:
-                        stats.symlinks_skipped += 1
-                        continue
-                    st = de.stat(follow_symlinks=True) if is_link else de.stat(follow_symlinks=False)
+                    if de.is_symlink():
+                        if not follow:
+                            stats.symlinks_skipped += 1
+                            continue
+                        st = de.stat()
+                    else:
+                        st = de.stat(follow_symlinks=False)
                 except OSError as exc:
                     # A dangling symlink we were asked to follow, or an entry that vanished.
                     stats.errors += 1
                     yield WalkError(path, _error_text(exc))
                     continue
-                if stat.S_ISDIR(st.st_mode):
-                    if options.one_filesystem and st.st_dev != root_dev:
+                kind = st.st_mode & _S_IFMT
+                if kind == _S_IFREG:
+                    if one_fs and st.st_dev != root_dev:
+                        stats.filtered += 1
+                        continue
+                    stats.files_seen += 1
+                    key = (st.st_dev, st.st_ino)
+                    size = st.st_size
+                    if plain and key not in seen_files and min_size <= size <= max_size:
+                        entry = FileEntry(
+                            path, key[0], key[1], size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, []
+                        )
+                        seen_files[key] = entry
+                        stats.files_kept += 1
+                        yield entry
+                    else:
+                        entry = _consider_file(path, de.name, st, flt, seen_files, stats)
+                        if entry is not None:
+                            yield entry
+                elif kind == _S_IFDIR:
+                    if one_fs and st.st_dev != root_dev:
                         stats.filtered += 1
                         continue
                     key = (st.st_dev, st.st_ino)
@@ -194,14 +223,6 @@ def iter_files(
                         continue  # symlink cycle or a second route to the same directory
                     seen_dirs.add(key)
                     subdirs.append((path, root_dev))
-                elif stat.S_ISREG(st.st_mode):
-                    if options.one_filesystem and st.st_dev != root_dev:
-                        stats.filtered += 1
-                        continue
-                    stats.files_seen += 1
-                    entry = _consider_file(path, name, st, flt, seen_files, stats)
-                    if entry is not None:
-                        yield entry
                 else:
                     stats.special_skipped += 1  # FIFOs, sockets, devices: never read
             # Reversed so that popping visits subdirectories in name order (depth first).
