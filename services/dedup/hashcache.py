@@ -17,6 +17,7 @@ from typing import Any
 from services.dedup.walk import FileEntry
 
 Key = tuple[int, int, int, int]
+_UNSEEN: Any = object()
 
 
 @dataclass(slots=True)
@@ -52,9 +53,10 @@ class HashCache:
         return (entry.dev, entry.ino, entry.size, entry.mtime_ns)
 
     def _value(self, entry: FileEntry) -> dict[str, Any] | None:
-        key = self.key(entry)
-        if key in self._work:
-            return self._work[key]
+        key = (entry.dev, entry.ino, entry.size, entry.mtime_ns)
+        value = self._work.get(key, _UNSEEN)
+        if value is not _UNSEEN:
+            return value
         value = self._lru.peek(key)
         if value is not None and value.get("ctime_ns") != entry.ctime_ns:
             value = None  # rewritten and re-dated: same key, other content
@@ -74,11 +76,16 @@ class HashCache:
     def get_many(self, entries: list[FileEntry], field: str) -> list[Any]:
         """get() for many files under one lock acquisition (the warm re-scan's hot loop)."""
         with self._lock:
+            value_of = self._value
             out = []
+            append = out.append
+            hits = 0
             for entry in entries:
-                value = self._value(entry)
-                out.append(None if value is None else value.get(field))
-            hits = sum(v is not None for v in out)
+                value = value_of(entry)
+                found = None if value is None else value.get(field)
+                if found is not None:
+                    hits += 1
+                append(found)
             self.counters.hits += hits
             self.counters.misses += len(out) - hits
             return out
@@ -88,6 +95,15 @@ class HashCache:
         with self._lock:
             value = self._value(entry)
             return None if value is None else value.get(field)
+
+    def peek_any(self, entries: list[FileEntry], field: str) -> bool:
+        """Whether any of `entries` has `field` cached (peek, under one lock acquisition)."""
+        with self._lock:
+            for entry in entries:
+                value = self._value(entry)
+                if value is not None and value.get(field) is not None:
+                    return True
+            return False
 
     def update(self, entry: FileEntry, **fields: Any) -> None:
         with self._lock:

@@ -183,11 +183,12 @@ def _refine(
             cache.update(entry, **{cache_field: digest})
         return digest, False
 
-    items = ctx.ordered([(gi, f) for gi, g in enumerate(groups) for f in g.files])
+    items = [(gi, f) for gi, g in enumerate(groups) for f in g.files]
     split: dict[tuple[int, bytes], list[FileEntry]] = {}
     stats = ctx.stages[-1]
     if cache is not None:
-        # Cached digests first, in one pass: only the misses go to the readers.
+        # Cached digests first, in one pass in walk order (which keeps each group's members
+        # in their order): only the misses go to the readers, in read order.
         cached = cache.get_many([f for _, f in items], cache_field)
         misses = []
         for (gi, entry), digest in zip(items, cached, strict=True):
@@ -198,6 +199,7 @@ def _refine(
         stats.cache_hits += len(items) - len(misses)
         ctx.progress.advance(len(items) - len(misses))
         items = misses
+    items = ctx.ordered(items)
     for (gi, entry), result, exc in ctx.map(key_of, items):
         ctx.progress.advance()
         if exc is not None or result is None:
@@ -208,12 +210,14 @@ def _refine(
         digest, hit = result
         stats.cache_hits += hit
         split.setdefault((gi, digest), []).append(entry)
-    # Keep the walk's order inside a group whatever order the workers finished in.
-    position = {id(f): i for g in groups for i, f in enumerate(g.files)}
+    # Keep the walk's order inside a group whatever order the workers finished in (members
+    # that all came from the cache are in that order already).
+    position = {id(f): i for g in groups for i, f in enumerate(g.files)} if items else None
     out = []
     for (gi, digest), members in split.items():
         if len(members) > 1:
-            members.sort(key=lambda f: position[id(f)])
+            if position is not None:
+                members.sort(key=lambda f: position[id(f)])
             out.append(Group(groups[gi].size, members, combine(groups[gi], digest)))
     out.sort(key=lambda g: (g.size, g.files[0].path))
     return out
@@ -270,7 +274,7 @@ def full_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
     cache = ctx.cache
 
     def any_cached(g: Group) -> bool:
-        return cache is not None and any(cache.peek(f, field_name) is not None for f in g.files)
+        return cache is not None and cache.peek_any(g.files, field_name)
 
     todo = [g for g in groups if g.digest is None and (len(g.files) > LOCKSTEP_GROUP or any_cached(g))]
     chosen = {id(g) for g in todo}
