@@ -69,3 +69,10 @@ def test_scan_report_text_unchanged(tmp_path: Path) -> None:
     data = json.loads(out.getvalue())
     assert data["totals"]["groups"] == 2
     assert any("path_b64" in f for g in data["groups"] for f in g["files"])
+
+
+def test_records_with_separator_like_strings() -> None:
+    tricky = ["},\n      {", "}", "{", '"},', "\\", "\udcff", "é"]
+    rows = [{"k": s, "n": i, "f": 1.5, "z": None, "b": True} for i, s in enumerate(tricky)]
+    for obj in (rows, {"groups": [{"files": rows, "size": 3}], "x": [rows, rows]}):
+        assert dumps_indent2(obj) == json.dumps(obj, indent=2)
