@@ -16,8 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# CI explores the same examples every run (a landing must not hinge on a lucky draw) and does
+# not time examples on a shared machine; locally every run draws new examples and may find more.
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+if IN_CI:
+    settings.load_profile("ci")
 
 
 def need_binary(name: str) -> str:
