@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Pass extra pytest arguments with `make test ARGS="-k lru"`.
 ARGS ?=
 
-.PHONY: setup run test lint format bench clean help loadtest bench-docs
+.PHONY: setup run test lint format bench clean help loadtest bench-docs drill drills
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,3 +49,13 @@ loadtest:  ## locust, headless and bounded, against the local stack (reports/loa
 
 bench-docs:  ## assemble docs/benchmarks.md from docs/bench/*.md
 	{ cat docs/bench/_header.md; for f in docs/bench/[!_]*.md; do echo; cat "$$f"; done; } > docs/benchmarks.md
+
+# `make drill NAME=inference-overload` against the stack `make run` started (`make drill` lists them);
+# `make drills` runs every drill and prints one table. Evidence under reports/drills/<name>/.
+NAME ?=
+DRILL_ARGS ?=
+drill:  ## one failure-injection drill (loadtests/drills/): PASS/FAIL with its evidence
+	$(BIN)/python -m loadtests.drills $(NAME) $(DRILL_ARGS)
+
+drills:  ## every drill against the running stack, one table (reports/drills/)
+	$(BIN)/python -m loadtests.drills --all $(DRILL_ARGS)
