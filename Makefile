@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Pass extra pytest arguments with `make test ARGS="-k lru"`.
 ARGS ?=
 
-.PHONY: setup run test lint format bench clean help loadtest bench-docs drill drills
+.PHONY: setup run test lint format bench clean help loadtest bench-docs experiment experiments drill drills
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,6 +46,15 @@ USERS ?= 10
 DURATION ?= 30s
 loadtest:  ## locust, headless and bounded, against the local stack (reports/loadtest/)
 	$(BIN)/python -m loadtests.run --service $(SERVICE) --users $(USERS) --duration $(DURATION)
+
+# `make experiment NAME=inference-capacity` / `make experiments` against the stack `make run` started.
+NAME ?=
+EXPERIMENT_ARGS ?=
+experiment:  ## one load experiment (NAME=..., list: make experiment) -> reports/experiments/NAME/
+	$(BIN)/python -m loadtests.experiments $(if $(NAME),$(NAME),--list) $(EXPERIMENT_ARGS)
+
+experiments:  ## every load experiment, then a summary table (reports/experiments/)
+	$(BIN)/python -m loadtests.experiments --all $(EXPERIMENT_ARGS)
 
 bench-docs:  ## assemble docs/benchmarks.md from docs/bench/*.md
 	{ cat docs/bench/_header.md; for f in docs/bench/[!_]*.md; do echo; cat "$$f"; done; } > docs/benchmarks.md
