@@ -65,6 +65,7 @@ class _Running:
     crawl: Crawl
     task: asyncio.Task[None] | None = None
     final: dict[str, Any] | None = None  # status taken just before the store was closed
+    final_hosts: dict[str, dict[str, Any]] | None = None  # host views taken at the same moment
 
 
 class CrawlManager:
@@ -108,6 +109,11 @@ class CrawlManager:
                     await crawl.run()
             finally:
                 running.final = crawl.status()
+                try:
+                    running.final_hosts = {h["host"]: h for h in crawl.hosts_view()}
+                except Exception:  # the status matters more than the host views: never lose it
+                    log.exception("crawl %s: host views at the end could not be taken", crawl_id)
+                    running.final_hosts = {}
                 if warc is not None:
                     warc.close()
                 store.close()
@@ -169,22 +175,22 @@ def build_app(settings: CrawlerSettings, health: Health | None = None) -> tuple[
             await asyncio.shield(running.task)
         return {"crawl_id": crawl_id, "state": running.crawl.state.value}
 
-    def _live(crawl_id: str) -> Crawl:
-        running = manager._get(crawl_id)
-        if running.final is not None:
-            raise ApiError(409, "conflict", "the crawl has ended; see its status", field="crawl_id")
-        return running.crawl
-
+    # A crawl that has ended answers with its host views as they were when it ended (taken just
+    # before its store closed): a finished crawl's politeness record is still worth reading.
     @app.get("/v1/crawls/{crawl_id}/hosts", summary="Per-host politeness view")
     async def hosts(crawl_id: str) -> list[dict[str, Any]]:
-        return _live(crawl_id).hosts_view()
+        running = manager._get(crawl_id)
+        if running.final_hosts is not None:
+            return list(running.final_hosts.values())
+        return running.crawl.hosts_view()
 
     @app.get("/v1/crawls/{crawl_id}/hosts/{host}", summary="One host's politeness state")
     async def host(crawl_id: str, host: str) -> dict[str, Any]:
-        crawl = _live(crawl_id)
-        if host not in crawl.frontier.slots:
+        running = manager._get(crawl_id)
+        views = running.final_hosts
+        if host not in (views if views is not None else running.crawl.frontier.slots):
             raise ApiError(404, "not_found", f"host {host!r} not seen in this crawl", field="host")
-        return crawl.host_view(host)
+        return views[host] if views is not None else running.crawl.host_view(host)
 
     app.state.crawls = manager
     return app, manager

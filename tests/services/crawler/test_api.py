@@ -91,6 +91,13 @@ def test_api_runs_pauses_resumes_and_reports(api: str, site: tuple[MiniSite, int
         assert client.post("/v1/crawls/c1/resume").json()["state"] == "running"
         final = _wait_state(client, "c1", {"finished"})
         assert final["urls"]["FETCHED"] == 13 and final["stats"]["robots_denied"] == 1
+        # A finished crawl still shows its host views, as they were when it ended.
+        ended = client.get("/v1/crawls/c1/hosts")
+        assert ended.status_code == 200, ended.text
+        assert [h["host"] for h in ended.json()] == ["a.sim.test"]
+        assert ended.json()[0]["urls"]["FETCHED"] == 13 and ended.json()[0]["requests"] >= 13
+        assert client.get("/v1/crawls/c1/hosts/a.sim.test").json()["robots"]["mode"] == "rules"
+        assert client.get("/v1/crawls/c1/hosts/nope.test").status_code == 404
         metrics = client.get("/metrics").text
         for name in (
             "crawler_fetches_total",
