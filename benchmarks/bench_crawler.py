@@ -41,10 +41,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from libs.testkit.net import free_port, wait_for_port  # noqa: E402
 from services.crawler.websim import SimConfig, WebSim  # noqa: E402
 from services.crawler.websim import truth as websim_truth  # noqa: E402
 from services.crawler.websim.web import canonical_target  # noqa: E402
-from tests.conftest import free_port, wait_for_port  # noqa: E402
 
 UA = "ProvingGroundBot/0.1 (+http://127.0.0.1/bot)"
 RETRYABLE = {0, 429, 500, 502, 503, 504}

@@ -41,8 +41,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from libs.testkit import dedup_peers as peers  # noqa: E402
 from services.dedup.treegen import generate_tree  # noqa: E402
-from tests.services.dedup import peers  # noqa: E402
 
 
 @dataclass
@@ -163,8 +163,8 @@ def neardup_figures(seed: int = 5) -> list[dict[str, Any]]:
     import hashlib
     import itertools
 
+    from libs.testkit.neardup_corpus import corpus, true_pairs
     from services.dedup.neardup import NearConfig, PageIndex
-    from tests.services.dedup.pages import corpus, true_pairs
 
     rows = []
     for rate in (0.01, 0.03, 0.05, 0.10):

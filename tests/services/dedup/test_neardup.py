@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from libs.testkit.neardup_corpus import corpus, true_pairs
 from services.dedup.minhash import candidate_probability
 from services.dedup.neardup import NearConfig, PageIndex
 from services.dedup.simhash import SimHashIndex, hamming
-from tests.services.dedup.pages import corpus, true_pairs
 
 
 def _event(url: str, text: str) -> dict:

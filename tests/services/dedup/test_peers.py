@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from libs.testkit import dedup_peers as peers
 from tests.conftest import need_binary
-from tests.services.dedup import peers
 from tests.services.dedup.conftest import scan_json
 
 

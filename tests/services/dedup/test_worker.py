@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from libs.testkit.neardup_corpus import corpus
 from tests.conftest import free_port, wait_for_port
 from tests.services.dedup.conftest import REPO, write
-from tests.services.dedup.pages import corpus
 
 
 def _event(url: str, text: str, **kw) -> dict:
