@@ -26,9 +26,10 @@ run: $(BIN)/python  ## start the whole stack as local processes (Ctrl-C stops it
 test: $(BIN)/python  ## the whole test suite
 	$(BIN)/python -m pytest $(ARGS)
 
-lint:  ## ruff
+lint:  ## ruff, the import contracts of ARCHITECTURE.md (import-linter), mypy, vulture
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format:
 	$(BIN)/ruff check --fix .
