@@ -1,50 +1,150 @@
-"""`make run`: the compose topology as local processes on loopback, stopped cleanly on Ctrl-C.
+"""`make run`: the compose topology as local processes on loopback, supervised like compose does.
 
-    python -m deploy.launch [--redis] [--only websim,crawler] [--plan] [--duration SECONDS]
+    python -m deploy.launch [--redis] [--only websim,crawler] [--no-deps] [--plan]
+                            [--duration SECONDS] [--port-offset N] [--metrics-port PORT]
 
-Services start in dependency order (compose `depends_on`); each must pass its health check
-before the next starts. Every child runs in its own process group with its output in
-var/logs/<service>.log. Ctrl-C or SIGTERM stops them in reverse order (SIGTERM, then SIGKILL
-after a grace period); if a child dies on its own, the whole stack is stopped and the launcher
-exits 1 with the tail of that child's log, so nothing is ever left running half-started.
+Start-up. Services start in dependency order (compose `depends_on`); each must pass its health
+check before the next starts. `--only a,b` starts those services and, as `docker compose up a b`
+does, the services they depend on (so `--only crawler` also starts websim, dedup and the fault
+proxy); `--no-deps` starts only the named ones. A dependency that is not run locally (redis
+without --redis, a binary that is not installed) is skipped, never an error. A service that dies
+or never gets healthy during start-up stops the whole stack: the launcher exits 1 with the tail
+of its log, so nothing is left running half-started.
+
+Supervision. Once the stack is up, each child is supervised by its compose `restart:` policy:
+`no` leaves a dead child down; `always` and `unless-stopped` restart it whatever its exit status;
+`on-failure[:N]` restarts it only after a non-zero exit (at most N times in a row). Restarts back
+off exponentially (0.5 s, 1 s, 2 s, ... capped at 30 s; the count of consecutive restarts resets
+once a child has stayed up 10 s). Every exit and restart is logged on the launcher's output and
+counted on its own /metrics (127.0.0.1:9097 + port offset, scraped by the local Prometheus as job
+`launcher`):
+
+    launcher_service_up{service}              1 while the child runs and has passed its health check
+    launcher_service_restarts_total{service}  restarts the launcher made
+    launcher_service_exits_total{service}     exits it saw (killed, crashed or exited)
+
+The other children keep running meanwhile, and Prometheus (itself a child) keeps scraping: a dead
+target shows `up == 0` until it is back. A frozen (SIGSTOPped) child is alive: it is not restarted.
+
+Every child runs in its own process group with its output appended to var/logs/<service>.log.
+Ctrl-C or SIGTERM stops them in reverse start order (SIGTERM, then SIGKILL after a grace period).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from argparse import Namespace
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from deploy.topology import ROOT, Service, load_compose, local_services, write_localised_files
+import yaml
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from deploy.topology import COMPOSE_FILE, ROOT, Service, load_compose, local_services, write_localised_files
 from libs.service.cli import EXIT_USAGE, ArgumentParser, UsageError
 
 HEALTH_TIMEOUT_S = 120.0
 STOP_GRACE_S = 15.0
+METRICS_PORT = 9097
+RESTART_BASE_S = 0.5  # first restart delay; doubled for each consecutive restart
+RESTART_CAP_S = 30.0
+RESTART_RESET_AFTER_S = 10.0  # up this long: the next failure counts as the first again
+TICK_S = 0.2
+POLICIES = ("no", "always", "on-failure", "unless-stopped")
 
 
 class StackError(RuntimeError):
-    """A service failed to start or died; the message says which and why."""
+    """A service failed to start or died during start-up; the message says which and why."""
+
+
+# -- restart policy ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """A compose `restart:` value: no | always | on-failure[:max-retries] | unless-stopped."""
+
+    name: str = "no"
+    max_retries: int | None = None  # on-failure only; None = unbounded
+
+    @classmethod
+    def parse(cls, value: object) -> RestartPolicy:
+        if value is None or value is False:  # YAML 1.1 reads a bare `no` as false
+            return cls("no")
+        text = str(value).strip()
+        name, _, count = text.partition(":")
+        if name not in POLICIES or (count and (name != "on-failure" or not count.isdigit())):
+            raise StackError(f"restart: expected one of {', '.join(POLICIES)} (on-failure[:N]), got {text!r}")
+        return cls(name, int(count) if count else None)
+
+    def restarts(self, returncode: int, consecutive: int) -> bool:
+        """Whether a child that exited with `returncode` after `consecutive` restarts comes back."""
+        if self.name in ("always", "unless-stopped"):
+            return True
+        if self.name == "on-failure":
+            return returncode != 0 and (self.max_retries is None or consecutive < self.max_retries)
+        return False
+
+
+def backoff_s(consecutive: int) -> float:
+    """Delay before restart number `consecutive + 1` of a run of failures."""
+    return min(RESTART_CAP_S, RESTART_BASE_S * 2 ** min(consecutive, 32))
+
+
+def exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+# -- plan -------------------------------------------------------------------------------------
+
+
+def _deps(compose: dict, name: str) -> list[str]:
+    deps = compose["services"][name].get("depends_on", [])
+    return list(deps) if isinstance(deps, list | dict) else []
+
+
+def with_dependencies(wanted: set[str], compose: dict) -> set[str]:
+    """`wanted` and everything it depends on, transitively (what `docker compose up` starts)."""
+    result: set[str] = set()
+    todo = list(wanted)
+    while todo:
+        name = todo.pop()
+        if name not in result:
+            result.add(name)
+            todo.extend(_deps(compose, name))
+    return result
 
 
 def start_order(plan: list[Service], compose: dict) -> list[Service]:
-    """Topological order over compose depends_on (ties keep compose order)."""
+    """Topological order over compose depends_on (ties keep compose order).
+
+    A dependency outside `plan` (not asked for with --only --no-deps) is not waited for.
+    """
     by_name = {s.name: s for s in plan}
     ordered: list[Service] = []
     seen: set[str] = set()
 
     def visit(name: str, path: tuple[str, ...]) -> None:
-        if name in seen:
+        if name in seen or name not in by_name:
             return
         if name in path:
             raise StackError(f"depends_on cycle: {' -> '.join((*path, name))}")
-        deps = compose["services"][name].get("depends_on", [])
-        for dep in deps if isinstance(deps, list) else list(deps):
+        for dep in _deps(compose, name):
             visit(dep, (*path, name))
         seen.add(name)
         ordered.append(by_name[name])
@@ -69,21 +169,129 @@ def is_healthy(service: Service) -> bool:
         return False
 
 
+# -- metrics ----------------------------------------------------------------------------------
+
+
+class LauncherMetrics:
+    """The launcher's own series, served on /metrics from a daemon thread."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.up = Gauge(
+            "launcher_service_up",
+            "1 while the service's process runs and has passed its health check since it started",
+            ["service"],
+            registry=self.registry,
+        )
+        self.restarts = Counter(
+            "launcher_service_restarts_total",
+            "Restarts the launcher made under the service's compose restart policy",
+            ["service"],
+            registry=self.registry,
+        )
+        self.exits = Counter(
+            "launcher_service_exits_total",
+            "Times the service's process exited or was killed while the stack was up",
+            ["service"],
+            registry=self.registry,
+        )
+        self.server: ThreadingHTTPServer | None = None
+
+    def register(self, name: str) -> None:
+        self.up.labels(name).set(0)
+        self.restarts.labels(name)
+        self.exits.labels(name)
+
+    def serve(self, port: int) -> None:
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] not in ("/metrics", "/healthz"):
+                    self.send_error(404)
+                    return
+                body = generate_latest(registry) if self.path.startswith("/metrics") else b"ok\n"
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, name="launcher-metrics", daemon=True).start()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def add_launcher_scrape_job(service: Service, metrics_port: int) -> None:
+    """Add the launcher itself to the localised Prometheus config (compose has no launcher)."""
+    for target in service.files.values():
+        config = yaml.safe_load(target.read_text(encoding="utf-8"))
+        if not isinstance(config, dict) or "scrape_configs" not in config:
+            continue
+        config["scrape_configs"].append(
+            {"job_name": "launcher", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}
+        )
+        target.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+# -- supervision ------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """One supervised service: its current process and where it is in its restart cycle."""
+
+    service: Service
+    policy: RestartPolicy
+    proc: subprocess.Popen | None = None
+    healthy: bool = False
+    started_at: float = 0.0
+    consecutive: int = 0  # restarts since it last stayed up RESTART_RESET_AFTER_S
+    restart_at: float | None = None  # when a pending restart is due
+    restarts: int = 0
+
+
 class Stack:
     """The running children; stop() is idempotent and leaves nothing behind."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(
+        self, log_dir: Path, metrics: LauncherMetrics | None = None, metrics_port: int | None = None
+    ) -> None:
         self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.children: dict[str, Child] = {}  # in start order
+        self.metrics = metrics or LauncherMetrics()
+        self.metrics_port = metrics_port  # added to the local Prometheus' scrape jobs when set
 
-    def start(self, service: Service, names: set[str]) -> None:
+    @property
+    def procs(self) -> dict[str, subprocess.Popen]:
+        return {n: c.proc for n, c in self.children.items() if c.proc is not None}
+
+    def say(self, name: str, text: str) -> None:
+        print(f"  {name:<11} {text}", flush=True)
+
+    def start(self, service: Service, names: set[str], policy: RestartPolicy | None = None) -> None:
+        child = self.children.get(service.name)
+        if child is None:
+            policy = policy or RestartPolicy.parse(service.compose.get("restart"))
+            child = self.children[service.name] = Child(service, policy)
+            self.metrics.register(service.name)
         write_localised_files(service, names)
+        if service.name == "prometheus" and self.metrics_port is not None:
+            add_launcher_scrape_job(service, self.metrics_port)
         for _, local in service.paths:  # volumes: created on first use, as docker does
             local.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{service.name}.log", "ab")  # noqa: SIM115 (owned by the child)
         env = {**os.environ, **service.env, "PYTHONUNBUFFERED": "1"}
-        self.procs[service.name] = subprocess.Popen(
+        child.proc = subprocess.Popen(
             service.argv,
             cwd=ROOT,
             env=env,
@@ -93,26 +301,68 @@ class Stack:
             start_new_session=True,
         )
         log.close()
+        child.healthy = False
+        child.started_at = time.monotonic()
+        child.restart_at = None
 
     def wait_healthy(self, service: Service, timeout: float = HEALTH_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
-        proc = self.procs[service.name]
+        child = self.children[service.name]
+        assert child.proc is not None
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            if child.proc.poll() is not None:
                 raise StackError(
-                    f"{service.name} exited with {proc.returncode} while starting\n"
+                    f"{service.name} {exit_reason(child.proc.returncode)} while starting\n"
                     + self.log_tail(service.name)
                 )
             if is_healthy(service):
+                self.mark_healthy(child)
                 return
-            time.sleep(0.2)
+            time.sleep(TICK_S)
         raise StackError(f"{service.name} not healthy after {timeout:.0f}s\n" + self.log_tail(service.name))
 
-    def dead(self) -> str | None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                return name
-        return None
+    def mark_healthy(self, child: Child) -> None:
+        child.healthy = True
+        self.metrics.up.labels(child.service.name).set(1)
+
+    def supervise_once(self, names: set[str]) -> None:
+        """One supervision tick: notice exits, schedule and make restarts, track health."""
+        now = time.monotonic()
+        for name, child in self.children.items():
+            proc = child.proc
+            if proc is not None and proc.poll() is not None:
+                self.on_exit(child, proc.returncode, now)
+            elif child.restart_at is not None and now >= child.restart_at:
+                child.restarts += 1
+                self.metrics.restarts.labels(name).inc()
+                self.say(name, f"restarting (restart {child.restarts})")
+                self.start(child.service, names)
+            elif proc is not None and not child.healthy and is_healthy(child.service):
+                self.mark_healthy(child)
+                self.say(name, f"up again after restart {child.restarts}: {describe(child.service)}")
+            elif child.healthy and child.consecutive and now - child.started_at >= RESTART_RESET_AFTER_S:
+                child.consecutive = 0
+
+    def on_exit(self, child: Child, returncode: int, now: float) -> None:
+        name = child.service.name
+        assert child.proc is not None
+        try:  # reap whatever the child left in its process group
+            os.killpg(child.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        child.proc = None
+        child.healthy = False
+        self.metrics.up.labels(name).set(0)
+        self.metrics.exits.labels(name).inc()
+        if not child.policy.restarts(returncode, child.consecutive):
+            self.say(name, f"{exit_reason(returncode)}; left down (restart: {child.policy.name})")
+            print(self.log_tail(name, 5), flush=True)
+            return
+        delay = backoff_s(child.consecutive)
+        child.consecutive += 1
+        child.restart_at = now + delay
+        policy = child.policy.name
+        self.say(name, f"{exit_reason(returncode)}; restarting in {delay:.1f}s (restart: {policy})")
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         path = self.log_dir / f"{name}.log"
@@ -120,14 +370,15 @@ class Stack:
         return "\n".join(f"  {name} | {line}" for line in text)
 
     def stop(self) -> None:
-        for proc in reversed(list(self.procs.values())):
+        procs = self.procs
+        for proc in reversed(list(procs.values())):
             if proc.poll() is None:
                 try:
                     os.killpg(proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + STOP_GRACE_S
-        for name, proc in reversed(list(self.procs.items())):
+        for name, proc in reversed(list(procs.items())):
             try:
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -137,28 +388,21 @@ class Stack:
             except ProcessLookupError:
                 pass
             proc.wait()
-        self.procs.clear()
-
-
-def prometheus_ui(port: int) -> str:
-    """The prefix of Prometheus' status pages: Debian's package serves only the classic UI
-    (/classic/targets; /targets is a 404), the upstream image the new one (/targets)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/classic/targets", timeout=2) as resp:
-            return "/classic" if resp.status == 200 else ""
-    except OSError:
-        return ""
+        for child in self.children.values():
+            child.proc, child.restart_at = None, None
+            self.metrics.up.labels(child.service.name).set(0)
 
 
 def describe(service: Service) -> str:
     port = service.http_port
-    if service.name == "prometheus" and port is not None:
-        ui = f"http://127.0.0.1:{port}{prometheus_ui(port)}"
-        return f"{ui}/targets  (alerts: {ui}/alerts)"
+    if service.name == "prometheus":
+        return f"http://127.0.0.1:{port}  (targets: /targets, alerts: /alerts)"
     if service.name == "redis":
         return f"redis://127.0.0.1:{port}/0"
     if service.name == "websim":
         return f"http://127.0.0.1:{port}  (admin: /log /judge /truth /faults, metrics: /metrics)"
+    if service.name == "toxiproxy":
+        return f"http://127.0.0.1:{port}  (Toxiproxy API: /proxies; proxied ports {service.ports[1:]})"
     if service.health_path in ("/healthz", "/readyz"):
         return f"http://127.0.0.1:{port}  (API docs: /docs, metrics: /metrics)"
     return f"http://127.0.0.1:{port}"
@@ -167,44 +411,63 @@ def describe(service: Service) -> str:
 def parse_args(argv: list[str] | None) -> Namespace:
     parser = ArgumentParser(prog="python -m deploy.launch", description=__doc__.split("\n")[0])
     parser.add_argument("--redis", action="store_true", help="also start redis-server and use it")
-    parser.add_argument("--only", default="", help="comma-separated services to start (default: all)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated services to start, with their dependencies (default: all)"
+    )
+    parser.add_argument("--no-deps", action="store_true", help="with --only: do not start dependencies")
     parser.add_argument("--plan", action="store_true", help="print what would run and exit")
     parser.add_argument(
         "--duration", type=float, default=None, help="stop by itself after this many seconds (tests, demos)"
     )
     parser.add_argument("--port-offset", type=int, default=0, help="add this to every published port")
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help=f"launcher /metrics (default {METRICS_PORT} + offset)"
+    )
     parser.add_argument("--var-dir", type=Path, default=ROOT / "var", help="state and logs (default: var/)")
+    # For tests of the launcher itself: supervise a stack described by another compose file.
+    parser.add_argument("--compose-file", type=Path, default=COMPOSE_FILE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.duration is not None and args.duration <= 0:
         raise UsageError(f"--duration: expected a positive number of seconds, got {args.duration}")
+    if args.metrics_port is None:
+        args.metrics_port = METRICS_PORT + args.port_offset
+    if not 0 <= args.metrics_port <= 65535:
+        raise UsageError(f"--metrics-port: expected a port 0-65535, got {args.metrics_port}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
-    except UsageError as exc:
+        compose = load_compose(args.compose_file)
+        policies = {n: RestartPolicy.parse(s.get("restart")) for n, s in compose["services"].items()}
+    except (UsageError, StackError, OSError, yaml.YAMLError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    compose = load_compose()
     plan = local_services(
         redis=args.redis, var_dir=args.var_dir, port_offset=args.port_offset, compose=compose
     )
     wanted = {n.strip() for n in args.only.split(",") if n.strip()}
     if unknown := wanted - {s.name for s in plan}:
         print(f"error: --only: unknown service(s) {', '.join(sorted(unknown))}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if wanted:
-        plan = [s for s in plan if s.name in wanted]
-    order = start_order(
-        plan, {"services": {s.name: compose["services"][s.name] for s in plan}} if wanted else compose
-    )
+        keep = wanted if args.no_deps else with_dependencies(wanted, compose)
+        plan = [s for s in plan if s.name in keep]
+    order = start_order(plan, compose)
     if args.plan:
         for s in order:
-            print(f"{s.name:<11} {'skip: ' + s.skip if s.skip else ' '.join(s.argv)}")
+            what = "skip: " + s.skip if s.skip else " ".join(s.argv)
+            print(f"{s.name:<11} {what}" + ("" if s.skip else f"  [restart: {policies[s.name].name}]"))
         return 0
 
-    stack = Stack(args.var_dir / "logs")
+    metrics = LauncherMetrics()
+    try:
+        metrics.serve(args.metrics_port)
+    except OSError as exc:
+        print(f"error: --metrics-port {args.metrics_port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    stack = Stack(args.var_dir / "logs", metrics, args.metrics_port)
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -222,15 +485,15 @@ def main(argv: list[str] | None = None) -> int:
             if stopping:
                 return 130
             print(f"  {service.name:<11} starting ...", flush=True)
-            stack.start(service, names)
+            stack.start(service, names, policies[service.name])
             stack.wait_healthy(service)
             print(f"  {service.name:<11} {describe(service)}", flush=True)
+        print(f"  {'launcher':<11} http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
         print(f"\nstack up; logs in {stack.log_dir}/. Ctrl-C stops everything.", flush=True)
         deadline = None if args.duration is None else time.monotonic() + args.duration
         while not stopping and (deadline is None or time.monotonic() < deadline):
-            if (name := stack.dead()) is not None:
-                raise StackError(f"{name} exited unexpectedly\n" + stack.log_tail(name))
-            time.sleep(0.2)
+            stack.supervise_once(names)
+            time.sleep(TICK_S)
         return 0
     except StackError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
@@ -239,8 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         if stack.procs:
             print("\nstopping ...", flush=True)
         stack.stop()
-        if stack.procs == {}:
-            print("stopped; nothing left running.")
+        metrics.close()
+        print("stopped; nothing left running.")
 
 
 if __name__ == "__main__":
