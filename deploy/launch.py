@@ -393,10 +393,21 @@ class Stack:
             self.metrics.up.labels(child.service.name).set(0)
 
 
+def prometheus_ui(port: int) -> str:
+    """The prefix of Prometheus' status pages: Debian's package serves only the classic UI
+    (/classic/targets; /targets is a 404), the upstream image the new one (/targets)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/classic/targets", timeout=2) as resp:
+            return "/classic" if resp.status == 200 else ""
+    except OSError:
+        return ""
+
+
 def describe(service: Service) -> str:
     port = service.http_port
-    if service.name == "prometheus":
-        return f"http://127.0.0.1:{port}  (targets: /targets, alerts: /alerts)"
+    if service.name == "prometheus" and port is not None:
+        ui = f"http://127.0.0.1:{port}{prometheus_ui(port)}"
+        return f"{ui}/targets  (alerts: {ui}/alerts)"
     if service.name == "redis":
         return f"redis://127.0.0.1:{port}/0"
     if service.name == "websim":
