@@ -3,6 +3,7 @@ runs containers the way the docs say (build context, CPU limits, readiness, loop
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import signal
 import subprocess
@@ -10,8 +11,12 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from deploy.topology import ROOT
-from tests.conftest import free_port, need_binary
+import psutil
+
+from deploy.topology import ROOT, load_compose, local_services
+from libs.service.settings import parse_settings
+from services.inference.settings import InferenceSettings
+from tests.conftest import free_port, need_binary, wait_for_port
 
 
 def test_banner_prometheus_links_answer_200(tmp_path: Path):
@@ -47,3 +52,77 @@ def test_banner_prometheus_links_answer_200(tmp_path: Path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+COMPOSE = load_compose()
+SERVICES = COMPOSE["services"]
+
+
+def _dockerignore() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [ln.strip().rstrip("/") for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    parts = path.split("/")
+    for pattern in patterns:
+        bare = pattern.removeprefix("**/")
+        if fnmatch.fnmatch(path, pattern) or any(fnmatch.fnmatch(p, bare) for p in parts):
+            return True
+        if any(fnmatch.fnmatch("/".join(parts[: i + 1]), pattern) for i in range(len(parts))):
+            return True
+    return False
+
+
+def test_dockerignore_keeps_the_venv_and_caches_out_but_not_what_images_copy():
+    patterns = _dockerignore()
+    for heavy in (".venv", ".git", "reports", "var", "libs/__pycache__", "services/dedup/__pycache__"):
+        assert _ignored(heavy, patterns), heavy
+    for dockerfile in sorted((ROOT / "deploy" / "docker").glob("*.Dockerfile")):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("COPY ") and "--from" not in line:
+                for source in line.split()[1:-1]:
+                    assert not _ignored(source.rstrip("/"), patterns), (dockerfile.name, source)
+                    assert (ROOT / source).exists(), (dockerfile.name, source)
+
+
+def test_health_checks_gate_on_readiness():
+    for name, spec in SERVICES.items():
+        test = " ".join(map(str, spec.get("healthcheck", {}).get("test", [])))
+        if "http://" in test and name != "prometheus":
+            assert "/readyz" in test and "/healthz" not in test, name
+
+
+def test_inference_torch_threads_match_its_cpu_limit():
+    spec = SERVICES["inference"]
+    cpus = float(spec["deploy"]["resources"]["limits"]["cpus"])
+    env = {k: str(v) for k, v in spec["environment"].items()}
+    assert cpus.is_integer(), "a fractional CPU limit has no matching thread count"
+    assert int(env["OMP_NUM_THREADS"]) == int(cpus)
+    settings = parse_settings(InferenceSettings, [], env_prefix="PG_INFERENCE_", env=env)
+    assert settings.torch_threads == int(cpus)
+
+
+def test_local_redis_binds_loopback_only(tmp_path: Path):
+    plan = {s.name: s for s in local_services(redis=True, var_dir=tmp_path)}
+    argv = plan["redis"].argv
+    assert argv[argv.index("--bind") + 1] == "127.0.0.1", argv
+    redis_server = need_binary("redis-server")
+    for _, local in plan["redis"].paths:  # as the launcher does before it starts a service
+        local.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [redis_server, *argv[1:]]
+    argv[argv.index("--port") + 1] = str(port)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        wait_for_port(port, timeout=30)
+        assert proc.poll() is None
+        listening = {
+            c.laddr.ip
+            for c in psutil.Process(proc.pid).net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        }
+        assert listening == {"127.0.0.1"}, listening
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -78,7 +78,9 @@ def test_prometheus_scrapes_every_http_service_of_the_stack():
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
     for name, spec in SERVICES.items():
-        if spec.get("healthcheck") and "/healthz" in " ".join(map(str, spec["healthcheck"]["test"])):
+        if spec.get("healthcheck") and re.search(
+            r"/(healthz|readyz)\b", " ".join(map(str, spec["healthcheck"]["test"]))
+        ):
             first_port = str(spec["ports"][0]).split(":")[1]
             assert f"{name}:{first_port}" in targets, name
     for target in targets:
