@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from libs.service.spans import SpanLog
 from libs.trace import CrossedNesting, MissingEnd, NegativeDuration, read_trace
 from libs.trace.calltree import CallTree
 
@@ -144,17 +145,15 @@ def test_negative_duration_and_bad_fields_name_line_and_field() -> None:
         tree_of(json.dumps({k: v for k, v in good.items() if k != "service"}), "spans")
 
 
-def test_real_span_log_from_libs_service_if_present(tmp_path: Path) -> None:
-    spans = pytest.importorskip("libs.service.spans", reason="libs.service.spans not landed yet")
+def test_real_span_log_from_libs_service(tmp_path: Path) -> None:
     path = tmp_path / "spans.jsonl"
-    log = spans.SpanLog(str(path), service="crawler")
+    log = SpanLog(str(path), service="crawler")
     with log.span("request"):
         with log.span("parse"):
             pass
         with log.span("fetch", host="h1.sim.test"):
             pass
-    if hasattr(log, "close"):
-        log.close()
+    log.close()
     lines = path.read_text().splitlines()
     for line in lines:
         VALIDATOR.validate(json.loads(line))
@@ -173,9 +172,8 @@ def test_roots_sharing_a_trace_id_do_not_collide() -> None:
 
 
 def test_concurrent_asyncio_spans_from_libs_service(tmp_path: Path) -> None:
-    spans = pytest.importorskip("libs.service.spans", reason="libs.service.spans not landed yet")
     path = tmp_path / "spans.jsonl"
-    log = spans.SpanLog(str(path), service="crawler")
+    log = SpanLog(str(path), service="crawler")
 
     async def fetch(host: str) -> None:
         async with log.span("fetch", host=host):
