@@ -40,6 +40,7 @@ ENDPOINTS = [
     "POST /faults",
     "DELETE /faults",
     "GET /truth",
+    "GET /judge",
     "GET /hosts",
     "GET /hosts/{host}",
     "GET /metrics",
