@@ -178,7 +178,7 @@ async def run_crawl(args: argparse.Namespace, config: CrawlConfig) -> dict[str, 
     store = SQLiteStore(store_path, bloom_capacity=args.bloom_capacity)
     store.set_meta("config", config.model_dump_json())
     warc = WarcOutput(args.warc_dir, args.crawl_id) if args.warc_dir else None
-    sink = open_sink(args.pages_to)
+    sink = open_sink(args.pages_to, outbox=store_path)  # undelivered events: a table of the store
     progress = _Progress(sys.stderr.isatty() if args.progress is None else args.progress)
     resolver = ResolverMap(rules, allow_private=args.allow_private)
     try:

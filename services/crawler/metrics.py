@@ -24,8 +24,30 @@ LEASES_EXPIRED = Counter(
 RETRIES = Counter("crawler_retries_total", "Fetches scheduled for another attempt", ["reason"])
 DISCOVERED = Counter("crawler_discovered_urls_total", "New unique URLs admitted to the frontier")
 DUPLICATE_CONTENT = Counter("crawler_duplicate_content_total", "Bodies whose SHA-256 was already seen")
-PAGES_EMITTED = Counter("crawler_pages_emitted_total", "Page events handed to the sink")
-SINK_ERRORS = Counter("crawler_sink_errors_total", "Page events the sink failed to deliver")
+PAGES_EMITTED = Counter("crawler_pages_emitted_total", "Page events handed to the sink (outbox)")
+SINK_ERRORS = Counter(
+    "crawler_sink_errors_total",
+    "Page events in a failed delivery attempt (each is kept in the outbox and retried; see events_lost)",
+)
+EVENTS_BUFFERED = Gauge("crawler_events_buffered", "Page events in the durable outbox, not yet acknowledged")
+EVENTS_BUFFER_CAPACITY = Gauge(
+    "crawler_events_buffer_capacity", "Most page events the outbox holds before the crawl waits for room"
+)
+EVENTS_DELIVERED = Counter(
+    "crawler_events_delivered_total", "Page events the sink acknowledged (then removed from the outbox)"
+)
+EVENTS_LOST = Counter(
+    "crawler_events_lost_total", "Page events dropped for good (the sink refused them as invalid)"
+)
+OUTBOX_WAITS = Counter(
+    "crawler_outbox_full_waits_total", "Times a page event waited for room in a full outbox (backpressure)"
+)
+STORE_WRITE_LATENCY = Histogram(
+    "crawler_store_write_duration_seconds",
+    "Time of one durable store write (one SQLite transaction), by operation",
+    ["op"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
 FETCH_LATENCY = Histogram(
     "crawler_fetch_duration_seconds",
     "Time from request start to body read",

@@ -7,10 +7,15 @@ loop); each public method is one transaction.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
+from services.crawler import metrics
 from services.crawler.bloom import BloomFilter
 from services.crawler.store import (
     LEASED_STATES,
@@ -54,6 +59,27 @@ CREATE TABLE IF NOT EXISTS edges (
 CREATE INDEX IF NOT EXISTS edges_src ON edges (src);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _timed(op: str) -> Callable[[_F], _F]:
+    """Observe one write transaction's duration in crawler_store_write_duration_seconds{op}."""
+    hist = metrics.STORE_WRITE_LATENCY.labels(op)
+
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                hist.observe(time.perf_counter() - t0)
+
+        return timed  # type: ignore[return-value]
+
+    return wrap
+
 
 _READY = ",".join(str(int(s)) for s in READY_STATES)
 _LEASED = ",".join(str(int(s)) for s in LEASED_STATES)
@@ -140,6 +166,7 @@ class SQLiteStore(FrontierStore):
                     self._insert([NewURL(url, host, d + delta, redirects, via)], max_per_host, now, max_depth)
 
     # -- FrontierStore -------------------------------------------------------------------------
+    @_timed("add")
     def add(
         self, urls: list[NewURL], *, max_per_host: int | None = None, now: float, max_depth: int | None = None
     ) -> int:
@@ -149,6 +176,7 @@ class SQLiteStore(FrontierStore):
             self._db.execute("BEGIN IMMEDIATE")
             return self._insert(urls, max_per_host, now, max_depth)
 
+    @_timed("claim")
     def claim(self, host: str, owner: str, lease_seconds: float, now: float) -> URLRecord | None:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -166,6 +194,7 @@ class SQLiteStore(FrontierStore):
             )
         return URLRecord(row[0], row[1], row[2], row[3], row[4], row[5], URLState.SCHEDULED, row[7])
 
+    @_timed("start")
     def start(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
         with self._db:
             cur = self._db.execute(
@@ -175,6 +204,7 @@ class SQLiteStore(FrontierStore):
             )
             return cur.rowcount == 1
 
+    @_timed("finish")
     def finish(
         self,
         url_id: int,
@@ -220,6 +250,7 @@ class SQLiteStore(FrontierStore):
                 rebased.append(NewURL(u.url, u.host, depth_now + delta, u.redirects, u.via))
             return self._insert(rebased, max_per_host, now, max_depth)
 
+    @_timed("retry")
     def retry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
         with self._db:
             self._db.execute(
@@ -229,6 +260,7 @@ class SQLiteStore(FrontierStore):
                 (int(URLState.RETRYABLE), not_before, error, status, url_id),
             )
 
+    @_timed("release")
     def release(self, url_id: int) -> None:
         with self._db:
             self._db.execute(
@@ -237,6 +269,7 @@ class SQLiteStore(FrontierStore):
                 (int(URLState.RETRYABLE), int(URLState.DISCOVERED), url_id),
             )
 
+    @_timed("expire_leases")
     def expire_leases(self, now: float) -> int:
         with self._db:
             cur = self._db.execute(
@@ -270,6 +303,7 @@ class SQLiteStore(FrontierStore):
         ).fetchone()
         return int(row[0])
 
+    @_timed("first_with_content")
     def first_with_content(self, sha256: str, url_id: int) -> int:
         with self._db:
             self._db.execute("INSERT OR IGNORE INTO content (sha256, url_id) VALUES (?, ?)", (sha256, url_id))
@@ -305,6 +339,7 @@ class SQLiteStore(FrontierStore):
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
+    @_timed("set_meta")
     def set_meta(self, key: str, value: str) -> None:
         with self._db:
             self._db.execute(
@@ -312,6 +347,73 @@ class SQLiteStore(FrontierStore):
                 " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                 (key, value),
             )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+_OUTBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id   TEXT NOT NULL UNIQUE,
+    body       TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+class SQLiteOutbox:
+    """Durable queue of page events not yet acknowledged by the sink (transactional outbox).
+
+    `put` commits before it returns, so an event survives a killed process (WAL, like the
+    store); the sink deletes an event only after the transport acknowledged it. One row per
+    event id: putting an id that is still waiting changes nothing. It may share the crawl
+    store's file (its own table and connection) or have one of its own; ":memory:" keeps the
+    retries but not the durability.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if self.path != ":memory:":
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_OUTBOX_SCHEMA)
+        self._count = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def __len__(self) -> int:
+        return self._count
+
+    @_timed("outbox_put")
+    def put(self, event_id: str, body: str, now: float) -> bool:
+        """Add one event; False when an event with this id is already waiting."""
+        with self._db:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO outbox (event_id, body, created_at) VALUES (?, ?, ?)",
+                (event_id, body, now),
+            )
+        added = cur.rowcount == 1
+        self._count += added
+        return added
+
+    def peek(self, limit: int) -> list[tuple[int, str, str]]:
+        """The oldest waiting events: (seq, event_id, body)."""
+        return list(self._db.execute("SELECT seq, event_id, body FROM outbox ORDER BY seq LIMIT ?", (limit,)))
+
+    @_timed("outbox_delete")
+    def delete(self, seqs: list[int]) -> None:
+        if not seqs:
+            return
+        with self._db:
+            cur = self._db.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
+        self._count = max(0, self._count - cur.rowcount)
+
+    def oldest_age(self, now: float) -> float:
+        row = self._db.execute("SELECT MIN(created_at) FROM outbox").fetchone()
+        return 0.0 if row is None or row[0] is None else max(0.0, now - row[0])
 
     def close(self) -> None:
         self._db.close()

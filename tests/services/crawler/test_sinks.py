@@ -9,7 +9,7 @@ from typing import Any
 import jsonschema
 from aiohttp import web
 
-from services.crawler.sinks import STREAM_KEY, HttpSink, RedisSink, open_sink
+from services.crawler.sinks import STREAM_KEY, HttpTransport, OutboxSink, open_sink
 
 SCHEMA = json.loads(Path("docs/formats/page-event.schema.json").read_text())
 
@@ -34,7 +34,7 @@ async def test_redis_sink_appends_to_the_stream(redis_url: str) -> None:
     import redis.asyncio as aioredis
 
     sink = open_sink(redis_url)
-    assert isinstance(sink, RedisSink)
+    assert isinstance(sink, OutboxSink)
     for i in range(5):
         await sink.emit(_event(i))
     await sink.close()
@@ -69,7 +69,7 @@ async def test_http_sink_batches_and_retries_server_errors() -> None:
     port = runner.addresses[0][1]
     try:
         sink = open_sink(f"http://127.0.0.1:{port}/v1/pages")
-        assert isinstance(sink, HttpSink)
+        assert isinstance(sink, OutboxSink) and isinstance(sink.transport, HttpTransport)
         sink.batch_size = 4
         for i in range(10):
             await sink.emit(_event(i))
