@@ -135,7 +135,9 @@ class Admission:
         return found
 
     def is_admin(self, key: str | None) -> bool:
-        return bool(key) and self._admin is not None and hmac.compare_digest(self._admin, hash_key(key))
+        if not key or self._admin is None:
+            return False
+        return hmac.compare_digest(self._admin, hash_key(key))
 
     def in_flight(self, tenant: str) -> int:
         return self._in_flight.get(tenant, 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -245,7 +245,9 @@ async def _watch_disconnect(request: Request, gateway: Gateway, seq: Sequence) -
             return
 
 
-async def _sse(stream: AsyncIterator[Piece | Finish], seq: Sequence, model: str) -> AsyncIterator[bytes]:
+async def _sse(
+    stream: AsyncGenerator[Piece | Finish, None], seq: Sequence, model: str
+) -> AsyncIterator[bytes]:
     """One `data:` event per token, a last one with finish_reason and usage, then [DONE].
 
     If the client disconnects, Starlette cancels this generator; closing `stream` cancels the

@@ -11,8 +11,9 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from services.inference.admission import Admission, TenantConfig, Ticket
 from services.inference.embeddings import EmbeddingBatcher
@@ -61,6 +62,17 @@ class Completion:
     text: str
     token_ids: list[int]
     finish: Finish
+
+
+class CandidateScore(TypedDict):
+    """One scored candidate, as /v1/score and gRPC Score return it."""
+
+    candidate: str
+    logprob: float
+    tokens: int
+    mean_logprob: float
+    prob: float
+    token_logprobs: list[float]
 
 
 def _ms(a: float | None, b: float | None) -> float | None:
@@ -158,7 +170,7 @@ class Gateway:
         on_seq: Callable[[Sequence], None] | None = None,
         *,
         stream_tokens: bool = True,
-    ) -> AsyncIterator[Piece | Finish]:
+    ) -> AsyncGenerator[Piece | Finish, None]:
         """Admit (raising before anything is yielded), then yield Pieces and one Finish.
 
         With stream_tokens=False the text arrives as one Piece just before the Finish.
@@ -169,7 +181,7 @@ class Gateway:
             on_seq(seq)
         return self.stream(seq, ticket)
 
-    async def stream(self, seq: Sequence, ticket: Ticket) -> AsyncIterator[Piece | Finish]:
+    async def stream(self, seq: Sequence, ticket: Ticket) -> AsyncGenerator[Piece | Finish, None]:
         decoder = StreamDecoder()
         try:
             async for ev in self.engine.stream(seq):
@@ -217,9 +229,13 @@ class Gateway:
         self, tenant: TenantConfig, p: CompletionParams, on_seq: Callable[[Sequence], None] | None = None
     ) -> Completion:
         seq_holder: list[Sequence] = []
-        stream = await self.generate(
-            tenant, p, on_seq=lambda s: (seq_holder.append(s), on_seq and on_seq(s)), stream_tokens=False
-        )
+
+        def keep(seq: Sequence) -> None:
+            seq_holder.append(seq)
+            if on_seq is not None:
+                on_seq(seq)
+
+        stream = await self.generate(tenant, p, on_seq=keep, stream_tokens=False)
         text: list[str] = []
         finish: Finish | None = None
         async for item in stream:
@@ -260,7 +276,7 @@ class Gateway:
     # -- scoring -----------------------------------------------------------------------------
     async def score(
         self, tenant: TenantConfig, prompt: str, candidates: list[str], model: str | None = None
-    ) -> list[dict[str, object]]:
+    ) -> list[CandidateScore]:
         """Sum of candidate token log-probs given the prompt; probabilities via log-sum-exp."""
         self._check_model(model, self.model_name)
         if not candidates:
@@ -285,13 +301,13 @@ class Gateway:
         top = max(totals)
         lse = top + math.log(sum(math.exp(t - top) for t in totals))
         return [
-            {
-                "candidate": c,
-                "logprob": total,
-                "tokens": len(lp),
-                "mean_logprob": total / len(lp),
-                "prob": math.exp(total - lse),
-                "token_logprobs": lp,
-            }
+            CandidateScore(
+                candidate=c,
+                logprob=total,
+                tokens=len(lp),
+                mean_logprob=total / len(lp),
+                prob=math.exp(total - lse),
+                token_logprobs=lp,
+            )
             for c, total, lp in zip(candidates, totals, per_token, strict=True)
         ]

@@ -10,6 +10,7 @@ Two entry points share the same layers:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -155,7 +156,8 @@ class Transformer(nn.Module):
         # Query (row b, new token i) at absolute position p sees keys j <= p that exist.
         mask = (k_pos[:, None, :] <= step.positions[:, :, None]) & k_valid[:, None, :]
         mask = mask[:, None]  # [B, 1, T, Lctx]
-        for layer, block in enumerate(self.blocks):
+        # ModuleList yields plain Modules to a type checker; these are the Blocks built above.
+        for layer, block in enumerate(cast("list[Block]", self.blocks)):
             x = block.forward_cached(x, layer, cache, write_slots, write_rows, read_slots, mask)
         last = (step.new_lens - 1).clamp(min=0)
         return self._logits(x[torch.arange(b, device=dev), last])
