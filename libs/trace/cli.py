@@ -198,12 +198,14 @@ class _stdin:
 
 def _report_warnings(trace: Trace, stderr: TextIO) -> None:
     warnings = trace.warnings
+    total = trace.warning_count
     for warning in warnings[:MAX_WARNINGS]:
         stderr.write(f"warning: {warning}\n")
-    if len(warnings) > MAX_WARNINGS:
-        stderr.write(f"warning: ... and {len(warnings) - MAX_WARNINGS} more warnings\n")
-    if warnings:
-        stderr.write(f"warning: {len(warnings)} problems repaired (--lenient)\n")
+    if total > MAX_WARNINGS:
+        kinds = ", ".join(f"{count:,} {kind}" for kind, count in sorted(trace.diagnostics.kinds.items()))
+        stderr.write(f"warning: ... and {total - MAX_WARNINGS:,} more warnings (in all: {kinds})\n")
+    if total:
+        stderr.write(f"warning: {total:,} problems repaired (--lenient)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

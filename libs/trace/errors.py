@@ -60,17 +60,35 @@ class TraceWarning:
         return f"{where}: {self.message} [{self.kind}]"
 
 
-class Diagnostics:
-    """Where the stack machine and parsers report findings: raise (strict) or record (lenient)."""
+#: Warnings a lenient run keeps (the first ones); later ones are only counted, so a badly broken
+#: input of any length costs O(1) memory for its diagnostics.
+KEEP_WARNINGS = 100
 
-    def __init__(self, *, source: str = "<input>", lenient: bool = False) -> None:
+
+class Diagnostics:
+    """Where the stack machine and parsers report findings: raise (strict) or record (lenient).
+
+    Lenient mode keeps the first ``keep`` warnings in ``warnings`` and counts every one in
+    ``count`` (and per kind in ``kinds``), so memory stays bounded however broken the input.
+    """
+
+    def __init__(self, *, source: str = "<input>", lenient: bool = False, keep: int = KEEP_WARNINGS) -> None:
+        if keep < 0:
+            raise ValueError(f"keep must not be negative, got {keep}")
         self.source = source
         self.lenient = lenient
+        self.keep = keep
         self.warnings: list[TraceWarning] = []
+        self.count = 0
+        self.kinds: dict[str, int] = {}
 
     def report(self, error: type[TraceError], message: str, line: int) -> None:
         """Raise ``error`` in strict mode; in lenient mode record it and return so the caller
         can apply its repair rule."""
         if not self.lenient:
             raise error(message, source=self.source, line=line)
-        self.warnings.append(TraceWarning(error.__name__, message, self.source, line))
+        kind = error.__name__
+        self.count += 1
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        if len(self.warnings) < self.keep:
+            self.warnings.append(TraceWarning(kind, message, self.source, line))

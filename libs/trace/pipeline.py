@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from libs.trace.detect import FORMATS, detect, peek
-from libs.trace.errors import Diagnostics, TraceError, TraceWarning
+from libs.trace.errors import KEEP_WARNINGS, Diagnostics, TraceError, TraceWarning
 from libs.trace.events import UNITS_TO_MICROSECONDS, Event
 from libs.trace.parsers import collapsed, phase, samples, spans, startend, tree
 from libs.trace.stack import well_formed
@@ -40,7 +40,8 @@ FIXED_UNITS = {"collapsed": "samples", "samples": "s", "spans": "s"}
 @dataclass
 class Trace:
     """A parsed input: its format, the unit of its timestamps, the validated event stream and
-    (filled while the stream is consumed, lenient mode only) the warnings."""
+    (filled while the stream is consumed, lenient mode only) the warnings: the first
+    ``max_warnings`` of them in ``warnings``, how many there were in all in ``warning_count``."""
 
     format: str
     unit: str
@@ -51,6 +52,10 @@ class Trace:
     def warnings(self) -> list[TraceWarning]:
         return self.diagnostics.warnings
 
+    @property
+    def warning_count(self) -> int:
+        return self.diagnostics.count
+
 
 def read_trace(
     lines: Iterable[str],
@@ -60,16 +65,18 @@ def read_trace(
     lenient: bool = False,
     time_unit: str = "s",
     strip_lines: bool = False,
+    max_warnings: int = KEEP_WARNINGS,
 ) -> Trace:
     """Parse ``lines`` in ``format`` ("auto" detects it) into a validated event stream.
 
+    ``max_warnings`` caps the warnings kept (lenient mode); every one is still counted.
     ``strip_lines`` folds py-spy's per-line frame names ``fn (file.py:12)`` into ``fn (file.py)``.
     Raises :class:`TraceError` for undetectable input at once; every other problem is raised
     (or, lenient, recorded) while ``events`` is iterated, naming its line.
     """
     if time_unit not in UNITS_TO_MICROSECONDS:
         raise ValueError(f"time_unit must be one of {sorted(UNITS_TO_MICROSECONDS)}, got {time_unit!r}")
-    diag = Diagnostics(source=source, lenient=lenient)
+    diag = Diagnostics(source=source, lenient=lenient, keep=max_warnings)
     if format == "auto":
         head, lines = peek(lines)
         try:

@@ -175,3 +175,16 @@ def test_reader_closing_the_pipe_early_is_not_an_error(tmp_path: Path) -> None:
     proc.stdout.close()  # like `| head -1`
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and err == b""
+
+
+def test_lenient_reports_the_first_warnings_and_the_total() -> None:
+    text = "main:start:0\n" + "".join(f"g{i}:end:1\n" for i in range(5_000)) + "main:end:2\n"
+    code, out, err = cli("report", "-", "--lenient", stdin=text)
+    assert code == 0 and "main" in out
+    lines = err.splitlines()
+    assert len(lines) == 22
+    assert lines[0] == (
+        "warning: <stdin>:2: end of 'g0' without a start (innermost open frame: 'main') [UnmatchedEnd]"
+    )
+    assert lines[-2] == "warning: ... and 4,980 more warnings (in all: 5,000 UnmatchedEnd)"
+    assert lines[-1] == "warning: 5,000 problems repaired (--lenient)"

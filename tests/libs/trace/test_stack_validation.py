@@ -148,3 +148,15 @@ def test_sample_diff_ends_deepest_first_and_begins_shallowest_first() -> None:
 def test_trace_error_is_the_base_of_every_input_error() -> None:
     for error in (FormatError, MissingEnd, UnmatchedEnd, CrossedNesting, NegativeDuration, TimeWentBack):
         assert issubclass(error, TraceError)
+
+
+def test_lenient_keeps_the_first_warnings_and_counts_them_all() -> None:
+    # 10,000 problems: the first 100 are kept (in input order), every one is counted.
+    text = "main:start:0\n" + "".join(f"g{i}:end:1\n" for i in range(10_000)) + "main:end:2\n"
+    tree, trace = tree_of(text, lenient=True)
+    assert paths(tree) == {"main": (1, 2.0, 2.0)}
+    assert trace.warning_count == 10_000
+    assert [w.line for w in trace.warnings] == list(range(2, 102))
+    assert trace.diagnostics.kinds == {"UnmatchedEnd": 10_000}
+    _, none_kept = tree_of(text, lenient=True, max_warnings=0)
+    assert none_kept.warnings == [] and none_kept.warning_count == 10_000
