@@ -1,0 +1,5 @@
+import sys
+
+from loadtests.experiments.runner import main
+
+sys.exit(main())
