@@ -15,9 +15,11 @@ Each crawl has its own SQLite store under data_dir, so a crawl id started again 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from libs.service.spans import SpanLog
 from services.crawler.engine import Crawl
 from services.crawler.fetcher import Fetcher, ResolverMap, ResolveRule
 from services.crawler.settings import CrawlConfig
-from services.crawler.sinks import PageSink, open_sink
+from services.crawler.sinks import OutboxSink, PageSink, open_sink
 from services.crawler.store_sqlite import SQLiteStore
 from services.crawler.warc import WarcOutput
 
@@ -92,8 +94,7 @@ class CrawlManager:
             raise ApiError(422, "invalid_request", "crawl_id: 1-64 of A-Z a-z 0-9 _ . -", field="crawl_id")
         if crawl_id in self.crawls and not self.crawls[crawl_id].crawl.done:
             raise ApiError(409, "conflict", f"crawl {crawl_id!r} is running", field="crawl_id")
-        if self._sink is None and self.settings.pages_to:
-            self._sink = open_sink(self.settings.pages_to)
+        self.open_sink()
         data = Path(self.settings.data_dir)
         store = SQLiteStore(data / f"{crawl_id}.sqlite", bloom_capacity=self.settings.bloom_capacity)
         store.set_meta("config", config.model_dump_json())
@@ -123,6 +124,16 @@ class CrawlManager:
         self.crawls[crawl_id] = running
         return crawl
 
+    def open_sink(self) -> PageSink | None:
+        """Open the page sink once per process; its outbox (data_dir/outbox.sqlite) holds the
+        events not yet delivered, including a previous process's, which it starts sending now."""
+        if self._sink is None and self.settings.pages_to:
+            outbox = Path(self.settings.data_dir) / "outbox.sqlite"
+            self._sink = open_sink(self.settings.pages_to, outbox=outbox)
+            if isinstance(self._sink, OutboxSink):
+                self._sink.start()
+        return self._sink
+
     async def shutdown(self) -> None:
         for running in self.crawls.values():
             running.crawl.cancel()
@@ -134,12 +145,19 @@ class CrawlManager:
 def build_app(settings: CrawlerSettings, health: Health | None = None) -> tuple[FastAPI, CrawlManager]:
     health = health or Health(ready=True)
     manager = CrawlManager(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        manager.open_sink()  # sends what a previous (killed) process left in the outbox
+        yield
+
     app = create_app(
         "crawler",
         title="Crawler",
         version="0.1.0",
         health=health,
         description="Polite crawler control API (ProvingGroundBot)",
+        lifespan=lifespan,
     )
 
     @app.post("/v1/crawls", status_code=201, summary="Start (or resume) a crawl")

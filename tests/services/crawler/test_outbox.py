@@ -388,3 +388,42 @@ def test_events_in_the_outbox_of_a_killed_crawler_are_delivered_by_the_next_run(
     ids = stream_ids(redis_proc.url)
     assert set(ids) == _expected_ids(store, "k")
     assert set(ids.values()) == {1}
+
+
+def test_the_crawler_service_sends_a_previous_process_outbox_at_start(redis_url: str, tmp_path: Path) -> None:
+    """What a killed crawler service left in data_dir/outbox.sqlite goes out when the next one
+    starts, before any crawl is started."""
+    box = SQLiteOutbox(tmp_path / "outbox.sqlite")
+    for i in range(5):
+        box.put(event_id(_event(i)), json.dumps(_event(i)), 1.0)
+    box.close()
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.crawler",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path),
+            "--pages-to",
+            redis_url,
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, timeout=30)
+        deadline = time.monotonic() + 30
+        while len(stream_ids(redis_url)) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert stream_ids(redis_url) == Counter({event_id(_event(i)): 1 for i in range(5)})
+    assert SQLiteOutbox(tmp_path / "outbox.sqlite").peek(10) == []
