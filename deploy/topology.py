@@ -7,6 +7,9 @@ same file into local processes: a service name in a host position ("websim:8090"
 
     only-with: REDIS      start it only when that variable/flag is set (e.g. `make run REDIS=1`)
     binary: prometheus    not a module of ours: run this binary if it is installed, else skip
+    module: deploy.x      an image that is not ours, replaced locally by `python -m deploy.x`
+                          given the same command-line flags (the fault proxy: Toxiproxy's image
+                          in compose, deploy/faultproxy under `make run`)
     embedded-env: {...}   environment used instead when the stack runs without Redis
     localise-files: [...] container files (configs naming other services) that are copied,
                           localised like the command, to var/<service>/ and used from there
@@ -149,6 +152,8 @@ def local_services(
             target = var_dir / name / Path(container_file).name
             files[Path(source)] = target
             argv = [a.replace(source, str(target)) for a in argv]
+        if stand_in := local.get("module"):
+            argv = ["python", "-m", stand_in, *argv]
         skip = None
         if (flag := local.get("only-with")) and not flags.get(flag):
             skip = f"only with {flag}=1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from deploy.topology import COMPOSE_FILE, ROOT, load_compose, local_services
+from deploy.topology import COMPOSE_FILE, ROOT, load_compose, local_services, write_localised_files
 from tests.conftest import need_binary
 
 COMPOSE = load_compose()
@@ -93,5 +94,52 @@ def test_port_offset_moves_every_address_consistently(tmp_path: Path):
     plan = {s.name: s for s in local_services(redis=True, port_offset=100, var_dir=tmp_path)}
     crawler = plan["crawler"]
     assert crawler.ports == [8181]
-    assert "127.0.0.1:8190" in crawler.env["PG_CRAWLER_RESOLVE"]
+    assert "127.0.0.1:18190" in crawler.env["PG_CRAWLER_RESOLVE"]  # websim, through the fault proxy
     assert all(str(v).startswith(str(tmp_path)) for k, v in crawler.env.items() if k.endswith("DATA_DIR"))
+
+
+PROXIES = json.loads((ROOT / "deploy/toxiproxy/proxies.json").read_text())
+
+
+def test_every_hop_between_services_passes_through_the_fault_proxy():
+    """A service reaches another only at toxiproxy:PORT, and each such port is a proxy of the config."""
+    names = set(SERVICES) - {"toxiproxy"}
+    listen_ports = {int(p["listen"].rsplit(":", 1)[1]) for p in PROXIES}
+    direct = re.compile(rf"(?<![\w.-])({'|'.join(names)}):\d|//({'|'.join(names)})\b")
+    for name, spec in SERVICES.items():
+        env = {**(spec.get("environment") or {}), **spec.get("x-local", {}).get("embedded-env", {})}
+        for key, value in env.items():
+            assert not direct.search(str(value)), (name, key, value)
+            for port in re.findall(r"toxiproxy:(\d+)", str(value)):
+                assert int(port) in listen_ports, (name, key, value)
+    hops = (("crawler", "crawler_websim"), ("crawler", "crawler_redis"), ("dedup", "dedup_redis"))
+    for service, hop in hops:
+        assert "toxiproxy" in SERVICES[service]["depends_on"], service
+        assert hop in {p["name"] for p in PROXIES}
+
+
+def test_each_proxy_listens_on_a_published_port_and_points_at_a_service_port():
+    published = {int(str(p).split(":")[0]) for p in SERVICES["toxiproxy"]["ports"]}
+    assert 8474 in published  # the API
+    for proxy in PROXIES:
+        assert set(proxy) >= {"name", "listen", "upstream"}, proxy
+        assert int(proxy["listen"].rsplit(":", 1)[1]) in published, proxy
+        host, port = proxy["upstream"].split(":")
+        assert host in SERVICES, proxy
+        assert any(str(p).endswith(f":{port}") for p in SERVICES[host]["ports"]), proxy
+    hops = {p["upstream"].split(":")[0] for p in PROXIES}
+    assert hops == {"websim", "redis", "dedup", "inference"}
+
+
+def test_the_local_fault_proxy_gets_the_same_config_localised(tmp_path: Path):
+    plan = {s.name: s for s in local_services(port_offset=100, var_dir=tmp_path)}
+    proxy = plan["toxiproxy"]
+    assert proxy.skip is None and proxy.argv[1:3] == ["-m", "deploy.faultproxy"]
+    assert proxy.ports[0] == 8574 and proxy.health_path is None  # TCP check, as on the image
+    write_localised_files(proxy, set(SERVICES))
+    (config_file,) = proxy.files.values()
+    assert str(config_file) in proxy.argv
+    local = {p["name"]: p for p in json.loads(config_file.read_text())}
+    assert local["crawler_websim"]["listen"] == "127.0.0.1:18190"
+    assert local["crawler_websim"]["upstream"] == "127.0.0.1:8190"
+    assert local["inference"]["upstream"] == "127.0.0.1:8100"
