@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import hashlib
 import logging
 import os
@@ -213,7 +214,7 @@ class Crawl:
                     continue
                 task = asyncio.create_task(self._work(host))
                 self._tasks.add(task)
-                task.add_done_callback(lambda t, s=slots: self._task_done(t, s))
+                task.add_done_callback(functools.partial(self._task_done, slots=slots))
         except Exception as exc:
             self.state = CrawlState.FAILED
             self.error = f"{type(exc).__name__}: {exc}"
