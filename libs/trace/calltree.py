@@ -33,12 +33,27 @@ class Node:
 
     def walk(self) -> Iterator[tuple[tuple[str, ...], Node]]:
         """Every node below this one with its path (names from the first level down),
-        pre-order, children in first-seen order; iterative, so deep recursion is fine."""
+        pre-order, children in first-seen order; iterative, so deep recursion is fine.
+
+        Each path is a new tuple, O(depth) per node: for whole-tree output at any depth use
+        :meth:`descend` and keep the path yourself (the writers do)."""
         todo: list[tuple[tuple[str, ...], Node]] = [((c.name,), c) for c in reversed(self.children.values())]
         while todo:
             path, node = todo.pop()
             yield path, node
             todo.extend(((*path, c.name), c) for c in reversed(node.children.values()))
+
+    def descend(self) -> Iterator[tuple[int, Node]]:
+        """The nodes of :meth:`walk`, in the same order, each with its depth (1 = a child of
+        this node) instead of its path: O(1) per node, so a consumer that keeps the current
+        path as a list (``del path[depth - 1:]; path.append(node.name)``) is linear in the
+        size of the tree however deep it is."""
+        todo: list[tuple[int, Node]] = [(1, c) for c in reversed(self.children.values())]
+        while todo:
+            depth, node = todo.pop()
+            yield depth, node
+            if node.children:
+                todo.extend((depth + 1, c) for c in reversed(node.children.values()))
 
 
 class CallTree:

@@ -19,13 +19,19 @@ def weight_scale(unit: str) -> float:
 
 
 def write(tree: CallTree, out: TextIO, *, unit: str) -> int:
-    """Write every path whose weight rounds above zero; returns the lines written."""
+    """Write every path whose weight rounds above zero; returns the lines written.
+
+    Linear in the size of the tree plus the output at any depth: the current path is kept as
+    a list (push/pop as the walk goes down and up) and joined only for a line written."""
     scale = weight_scale(unit)
     lines = 0
-    for path, node in tree.root.walk():
+    path: list[str] = []
+    for depth, node in tree.root.descend():
+        del path[depth - 1 :]
+        path.append(node.name.replace(";", ":").replace("\n", " "))
         weight = round(node.exclusive * scale)
         if weight > 0:
-            out.write(";".join(name.replace(";", ":").replace("\n", " ") for name in path))
+            out.write(";".join(path))
             out.write(f" {weight}\n")
             lines += 1
     return lines

@@ -34,10 +34,7 @@ def _num(value: float, unit: str) -> str:
 
 
 def _depth(tree: CallTree) -> int:
-    deepest = 0
-    for path, _ in tree.root.walk():
-        deepest = max(deepest, len(path))
-    return deepest
+    return max((depth for depth, _ in tree.root.descend()), default=0)
 
 
 def render(tree: CallTree, *, unit: str, title: str = "Flame graph") -> str:

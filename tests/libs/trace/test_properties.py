@@ -246,3 +246,28 @@ def test_times_are_conserved_across_input_formats(ops: list[Op]) -> None:
     assert _times(sampled) == _times(reference)
     indented, _ = tree_of(_tree_text(reference), "tree")
     assert _times(indented) == _times(reference)
+
+
+@SETTINGS
+@given(well_formed())
+def test_descend_visits_the_nodes_of_walk_in_order_at_their_depth(ops: list[Op]) -> None:
+    tree, _ = tree_of(RENDER["startend"](ops), "startend")
+    walked = [(len(path), node) for path, node in tree.root.walk()]
+    descended = list(tree.root.descend())
+    assert [d for d, _ in descended] == [d for d, _ in walked]
+    assert all(a is b for (_, a), (_, b) in zip(descended, walked, strict=True))
+
+
+@SETTINGS
+@given(STACKS, st.randoms(use_true_random=False))
+def test_collapsed_output_is_one_line_per_weighted_path_in_walk_order(
+    stacks: dict[tuple[str, ...], int], rnd
+) -> None:
+    lines = [f"{';'.join(stack)} {count}" for stack, count in stacks.items()]
+    rnd.shuffle(lines)
+    tree, trace = tree_of("\n".join(lines) + "\n", "collapsed")
+    out = io.StringIO()
+    written = collapsed.write(tree, out, unit=trace.unit)
+    walked = tree.root.walk()
+    expected = [f"{';'.join(path)} {round(node.exclusive)}" for path, node in walked if node.exclusive]
+    assert out.getvalue().splitlines() == expected and written == len(expected)

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 import jsonschema
 import pytest
 
-from libs.trace import CallTree
+from libs.trace import CallTree, Node
 from libs.trace.writers import chrome, collapsed, speedscope, svg, table
 
 from .tracetext import read, tree_of
@@ -177,3 +177,24 @@ def test_empty_trace_renders_without_dividing_by_zero() -> None:
     tree = CallTree()
     assert "total 0" in table.render(tree, "s")
     ET.fromstring(svg.render(tree, unit="s"))
+
+
+@pytest.mark.timeout(120)
+def test_deep_stacks_are_written_in_linear_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One sample 50,000 frames deep. Writing a path per node (Node.walk) is O(depth) per node,
+    # O(depth^2) in all: 15-60 s per writer at depth 100k. The writers keep the path themselves.
+    depth = 50_000
+    line = ";".join(f"f{i % 10}" for i in range(depth)) + " 3\n"
+    tree, trace = tree_of(line, "collapsed")
+
+    def quadratic(self: object) -> None:
+        raise AssertionError("Node.walk builds a path per node: O(depth^2) on a deep stack")
+
+    monkeypatch.setattr(Node, "walk", quadratic)
+    out = io.StringIO()
+    assert collapsed.write(tree, out, unit=trace.unit) == 1
+    assert out.getvalue() == line
+    picture = svg.render(tree, unit=trace.unit)
+    # Every frame is drawn (all have the full width): the root plus one row per stack level.
+    assert picture.count("<rect ") == depth + 2  # + the background
+    assert f'height="{(depth + 1) * svg.ROW + 3 * svg.PAD + svg.FONT}"' in picture
