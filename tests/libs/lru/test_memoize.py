@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import threading
+from collections import OrderedDict, defaultdict
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -62,10 +66,56 @@ def test_var_positional_args_are_part_of_the_key() -> None:
 def test_unhashable_nested_arguments_are_canonicalised_recursively() -> None:
     f, calls = counted()
     f({"x": [1, {2, 3}], "y": {"z": ()}})
-    f({"y": {"z": ()}, "x": [1, {3, 2}]})  # same value, different insertion and set order
+    f({"x": [1, {3, 2}], "y": {"z": ()}})  # same value, different set order
     assert len(calls) == 1
     f({"x": [1, {2, 4}], "y": {"z": ()}})
     assert len(calls) == 2
+
+
+def test_dicts_that_differ_only_in_order_are_different_keys() -> None:
+    dumps = memoize()(json.dumps)
+    assert dumps({"x": 1, "y": 2}) == '{"x": 1, "y": 2}'
+    assert dumps({"y": 2, "x": 1}) == '{"y": 2, "x": 1}'  # was the text of the first call
+    assert dumps({"x": 1, "y": 2}) == '{"x": 1, "y": 2}'
+    assert dumps.cache_info().hits == 1
+
+
+def test_unequal_ordered_dicts_never_share_an_entry() -> None:
+    a, b = OrderedDict(x=1, y=2), OrderedDict(y=2, x=1)
+    assert a != b
+    f, calls = counted()
+    assert f(a)[0] is a and f(b)[0] is b
+    assert len(calls) == 2
+    assert canonical(a) != canonical(b) != canonical(dict(b))
+
+
+def test_defaultdicts_with_different_factories_are_different_keys() -> None:
+    f, calls = counted()
+    f(defaultdict(list, x=[1]))
+    f(defaultdict(set, x=[1]))
+    f(defaultdict(list, x=[1]))
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (Decimal("1.0"), Decimal("1.00")),
+        (Decimal("0"), Decimal("-0")),
+        (
+            datetime(2020, 1, 1, 12, tzinfo=UTC),
+            datetime(2020, 1, 1, 13, tzinfo=timezone(timedelta(hours=1))),
+        ),
+        (datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=timezone(timedelta(0), "Z"))),
+        (datetime(2020, 11, 1, 1, 30), datetime(2020, 11, 1, 1, 30, fold=1)),
+        (range(0), range(2, 2)),
+        (range(0, 3, 2), range(0, 4, 2)),
+    ],
+)
+def test_equal_stdlib_values_that_show_differently_are_different_keys(a: Any, b: Any) -> None:
+    assert a == b and (str(a) != str(b) or repr(a) != repr(b))
+    shown = memoize()(repr)
+    assert (shown(a), shown(b)) == (repr(a), repr(b))
 
 
 def test_containers_of_different_types_are_different_keys() -> None:
@@ -276,8 +326,8 @@ def _typed_equal(a: Any, b: Any) -> bool:
         return a.hex() == b.hex()
     if isinstance(a, list | tuple):
         return len(a) == len(b) and all(_typed_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_typed_equal(a[k], b[k]) for k in a)
+    if isinstance(a, dict):  # insertion order included: json.dumps, repr and iteration show it
+        return list(a) == list(b) and all(_typed_equal(a[k], b[k]) for k in a)
     if isinstance(a, set | frozenset):
         return len(a) == len(b) and all(any(_typed_equal(x, y) for y in b) for x in a)
     return bool(a == b)
@@ -291,6 +341,77 @@ def test_canonical_keys_are_equal_exactly_when_values_are_typed_equal(a: Any, b:
 @given(values)
 def test_canonical_key_is_hashable_and_stable(a: Any) -> None:
     assert hash(canonical(a)) == hash(canonical(a))
+
+
+# Values built the way callers build them, including the types whose equality ignores something
+# that repr() shows (order of a dict, exponent of a Decimal, time zone of a datetime, ...).
+# Sets are left out on purpose: their iteration order is arbitrary, and equal sets share a key.
+zones = st.sampled_from([None, UTC, timezone(timedelta(hours=1)), timezone(timedelta(0), "Z")])
+shown_scalars = st.one_of(
+    scalars,
+    st.floats(),  # NaN and -0.0 included
+    st.decimals(allow_nan=False, places=None),
+    st.datetimes(timezones=zones),
+    st.builds(range, st.integers(-3, 3), st.integers(-3, 3), st.sampled_from([1, 2, -1])),
+)
+shown_values = st.recursive(
+    shown_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.lists(inner, max_size=3).map(tuple),
+        st.lists(st.tuples(st.sampled_from("xyz"), inner), max_size=3).map(dict),
+        st.lists(st.tuples(st.sampled_from("xyz"), inner), max_size=3).map(OrderedDict),
+    ),
+    max_leaves=8,
+)
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.lists(st.tuples(st.sampled_from("xyz"), inner), max_size=3).map(dict),
+    ),
+    max_leaves=8,
+)
+
+
+def _reordered(value: Any, rnd: Any) -> Any:
+    """An equal value rebuilt with every dict's insertion order shuffled (the case to catch)."""
+    if isinstance(value, dict):
+        items = [(k, _reordered(v, rnd)) for k, v in value.items()]
+        rnd.shuffle(items)
+        return type(value)(items)
+    if isinstance(value, list | tuple):
+        return type(value)(_reordered(v, rnd) for v in value)
+    return value
+
+
+def _check_memoized_results_match(sensitive: Any, a: Any, b: Any) -> None:
+    memo = memoize(maxsize=None)(sensitive)
+    assert memo(a) == sensitive(a)
+    # A key collision would hand b the result computed for a.
+    assert memo(b) == sensitive(b)
+    if canonical(a) == canonical(b):
+        assert sensitive(a) == sensitive(b)
+
+
+@given(st.data())
+def test_equal_keys_mean_equal_repr_results(data: st.DataObject) -> None:
+    a = data.draw(shown_values)
+    b = data.draw(st.one_of(st.randoms(use_true_random=False).map(lambda r: _reordered(a, r)), shown_values))
+    _check_memoized_results_match(repr, a, b)
+
+
+@given(st.data())
+def test_equal_keys_mean_equal_json_results(data: st.DataObject) -> None:
+    a = data.draw(json_values)
+    b = data.draw(st.one_of(st.randoms(use_true_random=False).map(lambda r: _reordered(a, r)), json_values))
+    _check_memoized_results_match(json.dumps, a, b)
+
+
+@given(shown_values, st.randoms(use_true_random=False))
+def test_reordered_values_share_a_key_exactly_when_their_repr_is_unchanged(a: Any, rnd: Any) -> None:
+    b = _reordered(a, rnd)
+    assert (canonical(a) == canonical(b)) == (repr(a) == repr(b))
 
 
 def test_many_threads_get_correct_results_and_consistent_counters() -> None:
