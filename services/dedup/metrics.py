@@ -21,3 +21,15 @@ SCANS = counter("dedup_scans_total", "filesystem scan jobs finished", ["status"]
 SCAN_BYTES = counter("dedup_scan_bytes_read_total", "bytes read by scan jobs")
 SCAN_WASTED = gauge("dedup_scan_last_wasted_bytes", "wasted bytes found by the last finished scan job")
 STREAM_ACKED = counter("dedup_stream_acked_total", "Redis stream entries processed and acknowledged")
+STREAM_CONNECTED = gauge(
+    "dedup_stream_connected", "1 while the Redis stream consumer is connected and its group exists, else 0"
+)
+STREAM_PENDING = gauge(
+    "dedup_stream_pending", "entries delivered to the consumer group and not yet acknowledged (XPENDING)"
+)
+STREAM_LAG = gauge(
+    "dedup_stream_lag", "entries in the stream not yet delivered to the consumer group (XINFO GROUPS lag)"
+)
+STREAM_ERRORS = counter(
+    "dedup_stream_errors_total", "failed turns of the Redis stream consumer (each one retried)"
+)

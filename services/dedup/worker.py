@@ -240,6 +240,8 @@ class StreamConsumer:
         self._stop = asyncio.Event()
         self.acked = 0
         self.invalid = 0
+        self.errors = 0  # failed turns (Redis unreachable, group missing...)
+        self.connected = False
 
     async def ensure_group(self) -> None:
         from redis.exceptions import ResponseError
@@ -273,44 +275,88 @@ class StreamConsumer:
         self.acked += len(ids)
         metrics.STREAM_ACKED.inc(len(ids))
 
-    async def run(self) -> None:
+    async def _take_own_pending(self) -> None:
+        """Our own pending entries first: a restart after a crash finishes what it had taken."""
         s = self.settings
-        await self.ensure_group()
-        # Our own pending entries first: a restart after a crash finishes what it had taken.
         while not self._stop.is_set():
             resp = await self.client.xreadgroup(s.group, s.consumer, {s.stream: "0"}, count=100)
             entries = resp[0][1] if resp else []
             if not entries:
                 break
             await self._handle(entries)
-        last_claim = 0.0
+
+    async def _update_backlog(self) -> None:
+        s = self.settings
+        for group in await self.client.xinfo_groups(s.stream):
+            name = group.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) == s.group:
+                metrics.STREAM_PENDING.set(group.get("pending") or 0)
+                lag = group.get("lag")
+                if lag is not None:  # None: Redis cannot tell (entries deleted past the group)
+                    metrics.STREAM_LAG.set(lag)
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected and not self.connected:
+            log.info("stream consumer connected", extra={"stream": self.settings.stream})
+        self.connected = connected
+        metrics.STREAM_CONNECTED.set(1 if connected else 0)
+
+    async def run(self) -> None:
+        """Every Redis call is inside the retry: a consumer started before Redis, or one whose
+        Redis restarted (the group may be gone with it), sets itself up again and goes on.
+        `connected` (readiness, dedup_stream_connected) says whether the last turn succeeded."""
+        s = self.settings
+        set_up = False
+        last_claim = last_backlog = 0.0
+        backoff = 0.2
         heartbeat = Heartbeat("dedup", "stream_consumer")
-        while not self._stop.is_set():
-            heartbeat.beat()  # every turn, at least each 0.5 s block: Redis trouble does not stop it
-            try:
-                if time.monotonic() - last_claim > s.claim_idle_ms / 1000 / 2:
-                    last_claim = time.monotonic()
-                    claimed = await self.client.xautoclaim(
-                        s.stream,
-                        s.group,
-                        s.consumer,
-                        min_idle_time=s.claim_idle_ms,
-                        start_id="0-0",
-                        count=100,
+        try:
+            while not self._stop.is_set():
+                heartbeat.beat()  # every turn, at least each 0.5 s block or retry wait
+                try:
+                    if not set_up:
+                        await self.ensure_group()
+                        await self._take_own_pending()
+                        set_up = True
+                    if time.monotonic() - last_claim > s.claim_idle_ms / 1000 / 2:
+                        last_claim = time.monotonic()
+                        claimed = await self.client.xautoclaim(
+                            s.stream,
+                            s.group,
+                            s.consumer,
+                            min_idle_time=s.claim_idle_ms,
+                            start_id="0-0",
+                            count=100,
+                        )
+                        if claimed and claimed[1]:
+                            await self._handle([e for e in claimed[1] if e[1] is not None])
+                    resp = await self.client.xreadgroup(
+                        s.group, s.consumer, {s.stream: ">"}, count=100, block=500
                     )
-                    if claimed and claimed[1]:
-                        await self._handle([e for e in claimed[1] if e[1] is not None])
-                resp = await self.client.xreadgroup(
-                    s.group, s.consumer, {s.stream: ">"}, count=100, block=500
-                )
-                for _stream, entries in resp or []:
-                    await self._handle(entries)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis gone for a moment: say so, wait, go on
-                log.warning("stream read failed; retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(1.0)
-        heartbeat.stop()
+                    for _stream, entries in resp or []:
+                        await self._handle(entries)
+                    if time.monotonic() - last_backlog > 2.0:
+                        last_backlog = time.monotonic()
+                        await self._update_backlog()
+                    self._set_connected(True)
+                    backoff = 0.2
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # Redis gone, or restarted without our group: say so, retry
+                    set_up = False
+                    self.errors += 1
+                    metrics.STREAM_ERRORS.inc()
+                    log.warning(
+                        "stream consumer turn failed; retrying",
+                        extra={"error": repr(exc), "retry_in_s": backoff, "was_connected": self.connected},
+                    )
+                    self._set_connected(False)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), timeout=backoff)
+                    backoff = min(5.0, backoff * 2)
+        finally:
+            self._set_connected(False)
+            heartbeat.stop()
 
     def stop(self) -> None:
         self._stop.set()
@@ -354,12 +400,22 @@ def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAP
     consumer = StreamConsumer(settings, index, store) if settings.redis else None
     if consumer is not None:
         health.add_check("redis", consumer.ping)
+        # Redis answering is not enough: the consumer must be reading (group set up, last turn ok).
+        health.add_check("stream_consumer", lambda: consumer.connected)
+    # Scraped from the index itself, however its pages arrived (HTTP, the stream, the replay).
+    metrics.INDEX_PAGES.set_function(lambda: index.stats()["index_size"])
+    metrics.CLUSTERS.set_function(lambda: index.stats()["clusters"])
+
+    def _consumer_ended(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stream consumer died", exc_info=task.exception())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
         if consumer is not None:
             task = asyncio.create_task(consumer.run(), name="dedup-stream")
+            task.add_done_callback(_consumer_ended)
         health.set_ready(True)
         try:
             yield
@@ -385,11 +441,6 @@ def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAP
     app.state.index = index
     app.state.jobs = jobs
     app.state.consumer = consumer
-
-    def _update_gauges() -> None:
-        st = index.stats()
-        metrics.INDEX_PAGES.set(st["index_size"])
-        metrics.CLUSTERS.set(st["clusters"])
 
     @app.post(
         "/v1/pages",
@@ -433,7 +484,6 @@ def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAP
                 413, "payload_too_large", f"at most {settings.max_batch} events per request", "body.events"
             )
         results = ingest(index, [e.model_dump(exclude_none=True) for e in events], store)
-        _update_gauges()
         return {"accepted": len(results), "results": results}
 
     @app.get("/v1/clusters", tags=["pages"], summary="The duplicate cluster of a URL")
@@ -455,6 +505,8 @@ def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAP
                 "consumer": settings.consumer,
                 "acked": consumer.acked,
                 "invalid": consumer.invalid,
+                "connected": consumer.connected,
+                "errors": consumer.errors,
             }
         return out
 

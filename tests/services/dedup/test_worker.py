@@ -289,3 +289,58 @@ def test_page_event_model_agrees_with_the_shared_schema() -> None:
         except ValidationError:
             model_ok = False
         assert schema_ok == model_ok == ok, event
+
+
+def _metric(base: str, name: str) -> float:
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+def test_a_consumer_started_before_redis_waits_for_it_and_then_consumes(tmp_path: Path) -> None:
+    """Redis not up yet: the consumer retries (logged), /readyz says not ready; once Redis
+    comes up the consumer sets up its group and consumes everything."""
+    from tests.services.crawler.test_outbox import RedisProc
+
+    redis_proc = RedisProc(tmp_path)
+    pages = corpus(seed=5, families=3, variants=2, unrelated=4)
+    proc, base = _start("--redis", redis_proc.url, "--log-level", "INFO")
+    try:
+        with httpx.Client(base_url=base, timeout=10) as c:
+            deadline = time.monotonic() + 30
+            while c.get("/v1/stats").json()["stream"]["errors"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ready = c.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["stream_consumer"]["ok"] is False
+            assert _metric(base, "dedup_stream_connected") == 0
+            redis_proc.start()
+            _xadd_all(redis_proc.url, [_event(p.url, p.text) for p in pages])
+            stats = _wait_acked(base, len(pages))
+            assert stats["index"]["index_size"] == len(pages)
+            assert c.get("/readyz").status_code == 200
+        assert _metric(base, "dedup_stream_connected") == 1
+        assert _metric(base, "dedup_index_pages") == len(pages)
+        assert _metric(base, "dedup_clusters") == 3
+        assert "stream consumer turn failed" in _log_tail(proc)
+    finally:
+        _stop(proc)
+        redis_proc.close()
+
+
+def test_index_gauges_count_pages_restored_at_start(tmp_path: Path) -> None:
+    pages = corpus(seed=7, families=2, variants=2, unrelated=3)
+    data = tmp_path / "data"
+    proc, base = _start("--data-dir", str(data))
+    try:
+        with httpx.Client(base_url=base, timeout=10) as c:
+            batch = {"events": [_event(p.url, p.text) for p in pages]}
+            assert c.post("/v1/pages", json=batch).status_code == 200
+    finally:
+        _stop(proc)
+    proc, base = _start("--data-dir", str(data))
+    try:
+        assert _metric(base, "dedup_index_pages") == len(pages)
+        assert _metric(base, "dedup_clusters") == 2
+    finally:
+        _stop(proc)
