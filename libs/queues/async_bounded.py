@@ -18,7 +18,6 @@ with others still asleep; such a waiter passes the wake-up on to the next in lin
 from __future__ import annotations
 
 import asyncio
-import types
 from asyncio import QueueEmpty, QueueFull
 from collections import deque
 from typing import Generic, TypeVar
@@ -57,8 +56,6 @@ class AsyncBoundedQueue(Generic[T]):
         self._all_tasks_done.set()
         self._closed = False
         self._cancelled = False
-
-    __class_getitem__ = classmethod(types.GenericAlias)
 
     @property
     def maxsize(self) -> int:

@@ -9,7 +9,6 @@ returning; nothing else (no callback, no I/O, no logging) ever runs under it.
 from __future__ import annotations
 
 import threading
-import types
 from collections import deque
 from queue import Empty, Full
 from time import monotonic
@@ -72,8 +71,6 @@ class BoundedQueue(Generic[T]):
         self._closed = False
         # close(drain=False) happened: the queued items were dropped and join() returns at once.
         self._cancelled = False
-
-    __class_getitem__ = classmethod(types.GenericAlias)
 
     @property
     def maxsize(self) -> int:

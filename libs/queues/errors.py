@@ -26,7 +26,7 @@ class Closed(Exception):
     """
 
 
-class PoolError(ExceptionGroup):
+class PoolError(ExceptionGroup[Exception]):
     """Raised by WorkerPool.join(): every exception the worker function raised, one per failed item.
 
     Each exception carries a note (PEP 678) naming the item it failed on; ``except* ValueError``
@@ -34,7 +34,8 @@ class PoolError(ExceptionGroup):
     RuntimeError whose __cause__ is the original, since an ExceptionGroup holds only Exceptions.
     """
 
-    def derive(self, excs: Sequence[Exception]) -> PoolError:
+    # typeshed's derive() also accepts BaseExceptions; split()/subgroup() only ever pass ours.
+    def derive(self, excs: Sequence[Exception]) -> PoolError:  # type: ignore[override]
         # split()/subgroup() build their parts through derive(); keep the class so that
         # `except* SomeError as eg` still hands out PoolError instances.
         return PoolError(self.message, excs)

@@ -42,7 +42,9 @@ class HashCache:
         os.makedirs(directory, exist_ok=True)
         # fsync per entry would cost a disk flush per file; losing the tail of the log on a
         # crash only costs re-hashing, so durability comes from the snapshot at close().
-        self._lru = PersistentLRU(directory, capacity, snapshot_every=100_000, fsync=False)
+        self._lru: PersistentLRU[Key, dict[str, Any]] = PersistentLRU(
+            directory, capacity, snapshot_every=100_000, fsync=False
+        )
         self._lock = threading.Lock()
         self._work: dict[Key, dict[str, Any] | None] = {}
         self._dirty: set[Key] = set()
@@ -77,7 +79,7 @@ class HashCache:
         """get() for many files under one lock acquisition (the warm re-scan's hot loop)."""
         with self._lock:
             value_of = self._value
-            out = []
+            out: list[Any] = []
             append = out.append
             hits = 0
             for entry in entries:

@@ -25,7 +25,7 @@ def _flat_encoder(depth: int) -> Callable[[Any], str]:
     """The C encoder made once per depth (JSONEncoder.encode would build one per call)."""
     encode = _flat_encoders.get(depth)
     if encode is None:
-        make = json.encoder.c_make_encoder
+        make = getattr(json.encoder, "c_make_encoder", None)  # undeclared in typeshed
         if make is None:  # pragma: no cover - CPython always has the C accelerator
             encoder = json.JSONEncoder(separators=(",\n" + "  " * (depth + 1), ": "))
             encode = encoder.encode

@@ -139,9 +139,9 @@ class ScanContext:
                     out.append((item, None, exc))
             return out
 
-        for _batch, results, exc in parallel_map(run_batch, batches, workers=workers, maxsize=workers * 4):
-            if exc is not None or results is None:
-                raise exc if exc is not None else RuntimeError("no result")
+        for _batch, results, error in parallel_map(run_batch, batches, workers=workers, maxsize=workers * 4):
+            if error is not None or results is None:
+                raise error if error is not None else RuntimeError("no result")
             yield from results
 
     def ordered(self, items: list[tuple[int, FileEntry]]) -> list[tuple[int, FileEntry]]:
