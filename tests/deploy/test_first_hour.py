@@ -12,11 +12,13 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+from fastapi.testclient import TestClient
 
 from deploy.topology import ROOT, load_compose, local_services
 from libs.service.settings import parse_settings
 from services.inference.settings import InferenceSettings
 from tests.conftest import free_port, need_binary, wait_for_port
+from tests.libs.service.test_docs_offline import check_docs_offline
 
 
 def test_banner_prometheus_links_answer_200(tmp_path: Path):
@@ -126,3 +128,23 @@ def test_local_redis_binds_loopback_only(tmp_path: Path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_every_fastapi_service_serves_its_docs_offline(tmp_path: Path):
+    from services.crawler.api import CrawlerSettings
+    from services.crawler.api import build_app as crawler_app
+    from services.dedup.worker import DedupSettings
+    from services.dedup.worker import build_app as dedup_app
+    from services.inference.app import build_app as inference_app
+
+    tiny = dict(d_model=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128, kv_cache_tokens=512)
+    apps = {
+        "crawler": crawler_app(CrawlerSettings(data_dir=str(tmp_path / "crawler")))[0],
+        "dedup": dedup_app(DedupSettings()),
+        "inference": inference_app(InferenceSettings(embeddings=False, torch_threads=1, **tiny))[0],
+    }
+    for name, app in apps.items():  # no `with`: the apps' lifespans (engines, consumers) stay off
+        try:
+            check_docs_offline(TestClient(app))
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}") from exc
