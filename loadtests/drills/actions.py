@@ -1,0 +1,464 @@
+"""Chaos Toolkit actions: the faults a drill injects and the work it drives, from outside the stack.
+
+Processes are signalled by the pid listening on their published port (what `kill -9` in a
+terminal would hit); network faults go through a proxy speaking Toxiproxy's HTTP API; websim's
+own admin API adds latency and errors per host; load comes from plain HTTP clients. Every fault
+marks `fault_start` / `fault_end` in the drill's record (record.py) and has a rollback that
+undoes it whatever state the drill stopped in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import psutil
+from chaoslib.exceptions import ActivityFailed
+
+from loadtests.drills import stack
+from loadtests.drills.record import RECORD, figure, mark, since
+
+Configuration = dict[str, Any]
+TIMEOUT = httpx.Timeout(10.0)
+KEYS = ("dev-alice-key", "dev-bob-key")
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def _pid(service: str, configuration: Configuration | None) -> int:
+    pid = stack.pid_of(service, configuration)
+    if pid is None:
+        raise ActivityFailed(f"no process listens on {service}'s port {stack.port(service, configuration)}")
+    return pid
+
+
+def kill_service(service: str, configuration: Configuration | None = None) -> dict[str, Any]:
+    """kill -9 the service's process (no cleanup, no flush: a crash, a power cut, an OOM kill)."""
+    pid = _pid(service, configuration)
+    os.kill(pid, signal.SIGKILL)
+    at = mark("fault_start")
+    mark("fault_end", at)
+    RECORD.state[f"{service}_killed_pid"] = pid
+    return {"service": service, "pid": pid, "signal": "SIGKILL"}
+
+
+def wait_restarted(
+    service: str, timeout_s: float = 120.0, configuration: Configuration | None = None
+) -> dict:
+    """Wait for a new process on the service's port that answers its health check."""
+    from loadtests.drills.probes import service_healthy
+
+    old = RECORD.state.get(f"{service}_killed_pid")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pid = stack.pid_of(service, configuration)
+        if pid is not None and pid != old and service_healthy(service, configuration):
+            at = mark("recovered")
+            figure("time_to_recover_s", since("fault_start", at))
+            return {"service": service, "new_pid": pid, "after_s": RECORD.figures["time_to_recover_s"]}
+        time.sleep(0.25)
+    raise ActivityFailed(
+        f"{service} was not restarted within {timeout_s:.0f}s of kill -9 "
+        "(does the launcher honour compose's restart: policy?)"
+    )
+
+
+def freeze_service(service: str, seconds: float = 30.0, configuration: Configuration | None = None) -> dict:
+    """SIGSTOP the service's process for `seconds`, then SIGCONT (a GC pause, a hung disk, a VM steal)."""
+    pid = _pid(service, configuration)
+    RECORD.state["frozen_pid"] = pid
+    os.kill(pid, signal.SIGSTOP)
+    mark("fault_start")
+    time.sleep(seconds)
+    os.kill(pid, signal.SIGCONT)
+    RECORD.state.pop("frozen_pid", None)
+    mark("fault_end")
+    return {"service": service, "pid": pid, "frozen_s": seconds}
+
+
+def thaw_service(configuration: Configuration | None = None) -> dict:
+    """Rollback: SIGCONT whatever this drill froze (harmless when nothing is frozen)."""
+    pid = RECORD.state.pop("frozen_pid", None)
+    if pid is not None and stack.alive(pid):
+        os.kill(pid, signal.SIGCONT)
+        mark("fault_end")
+    return {"thawed": pid}
+
+
+# -- crawls ------------------------------------------------------------------------------------
+
+
+def _indexed(url: str, configuration: Configuration | None) -> bool:
+    try:
+        r = httpx.get(
+            f"{stack.url('dedup', configuration)}/v1/clusters", params={"url": url}, timeout=TIMEOUT
+        )
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200
+
+
+def start_crawl(
+    hosts: int = 10,
+    max_pages: int = 300,
+    max_depth: int = 4,
+    first_host: int = 0,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """Start a crawl of `hosts` websim hosts that dedup has not indexed yet (so every page event
+    of this crawl is new to it, and a lost one shows); websim's log is cleared first, so its
+    judge counts this crawl alone."""
+    total = int(httpx.get(f"{stack.url('websim', configuration)}/", timeout=TIMEOUT).json()["hosts"])
+    first = first_host
+    while first + hosts <= total and _indexed(f"http://h{first:04d}.sim.test/", configuration):
+        first += hosts
+    if first + hosts > total:
+        raise ActivityFailed(f"dedup has indexed every websim host block: restart the stack ({total} hosts)")
+    body = {
+        "seeds": [f"http://h{i:04d}.sim.test/" for i in range(first, first + hosts)],
+        "scope": ["*.sim.test"],
+        "max_pages": max_pages,
+        "max_depth": max_depth,
+    }
+    httpx.post(f"{stack.url('websim', configuration)}/log/clear", timeout=TIMEOUT).raise_for_status()
+    r = httpx.post(f"{stack.url('crawler', configuration)}/v1/crawls", json=body, timeout=TIMEOUT)
+    if r.status_code != 201:
+        raise ActivityFailed(f"crawl not started: {r.status_code} {r.text[:200]}")
+    crawl_id = r.json()["crawl_id"]
+    RECORD.state.update(crawl_id=crawl_id, crawl_body=body)
+    mark("crawl started")
+    return {"crawl_id": crawl_id, "hosts": f"h{first:04d}..h{first + hosts - 1:04d}", "config": body}
+
+
+def wait_crawl_progress(
+    fetched: int = 50, timeout_s: float = 120.0, configuration: Configuration | None = None
+) -> dict[str, Any]:
+    """Wait until the crawl has fetched `fetched` pages (a fault mid-crawl, not before it starts)."""
+    crawl_id = RECORD.state["crawl_id"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = httpx.get(
+            f"{stack.url('crawler', configuration)}/v1/crawls/{crawl_id}", timeout=TIMEOUT
+        ).json()
+        if status["stats"]["fetched"] >= fetched:
+            figure("fetched_before_fault", status["stats"]["fetched"])
+            RECORD.state["in_flight_before_fault"] = status["in_flight"]
+            return {"fetched": status["stats"]["fetched"], "state": status["state"]}
+        if status["state"] not in ("pending", "running"):
+            raise ActivityFailed(f"crawl ended ({status['state']}) before {fetched} pages: too small a crawl")
+        time.sleep(0.2)
+    raise ActivityFailed(f"crawl fetched fewer than {fetched} pages in {timeout_s:.0f}s")
+
+
+def resume_crawl(configuration: Configuration | None = None) -> dict[str, Any]:
+    """Start the drill's crawl again under its id: a crawl id started again resumes from its store."""
+    crawl_id, body = RECORD.state["crawl_id"], RECORD.state["crawl_body"]
+    base = stack.url("crawler", configuration)
+    status = httpx.get(f"{base}/v1/crawls/{crawl_id}", timeout=TIMEOUT)
+    if status.status_code == 200 and status.json()["state"] in ("pending", "running", "finished"):
+        return {"crawl_id": crawl_id, "resumed": False, "state": status.json()["state"]}  # resumed by itself
+    r = httpx.post(f"{base}/v1/crawls", params={"crawl_id": crawl_id}, json=body, timeout=TIMEOUT)
+    if r.status_code != 201:
+        raise ActivityFailed(f"crawl {crawl_id} not resumed: {r.status_code} {r.text[:200]}")
+    return {"crawl_id": crawl_id, "resumed": True}
+
+
+# -- websim faults (its own admin API) ---------------------------------------------------------
+
+
+def websim_faults(
+    share_of_hosts: float = 0.5,
+    hosts: int = 12,
+    error_rate: float = 0.3,
+    latency_ms: float = 0.0,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """Errors (HTTP 500) and latency on every other host of the drill's crawl."""
+    step = max(1, round(1 / share_of_hosts)) if share_of_hosts > 0 else hosts + 1
+    names = [f"h{i:04d}.sim.test" for i in range(0, hosts, step)]
+    base = stack.url("websim", configuration)
+    for name in names:
+        body = {"host": name, "error_rate": error_rate, "latency_ms": latency_ms}
+        httpx.post(f"{base}/faults", json=body, timeout=TIMEOUT).raise_for_status()
+    mark("fault_start")
+    return {"hosts": names, "error_rate": error_rate, "latency_ms": latency_ms}
+
+
+def clear_websim_faults(configuration: Configuration | None = None) -> dict[str, Any]:
+    httpx.delete(f"{stack.url('websim', configuration)}/faults", timeout=TIMEOUT).raise_for_status()
+    mark("fault_end")
+    return {"faults": []}
+
+
+# -- network faults (Toxiproxy's HTTP API) -----------------------------------------------------
+
+
+def toxiproxy_url(configuration: Configuration | None = None) -> str:
+    configured = (configuration or {}).get("toxiproxy_url")
+    if configured:
+        return str(configured).rstrip("/")
+    try:
+        return stack.url("toxiproxy", configuration)
+    except ValueError:
+        return f"http://127.0.0.1:{8474 + stack.offset(configuration)}"
+
+
+def add_toxic(
+    proxy: str,
+    toxic_type: str,
+    attributes: dict[str, Any] | None = None,
+    stream: str = "downstream",
+    toxicity: float = 1.0,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """Add a toxic to a proxy (POST /proxies/{proxy}/toxics), named after the drill's fault."""
+    body = {
+        "name": f"drill_{toxic_type}_{stream}",
+        "type": toxic_type,
+        "stream": stream,
+        "toxicity": toxicity,
+        "attributes": attributes or {},
+    }
+    r = httpx.post(f"{toxiproxy_url(configuration)}/proxies/{proxy}/toxics", json=body, timeout=TIMEOUT)
+    if r.status_code not in (200, 201):
+        raise ActivityFailed(f"toxic {toxic_type} on {proxy} refused: {r.status_code} {r.text[:200]}")
+    mark("fault_start")
+    return r.json()
+
+
+def set_proxy_enabled(proxy: str, enabled: bool, configuration: Configuration | None = None) -> dict:
+    """Cut (enabled=false) or restore a proxy: every connection through it is closed / refused."""
+    r = httpx.post(
+        f"{toxiproxy_url(configuration)}/proxies/{proxy}", json={"enabled": enabled}, timeout=TIMEOUT
+    )
+    if r.status_code != 200:
+        raise ActivityFailed(f"proxy {proxy} not updated: {r.status_code} {r.text[:200]}")
+    mark("fault_end" if enabled else "fault_start")
+    return r.json()
+
+
+def remove_toxics(proxy: str, configuration: Configuration | None = None) -> dict[str, Any]:
+    """Rollback: remove every toxic of a proxy and enable it again."""
+    base = toxiproxy_url(configuration)
+    removed = []
+    r = httpx.get(f"{base}/proxies/{proxy}/toxics", timeout=TIMEOUT)
+    if r.status_code == 200:
+        for toxic in r.json():
+            httpx.delete(f"{base}/proxies/{proxy}/toxics/{toxic['name']}", timeout=TIMEOUT)
+            removed.append(toxic["name"])
+    httpx.post(f"{base}/proxies/{proxy}", json={"enabled": True}, timeout=TIMEOUT)
+    mark("fault_end")
+    return {"proxy": proxy, "removed": removed}
+
+
+def hold(seconds: float) -> dict[str, float]:
+    """Keep the fault in place for a while."""
+    time.sleep(seconds)
+    return {"held_s": seconds}
+
+
+# -- inference load ----------------------------------------------------------------------------
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+async def _completion(
+    http: httpx.AsyncClient, key: str, *, stream: bool, max_tokens: int, prompt: str = "the crawler"
+) -> tuple[int, float, float | None, bool]:
+    """(status, seconds to the answer's head or whole body, TTFT for streams, Retry-After present)."""
+    body = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": stream}
+    if not stream:
+        body["priority"] = "batch"
+    headers = {"Authorization": f"Bearer {key}"}
+    start = time.perf_counter()
+    async with http.stream("POST", "/v1/completions", json=body, headers=headers) as r:
+        head = time.perf_counter() - start
+        retry_after = "retry-after" in r.headers
+        if r.status_code != 200:
+            await r.aread()
+            return r.status_code, head, None, retry_after
+        ttft = None
+        async for chunk in r.aiter_bytes():
+            if ttft is None and b"data:" in chunk:
+                ttft = time.perf_counter() - start
+        return r.status_code, time.perf_counter() - start, ttft, retry_after
+
+
+async def _calibrate(base: str, seconds: float, concurrency: int, max_tokens: int) -> float:
+    """Completions per second the server sustains, closed loop (its capacity for this request)."""
+    done = 0
+    stop = time.perf_counter() + seconds
+    async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http:
+
+        async def user(i: int) -> None:
+            nonlocal done
+            while time.perf_counter() < stop:
+                status, *_ = await _completion(http, KEYS[i % 2], stream=False, max_tokens=max_tokens)
+                done += status == 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(user(i) for i in range(concurrency)))
+        return done / (time.perf_counter() - started)
+
+
+async def _overload(base: str, rate: float, seconds: float, max_tokens: int, pid: int | None) -> dict:
+    results: list[tuple[bool, int, float, float | None, bool]] = []
+    errors: Counter[str] = Counter()
+    rss: list[float] = []
+    proc = psutil.Process(pid) if pid else None
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(60.0), limits=limits) as http:
+
+        async def one(i: int) -> None:
+            interactive = i % 2 == 0
+            try:
+                status, took, ttft, retry = await _completion(
+                    http, KEYS[(i // 2) % 2], stream=interactive, max_tokens=max_tokens
+                )
+                results.append((interactive, status, took, ttft, retry))
+            except httpx.HTTPError as exc:
+                errors[type(exc).__name__] += 1
+
+        tasks = []
+        start = time.perf_counter()
+        n = int(rate * seconds)
+        next_rss = 0.0
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+            if proc is not None and time.perf_counter() >= next_rss:
+                rss.append(proc.memory_info().rss / 2**20)
+                next_rss = time.perf_counter() + 1.0
+        offered_s = time.perf_counter() - start
+        mark("fault_end")  # the overload ends when the offering stops; answers still drain
+        await asyncio.gather(*tasks)
+    return {"results": results, "errors": errors, "rss_mb": rss, "offered_s": offered_s, "n": n}
+
+
+def _server_ttft_p95(since_t: float, configuration: Configuration | None) -> float | None:
+    """The server's own interactive TTFT p95 over the overload (what its SLO is judged on).
+
+    The client's figure is reported too, but on a shared machine it also holds the load
+    generator's own scheduling delays."""
+    time.sleep(6)  # one more scrape (every 5 s) so the last answers are in
+    window = max(10, int(time.time() - since_t))
+    query = (
+        "histogram_quantile(0.95, sum by (le) (increase("
+        f'inference_time_to_first_token_seconds_bucket{{class="interactive"}}[{window}s])))'
+    )
+    r = httpx.get(
+        f"{stack.url('prometheus', configuration)}/api/v1/query", params={"query": query}, timeout=TIMEOUT
+    )
+    result = r.json()["data"]["result"]
+    return round(float(result[0]["value"][1]), 3) if result else None
+
+
+def inference_overload(
+    multiple: float = 3.0,
+    seconds: float = 60.0,
+    max_tokens: int = 64,
+    calibrate_s: float = 8.0,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """Offer `multiple` x the measured capacity for `seconds`: half interactive streams, half batch."""
+    base = stack.url("inference", configuration)
+    pid = stack.pid_of("inference", configuration)
+    capacity = asyncio.run(_calibrate(base, calibrate_s, 16, max_tokens))
+    if capacity <= 0:
+        raise ActivityFailed("inference completed nothing during calibration")
+    rss_before = psutil.Process(pid).memory_info().rss / 2**20 if pid else None
+    rate = multiple * capacity
+    mark("fault_start")
+    out = asyncio.run(_overload(base, rate, seconds, max_tokens, pid))
+    results = out["results"]
+    statuses = Counter(status for _, status, *_ in results)
+    rejected = [r for r in results if r[1] in (429, 503)]
+    admitted_ttft = [r[3] for r in results if r[0] and r[1] == 200 and r[3] is not None]
+    figures = {
+        "capacity_rps": round(capacity, 1),
+        "offered_rps": round(out["n"] / out["offered_s"], 1),
+        "requests": out["n"],
+        "admitted": statuses[200],
+        "rejected": len(rejected),
+        "rejected_without_retry_after": sum(1 for r in rejected if not r[4]),
+        "server_errors_5xx": sum(n for s, n in statuses.items() if s >= 500 and s != 503),
+        "client_errors": dict(out["errors"]),
+        "reject_p99_ms": round(1000 * (_pct([r[2] for r in rejected], 0.99) or 0.0), 1),
+        "client_ttft_p95_s": round(_pct(admitted_ttft, 0.95) or 0.0, 3),
+        "interactive_ttft_p95_s": _server_ttft_p95(RECORD.marks["fault_start"], configuration),
+        "rss_before_mb": round(rss_before or 0.0, 1),
+        "rss_max_mb": round(max(out["rss_mb"], default=0.0), 1),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+    }
+    for k, v in figures.items():
+        figure(k, v)
+    return figures
+
+
+async def _storm(
+    base: str, clients: int, waves: int, tokens_before_drop: int, max_tokens: int, pause_s: float
+) -> dict:
+    dropped = completed = refused = 0
+    async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http:
+
+        async def one(i: int) -> None:
+            nonlocal dropped, completed, refused
+            body = {"prompt": "storm", "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
+            headers = {"Authorization": f"Bearer {KEYS[i % 2]}"}
+            async with http.stream("POST", "/v1/completions", json=body, headers=headers) as r:
+                if r.status_code != 200:
+                    refused += 1
+                    return
+                seen = 0
+                async for line in r.aiter_lines():
+                    seen += line.startswith("data:")
+                    if seen >= tokens_before_drop:
+                        dropped += 1
+                        return  # leaving the block closes the connection mid-stream
+                completed += 1
+
+        errors: Counter[str] = Counter()
+        for wave in range(waves):
+            if wave:
+                await asyncio.sleep(pause_s)  # the tenants' request buckets refill between waves
+            for outcome in await asyncio.gather(*(one(i) for i in range(clients)), return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    errors[type(outcome).__name__] += 1
+    return {"dropped": dropped, "completed": completed, "refused": refused, "errors": dict(errors)}
+
+
+def disconnect_storm(
+    clients: int = 64,
+    waves: int = 5,
+    tokens_before_drop: int = 4,
+    max_tokens: int = 256,
+    pause_s: float = 2.0,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """Waves of streaming clients that hang up a few tokens into long generations."""
+    mark("fault_start")
+    base = stack.url("inference", configuration)
+    out = asyncio.run(_storm(base, clients, waves, tokens_before_drop, max_tokens, pause_s))
+    mark("fault_end")
+    figure("streams_dropped", out["dropped"])
+    figure("streams_refused", out["refused"])
+    if out["dropped"] < clients * waves // 2:
+        raise ActivityFailed(
+            f"only {out['dropped']} of {clients * waves} streams were dropped mid-generation: {out}"
+        )
+    return out

@@ -1,0 +1,360 @@
+"""Chaos Toolkit probes: read-only looks at the stack through its public HTTP APIs.
+
+Each is a plain function an experiment names (`"provider": {"type": "python", "module":
+"loadtests.drills.probes", "func": ...}`); Chaos Toolkit passes the experiment's
+`configuration` (port offset, ...) to any function that takes one. A probe that waits for
+something raises ActivityFailed when it does not happen in time: the run records the failure
+and the drill's verdict is FAIL, with the probe's message as the evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+from chaoslib.exceptions import ActivityFailed
+
+from loadtests.drills import stack
+from loadtests.drills.record import RECORD, figure, mark, since
+
+Configuration = dict[str, Any]
+TIMEOUT = httpx.Timeout(5.0)
+POLL_S = 1.0
+
+
+def _get(service: str, path: str, configuration: Configuration | None, **params: Any) -> Any:
+    r = httpx.get(f"{stack.url(service, configuration)}{path}", params=params or None, timeout=TIMEOUT)
+    r.raise_for_status()
+    return r.json()
+
+
+# -- the stack is up ---------------------------------------------------------------------------
+
+
+def service_healthy(service: str, configuration: Configuration | None = None) -> bool:
+    """The service answers its health check (Redis: PING)."""
+    try:
+        if service == "redis":
+            import redis
+
+            client = redis.Redis.from_url(stack.url("redis", configuration), socket_timeout=2)
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        path = "/-/ready" if service == "prometheus" else "/healthz"
+        r = httpx.get(f"{stack.url(service, configuration)}{path}", timeout=TIMEOUT)
+        return r.status_code == 200
+    except Exception:
+        return False
+
+
+def services_healthy(services: list[str], configuration: Configuration | None = None) -> bool:
+    return all(service_healthy(s, configuration) for s in services)
+
+
+def wait_healthy(service: str, timeout_s: float = 120.0, configuration: Configuration | None = None) -> dict:
+    """Wait until the service answers again; marks `recovered`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if service_healthy(service, configuration):
+            mark("recovered")
+            return {"service": service, "healthy_after_fault_s": since("fault_start")}
+        time.sleep(0.5)
+    raise ActivityFailed(f"{service} not healthy {timeout_s:.0f}s after the fault")
+
+
+# -- Prometheus --------------------------------------------------------------------------------
+
+
+def prom_query(query: str, configuration: Configuration | None = None) -> float | None:
+    """The first sample of an instant query, None when it has no result."""
+    data = _get("prometheus", "/api/v1/query", configuration, query=query)["data"]["result"]
+    return float(data[0]["value"][1]) if data else None
+
+
+def _names(alertname: str) -> set[str]:
+    """`"ServiceDown|WorkerHeartbeatMissing"`: any of these alerts will do."""
+    return {n.strip() for n in alertname.split("|") if n.strip()}
+
+
+def alert_states(alertname: str, configuration: Configuration | None = None) -> list[str]:
+    names = _names(alertname)
+    alerts = _get("prometheus", "/api/v1/alerts", configuration)["data"]["alerts"]
+    return [a["state"] for a in alerts if a["labels"].get("alertname") in names]
+
+
+def alert_inactive(alertname: str, configuration: Configuration | None = None) -> bool:
+    """No instance of the alert is pending or firing (steady state)."""
+    return not alert_states(alertname, configuration)
+
+
+def alert_rules(configuration: Configuration | None = None) -> dict[str, dict[str, Any]]:
+    groups = _get("prometheus", "/api/v1/rules", configuration)["data"]["groups"]
+    return {r["name"]: r for g in groups for r in g["rules"] if r.get("type") == "alerting"}
+
+
+def wait_for_alert(
+    alertname: str, timeout_s: float = 180.0, configuration: Configuration | None = None
+) -> dict[str, Any]:
+    """Wait until the alert fires; marks `detected` and the figure time_to_detect_s."""
+    rules = alert_rules(configuration)
+    names = _names(alertname)
+    if not names & set(rules):
+        figure("alert", f"{alertname}: no such rule")
+        raise ActivityFailed(f"Prometheus has no alerting rule named {alertname} loaded")
+    holds = {n: rules[n].get("duration", 0) for n in names if n in rules}
+    deadline = time.monotonic() + timeout_s
+    seen_pending = False
+    while time.monotonic() < deadline:
+        states = alert_states(alertname, configuration)
+        if "pending" in states and not seen_pending:
+            seen_pending = True
+            mark("alert pending")
+        if "firing" in states:
+            at = mark("detected")
+            figure("alert", alertname)
+            figure("time_to_detect_s", since("fault_start", at))
+            return {
+                "alert": alertname,
+                "state": "firing",
+                "after_fault_s": RECORD.figures["time_to_detect_s"],
+            }
+        time.sleep(POLL_S)
+    figure("alert", f"{alertname} never fired" + (" (pending only)" if seen_pending else ""))
+    raise ActivityFailed(
+        f"alert {alertname} did not fire within {timeout_s:.0f}s"
+        + (" (it was pending)" if seen_pending else " (never even pending)")
+        + f"; its rule holds for {holds} s before firing"
+    )
+
+
+def wait_for_alert_resolved(
+    alertname: str, timeout_s: float = 300.0, configuration: Configuration | None = None
+) -> dict[str, Any]:
+    """Wait until no instance of the alert is pending or firing; marks `alert resolved`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alert_states(alertname, configuration):
+            at = mark("alert resolved")
+            figure("alert_resolved_after_fault_end_s", since("fault_end", at))
+            return {"alert": alertname, "state": "resolved", "after_fault_end_s": since("fault_end", at)}
+        time.sleep(POLL_S)
+    raise ActivityFailed(f"alert {alertname} still active {timeout_s:.0f}s later")
+
+
+def wait_for_mark(event: str, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Wait until an activity running in the background marks `event` (e.g. fault_end)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if event in RECORD.marks:
+            return {"event": event, "at": RECORD.marks[event]}
+        time.sleep(0.2)
+    raise ActivityFailed(f"{event} not reached within {timeout_s:.0f}s")
+
+
+# -- websim's judge ----------------------------------------------------------------------------
+
+
+def judge(configuration: Configuration | None = None) -> dict[str, Any]:
+    return _get("websim", "/judge", configuration)
+
+
+# -- the crawler -------------------------------------------------------------------------------
+
+
+def crawl_status(configuration: Configuration | None = None) -> dict[str, Any]:
+    crawl_id = RECORD.state["crawl_id"]
+    return _get("crawler", f"/v1/crawls/{crawl_id}", configuration)
+
+
+def wait_crawl_finished(timeout_s: float = 300.0, configuration: Configuration | None = None) -> dict:
+    """Wait for the drill's crawl to finish; its figures: pages fetched, emitted, duplicates."""
+    deadline = time.monotonic() + timeout_s
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            status = crawl_status(configuration)
+        except (httpx.HTTPError, KeyError):
+            time.sleep(POLL_S)
+            continue
+        if status["state"] not in ("pending", "running", "paused"):
+            break
+        time.sleep(POLL_S)
+    else:
+        raise ActivityFailed(f"crawl not finished after {timeout_s:.0f}s: {status.get('state')}")
+    if status["state"] != "finished":
+        raise ActivityFailed(f"crawl ended {status['state']}: {status.get('error')}")
+    mark("crawl finished")
+    figure("pages_fetched", status["stats"]["fetched"])
+    figure("pages_emitted", status["stats"]["pages_emitted"])
+    return {"state": status["state"], "stats": status["stats"]}
+
+
+def no_page_refetched(configuration: Configuration | None = None) -> dict[str, Any]:
+    """websim counts every resource fetched again after a final answer. A restart may refetch
+    what was in flight when the process died (its outcome never reached the store), nothing more."""
+    verdict = judge(configuration)
+    allowed = int(RECORD.state.get("in_flight_before_fault", 0))
+    figure("refetched_pages", verdict["duplicate_fetches"])
+    if verdict["duplicate_fetches"] > allowed:
+        raise ActivityFailed(
+            f"{verdict['duplicate_fetches']} pages fetched again after a final answer "
+            f"(at most the {allowed} in flight at the fault may be)"
+        )
+    return verdict
+
+
+def crawl_polite(configuration: Configuration | None = None) -> dict[str, Any]:
+    """websim's judge over the drill's crawl: 0 robots and 0 politeness violations."""
+    verdict = judge(configuration)
+    figure("robots_violations", verdict["robots_violations"])
+    figure("politeness_violations", verdict["politeness_violations"])
+    if verdict["robots_violations"] or verdict["politeness_violations"]:
+        raise ActivityFailed(
+            f"websim judged {verdict['robots_violations']} robots and "
+            f"{verdict['politeness_violations']} politeness violations"
+        )
+    return verdict
+
+
+# -- dedup -------------------------------------------------------------------------------------
+
+
+def dedup_stats(configuration: Configuration | None = None) -> dict[str, Any]:
+    return _get("dedup", "/v1/stats", configuration)
+
+
+def _served_pages(configuration: Configuration | None) -> set[str]:
+    """URLs websim answered 2xx with a page during the drill (its log was cleared at the start)."""
+    r = httpx.get(f"{stack.url('websim', configuration)}/log", timeout=httpx.Timeout(30.0))
+    r.raise_for_status()
+    urls = set()
+    for line in r.text.splitlines():
+        if not line:
+            continue
+        entry = json.loads(line)
+        if 200 <= entry["status"] < 300 and entry.get("kind") == "page":
+            urls.add(f"http://{entry['host']}{entry['path'].split('#')[0]}")
+    return urls
+
+
+def _indexed(urls: set[str], configuration: Configuration | None) -> set[str]:
+    base = stack.url("dedup", configuration)
+    with httpx.Client(timeout=TIMEOUT) as http:
+        return {u for u in urls if http.get(f"{base}/v1/clusters", params={"url": u}).status_code == 200}
+
+
+def wait_events_delivered(timeout_s: float = 120.0, configuration: Configuration | None = None) -> dict:
+    """Every page the drill's crawl fetched and emitted is in dedup's index, exactly once.
+
+    The crawl started on hosts dedup had never indexed, so each page of it must be new there:
+    lost = pages websim served whose URL dedup does not know after waiting for stragglers;
+    counted twice = the crawl's `pages_emitted` beyond the distinct pages served (an event sent
+    twice is re-indexed as a redelivery, which dedup counts).
+    """
+    served = _served_pages(configuration)
+    deadline = time.monotonic() + timeout_s
+    found: set[str] = set()
+    while time.monotonic() < deadline:
+        found |= _indexed(served - found, configuration)
+        if found >= served:
+            break
+        time.sleep(2 * POLL_S)
+    emitted = crawl_status(configuration)["stats"]["pages_emitted"]
+    lost = sorted(served - found)
+    figure("events_emitted", emitted)
+    figure("pages_served", len(served))
+    figure("events_lost", len(lost))
+    mark("events delivered")
+    if lost:
+        raise ActivityFailed(
+            f"{len(lost)} of {len(served)} pages never reached dedup's index, e.g. {lost[:3]}"
+        )
+    return {"served": len(served), "indexed": len(found), "emitted": emitted}
+
+
+# -- inference ---------------------------------------------------------------------------------
+
+ADMIN = {"Authorization": "Bearer dev-admin-key"}
+
+
+def inference_state(configuration: Configuration | None = None) -> dict[str, Any]:
+    r = httpx.get(f"{stack.url('inference', configuration)}/v1/admin/state", headers=ADMIN, timeout=TIMEOUT)
+    r.raise_for_status()
+    return r.json()
+
+
+def inference_admits(configuration: Configuration | None = None) -> bool:
+    """A short interactive completion is answered 200 (the server takes work, not only health checks)."""
+    r = httpx.post(
+        f"{stack.url('inference', configuration)}/v1/completions",
+        json={"prompt": "steady", "max_tokens": 4},
+        headers={"Authorization": "Bearer dev-alice-key"},
+        timeout=httpx.Timeout(30.0),
+    )
+    if r.status_code != 200:
+        figure("fresh_request", f"{r.status_code} {r.json().get('error', {}).get('message', '')}"[:120])
+    return r.status_code == 200
+
+
+def inference_idle(configuration: Configuration | None = None) -> bool:
+    """No sequence running or waiting, no KV block held, no work counted as queued (the baseline)."""
+    return _idle(inference_state(configuration)["engine"])
+
+
+def _idle(engine: dict[str, Any]) -> bool:
+    backlog = sum(engine.get("backlog_tokens", {}).values())
+    return (
+        engine["running"] == 0 and engine["waiting"] == 0 and engine["kv_used_tokens"] == 0 and backlog == 0
+    )
+
+
+def wait_inference_idle(timeout_s: float = 30.0, configuration: Configuration | None = None) -> dict:
+    """Wait for sequences and KV blocks back to baseline; figure time_to_recover_s."""
+    deadline = time.monotonic() + timeout_s
+    engine: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        engine = inference_state(configuration)["engine"]
+        if _idle(engine):
+            at = mark("recovered")
+            figure("time_to_recover_s", since("fault_end", at))
+            return {"engine": engine, "after_fault_end_s": RECORD.figures["time_to_recover_s"]}
+        time.sleep(0.2)
+    raise ActivityFailed(
+        f"inference not back to baseline {timeout_s:.0f}s after the storm: running={engine.get('running')} "
+        f"waiting={engine.get('waiting')} kv_used_tokens={engine.get('kv_used_tokens')} "
+        f"backlog_tokens={engine.get('backlog_tokens')} (admission estimates queue wait from the backlog)"
+    )
+
+
+def overload_within_bounds(
+    reject_p99_ms: float = 50.0,
+    interactive_ttft_p95_s: float = 2.0,
+    rss_growth_mb: float = 512.0,
+) -> dict[str, Any]:
+    """Under overload the server says no fast and keeps its promises to those it admits."""
+    f = RECORD.figures
+    problems = []
+    if not f.get("rejected"):
+        problems.append("nothing was rejected: the load did not overload the server")
+    if f.get("reject_p99_ms", 0) > reject_p99_ms:
+        problems.append(f"rejections p99 {f['reject_p99_ms']} ms > {reject_p99_ms} ms")
+    if f.get("rejected_without_retry_after"):
+        problems.append(f"{f['rejected_without_retry_after']} rejections without Retry-After")
+    if f.get("server_errors_5xx"):
+        problems.append(f"{f['server_errors_5xx']} answers were 5xx other than 503")
+    if f.get("client_errors"):
+        problems.append(f"transport errors: {f['client_errors']}")
+    if (f.get("interactive_ttft_p95_s") or 0) > interactive_ttft_p95_s:
+        problems.append(
+            f"admitted interactive TTFT p95 {f['interactive_ttft_p95_s']} s > {interactive_ttft_p95_s} s"
+        )
+    growth = f.get("rss_max_mb", 0) - f.get("rss_before_mb", 0)
+    if growth > rss_growth_mb:
+        problems.append(f"RSS grew {growth:.0f} MiB > {rss_growth_mb:.0f} MiB")
+    if problems:
+        raise ActivityFailed("; ".join(problems))
+    return {k: f.get(k) for k in ("reject_p99_ms", "interactive_ttft_p95_s", "rss_max_mb")}
