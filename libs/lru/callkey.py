@@ -117,10 +117,13 @@ def canonical(value: Any, _path: frozenset[int] = frozenset()) -> Hashable:
 class CallKey:
     """Builds the cache key of a call to one function: ``(identity, canonical arguments)``."""
 
-    def __init__(self, func: Callable[..., Any]) -> None:
+    def __init__(self, func: Callable[..., Any], salt: str = "") -> None:
         # Module + qualname identify the function across processes, which a persisted
-        # cache needs; id() would not survive a restart.
+        # cache needs; id() would not survive a restart. A persisted cache adds the code's
+        # fingerprint as ``salt``, so results of an older body of the function never match.
         self.identity = f"{getattr(func, '__module__', None)}.{getattr(func, '__qualname__', repr(func))}"
+        if salt:
+            self.identity += f"#{salt}"
         try:
             self.signature = inspect.signature(func)
         except (ValueError, TypeError):

@@ -11,18 +11,23 @@ same key at once may both compute it (the later result wins). Exceptions are not
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from libs.lru.cache import CacheStats, LRUCache
 from libs.lru.callkey import CallKey
+from libs.lru.fingerprint import code_fingerprint
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 _MISSING: Any = object()
+CODE_MARK = "memoize.code"  # in a persist directory: the identity of the code that wrote it
+log = logging.getLogger(__name__)
 
 
 class CacheInfo(NamedTuple):
@@ -69,18 +74,62 @@ class _NoStore:
         return 0
 
 
-def _open_store(maxsize: int | None, ttl: float | None, persist: str | os.PathLike[str] | None) -> _Store:
+def _open_store(maxsize: int | None, ttl: float | None) -> _Store:
     if maxsize == 0:
         return _NoStore()
-    capacity = sys.maxsize if maxsize is None else maxsize
-    if persist is not None:
-        from libs.lru.persistent import PersistentLRU
+    return LRUCache(sys.maxsize if maxsize is None else maxsize, ttl=ttl)
 
-        # Results can be recomputed, so a power loss may cost the last few records; a
-        # process crash loses nothing either way, because each record reaches the kernel
-        # before the call returns. Skipping fsync keeps a hit at microseconds.
-        return PersistentLRU(persist, capacity, fsync=False)
-    return LRUCache(capacity, ttl=ttl)
+
+def _open_persistent(directory: str | os.PathLike[str], maxsize: int | None, identity: str) -> _Store:
+    """A PersistentLRU in ``directory`` that holds only results of the code named by ``identity``."""
+    from libs.lru.persistent import PersistentLRU
+
+    # Results can be recomputed, so a power loss may cost the last few records; a process
+    # crash loses nothing either way, because each record reaches the kernel before the call
+    # returns. Skipping fsync keeps a hit at microseconds.
+    store: PersistentLRU[Any, Any] = PersistentLRU(
+        directory, sys.maxsize if maxsize is None else maxsize, fsync=False
+    )
+    try:
+        _claim(store, identity)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _claim(store: Any, identity: str) -> None:
+    """Make ``identity`` (module.qualname#code fingerprint) the directory's only writer.
+
+    The keys already carry the fingerprint, so a result of other code can never be returned;
+    this also drops those results, which could otherwise only ever be evicted, and says so.
+    """
+    from libs.lru.logfile import fsync_directory
+
+    mark = Path(store.directory) / CODE_MARK
+    try:
+        written_by: str | None = mark.read_bytes().decode("utf-8", "replace").strip()
+    except FileNotFoundError:
+        written_by = None
+    if written_by == identity:
+        return
+    if len(store):
+        log.warning(
+            "%s: cache written by other code (%s), not by %s: discarding its %d entries",
+            store.directory,
+            written_by or "no code mark",
+            identity,
+            len(store),
+        )
+        store.clear()
+        store.snapshot()  # the emptying is durable before the new mark claims the directory
+    temp = mark.with_name(CODE_MARK + ".tmp")
+    with open(temp, "wb") as f:
+        f.write(identity.encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, mark)
+    fsync_directory(mark.parent)
 
 
 def memoize(
@@ -94,7 +143,11 @@ def memoize(
     ``maxsize``: entries kept (0: none, None: unbounded). ``ttl``: seconds a result stays
     valid. ``persist``: a directory where results survive restarts (one process at a time;
     keys and results must be picklable; cannot be combined with ``ttl``, because monotonic
-    deadlines mean nothing in another process).
+    deadlines mean nothing in another process). Persisted keys are salted with a fingerprint
+    of the function's code (``libs.lru.fingerprint``): after the body changes, old results are
+    never returned; the directory is emptied, with a warning, when code other than the one
+    that wrote it opens it. The fingerprint does not cover functions the body calls, globals
+    or closure values: call ``cache_clear()`` when a result depends on those and they change.
 
     The wrapper has ``cache_info()``, ``cache_clear()``, ``cache_parameters()`` and
     ``__wrapped__`` as ``functools.lru_cache`` does.
@@ -109,8 +162,13 @@ def memoize(
         )
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
-        key_of = CallKey(func).build  # a bound method calls faster than __call__
-        store = _open_store(maxsize, ttl, persist)
+        if persist is not None and maxsize != 0:
+            call_key = CallKey(func, salt=code_fingerprint(func))
+            store = _open_persistent(persist, maxsize, call_key.identity)
+        else:
+            call_key = CallKey(func)
+            store = _open_store(maxsize, ttl)
+        key_of = call_key.build  # a bound method calls faster than __call__
         get, put = store.get, store.put
 
         @functools.wraps(func)

@@ -53,3 +53,56 @@ def test_results_survive_a_restart_and_lru_order_is_kept(tmp_path: Path) -> None
     # Second run, restored order [2L, 2T, 3L]: 3 and 2L hit; 1 is computed and evicts 2T,
     # so the closing tuple-tagged call computes 2 again. Any lost order or entry changes this.
     assert run(script, cache_dir, 3, 2, 1) == "1,2 3"
+
+
+BODY = textwrap.dedent(
+    """
+    import sys
+    from libs.lru import memoize
+
+    computed = []
+
+    {padding}
+    @memoize(persist=sys.argv[1])
+    def f(x):
+        computed.append(x)
+        return {body}
+
+    print(f(5), computed)
+    """
+)
+
+
+def run_body(tmp_path: Path, cache_dir: Path, body: str, padding: str = "") -> tuple[str, str]:
+    script = tmp_path / "f.py"
+    script.write_text(BODY.format(body=body, padding=padding))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, str(script), str(cache_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip(), done.stderr
+
+
+def test_a_changed_function_body_never_gets_results_of_the_old_body(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    assert run_body(tmp_path, cache_dir, "x * 2")[0] == "10 [5]"
+    assert run_body(tmp_path, cache_dir, "x * 2")[0] == "10 []"  # same code: read from disk
+    out, err = run_body(tmp_path, cache_dir, "x * 3")
+    assert out == "15 [5]"  # was "10 []": the result of the old body, from disk
+    assert "written by other code" in err and "discarding its 1 entries" in err
+    assert run_body(tmp_path, cache_dir, "x * 3")[0] == "15 []"
+    # A nested code object (here a lambda) is part of the fingerprint too.
+    assert run_body(tmp_path, cache_dir, "(lambda y: y * 3)(x)")[0] == "15 [5]"
+    assert run_body(tmp_path, cache_dir, "(lambda y: y * 4)(x)")[0] == "20 [5]"
+
+
+def test_moving_the_function_keeps_its_cache(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    assert run_body(tmp_path, cache_dir, "x * 2")[0] == "10 [5]"
+    out, err = run_body(tmp_path, cache_dir, "x * 2", padding="\n\n\n# moved down\nunrelated = 1\n")
+    assert out == "10 []" and "other code" not in err
