@@ -105,9 +105,11 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     details = [
         {"field": _field_path(err.get("loc", ())), "message": err.get("msg", "invalid")} for err in errors
     ]
-    first = details[0] if details else {"field": None, "message": "invalid request"}
-    message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
-    return error_response(422, "invalid_request", message, first["field"], details=details)
+    field = details[0]["field"] if details else None
+    message = str(details[0]["message"]) if details else "invalid request"
+    if field:
+        message = f"{field}: {message}"
+    return error_response(422, "invalid_request", message, field, details=details)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

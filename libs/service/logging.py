@@ -64,7 +64,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=_json_default, ensure_ascii=False)
 
 
-class _ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _ServiceHandler(logging.StreamHandler):
     """Marks the handler configure_logging installed, so a second call replaces it."""
 
 

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
@@ -52,13 +53,15 @@ M = TypeVar("M", bound=MetricWrapperBase)
 def _get_or_create(kind: type[M], name: str, documentation: str, labelnames: Sequence[str], **kw: Any) -> M:
     # prometheus_client keeps no public lookup; _names_to_collectors is the registry's own index
     # (stable across releases, used by its tests and by many exporters).
-    existing = REGISTRY._names_to_collectors.get(name)  # type: ignore[attr-defined]
+    existing = REGISTRY._names_to_collectors.get(name)
     if existing is None:
         return kind(name, documentation, labelnames=tuple(labelnames), **kw)
-    if not isinstance(existing, kind) or tuple(existing._labelnames) != tuple(labelnames):
+    # A collector that is no metric wrapper (a custom one) has no _labelnames to show.
+    theirs = getattr(existing, "_labelnames", ())
+    if not isinstance(existing, kind) or tuple(theirs) != tuple(labelnames):
         raise ValueError(
             f"metric {name!r} already registered as {type(existing).__name__}"
-            f"{list(existing._labelnames)}, asked for {kind.__name__}{list(labelnames)}"
+            f"{list(theirs)}, asked for {kind.__name__}{list(labelnames)}"
         )
     return existing
 
@@ -184,9 +187,7 @@ def instrument_fastapi(app: FastAPI, service: str, *, metrics_path: str = "/metr
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def aiohttp_metrics_middleware(
-    service: str,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def aiohttp_metrics_middleware(service: str) -> Middleware:
     """aiohttp middleware recording the same three metrics as the FastAPI one."""
     metrics = http_metrics()
     in_flight = metrics.in_flight.labels(service)
