@@ -303,7 +303,8 @@ class Engine:
             self.step_observer(plan)
         try:
             sampled = self.runner.execute(plan.chunks)
-        except Exception:
+        except Exception as exc:
+            m.count_step_failure(exc)  # inference_oom_total / inference_step_failures_total{kind}
             # A failing step must not kill the engine: fail the sequences in it, keep serving.
             for seq, _ in list(plan.chunks):
                 self._end(seq, "error")

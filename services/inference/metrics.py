@@ -50,7 +50,17 @@ ADMISSIONS = Counter(
 REJECTIONS = Counter(
     "inference_rejections_total", "Requests rejected by admission control.", ["tenant", "reason"]
 )
-PREEMPTIONS = Counter("inference_preemptions_total", "Running sequences preempted.", ["reason"])
+PREEMPTIONS = Counter(
+    "inference_preemptions_total",
+    "Running sequences preempted (each is recomputed later from its prompt: the engine's retry).",
+    ["reason"],
+)
+STEP_FAILURES = Counter(
+    "inference_step_failures_total",
+    "Engine steps that raised; their sequences end with reason 'error'.",
+    ["kind"],  # oom | error
+)
+OOM = Counter("inference_oom_total", "Engine steps that ran out of memory (device or host).")
 PROMPT_TOKENS = Counter("inference_prompt_tokens_total", "Prompt tokens accepted.", ["tenant"])
 GENERATED_TOKENS = Counter("inference_generated_tokens_total", "Tokens generated.", ["tenant", "class"])
 FINISHED = Counter("inference_requests_finished_total", "Generation requests finished.", ["tenant", "reason"])
@@ -60,3 +70,21 @@ EMBED_BATCH = Histogram(
 )
 EMBED_TOKENS = Counter("inference_embedding_tokens_total", "Tokens embedded.", ["tenant"])
 JOBS = Counter("inference_jobs_total", "Async jobs by final state.", ["state"])
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Out of memory on the accelerator (torch.OutOfMemoryError) or the host (MemoryError)."""
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
+
+
+def count_step_failure(exc: BaseException) -> None:
+    kind = "oom" if is_oom(exc) else "error"
+    STEP_FAILURES.labels(kind).inc()
+    if kind == "oom":
+        OOM.inc()
+
+
+for _kind in ("oom", "error"):
+    STEP_FAILURES.labels(_kind)  # both series exist from the start (0), so increase() sees the first
