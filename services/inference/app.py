@@ -81,7 +81,10 @@ def build_runtime(s: InferenceSettings) -> Runtime:
         model,
         cache,
         SchedulerConfig(
-            max_step_tokens=s.max_step_tokens, max_seqs=s.max_seqs, prefill_chunk=s.prefill_chunk
+            max_step_tokens=s.max_step_tokens,
+            max_seqs=s.max_seqs,
+            prefill_chunk=s.prefill_chunk,
+            fair_queueing=s.fair_queueing,
         ),
         weights={t.name: t.weight for t in tenants},
     )

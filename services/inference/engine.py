@@ -101,8 +101,9 @@ class Engine:
         self.model = model
         self.cache = cache
         self.runner = ModelRunner(model, cache)
-        self.fair = FairQueue(weights)
-        self.scheduler = Scheduler(sched_cfg or SchedulerConfig(), cache, self.fair)
+        sched_cfg = sched_cfg or SchedulerConfig()
+        self.fair = FairQueue(weights, fair=sched_cfg.fair_queueing)
+        self.scheduler = Scheduler(sched_cfg, cache, self.fair)
         self.step_no = 0
         self._commands: collections.deque[tuple[str, Any]] = collections.deque()
         self._wake = threading.Condition()

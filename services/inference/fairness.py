@@ -7,6 +7,8 @@ tenant's requests overtake its backlog. A tenant that was idle restarts at the v
 the last admission (if that is ahead of its own counter), so idleness earns no burst credit.
 
 Within one tenant and class, order is FIFO; preempted sequences go back to the front.
+With `fair=False` (the `--no-fair-queueing` switch, for experiments) the heads are served in
+arrival order across tenants: plain FIFO within a class, so a flood goes first.
 Thread-confined: only the engine thread touches it.
 """
 
@@ -19,7 +21,10 @@ from services.inference.sequence import CLASSES, Sequence
 
 
 class FairQueue:
-    def __init__(self, weights: dict[str, float] | None = None, default_weight: float = 1.0) -> None:
+    def __init__(
+        self, weights: dict[str, float] | None = None, default_weight: float = 1.0, *, fair: bool = True
+    ) -> None:
+        self.fair = fair
         self.weights = dict(weights or {})
         self.default_weight = default_weight
         self._queues: dict[tuple[str, str], deque[Sequence]] = {}
@@ -61,7 +66,7 @@ class FairQueue:
         """Queue heads in service order: class rank, then tenant virtual time, then arrival."""
         for klass in CLASSES:
             heads = [q[0] for (k, _), q in self._queues.items() if k == klass and q]
-            heads.sort(key=lambda s: (self.vtime.get(s.tenant, 0.0), s.arrival))
+            heads.sort(key=lambda s: (self.vtime.get(s.tenant, 0.0) if self.fair else 0.0, s.arrival))
             yield from heads
 
     def candidates_of(self, klass: str) -> Iterator[Sequence]:

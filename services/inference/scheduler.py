@@ -49,6 +49,9 @@ class SchedulerConfig:
     # last `interactive_memory_steps` steps), so interactive requests rarely need to preempt.
     interactive_reserve: int | None = None  # None = max_seqs // 8
     interactive_memory_steps: int = 200
+    # False: no weighted fair queueing (FIFO across tenants, no slot shares): the baseline the
+    # fairness experiment compares against, never a production setting.
+    fair_queueing: bool = True
 
 
 @dataclass
@@ -115,6 +118,8 @@ class Scheduler:
 
     def fair_slots(self, tenant: str) -> int:
         """This tenant's share of `max_seqs` among tenants that are running or waiting."""
+        if not self.cfg.fair_queueing:
+            return self.cfg.max_seqs
         active = {s.tenant for s in self.running} | set(self.fair.waiting_by_tenant())
         active.add(tenant)
         total = sum(self.fair.weight(t) for t in active)

@@ -49,6 +49,9 @@ class InferenceSettings(ServiceSettings):
     max_step_tokens: int = Field(512, ge=1, description="prefill + decode tokens per engine step")
     max_seqs: int = Field(64, ge=1, description="sequences in the running batch")
     prefill_chunk: int = Field(256, ge=1, description="max prompt tokens one sequence prefills per step")
+    fair_queueing: bool = Field(
+        True, description="weighted fair queueing across tenants (off: FIFO, for the fairness experiment)"
+    )
     # Admission
     max_prompt_tokens: int = Field(768, ge=1, description="largest prompt in tokens")
     max_output_tokens: int = Field(256, ge=1, description="largest max_tokens")
