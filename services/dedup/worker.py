@@ -2,6 +2,7 @@
 
     POST /v1/pages           one page event (docs/formats/page-event.schema.json) or {"events": [...]}
     GET  /v1/clusters?url=   the duplicate cluster of a URL
+    GET  /v1/clusters        every cluster of 2+ pages, largest first; ?limit=&offset= pages it
     GET  /v1/stats           index counters
     POST /v1/scans           a filesystem scan job under an allow-listed root (--scan-roots)
     GET  /v1/scans/{id}      its status and report
@@ -26,7 +27,7 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, FastAPI, Query
+from fastapi import Body, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from libs.service.app import ApiError, create_app
@@ -42,6 +43,8 @@ log = get_logger("services.dedup.worker")
 
 STREAM = "pg:pages"
 GROUP = "dedup"
+CLUSTERS_PAGE_MAX = 500  # most clusters in one GET /v1/clusters page
+CLUSTER_URLS_SHOWN = 20  # URLs listed per cluster there; ?url=<one of them> gives every member
 
 
 class DedupSettings(ServiceSettings):
@@ -365,6 +368,31 @@ class StreamConsumer:
         await self.client.aclose()
 
 
+def list_clusters(index: PageIndex, limit: int, offset: int) -> dict[str, Any]:
+    """One page of the clusters of 2+ pages, largest first (ties: by first URL, so pages are
+    stable while nothing is indexed). Each cluster's URLs come oldest first."""
+    every = sorted(index.clusters(), key=lambda urls: (-len(urls), urls[0]))
+    out = []
+    for urls in every[offset : offset + limit]:
+        detail = index.cluster(urls[0])  # its id; the same members unless a page joined meanwhile
+        members = [m["url"] for m in detail["members"]] if detail else urls
+        out.append(
+            {
+                "cluster_id": detail["cluster_id"] if detail else None,
+                "size": len(members),
+                "urls": members[:CLUSTER_URLS_SHOWN],
+            }
+        )
+    more = offset + limit < len(every)
+    return {
+        "total": len(every),
+        "offset": offset,
+        "limit": limit,
+        "next_offset": offset + limit if more else None,
+        "clusters": out,
+    }
+
+
 def _pages_request_body() -> dict[str, Any]:
     """The documented body of POST /v1/pages: an event, or a batch of them. Validation is done
     by hand (see post_pages) so that errors name `body.events.1.url`, not a union branch."""
@@ -486,14 +514,39 @@ def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAP
         results = ingest(index, [e.model_dump(exclude_none=True) for e in events], store)
         return {"accepted": len(results), "results": results}
 
-    @app.get("/v1/clusters", tags=["pages"], summary="The duplicate cluster of a URL")
-    def get_cluster(
-        url: Annotated[str, Query(min_length=1, description="page URL (as sent, or final URL)")],
+    @app.get(
+        "/v1/clusters",
+        tags=["pages"],
+        summary="With ?url=: that page's duplicate cluster; without: every cluster, largest first",
+        description=(
+            "Without `url`, a page of the clusters of two or more pages, ordered by size (largest "
+            "first) then by their first URL: `{total, offset, limit, next_offset, clusters: "
+            f"[{{cluster_id, size, urls}}]}}`, with at most {CLUSTER_URLS_SHOWN} URLs per cluster "
+            "(oldest first); `?url=` one of them for every member and the edges. "
+            "`next_offset` is null on the last page."
+        ),
+    )
+    def get_clusters(
+        request: Request,
+        url: Annotated[
+            str | None, Query(min_length=1, description="page URL (as sent, or final URL): its cluster")
+        ] = None,
+        limit: Annotated[
+            int, Query(ge=1, le=CLUSTERS_PAGE_MAX, description="clusters per page (list only)")
+        ] = 50,
+        offset: Annotated[int, Query(ge=0, description="clusters to skip (list only)")] = 0,
     ) -> dict:
-        cluster = index.cluster(url)
-        if cluster is None:
-            raise ApiError(404, "not_found", f"no page indexed for {url!r}", field="query.url")
-        return cluster
+        if url is not None:
+            for name in ("limit", "offset"):
+                if name in request.query_params:
+                    raise ApiError(
+                        422, "invalid_request", f"{name} pages the list; not with url", field=f"query.{name}"
+                    )
+            cluster = index.cluster(url)
+            if cluster is None:
+                raise ApiError(404, "not_found", f"no page indexed for {url!r}", field="query.url")
+            return cluster
+        return list_clusters(index, limit, offset)
 
     @app.get("/v1/stats", tags=["pages"], summary="Index and worker counters")
     def get_stats() -> dict[str, Any]:
