@@ -160,13 +160,3 @@ def parse(text: str | bytes, limit: int | None = None) -> RobotsFile:
             b.sitemaps.append(value)
     b.close()
     return RobotsFile(tuple(b.groups), tuple(b.sitemaps))
-
-
-def render_group(group: Group, *, agent_spellings: tuple[str, ...] | None = None, eol: str = "\n") -> str:
-    agents = agent_spellings or group.agents
-    lines = [f"User-agent: {a}" for a in agents]
-    for rule in group.rules:
-        lines.append(f"{'Allow' if rule.allow else 'Disallow'}: {rule.path}")
-    if group.crawl_delay is not None:
-        lines.append(f"Crawl-delay: {group.crawl_delay:g}")
-    return eol.join(lines) + eol

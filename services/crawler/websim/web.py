@@ -20,9 +20,6 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")
 _STRAY_PCT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
-#: Kinds of page (resources that answer 200 with content). Ground truth holds only these.
-PAGE_KINDS = ("html", "pdf", "png", "huge", "calendar")
-
 
 def host_name(index: int) -> str:
     return f"h{index:04d}.{DOMAIN}"
@@ -51,7 +48,7 @@ class Page:
     pid: str
     host: str
     path: str  # canonical path+query
-    kind: str  # one of PAGE_KINDS except "calendar"
+    kind: str  # "html", "pdf", "png" or "huge" (calendar months are CalendarPage, below)
     title: str
     paragraphs: list[str]
     links: list[Link] = field(default_factory=list)
