@@ -118,8 +118,8 @@ def _conclude(report: rp.Report, capacity: float, levels: list[float]) -> None:
     k = knee(report.rows)
     over = [r["tokens_per_s"] for r in report.rows if r["load_x"] >= 1.0]
     plateau = max(over) if over else max(r["tokens_per_s"] for r in report.rows)
-    report.predicted["measured_knee_x"] = k
-    report.predicted["measured_plateau_tok_s"] = plateau
+    report.measured["knee_x"] = k
+    report.measured["plateau_tok_s"] = plateau
     in_range = 0.8 * capacity <= plateau <= 1.2 * capacity
     knee_ok = k is not None and k >= 1.0
     lag = max((r.get("client_lag_p95_ms") or 0) for r in report.rows)

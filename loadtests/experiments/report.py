@@ -52,6 +52,7 @@ class Report:
     predicted: dict[str, Any] = field(default_factory=dict)
     predicted_at: float | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
+    measured: dict[str, Any] = field(default_factory=dict)  # headline figures the answer rests on
     checks: list[Check] = field(default_factory=list)
     answer: str = ""
     agrees: bool | None = None

@@ -48,6 +48,9 @@ class Target:
         """Fail with one line naming what is not answering (the stack is not up)."""
         for service in services:
             url = self.url(service)
+            if url.startswith("redis://"):
+                _require_redis(service, url)
+                continue
             try:
                 httpx.get(f"{url}/healthz", timeout=5.0).raise_for_status()
             except httpx.HTTPError as exc:
@@ -58,6 +61,17 @@ class Target:
 
 class StackDown(RuntimeError):
     """A service the experiment needs does not answer."""
+
+
+def _require_redis(service: str, url: str) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_timeout=5).ping()
+    except redis.RedisError as exc:
+        raise StackDown(
+            f"{service} does not answer at {url} ({type(exc).__name__}); start `make run REDIS=1`"
+        ) from None
 
 
 def free_port() -> int:

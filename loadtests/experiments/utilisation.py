@@ -26,6 +26,8 @@ TITLE = "Utilisation vs queue wait: a one-at-a-time server against M/D/1"
 QUESTION = "How fast does queue wait grow with utilisation, and does M/D/1 predict it?"
 NEEDS: tuple[str, ...] = ()  # its own side server (one sequence at a time)
 PROMPT = "Prometheus scrapes every target "  # 32 bytes = 32 prompt tokens
+# One sequence at a time, one torch thread: on a shared CPU more threads only add jitter to S.
+FLAGS = ["--max-seqs", "1", "--no-embeddings", "--torch-threads", "1"]
 
 
 def run(ctx: Any) -> rp.Report:
@@ -34,7 +36,7 @@ def run(ctx: Any) -> rp.Report:
     max_tokens = 8 if smoke else 32
     body = {"prompt": PROMPT, "max_tokens": max_tokens, "ignore_eos": True, "priority": "interactive"}
     levels = [0.3, 0.6] if smoke else [0.2, 0.4, 0.6, 0.7, 0.8, 0.9]
-    with side_inference(["--max-seqs", "1", "--no-embeddings"], ctx.out / "side-server.log") as url:
+    with side_inference(FLAGS, ctx.out / "side-server.log") as url:
         service_time(url, ALICE, body, 3)  # warm up
         probe = service_time(url, ALICE, body, 5 if smoke else 30)
         s, c2 = statistics.fmean(probe), cs2(probe)
@@ -45,14 +47,16 @@ def run(ctx: Any) -> rp.Report:
             + ", ".join(f"{md1_wait(r, s) * 1000:.0f} ms at rho {r}" for r in levels)
             + f" (M/D/1); M/G/1 with the measured cs^2 adds {c2:.0%}. Waiting equals one service time at "
             "rho = 2/3 and is 4.5 S at 0.9: the 60-80% guidance is where the curve turns up. Agreement: "
-            "each level with rho <= 0.85 within 30% (+ S/4) of M/G/1 at its measured rho.",
+            "each level with 0.3 <= rho <= 0.85 within 35% (+ S/10) of M/G/1 at its measured rho and "
+            "service time (all but one level).",
             service_time_ms=round(s * 1000, 2),
             service_cs2=round(c2, 4),
             md1_wait_ms={str(r): round(md1_wait(r, s) * 1000, 2) for r in levels},
         )
         rng = random.Random(ctx.seed)
+        s_est = s  # the service time drifts with the shared CPU: aim each level with the latest
         for i, rho in enumerate(levels):
-            lam = rho / s
+            lam = rho / s_est
             window = 3.0 if smoke else min(30.0, max(12.0, 150.0 / lam))
             calls = [
                 Call(t, "/v1/completions", body, "alice", "interactive", step=i)
@@ -65,6 +69,8 @@ def run(ctx: Any) -> rp.Report:
                 o.timing["e2e"] - o.timing["queue_wait"] for o in ok if o.timing.get("e2e") is not None
             ]
             s_lvl = mean(services) or s
+            if len(services) >= 5:
+                s_est = s_lvl
             rho_meas = len(step.outcomes) / window * s_lvl
             pred = mg1_wait(rho_meas, s_lvl, cs2(services))
             row = {
@@ -99,12 +105,12 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def _conclude(report: rp.Report, s: float) -> None:
-    judged = [r for r in report.rows if r["rho_measured"] <= 0.85 and r["wait_mean_ms"] is not None]
+    judged = [r for r in report.rows if 0.3 <= r["rho_measured"] <= 0.85 and r["wait_mean_ms"] is not None]
     agree = [
         r
         for r in judged
         if r["mg1_wait_ms"] is not None
-        and abs(r["wait_mean_ms"] - r["mg1_wait_ms"]) <= 0.3 * r["mg1_wait_ms"] + 0.25 * s * 1000
+        and abs(r["wait_mean_ms"] - r["mg1_wait_ms"]) <= 0.35 * r["mg1_wait_ms"] + 0.1 * r["service_ms"]
     ]
     ok = bool(judged) and len(agree) >= len(judged) - 1
     top = report.rows[-1]
@@ -112,7 +118,8 @@ def _conclude(report: rp.Report, s: float) -> None:
     under = f"below one service time up to rho {max(below)}" if below else "above one service time throughout"
     report.conclude(
         ok,
-        f"{len(agree)} of {len(judged)} levels at rho <= 0.85 agree with M/G/1 at their measured rho. "
+        f"{len(agree)} of {len(judged)} levels at 0.3 <= rho <= 0.85 agree with M/G/1 at their measured "
+        "rho (within 35% + S/10). "
         f"The mean wait stays {under}; at rho {top['rho_measured']} it is {top['wait_mean_ms']} ms = "
         f"{top['wait_over_service']} service times (M/G/1: {top['mg1_wait_ms']} ms, "
         f"p95 {top['wait_p95_ms']} ms).",
