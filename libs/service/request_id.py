@@ -27,7 +27,8 @@ __all__ = [
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Ids end up in logs and span logs: keep them short and free of anything a log parser chokes on.
-_WELL_FORMED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+# fullmatch, not match + `$`: `$` also matches before a trailing newline, and "id\n" is no id.
+_WELL_FORMED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 # Probes and scrapes arrive every few seconds; their access lines go to DEBUG.
 _QUIET_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
@@ -42,7 +43,7 @@ def new_request_id() -> str:
 
 def accept_request_id(value: str | None) -> str:
     """The client's id when well-formed, else a fresh one."""
-    if value and _WELL_FORMED.match(value):
+    if value and _WELL_FORMED.fullmatch(value):
         return value
     return new_request_id()
 

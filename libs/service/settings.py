@@ -74,6 +74,10 @@ class SettingsError(Exception):
 class _ArgumentParser(argparse.ArgumentParser):
     # argparse prints the usage block plus the error; the project's CLIs print one line.
     def error(self, message: str) -> NoReturn:
+        if message.endswith("expected one argument"):
+            # argparse reads a value that starts with '-' (e.g. `--tags -x`) as another flag.
+            flag = message.removeprefix("argument ").split(":", 1)[0].split("/")[-1]
+            message += f" (a value that starts with '-' is written {flag}=VALUE)"
         raise SettingsError(None, message)
 
 

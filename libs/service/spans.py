@@ -45,7 +45,7 @@ from libs.service.routes import asgi_route
 
 __all__ = ["Span", "SpanLog", "SpanMiddleware", "configure_spans", "current_span", "span"]
 
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_HEX32 = re.compile(r"[0-9a-f]{32}")  # used with fullmatch: `$` would allow a trailing "\n"
 _MAX_ATTR_CHARS = 256
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,7 +63,7 @@ def _trace_id_for_root() -> tuple[str, str | None]:
     request_id = request_id_var.get()
     if request_id is None:
         return secrets.token_hex(16), None
-    if _HEX32.match(request_id):
+    if _HEX32.fullmatch(request_id):
         return request_id, request_id
     # A client-chosen id ("abc-123"): derive a stable trace id so all its spans still group.
     return hashlib.blake2b(request_id.encode(), digest_size=16).hexdigest(), request_id

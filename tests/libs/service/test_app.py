@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -221,16 +220,25 @@ def test_readyz_follows_ready_flag_checks_and_draining() -> None:
 def test_sync_check_runs_off_the_event_loop() -> None:
     """A blocking check must not stall other requests: /healthz answers while it sleeps."""
     health = Health(ready=True)
-    release = threading.Event()
-    health.add_check("blocking", lambda: release.wait(5), timeout=5)
-    with serve_in_thread(build(health)) as url, httpx.Client(base_url=url, timeout=10) as c:
+    started, release = threading.Event(), threading.Event()
+
+    def blocking_check() -> bool:
+        started.set()
+        return release.wait(30)
+
+    health.add_check("blocking", blocking_check, timeout=30)
+    with serve_in_thread(build(health)) as url, httpx.Client(base_url=url, timeout=60) as c:
         result: dict[str, int] = {}
         t = threading.Thread(target=lambda: result.setdefault("status", c.get("/readyz").status_code))
         t.start()
-        time.sleep(0.2)
-        assert httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-        release.set()
-        t.join(timeout=10)
+        try:
+            assert started.wait(30), "the readiness check never ran"
+            # The check is blocked inside /readyz right now; the loop still answers others.
+            assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+            assert "status" not in result
+        finally:
+            release.set()
+            t.join(timeout=30)
         assert result["status"] == 200
 
 

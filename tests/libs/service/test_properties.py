@@ -48,15 +48,23 @@ item = st.text(
 
 @given(st.lists(item, max_size=6), st.integers(min_value=1, max_value=3))
 def test_list_values_split_on_commas_whether_joined_or_repeated(items: list[str], groups: int) -> None:
-    joined = parse(["--tags", ",".join(items)] if items else []).tags
+    # `--tags=VALUE`: a value may start with '-' (e.g. "-:"), which `--tags VALUE` reads as a flag.
+    joined = parse([f"--tags={','.join(items)}"] if items else []).tags
     assert joined == items
     argv: list[str] = []
     for k in range(groups):
         part = items[k::groups]
         if part:
-            argv += ["--tags", ",".join(part)]
+            argv += [f"--tags={','.join(part)}"]
     expected = [x for k in range(groups) for x in items[k::groups]]
     assert parse(argv).tags == expected
+
+
+def test_a_value_that_looks_like_a_flag_gets_a_one_line_hint() -> None:
+    with pytest.raises(SettingsError) as err:
+        parse(["--tags", "-:"])
+    assert "--tags=VALUE" in str(err.value) and "\n" not in str(err.value)
+    assert parse(["--tags=-:"]).tags == ["-:"]
 
 
 @given(st.text(max_size=200))

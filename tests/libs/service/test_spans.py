@@ -161,9 +161,16 @@ def test_disabled_log_is_a_noop(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-async def test_disabled_log_works_with_async_with() -> None:
-    async with SpanLog(None, "svc").span("x") as s:
+async def test_disabled_log_works_with_async_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    log = SpanLog(None, "svc")
+    assert not log.enabled
+    async with log.span("x") as s:
         s.set("k", 1)
+    with pytest.raises(RuntimeError, match="boom"):  # errors inside the span still propagate
+        async with log.span("y"):
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []  # a disabled log writes nothing anywhere
 
 
 def test_module_level_span_uses_the_configured_log(tmp_path: Path) -> None:

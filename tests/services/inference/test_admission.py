@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.inference.admission import hash_key
+from services.inference.scheduler import StepPlan
 
 from .conftest import LiveServer
 
@@ -138,7 +140,15 @@ def test_drain_and_kill_switch(server: LiveServer) -> None:
         }
         assert c.get("/readyz").status_code == 200
 
-        eng.step_observer = lambda plan: time.sleep(0.005)
+        # Hold the engine before the step after the first token until the kill switch is on: the
+        # stream then ends after at most that one more token, whatever the thread timing.
+        switched = threading.Event()
+
+        def hold_after_first_token(plan: StepPlan) -> None:
+            if any(seq.output for seq, _ in plan.chunks):
+                assert switched.wait(30), "kill switch never turned on"
+
+        eng.step_observer = hold_after_first_token
         try:
             body = {"prompt": "killed", "max_tokens": 200, "ignore_eos": True, "stream": True}
             events = []
@@ -150,14 +160,14 @@ def test_drain_and_kill_switch(server: LiveServer) -> None:
                         break
                     events.append(json.loads(line[6:]))
                     if len(events) == 1:
-                        assert (
-                            c.post("/v1/admin/kill-switch", json={"enabled": True}, headers=admin).status_code
-                            == 200
-                        )
+                        on = c.post("/v1/admin/kill-switch", json={"enabled": True}, headers=admin)
+                        assert on.status_code == 200
+                        switched.set()
         finally:
+            switched.set()
             eng.step_observer = None
         assert events[-1]["choices"][0]["finish_reason"] == "kill_switch"
-        assert len(events) < 100
+        assert len(events) <= 3  # token 1, the held step's token 2, the kill_switch finish
         r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}, headers=auth("k-free"))
         _assert_retry(r, 503, "overloaded")
         c.post("/v1/admin/kill-switch", json={"enabled": False}, headers=admin)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -115,32 +114,46 @@ def test_step_token_budget_and_max_seqs_hold(tiny_model) -> None:
 
 
 class Stepper:
-    """Holds the engine before each step until the test lets it go: step-exact, no sleeps."""
+    """Holds the engine inside each step's observer until the test lets it go: step-exact, no sleeps.
+
+    Invariant: when `advance(n)` returns, the engine is held at `plans[-1]`, the n-th plan after
+    the one held before, and has not started it. So a command given between two `advance` calls
+    is applied before the next plan is made, whatever the thread timing.
+    """
 
     def __init__(self, eng: Engine) -> None:
         self.eng = eng
-        self.permits = threading.Semaphore(0)
         self.plans: list[StepPlan] = []
+        self._cond = threading.Condition()
+        self._held = False  # the engine thread is waiting in _observe for a permit
+        self._permits = 0
         eng.step_observer = self._observe
 
     def _observe(self, plan: StepPlan) -> None:
-        self.plans.append(plan)
-        if not self.permits.acquire(timeout=60):
-            raise TimeoutError("test never released the step")
+        with self._cond:
+            self.plans.append(plan)
+            self._held = True
+            self._cond.notify_all()
+            if not self._cond.wait_for(lambda: self._permits > 0, timeout=60):
+                raise TimeoutError("test never released the step")
+            self._permits -= 1
+            self._held = False
 
     def advance(self, n: int = 1) -> None:
-        target = len(self.plans) + n
-        for _ in range(n):
-            self.permits.release()
-        deadline = time.monotonic() + 30
-        while len(self.plans) < target:
-            assert time.monotonic() < deadline, "engine did not reach the step"
-            time.sleep(0.001)
+        with self._cond:
+            for _ in range(n):
+                seen = len(self.plans)
+                if self._held:
+                    self._permits += 1
+                    self._cond.notify_all()
+                reached = self._cond.wait_for(lambda s=seen: len(self.plans) > s and self._held, 30)
+                assert reached, "engine did not reach the step"
 
     def release_all(self) -> None:
         self.eng.step_observer = None
-        for _ in range(1000):
-            self.permits.release()
+        with self._cond:
+            self._permits += 1000
+            self._cond.notify_all()
 
 
 def test_cancel_frees_slot_and_kv_at_next_step(tiny_model) -> None:
