@@ -1,6 +1,6 @@
 """`make run`: the compose topology as local processes on loopback, supervised like compose does.
 
-    python -m deploy.launch [--redis] [--only websim,crawler] [--no-deps] [--plan]
+    python -m deploy.launch [--redis] [--only websim,crawler] [--no-deps] [--direct] [--plan]
                             [--duration SECONDS] [--port-offset N] [--metrics-port PORT]
 
 Start-up. Services start in dependency order (compose `depends_on`); each must pass its health
@@ -23,8 +23,19 @@ counted on its own /metrics (127.0.0.1:9097 + port offset, scraped by the local 
     launcher_service_restarts_total{service}  restarts the launcher made
     launcher_service_exits_total{service}     exits it saw (killed, crashed or exited)
 
+`GET /services` on the same port answers JSON {service: {pid, up, restarts, restart,
+restart_pending, log}}: a kill drill finds its victim's pid there and waits there for the
+restarted child to be up (a new pid with "up": true).
+
 The other children keep running meanwhile, and Prometheus (itself a child) keeps scraping: a dead
 target shows `up == 0` until it is back. A frozen (SIGSTOPped) child is alive: it is not restarted.
+
+Faults. Services reach each other only through the fault proxy (compose service `toxiproxy`:
+Toxiproxy's image in compose, `python -m deploy.faultproxy` here, both on
+deploy/toxiproxy/proxies.json), so its HTTP API on 127.0.0.1:8474 + offset can slow, cut or
+reset any hop while the stack runs; see loadtests/drills/README-faults.md. It is on by default
+(the drills need it; it costs one loopback hop per connection); `--direct` leaves it out and
+points every hop straight at its service.
 
 Every child runs in its own process group with its output appended to var/logs/<service>.log.
 Ctrl-C or SIGTERM stops them in reverse start order (SIGTERM, then SIGKILL after a grace period).
@@ -33,6 +44,7 @@ Ctrl-C or SIGTERM stops them in reverse start order (SIGTERM, then SIGKILL after
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -42,6 +54,7 @@ import threading
 import time
 import urllib.request
 from argparse import Namespace
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -202,17 +215,24 @@ class LauncherMetrics:
         self.restarts.labels(name)
         self.exits.labels(name)
 
-    def serve(self, port: int) -> None:
+    def serve(self, port: int, services: Callable[[], dict] = dict) -> None:
+        """/metrics (Prometheus), /services (JSON: each child's pid, up, restarts, policy), /healthz."""
         registry = self.registry
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.split("?")[0] not in ("/metrics", "/healthz"):
+                path = self.path.split("?")[0]
+                if path == "/metrics":
+                    body, kind = generate_latest(registry), CONTENT_TYPE_LATEST
+                elif path == "/services":
+                    body, kind = json.dumps(services(), indent=1).encode(), "application/json"
+                elif path == "/healthz":
+                    body, kind = b"ok\n", "text/plain"
+                else:
                     self.send_error(404)
                     return
-                body = generate_latest(registry) if self.path.startswith("/metrics") else b"ok\n"
                 self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -269,6 +289,21 @@ class Stack:
         self.children: dict[str, Child] = {}  # in start order
         self.metrics = metrics or LauncherMetrics()
         self.metrics_port = metrics_port  # added to the local Prometheus' scrape jobs when set
+        self.status: dict[str, dict] = {}  # replaced whole on each change; read by /services
+
+    def publish(self) -> None:
+        """Snapshot each child's state for /services (read from the metrics thread)."""
+        self.status = {
+            name: {
+                "pid": child.proc.pid if child.proc is not None else None,
+                "up": child.healthy,
+                "restarts": child.restarts,
+                "restart": child.policy.name,
+                "restart_pending": child.restart_at is not None,
+                "log": str(self.log_dir / f"{name}.log"),
+            }
+            for name, child in self.children.items()
+        }
 
     @property
     def procs(self) -> dict[str, subprocess.Popen]:
@@ -304,6 +339,7 @@ class Stack:
         child.healthy = False
         child.started_at = time.monotonic()
         child.restart_at = None
+        self.publish()
 
     def wait_healthy(self, service: Service, timeout: float = HEALTH_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
@@ -324,6 +360,7 @@ class Stack:
     def mark_healthy(self, child: Child) -> None:
         child.healthy = True
         self.metrics.up.labels(child.service.name).set(1)
+        self.publish()
 
     def supervise_once(self, names: set[str]) -> None:
         """One supervision tick: notice exits, schedule and make restarts, track health."""
@@ -354,6 +391,7 @@ class Stack:
         child.healthy = False
         self.metrics.up.labels(name).set(0)
         self.metrics.exits.labels(name).inc()
+        self.publish()
         if not child.policy.restarts(returncode, child.consecutive):
             self.say(name, f"{exit_reason(returncode)}; left down (restart: {child.policy.name})")
             print(self.log_tail(name, 5), flush=True)
@@ -361,6 +399,7 @@ class Stack:
         delay = backoff_s(child.consecutive)
         child.consecutive += 1
         child.restart_at = now + delay
+        self.publish()
         policy = child.policy.name
         self.say(name, f"{exit_reason(returncode)}; restarting in {delay:.1f}s (restart: {policy})")
 
@@ -389,8 +428,9 @@ class Stack:
                 pass
             proc.wait()
         for child in self.children.values():
-            child.proc, child.restart_at = None, None
+            child.proc, child.restart_at, child.healthy = None, None, False
             self.metrics.up.labels(child.service.name).set(0)
+        self.publish()
 
 
 def prometheus_ui(port: int) -> str:
@@ -426,6 +466,9 @@ def parse_args(argv: list[str] | None) -> Namespace:
         "--only", default="", help="comma-separated services to start, with their dependencies (default: all)"
     )
     parser.add_argument("--no-deps", action="store_true", help="with --only: do not start dependencies")
+    parser.add_argument(
+        "--direct", action="store_true", help="no fault proxy: services reach each other directly"
+    )
     parser.add_argument("--plan", action="store_true", help="print what would run and exit")
     parser.add_argument(
         "--duration", type=float, default=None, help="stop by itself after this many seconds (tests, demos)"
@@ -456,7 +499,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     plan = local_services(
-        redis=args.redis, var_dir=args.var_dir, port_offset=args.port_offset, compose=compose
+        redis=args.redis,
+        var_dir=args.var_dir,
+        port_offset=args.port_offset,
+        compose=compose,
+        direct=args.direct,
     )
     wanted = {n.strip() for n in args.only.split(",") if n.strip()}
     if unknown := wanted - {s.name for s in plan}:
@@ -473,12 +520,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     metrics = LauncherMetrics()
+    stack = Stack(args.var_dir / "logs", metrics, args.metrics_port)
     try:
-        metrics.serve(args.metrics_port)
+        metrics.serve(args.metrics_port, lambda: stack.status)
     except OSError as exc:
         print(f"error: --metrics-port {args.metrics_port}: {exc.strerror}", file=sys.stderr)
         return 1
-    stack = Stack(args.var_dir / "logs", metrics, args.metrics_port)
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -499,8 +546,11 @@ def main(argv: list[str] | None = None) -> int:
             stack.start(service, names, policies[service.name])
             stack.wait_healthy(service)
             print(f"  {service.name:<11} {describe(service)}", flush=True)
-        print(f"  {'launcher':<11} http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
-        print(f"\nstack up; logs in {stack.log_dir}/. Ctrl-C stops everything.", flush=True)
+        print(
+            f"\nstack up; logs in {stack.log_dir}/; supervisor: http://127.0.0.1:{args.metrics_port}"
+            " (/services, /metrics). Ctrl-C stops everything.",
+            flush=True,
+        )
         deadline = None if args.duration is None else time.monotonic() + args.duration
         while not stopping and (deadline is None or time.monotonic() < deadline):
             stack.supervise_once(names)

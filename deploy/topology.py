@@ -13,6 +13,10 @@ same file into local processes: a service name in a host position ("websim:8090"
     embedded-env: {...}   environment used instead when the stack runs without Redis
     localise-files: [...] container files (configs naming other services) that are copied,
                           localised like the command, to var/<service>/ and used from there
+    proxies: /config/x    a fault proxy and its proxies file (Toxiproxy's -config JSON): other
+                          services reach each other at <this service>:<listen port>; with
+                          `direct` (`make run` --direct) it is skipped and every such address
+                          becomes the proxy's upstream, so hops go straight to their service
 
 Volumes give the path mapping: a bind mount "./deploy/x:/etc/x" maps /etc/x to the repo's
 deploy/x; a named volume "crawler-data:/data" maps /data to var/crawler/crawler-data.
@@ -21,6 +25,7 @@ deploy/x; a named volume "crawler-data:/data" maps /data to var/crawler/crawler-
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import sys
@@ -98,6 +103,24 @@ def _localise(
     return value
 
 
+def _bypasses(compose: dict, var_dir: Path) -> dict[str, str]:
+    """For `direct`: each fault-proxy address ("toxiproxy:18090") -> its upstream ("websim:8090")."""
+    aliases = {}
+    for name, spec in compose["services"].items():
+        proxies_file = spec.get("x-local", {}).get("proxies")
+        if proxies_file:
+            path = Path(_localise(proxies_file, set(), _path_map(spec, var_dir / name)))
+            for proxy in json.loads(path.read_text(encoding="utf-8")):
+                aliases[f"{name}:{proxy['listen'].rsplit(':', 1)[1]}"] = proxy["upstream"]
+    return aliases
+
+
+def _bypass(value: str, aliases: dict[str, str]) -> str:
+    for alias, upstream in aliases.items():
+        value = re.sub(rf"(?<![\w.-]){re.escape(alias)}(?!\d)", upstream, value)
+    return value
+
+
 def _health_path(spec: dict) -> str | None:
     test = spec.get("healthcheck", {}).get("test", [])
     match = re.search(r"http://127\.0\.0\.1:\d+(/[\w/.-]*)", " ".join(map(str, test)))
@@ -122,14 +145,21 @@ def _runnable(module: str) -> bool:
 
 
 def local_services(
-    *, redis: bool = False, var_dir: Path | None = None, port_offset: int = 0, compose: dict | None = None
+    *,
+    redis: bool = False,
+    var_dir: Path | None = None,
+    port_offset: int = 0,
+    compose: dict | None = None,
+    direct: bool = False,
 ) -> list[Service]:
     """Every compose service, in compose order, as local processes (with a skip reason where not).
 
-    port_offset moves every published port (so a test stack can run beside a user's stack).
+    port_offset moves every published port (so a test stack can run beside a user's stack);
+    direct bypasses the fault proxy (see `proxies` above).
     """
     compose = compose if compose is not None else load_compose()
     var_dir = var_dir or ROOT / "var"
+    aliases = _bypasses(compose, var_dir) if direct else {}
     names = set(compose["services"])
     port_map = {p: p + port_offset for spec in compose["services"].values() for p in _host_ports(spec)}
     flags = {"REDIS": redis}
@@ -140,12 +170,12 @@ def local_services(
         own_ports = {str(p) for p in _host_ports(spec)}
         argv = [
             str(port_map[int(a)]) if a in own_ports else _localise(a, names, paths, port_map)
-            for a in map(str, spec.get("command", []))
+            for a in (_bypass(str(c), aliases) for c in spec.get("command", []))
         ]
         env_spec = dict(spec.get("environment", {}) or {})
         if not redis:
             env_spec.update(local.get("embedded-env", {}))
-        env = {k: _localise(str(v), names, paths, port_map) for k, v in env_spec.items()}
+        env = {k: _localise(_bypass(str(v), aliases), names, paths, port_map) for k, v in env_spec.items()}
         files = {}
         for container_file in local.get("localise-files", []):
             source = _localise(container_file, set(), paths)
@@ -154,7 +184,7 @@ def local_services(
             argv = [a.replace(source, str(target)) for a in argv]
         if stand_in := local.get("module"):
             argv = ["python", "-m", stand_in, *argv]
-        skip = None
+        skip = "bypassed (direct)" if direct and local.get("proxies") else None
         if (flag := local.get("only-with")) and not flags.get(flag):
             skip = f"only with {flag}=1"
         if binary := local.get("binary"):

@@ -3,6 +3,7 @@ Ctrl-C and leaves nothing running."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -96,6 +97,11 @@ def scrape(port: int) -> dict[tuple[str, str], float]:
     return {(m[1], m[2]): float(m[3]) for m in METRIC.finditer(text)}
 
 
+def services(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/services", timeout=5) as resp:
+        return json.load(resp)
+
+
 def answers(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
@@ -174,11 +180,15 @@ def test_a_killed_child_is_restarted_and_the_others_keep_running(tmp_path: Path)
         assert scrape(metrics)[("launcher_service_up", "a")] == 1
         a, b = child_serving(proc.pid, always), child_serving(proc.pid, never)
 
+        assert services(metrics)["a"]["pid"] == a.pid and services(metrics)["b"]["restart"] == "no"
+
         a.kill()  # SIGKILL: restart: always brings it back
         wait_until(lambda: scrape(metrics)[("launcher_service_restarts_total", "a")] == 1, "a restart")
         wait_until(lambda: scrape(metrics)[("launcher_service_up", "a")] == 1, "a healthy again")
         assert answers(always)
-        assert child_serving(proc.pid, always).pid != a.pid
+        now = services(metrics)["a"]
+        assert now["up"] and now["restarts"] == 1
+        assert now["pid"] == child_serving(proc.pid, always).pid != a.pid
         assert b.is_running() and answers(never), "the other service must not be touched"
 
         b.kill()  # restart: "no" leaves it down, and the launcher keeps supervising the rest
@@ -187,6 +197,7 @@ def test_a_killed_child_is_restarted_and_the_others_keep_running(tmp_path: Path)
         assert series[("launcher_service_up", "b")] == 0
         assert series[("launcher_service_restarts_total", "b")] == 0
         assert not answers(never) and answers(always) and proc.poll() is None
+        assert services(metrics)["b"]["pid"] is None and not services(metrics)["b"]["up"]
 
         children = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGINT)

@@ -143,3 +143,13 @@ def test_the_local_fault_proxy_gets_the_same_config_localised(tmp_path: Path):
     assert local["crawler_websim"]["listen"] == "127.0.0.1:18190"
     assert local["crawler_websim"]["upstream"] == "127.0.0.1:8190"
     assert local["inference"]["upstream"] == "127.0.0.1:8100"
+
+
+def test_direct_bypasses_the_fault_proxy(tmp_path: Path):
+    plan = {s.name: s for s in local_services(redis=True, direct=True, var_dir=tmp_path)}
+    assert plan["toxiproxy"].skip
+    assert plan["crawler"].env["PG_CRAWLER_RESOLVE"] == "*.sim.test=127.0.0.1:8090"
+    assert plan["crawler"].env["PG_CRAWLER_PAGES_TO"] == "redis://127.0.0.1:6379/0"
+    assert plan["dedup"].env["PG_DEDUP_REDIS"] == "redis://127.0.0.1:6379/0"
+    embedded = {s.name: s for s in local_services(direct=True, var_dir=tmp_path)}
+    assert embedded["crawler"].env["PG_CRAWLER_PAGES_TO"] == "http://127.0.0.1:8082/v1/pages"
