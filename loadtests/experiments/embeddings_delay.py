@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from loadtests.experiments import openloop
 from loadtests.experiments import report as rp
 from loadtests.experiments.openloop import Call, Outcome, poisson
 from loadtests.experiments.queueing import pct
@@ -57,7 +58,18 @@ def run(ctx: Any) -> rp.Report:
     for d in delays:
         flags = ["--embed-max-delay-ms", str(d), "--max-seqs", "4"]
         with side_inference(flags, ctx.out / f"side-server-{d:g}ms.log") as url:
-            single_latency(url, 3)  # warm up
+            single_latency(url, 3)  # warm up, then a burst of mixed lengths (batch shapes)
+            warm = random.Random(0)
+            openloop.run(
+                url,
+                [
+                    Call(
+                        i * 0.02, "/v1/embeddings", {"input": sentence(warm)[: warm.randint(20, 80)]}, "alice"
+                    )
+                    for i in range(20 if smoke else 60)
+                ],
+                KEYS,
+            )
             if not s1:
                 s1 = statistics.median(single_latency(url, 5 if smoke else 20))
                 report.predict(
