@@ -82,10 +82,6 @@ class DrainingServer(uvicorn.Server):
         self.health.draining = True
         self._stop_at = time.monotonic() + self.drain_delay
 
-    def request_shutdown(self) -> None:
-        """Start the same drain as a signal would (for embedding and tests)."""
-        self.handle_exit(signal.SIGTERM, None)
-
     async def on_tick(self, counter: int) -> bool:
         # uvicorn ticks every 0.1 s on the serving event loop: a loop blocked by CPU work or a
         # deadlock stops the heartbeat while the socket may still accept connections.

@@ -93,9 +93,6 @@ class Frontier:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def peek_time(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
-
     async def next_host(self, timeout: float | None = None) -> str | None:
         """Wait for the host with the earliest eligible time to become eligible, and pop it.
 

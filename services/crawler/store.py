@@ -143,9 +143,6 @@ class FrontierStore(abc.ABC):
         """One host's URLs per state name."""
 
     @abc.abstractmethod
-    def get_meta(self, key: str) -> str | None: ...
-
-    @abc.abstractmethod
     def set_meta(self, key: str, value: str) -> None: ...
 
     @abc.abstractmethod

@@ -297,12 +297,6 @@ class SQLiteStore(FrontierStore):
         row = self._db.execute(f"SELECT MIN(lease_until) FROM urls WHERE state IN ({_LEASED})").fetchone()
         return row[0] if row else None
 
-    def leased_by_others(self, owner: str) -> int:
-        row = self._db.execute(
-            f"SELECT COUNT(*) FROM urls WHERE state IN ({_LEASED}) AND lease_owner<>?", (owner,)
-        ).fetchone()
-        return int(row[0])
-
     @_timed("first_with_content")
     def first_with_content(self, sha256: str, url_id: int) -> int:
         with self._db:
@@ -326,18 +320,6 @@ class SQLiteStore(FrontierStore):
 
     def hosts(self) -> list[str]:
         return [h for (h,) in self._db.execute("SELECT host FROM hosts ORDER BY host")]
-
-    def fetched_urls(self) -> list[tuple[str, int | None, str | None]]:
-        return list(
-            self._db.execute(
-                "SELECT url, status, content_sha256 FROM urls WHERE state=? ORDER BY id",
-                (int(URLState.FETCHED),),
-            )
-        )
-
-    def get_meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return row[0] if row else None
 
     @_timed("set_meta")
     def set_meta(self, key: str, value: str) -> None:

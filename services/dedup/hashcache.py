@@ -24,7 +24,6 @@ _UNSEEN: Any = object()
 class CacheCounters:
     hits: int = 0
     misses: int = 0
-    stores: int = 0
 
 
 class HashCache:
@@ -114,7 +113,6 @@ class HashCache:
             value.update(fields)
             self._work[key] = value
             self._dirty.add(key)
-            self.counters.stores += 1
 
     def flush(self) -> None:
         """Write changed values, touch the ones only read, forget the working set.

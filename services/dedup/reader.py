@@ -89,11 +89,6 @@ class OpenedFile:
         self.counter.add(n)
         return n
 
-    def read_at(self, offset: int, length: int) -> bytes:
-        data = os.pread(self.fd, length, offset)
-        self.counter.add(len(data))
-        return data
-
     def chunks(self, chunk_size: int | None = None) -> Iterator[bytes]:
         size = chunk_size or self.chunk_size
         offset = 0

@@ -18,9 +18,6 @@ from collections.abc import Iterable
 import numpy as np
 import xxhash
 
-MASK64 = (1 << 64) - 1
-
-
 _BITS = np.arange(64, dtype=np.uint64)
 
 

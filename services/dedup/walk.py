@@ -33,7 +33,6 @@ class FileEntry:
     size: int
     mtime_ns: int
     ctime_ns: int
-    nlink: int
     links: list[bytes] = field(default_factory=list)
 
     @property
@@ -204,9 +203,7 @@ def iter_files(
                     key = (st.st_dev, st.st_ino)
                     size = st.st_size
                     if plain and key not in seen_files and min_size <= size <= max_size:
-                        entry = FileEntry(
-                            path, key[0], key[1], size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, []
-                        )
+                        entry = FileEntry(path, key[0], key[1], size, st.st_mtime_ns, st.st_ctime_ns, [])
                         seen_files[key] = entry
                         stats.files_kept += 1
                         yield entry
@@ -254,7 +251,6 @@ def _consider_file(
         size=st.st_size,
         mtime_ns=st.st_mtime_ns,
         ctime_ns=st.st_ctime_ns,
-        nlink=st.st_nlink,
     )
     seen_files[key] = entry
     stats.files_kept += 1

@@ -15,7 +15,9 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import TypedDict
 
+from services.inference import metrics as m
 from services.inference.admission import Admission, TenantConfig, Ticket
+from services.inference.embeddings import DIMENSION as EMBEDDING_DIMENSION
 from services.inference.embeddings import EmbeddingBatcher
 from services.inference.engine import Engine
 from services.inference.errors import InferenceError, InvalidRequest, Overloaded
@@ -116,7 +118,7 @@ class Gateway:
                     "object": "model",
                     "owned_by": "sentence-transformers",
                     "kind": "embedding",
-                    "dimension": 384,
+                    "dimension": EMBEDDING_DIMENSION,
                 }
             )
         return out
@@ -151,6 +153,7 @@ class Gateway:
             max_tokens=p.max_tokens,
             deadline_s=deadline_s,
         )
+        m.PROMPT_TOKENS.labels(tenant.name).inc(len(prompt))
         seq = Sequence(
             seq_id=f"cmpl-{uuid.uuid4().hex[:24]}",
             tenant=tenant.name,

@@ -15,9 +15,6 @@ VOCAB_SIZE = 259
 
 
 class ByteTokenizer:
-    bos_id = BOS
-    eos_id = EOS
-    pad_id = PAD
     vocab_size = VOCAB_SIZE
 
     def encode(self, text: str, *, add_bos: bool = True) -> list[int]:

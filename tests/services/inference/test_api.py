@@ -233,6 +233,7 @@ def test_models_health_and_metrics(live_server: LiveServer) -> None:
         "inference_admissions_total",
         "inference_tokens_per_second",
         'inference_generated_tokens_total{class="interactive",tenant="alice"}',
+        'inference_prompt_tokens_total{tenant="alice"}',
     ):
         assert name in text, name
 
