@@ -1,17 +1,25 @@
 """Command line: ``python -m libs.trace report|convert FILE ...``.
 
 Exit status: 0 on success, 2 on bad input or usage (one line on stderr, never a traceback),
-1 on an unexpected internal error. Warnings of --lenient go to stderr, one per line (capped).
+1 on an unexpected internal error, ended by the signal itself on SIGTERM/SIGINT/SIGHUP (after
+removing the temp file of an output being written). Warnings of --lenient go to stderr, one per
+line (the first 20, then the total).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
+import secrets
+import signal
+import stat
 import sys
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TextIO
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any, BinaryIO, TextIO
 
 from libs.service.cli import ArgumentParser, UsageError
 from libs.trace.calltree import CallTree
@@ -23,7 +31,9 @@ from libs.trace.writers import chrome, collapsed, speedscope, svg, table
 
 OUTPUTS = ("table", "chrome", "collapsed", "speedscope", "svg")
 MAX_WARNINGS = 20
-PROGRESS_EVERY = 1_000_000
+PROGRESS_EVERY = 64 << 20  # bytes of input between two progress updates on a terminal
+# Signals that end a run: while an output file is written they remove its temp file first.
+CLEANUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,16 +111,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(lines: Iterable[str], stream: TextIO) -> Iterator[str]:
-    """Count lines on a terminal's stderr, so long inputs show they are moving."""
-    count = 0
-    for count, line in enumerate(lines, 1):
-        if count % PROGRESS_EVERY == 0:
-            stream.write(f"\rread {count:,} lines")
-            stream.flush()
-        yield line
-    if count >= PROGRESS_EVERY:
-        stream.write(f"\rread {count:,} lines\n")
+class _Progress(io.RawIOBase):
+    """A binary input that reports how much of it has been read on a terminal's stderr, so
+    long inputs show they are moving."""
+
+    def __init__(self, raw: io.BufferedIOBase | io.RawIOBase, stream: TextIO) -> None:
+        super().__init__()
+        self.raw = raw
+        self.stream = stream
+        self.done = 0
+        self.next = PROGRESS_EVERY
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        readinto = getattr(self.raw, "readinto1", None) or self.raw.readinto
+        count = readinto(buffer)
+        self.done += count
+        if self.done >= self.next or (not count and self.next > PROGRESS_EVERY):
+            self.next = self.done + PROGRESS_EVERY if count else float("inf")  # type: ignore[assignment]
+            self.stream.write(f"\rread {self.done / 1e6:,.0f} MB" + ("" if count else "\n"))
+            self.stream.flush()
+        return count
 
 
 def _write(trace: Trace, args: argparse.Namespace, out: TextIO) -> None:
@@ -139,10 +162,17 @@ def run(argv: Sequence[str] | None, stdin: TextIO, stdout: TextIO, stderr: TextI
         if args.sample_interval <= 0:
             raise UsageError(f"--sample-interval: expected a positive number, got {args.sample_interval}")
         source = "<stdin>" if args.input == "-" else args.input
-        with open(args.input, encoding="utf-8") if args.input != "-" else _stdin(stdin) as lines:
-            lines_iter: Iterable[str] = _progress(lines, stderr) if stderr.isatty() else lines
+        # Input is read as bytes and decoded here (decode.py), so a byte that is not UTF-8 is
+        # reported with its line and offset; a text stream without .buffer (tests) is read as is.
+        opened: contextlib.AbstractContextManager[BinaryIO | TextIO]
+        if args.input == "-":
+            opened = contextlib.nullcontext(getattr(stdin, "buffer", stdin))  # left open
+        else:
+            opened = open(args.input, "rb")  # noqa: SIM115 (closed by the with below)
+        with opened as lines:
+            shown = stderr.isatty() and isinstance(lines, io.BufferedIOBase | io.RawIOBase)
             trace = read_trace(
-                lines_iter,
+                _Progress(lines, stderr) if shown else lines,  # type: ignore[arg-type]
                 format=args.format,
                 source=source,
                 lenient=args.lenient,
@@ -153,7 +183,7 @@ def run(argv: Sequence[str] | None, stdin: TextIO, stdout: TextIO, stderr: TextI
                 _write(trace, args, stdout)
                 stdout.flush()
             else:
-                _write_file(trace, args, args.output)
+                write_output(args.output, lambda out: _write(trace, args, out))
             _report_warnings(trace, stderr)
         return 0
     except UsageError as exc:
@@ -169,31 +199,115 @@ def run(argv: Sequence[str] | None, stdin: TextIO, stdout: TextIO, stderr: TextI
     return 2
 
 
-def _write_file(trace: Trace, args: argparse.Namespace, path: str) -> None:
-    """Write next to ``path`` and rename into place: an input error half-way through (raised
-    while the events stream) must not leave half a file or clobber an older good one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=".trace-", dir=directory)
+class Interrupted(BaseException):
+    """A termination signal arrived while an output file was being written; its temp file is
+    gone. ``main`` ends the process by the same signal (as it would have without us)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def write_output(path: str, write: Callable[[TextIO], object]) -> None:
+    """Write the output to ``path`` through ``write(stream)``.
+
+    * A regular file (new, or replaced) is written next to it and renamed into place, so an
+      input error half-way through (raised while the events stream) leaves no half file and
+      an older good one untouched. A replaced file keeps its mode (and, where we may, owner);
+      a new one gets the umask's mode (0666 less the umask), as ``>`` in a shell would.
+    * A symbolic link is followed: its target is written (or created) that way; the link
+      stays a link.
+    * Anything else that exists (a character or block device such as /dev/null, a FIFO) is
+      opened and written as it is: never replaced. Errors there are written up to the point
+      of failure, as on stdout. A directory is refused (``Is a directory``).
+    * SIGTERM, SIGINT or SIGHUP during the write removes the temp file, then ends the run
+      (:class:`Interrupted`); signals the caller ignores (``nohup``) stay ignored.
+    """
     try:
+        existing: os.stat_result | None = os.stat(path)  # follows symbolic links
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        with open(path, "w", encoding="utf-8") as out:
+            write(out)
+        return
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    _replace(target, existing, write, shown=path)
+
+
+def _replace(
+    target: str, existing: os.stat_result | None, write: Callable[[TextIO], object], shown: str
+) -> None:
+    temp: str | None = None
+
+    def remove() -> None:
+        nonlocal temp
+        name, temp = temp, None
+        if name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        remove()
+        raise Interrupted(signum)
+
+    previous = _handle_signals(on_signal)
+    try:
+        # Blocked while the temp file is created and its name recorded: a signal in between
+        # would leave a file that nobody knows to remove. Delivered right after.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, CLEANUP_SIGNALS)
+        try:
+            fd, temp = _create_temp(target, shown)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            _write(trace, args, out)
-        os.replace(temp, path)
+            if existing is not None:
+                _keep_owner_and_mode(fd, existing)
+            write(out)
+        os.replace(temp, target)
+        temp = None
     except BaseException:
-        os.unlink(temp)
+        remove()
         raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-class _stdin:
-    """A context manager that hands out stdin and leaves it open."""
+def _create_temp(target: str, shown: str) -> tuple[int, str]:
+    directory, name = os.path.split(target)
+    for _ in range(100):
+        temp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.trace-tmp")
+        try:
+            # 0o666: the kernel applies the umask, as for any new file.
+            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), temp
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, shown) from None
+    raise FileExistsError(f"{shown}: no free temp file name next to it")
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
 
-    def __enter__(self) -> TextIO:
-        return self.stream
+def _keep_owner_and_mode(fd: int, existing: os.stat_result) -> None:
+    if (existing.st_uid, existing.st_gid) != (os.geteuid(), os.getegid()):
+        with contextlib.suppress(PermissionError):  # only root may give a file away
+            os.fchown(fd, existing.st_uid, existing.st_gid)
+    os.fchmod(fd, stat.S_IMODE(existing.st_mode))  # after chown, which clears set-id bits
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+
+def _handle_signals(handler: Callable[[int, FrameType | None], None]) -> dict[int, Any]:
+    """Install ``handler`` for the cleanup signals; returns the handlers to put back. Only the
+    main thread can; signals set to be ignored (or handled outside Python) are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous: dict[int, Any] = {}
+    for signum in CLEANUP_SIGNALS:
+        current = signal.getsignal(signum)
+        if current is signal.SIG_IGN or current is None:
+            continue
+        previous[signum] = current
+        signal.signal(signum, handler)
+    return previous
 
 
 def _report_warnings(trace: Trace, stderr: TextIO) -> None:
@@ -218,3 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except Interrupted as exc:
+        # The temp file is removed; end the way the signal would have ended us.
+        signal.signal(exc.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), exc.signum)
+        return 128 + exc.signum

@@ -11,10 +11,13 @@ Nothing is read until ``trace.events`` is iterated, and the whole chain streams.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
+from libs.trace.decode import utf8_lines
 from libs.trace.detect import FORMATS, detect, peek
 from libs.trace.errors import KEEP_WARNINGS, Diagnostics, TraceError, TraceWarning
 from libs.trace.events import UNITS_TO_MICROSECONDS, Event
@@ -58,7 +61,7 @@ class Trace:
 
 
 def read_trace(
-    lines: Iterable[str],
+    lines: Iterable[str] | BinaryIO | io.RawIOBase,
     *,
     format: str = "auto",
     source: str = "<input>",
@@ -69,6 +72,11 @@ def read_trace(
 ) -> Trace:
     """Parse ``lines`` in ``format`` ("auto" detects it) into a validated event stream.
 
+    ``lines`` is text lines (a text file, a list) or a binary stream (``open(path, "rb")``,
+    ``sys.stdin.buffer``), decoded as strict UTF-8 so that a byte that is not UTF-8 is a
+    :class:`FormatError` naming its line and byte offset (see ``decode.py``). A UTF-8 byte
+    order mark at the start of the input is dropped.
+
     ``max_warnings`` caps the warnings kept (lenient mode); every one is still counted.
     ``strip_lines`` folds py-spy's per-line frame names ``fn (file.py:12)`` into ``fn (file.py)``.
     Raises :class:`TraceError` for undetectable input at once; every other problem is raised
@@ -77,6 +85,9 @@ def read_trace(
     if time_unit not in UNITS_TO_MICROSECONDS:
         raise ValueError(f"time_unit must be one of {sorted(UNITS_TO_MICROSECONDS)}, got {time_unit!r}")
     diag = Diagnostics(source=source, lenient=lenient, keep=max_warnings)
+    if isinstance(lines, io.BufferedIOBase | io.RawIOBase):
+        lines = utf8_lines(lines, diag)
+    lines = _without_bom(lines)  # type: ignore[arg-type]
     if format == "auto":
         head, lines = peek(lines)
         try:
@@ -91,6 +102,16 @@ def read_trace(
     if strip_lines:
         events = _strip_lines(events)
     return Trace(format, unit, well_formed(events, diag), diag)
+
+
+def _without_bom(lines: Iterable[str]) -> Iterator[str]:
+    """``lines`` with a UTF-8 byte order mark (U+FEFF, as Windows editors write it) dropped
+    from the start of the first line, so it never becomes part of a frame name."""
+    rest = iter(lines)
+    for first in rest:
+        yield first[1:] if first.startswith("\ufeff") else first
+        break
+    yield from rest
 
 
 # py-spy names frames "function (file.py:LINE)" with the line executing in that frame, so one

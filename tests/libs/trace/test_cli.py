@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import stat
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -188,3 +192,136 @@ def test_lenient_reports_the_first_warnings_and_the_total() -> None:
     )
     assert lines[-2] == "warning: ... and 4,980 more warnings (in all: 5,000 UnmatchedEnd)"
     assert lines[-1] == "warning: 5,000 problems repaired (--lenient)"
+
+
+# ---- -o PATH: what is there decides how it is written --------------------------------------
+
+
+def test_output_to_a_fifo_is_written_as_a_fifo_not_replaced(tmp_path: Path) -> None:
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    # A reader that never blocks: if the FIFO were replaced, it would read EOF, not hang.
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        code, out, err = cli("report", "-", "-o", str(fifo), stdin=GOOD)
+        data = b""
+        while chunk := os.read(reader, 1 << 16):
+            data += chunk
+    finally:
+        os.close(reader)
+    assert (code, out, err) == (0, "", "")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert data.decode().startswith("function") and "main" in data.decode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo"]
+
+
+def test_output_to_a_character_device_is_written_not_replaced(tmp_path: Path) -> None:
+    # A twin of /dev/null (char 1,3): as root `-o /dev/null` used to become a regular file.
+    null = tmp_path / "null"
+    try:
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        os.close(os.open(null, os.O_WRONLY))
+    except OSError as exc:
+        pytest.skip(f"cannot make a usable device node here (needs root, a dev-enabled fs): {exc}")
+    before = os.stat(null)
+    code, out, err = cli("convert", "-", "--to", "chrome", "-o", str(null), stdin=GOOD)
+    after = os.stat(null)
+    assert (code, out, err) == (0, "", "")
+    assert stat.S_ISCHR(after.st_mode) and after.st_rdev == before.st_rdev and after.st_ino == before.st_ino
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null"]
+
+
+def test_output_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path: Path) -> None:
+    target = tmp_path / "real.txt"
+    target.write_text("old")
+    target.chmod(0o640)
+    link = tmp_path / "link.txt"
+    link.symlink_to("real.txt")
+    code, _, err = cli("report", "-", "--to", "collapsed", "-o", str(link), stdin=GOOD)
+    assert (code, err) == (0, "")
+    assert link.is_symlink() and os.readlink(link) == "real.txt"
+    assert target.read_text().splitlines()[0] == "main 7000000"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    # A dangling link: its target is created, the link stays.
+    dangling = tmp_path / "dangling.txt"
+    dangling.symlink_to("made.txt")
+    code, _, err = cli("report", "-", "--to", "collapsed", "-o", str(dangling), stdin=GOOD)
+    assert (code, err) == (0, "")
+    assert dangling.is_symlink() and (tmp_path / "made.txt").read_text().startswith("main 7000000")
+    names = ["dangling.txt", "link.txt", "made.txt", "real.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o644, 0o664, 0o755])
+def test_a_replaced_output_file_keeps_its_mode(mode: int, tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    target.chmod(mode)
+    code, _, err = cli("report", "-", "-o", str(target), stdin=GOOD)
+    assert (code, err) == (0, "")
+    assert target.read_text().startswith("function")
+    assert stat.S_IMODE(target.stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077, 0o002])
+def test_a_new_output_file_honours_the_umask(umask: int, tmp_path: Path) -> None:
+    old = os.umask(umask)
+    try:
+        code, _, err = cli("report", "-", "-o", str(tmp_path / "new.txt"), stdin=GOOD)
+    finally:
+        os.umask(old)
+    assert (code, err) == (0, "")
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_output_to_a_directory_or_a_missing_directory_is_one_line(tmp_path: Path) -> None:
+    code, _, err = cli("report", "-", "-o", str(tmp_path), stdin=GOOD)
+    assert (code, err) == (2, f"error: {tmp_path}: Is a directory\n")
+    missing = tmp_path / "no" / "out.txt"
+    code, _, err = cli("report", "-", "-o", str(missing), stdin=GOOD)
+    assert (code, err) == (2, f"error: {missing}: No such file or directory\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _default_sigint() -> None:
+    # A child of a background job inherits SIGINT ignored, and Python keeps it so; the test
+    # wants the interactive case, where Ctrl-C interrupts.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_run_killed_mid_write_removes_its_temp_file(signum: int, tmp_path: Path) -> None:
+    # The input is a FIFO we feed: after the first line the run waits for more, mid-write
+    # with its temp file open, until the signal comes. No sleeps decide anything.
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    target = out_dir / "trace.json"
+    target.write_text("previous good output")
+    argv = ["convert", str(fifo), "--format", "startend", "--to", "chrome", "-o", str(target)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "libs.trace", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_default_sigint,
+    )
+    try:
+        with open(fifo, "w") as writer:  # opens once the child opens the FIFO to read
+            writer.write("main:start:0\nf:start:1\n")
+            writer.flush()
+            deadline = time.monotonic() + 60
+            while len(os.listdir(out_dir)) < 2:  # wait for the temp file to appear
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "no temp file appeared"
+                time.sleep(0.01)
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signum  # ended by the signal, as a shell expects
+    assert b"Traceback" not in err
+    assert os.listdir(out_dir) == ["trace.json"]
+    assert target.read_text() == "previous good output"
