@@ -148,3 +148,10 @@ def test_every_fastapi_service_serves_its_docs_offline(tmp_path: Path):
             check_docs_offline(TestClient(app))
         except AssertionError as exc:
             raise AssertionError(f"{name}: {exc}") from exc
+
+
+def test_docs_link_prometheus_pages_that_debian_serves():
+    for doc in (ROOT / "README.md", ROOT / "docs" / "explore.md"):
+        text = doc.read_text()
+        assert not re.search(r":9090/(targets|alerts)\b", text), f"{doc.name}: Debian's prometheus 404s there"
+        assert ":9090/classic/targets" in text, doc.name
