@@ -123,8 +123,7 @@ def start_crawl(
         raise ActivityFailed(f"dedup has indexed every websim host block: restart the stack ({total} hosts)")
     body = {
         "seeds": [f"http://h{i:04d}.sim.test/" for i in range(first, first + hosts)],
-        "scope": ["*.sim.test"],
-        "max_pages": max_pages,
+        "max_pages": max_pages,  # scope: the seeds' hosts only, all of them new to dedup
         "max_depth": max_depth,
     }
     httpx.post(f"{stack.url('websim', configuration)}/log/clear", timeout=TIMEOUT).raise_for_status()
@@ -163,10 +162,12 @@ def resume_crawl(configuration: Configuration | None = None) -> dict[str, Any]:
     base = stack.url("crawler", configuration)
     status = httpx.get(f"{base}/v1/crawls/{crawl_id}", timeout=TIMEOUT)
     if status.status_code == 200 and status.json()["state"] in ("pending", "running", "finished"):
-        return {"crawl_id": crawl_id, "resumed": False, "state": status.json()["state"]}  # resumed by itself
+        figure("resumed_by", "the crawler")
+        return {"crawl_id": crawl_id, "resumed": False, "state": status.json()["state"]}
     r = httpx.post(f"{base}/v1/crawls", params={"crawl_id": crawl_id}, json=body, timeout=TIMEOUT)
     if r.status_code != 201:
         raise ActivityFailed(f"crawl {crawl_id} not resumed: {r.status_code} {r.text[:200]}")
+    figure("resumed_by", "the drill (POST /v1/crawls?crawl_id=)")
     return {"crawl_id": crawl_id, "resumed": True}
 
 

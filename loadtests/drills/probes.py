@@ -60,8 +60,11 @@ def wait_healthy(service: str, timeout_s: float = 120.0, configuration: Configur
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if service_healthy(service, configuration):
-            mark("recovered")
-            return {"service": service, "healthy_after_fault_s": since("fault_start")}
+            at = mark("recovered")
+            figure(
+                "time_to_recover_s", since("fault_end" if "fault_end" in RECORD.marks else "fault_start", at)
+            )
+            return {"service": service, "recovered_after_s": RECORD.figures["time_to_recover_s"]}
         time.sleep(0.5)
     raise ActivityFailed(f"{service} not healthy {timeout_s:.0f}s after the fault")
 
@@ -81,9 +84,13 @@ def _names(alertname: str) -> set[str]:
 
 
 def alert_states(alertname: str, configuration: Configuration | None = None) -> list[str]:
+    return [state for _, state in _alerts(alertname, configuration)]
+
+
+def _alerts(alertname: str, configuration: Configuration | None) -> list[tuple[str, str]]:
     names = _names(alertname)
     alerts = _get("prometheus", "/api/v1/alerts", configuration)["data"]["alerts"]
-    return [a["state"] for a in alerts if a["labels"].get("alertname") in names]
+    return [(a["labels"]["alertname"], a["state"]) for a in alerts if a["labels"].get("alertname") in names]
 
 
 def alert_inactive(alertname: str, configuration: Configuration | None = None) -> bool:
@@ -109,13 +116,13 @@ def wait_for_alert(
     deadline = time.monotonic() + timeout_s
     seen_pending = False
     while time.monotonic() < deadline:
-        states = alert_states(alertname, configuration)
-        if "pending" in states and not seen_pending:
+        active = _alerts(alertname, configuration)
+        if any(state == "pending" for _, state in active) and not seen_pending:
             seen_pending = True
             mark("alert pending")
-        if "firing" in states:
+        if firing := sorted({name for name, state in active if state == "firing"}):
             at = mark("detected")
-            figure("alert", alertname)
+            figure("alert", ",".join(firing))
             figure("time_to_detect_s", since("fault_start", at))
             return {
                 "alert": alertname,
@@ -228,16 +235,23 @@ def dedup_stats(configuration: Configuration | None = None) -> dict[str, Any]:
 
 
 def _served_pages(configuration: Configuration | None) -> set[str]:
-    """URLs websim answered 2xx with a page during the drill (its log was cleared at the start)."""
-    r = httpx.get(f"{stack.url('websim', configuration)}/log", timeout=httpx.Timeout(30.0))
+    """HTML pages websim answered 2xx during the drill (its log was cleared at the start): each
+    is a page event the crawler must deliver (PDFs and images are fetched, never emitted)."""
+    base = stack.url("websim", configuration)
+    r = httpx.get(f"{base}/log", timeout=httpx.Timeout(30.0))
     r.raise_for_status()
+    kinds: dict[str, dict[str, str]] = {}  # host -> page_id -> kind
     urls = set()
     for line in r.text.splitlines():
-        if not line:
+        entry = json.loads(line) if line else {}
+        if not (200 <= entry.get("status", 0) < 300 and entry.get("kind") == "page" and entry.get("page_id")):
             continue
-        entry = json.loads(line)
-        if 200 <= entry["status"] < 300 and entry.get("kind") == "page":
-            urls.add(f"http://{entry['host']}{entry['path'].split('#')[0]}")
+        host = entry["host"]
+        if host not in kinds:
+            pages = httpx.get(f"{base}/hosts/{host}", timeout=TIMEOUT).json()["pages"]
+            kinds[host] = {p["page_id"]: p["kind"] for p in pages}
+        if kinds[host].get(entry["page_id"]) == "html":
+            urls.add(f"http://{host}{entry['path'].split('#')[0]}")
     return urls
 
 

@@ -10,7 +10,6 @@ experiment's `configuration` block, which the runner fills in (see runner.py).
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import psutil
@@ -44,23 +43,6 @@ def pid_of(service: str, configuration: Configuration | None = None) -> int | No
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == wanted and conn.pid:
             return conn.pid
-    return None
-
-
-def wait_for_pid(
-    service: str,
-    configuration: Configuration | None = None,
-    *,
-    other_than: int | None = None,
-    timeout_s: float = 120.0,
-) -> int | None:
-    """Poll until a process (other than `other_than`) listens on the service's port."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        pid = pid_of(service, configuration)
-        if pid is not None and pid != other_than:
-            return pid
-        time.sleep(0.25)
     return None
 
 
