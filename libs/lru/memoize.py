@@ -82,14 +82,20 @@ def _open_store(maxsize: int | None, ttl: float | None) -> _Store:
 
 def _open_persistent(directory: str | os.PathLike[str], maxsize: int | None, identity: str) -> _Store:
     """A PersistentLRU in ``directory`` that holds only results of the code named by ``identity``."""
-    from libs.lru.persistent import PersistentLRU
+    from libs.lru.errors import LogCorrupt, SnapshotCorrupt
+    from libs.lru.persistent import PersistentLRU, set_aside
 
-    # Results can be recomputed, so a power loss may cost the last few records; a process
-    # crash loses nothing either way, because each record reaches the kernel before the call
-    # returns. Skipping fsync keeps a hit at microseconds.
-    store: PersistentLRU[Any, Any] = PersistentLRU(
-        directory, sys.maxsize if maxsize is None else maxsize, fsync=False
-    )
+    capacity = sys.maxsize if maxsize is None else maxsize
+    # Results can be recomputed, so a power loss may cost the records since the last
+    # compaction; a process crash loses nothing, because each record reaches the kernel before
+    # the call returns. Not syncing keeps a miss's put at microseconds, not a disk flush.
+    try:
+        store: PersistentLRU[Any, Any] = PersistentLRU(directory, capacity, sync="never")
+    except (SnapshotCorrupt, LogCorrupt) as exc:
+        # Refusing to start would turn a damaged cache of recomputable results into an outage.
+        log.warning("%s; memoize sets the damaged files aside (*.corrupt) and starts empty", exc)
+        set_aside(directory)
+        store = PersistentLRU(directory, capacity, sync="never")
     try:
         _claim(store, identity)
     except BaseException:

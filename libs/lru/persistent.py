@@ -27,12 +27,34 @@ before 3 completed: it is created empty.
 
 Open: verify the snapshot (any failed check raises SnapshotCorrupt naming the file), load
 it, replay log.<G> up to the first torn or checksum-failing record, and truncate the file
-there, so nothing after it is ever trusted or appended behind.
+there, so nothing after it is ever trusted or appended behind. Damage that valid records
+follow, one of which was written after the damaged bytes were durable, is not a torn tail:
+LogCorrupt names the file and offset and nothing is changed. Damage followed only by records
+that were never synced (what a power loss can leave) is cut like a torn tail, and
+``recovery.dropped_records`` counts them (see ``libs.lru.logfile``).
 
-Durability: with ``fsync=True`` each record is fdatasync()ed before the call returns
-(survives power loss); with ``fsync=False`` it is in the kernel before the call returns
-(survives the process being killed, not the machine losing power). Snapshots are always
-fsynced. The I/O happens under the lock on purpose: the log order must be the memory order.
+Durability, ``sync=``. Every record reaches the kernel (one ``write``) before the call returns,
+so a killed process loses nothing in any setting; they differ in what survives a power loss or
+an OS crash, i.e. in which records are fdatasync()ed before the call returns:
+
+  "always"  every record: every put, delete and clear that returned, and the recency of every
+            hit, survives. One fdatasync per put, delete, clear *and hit*.
+  "writes"  (default) puts, deletes and clears: every one that returned survives, with its
+            value. A hit's TOUCH record is written but not synced; it becomes durable with the
+            next synced record, a compaction or ``close()``. So a power loss can cost the
+            recency of the hits since the last write: those entries come back as less recently
+            used than they were (an eviction may then pick another victim), never with another
+            value and never missing. Losing a hit loses no data, while syncing it made every
+            hit a disk flush (thousands of hits/s instead of hundreds of thousands).
+  "never"   nothing but snapshots (compaction) is synced: a power loss can cost anything
+            written since the last compaction; what is recovered is the state after some
+            prefix of the operations (the log's longest intact prefix).
+
+In every setting the state recovered after a crash is the state after a prefix of the
+operations, containing every operation the setting promised. ``fsync=True``/``False`` (the old
+flag) mean "always"/"never". Snapshots are always fsynced. The I/O happens under the lock on
+purpose: the log order must be the memory order.
+
 Keys and values are pickled; only open directories you trust.
 """
 
@@ -45,15 +67,15 @@ import pickle
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from libs.lru.cache import CacheStats, LRUCache
 from libs.lru.errors import DirectoryLocked, LogCorrupt, PersistenceError, SnapshotCorrupt
+from libs.lru.logfile import VERSION as LOG_VERSION
 from libs.lru.logfile import (
     AppendLog,
     LogScan,
     Op,
-    encode_record,
     fsync_directory,
     log_path,
     parse_generation,
@@ -65,6 +87,8 @@ V = TypeVar("V")
 
 _MISSING: Any = object()
 LOCK_NAME = "lock"
+Sync = Literal["always", "writes", "never"]
+SYNC_SETTINGS: tuple[str, ...] = get_args(Sync)
 log = logging.getLogger(__name__)
 
 
@@ -77,6 +101,7 @@ class Recovery:
     dropped_bytes: int  # untrustworthy bytes cut off the end of the log
     problem: str | None  # why those bytes were dropped
     stale_logs_removed: int  # logs already folded into the snapshot (crash after step 2)
+    dropped_records: int = 0  # valid but never-synced records cut off with the damage before them
 
 
 def _dumps(obj: object) -> bytes:
@@ -97,7 +122,12 @@ def _lock_directory(directory: Path) -> int:
 
 
 class PersistentLRU(Generic[K, V]):
-    """LRUCache API (without TTL) plus ``snapshot()``, ``close()`` and ``with`` support."""
+    """LRUCache API (without TTL) plus ``snapshot()``, ``close()`` and ``with`` support.
+
+    ``sync``: "always", "writes" (default) or "never", what survives a power loss (see the
+    module docstring); ``fsync=True``/``False`` is the older spelling of "always"/"never".
+    ``snapshot_every``: records between compactions.
+    """
 
     def __init__(
         self,
@@ -105,16 +135,27 @@ class PersistentLRU(Generic[K, V]):
         capacity: int,
         *,
         snapshot_every: int = 10_000,
-        fsync: bool = True,
+        sync: Sync | None = None,
+        fsync: bool | None = None,
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity: expected an integer >= 1, got {capacity!r}")
         if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 1:
             raise ValueError(f"snapshot_every: expected an integer >= 1, got {snapshot_every!r}")
+        if fsync is not None:
+            if sync is not None:
+                raise ValueError("sync and fsync: pass one (fsync=True is sync='always', False 'never')")
+            sync = "always" if fsync else "never"
+        if sync is None:
+            sync = "writes"
+        if sync not in SYNC_SETTINGS:
+            raise ValueError(f"sync: expected one of {', '.join(map(repr, SYNC_SETTINGS))}, got {sync!r}")
         self._dir = Path(directory)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._snapshot_every = snapshot_every
-        self._fsync = fsync
+        self.sync: Sync = sync
+        self._sync_writes = sync != "never"
+        self._sync_hits = sync == "always"
         self._lock = threading.Lock()
         self._closed = False
         self._log: AppendLog | None = None
@@ -154,9 +195,9 @@ class PersistentLRU(Generic[K, V]):
         for key, value in snap.entries:
             self._cache.put(key, value)
         if snap.generation in generations:
-            self._log, scan = AppendLog.recover(self._dir, snap.generation, fsync=self._fsync)
+            self._log, scan = AppendLog.recover(self._dir, snap.generation)
         else:
-            self._log, scan = AppendLog.create(self._dir, snap.generation, fsync=self._fsync), LogScan()
+            self._log, scan = AppendLog.create(self._dir, snap.generation), LogScan()
         for op, body in scan.records:
             self._replay(op, body)
         stale = [g for g in generations if g < snap.generation]
@@ -167,7 +208,12 @@ class PersistentLRU(Generic[K, V]):
         self._generation = snap.generation
         self._since_snapshot = len(scan.records)
         self.recovery = Recovery(
-            len(snap.entries), len(scan.records), scan.dropped_bytes, scan.problem, len(stale)
+            len(snap.entries),
+            len(scan.records),
+            scan.dropped_bytes,
+            scan.problem,
+            len(stale),
+            scan.dropped_records,
         )
         if scan.problem is not None:
             log.warning(
@@ -175,12 +221,14 @@ class PersistentLRU(Generic[K, V]):
             )
         if capacity != snap.capacity:
             self._resize(capacity)
+        elif scan.version != LOG_VERSION:
+            self._snapshot_locked()  # never append to a log of an older format
         self._cache.reset_stats()
 
     def _replay(self, op: Op, body: bytes) -> None:
         assert self._log is not None
         try:
-            arg = pickle.loads(body) if body else None
+            arg: Any = pickle.loads(body) if body else None
         except Exception as exc:  # the checksum matched: these bytes were written like this
             raise LogCorrupt(self._log.path, f"a {op.name} record cannot be unpickled: {exc!r}") from exc
         if op is Op.PUT:
@@ -231,7 +279,7 @@ class PersistentLRU(Generic[K, V]):
             raise
         try:
             fsync_directory(self._dir)
-            new_log = AppendLog.create(self._dir, new_generation, fsync=self._fsync)
+            new_log = AppendLog.create(self._dir, new_generation)
         except BaseException as exc:
             # The snapshot on disk names the new generation now; appending to the old log
             # would write records that a restart never replays.
@@ -263,15 +311,15 @@ class PersistentLRU(Generic[K, V]):
             wal = self._check_open()
             if self._cache.peek(key, _MISSING) is _MISSING:
                 return self._cache.get(key, default)  # a miss: counted, nothing to log
-            wal.append(encode_record(Op.TOUCH, _dumps(key)))
+            wal.append(Op.TOUCH, _dumps(key), sync=self._sync_hits)
             value = self._cache.get(key)
             self._logged()
             return value
 
     def put(self, key: K, value: V) -> None:
-        frame = encode_record(Op.PUT, _dumps((key, value)))  # pickling needs no lock
+        body = _dumps((key, value))  # pickling needs no lock
         with self._lock:
-            self._check_open().append(frame)
+            self._check_open().append(Op.PUT, body, sync=self._sync_writes)
             self._cache.put(key, value)
             self._logged()
 
@@ -280,14 +328,14 @@ class PersistentLRU(Generic[K, V]):
             wal = self._check_open()
             if self._cache.peek(key, _MISSING) is _MISSING:
                 return False
-            wal.append(encode_record(Op.DELETE, _dumps(key)))
+            wal.append(Op.DELETE, _dumps(key), sync=self._sync_writes)
             self._cache.delete(key)
             self._logged()
             return True
 
     def clear(self) -> None:
         with self._lock:
-            self._check_open().append(encode_record(Op.CLEAR, b""))
+            self._check_open().append(Op.CLEAR, b"", sync=self._sync_writes)
             self._cache.clear()
             self._logged()
 
@@ -321,14 +369,19 @@ class PersistentLRU(Generic[K, V]):
             self._snapshot_locked()
 
     def close(self) -> None:
-        """Release the directory. Everything is already on disk; close() adds nothing."""
+        """Release the directory. Every record is already in the kernel; with sync "writes"
+        the hits logged since the last write are made durable too."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            if self._log is not None:
-                self._log.close()
-            os.close(self._lock_fd)
+            try:
+                if self._log is not None and self._sync_writes:
+                    self._log.sync()
+            finally:
+                if self._log is not None:
+                    self._log.close()
+                os.close(self._lock_fd)
 
     def __enter__(self) -> PersistentLRU[K, V]:
         return self
@@ -340,4 +393,28 @@ class PersistentLRU(Generic[K, V]):
         return f"PersistentLRU({os.fspath(self._dir)!r}, capacity={self.capacity}, size={len(self)})"
 
 
-__all__ = ["PersistenceError", "PersistentLRU", "Recovery"]
+def set_aside(directory: str | os.PathLike[str]) -> list[Path]:
+    """Rename a damaged directory's snapshot and logs to ``<name>.corrupt`` (replacing older
+    ones), so that the next open starts empty and the damaged files stay for inspection.
+
+    For caches whose contents can be recomputed. Takes the directory's lock, so it raises
+    DirectoryLocked while a PersistentLRU has the directory open. Returns the new paths.
+    """
+    directory = Path(directory)
+    fd = _lock_directory(directory)
+    try:
+        moved = []
+        # Logs before the snapshot: a crash half-way leaves a snapshot without its log, which
+        # opens as an older state, never a log without its snapshot, which is refused.
+        for name in sorted(os.listdir(directory), key=lambda n: n == SNAPSHOT_NAME):
+            if name == SNAPSHOT_NAME or parse_generation(name) is not None:
+                target = directory / f"{name}.corrupt"
+                os.replace(directory / name, target)
+                moved.append(target)
+        fsync_directory(directory)
+        return moved
+    finally:
+        os.close(fd)
+
+
+__all__ = ["PersistenceError", "PersistentLRU", "Recovery", "set_aside"]

@@ -1,7 +1,7 @@
 """Child process for the crash test: apply a deterministic op sequence to a PersistentLRU,
 acknowledging each op on stdout only after it returned, until killed.
 
-    python -m tests.libs.lru.crash_child DIRECTORY SEED START FSYNC
+    python -m tests.libs.lru.crash_child DIRECTORY SEED START SYNC
 
 Prints "ready" once the directory is open, then the index of every op it completed.
 """
@@ -74,9 +74,12 @@ def apply_to_cache(cache: PersistentLRU[str, Any], op: Op) -> None:
 
 
 def main(argv: list[str]) -> None:
-    directory, seed, start, fsync = argv[0], int(argv[1]), int(argv[2]), argv[3] == "1"
+    directory, seed, start, sync = argv[0], int(argv[1]), int(argv[2]), argv[3]
     cache: PersistentLRU[str, Any] = PersistentLRU(
-        directory, CAPACITY, snapshot_every=SNAPSHOT_EVERY, fsync=fsync
+        directory,
+        CAPACITY,
+        snapshot_every=SNAPSHOT_EVERY,
+        sync=sync,  # type: ignore[arg-type]
     )
     out = sys.stdout
     out.write("ready\n")

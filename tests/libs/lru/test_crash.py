@@ -70,7 +70,7 @@ def test_sigkill_at_random_moments_recovers_an_acknowledged_prefix(tmp_path: Pat
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     while kills < KILLS and time.monotonic() - started < BUDGET_S:
         start = prefixes.n
-        fsync = kills % 2
+        sync = ("never", "always", "writes")[kills % 3]
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -79,7 +79,7 @@ def test_sigkill_at_random_moments_recovers_an_acknowledged_prefix(tmp_path: Pat
                 str(tmp_path),
                 str(seed),
                 str(start),
-                str(fsync),
+                sync,
             ],
             cwd=REPO,
             env=env,

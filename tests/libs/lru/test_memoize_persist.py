@@ -106,3 +106,17 @@ def test_moving_the_function_keeps_its_cache(tmp_path: Path) -> None:
     assert run_body(tmp_path, cache_dir, "x * 2")[0] == "10 [5]"
     out, err = run_body(tmp_path, cache_dir, "x * 2", padding="\n\n\n# moved down\nunrelated = 1\n")
     assert out == "10 []" and "other code" not in err
+
+
+def test_a_damaged_cache_is_set_aside_and_the_function_still_runs(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    assert run_body(tmp_path, cache_dir, "x * 2")[0] == "10 [5]"
+    snapshot = cache_dir / "snapshot"
+    damaged = bytearray(snapshot.read_bytes())
+    damaged[-1] ^= 0xFF
+    snapshot.write_bytes(bytes(damaged))
+    out, err = run_body(tmp_path, cache_dir, "x * 2")
+    assert out == "10 [5]"
+    assert "corrupt LRU snapshot" in err and "files aside" in err
+    assert (cache_dir / "snapshot.corrupt").read_bytes() == bytes(damaged)
+    assert run_body(tmp_path, cache_dir, "x * 2")[0] == "10 []"

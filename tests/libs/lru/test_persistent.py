@@ -1,11 +1,17 @@
 """PersistentLRU: restarts restore entries, values, capacity and exact recency order; damaged
-files are cut (log tail) or refused (snapshot), never trusted."""
+files are cut (a torn log tail) or refused (a snapshot, a log damaged before records that were
+written after it was durable), never trusted."""
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
+import random
+import re
+import struct
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -19,7 +25,8 @@ from libs.lru import (
 )
 from libs.lru import persistent as persistent_module
 from libs.lru.logfile import HEADER_SIZE as LOG_HEADER_SIZE
-from libs.lru.logfile import log_path
+from libs.lru.logfile import Op, encode_record, log_path
+from libs.lru.persistent import set_aside
 
 
 def live_log(directory: Path) -> Path:
@@ -200,18 +207,219 @@ def test_every_flipped_byte_of_the_last_record_is_detected(tmp_path: Path) -> No
         assert live_log(tmp_path).stat().st_size == size_before
 
 
-def test_damage_in_the_middle_drops_everything_after_it(tmp_path: Path) -> None:
+def _six_puts(directory: Path, sync: str) -> tuple[list[int], list[tuple[object, object]]]:
+    """Six puts in one session; returns each record's start offset and the state before the last."""
+    starts = []
+    with PersistentLRU(directory, 8, sync=sync) as c:  # type: ignore[arg-type]
+        for k in range(6):
+            starts.append(live_log(directory).stat().st_size)
+            if k == 5:
+                before = c.items()
+            c.put(k, f"value {k}")
+    return starts, before
+
+
+@pytest.mark.parametrize("sync", ["always", "writes"])
+def test_every_flipped_byte_before_the_last_record_is_refused_as_corruption(
+    tmp_path: Path, sync: str
+) -> None:
+    starts, before = _six_puts(tmp_path, sync)
+    log = live_log(tmp_path)
+    original = log.read_bytes()
+    for pos in range(len(original)):
+        damaged = bytearray(original)
+        damaged[pos] ^= 0x5A
+        log.write_bytes(bytes(damaged))
+        if pos >= starts[-1]:  # the last record: a torn tail, cut back
+            assert reopened(tmp_path, 8) == before, pos
+            assert log.stat().st_size == starts[-1]
+            continue
+        with pytest.raises(LogCorrupt) as err:
+            PersistentLRU(tmp_path, 8)
+        message = str(err.value)
+        assert str(log) in message, pos
+        if pos >= LOG_HEADER_SIZE:
+            record = max(s for s in starts if s <= pos)
+            assert re.search(rf"at offset {record}\b", message), (pos, message)
+            assert "not a torn tail" in message, (pos, message)
+        assert log.read_bytes() == bytes(damaged), pos  # nothing was changed
+    log.write_bytes(original)
+    assert len(reopened(tmp_path, 8)) == 6
+
+
+def test_a_flipped_byte_in_a_never_synced_log_cuts_there_and_says_how_much_was_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # sync="never" promises nothing after a power loss, which can leave exactly this: damage,
+    # then records the disk happened to persist. No record proves the damaged bytes durable.
+    starts, _ = _six_puts(tmp_path, "never")
+    log = live_log(tmp_path)
+    original = log.read_bytes()
+    for pos in range(LOG_HEADER_SIZE, len(original)):
+        damaged = bytearray(original)
+        damaged[pos] ^= 0x5A
+        log.write_bytes(bytes(damaged))
+        index = sum(1 for s in starts if s <= pos) - 1  # the damaged record
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), PersistentLRU(tmp_path, 8) as c:
+            assert c.items() == [(k, f"value {k}") for k in range(index)], pos
+            assert c.recovery.dropped_records == 5 - index
+            assert c.recovery.dropped_bytes == len(original) - starts[index]
+        assert "dropped" in caplog.text
+    log.write_bytes(original)
+
+
+def _hits_after_puts(directory: Path, sync: str) -> tuple[list[int], list[tuple[object, object]]]:
+    """Puts a, b, c then hits a, b, c, a; returns where each hit's record starts, and the state
+    after the first hit."""
+    with PersistentLRU(directory, 8, sync=sync) as c:  # type: ignore[arg-type]
+        for k in "abc":
+            c.put(k, k * 3)
+        starts = []
+        for k in "abca":
+            starts.append(live_log(directory).stat().st_size)
+            c.get(k)
+            if len(starts) == 1:
+                after_first_hit = c.items()
+    return starts, after_first_hit
+
+
+def test_a_hole_among_unsynced_hits_is_a_power_loss_tail_not_corruption(tmp_path: Path) -> None:
+    # With sync="writes" hits are not synced: a power loss can persist a later hit's page and
+    # lose an earlier one. Only recency is at stake; the log is cut at the hole.
+    starts, after_first_hit = _hits_after_puts(tmp_path, "writes")
+    log = live_log(tmp_path)
+    data = bytearray(log.read_bytes())
+    data[starts[1] : starts[2]] = bytes(starts[2] - starts[1])  # the second hit never reached the disk
+    log.write_bytes(bytes(data))
+    with PersistentLRU(tmp_path, 8) as c:
+        assert c.items() == after_first_hit
+        assert c.recovery.dropped_records == 2
+    assert log.stat().st_size == starts[1]
+
+
+def test_the_same_hole_is_corruption_when_every_hit_was_synced(tmp_path: Path) -> None:
+    starts, _ = _hits_after_puts(tmp_path, "always")
+    log = live_log(tmp_path)
+    data = bytearray(log.read_bytes())
+    data[starts[1] : starts[2]] = bytes(starts[2] - starts[1])
+    log.write_bytes(bytes(data))
+    with pytest.raises(LogCorrupt, match=f"at offset {starts[1]},.*not a torn tail"):
+        PersistentLRU(tmp_path, 8)
+
+
+def test_damage_to_a_synced_put_followed_only_by_unsynced_hits_is_corruption(tmp_path: Path) -> None:
+    # The first hit was written after the puts were synced, so it proves them durable.
+    starts, _ = _hits_after_puts(tmp_path, "writes")
+    log = live_log(tmp_path)
+    data = bytearray(log.read_bytes())
+    data[starts[0] - 3] ^= 0x01  # inside the last put
+    log.write_bytes(bytes(data))
+    with pytest.raises(LogCorrupt, match="not a torn tail"):
+        PersistentLRU(tmp_path, 8)
+
+
+def test_a_valid_record_with_an_unknown_op_is_corruption_not_a_tail(tmp_path: Path) -> None:
     with PersistentLRU(tmp_path, 4) as c:
         c.put("a", 1)
-        size_after_a = live_log(tmp_path).stat().st_size
-        c.put("b", 2)
-        c.put("c", 3)
-    data = bytearray(live_log(tmp_path).read_bytes())
-    data[size_after_a + 10] ^= 0xFF  # inside b's record; c's record after it is intact
-    live_log(tmp_path).write_bytes(bytes(data))
+    payload = b"\x09future"
+    length = struct.pack(">I", len(payload))
+    frame = length + struct.pack(">I", zlib.crc32(payload, zlib.crc32(length))) + payload
+    with live_log(tmp_path).open("ab") as f:
+        f.write(frame)
+    with pytest.raises(LogCorrupt, match="unknown op byte 0x09"):
+        PersistentLRU(tmp_path, 4)
+
+
+def test_a_long_garbage_tail_is_cut_without_false_alarms(tmp_path: Path) -> None:
+    with PersistentLRU(tmp_path, 4) as c:
+        c.put("a", 1)
+        size = live_log(tmp_path).stat().st_size
+    with live_log(tmp_path).open("ab") as f:
+        f.write(random.Random(5).randbytes(1 << 20))
     with PersistentLRU(tmp_path, 4) as c:
         assert c.items() == [("a", 1)]
-        assert "checksum" in (c.recovery.problem or "")
+        assert c.recovery.dropped_bytes == 1 << 20
+    assert live_log(tmp_path).stat().st_size == size
+
+
+def test_a_version_1_log_is_replayed_and_compacted_into_the_current_format(tmp_path: Path) -> None:
+    with PersistentLRU(tmp_path, 4) as c:
+        generation = c.generation
+    # What the previous release wrote: version 1 header, records without the AFTER_SYNC bit.
+    fields = struct.pack(">8sHHQ", b"PGLRULOG", 1, 0, generation)
+    v1 = fields + struct.pack(">I", zlib.crc32(fields))
+    for op, body in [
+        (Op.PUT, pickle.dumps(("a", 1))),
+        (Op.PUT, pickle.dumps(("b", 2))),
+        (Op.TOUCH, pickle.dumps("a")),
+    ]:
+        v1 += encode_record(op, body)
+    log_path(tmp_path, generation).write_bytes(v1)
+    with PersistentLRU(tmp_path, 4) as c:
+        assert c.items() == [("b", 2), ("a", 1)]
+        assert c.generation == generation + 1
+        c.put("c", 3)
+    assert live_log(tmp_path).read_bytes()[8:10] == b"\x00\x02"
+    assert reopened(tmp_path) == [("b", 2), ("a", 1), ("c", 3)]
+
+
+# --- sync settings --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sync", "put_syncs", "hit_syncs"), [("always", 1, 1), ("writes", 1, 0), ("never", 0, 0)]
+)
+def test_each_sync_setting_syncs_what_it_promises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: str, put_syncs: int, hit_syncs: int
+) -> None:
+    calls: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    with PersistentLRU(tmp_path, 8, sync=sync) as c:  # type: ignore[arg-type]
+        monkeypatch.setattr(os, "fdatasync", counting)
+        for k in range(3):
+            c.put(k, k)
+        assert len(calls) == 3 * put_syncs
+        for k in range(5):
+            c.get(k % 3)
+        assert len(calls) == 3 * put_syncs + 5 * hit_syncs
+        c.get("missing")
+        c.delete(0)
+        c.clear()
+        assert len(calls) == 5 * put_syncs + 5 * hit_syncs
+        c.get("missing")
+    # close() makes pending hits durable, except under "never"
+    assert len(calls) == 5 * put_syncs + 5 * hit_syncs
+
+
+def test_close_syncs_hits_logged_since_the_last_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = os.fdatasync
+    c: PersistentLRU[str, int] = PersistentLRU(tmp_path, 4)
+    c.put("a", 1)
+    c.get("a")
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    c.close()
+    assert len(calls) == 1
+
+
+def test_fsync_flag_still_means_always_or_never(tmp_path: Path) -> None:
+    for flag, sync in ((True, "always"), (False, "never")):
+        with PersistentLRU(tmp_path, 2, fsync=flag) as c:
+            assert c.sync == sync
+    with PersistentLRU(tmp_path, 2) as c:
+        assert c.sync == "writes"
+    with pytest.raises(ValueError, match="sync"):
+        PersistentLRU(tmp_path, 2, sync="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pass one"):
+        PersistentLRU(tmp_path, 2, sync="always", fsync=True)
 
 
 def test_appended_garbage_is_dropped_and_new_writes_follow_the_good_records(
@@ -413,7 +621,7 @@ def test_compaction_failing_after_the_rename_stops_writes_until_reopen(
 
 def test_concurrent_writers_log_in_the_order_memory_changed(tmp_path: Path) -> None:
     errors: list[BaseException] = []
-    with PersistentLRU(tmp_path, 32, snapshot_every=97, fsync=False) as c:
+    with PersistentLRU(tmp_path, 32, snapshot_every=97, sync="never") as c:
 
         def work(tid: int) -> None:
             try:
@@ -444,3 +652,14 @@ def test_directory_is_created_when_missing(tmp_path: Path) -> None:
     with PersistentLRU(os.fspath(target), 2) as c:
         c.put(1, 1)
     assert reopened(target, 2) == [(1, 1)]
+
+
+def test_set_aside_keeps_the_damaged_files_and_the_next_open_starts_empty(tmp_path: Path) -> None:
+    with PersistentLRU(tmp_path, 3) as c:
+        c.put("a", 1)
+        with pytest.raises(DirectoryLocked):
+            set_aside(tmp_path)
+    log = live_log(tmp_path)
+    moved = set_aside(tmp_path)
+    assert sorted(p.name for p in moved) == [log.name + ".corrupt", "snapshot.corrupt"]
+    assert reopened(tmp_path, 3) == []

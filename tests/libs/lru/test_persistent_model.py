@@ -26,7 +26,7 @@ class PersistentModel(RuleBasedStateMachine):
         self.cache = self._open(capacity)
 
     def _open(self, capacity: int) -> PersistentLRU[object, object]:
-        return PersistentLRU(self.dir, capacity, snapshot_every=self.snapshot_every, fsync=False)
+        return PersistentLRU(self.dir, capacity, snapshot_every=self.snapshot_every, sync="never")
 
     @rule(key=keys, value=values)
     def put(self, key: object, value: object) -> None:
