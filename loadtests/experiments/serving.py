@@ -21,7 +21,7 @@ import httpx
 
 from loadtests.experiments import openloop
 from loadtests.experiments.openloop import Call, Outcome, poisson
-from loadtests.experiments.queueing import mean, pct
+from loadtests.experiments.queueing import pct
 from loadtests.experiments.report import Report
 from loadtests.experiments.scrape import Snapshot
 
@@ -211,8 +211,3 @@ def run_step(url: str, calls: Sequence[Call], duration: float, keys: dict[str, s
 
 def share(outcomes: Iterable[Outcome], klass: str) -> list[Outcome]:
     return [o for o in outcomes if o.call.klass == klass]
-
-
-def mean_ms(values: Sequence[float]) -> float | None:
-    m = mean(values)
-    return None if m is None else round(m * 1000.0, 2)

@@ -319,7 +319,6 @@ class Engine:
             m.GENERATED_TOKENS.labels(seq.tenant, seq.klass).inc()
             if seq.first_token_at is None:
                 seq.first_token_at = now
-                seq.first_token_step = self.step_no
                 m.TTFT.labels(seq.tenant, seq.klass).observe(now - seq.arrival)
             if seq.emit_tokens:
                 seq.emit(SeqEvent("token", token=tok))

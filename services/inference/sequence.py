@@ -63,7 +63,6 @@ class Sequence:
     finished_at: float | None = None
     # Engine step numbers: timing-free evidence for the scheduling tests.
     arrival_step: int = 0
-    first_token_step: int | None = None
     finish_step: int | None = None
 
     @property
