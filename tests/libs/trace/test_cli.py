@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import libs.trace.cli as trace_cli
 from libs.trace.cli import run
 
 DATA = Path(__file__).parent / "data"
@@ -325,3 +326,21 @@ def test_a_run_killed_mid_write_removes_its_temp_file(signum: int, tmp_path: Pat
     assert b"Traceback" not in err
     assert os.listdir(out_dir) == ["trace.json"]
     assert target.read_text() == "previous good output"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_counts_bytes_read_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trace_cli, "PROGRESS_EVERY", 1000)
+    path = tmp_path / "long.log"
+    path.write_text("".join(f"f{i % 7}:start:{i}\nf{i % 7}:end:{i + 1}\n" for i in range(2_000)))
+    out, err = io.StringIO(), _Terminal()
+    code = run(["report", str(path), "--to", "collapsed"], io.StringIO(), out, err)
+    assert code == 0
+    assert err.getvalue().startswith("\rread 0 MB") and err.getvalue().endswith(" MB\n")
+    assert out.getvalue() == cli("report", str(path), "--to", "collapsed")[1]
