@@ -1,4 +1,4 @@
-"""Benchmark libs.lru against functools.lru_cache and cachetools, side by side in one run.
+"""Benchmark libs.lru against functools.lru_cache, cachetools and lru-dict, side by side in one run.
 
     .venv/bin/python benchmarks/bench_lru.py [--runs 5] [--ops 200000] [--json reports/bench_lru.json]
 
@@ -9,15 +9,20 @@ and the ratio to the group's reference peer):
   value, a miss calls the function and stores it). functools.lru_cache is C code; memoize
   and cachetools.cached are pure Python.
 * cache-aside get/put: ``v = c.get(k); if v is None: c.put(k, k)`` on LRUCache,
-  cachetools.LRUCache and PersistentLRU (fsync off: each record reaches the kernel).
-  LRUCache and memoize take a lock on every operation (they are thread-safe);
-  cachetools is not, so the "+Lock" rows show it used the way threads must use it.
-* put (always evicting) and get (always hitting) alone.
-* persistent get/put: PersistentLRU (fsync off) against the in-memory LRUCache, on --ops/10.
-* durable put: PersistentLRU with fsync=True (one fdatasync per state change), 500 ops.
+  cachetools.LRUCache, lru-dict's ``lru.LRU`` (C: the ceiling for a dict-like LRU) and
+  PersistentLRU. LRUCache and memoize take a lock on every operation (they are thread-safe);
+  cachetools and lru.LRU do not, so the "+Lock" rows show them used the way threads must.
+* put (always evicting) and get (always hitting) alone, with lru.LRU as the C ceiling.
+* persistent get/put: PersistentLRU with sync="never" (each record reaches the kernel, no
+  fdatasync) against the in-memory LRUCache, on --ops/10.
+* persistent hit / persistent put, by sync setting: gets that all hit a full cache, and puts
+  that all evict, under sync="never", "writes" (the default: puts fdatasync'd, hits not) and
+  "always" (--ops/10 operations; 300 for a setting that fdatasyncs each one, as the disk sets
+  its pace).
 
 Within a group the contenders run round-robin (run 1 of each, then run 2 of each, ...), so
-load changes on a shared machine hit them alike and the ratios stay meaningful.
+load changes on a shared machine hit them alike and the ratios stay meaningful. The load
+average before and after the run goes into the JSON report.
 
 Key streams: "hot" sends 90% of accesses to 1,000 hot keys out of 10,000 (capacity 1,000:
 most accesses hit), "cold" is uniform over 100,000 keys (almost every access misses and evicts).
@@ -39,13 +44,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from importlib.metadata import version as _version
 from pathlib import Path
 
 import cachetools
+import lru
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from libs.lru import LRUCache, PersistentLRU, memoize
+from libs.lru.persistent import Sync
 
 CAPACITY = 1000
 
@@ -151,6 +159,33 @@ def aside_ours() -> Runner:
     return run
 
 
+def aside_lru_dict() -> Runner:
+    c: lru.LRU[int, int] = lru.LRU(CAPACITY)
+    get, put = c.get, c.__setitem__
+
+    def run(keys: list[int]) -> None:
+        for k in keys:
+            if get(k) is None:
+                put(k, k)
+
+    return run
+
+
+def aside_lru_dict_locked() -> Runner:
+    c: lru.LRU[int, int] = lru.LRU(CAPACITY)
+    lock = threading.Lock()
+
+    def run(keys: list[int]) -> None:
+        for k in keys:
+            with lock:
+                v = c.get(k)
+            if v is None:
+                with lock:
+                    c[k] = k
+
+    return run
+
+
 def aside_cachetools() -> Runner:
     c: cachetools.LRUCache[int, int] = cachetools.LRUCache(maxsize=CAPACITY)
     get, put = c.get, c.__setitem__
@@ -164,17 +199,32 @@ def aside_cachetools() -> Runner:
 
 
 class _PersistentRunner:
-    """A PersistentLRU in a fresh temporary directory per timed run."""
+    """A PersistentLRU in a fresh temporary directory per timed run; ``mode`` "aside" runs the
+    cache-aside loop, "hit" gets keys of a cache filled beforehand (every get hits), "put" puts
+    keys that are not in the full cache (every put evicts). Filling is not timed."""
 
-    def __init__(self, fsync: bool) -> None:
+    def __init__(self, sync: Sync, mode: str = "aside") -> None:
         self.dir = tempfile.mkdtemp(prefix="bench-lru-")
-        self.cache: PersistentLRU[int, int] = PersistentLRU(self.dir, CAPACITY, fsync=fsync)
+        self.mode = mode
+        if mode != "aside":
+            fill: PersistentLRU[int, int] = PersistentLRU(self.dir, CAPACITY, sync="never")
+            with fill:
+                for k in range(-CAPACITY, 0):
+                    fill.put(k, k)
+        self.cache: PersistentLRU[int, int] = PersistentLRU(self.dir, CAPACITY, sync=sync)
 
     def __call__(self, keys: list[int]) -> None:
         get, put = self.cache.get, self.cache.put
         try:
-            for k in keys:
-                if get(k) is None:
+            if self.mode == "aside":
+                for k in keys:
+                    if get(k) is None:
+                        put(k, k)
+            elif self.mode == "hit":
+                for k in keys:
+                    get(-1 - k % CAPACITY)
+            else:
+                for k in keys:
                     put(k, k)
         finally:
             self.cache.close()
@@ -216,13 +266,23 @@ def cachetools_pair() -> tuple[Callable[[int, int], None], Callable[[int], objec
     return c.__setitem__, c.get
 
 
-def bench(runs: int, ops: int, progress: Callable[[str], None]) -> list[Row]:
-    # Each case: (group, workload, ops, contenders); the first contender is the reference peer.
-    Case = tuple[str, str, int, list[tuple[str, Callable[[], Runner]]]]
+def lru_dict_pair() -> tuple[Callable[[int, int], None], Callable[[int], object]]:
+    c: lru.LRU[int, int] = lru.LRU(CAPACITY)
+    return c.__setitem__, c.get
+
+
+# A contender: (name, factory) or (name, factory, ops) when it runs fewer ops than its case.
+Contender = tuple[str, Callable[[], Runner]] | tuple[str, Callable[[], Runner], int]
+Case = tuple[str, str, int, list[Contender]]
+SLOW_OPS = 300  # per run for settings that fdatasync every operation
+
+
+def cases(ops: int) -> list[Case]:
+    """Every group; the first contender of each is the reference peer."""
     persistent_ops = max(ops // 10, 1000)
-    cases: list[Case] = []
+    out: list[Case] = []
     for workload in ("hot", "cold"):
-        cases.append(
+        out.append(
             (
                 "memoized function",
                 workload,
@@ -235,7 +295,7 @@ def bench(runs: int, ops: int, progress: Callable[[str], None]) -> list[Row]:
                 ],
             )
         )
-        cases.append(
+        out.append(
             (
                 "cache-aside get/put",
                 workload,
@@ -243,17 +303,20 @@ def bench(runs: int, ops: int, progress: Callable[[str], None]) -> list[Row]:
                 [
                     ("cachetools.LRUCache", aside_cachetools),
                     ("cachetools.LRUCache+Lock", aside_cachetools_locked),
+                    ("lru.LRU (C)", aside_lru_dict),
+                    ("lru.LRU (C)+Lock", aside_lru_dict_locked),
                     ("libs.lru.LRUCache", aside_ours),
                 ],
             )
         )
-    cases += [
+    out += [
         (
             "put (evicting)",
             "distinct",
             ops,
             [
                 ("cachetools.LRUCache", lambda: put_only(cachetools_pair)),
+                ("lru.LRU (C)", lambda: put_only(lru_dict_pair)),
                 ("libs.lru.LRUCache", lambda: put_only(ours_pair)),
             ],
         ),
@@ -263,60 +326,77 @@ def bench(runs: int, ops: int, progress: Callable[[str], None]) -> list[Row]:
             ops,
             [
                 ("cachetools.LRUCache", lambda: get_only(cachetools_pair)),
+                ("lru.LRU (C)", lambda: get_only(lru_dict_pair)),
                 ("libs.lru.LRUCache", lambda: get_only(ours_pair)),
             ],
         ),
-        (
-            "persistent get/put",
-            "hot",
-            persistent_ops,
-            [
-                ("libs.lru.LRUCache", aside_ours),
-                ("PersistentLRU fsync=False", lambda: _PersistentRunner(fsync=False)),
-            ],
-        ),
-        (
-            "persistent get/put",
-            "cold",
-            persistent_ops,
-            [
-                ("libs.lru.LRUCache", aside_ours),
-                ("PersistentLRU fsync=False", lambda: _PersistentRunner(fsync=False)),
-            ],
-        ),
-        (
-            "durable put",
-            "cold",
-            500,
-            [
-                ("PersistentLRU fsync=False", lambda: _PersistentRunner(fsync=False)),
-                ("PersistentLRU fsync=True", lambda: _PersistentRunner(fsync=True)),
-            ],
-        ),
     ]
-    rows: list[Row] = []
-    for i, (group, workload, n, contenders) in enumerate(cases, 1):
-        progress(
-            f"[{i}/{len(cases)}] {group} / {workload}: {len(contenders)} contenders, {n} ops x {runs} runs"
+    for workload in ("hot", "cold"):
+        out.append(
+            (
+                "persistent get/put",
+                workload,
+                persistent_ops,
+                [
+                    ("libs.lru.LRUCache", aside_ours),
+                    ("PersistentLRU sync=never", lambda: _PersistentRunner("never")),
+                ],
+            )
         )
+    for mode, workload in (("hit", "hot"), ("put", "distinct")):
+        writes_ops = persistent_ops if mode == "hit" else SLOW_OPS  # a put under "writes" is synced
+        out.append(
+            (
+                f"persistent {mode}",
+                workload,
+                persistent_ops,
+                [
+                    ("PersistentLRU sync=never", functools.partial(_PersistentRunner, "never", mode)),
+                    (
+                        "PersistentLRU sync=writes",
+                        functools.partial(_PersistentRunner, "writes", mode),
+                        writes_ops,
+                    ),
+                    (
+                        "PersistentLRU sync=always",
+                        functools.partial(_PersistentRunner, "always", mode),
+                        SLOW_OPS,
+                    ),
+                ],
+            )
+        )
+    return out
+
+
+def bench(runs: int, ops: int, progress: Callable[[str], None]) -> list[Row]:
+    all_cases = cases(ops)
+    rows: list[Row] = []
+    for i, (group, workload, n, contenders) in enumerate(all_cases, 1):
+        progress(f"[{i}/{len(all_cases)}] {group} / {workload}: {len(contenders)} contenders x {runs} runs")
         keys = list(range(n)) if workload == "distinct" else key_stream(workload, n)
-        for _, factory in contenders:
-            factory()(keys)  # warm-up: imports, allocator, caches
-        rates: dict[str, list[float]] = {name: [] for name, _ in contenders}
+        plan = [(c[0], c[1], c[2] if len(c) == 3 else n) for c in contenders]
+        for _, factory, count in plan:
+            factory()(keys[: min(count, 1000)])  # warm-up: imports, allocator, caches
+        rates: dict[str, list[float]] = {name: [] for name, _, _ in plan}
         # Round-robin, so that load changes on a shared machine hit every contender alike.
         for _ in range(runs):
-            for name, factory in contenders:
+            for name, factory, count in plan:
                 run = factory()
+                part = keys[:count]
                 t0 = time.perf_counter()
-                run(keys)
-                rates[name].append(n / (time.perf_counter() - t0))
-        ref_name = contenders[0][0]
+                run(part)
+                rates[name].append(count / (time.perf_counter() - t0))
+        ref_name = plan[0][0]
         ref_median = statistics.median(rates[ref_name])
-        for name, _ in contenders:
+        for name, _, count in plan:
             r = rates[name]
             med = statistics.median(r)
-            rows.append(Row(group, workload, name, n, med, min(r), max(r), med / ref_median, ref_name))
+            rows.append(Row(group, workload, name, count, med, min(r), max(r), med / ref_median, ref_name))
     return rows
+
+
+def _ratio(r: float) -> str:
+    return f"{r:.2f}" if r >= 0.1 else f"{r:.3f}" if r >= 0.001 else f"{r:.1e}"
 
 
 def table(rows: list[Row]) -> str:
@@ -329,7 +409,7 @@ def table(rows: list[Row]) -> str:
         spread = f"{r.min_ops_s:,.0f}-{r.max_ops_s:,.0f}"
         lines.append(
             f"{r.group:<20} {r.workload:<8} {r.impl:<26} {r.median_ops_s:>13,.0f} {spread:>21} "
-            f"{r.ratio:>6.2f}  {r.reference}"
+            f"{_ratio(r.ratio):>6}  {r.reference}"
         )
     return "\n".join(lines)
 
@@ -369,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1 or args.ops < 1000:
         p.error("--runs must be >= 1 and --ops >= 1000")
     started = time.time()
+    load_before = os.getloadavg()
     rows = bench(args.runs, args.ops, lambda msg: print(msg, file=sys.stderr, flush=True))
+    load_after = os.getloadavg()
     print(table(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {
@@ -380,12 +462,16 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "loadavg_1_5_15_before": load_before,
+        "loadavg_1_5_15_after": load_after,
+        "peers": {"cachetools": cachetools.__version__, "lru-dict": _version("lru-dict")},
         "runs": args.runs,
         "capacity": CAPACITY,
         "rows": [asdict(r) for r in rows],
     }
     args.json.write_text(json.dumps(report, indent=2))
     png = plot(rows, args.json.with_suffix(".png"))
+    print(f"load average (1/5/15 min) before {load_before}, after {load_after}", file=sys.stderr)
     print(
         f"\nwrote {args.json}{' and ' + str(png) if png else ''} in {report['seconds']:.0f}s", file=sys.stderr
     )
