@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 from urllib.parse import urljoin
 
 from services.crawler.websim.config import DEFAULT_USER_AGENT, ROBOTS_PARSE_LIMIT, SimConfig
@@ -584,6 +585,18 @@ def generate(cfg: SimConfig) -> Web:
     return web
 
 
+def _charset_feature(charset: str) -> tuple[Callable[[Page], bool], Callable[[Page], None]]:
+    """(has it, give it) for one charset variant."""
+
+    def has(p: Page) -> bool:
+        return p.charset == charset
+
+    def give(p: Page) -> None:
+        p.charset = charset
+
+    return has, give
+
+
 def _ensure_features(cfg: SimConfig, b: _Builder) -> None:
     """On sites of 60+ pages, make sure every page feature occurs at least once."""
     rng = _rng(cfg, "ensure")
@@ -605,10 +618,7 @@ def _ensure_features(cfg: SimConfig, b: _Builder) -> None:
         "base": (lambda p: p.base_href is not None, lambda p: setattr(p, "base_href", "/blog/2025/")),
     }
     for charset in ("none", "latin1", "wrong-header", "wrong-meta"):
-        features[charset] = (
-            lambda p, c=charset: p.charset == c,
-            lambda p, c=charset: setattr(p, "charset", c),
-        )
+        features[charset] = _charset_feature(charset)
     everything = [p for h in b.main.values() for p in h]
     for _name, (has, give) in features.items():
         if not any(has(p) for p in everything):

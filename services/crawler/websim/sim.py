@@ -48,9 +48,7 @@ class WebSim:
         site = web.TCPSite(runner, host, port)
         await site.start()
         try:
-            server = site._server  # aiohttp exposes the bound socket only here
-            assert server is not None and server.sockets
-            yield server.sockets[0].getsockname()[1]
+            yield runner.addresses[0][1]  # (host, port, ...) of the bound socket
         finally:
             await runner.cleanup()
 
