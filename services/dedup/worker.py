@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import Body, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -258,6 +258,14 @@ class StreamConsumer:
     async def ping(self) -> bool:
         return bool(await self.client.ping())
 
+    async def _read(self, start: str, block: int | None = None) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Up to 100 entries of our stream for our group from `start` ("0": our pending, ">": new)."""
+        s = self.settings
+        resp = await self.client.xreadgroup(s.group, s.consumer, {s.stream: start}, count=100, block=block)
+        # The RESP2 reply (redis-py's default protocol): [[stream, entries]], empty when none came.
+        streams = cast("list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]", resp or [])
+        return streams[0][1] if streams else []
+
     async def _handle(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         s = self.settings
         events = []
@@ -280,10 +288,8 @@ class StreamConsumer:
 
     async def _take_own_pending(self) -> None:
         """Our own pending entries first: a restart after a crash finishes what it had taken."""
-        s = self.settings
         while not self._stop.is_set():
-            resp = await self.client.xreadgroup(s.group, s.consumer, {s.stream: "0"}, count=100)
-            entries = resp[0][1] if resp else []
+            entries = await self._read("0")
             if not entries:
                 break
             await self._handle(entries)
@@ -333,10 +339,8 @@ class StreamConsumer:
                         )
                         if claimed and claimed[1]:
                             await self._handle([e for e in claimed[1] if e[1] is not None])
-                    resp = await self.client.xreadgroup(
-                        s.group, s.consumer, {s.stream: ">"}, count=100, block=500
-                    )
-                    for _stream, entries in resp or []:
+                    entries = await self._read(">", block=500)
+                    if entries:
                         await self._handle(entries)
                     if time.monotonic() - last_backlog > 2.0:
                         last_backlog = time.monotonic()
