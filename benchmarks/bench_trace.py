@@ -15,6 +15,10 @@ Workloads (deterministic, seeded):
 
 Both peers' results are checked against libs.trace's before anything is timed.
 
+Deep stacks: one sample ``--deep`` frames deep (default 100,000) written as collapsed stacks
+and as an SVG flame graph, CPU seconds per writer. Both must stay linear in the depth (they
+were quadratic: 15-60 s at depth 100k).
+
     .venv/bin/python benchmarks/bench_trace.py                 # default sizes, < 2 min
     .venv/bin/python benchmarks/bench_trace.py --events 1000000 --stack-lines 200000
 """
@@ -22,6 +26,7 @@ Both peers' results are checked against libs.trace's before anything is timed.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -37,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from libs.trace import CallTree, read_trace
+from libs.trace.writers import collapsed, svg
 
 NAMES = [f"fn{i}" for i in range(40)]
 
@@ -203,6 +209,27 @@ def stream_peak(path: str) -> int:
     return peak
 
 
+def deep_stack(depth: int, repeats: int) -> dict:
+    """CPU seconds to build the tree of one ``depth``-deep sample and to write it as collapsed
+    stacks and as SVG (median of ``repeats``)."""
+    line = ";".join(f"fn{i % 40}" for i in range(depth)) + " 1\n"
+    cpu = time.process_time()
+    tree = trace_collapsed([line])
+    build = time.process_time() - cpu
+    result: dict = {"depth": depth, "build_cpu_s": build}
+    for name, write in (
+        ("collapsed", lambda: collapsed.write(tree, io.StringIO(), unit="samples")),
+        ("svg", lambda: svg.render(tree, unit="samples")),
+    ):
+        cpus = []
+        for _ in range(repeats):
+            cpu = time.process_time()
+            write()
+            cpus.append(time.process_time() - cpu)
+        result[f"{name}_cpu_s"] = statistics.median(cpus)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="start/end log events (default 1M)")
@@ -210,6 +237,7 @@ def main() -> None:
         "--stack-lines", type=int, default=50_000, help="collapsed stack lines (default 50k, about 1M events)"
     )
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--deep", type=int, default=100_000, help="frames of the deep-stack sample")
     parser.add_argument("--out", default="reports/bench_trace.json")
     args = parser.parse_args()
 
@@ -261,6 +289,8 @@ def main() -> None:
                 f.writelines(startend_log(size, seed=3))
             memory.append({"events": size, "peak_bytes": stream_peak(path)})
 
+    deep = deep_stack(args.deep, 3)
+
     print()
     print(f"{'workload':17} {'implementation':20} {'events':>10} {'median s':>9} {'spread s':>13} "
           f"{'events/s':>11} {'cpu s':>6} {'cpu events/s':>12} {'ratio':>6}")  # fmt: skip
@@ -287,6 +317,11 @@ def main() -> None:
             f"peak {entry['peak_bytes'] / 1024:,.0f} KiB"
         )
 
+    print(
+        f"deep stack ({deep['depth']:,} frames), CPU s: build {deep['build_cpu_s']:.2f}, "
+        f"collapsed {deep['collapsed_cpu_s']:.2f}, svg {deep['svg_cpu_s']:.2f}"
+    )
+
     report = {
         "benchmark": "trace",
         "python": platform.python_version(),
@@ -295,6 +330,7 @@ def main() -> None:
         "repeats": args.repeats,
         "rows": rows,
         "streaming_memory": memory,
+        "deep_stack": deep,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
