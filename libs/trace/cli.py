@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import os
 import secrets
@@ -214,7 +215,8 @@ def write_output(path: str, write: Callable[[TextIO], object]) -> None:
     * A regular file (new, or replaced) is written next to it and renamed into place, so an
       input error half-way through (raised while the events stream) leaves no half file and
       an older good one untouched. A replaced file keeps its mode (and, where we may, owner);
-      a new one gets the umask's mode (0666 less the umask), as ``>`` in a shell would.
+      a new one gets the umask's mode (0666 less the umask), as ``>`` in a shell would; one
+      we may not write to is refused. (Other hard links to a replaced file keep the old text.)
     * A symbolic link is followed: its target is written (or created) that way; the link
       stays a link.
     * Anything else that exists (a character or block device such as /dev/null, a FIFO) is
@@ -232,6 +234,9 @@ def write_output(path: str, write: Callable[[TextIO], object]) -> None:
             write(out)
         return
     target = os.path.realpath(path) if os.path.islink(path) else path
+    if existing is not None and not os.access(target, os.W_OK):
+        # Renaming over it would work (the directory is writable), but `>` would refuse too.
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
     _replace(target, existing, write, shown=path)
 
 

@@ -344,3 +344,19 @@ def test_progress_on_a_terminal_counts_bytes_read_and_changes_nothing(
     assert code == 0
     assert err.getvalue().startswith("\rread 0 MB") and err.getvalue().endswith(" MB\n")
     assert out.getvalue() == cli("report", str(path), "--to", "collapsed")[1]
+
+
+def test_a_read_only_output_file_is_refused_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("keep me")
+    target.chmod(0o444)
+    if os.geteuid() == 0:  # root may write to any file: ask as a user would be answered
+        real_access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda path, mode: False if mode & os.W_OK else real_access(path, mode)
+        )
+    code, _, err = cli("report", "-", "-o", str(target), stdin=GOOD)
+    assert (code, err) == (2, f"error: {target}: Permission denied\n")
+    assert target.read_text() == "keep me"
