@@ -176,18 +176,19 @@ def resume_crawl(configuration: Configuration | None = None) -> dict[str, Any]:
 
 def websim_faults(
     share_of_hosts: float = 0.5,
-    hosts: int = 12,
     error_rate: float = 0.3,
     latency_ms: float = 0.0,
     configuration: Configuration | None = None,
 ) -> dict[str, Any]:
-    """Errors (HTTP 500) and latency on every other host of the drill's crawl."""
-    step = max(1, round(1 / share_of_hosts)) if share_of_hosts > 0 else hosts + 1
-    names = [f"h{i:04d}.sim.test" for i in range(0, hosts, step)]
+    """Errors (HTTP 500) and latency on a share of the drill's crawl hosts (every other one)."""
+    seeds = [httpx.URL(u).host for u in RECORD.state["crawl_body"]["seeds"]]
+    step = max(1, round(1 / share_of_hosts)) if share_of_hosts > 0 else len(seeds) + 1
+    names = seeds[::step]
     base = stack.url("websim", configuration)
     for name in names:
         body = {"host": name, "error_rate": error_rate, "latency_ms": latency_ms}
         httpx.post(f"{base}/faults", json=body, timeout=TIMEOUT).raise_for_status()
+    RECORD.state["faulty_hosts"] = names
     mark("fault_start")
     return {"hosts": names, "error_rate": error_rate, "latency_ms": latency_ms}
 
@@ -245,8 +246,17 @@ def set_proxy_enabled(proxy: str, enabled: bool, configuration: Configuration | 
     return r.json()
 
 
+def reset_proxies(configuration: Configuration | None = None) -> dict[str, Any]:
+    """Rollback: every proxy enabled, every toxic removed (Toxiproxy's POST /reset)."""
+    try:
+        httpx.post(f"{toxiproxy_url(configuration)}/reset", timeout=TIMEOUT)
+    except httpx.HTTPError as exc:
+        return {"reset": False, "error": str(exc)}
+    return {"reset": True}
+
+
 def remove_toxics(proxy: str, configuration: Configuration | None = None) -> dict[str, Any]:
-    """Rollback: remove every toxic of a proxy and enable it again."""
+    """Remove every toxic of a proxy and enable it again (the heal; marks fault_end)."""
     base = toxiproxy_url(configuration)
     removed = []
     r = httpx.get(f"{base}/proxies/{proxy}/toxics", timeout=TIMEOUT)
@@ -257,6 +267,40 @@ def remove_toxics(proxy: str, configuration: Configuration | None = None) -> dic
     httpx.post(f"{base}/proxies/{proxy}", json={"enabled": True}, timeout=TIMEOUT)
     mark("fault_end")
     return {"proxy": proxy, "removed": removed}
+
+
+def sink_hop(configuration: Configuration | None = None) -> str:
+    """The proxy on the crawler's page-event hop: to Redis when the stack runs it, else to dedup."""
+    from loadtests.drills.probes import service_healthy
+
+    return "crawler_redis" if service_healthy("redis", configuration) else "crawler_dedup"
+
+
+def toxic_for(
+    proxies: list[str],
+    toxic_type: str,
+    seconds: float,
+    attributes: dict[str, Any] | None = None,
+    stream: str = "upstream",
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """A toxic on each of these proxies for `seconds`, then removed (run it in the background)."""
+    for proxy in proxies:
+        add_toxic(proxy, toxic_type, attributes, stream, 1.0, configuration)
+    time.sleep(seconds)
+    for proxy in proxies:
+        remove_toxics(proxy, configuration)
+    return {"proxies": proxies, "toxic": toxic_type, "seconds": seconds}
+
+
+def partition_sink(
+    seconds: float = 20.0, toxic_type: str = "timeout", configuration: Configuration | None = None
+) -> dict:
+    """Cut the crawler -> page sink hop for `seconds` (a `timeout` toxic with timeout 0 holds every
+    byte, as behind a dead link; `reset_peer` answers each connection with a TCP reset)."""
+    return toxic_for(
+        [sink_hop(configuration)], toxic_type, seconds, {"timeout": 0}, "upstream", configuration
+    )
 
 
 def hold(seconds: float) -> dict[str, float]:

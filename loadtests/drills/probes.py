@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -255,25 +256,35 @@ def _served_pages(configuration: Configuration | None) -> set[str]:
     return urls
 
 
-def _indexed(urls: set[str], configuration: Configuration | None) -> set[str]:
+def _indexed(urls: set[str], configuration: Configuration | None) -> tuple[set[str], set[str]]:
+    """(URLs dedup's index knows, URLs it holds more than once: the same page counted twice)."""
     base = stack.url("dedup", configuration)
+    found, twice = set(), set()
     with httpx.Client(timeout=TIMEOUT) as http:
-        return {u for u in urls if http.get(f"{base}/v1/clusters", params={"url": u}).status_code == 200}
+        for u in urls:
+            r = http.get(f"{base}/v1/clusters", params={"url": u})
+            if r.status_code == 200:
+                found.add(u)
+                if sum(1 for m in r.json()["members"] if u in (m["url"], m.get("final_url"))) > 1:
+                    twice.add(u)
+    return found, twice
 
 
 def wait_events_delivered(timeout_s: float = 120.0, configuration: Configuration | None = None) -> dict:
     """Every page the drill's crawl fetched and emitted is in dedup's index, exactly once.
 
-    The crawl started on hosts dedup had never indexed, so each page of it must be new there:
-    lost = pages websim served whose URL dedup does not know after waiting for stragglers;
-    counted twice = the crawl's `pages_emitted` beyond the distinct pages served (an event sent
-    twice is re-indexed as a redelivery, which dedup counts).
+    The crawl started on hosts dedup had never indexed, so each of its pages must be new there:
+    lost = HTML pages websim served whose URL dedup does not know after waiting for stragglers;
+    counted twice = a URL that dedup's index holds as two pages (its cluster lists it twice).
     """
     served = _served_pages(configuration)
     deadline = time.monotonic() + timeout_s
     found: set[str] = set()
+    twice: set[str] = set()
     while time.monotonic() < deadline:
-        found |= _indexed(served - found, configuration)
+        more, more_twice = _indexed(served - found, configuration)
+        found |= more
+        twice |= more_twice
         if found >= served:
             break
         time.sleep(2 * POLL_S)
@@ -282,12 +293,68 @@ def wait_events_delivered(timeout_s: float = 120.0, configuration: Configuration
     figure("events_emitted", emitted)
     figure("pages_served", len(served))
     figure("events_lost", len(lost))
-    mark("events delivered")
+    figure("events_twice", len(twice))
+    at = mark("events delivered")
+    if "fault_end" in RECORD.marks:
+        figure("delivered_after_fault_end_s", since("fault_end", at))
+        RECORD.figures.setdefault("time_to_recover_s", RECORD.figures["delivered_after_fault_end_s"])
+    problems = []
     if lost:
-        raise ActivityFailed(
-            f"{len(lost)} of {len(served)} pages never reached dedup's index, e.g. {lost[:3]}"
-        )
+        problems.append(f"{len(lost)} of {len(served)} pages never reached dedup's index, e.g. {lost[:3]}")
+    if twice:
+        problems.append(f"{len(twice)} pages indexed twice, e.g. {sorted(twice)[:3]}")
+    if problems:
+        raise ActivityFailed("; ".join(problems))
     return {"served": len(served), "indexed": len(found), "emitted": emitted}
+
+
+def stays_healthy(services: list[str], configuration: Configuration | None = None) -> dict[str, Any]:
+    """Poll the services' health checks from fault_start to fault_end: a fault elsewhere must
+    not take them down (run it in the background beside the fault)."""
+    wait_for_mark("fault_start", 120)
+    checks = failures = 0
+    failed: Counter[str] = Counter()
+    while "fault_end" not in RECORD.marks:
+        for s in services:
+            checks += 1
+            if not service_healthy(s, configuration):
+                failures += 1
+                failed[s] += 1
+        time.sleep(POLL_S)
+    figure("health_checks_failed", f"{failures}/{checks}")
+    if failures:
+        raise ActivityFailed(f"health checks failed during the fault: {dict(failed)} of {checks}")
+    return {"checks": checks, "failed": 0}
+
+
+def retries_bounded(max_per_request: float = 0.5, configuration: Configuration | None = None) -> dict:
+    """The crawl's retries stay within a share of its requests (a retry budget, no retry storm)."""
+    stats = crawl_status(configuration)["stats"]
+    figure("retries", stats["retries"])
+    figure("requests", stats["requests"])
+    figure("failed_urls", stats["failed"])
+    if stats["retries"] > max_per_request * max(1, stats["requests"]):
+        raise ActivityFailed(
+            f"{stats['retries']} retries for {stats['requests']} requests: retries unbounded"
+        )
+    return {"retries": stats["retries"], "requests": stats["requests"]}
+
+
+def delays_widened(configuration: Configuration | None = None) -> dict[str, Any]:
+    """While hosts answer errors, the crawler backs off from them and not from the others:
+    the largest backoff multiplier of a faulty host exceeds that of every healthy host."""
+    hosts = _get("crawler", f"/v1/crawls/{RECORD.state['crawl_id']}/hosts", configuration)
+    faulty = set(RECORD.state.get("faulty_hosts", []))
+    slow = [h.get("backoff_multiplier", 1.0) for h in hosts if h["host"] in faulty]
+    fine = [h.get("backoff_multiplier", 1.0) for h in hosts if h["host"] not in faulty]
+    figure("backoff_faulty_hosts", round(max(slow, default=1.0), 2))
+    figure("backoff_healthy_hosts", round(max(fine, default=1.0), 2))
+    if max(slow, default=1.0) <= max(fine, default=1.0):
+        raise ActivityFailed(
+            f"backoff on hosts answering errors {max(slow, default=1.0)} <= on healthy hosts "
+            f"{max(fine, default=1.0)}: the crawler did not widen its delays"
+        )
+    return {"faulty": slow, "healthy": fine}
 
 
 # -- inference ---------------------------------------------------------------------------------
