@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_lru.py [--runs 5] [--ops 200000] [--json reports/bench_lru.json]
 
 Groups (each row: median ops/s over --runs timed runs after one warm-up run, min-max spread,
-and the ratio to the group's reference peer):
+the ratio to the group's reference peer, and the same median and ratio per CPU-second of the
+process, which on a loaded machine leaves out the time spent waiting for a core):
 
 * memoized function: calls of a memoized one-argument function (a hit returns the cached
   value, a miss calls the function and stores it). functools.lru_cache is C code; memoize
@@ -69,6 +70,10 @@ class Row:
     max_ops_s: float
     ratio: float = 1.0  # median / the reference peer's median in the same group and workload
     reference: str = ""
+    # The same per CPU-second of this process: on a loaded machine it leaves out the time the
+    # process waited for a core. Meaningless for rows that wait on the disk (fdatasync).
+    median_ops_cpu_s: float = 0.0
+    cpu_ratio: float = 1.0
 
 
 def key_stream(kind: str, n: int, seed: int = 7) -> list[int]:
@@ -378,20 +383,25 @@ def bench(runs: int, ops: int, progress: Callable[[str], None]) -> list[Row]:
         for _, factory, count in plan:
             factory()(keys[: min(count, 1000)])  # warm-up: imports, allocator, caches
         rates: dict[str, list[float]] = {name: [] for name, _, _ in plan}
+        cpu_rates: dict[str, list[float]] = {name: [] for name, _, _ in plan}
         # Round-robin, so that load changes on a shared machine hit every contender alike.
         for _ in range(runs):
             for name, factory, count in plan:
                 run = factory()
                 part = keys[:count]
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 run(part)
-                rates[name].append(count / (time.perf_counter() - t0))
+                t1, c1 = time.perf_counter(), time.process_time()
+                rates[name].append(count / (t1 - t0))
+                cpu_rates[name].append(count / max(c1 - c0, 1e-9))
         ref_name = plan[0][0]
         ref_median = statistics.median(rates[ref_name])
+        ref_cpu = statistics.median(cpu_rates[ref_name])
         for name, _, count in plan:
             r = rates[name]
-            med = statistics.median(r)
+            med, cpu = statistics.median(r), statistics.median(cpu_rates[name])
             rows.append(Row(group, workload, name, count, med, min(r), max(r), med / ref_median, ref_name))
+            rows[-1].median_ops_cpu_s, rows[-1].cpu_ratio = cpu, cpu / ref_cpu
     return rows
 
 
@@ -402,14 +412,14 @@ def _ratio(r: float) -> str:
 def table(rows: list[Row]) -> str:
     head = (
         f"{'group':<20} {'keys':<8} {'implementation':<26} {'median ops/s':>13} "
-        f"{'min-max ops/s':>21} {'ratio':>6}  vs"
+        f"{'min-max ops/s':>21} {'ratio':>6} {'ops/CPU-s':>11} {'ratio':>6}  vs"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         spread = f"{r.min_ops_s:,.0f}-{r.max_ops_s:,.0f}"
         lines.append(
             f"{r.group:<20} {r.workload:<8} {r.impl:<26} {r.median_ops_s:>13,.0f} {spread:>21} "
-            f"{_ratio(r.ratio):>6}  {r.reference}"
+            f"{_ratio(r.ratio):>6} {r.median_ops_cpu_s:>11,.0f} {_ratio(r.cpu_ratio):>6}  {r.reference}"
         )
     return "\n".join(lines)
 
