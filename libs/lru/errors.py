@@ -26,9 +26,11 @@ class SnapshotCorrupt(PersistenceError):
 
 
 class LogCorrupt(PersistenceError):
-    """The log is damaged somewhere other than its tail (its header, or a record whose
-    checksum is right but whose content cannot be decoded). A damaged tail is not an error:
-    it is cut off on open."""
+    """The log is damaged somewhere other than its tail: its header, a record whose checksum
+    is right but whose content cannot be decoded, or a damaged record followed by a record
+    written after it was durable (so no crash explains the damage, and cutting there would drop
+    acknowledged records). The message names the file and the offset; nothing was changed.
+    A torn tail is not an error: it is cut off on open."""
 
     def describe(self) -> str:
         return "corrupt LRU log"
