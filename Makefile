@@ -30,6 +30,7 @@ lint:  ## ruff, the import contracts of ARCHITECTURE.md (import-linter), mypy, v
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/vulture
 
 format:
