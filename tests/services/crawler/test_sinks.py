@@ -77,3 +77,51 @@ async def test_http_sink_batches_and_retries_server_errors() -> None:
     finally:
         await runner.cleanup()
     assert sorted(e["url"] for e in received) == sorted(f"http://h.sim.test/{i}" for i in range(10))
+
+
+async def test_http_sink_keeps_events_while_dedup_is_unreachable_and_drops_only_refused_ones(
+    tmp_path: Path,
+) -> None:
+    """Nothing listens at first (crawler->dedup partition): events wait in the outbox. Then the
+    receiver comes up; it refuses one event as invalid (422): that one is dropped and counted,
+    every other one is delivered once."""
+    import asyncio
+
+    from services.crawler import metrics
+    from tests.conftest import free_port
+
+    received: list[str] = []
+
+    async def pages(request: web.Request) -> web.Response:
+        events = (await request.json())["events"]
+        if any(e["url"].endswith("/7") for e in events):
+            return web.json_response({"error": {"field": "body.events.0.url"}}, status=422)
+        received.extend(e["url"] for e in events)
+        return web.json_response({"accepted": len(events)})
+
+    port = free_port()
+    sink = open_sink(f"http://127.0.0.1:{port}/v1/pages", outbox=tmp_path / "outbox.sqlite")
+    assert isinstance(sink, OutboxSink)
+    sink.backoff_max = 0.2
+    lost0 = metrics.EVENTS_LOST._value.get()
+    for i in range(20):
+        await sink.emit(_event(i))
+    deadline = asyncio.get_running_loop().time() + 30
+    while sink.failures < 2:
+        assert asyncio.get_running_loop().time() < deadline, "no failed send while unreachable"
+        await asyncio.sleep(0.02)
+    assert len(sink.outbox) == 20
+    app = web.Application()
+    app.router.add_post("/v1/pages", pages)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        while len(sink.outbox):
+            assert asyncio.get_running_loop().time() < deadline + 30, "outbox not drained"
+            await asyncio.sleep(0.02)
+        await sink.close()
+    finally:
+        await runner.cleanup()
+    assert sorted(received) == sorted(f"http://h.sim.test/{i}" for i in range(20) if i != 7)
+    assert sink.lost == 1 and metrics.EVENTS_LOST._value.get() == lost0 + 1
