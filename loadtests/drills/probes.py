@@ -94,9 +94,15 @@ def _alerts(alertname: str, configuration: Configuration | None) -> list[tuple[s
     return [(a["labels"]["alertname"], a["state"]) for a in alerts if a["labels"].get("alertname") in names]
 
 
-def alert_inactive(alertname: str, configuration: Configuration | None = None) -> bool:
-    """No instance of the alert is pending or firing (steady state)."""
-    return not alert_states(alertname, configuration)
+def alert_inactive(alertname: str, wait_s: float = 0.0, configuration: Configuration | None = None) -> bool:
+    """No instance of the alert is pending or firing (steady state). With wait_s, give an alert
+    left over from an earlier drill that long to resolve (alerts over 5m windows outlive a fault)."""
+    deadline = time.monotonic() + wait_s
+    while alert_states(alertname, configuration):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_S)
+    return True
 
 
 def alert_rules(configuration: Configuration | None = None) -> dict[str, dict[str, Any]]:
