@@ -40,7 +40,7 @@ from services.crawler.store_sqlite import SQLiteOutbox
 log = logging.getLogger("services.crawler.sinks")
 STREAM_KEY = "pg:pages"
 ID_KEY_PREFIX = "pg:pages:ids:"  # + event id: the stream entry id it was added as
-DEFAULT_OUTBOX_ROWS = 100_000
+DEFAULT_OUTBOX_ROWS = 50_000  # page events (with their text): tens of MB to a few hundred on disk
 
 
 class PageSink(Protocol):
@@ -137,11 +137,13 @@ class RedisTransport:
         *,
         stream: str = STREAM_KEY,
         maxlen: int = 1_000_000,
-        id_ttl: int = 7 * 24 * 3600,
+        id_ttl: int = 6 * 3600,
         timeout: float = 5.0,
     ) -> None:
         import redis.asyncio as aioredis
 
+        # id_ttl: how long an event id is remembered (about 130 bytes of Redis memory each): a
+        # resend later than that adds a second entry, which dedup still indexes once (per URL).
         # Timeouts matter: a stopped (SIGSTOP) Redis accepts connections and never answers.
         self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._script = self._redis.register_script(_XADD_ONCE)
