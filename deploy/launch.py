@@ -16,8 +16,8 @@ Supervision. Once the stack is up, each child is supervised by its compose `rest
 `on-failure[:N]` restarts it only after a non-zero exit (at most N times in a row). Restarts back
 off exponentially (0.5 s, 1 s, 2 s, ... capped at 30 s; the count of consecutive restarts resets
 once a child has stayed up 10 s). Every exit and restart is logged on the launcher's output and
-counted on its own /metrics (127.0.0.1:9097 + port offset, scraped by the local Prometheus as job
-`launcher`):
+counted on its own /metrics (127.0.0.1:9097 + port offset, or a free port when that one is taken
+and --metrics-port was not given; scraped by the local Prometheus as job `launcher`):
 
     launcher_service_up{service}              1 while the child runs and has passed its health check
     launcher_service_restarts_total{service}  restarts the launcher made
@@ -483,6 +483,7 @@ def parse_args(argv: list[str] | None) -> Namespace:
     args = parser.parse_args(argv)
     if args.duration is not None and args.duration <= 0:
         raise UsageError(f"--duration: expected a positive number of seconds, got {args.duration}")
+    args.metrics_port_given = args.metrics_port is not None
     if args.metrics_port is None:
         args.metrics_port = METRICS_PORT + args.port_offset
     if not 0 <= args.metrics_port <= 65535:
@@ -524,8 +525,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics.serve(args.metrics_port, lambda: stack.status)
     except OSError as exc:
-        print(f"error: --metrics-port {args.metrics_port}: {exc.strerror}", file=sys.stderr)
-        return 1
+        if args.metrics_port_given:
+            print(f"error: --metrics-port {args.metrics_port}: {exc.strerror}", file=sys.stderr)
+            return 1
+        # The default port (9097 + offset) is taken, e.g. by a shifted test stack's neighbour:
+        # serve on a free port instead; the banner and the Prometheus scrape job name it.
+        metrics.serve(0, lambda: stack.status)
+        assert metrics.server is not None
+        print(f"  note: port {args.metrics_port} is taken ({exc.strerror}); supervisor on a free port")
+        args.metrics_port = stack.metrics_port = metrics.server.server_address[1]
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -309,6 +309,10 @@ class Proxy:
                 log.info("proxy %s: upstream %s unreachable: %s", self.name, self.upstream, exc)
                 writer.close()
                 return
+            if self._server is None:  # disabled while this connection was being set up
+                upstream[1].close()
+                writer.close()
+                return
             conn = Connection(self, (reader, writer), upstream)
             self.connections.add(conn)
             try:

@@ -163,8 +163,8 @@ def test_reset_peer_with_zero_toxicity_never_applies(proxy):
 
 def test_timeout_drops_data_then_closes(proxy):
     proxy.add_toxic(type="timeout", attributes={"timeout": 300})
+    start = time.monotonic()  # before connecting: the proxy's timer starts after its accept
     with closing(connect(proxy)) as sock:
-        start = time.monotonic()
         sock.sendall(b"ping")
         assert read_until_closed(sock) == b""  # nothing came back, then the proxy closed it
         assert time.monotonic() - start >= 0.3
@@ -207,6 +207,8 @@ def test_bandwidth_limits_the_rate(proxy):
 
 def test_disable_refuses_and_drops_connections_enable_restores(proxy):
     held = connect(proxy)
+    held.sendall(b"x")
+    assert held.recv(1) == b"x"  # accepted and connected upstream: a live connection to drop
     with proxy.down():
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port_of(proxy)), timeout=5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,14 @@ import psutil
 import pytest
 import yaml
 
-from deploy.launch import RestartPolicy, StackError, add_launcher_scrape_job, backoff_s, with_dependencies
+from deploy.launch import (
+    METRICS_PORT,
+    RestartPolicy,
+    StackError,
+    add_launcher_scrape_job,
+    backoff_s,
+    with_dependencies,
+)
 from deploy.topology import ROOT, load_compose, local_services, write_localised_files
 from tests.conftest import free_port, need_binary
 
@@ -223,3 +231,30 @@ def test_the_local_prometheus_scrapes_the_launcher(tmp_path: Path):
         [need_binary("promtool"), "check", "config", str(config)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_taken_default_metrics_port_does_not_stop_the_stack(tmp_path: Path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        offset = busy.getsockname()[1] - METRICS_PORT  # 9097 + offset is taken
+        for _ in range(100):  # bounded: a service port that stays valid and free once shifted
+            port = free_port()
+            if 1024 <= port - offset <= 65535:
+                break
+        compose = {"services": {"a": http_service(port - offset, "always")}}
+        compose_file = tmp_path / "compose.yml"
+        compose_file.write_text(yaml.safe_dump(compose))
+        proc = launcher("--compose-file", str(compose_file), "--port-offset", str(offset), var_dir=tmp_path)
+        try:
+            lines = wait_for_line(proc, "stack up")
+            assert any("is taken" in line for line in lines), "".join(lines)
+            supervisor = int(re.search(r"supervisor: http://127\.0\.0\.1:(\d+)", lines[-1])[1])
+            assert supervisor != busy.getsockname()[1]
+            assert scrape(supervisor)[("launcher_service_up", "a")] == 1
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
