@@ -4,6 +4,7 @@
     python -m loadtests.drills NAME [NAME ...]     run these, print PASS/FAIL and the evidence
     python -m loadtests.drills --all               run every drill, print one table
     --port-offset N                                the stack runs with `deploy.launch --port-offset N`
+    --var-dir DIR                                  ... and `--var-dir DIR` (the disk-full drill mounts there)
     --out DIR                                      evidence goes to DIR/<name>/ (default reports/drills)
 
 Exit 0 when every drill run passed (SKIP counts as not passed: exit 1), 2 on bad input.
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="drills to run (default: list them)")
     parser.add_argument("--all", action="store_true", help="run every drill")
     parser.add_argument("--port-offset", type=int, default=0, help="the stack's --port-offset")
+    parser.add_argument("--var-dir", type=Path, default=None, help="the stack's --var-dir (default var/)")
     parser.add_argument("--out", type=Path, default=runner.REPORTS, help="evidence folder")
     try:
         args = parser.parse_args(argv)
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<26} {experiment['title']}")
         print("\nrun one: make drill NAME=<drill>   all: make drills")
         return 0
-    configuration = {"port_offset": args.port_offset}
+    configuration = {"port_offset": args.port_offset, "var_dir": str(args.var_dir) if args.var_dir else None}
     outcomes = []
     for name in names:
         print(f"drill {name} ...", flush=True)

@@ -13,14 +13,17 @@ import asyncio
 import os
 import signal
 import statistics
+import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 from chaoslib.exceptions import ActivityFailed
 
+from deploy.topology import ROOT
 from loadtests.drills import stack
 from loadtests.drills.record import RECORD, figure, mark, since
 
@@ -161,6 +164,10 @@ def resume_crawl(configuration: Configuration | None = None) -> dict[str, Any]:
     crawl_id, body = RECORD.state["crawl_id"], RECORD.state["crawl_body"]
     base = stack.url("crawler", configuration)
     status = httpx.get(f"{base}/v1/crawls/{crawl_id}", timeout=TIMEOUT)
+    if status.status_code == 200 and status.json()["state"] == "paused":
+        httpx.post(f"{base}/v1/crawls/{crawl_id}/resume", timeout=TIMEOUT).raise_for_status()
+        figure("resumed_by", "the drill (POST /v1/crawls/{id}/resume)")
+        return {"crawl_id": crawl_id, "resumed": True}
     if status.status_code == 200 and status.json()["state"] in ("pending", "running", "finished"):
         figure("resumed_by", "the crawler")
         return {"crawl_id": crawl_id, "resumed": False, "state": status.json()["state"]}
@@ -169,6 +176,68 @@ def resume_crawl(configuration: Configuration | None = None) -> dict[str, Any]:
         raise ActivityFailed(f"crawl {crawl_id} not resumed: {r.status_code} {r.text[:200]}")
     figure("resumed_by", "the drill (POST /v1/crawls?crawl_id=)")
     return {"crawl_id": crawl_id, "resumed": True}
+
+
+# -- a full disk (root only: a small tmpfs over the crawler's data directory) -----------------
+
+
+def crawler_data_dir(configuration: Configuration | None = None) -> Path:
+    """Where `make run` keeps the crawler's stores and WARC files (compose volume crawler-data)."""
+    var_dir = Path((configuration or {}).get("var_dir") or ROOT / "var")
+    return var_dir / "crawler" / "crawler-data"
+
+
+def small_disk(size_mb: int = 16, configuration: Configuration | None = None) -> dict[str, Any]:
+    """Mount a `size_mb` tmpfs over the crawler's data directory: crawls started from now on keep
+    their store and WARC files there (those already open stay where they are)."""
+    path = crawler_data_dir(configuration)
+    if not path.is_dir():
+        raise ActivityFailed(f"no crawler data directory at {path} (pass the stack's --var-dir)")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise ActivityFailed(f"mount tmpfs on {path}: {done.stderr.strip()}")
+    RECORD.state["small_disk"] = str(path)
+    return {"mounted": str(path), "size_mb": size_mb}
+
+
+def fill_disk(configuration: Configuration | None = None) -> dict[str, Any]:
+    """Fill the small disk to the last byte (a filler file, written until ENOSPC)."""
+    path = Path(RECORD.state["small_disk"]) / "drill-filler"
+    written = 0
+    chunk = b"\0" * 65536
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+                written += len(chunk)
+        except OSError:
+            pass
+    mark("fault_start")
+    figure("filler_mb", round(written / 2**20, 1))
+    return {"filler_bytes": written}
+
+
+def free_disk(configuration: Configuration | None = None) -> dict[str, Any]:
+    """Space returns: the filler file is removed."""
+    path = Path(RECORD.state.get("small_disk", "/nonexistent")) / "drill-filler"
+    path.unlink(missing_ok=True)
+    mark("fault_end")
+    return {"freed": str(path)}
+
+
+def remove_small_disk(configuration: Configuration | None = None) -> dict[str, Any]:
+    """Rollback: free the space and unmount the tmpfs (lazily: the crawler may hold a file open)."""
+    mounted = RECORD.state.pop("small_disk", None)
+    if mounted is None:
+        return {"unmounted": None}
+    (Path(mounted) / "drill-filler").unlink(missing_ok=True)
+    subprocess.run(["umount", "-l", mounted], capture_output=True, check=False)
+    return {"unmounted": mounted}
 
 
 # -- websim faults (its own admin API) ---------------------------------------------------------

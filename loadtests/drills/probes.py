@@ -234,6 +234,72 @@ def crawl_polite(configuration: Configuration | None = None) -> dict[str, Any]:
     return verdict
 
 
+def crawl_stops_with_clear_error(
+    timeout_s: float = 60.0, pause_only: bool = True, configuration: Configuration | None = None
+) -> dict:
+    """On a full disk the crawl stops taking new work and says why (not a silent stall): its
+    state turns paused (or failed, unless pause_only) with an error naming the disk."""
+    deadline = time.monotonic() + timeout_s
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = crawl_status(configuration)
+        error = str(status.get("error") or "")
+        if status["state"] in ("paused", "failed") or error:
+            at = mark("detected")
+            figure("time_to_detect_s", since("fault_start", at))
+            figure("crawl_state_on_full_disk", status["state"])
+            figure("crawl_error", error[:120] or "-")
+            if not any(w in error.lower() for w in ("space", "disk", "full")):
+                raise ActivityFailed(
+                    f"the crawl stopped ({status['state']}) without naming the disk: {error!r}"
+                )
+            if pause_only and status["state"] != "paused":
+                raise ActivityFailed(
+                    f"the crawl ended {status['state']!r} on a full disk ({error[:80]}): a pause was "
+                    "expected, one that resumes when space returns"
+                )
+            return {"state": status["state"], "error": error}
+        if status["state"] == "finished":
+            break
+        time.sleep(POLL_S)
+    figure("crawl_state_on_full_disk", status.get("state"))
+    raise ActivityFailed(f"the crawl went on as {status.get('state')!r} with a full disk and no error")
+
+
+def wait_crawl_resumes(timeout_s: float = 30.0, configuration: Configuration | None = None) -> dict:
+    """After the space returns the crawl runs again by itself (no operator action)."""
+    deadline = time.monotonic() + timeout_s
+    state = None
+    while time.monotonic() < deadline:
+        state = crawl_status(configuration)["state"]
+        if state in ("running", "finished"):
+            at = mark("recovered")
+            figure("time_to_recover_s", since("fault_end", at))
+            return {"state": state}
+        time.sleep(POLL_S)
+    raise ActivityFailed(f"the crawl stayed {state!r} {timeout_s:.0f}s after space returned")
+
+
+def store_intact(configuration: Configuration | None = None) -> dict[str, Any]:
+    """The crawl's SQLite store passes `PRAGMA integrity_check` (read-only, from outside)."""
+    import sqlite3
+
+    from loadtests.drills.actions import crawler_data_dir
+
+    path = crawler_data_dir(configuration) / f"{RECORD.state['crawl_id']}.sqlite"
+    if not path.exists():
+        raise ActivityFailed(f"no store at {path}")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        result = db.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        db.close()
+    figure("store_integrity", result)
+    if result != "ok":
+        raise ActivityFailed(f"store {path.name} corrupted: {result}")
+    return {"store": str(path), "integrity_check": result}
+
+
 # -- dedup -------------------------------------------------------------------------------------
 
 

@@ -93,6 +93,10 @@ def missing_needs(needs: list[str], configuration: dict[str, Any]) -> list[str]:
 
             if os.geteuid() != 0:
                 missing.append("root (the drill mounts a small tmpfs)")
+            elif not actions.crawler_data_dir(configuration).is_dir():
+                missing.append(
+                    f"the crawler's data dir {actions.crawler_data_dir(configuration)} (--var-dir)"
+                )
         elif need not in ("redis", "faultproxy", "root") and not probes.service_healthy(need, configuration):
             missing.append(f"{need} (not answering)")
     return missing
