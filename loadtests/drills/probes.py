@@ -9,7 +9,9 @@ and the drill's verdict is FAIL, with the probe's message as the evidence.
 
 from __future__ import annotations
 
+import itertools
 import json
+import statistics
 import time
 from collections import Counter
 from typing import Any
@@ -413,20 +415,35 @@ def retries_bounded(max_per_request: float = 0.5, configuration: Configuration |
 
 
 def delays_widened(configuration: Configuration | None = None) -> dict[str, Any]:
-    """While hosts answer errors, the crawler backs off from them and not from the others:
-    the largest backoff multiplier of a faulty host exceeds that of every healthy host."""
-    hosts = _get("crawler", f"/v1/crawls/{RECORD.state['crawl_id']}/hosts", configuration)
+    """The crawler backs off from a host that answers errors: on the hosts with faults, the gap
+    before the next request is longer after a 5xx than after a success (websim's log, per host)."""
+    r = httpx.get(f"{stack.url('websim', configuration)}/log", timeout=httpx.Timeout(30.0))
+    r.raise_for_status()
     faulty = set(RECORD.state.get("faulty_hosts", []))
-    slow = [h.get("backoff_multiplier", 1.0) for h in hosts if h["host"] in faulty]
-    fine = [h.get("backoff_multiplier", 1.0) for h in hosts if h["host"] not in faulty]
-    figure("backoff_faulty_hosts", round(max(slow, default=1.0), 2))
-    figure("backoff_healthy_hosts", round(max(fine, default=1.0), 2))
-    if max(slow, default=1.0) <= max(fine, default=1.0):
+    by_host: dict[str, list[dict[str, Any]]] = {}
+    for line in r.text.splitlines():
+        entry = json.loads(line) if line else {}
+        if entry.get("host") in faulty:
+            by_host.setdefault(entry["host"], []).append(entry)
+    after_error, after_ok = [], []
+    for entries in by_host.values():
+        entries.sort(key=lambda e: e["ts"])
+        for a, b in itertools.pairwise(entries):
+            (after_error if a["status"] >= 500 else after_ok if a["status"] < 400 else []).append(
+                b["ts"] - a["ts"]
+            )
+    if not after_error or not after_ok:
         raise ActivityFailed(
-            f"backoff on hosts answering errors {max(slow, default=1.0)} <= on healthy hosts "
-            f"{max(fine, default=1.0)}: the crawler did not widen its delays"
+            f"too few requests on the faulty hosts to judge ({len(after_error)} after a 5xx)"
         )
-    return {"faulty": slow, "healthy": fine}
+    err, ok = statistics.median(after_error), statistics.median(after_ok)
+    figure("gap_after_5xx_s", round(err, 2))
+    figure("gap_after_2xx_s", round(ok, 2))
+    if err <= ok:
+        raise ActivityFailed(
+            f"median gap after a 5xx {err:.2f} s <= after a success {ok:.2f} s: the crawler did not back off"
+        )
+    return {"after_5xx_s": err, "after_2xx_s": ok, "pairs": len(after_error) + len(after_ok)}
 
 
 # -- inference ---------------------------------------------------------------------------------
