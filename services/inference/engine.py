@@ -146,9 +146,10 @@ class Engine:
             self._submitted_since[seq.klass] += seq.num_tokens + seq.max_tokens
             self._wake.notify()
 
-    def cancel(self, seq: Sequence) -> None:
+    def cancel(self, seq: Sequence, reason: str = "cancelled") -> None:
+        """Finish `seq` at the next step with `reason` (a stop string matched: "stop")."""
         seq.cancelled = True
-        self._command("cancel", seq)
+        self._command("cancel", (seq, reason))
 
     def abort_all(self, reason: str = "aborted") -> None:
         """Finish every live sequence at the next step (kill switch)."""
@@ -229,7 +230,7 @@ class Engine:
                 if arg.cancelled:  # cancelled before it was ever seen
                     self._end(arg, "cancelled")
             elif kind == "cancel":
-                self._end(arg, "cancelled")
+                self._end(*arg)
             elif kind == "abort_all":
                 for seq in list(self._live.values()):
                     self._end(seq, arg)

@@ -1,8 +1,17 @@
 """Errors the inference operations raise, independent of transport.
 
-HTTP (api.py) and gRPC (grpc_server.py) each translate them at one seam: the HTTP status,
-`type`, `field` and Retry-After map straight to the JSON error body; gRPC maps the status to a
-status code and puts retry-after in the trailing metadata.
+HTTP (api.py) and gRPC (grpc_server.py) each translate them at one seam. HTTP answers in the
+OpenAI API's error shape, `openai_error()`:
+
+    {"error": {"message", "type", "param", "code", "field"}}
+
+`type` is OpenAI's category (invalid_request_error, requests/tokens for rate limits,
+server_error), `code` the specific reason (invalid_api_key, model_not_found,
+rate_limit_exceeded, context_length_exceeded, overloaded, ...), `param` the request field
+(`max_tokens`, `messages.0.content`) or null, and `field` the same location with its part
+(`body.max_tokens`, `header.authorization`), as the project's other services name it.
+429/503 carry Retry-After. gRPC maps the status to a status code and puts retry-after in the
+trailing metadata.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ class InferenceError(Exception):
         field: str | None = None,
         retry_after: float | None = None,
         reason: str | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -30,11 +40,46 @@ class InferenceError(Exception):
         self.field = field
         self.retry_after = retry_after
         self.reason = reason or type
+        self.code = code
 
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
         return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+    def openai_error(self) -> dict[str, object]:
+        """The body of the HTTP answer, in the OpenAI API's shape."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": openai_type(self.status, self.reason),
+                "param": param_of(self.field),
+                "code": self.code or _CODES.get(self.status) or self.reason,
+                "field": self.field,
+            }
+        }
+
+
+_CODES = {401: "invalid_api_key", 429: "rate_limit_exceeded", 413: "context_length_exceeded"}
+
+
+def openai_type(status: int, reason: str = "") -> str:
+    """OpenAI's error category for an HTTP status."""
+    if status == 429:
+        return "tokens" if "token" in reason else "requests"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def param_of(field: str | None) -> str | None:
+    """`body.messages.0.content` -> `messages.0.content`; headers/query/path -> their name."""
+    if not field:
+        return None
+    part, _, rest = field.partition(".")
+    if part in ("body", "query", "path", "header") and rest:
+        return None if part == "header" else rest
+    return field
 
 
 class InvalidRequest(InferenceError):
@@ -49,7 +94,12 @@ class Unauthenticated(InferenceError):
 
     def __init__(self, message: str = "missing or unknown API key") -> None:
         super().__init__(
-            401, "unauthenticated", message, field="header.authorization", reason="unauthenticated"
+            401,
+            "unauthenticated",
+            message,
+            field="header.authorization",
+            reason="unauthenticated",
+            code="invalid_api_key",
         )
 
 

@@ -11,27 +11,32 @@ import contextlib
 import math
 import time
 import uuid
+import weakref
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import TypedDict
 
 from services.inference import metrics as m
 from services.inference.admission import Admission, TenantConfig, Ticket
+from services.inference.chat import DEFAULT_STOP as DEFAULT_CHAT_STOP
 from services.inference.embeddings import DIMENSION as EMBEDDING_DIMENSION
 from services.inference.embeddings import EmbeddingBatcher
 from services.inference.engine import Engine
 from services.inference.errors import InferenceError, InvalidRequest, Overloaded
 from services.inference.model.sampling import SamplingParams
-from services.inference.model.tokenizer import ByteTokenizer, StreamDecoder
+from services.inference.model.tokenizer import BOS, EOS, PAD, ByteTokenizer, StreamDecoder
 from services.inference.sequence import CLASSES, Sequence
 
 MAX_SCORE_CANDIDATES = 32
 EMBED_LOAD_WAIT_S = 30.0
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
+MAX_STOP = 4  # stop strings per request, as the OpenAI API allows
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass
 class CompletionParams:
-    prompt: str
+    prompt: str = ""
     max_tokens: int = 16
     temperature: float = 0.0
     top_p: float = 1.0
@@ -40,14 +45,32 @@ class CompletionParams:
     deadline_ms: int | None = None
     ignore_eos: bool = False
     model: str | None = None
+    prompt_ids: list[int] | None = None  # an already tokenised prompt (wins over `prompt`)
+    stop: list[str] = field(default_factory=list)
+    extra_stop: tuple[str, ...] = ()  # the server's own (the default chat template's end of turn)
+    logprobs: int | None = None  # record each token's log-prob and this many alternatives
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    user: str | None = None
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's log-prob (raw model distribution) and its top alternatives."""
+
+    token: str
+    bytes: list[int]
+    logprob: float | None  # None: the first prompt token (echo), which nothing predicts
+    top: list[tuple[str, list[int], float]]
 
 
 @dataclass
 class Piece:
-    """One streamed token."""
+    """One streamed token (text may be "" while a UTF-8 character or a stop prefix is held)."""
 
     text: str
     token_id: int
+    logprob: TokenLogprob | None = None
 
 
 @dataclass
@@ -77,8 +100,76 @@ class CandidateScore(TypedDict):
     token_logprobs: list[float]
 
 
+def _renormalised(v: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in v))
+    return [x / norm for x in v] if norm > 0 else v
+
+
 def _ms(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round((b - a) * 1000, 3)
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text, across token boundaries.
+
+    Text is released as soon as it cannot be the start of a stop string; a suffix that is a
+    proper prefix of one is held until the next piece decides. `feed` returns the text to
+    release and whether a stop string was found (the text before it is released, the stop
+    string and everything after are dropped).
+    """
+
+    def __init__(self, stops: list[str] | tuple[str, ...]) -> None:
+        self.stops = [s for s in stops if s]
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        buf = self._held + text
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self._held = ""
+            return buf[: min(hits)], True
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(buf)), hold, -1):
+                if buf.endswith(s[:k]):
+                    hold = k
+                    break
+        self._held = buf[len(buf) - hold :] if hold else ""
+        return buf[: len(buf) - hold], False
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+
+class _ChoiceText:
+    """Token ids -> released text pieces for one sequence: UTF-8 reassembly, stop strings."""
+
+    def __init__(self, gateway: Gateway, seq: Sequence, stop: tuple[str, ...]) -> None:
+        self.gateway = gateway
+        self.seq = seq
+        self.decoder = StreamDecoder()
+        self.matcher = StopMatcher(stop) if stop else None
+        self.consumed = 0
+        self.stopped = False
+
+    def token(self, tok: int) -> Piece | None:
+        """The piece for the next generated token (None for special tokens)."""
+        index = self.consumed
+        self.consumed += 1
+        if self.gateway.is_special(tok):
+            return None
+        text = self.decoder.feed(tok)
+        if self.matcher is not None:
+            text, self.stopped = self.matcher.feed(text)
+        return Piece(text, tok, self.gateway.logprob_of(self.seq, index, tok))
+
+    def tail(self) -> str:
+        text = self.decoder.flush()
+        if self.matcher is None:
+            return text
+        text, self.stopped = self.matcher.feed(text)
+        return text if self.stopped else text + self.matcher.flush()
 
 
 class Gateway:
@@ -99,6 +190,46 @@ class Gateway:
         self._embedder = embedder
         self._embedder_loading = embedder_loading
         self.embed_model_name = embed_model_name
+        # Chat: a checkpoint's own template and special tokens replace these (chat.py).
+        self.chat_template: str | None = None
+        self.chat_special_tokens: dict[str, str] = {"bos_token": "", "eos_token": ""}
+        self.chat_stop: tuple[str, ...] = DEFAULT_CHAT_STOP
+        self.created = int(time.time())
+        self._stops: weakref.WeakKeyDictionary[Sequence, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+    # -- tokens ------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return int(self.engine.model.cfg.vocab_size)
+
+    def is_special(self, tok: int) -> bool:
+        """Tokens with no text (BOS, EOS, PAD): neither streamed nor given log-probs."""
+        return tok >= 256
+
+    def token_bytes(self, tok: int) -> list[int]:
+        return [tok] if tok < 256 else []
+
+    def token_text(self, tok: int) -> str:
+        """A token as OpenAI's logprobs show it: its text, or `bytes:\\xNN` when not UTF-8 alone."""
+        if self.is_special(tok):
+            return {BOS: "<|bos|>", EOS: "<|eos|>", PAD: "<|pad|>"}.get(tok, f"<|{tok}|>")
+        raw = bytes(self.token_bytes(tok))
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+    def logprob_of(self, seq: Sequence, index: int, tok: int) -> TokenLogprob | None:
+        rec = seq.sampling.recorded
+        if seq.sampling.logprobs is None or index >= len(rec):
+            return None
+        lp, alts = rec[index]
+        return TokenLogprob(
+            self.token_text(tok),
+            self.token_bytes(tok),
+            lp,
+            [(self.token_text(t), self.token_bytes(t), v) for t, v in alts],
+        )
 
     # -- models ------------------------------------------------------------------------------
     def models(self) -> list[dict[str, object]]:
@@ -106,6 +237,7 @@ class Gateway:
             {
                 "id": self.model_name,
                 "object": "model",
+                "created": self.created,
                 "owned_by": "proving-ground",
                 "kind": "generation",
                 "config": self.engine.model.cfg.to_dict(),
@@ -116,6 +248,7 @@ class Gateway:
                 {
                     "id": self.embed_model_name,
                     "object": "model",
+                    "created": self.created,
                     "owned_by": "sentence-transformers",
                     "kind": "embedding",
                     "dimension": EMBEDDING_DIMENSION,
@@ -123,18 +256,33 @@ class Gateway:
             )
         return out
 
+    def model(self, model_id: str) -> dict[str, object]:
+        for entry in self.models():
+            if entry["id"] == model_id:
+                return entry
+        raise InferenceError(
+            404,
+            "not_found",
+            f"the model {model_id!r} does not exist",
+            field="path.model",
+            reason="model_not_found",
+            code="model_not_found",
+        )
+
     def _check_model(self, model: str | None, expected: str) -> None:
         if model not in (None, "", expected):
-            raise InvalidRequest(
+            raise InferenceError(
+                404,
+                "not_found",
                 f"model {model!r} is not served here (try {expected!r})",
-                "body.model",
-                status=404,
+                field="body.model",
                 reason="model_not_found",
+                code="model_not_found",
             )
 
     # -- generation --------------------------------------------------------------------------
-    def prepare(self, tenant: TenantConfig, p: CompletionParams) -> tuple[Sequence, Ticket]:
-        """Validate and admit (raises on rejection); run the result with `stream()`."""
+    def validate(self, p: CompletionParams) -> None:
+        """Checks that need no admission: every transport gets the same 400s."""
         self._check_model(p.model, self.model_name)
         if p.priority not in CLASSES:
             raise InvalidRequest(f"priority must be one of {list(CLASSES)}", "body.priority")
@@ -144,7 +292,30 @@ class Gateway:
             raise InvalidRequest("top_p must be in (0, 1]", "body.top_p")
         if p.temperature < 0:
             raise InvalidRequest("temperature must be >= 0", "body.temperature")
-        prompt = self.tokenizer.encode(p.prompt)
+        if p.seed is not None and not SEED_MIN <= p.seed <= SEED_MAX:
+            raise InvalidRequest(f"seed must be in [{SEED_MIN}, {SEED_MAX}] (64 bits)", "body.seed")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(p, name) <= 2.0:
+                raise InvalidRequest(f"{name} must be in [-2, 2]", f"body.{name}")
+        if len(p.stop) > MAX_STOP:
+            raise InvalidRequest(f"at most {MAX_STOP} stop strings", "body.stop")
+        if p.logprobs is not None and not 0 <= p.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]", "body.logprobs")
+        if p.prompt_ids is not None:
+            ids, vocab = p.prompt_ids, self.vocab_size
+            if not ids:
+                raise InvalidRequest("a token prompt must hold at least one token", "body.prompt")
+            if not 0 <= min(ids) <= max(ids) < vocab:
+                i = next(i for i, t in enumerate(ids) if not 0 <= t < vocab)
+                raise InvalidRequest(f"token {ids[i]} is not in [0, {vocab})", f"body.prompt.{i}")
+
+    def encode_prompt(self, p: CompletionParams) -> list[int]:
+        return list(p.prompt_ids) if p.prompt_ids is not None else self.tokenizer.encode(p.prompt)
+
+    def prepare(self, tenant: TenantConfig, p: CompletionParams) -> tuple[Sequence, Ticket]:
+        """Validate and admit (raises on rejection); run the result with `stream()`."""
+        self.validate(p)
+        prompt = self.encode_prompt(p)
         deadline_s = p.deadline_ms / 1000 if p.deadline_ms else None
         ticket = self.admission.admit(
             tenant,
@@ -159,12 +330,37 @@ class Gateway:
             tenant=tenant.name,
             prompt=prompt,
             max_tokens=p.max_tokens,
-            sampling=SamplingParams(temperature=p.temperature, top_p=p.top_p, seed=p.seed),
+            sampling=SamplingParams(
+                temperature=p.temperature,
+                top_p=p.top_p,
+                seed=p.seed,
+                presence_penalty=p.presence_penalty,
+                frequency_penalty=p.frequency_penalty,
+                logprobs=p.logprobs,
+            ),
             klass=p.priority,
             stop_at_eos=not p.ignore_eos,
             deadline=time.monotonic() + deadline_s if deadline_s else None,
         )
+        if p.stop or p.extra_stop:
+            self._stops[seq] = (*p.stop, *p.extra_stop)
         return seq, ticket
+
+    def prepare_many(
+        self, tenant: TenantConfig, params: list[CompletionParams]
+    ) -> list[tuple[Sequence, Ticket]]:
+        """Admit all or none (n choices, list prompts): a rejection releases those admitted."""
+        for p in params:
+            self.validate(p)
+        out: list[tuple[Sequence, Ticket]] = []
+        try:
+            for p in params:
+                out.append(self.prepare(tenant, p))
+        except BaseException:
+            for _, ticket in out:
+                ticket.release()
+            raise
+        return out
 
     async def generate(
         self,
@@ -184,35 +380,68 @@ class Gateway:
             on_seq(seq)
         return self.stream(seq, ticket)
 
+    def _finish(self, seq: Sequence, reason: str, completion_tokens: int) -> Finish:
+        return Finish(
+            reason=reason,
+            prompt_tokens=len(seq.prompt),
+            completion_tokens=completion_tokens,
+            timing={
+                "queue_wait_ms": _ms(seq.arrival, seq.first_scheduled),
+                "ttft_ms": _ms(seq.arrival, seq.first_token_at),
+                "e2e_ms": _ms(seq.arrival, seq.finished_at or time.monotonic()),
+            },
+        )
+
     async def stream(self, seq: Sequence, ticket: Ticket) -> AsyncGenerator[Piece | Finish, None]:
-        decoder = StreamDecoder()
+        """Pieces then one Finish. A stop string ends the sequence at once (finish "stop").
+
+        Without per-token events (`seq.emit_tokens` false) the output is processed the same way
+        once the sequence has finished, and arrives as one Piece (with `logprobs`, one per token).
+        """
+        state = _ChoiceText(self, seq, self._stops.get(seq, ()))
         try:
             async for ev in self.engine.stream(seq):
                 if ev.kind == "token":
-                    if ev.token is not None and ev.token < 256:
-                        yield Piece(decoder.feed(ev.token), ev.token)
+                    if ev.token is None:
+                        continue
+                    piece = state.token(ev.token)
+                    if piece is not None:
+                        yield piece
+                    if state.stopped:
+                        self.engine.cancel(seq, "stop")
+                        yield self._finish(seq, "stop", state.consumed)
+                        return
                     continue
                 reason = ev.finish_reason or "error"
                 if not seq.output:
                     self._raise_for(reason)
                 if not seq.emit_tokens:
-                    yield Piece(self.tokenizer.decode(seq.output), -1)
-                elif tail := decoder.flush():
+                    pieces: list[Piece] = []
+                    for tok in list(seq.output):
+                        piece = state.token(tok)
+                        if piece is not None:
+                            pieces.append(piece)
+                        if state.stopped:
+                            reason = "stop"
+                            break
+                    if not state.stopped:
+                        pieces.append(Piece(state.tail(), -1))
+                        reason = "stop" if state.stopped else reason
+                    if seq.sampling.logprobs is None:  # one piece: the whole text
+                        pieces = [Piece("".join(x.text for x in pieces), -1)]
+                    for piece in pieces:
+                        yield piece
+                    yield self._finish(seq, reason, state.consumed)
+                    return
+                if tail := state.tail():
                     yield Piece(tail, -1)
-                yield Finish(
-                    reason=reason,
-                    prompt_tokens=len(seq.prompt),
-                    completion_tokens=len(seq.output),
-                    timing={
-                        "queue_wait_ms": _ms(seq.arrival, seq.first_scheduled),
-                        "ttft_ms": _ms(seq.arrival, seq.first_token_at),
-                        "e2e_ms": _ms(seq.arrival, seq.finished_at),
-                    },
-                )
+                if state.stopped:
+                    reason = "stop"
+                yield self._finish(seq, reason, len(seq.output))
         finally:
             # `async for` does not close the engine's generator when we stop early (client
             # gone, job cancelled): cancel explicitly so the engine frees the slot next step.
-            if seq.finished_at is None:
+            if seq.finished_at is None and not seq.cancelled:
                 self.engine.cancel(seq)
             ticket.release()
 
@@ -251,9 +480,19 @@ class Gateway:
 
     # -- embeddings --------------------------------------------------------------------------
     async def embed(
-        self, tenant: TenantConfig, texts: list[str], model: str | None = None
-    ) -> tuple[list, int]:
+        self,
+        tenant: TenantConfig,
+        texts: list[str],
+        model: str | None = None,
+        dimensions: int | None = None,
+    ) -> tuple[list[list[float]], int]:
+        """Unit vectors; with `dimensions`, the first that many components, renormalised."""
         self._check_model(model, self.embed_model_name)
+        if dimensions is not None and not 1 <= dimensions <= EMBEDDING_DIMENSION:
+            raise InvalidRequest(
+                f"dimensions must be in [1, {EMBEDDING_DIMENSION}] for {self.embed_model_name}",
+                "body.dimensions",
+            )
         batcher = self._embedder()
         loading = self._embedder_loading()
         if batcher is None and loading is not None and not loading.done():
@@ -274,7 +513,18 @@ class Gateway:
             vectors = await batcher.embed(texts, tenant.name)
         finally:
             ticket.release()
+        if dimensions is not None and dimensions < EMBEDDING_DIMENSION:
+            vectors = [_renormalised(v[:dimensions]) for v in vectors]
         return vectors, tokens
+
+    # -- prompt log-probs (echo) ---------------------------------------------------------------
+    async def prompt_logprobs(self, ids: list[int]) -> list[float | None]:
+        """Each prompt token's log-prob given the tokens before it (None for the first)."""
+        if len(ids) < 2:
+            return [None] * len(ids)
+        fut = self.engine.call(lambda runner: runner.score(ids[:1], [ids[1:]]))
+        (rest,) = await asyncio.wrap_future(fut)
+        return [None, *rest]
 
     # -- scoring -----------------------------------------------------------------------------
     async def score(
