@@ -1,0 +1,92 @@
+"""Drills 1, 2 and 3 at small scale against a real stack, as `make drills` runs them.
+
+One launcher (deploy/launch.py, what `make run REDIS=1` runs, without inference) on shifted
+ports and a temporary var dir; each drill kills or stops a real process and must PASS: the
+service comes back (or rides the outage out), the crawl finishes, no page event is lost or
+indexed twice, websim judges the crawl polite, and the drill's alert fires. Waiting for the
+alert to resolve (two minutes of Prometheus window for a restart) is left to `make drills`.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from deploy.topology import ROOT, local_services
+from loadtests.drills import runner
+from tests.conftest import free_port, need_binary
+
+pytestmark = pytest.mark.slow
+
+SERVICES = "redis,websim,toxiproxy,dedup,crawler,prometheus"
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_offset() -> int:
+    ports = [p for s in local_services() for p in s.ports] + [9097]
+    for offset in range(4100, 15000, 191):  # 50051 + offset stays a valid port
+        if all(port_is_free(p + offset) for p in ports):
+            return offset
+    raise RuntimeError("no free port range for the stack")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    need_binary("prometheus")
+    need_binary("redis-server")
+    var_dir = tmp_path_factory.mktemp("drill-stack")
+    offset = free_offset()
+    args = ["--redis", "--only", SERVICES, "--port-offset", str(offset), "--metrics-port", str(free_port())]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy.launch", *args, "--var-dir", str(var_dir)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        if "stack up" in line:
+            break
+    if not any("stack up" in line for line in output):
+        proc.kill()
+        pytest.fail("the stack did not come up:\n" + "".join(output))
+    children = psutil.Process(proc.pid).children(recursive=True)
+    yield {"port_offset": offset, "var_dir": str(var_dir)}
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=90)
+    _, alive = psutil.wait_procs(children, timeout=10)
+    for p in alive:
+        p.kill()
+    assert not alive, f"left running after Ctrl-C: {alive}"
+
+
+@pytest.mark.parametrize("name", ["crawler-kill", "dedup-kill", "redis-down"])
+def test_drill_passes(stack: dict, name: str, tmp_path: Path):
+    outcome = runner.run(name, stack, tmp_path, skip=("alert-resolves",))
+    assert outcome.verdict == "PASS", "\n".join(outcome.evidence) + f"\n{outcome.figures}"
+    assert outcome.figures["events_lost"] == 0
+    assert outcome.figures.get("time_to_detect_s") is not None  # the alert fired
+    assert (tmp_path / name / "journal.json").exists() and (tmp_path / name / "report.md").exists()
