@@ -60,7 +60,14 @@ class Outcome:
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in DRILLS.glob("*.json"))
+    """Every drill, in the order of issue 11 (its `drill-N` tag; 3a before 3b by name)."""
+
+    def number(name: str) -> tuple[int, str]:
+        tags = json.loads((DRILLS / f"{name}.json").read_text(encoding="utf-8")).get("tags", [])
+        n = next((int(t[6:]) for t in tags if t.startswith("drill-") and t[6:].isdigit()), 99)
+        return n, name
+
+    return sorted((p.stem for p in DRILLS.glob("*.json")), key=number)
 
 
 def load(name: str | Path) -> dict[str, Any]:
