@@ -13,9 +13,13 @@ A claim carries a lease (owner, until). A worker that dies leaves its URLs SCHED
 newly discovered links in one transaction, and finishing a FETCHED URL again changes nothing, so
 writes are idempotent.
 
-Designed for a Redis implementation with host partitions: every per-URL operation names its host,
-`claim` works on one host's queue only, and the global questions (`pending_hosts`, `counts`) are
-answered per partition and merged.
+Two implementations: SQLite (store_sqlite.py, one process) and Redis (store_redis.py, several
+workers over host partitions). Every per-URL operation names its host or an id that names its
+partition, `claim` works on one host's queue only, and the global questions (`pending_hosts`,
+`counts`) are answered per partition and merged. The non-abstract methods at the end are what a
+shared backend needs beyond that (crawl-wide page budget, completion from counters, hosts other
+workers added URLs for, per-host politeness and robots records, fencing); their defaults are
+right for a store one process owns alone.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import abc
 import hashlib
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 
 class URLState(IntEnum):
@@ -147,3 +152,57 @@ class FrontierStore(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    # -- shared-backend hooks (defaults: one process owns the store) ---------------------------
+    _pages: int | None = None
+
+    def reserve_page(self, limit: int) -> bool:
+        """Take one unit of the crawl's page budget (one atomic counter on a shared store);
+        False when `limit` pages are fetched or being fetched."""
+        if self._pages is None:
+            self._pages = self.counts()["FETCHED"]
+        if self._pages >= limit:
+            return False
+        self._pages += 1
+        return True
+
+    def unreserve_page(self) -> None:
+        """Give a unit back: the fetch did not end as a fetched page."""
+        if self._pages is not None:
+            self._pages = max(0, self._pages - 1)
+
+    def pages_reserved(self) -> int:
+        if self._pages is None:
+            self._pages = self.counts()["FETCHED"]
+        return self._pages
+
+    def quiescent(self) -> bool:
+        """Nothing of the crawl is left to do: no URL ready, waiting or leased, by anyone. A store
+        one process owns answers for leases only (the caller's idle frontier covers the rest)."""
+        return self.earliest_lease_expiry() is None
+
+    def changed_hosts(self) -> list[tuple[str, float]]:
+        """Hosts given work by someone else (another worker, an adopted partition) since the
+        last call, with their earliest not_before."""
+        return []
+
+    def may_request(self, host: str) -> bool:
+        """Whether this process may still send `host` a request (its partition lease holds)."""
+        return True
+
+    def load_host(self, host: str) -> dict[str, float | None] | None:
+        """The host's shared politeness record (next: wall seconds, crawl_delay, backoff,
+        retry_until), or None where politeness is kept in this process only."""
+        return None
+
+    def save_host(self, host: str, record: dict[str, float | None]) -> None:
+        """Write the host's politeness record (fenced on a shared store)."""
+        return None
+
+    def load_robots(self, host: str) -> dict[str, Any] | None:
+        """The host's shared robots.txt answer (status, body, error, fetched_at) or None."""
+        return None
+
+    def save_robots(self, host: str, record: dict[str, Any], ttl: float) -> None:
+        """Share the host's robots.txt answer for `ttl` seconds (fenced on a shared store)."""
+        return None

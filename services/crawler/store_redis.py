@@ -1,0 +1,701 @@
+"""Redis implementation of FrontierStore: one crawl run by several workers over host partitions.
+
+Every multi-key move is one Lua script over one partition's keys, and every key of a partition
+carries its hash tag (`{p7}`), so the same code runs on one Redis or on a Redis Cluster. Writes
+for a partition's URLs (claim, start, finish, retry, release, lease expiry), its hosts' politeness
+records and robots policies are fenced (partitions.py): refused unless the caller still holds the
+partition's lease under the epoch the URL was claimed with. `add` is not fenced: any worker may
+add links to any partition (the seen-set makes it idempotent), and the owner learns about new
+hosts from the partition's inbox set.
+
+Keys of crawl C, partition p (KP = "pg:c:C:{pN}:"):
+    KP seq         INCR: URL ids are seq * 1024 + p (the id names its partition)
+    KP seen        HASH url_key (16 raw bytes) -> id: the exact URL set
+    KP u:<id>      HASH the URL record (u h d r v s a nb lo lu st sha err fa sq da)
+    KP q:<host>    ZSET ready ids by depth * 2^40 + seq (lowest depth, oldest first)
+    KP w:<host>    ZSET RETRYABLE ids waiting for their not_before
+    KP ready       ZSET host -> earliest not_before of its ready/waiting URLs (0: now)
+    KP leases      ZSET claimed id -> lease_until
+    KP n, hn:<h>   HASH state -> count (whole partition, one host): completion without scans
+    KP adm         HASH host -> URLs admitted (max_pages_per_host)
+    KP hosts       SET hosts seen;  KP inbox  SET hosts with new URLs, drained by the owner
+    KP e:<id>      edges found on a fetched page, for depth lowering (only with max_depth)
+Per host, shared by every crawl (politeness belongs to the host, not the crawl):
+    pg:host:{pN}:<host>    HASH next (wall s), crawl_delay, backoff, retry_until
+    pg:robots:{pN}:<host>  HASH status, body, error, fetched_at (PX = the policy's TTL)
+Crawl-wide (their own tag): pg:crawl:{C}:budget (pages reserved), pg:crawl:{C}:meta,
+and pg:c:C:sha:<sha256> (content hash -> first id; untagged so they spread over slots).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from typing import Any
+
+from services.crawler.partitions import (
+    DEFAULT_PARTITIONS,
+    FENCE_LUA,
+    PARTITIONS_KEY,
+    Fenced,
+    PartitionManager,
+    partition_of,
+    tag,
+)
+from services.crawler.store import FrontierStore, NewURL, Outcome, URLRecord, URLState, url_key
+
+ID_STRIDE = 1024  # id = seq * ID_STRIDE + partition
+CRAWLS_KEY = "pg:crawls"
+_MAX_CASCADE = 100_000  # depth-lowering steps per call (bounded)
+
+_HELPERS = """
+local KP
+local function setcount(host, from, to)
+  if from then
+    redis.call('HINCRBY', KP .. 'n', from, -1)
+    redis.call('HINCRBY', KP .. 'hn:' .. host, from, -1)
+  end
+  if to then
+    redis.call('HINCRBY', KP .. 'n', to, 1)
+    redis.call('HINCRBY', KP .. 'hn:' .. host, to, 1)
+  end
+end
+local function score(depth, sq) return tonumber(depth) * 1099511627776 + tonumber(sq) end
+local function refresh(host)
+  if redis.call('ZCARD', KP .. 'q:' .. host) > 0 then
+    redis.call('ZADD', KP .. 'ready', 0, host)
+    return
+  end
+  local w = redis.call('ZRANGE', KP .. 'w:' .. host, 0, 0, 'WITHSCORES')
+  if #w > 0 then redis.call('ZADD', KP .. 'ready', w[2], host)
+  else redis.call('ZREM', KP .. 'ready', host) end
+end
+local function make_ready(id, rk, host, now)
+  local f = redis.call('HMGET', rk, 'nb', 'd', 'sq')
+  if tonumber(f[1] or 0) > now then redis.call('ZADD', KP .. 'w:' .. host, f[1], id)
+  else redis.call('ZADD', KP .. 'q:' .. host, score(f[2], f[3]), id) end
+  redis.call('SADD', KP .. 'inbox', host)
+  refresh(host)
+end
+-- a leased URL back to a ready state (release, lease expiry)
+local function unlease(id, now)
+  local rk = KP .. 'u:' .. id
+  local f = redis.call('HMGET', rk, 's', 'a', 'h')
+  local s = tonumber(f[1])
+  redis.call('ZREM', KP .. 'leases', id)
+  if s ~= 1 and s ~= 2 then return 0 end
+  local to = 0
+  if tonumber(f[2]) > 0 then to = 5 end
+  redis.call('HSET', rk, 's', to)
+  redis.call('HDEL', rk, 'lo', 'lu')
+  setcount(f[3], s, to)
+  make_ready(id, rk, f[3], now)
+  return 1
+end
+"""
+
+# KEYS[1] KP..'n' (routes the call); ARGV: KP, now, max_per_host, max_depth, p, then 6-tuples
+# (key, url, host, depth, redirects, via). Returns {new, id1, depth1, ...}: FETCHED URLs whose
+# depth was lowered (their descendants' depths are re-derived by the caller).
+_ADD = (
+    _HELPERS
+    + """
+KP = ARGV[1]
+local now = tonumber(ARGV[2])
+local maxph = tonumber(ARGV[3])
+local maxd = tonumber(ARGV[4])
+local p = tonumber(ARGV[5])
+local out = {0}
+for i = 6, #ARGV, 6 do
+  local key, url, host = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local depth = tonumber(ARGV[i + 3])
+  local id = redis.call('HGET', KP .. 'seen', key)
+  if id then
+    local rk = KP .. 'u:' .. id
+    local f = redis.call('HMGET', rk, 'd', 's', 'sq')
+    if depth < tonumber(f[1]) then
+      redis.call('HSET', rk, 'd', depth)
+      local s = tonumber(f[2])
+      if s == 0 or s == 5 then
+        redis.call('ZADD', KP .. 'q:' .. host, 'XX', score(depth, f[3]), id)
+      elseif s == 3 then
+        table.insert(out, id)
+        table.insert(out, depth)
+      end
+    end
+  elseif (not maxd or depth <= maxd)
+      and (not maxph or tonumber(redis.call('HGET', KP .. 'adm', host) or 0) < maxph) then
+    local sq = redis.call('INCR', KP .. 'seq')
+    id = sq * 1024 + p
+    local rk = KP .. 'u:' .. id
+    redis.call('HSET', KP .. 'seen', key, id)
+    redis.call('HSET', rk, 'u', url, 'h', host, 'd', depth, 'r', ARGV[i + 4], 'v', ARGV[i + 5],
+               's', 0, 'a', 0, 'nb', 0, 'sq', sq, 'da', now)
+    redis.call('ZADD', KP .. 'q:' .. host, score(depth, sq), id)
+    redis.call('HINCRBY', KP .. 'adm', host, 1)
+    redis.call('SADD', KP .. 'hosts', host)
+    redis.call('SADD', KP .. 'inbox', host)
+    redis.call('ZADD', KP .. 'ready', 0, host)
+    setcount(host, nil, 0)
+    out[1] = out[1] + 1
+  end
+end
+return out
+"""
+)
+
+# Fenced scripts: KEYS lease, epoch, writes, KP..'n'; ARGV owner, epoch, KP, ...
+_CLAIM = (
+    FENCE_LUA
+    + _HELPERS
+    + """
+if fenced() then return -1 end
+KP = ARGV[3]
+local host, now, until_ = ARGV[4], tonumber(ARGV[5]), ARGV[6]  -- ARGV[7] the URL lease owner
+local w = KP .. 'w:' .. host
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', w, '-inf', now)) do
+  redis.call('ZREM', w, id)
+  local f = redis.call('HMGET', KP .. 'u:' .. id, 'd', 'sq')
+  redis.call('ZADD', KP .. 'q:' .. host, score(f[1], f[2]), id)
+end
+local top = redis.call('ZRANGE', KP .. 'q:' .. host, 0, 0)
+if #top == 0 then
+  refresh(host)
+  return 0
+end
+local id = top[1]
+local rk = KP .. 'u:' .. id
+redis.call('ZREM', KP .. 'q:' .. host, id)
+local s = tonumber(redis.call('HGET', rk, 's'))
+redis.call('HSET', rk, 's', 1, 'lo', ARGV[7], 'lu', until_)
+redis.call('ZADD', KP .. 'leases', until_, id)
+setcount(host, s, 1)
+refresh(host)
+audit()
+local f = redis.call('HMGET', rk, 'u', 'h', 'd', 'r', 'v', 'a')
+return {id, f[1], f[2], f[3], f[4], f[5], f[6]}
+"""
+)
+
+_START = (
+    FENCE_LUA
+    + _HELPERS
+    + """
+if fenced() then return -1 end
+KP = ARGV[3]
+local id, until_ = ARGV[4], ARGV[5]
+local rk = KP .. 'u:' .. id
+local f = redis.call('HMGET', rk, 's', 'lo', 'h')
+if tonumber(f[1]) ~= 1 or f[2] ~= ARGV[6] then return 0 end
+redis.call('HSET', rk, 's', 2, 'lu', until_)
+redis.call('HINCRBY', rk, 'a', 1)
+redis.call('ZADD', KP .. 'leases', until_, id)
+setcount(f[3], 1, 2)
+audit()
+return 1
+"""
+)
+
+# ARGV ..., id, state, status, sha, err, fetched_at, edges JSON ('' = none)
+_FINISH = (
+    FENCE_LUA
+    + _HELPERS
+    + """
+if fenced() then return -1 end
+KP = ARGV[3]
+local id = ARGV[4]
+local rk = KP .. 'u:' .. id
+local f = redis.call('HMGET', rk, 's', 'h')
+if not f[1] then return 0 end
+local s = tonumber(f[1])
+if s == 3 or s == 4 then return 0 end
+local host = f[2]
+redis.call('HSET', rk, 's', ARGV[5], 'st', ARGV[6], 'sha', ARGV[7], 'err', ARGV[8], 'fa', ARGV[9])
+redis.call('HDEL', rk, 'lo', 'lu')
+redis.call('ZREM', KP .. 'leases', id)
+redis.call('ZREM', KP .. 'q:' .. host, id)
+redis.call('ZREM', KP .. 'w:' .. host, id)
+if ARGV[10] ~= '' then redis.call('SET', KP .. 'e:' .. id, ARGV[10]) end
+setcount(host, s, tonumber(ARGV[5]))
+refresh(host)
+audit()
+return 1
+"""
+)
+
+# ARGV ..., id, not_before, error, status, now
+_RETRY = (
+    FENCE_LUA
+    + _HELPERS
+    + """
+if fenced() then return -1 end
+KP = ARGV[3]
+local id = ARGV[4]
+local rk = KP .. 'u:' .. id
+local f = redis.call('HMGET', rk, 's', 'h')
+local s = tonumber(f[1])
+if s ~= 1 and s ~= 2 then return 0 end
+redis.call('HSET', rk, 's', 5, 'nb', ARGV[5], 'err', ARGV[6], 'st', ARGV[7])
+redis.call('HDEL', rk, 'lo', 'lu')
+redis.call('ZREM', KP .. 'leases', id)
+setcount(f[2], s, 5)
+make_ready(id, rk, f[2], tonumber(ARGV[8]))
+audit()
+return 1
+"""
+)
+
+# ARGV ..., now, then ids to hand back ('*' = every lease that ran out by now, '**' = every lease)
+_UNLEASE = (
+    FENCE_LUA
+    + _HELPERS
+    + """
+if fenced() then return -1 end
+KP = ARGV[3]
+local now = tonumber(ARGV[4])
+local ids
+if ARGV[5] == '*' then ids = redis.call('ZRANGEBYSCORE', KP .. 'leases', '-inf', '(' .. ARGV[4])
+elseif ARGV[5] == '**' then ids = redis.call('ZRANGE', KP .. 'leases', 0, -1)
+else ids = {unpack(ARGV, 5)} end
+local n = 0
+for _, id in ipairs(ids) do n = n + unlease(id, now) end
+if n > 0 then audit() end
+return n
+"""
+)
+
+# KEYS lease, epoch, writes, record; ARGV owner, epoch, ttl_ms ('' = none), field/value pairs
+_HSET_FENCED = (
+    FENCE_LUA
+    + """
+if fenced() then return -1 end
+redis.call('HSET', KEYS[4], unpack(ARGV, 4))
+if ARGV[3] ~= '' then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
+audit()
+return 1
+"""
+)
+
+_RESERVE = """
+if tonumber(redis.call('GET', KEYS[1]) or 0) >= tonumber(ARGV[1]) then return 0 end
+redis.call('INCR', KEYS[1])
+return 1
+"""
+
+
+def _s(v: Any) -> str:
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+def crawl_key(crawl_id: str, name: str) -> str:
+    return f"pg:crawl:{{{crawl_id}}}:{name}"
+
+
+def partition_count(client: Any) -> int:
+    client.set(PARTITIONS_KEY, DEFAULT_PARTITIONS, nx=True)
+    return int(client.get(PARTITIONS_KEY))
+
+
+class RedisStore(FrontierStore):
+    """One crawl's frontier in Redis, as seen by one worker (its `PartitionManager`).
+
+    Without a manager the store can add URLs and answer crawl-wide questions (the control API
+    uses it so to start a crawl), but claims nothing."""
+
+    def __init__(self, client: Any, crawl_id: str, partitions: PartitionManager | None = None) -> None:
+        self.redis = client
+        self.crawl_id = crawl_id
+        self.mgr = partitions
+        self.P = partitions.partitions if partitions is not None else partition_count(client)
+        self._claims: dict[int, tuple[int, int]] = {}  # url id -> (partition, epoch claimed under)
+        self._gained: list[int] = []  # partitions adopted since the last changed_hosts()
+        self._expired_on_gain = 0
+        self.fenced = 0  # writes this store refused to make or the server refused
+        self._add = client.register_script(_ADD)
+        self._claim_s = client.register_script(_CLAIM)
+        self._start_s = client.register_script(_START)
+        self._finish_s = client.register_script(_FINISH)
+        self._retry_s = client.register_script(_RETRY)
+        self._unlease_s = client.register_script(_UNLEASE)
+        self._hset_s = client.register_script(_HSET_FENCED)
+        self._reserve_s = client.register_script(_RESERVE)
+        if partitions is not None:
+            partitions.on_gain.append(self._on_gain)
+            for p in partitions.owned:
+                self._gained.append(p)
+
+    # -- keys --------------------------------------------------------------------------------
+    def _kp(self, p: int) -> str:
+        return f"pg:c:{self.crawl_id}:{tag(p)}:"
+
+    def partition(self, host: str) -> int:
+        return partition_of(host, self.P)
+
+    def _owned(self) -> list[int]:
+        if self.mgr is None:
+            return []
+        return list(self.mgr.owned)
+
+    def _fenced_call(self, script: Any, p: int, epoch: int, extra_key: str, args: list[Any]) -> Any:
+        assert self.mgr is not None, "a RedisStore without a PartitionManager cannot write"
+        keys = [*self.mgr.fence_keys(p), extra_key]
+        res = script(keys=keys, args=[self.mgr.worker_id, epoch, *args])
+        if isinstance(res, int) and res == -1:
+            self.fenced += 1
+            raise self.mgr.refused(p, epoch)
+        return res
+
+    def _claim_epoch(self, url_id: int) -> tuple[int, int]:
+        p = url_id % ID_STRIDE
+        assert self.mgr is not None
+        claimed = self._claims.get(url_id)
+        epoch = self.mgr.write_epoch(p) if claimed is None else claimed[1]
+        if claimed is not None:
+            try:
+                current = self.mgr.write_epoch(p)
+            except Fenced:
+                self.fenced += 1
+                raise
+            if current != epoch:
+                self.fenced += 1
+                raise Fenced(f"partition {p}: claimed under epoch {epoch}, now {current}")
+        return p, epoch
+
+    def _end_claim(self, url_id: int) -> None:
+        claimed = self._claims.pop(url_id, None)
+        if claimed is not None and self.mgr is not None:
+            self.mgr.done(*claimed)
+
+    # -- partition changes -------------------------------------------------------------------
+    def _on_gain(self, p: int, epoch: int) -> None:
+        # Any URL leased in an adopted partition belongs to a previous epoch, whose owner can no
+        # longer write it: hand it back now rather than after its lease runs out.
+        try:
+            self._expired_on_gain += self._fenced_call(
+                self._unlease_s, p, epoch, self._kp(p) + "n", [self._kp(p), time.time(), "**"]
+            )
+        except Fenced:
+            return
+        self._gained.append(p)
+
+    def changed_hosts(self) -> list[tuple[str, float]]:
+        """Hosts to (re)schedule: every ready host of partitions adopted since the last call and
+        the hosts other workers (or this one) added URLs for."""
+        if self.mgr is None:
+            return []
+        out: list[tuple[str, float]] = []
+        gained, self._gained = self._gained, []
+        for p in gained:
+            if p in self.mgr.owned:
+                out += [
+                    (_s(h), float(t))
+                    for h, t in self.redis.zrange(self._kp(p) + "ready", 0, -1, withscores=True)
+                ]
+        owned = list(self.mgr.owned)
+        if owned:
+            pipe = self.redis.pipeline(transaction=False)
+            for p in owned:
+                pipe.spop(self._kp(p) + "inbox", 1000)
+            hosts = {_s(h) for popped in pipe.execute() for h in (popped or [])}
+            if hosts:
+                pipe = self.redis.pipeline(transaction=False)
+                for h in hosts:
+                    pipe.zscore(self._kp(self.partition(h)) + "ready", h)
+                for h, t in zip(hosts, pipe.execute(), strict=True):
+                    if t is not None:
+                        out.append((h, float(t)))
+        return out
+
+    # -- FrontierStore -----------------------------------------------------------------------
+    def add(
+        self, urls: list[NewURL], *, max_per_host: int | None = None, now: float, max_depth: int | None = None
+    ) -> int:
+        new = 0
+        todo = list(urls)
+        steps = 0
+        while todo and steps < _MAX_CASCADE:
+            groups: dict[int, list[NewURL]] = defaultdict(list)
+            for u in todo:
+                groups[self.partition(u.host)].append(u)
+            todo = []
+            for p, group in groups.items():
+                kp = self._kp(p)
+                args: list[Any] = [kp, now, max_per_host or "", "" if max_depth is None else max_depth, p]
+                for u in group:
+                    args += [url_key(u.url), u.url, u.host, u.depth, u.redirects, u.via or ""]
+                res = self._add(keys=[kp + "n"], args=args)
+                new += int(res[0])
+                lowered = res[1:]
+                for i in range(0, len(lowered), 2):
+                    steps += 1
+                    todo += self._children(p, int(lowered[i]), int(lowered[i + 1]))
+        return new
+
+    def _children(self, p: int, url_id: int, depth: int) -> list[NewURL]:
+        raw = self.redis.get(self._kp(p) + f"e:{url_id}")
+        if not raw:
+            return []
+        return [
+            NewURL(url, host, depth + delta, red, via or None)
+            for url, host, delta, red, via in json.loads(raw)
+        ]
+
+    def claim(self, host: str, owner: str, lease_seconds: float, now: float) -> URLRecord | None:
+        if self.mgr is None:
+            return None
+        p = self.partition(host)
+        epoch = self.mgr.claim_epoch(p)
+        if epoch is None:
+            return None
+        kp = self._kp(p)
+        res = self._fenced_call(
+            self._claim_s, p, epoch, kp + "n", [kp, host, now, now + lease_seconds, owner]
+        )
+        if not res:
+            return None
+        url_id = int(res[0])
+        self._claims[url_id] = (p, epoch)
+        self.mgr.inflight[(p, epoch)] += 1
+        return URLRecord(
+            url_id, _s(res[1]), _s(res[2]), int(res[3]), int(res[4]), _s(res[5]) or None,
+            URLState.SCHEDULED, int(res[6]),
+        )  # fmt: skip
+
+    def start(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
+        p, epoch = self._claim_epoch(url_id)
+        kp = self._kp(p)
+        return bool(
+            self._fenced_call(self._start_s, p, epoch, kp + "n", [kp, url_id, now + lease_seconds, owner])
+        )
+
+    def finish(
+        self,
+        url_id: int,
+        outcome: Outcome,
+        new_urls: list[NewURL],
+        *,
+        max_per_host: int | None = None,
+        max_depth: int | None = None,
+        parent_depth: int | None = None,
+        now: float,
+    ) -> int:
+        assert outcome.state in (URLState.FETCHED, URLState.FAILED)
+        p, epoch = self._claim_epoch(url_id)  # checked before anything is written
+        kp = self._kp(p)
+        new = 0
+        edges = ""
+        state, depth_raw = self.redis.hmget(kp + f"u:{url_id}", "s", "d")
+        if state is None or int(state) in (URLState.FETCHED, URLState.FAILED):
+            self._end_claim(url_id)
+            return 0  # already final: a second finish (at-least-once fetch) changes nothing
+        if new_urls:
+            # Links first (idempotent adds, any partition), then the fenced outcome: a crash in
+            # between refetches the page and adds nothing twice.
+            depth_now = int(depth_raw or 0)
+            base = depth_now if parent_depth is None else parent_depth
+            rebased = [
+                NewURL(u.url, u.host, depth_now + u.depth - base, u.redirects, u.via) for u in new_urls
+            ]
+            new = self.add(rebased, max_per_host=max_per_host, now=now, max_depth=max_depth)
+            if max_depth is not None:
+                edges = json.dumps(
+                    [[u.url, u.host, u.depth - base, u.redirects, u.via or ""] for u in new_urls]
+                )
+        o = outcome
+        self._fenced_call(
+            self._finish_s,
+            p,
+            epoch,
+            kp + "n",
+            [
+                kp,
+                url_id,
+                int(o.state),
+                o.status or "",
+                o.content_sha256 or "",
+                o.error or "",
+                o.fetched_at or "",
+                edges,
+            ],
+        )
+        self._end_claim(url_id)
+        return new
+
+    def retry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
+        p, epoch = self._claim_epoch(url_id)
+        kp = self._kp(p)
+        self._fenced_call(
+            self._retry_s, p, epoch, kp + "n", [kp, url_id, not_before, error, status or "", time.time()]
+        )
+        self._end_claim(url_id)
+
+    def release(self, url_id: int) -> None:
+        p, epoch = self._claim_epoch(url_id)
+        kp = self._kp(p)
+        self._fenced_call(self._unlease_s, p, epoch, kp + "n", [kp, time.time(), url_id])
+        self._end_claim(url_id)
+
+    def expire_leases(self, now: float) -> int:
+        n, self._expired_on_gain = self._expired_on_gain, 0
+        if self.mgr is None:
+            return n
+        for p in list(self.mgr.owned):
+            kp = self._kp(p)
+            try:
+                epoch = self.mgr.write_epoch(p)
+                n += self._fenced_call(self._unlease_s, p, epoch, kp + "n", [kp, now, "*"])
+            except Fenced:
+                continue
+        return n
+
+    def pending_hosts(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        for p in self._owned():
+            out += [
+                (_s(h), float(t)) for h, t in self.redis.zrange(self._kp(p) + "ready", 0, -1, withscores=True)
+            ]
+        return out
+
+    def next_ready_at(self, host: str) -> float | None:
+        p = self.partition(host)
+        if self.mgr is None or self.mgr.claim_epoch(p) is None:
+            return None
+        t = self.redis.zscore(self._kp(p) + "ready", host)
+        return None if t is None else float(t)
+
+    def earliest_lease_expiry(self) -> float | None:
+        best: float | None = None
+        for p in self._owned():
+            first = self.redis.zrange(self._kp(p) + "leases", 0, 0, withscores=True)
+            if first and (best is None or first[0][1] < best):
+                best = float(first[0][1])
+        return best
+
+    def first_with_content(self, sha256: str, url_id: int) -> int:
+        old = self.redis.set(f"pg:c:{self.crawl_id}:sha:{sha256}", url_id, nx=True, get=True)
+        return url_id if old is None else int(old)
+
+    def _count_rows(self, keys: list[str]) -> list[dict[str, int]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for k in keys:
+            pipe.hgetall(k)
+        out = []
+        for raw in pipe.execute():
+            d = {s.name: 0 for s in URLState}
+            for k, v in raw.items():
+                d[URLState(int(k)).name] = int(v)
+            out.append(d)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        total = {s.name: 0 for s in URLState}
+        for d in self._count_rows([self._kp(p) + "n" for p in range(self.P)]):
+            for k, v in d.items():
+                total[k] += v
+        return total
+
+    def partition_counts(self) -> list[dict[str, int]]:
+        return self._count_rows([self._kp(p) + "n" for p in range(self.P)])
+
+    def host_counts(self, host: str) -> dict[str, int]:
+        return self._count_rows([self._kp(self.partition(host)) + "hn:" + host])[0]
+
+    def hosts(self) -> list[str]:
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.P):
+            pipe.smembers(self._kp(p) + "hosts")
+        return sorted({_s(h) for members in pipe.execute() for h in members})
+
+    def quiescent(self) -> bool:
+        c = self.counts()
+        return c["DISCOVERED"] + c["SCHEDULED"] + c["FETCHING"] + c["RETRYABLE"] == 0
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.redis.hset(crawl_key(self.crawl_id, "meta"), key, value)
+
+    def get_meta(self, key: str) -> str | None:
+        v = self.redis.hget(crawl_key(self.crawl_id, "meta"), key)
+        return None if v is None else _s(v)
+
+    # -- crawl-wide page budget ----------------------------------------------------------------
+    def reserve_page(self, limit: int) -> bool:
+        return bool(self._reserve_s(keys=[crawl_key(self.crawl_id, "budget")], args=[limit]))
+
+    def unreserve_page(self) -> None:
+        self.redis.decr(crawl_key(self.crawl_id, "budget"))
+
+    def pages_reserved(self) -> int:
+        return int(self.redis.get(crawl_key(self.crawl_id, "budget")) or 0)
+
+    # -- per-host records (politeness, robots), shared by every crawl --------------------------
+    def may_request(self, host: str) -> bool:
+        if self.mgr is None:
+            return False
+        try:
+            self.mgr.write_epoch(self.partition(host))
+        except Fenced:
+            self.fenced += 1
+            return False
+        return True
+
+    def _host_write(self, kind: str, host: str, fields: dict[str, Any], ttl_ms: int | None = None) -> None:
+        assert self.mgr is not None
+        p = self.partition(host)
+        epoch = self.mgr.write_epoch(p)
+        flat: list[Any] = []
+        for k, v in fields.items():
+            flat += [k, "" if v is None else v]
+        self._fenced_call(
+            self._hset_s, p, epoch, f"pg:{kind}:{tag(p)}:{host}", ["" if ttl_ms is None else ttl_ms, *flat]
+        )
+
+    def _host_read(self, kind: str, host: str) -> dict[str, str] | None:
+        raw = self.redis.hgetall(f"pg:{kind}:{tag(self.partition(host))}:{host}")
+        return {_s(k): _s(v) for k, v in raw.items()} if raw else None
+
+    def load_host(self, host: str) -> dict[str, float | None] | None:
+        raw = self._host_read("host", host)
+        if raw is None:
+            return None
+        return {k: (float(v) if v != "" else None) for k, v in raw.items()}
+
+    def save_host(self, host: str, record: dict[str, float | None]) -> None:
+        self._host_write("host", host, record)
+
+    def load_robots(self, host: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(f"pg:robots:{tag(self.partition(host))}:{host}")
+        if not raw:
+            return None
+        return {_s(k): (v if k == b"body" else _s(v)) for k, v in raw.items()}
+
+    def save_robots(self, host: str, record: dict[str, Any], ttl: float) -> None:
+        self._host_write("robots", host, record, max(1, int(ttl * 1000)))
+
+    def close(self) -> None:
+        if self.mgr is not None and self._on_gain in self.mgr.on_gain:
+            self.mgr.on_gain.remove(self._on_gain)
+
+
+def register_crawl(
+    client: Any, crawl_id: str, config_json: str, seeds: list[NewURL], max_depth: int | None
+) -> int:
+    """Create (or resume) a crawl in Redis: its config, its seeds, and its id in the crawl set
+    workers watch. Returns how many seeds were new."""
+    store = RedisStore(client, crawl_id)
+    new = store.add(seeds, now=time.time(), max_depth=max_depth)
+    client.hset(
+        crawl_key(crawl_id, "meta"),
+        mapping={"config": config_json, "state": "running", "created_at": time.time()},
+    )
+    client.sadd(CRAWLS_KEY, crawl_id)
+    return new
+
+
+def crawl_state(client: Any, crawl_id: str) -> str | None:
+    v = client.hget(crawl_key(crawl_id, "meta"), "state")
+    return None if v is None else _s(v)
+
+
+def list_crawls(client: Any) -> list[str]:
+    return sorted(_s(c) for c in client.smembers(CRAWLS_KEY))
