@@ -337,7 +337,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
             return _error(400, f"the body is not valid JSON: {reason}", "body", "invalid_json")
     if not errors:
         return _error(400, "invalid request", None, "invalid_value")
-    first = errors[0]
+    # A union reports one error per member: the most specific is our own check (value_error,
+    # e.g. a lone surrogate), else the deepest location (the item of a list, not the list).
+    first = min(errors, key=lambda e: (e.get("type") != "value_error", -len(e.get("loc", ()))))
     field_ = _clean_loc(first.get("loc", ()))
     param = param_of(field_)
     message = str(first.get("msg", "invalid"))
