@@ -1,7 +1,8 @@
 """Conservative URL normalisation (RFC 3986 section 6.2.2 and 6.2.3, plus IDNA hosts).
 
 What it does, and nothing more:
-- resolves a reference against a base (RFC 3986 section 5) and removes dot segments;
+- resolves a reference against a base (RFC 3986 section 5) and removes dot segments, after
+  decoding escapes of unreserved characters, so "%2e%2e" is a ".." segment (section 6.2.2);
 - lower-cases the scheme and the host, converts an internationalised host to its IDNA A-label;
 - drops the default port (80 for http, 443 for https) and the fragment;
 - an empty path becomes "/";
@@ -136,7 +137,11 @@ def normalize(url: str, base: str | None = None) -> str:
         netloc = f"{_normalise_escapes(userinfo, _PATH_SAFE - frozenset(b'/@'))}@{netloc}"
     if port is not None and port != DEFAULT_PORTS[scheme]:
         netloc = f"{netloc}:{port}"
-    path = _normalise_escapes(_remove_dot_segments(parts.path), _PATH_SAFE) or "/"
+    # Escapes first, dot segments second (RFC 3986 6.2.2): "/x/%2e%2e/secret" is "/secret" to a
+    # server, and robots.txt must judge the path the server will resolve. After the escape pass
+    # the path holds only safe characters and upper-case escapes of reserved bytes, so removing
+    # whole segments can neither decode nor form an escape: a second normalisation is a no-op.
+    path = _remove_dot_segments(_normalise_escapes(parts.path, _PATH_SAFE)) or "/"
     if not path.startswith("/"):
         path = "/" + path
     query = _normalise_escapes(parts.query, _QUERY_SAFE)

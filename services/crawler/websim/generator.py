@@ -123,7 +123,10 @@ def _dots_variant(rng: random.Random, path: str) -> str:
     tpath, sep, query = path.partition("?")
     segs = tpath.split("/")  # leading "" for the root
     at = rng.randrange(1, len(segs))
-    insert = rng.choice([["."], ["zz", ".."], [".", "x", ".."]])
+    # "%2e%2e" is a ".." segment once its escapes are decoded (RFC 3986 6.2.2): a crawler that
+    # removes dot segments before decoding requests "/zz/../p", which the server resolves to "/p",
+    # and robots.txt rules for "/p" must catch it (the judge decodes first, then removes dots).
+    insert = rng.choice([["."], ["zz", "%2e%2e"], [".", "x", ".."]])
     return "/".join(segs[:at] + insert + segs[at:]) + (sep + query if sep else "")
 
 

@@ -8,7 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protego import Protego
+
+from services.crawler.robots import RobotsMode, RobotsPolicy
 from services.crawler.urlnorm import InvalidURL, host_of, normalize, request_target
+from services.crawler.websim.web import canonical_target
 
 CASES = [
     # scheme and host case, default port
@@ -25,6 +29,13 @@ CASES = [
     ("http://example.com/a/./b/../c", None, "http://example.com/a/c"),
     ("http://example.com/../../a", None, "http://example.com/a"),
     ("../x", "http://example.com/a/b/c", "http://example.com/a/x"),
+    # escaped dot segments are dot segments (decode unreserved first, then remove dots)
+    ("http://example.com/x/%2e%2e/secret", None, "http://example.com/secret"),
+    ("http://example.com/x/%2E./secret", None, "http://example.com/secret"),
+    ("http://example.com/x/.%2e/secret", None, "http://example.com/secret"),
+    ("http://example.com/a/%2e/b", None, "http://example.com/a/b"),
+    ("%2e%2e/secret", "http://example.com/a/b", "http://example.com/secret"),
+    ("http://example.com/%2e%2e%2fx", None, "http://example.com/..%2Fx"),  # %2F is no separator
     ("./", "http://example.com/a/b", "http://example.com/a/"),
     # percent-encoding: unreserved decoded, others upper-cased, raw unsafe characters encoded
     ("http://example.com/%7euser/%41%2d", None, "http://example.com/~user/A-"),
@@ -194,3 +205,43 @@ def test_relative_resolution_then_normalisation_is_stable(base: str, other: str)
     resolved = normalize(ref, base)
     assert normalize(resolved) == resolved
     assert resolved.startswith(("http://", "https://"))
+
+
+# -- dot segments, literal and escaped (the robots bypass "/x/%2e%2e/secret") -------------------
+_DOT_ATOMS = st.sampled_from(["a", "secret", "x", "%41", "%7e", "%2F", "%25", "%", "%2", "%g"])
+_dot_segment = st.one_of(
+    st.sampled_from([".", "..", "%2e", "%2E", "%2e%2e", "%2E%2E", ".%2e", "%2e.", "%2e%2E", "%2%65", "%252e"]),
+    st.lists(_DOT_ATOMS, min_size=0, max_size=3).map("".join),
+)
+_ROBOTS = Protego.parse("User-agent: *\nDisallow: /secret\nDisallow: /a/%2Fb\nAllow: /secret/ok\n")
+_POLICY = RobotsPolicy(RobotsMode.RULES, "ProvingGroundBot", 200, parser=_ROBOTS)
+
+
+@st.composite
+def dotted_urls(draw: st.DrawFn) -> tuple[str, str]:
+    """(URL, its raw request target) with dot segments written plainly and as escapes."""
+    target = "/" + "/".join(draw(st.lists(_dot_segment, min_size=1, max_size=7)))
+    if draw(st.booleans()):
+        target += "?" + draw(st.lists(_dot_segment, max_size=3).map("/".join))
+    return f"http://h.example{target}", target
+
+
+@settings(max_examples=600, deadline=None)
+@given(dotted_urls())
+def test_escaped_dot_segments_are_resolved_like_the_server_does(case: tuple[str, str]) -> None:
+    url, raw_target = case
+    once = normalize(url)
+    assert normalize(once) == once  # idempotent
+    sent = request_target(once)
+    # What an RFC 3986 server resolves (websim's own decoder, written apart from urlnorm): the
+    # request line already names that path, so robots.txt judges what the server will serve.
+    resolved = canonical_target(raw_target)
+    assert canonical_target(sent) == sent
+    assert sent == resolved
+    assert _POLICY.allows(once) == _POLICY.allows(f"http://h.example{resolved}")
+
+
+def test_robots_bypass_by_escaped_dots_is_closed() -> None:
+    url = normalize("/x/%2e%2e/secret", "http://h.example/page")
+    assert request_target(url) == "/secret"
+    assert not _POLICY.allows(url)

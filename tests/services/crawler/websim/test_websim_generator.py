@@ -137,3 +137,28 @@ def test_exact_duplicates_share_bytes_and_near_duplicates_differ_slightly(sim: W
             a, b = render_page(sim.web, page), render_page(sim.web, original)
             assert a != b
             assert difflib.SequenceMatcher(None, a, b).ratio() > 0.9
+
+
+def test_escaped_dot_segment_links_lead_to_disallowed_pages(sim: WebSim) -> None:
+    """Links like "/zz/%2e%2e/private/p.html": a crawler that removes dot segments before decoding
+    escapes requests "/zz/../private/p.html", and the judge (which resolves it to the disallowed
+    "/private/p.html") counts a robots violation. The default web must offer such a bait."""
+    from services.crawler.websim import truth
+
+    seeds = sim.seeds(len(sim.web.hosts))
+    reachable = sim.ground_truth(seeds, max_depth=8)
+    baits = [
+        (page, link)
+        for host in sim.web.hosts.values()
+        for page in host.pages.values()
+        if page.pid in reachable
+        for link in page.links
+        if "%2e%2e" in link.href.lower()
+        and link.host is not None
+        and link.path is not None
+        and not link.nofollow
+        and not truth.allowed(sim.web, link.host, link.path)
+    ]
+    assert baits, "no reachable %2e%2e link to a disallowed page"
+    for page, link in baits:
+        assert locate(urljoin(f"http://{page.host}{page.path}", link.href)) == (link.host, link.path)
