@@ -154,6 +154,10 @@ def memoize(
     never returned; the directory is emptied, with a warning, when code other than the one
     that wrote it opens it. The fingerprint does not cover functions the body calls, globals
     or closure values: call ``cache_clear()`` when a result depends on those and they change.
+    Records are not fsynced (results can be recomputed): a killed process loses nothing, a
+    power loss may cost the results since the last compaction. A damaged directory
+    (``SnapshotCorrupt``, ``LogCorrupt``) is set aside as ``*.corrupt`` with a warning and the
+    cache starts empty, rather than failing the import that applies the decorator.
 
     The wrapper has ``cache_info()``, ``cache_clear()``, ``cache_parameters()`` and
     ``__wrapped__`` as ``functools.lru_cache`` does.
