@@ -7,7 +7,6 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from protego import Protego
 
 from services.crawler.robots import RobotsMode, RobotsPolicy
@@ -210,7 +209,9 @@ def test_relative_resolution_then_normalisation_is_stable(base: str, other: str)
 # -- dot segments, literal and escaped (the robots bypass "/x/%2e%2e/secret") -------------------
 _DOT_ATOMS = st.sampled_from(["a", "secret", "x", "%41", "%7e", "%2F", "%25", "%", "%2", "%g"])
 _dot_segment = st.one_of(
-    st.sampled_from([".", "..", "%2e", "%2E", "%2e%2e", "%2E%2E", ".%2e", "%2e.", "%2e%2E", "%2%65", "%252e"]),
+    st.sampled_from(
+        [".", "..", "%2e", "%2E", "%2e%2e", "%2E%2E", ".%2e", "%2e.", "%2e%2E", "%2%65", "%252e"]
+    ),
     st.lists(_DOT_ATOMS, min_size=0, max_size=3).map("".join),
 )
 _ROBOTS = Protego.parse("User-agent: *\nDisallow: /secret\nDisallow: /a/%2Fb\nAllow: /secret/ok\n")
