@@ -1,8 +1,8 @@
 """robots.txt policy per host (RFC 9309), parsed by protego, cached with a TTL in libs.lru.
 
 Outcome of fetching /robots.txt -> policy (RFC 9309 section 2.3.1):
-- 2xx: parse the first 500 KiB (section 2.5 lets a crawler stop there); most specific rule wins,
-  Allow wins ties (protego implements the matching);
+- 2xx: parse the first 500 KiB (section 2.5 lets a crawler stop there), a leading UTF-8 BOM
+  dropped; most specific rule wins, Allow wins ties (protego implements the matching);
 - 4xx ("unavailable"): allow everything - except 429, which says "slow down", so it is treated
   like 5xx here, as Google does;
 - 5xx, timeouts, connection errors ("unreachable"): disallow everything, for `robots_error_ttl`
@@ -65,7 +65,9 @@ def policy_from_response(status: int | None, body: bytes, token: str, *, error: 
             RobotsMode.DISALLOW_ALL, token, None, fetched_at=now, reason=f"unreachable: {error}"
         )
     if 200 <= status < 300:
-        text = body[:MAX_ROBOTS_BYTES].decode("utf-8", errors="replace")
+        # A UTF-8 byte order mark would glue itself to the first "User-agent" line, which protego
+        # then ignores: the file would read as allow-all. RFC 9309 2.2: the file is UTF-8.
+        text = body[:MAX_ROBOTS_BYTES].removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
         parser = Protego.parse(text)
         delay = parser.crawl_delay(token)
         return RobotsPolicy(

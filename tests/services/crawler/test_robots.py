@@ -84,3 +84,11 @@ def test_retry_after_parsing_and_backoff() -> None:
     assert all(0 <= w <= 4.0 for w in waits) and max(waits) > 2.0  # full jitter up to the cap
     assert policy.backoff(1, retry_after=3.0) >= 3.0
     assert policy.should_retry(2) and not policy.should_retry(3)
+
+
+def test_a_utf8_byte_order_mark_does_not_turn_the_rules_off() -> None:
+    body = b"\xef\xbb\xbfUser-agent: *\nDisallow: /secret\nCrawl-delay: 2\n"
+    p = policy_from_response(200, body, TOKEN)
+    assert p.mode is RobotsMode.RULES
+    assert not p.allows("http://h/secret") and p.allows("http://h/open")
+    assert p.crawl_delay == 2.0
