@@ -358,6 +358,8 @@ class Crawl:
             policy = policy_from_response(None, b"", ROBOTS_TOKEN, error=str(exc))
         else:
             status = result.status
+            if self.warc is not None:
+                self.warc.write(result)  # robots.txt exchanges (and their redirect hops) are archived
             retry_after = parse_retry_after(result.header("Retry-After"))
             metrics.FETCHES.labels(str(status)).inc()
             metrics.BYTES.inc(len(result.body))

@@ -1,5 +1,8 @@
 """WARC 1.1 output through warcio: a request and a response record per fetch, gzip per record.
 
+Every file starts with a warcinfo record (software, format, crawl, user agent, robots policy), and
+its records say WARC/1.1 (warcio writes 1.0 unless asked). robots.txt exchanges are archived too.
+
 The stored payload is the body as received after content decoding, so Content-Encoding and
 Transfer-Encoding are dropped from the stored headers and Content-Length is set to what is stored;
 a body cut at max_body_bytes carries `WARC-Truncated: length`. Files rotate at `max_bytes`; every
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from importlib import metadata
 from pathlib import Path
 
 from warcio.statusandheaders import StatusAndHeaders
@@ -18,14 +22,31 @@ from warcio.warcwriter import WARCWriter
 from services.crawler.fetcher import FetchResult
 
 _DROP = {"content-encoding", "transfer-encoding", "content-length"}
+WARC_VERSION = "1.1"
+
+
+def _software() -> str:
+    try:
+        return f"ProvingGround crawler (warcio {metadata.version('warcio')})"
+    except metadata.PackageNotFoundError:  # pragma: no cover - warcio is imported above
+        return "ProvingGround crawler"
 
 
 class WarcOutput:
-    def __init__(self, directory: str | Path, prefix: str, *, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        prefix: str,
+        *,
+        max_bytes: int = 256 * 1024 * 1024,
+        info: dict[str, str] | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix
         self.max_bytes = max_bytes
+        # warcinfo fields (e.g. http-header-user-agent, robots) written at the start of each file
+        self.info = dict(info or {})
         self._fh: io.BufferedWriter | None = None
         self._writer: WARCWriter | None = None
         self.path: Path | None = None
@@ -34,7 +55,16 @@ class WarcOutput:
         self.close()
         self.path = self.directory / f"{self.prefix}-{uuid.uuid4().hex[:12]}.warc.gz"
         self._fh = self.path.open("ab")
-        self._writer = WARCWriter(self._fh, gzip=True)
+        self._writer = WARCWriter(self._fh, gzip=True, warc_version=WARC_VERSION)
+        fields = {
+            "software": _software(),
+            "format": f"WARC File Format {WARC_VERSION}",
+            "conformsTo": "https://iipc.github.io/warc-specifications/specifications/warc-format/warc-1.1/",
+            "isPartOf": self.prefix,
+            "robots": "obey",
+            **self.info,
+        }
+        self._writer.write_record(self._writer.create_warcinfo_record(self.path.name, fields))
 
     def write(self, result: FetchResult, reason: str = "") -> str:
         """Append the exchange; return the file name it went to."""
