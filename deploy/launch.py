@@ -24,7 +24,7 @@ and --metrics-port was not given; scraped by the local Prometheus as job `launch
     launcher_service_exits_total{service}     exits it saw (killed, crashed or exited)
 
 `GET /services` on the same port answers JSON {service: {pid, up, restarts, restart,
-restart_pending, log}}: a kill drill finds its victim's pid there and waits there for the
+restart_pending, last_recovery_s, log}}: a kill drill finds its victim's pid there and waits there for the
 restarted child to be up (a new pid with "up": true).
 
 The other children keep running meanwhile, and Prometheus (itself a child) keeps scraping: a dead
@@ -277,6 +277,8 @@ class Child:
     consecutive: int = 0  # restarts since it last stayed up RESTART_RESET_AFTER_S
     restart_at: float | None = None  # when a pending restart is due
     restarts: int = 0
+    exited_at: float | None = None  # when it last died, until it is healthy again
+    last_recovery_s: float | None = None  # from its last death to healthy again
 
 
 class Stack:
@@ -300,6 +302,7 @@ class Stack:
                 "restarts": child.restarts,
                 "restart": child.policy.name,
                 "restart_pending": child.restart_at is not None,
+                "last_recovery_s": child.last_recovery_s,
                 "log": str(self.log_dir / f"{name}.log"),
             }
             for name, child in self.children.items()
@@ -373,10 +376,20 @@ class Stack:
                 child.restarts += 1
                 self.metrics.restarts.labels(name).inc()
                 self.say(name, f"restarting (restart {child.restarts})")
-                self.start(child.service, names)
+                try:
+                    self.start(child.service, names)
+                except OSError as exc:  # e.g. its binary is gone: try again later, with backoff
+                    child.restart_at = now + backoff_s(child.consecutive)
+                    child.consecutive += 1
+                    self.say(name, f"cannot start: {exc}")
             elif proc is not None and not child.healthy and is_healthy(child.service):
                 self.mark_healthy(child)
-                self.say(name, f"up again after restart {child.restarts}: {describe(child.service)}")
+                if child.exited_at is not None:
+                    child.last_recovery_s = round(time.monotonic() - child.exited_at, 3)
+                    child.exited_at = None
+                    self.publish()
+                took = f"{child.last_recovery_s or 0:.1f}s after it went down"
+                self.say(name, f"up again ({took}, restart {child.restarts}): {describe(child.service)}")
             elif child.healthy and child.consecutive and now - child.started_at >= RESTART_RESET_AFTER_S:
                 child.consecutive = 0
 
@@ -389,6 +402,7 @@ class Stack:
             pass
         child.proc = None
         child.healthy = False
+        child.exited_at = now
         self.metrics.up.labels(name).set(0)
         self.metrics.exits.labels(name).inc()
         self.publish()

@@ -369,7 +369,7 @@ class Crawl:
                     target = normalize(result.location, url)
                 except InvalidURL:
                     target = ""
-                if target and host_of(target) == host:
+                if target:  # across authorities too (RFC 9309 2.3.1.2); the rules apply to `host`
                     self._robots_redirect[host] = (target, hops + 1)
                     # The host's Crawl-delay is still unknown: wait a conservative second.
                     self._end_request(slot, t0, status, max(retry_after or 0.0, _UNKNOWN_ROBOTS_DELAY))

@@ -195,7 +195,7 @@ def test_a_killed_child_is_restarted_and_the_others_keep_running(tmp_path: Path)
         wait_until(lambda: scrape(metrics)[("launcher_service_up", "a")] == 1, "a healthy again")
         assert answers(always)
         now = services(metrics)["a"]
-        assert now["up"] and now["restarts"] == 1
+        assert now["up"] and now["restarts"] == 1 and now["last_recovery_s"] >= 0.5  # the first backoff
         assert now["pid"] == child_serving(proc.pid, always).pid != a.pid
         assert b.is_running() and answers(never), "the other service must not be touched"
 
