@@ -7,7 +7,8 @@ Outcome of fetching /robots.txt -> policy (RFC 9309 section 2.3.1):
   like 5xx here, as Google does;
 - 5xx, timeouts, connection errors ("unreachable"): disallow everything, for `robots_error_ttl`
   seconds, then fetch again;
-- redirects are followed by the engine (up to 5 hops, same host only, each hop polite).
+- redirects are followed by the engine: up to 5 hops, to other authorities too (RFC 9309
+  section 2.3.1.2); the file found applies to the host first asked.
 """
 
 from __future__ import annotations
