@@ -247,19 +247,32 @@ def websim_faults(
     share_of_hosts: float = 0.5,
     error_rate: float = 0.3,
     latency_ms: float = 0.0,
+    status: int = 503,
     configuration: Configuration | None = None,
 ) -> dict[str, Any]:
-    """Errors (HTTP 500) and latency on a share of the drill's crawl hosts (every other one)."""
+    """Errors and latency on a share of the drill's crawl hosts (every other one).
+
+    `status` asks websim for that error status; a websim whose /faults has no `status` field
+    (400 naming it) answers its injected errors with 500, and the figure `injected_status` says so.
+    """
     seeds = [httpx.URL(u).host for u in RECORD.state["crawl_body"]["seeds"]]
     step = max(1, round(1 / share_of_hosts)) if share_of_hosts > 0 else len(seeds) + 1
     names = seeds[::step]
     base = stack.url("websim", configuration)
+    injected = status
     for name in names:
-        body = {"host": name, "error_rate": error_rate, "latency_ms": latency_ms}
-        httpx.post(f"{base}/faults", json=body, timeout=TIMEOUT).raise_for_status()
+        body: dict[str, Any] = {"host": name, "error_rate": error_rate, "latency_ms": latency_ms}
+        r = httpx.post(f"{base}/faults", json={**body, "status": status}, timeout=TIMEOUT)
+        if r.status_code == 400 and "status" in r.text:
+            injected = 500
+            r = httpx.post(f"{base}/faults", json=body, timeout=TIMEOUT)
+        r.raise_for_status()
+    figure(
+        "injected_status", injected if injected == status else f"{injected} (websim /faults has no status)"
+    )
     RECORD.state["faulty_hosts"] = names
     mark("fault_start")
-    return {"hosts": names, "error_rate": error_rate, "latency_ms": latency_ms}
+    return {"hosts": names, "error_rate": error_rate, "latency_ms": latency_ms, "status": injected}
 
 
 def clear_websim_faults(configuration: Configuration | None = None) -> dict[str, Any]:
