@@ -281,16 +281,16 @@ def _bearer(authorization: str | None, x_api_key: str | None) -> str | None:
 
 async def current_tenant(
     request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> TenantConfig:
     return request.app.state.gateway.admission.authenticate(_bearer(authorization, x_api_key))
 
 
 async def require_admin(
     request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:
     if not request.app.state.gateway.admission.is_admin(_bearer(authorization, x_api_key)):
         raise Unauthenticated("admin key required")
@@ -379,7 +379,13 @@ def _install_openapi(app: FastAPI) -> None:
                             "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
                         },
                     }
-        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        components = schema.setdefault("components", {})
+        # The key travels as a bearer token (or X-API-Key); documented once, not per operation.
+        components["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "the tenant's API key"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+        schemas = components.setdefault("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         schemas.setdefault(
