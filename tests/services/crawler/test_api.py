@@ -196,7 +196,8 @@ def test_cli_crawl_writes_warc_and_page_events(site: tuple[MiniSite, int], tmp_p
                     records.append(
                         (rec.rec_headers.get_header("WARC-Target-URI"), rec.content_stream().read())
                     )
-    assert len(records) == 13
+    assert len([r for r in records if not r[0].endswith("/robots.txt")]) == 13
+    assert any(r[0] == "http://a.sim.test/robots.txt" for r in records)  # robots.txt archived too
     assert ("http://a.sim.test/p3", b"page 3") in records
     import json
 
