@@ -23,7 +23,7 @@ from libs.service.logging import configure_logging
 from libs.service.spans import SpanLog
 from services.crawler.engine import Crawl, CrawlState
 from services.crawler.fetcher import Fetcher, ResolverMap, ResolveRule
-from services.crawler.settings import USER_AGENT, CrawlConfig
+from services.crawler.settings import DEFAULT_MAX_DEPTH, DEFAULT_MAX_URLS_PER_PATTERN, USER_AGENT, CrawlConfig
 from services.crawler.sinks import open_sink
 from services.crawler.store_sqlite import SQLiteStore
 from services.crawler.warc import WarcOutput
@@ -34,6 +34,7 @@ _FLAGS = {
     "scope": "--scope",
     "max_pages": "--max-pages",
     "max_depth": "--max-depth",
+    "max_urls_per_pattern": "--max-urls-per-pattern",
     "max_pages_per_host": "--max-pages-per-host",
     "concurrency": "--concurrency",
     "user_agent": "--user-agent",
@@ -63,7 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="host glob allowed, repeatable (default: the seeds' hosts)",
     )
     p.add_argument("--max-pages", type=int, default=10_000, help="stop after this many fetched URLs")
-    p.add_argument("--max-depth", type=int, default=None, help="link hops from a seed (default unlimited)")
+    p.add_argument(
+        "--max-depth", type=int, default=DEFAULT_MAX_DEPTH, help="link hops from a seed (trap guard)"
+    )
+    p.add_argument(
+        "--max-urls-per-pattern",
+        type=int,
+        default=DEFAULT_MAX_URLS_PER_PATTERN,
+        help="distinct URLs per host and pattern, digits collapsed: /calendar/#/# (trap guard)",
+    )
     p.add_argument("--max-pages-per-host", type=int, default=5_000, help="URLs admitted per host")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight across hosts")
     p.add_argument("--min-delay", type=float, default=1.0, help="minimum seconds between requests to a host")
@@ -117,6 +126,7 @@ def _config_from_args(args: argparse.Namespace) -> CrawlConfig:
         "scope": args.scope,
         "max_pages": args.max_pages,
         "max_depth": args.max_depth,
+        "max_urls_per_pattern": args.max_urls_per_pattern,
         "max_pages_per_host": args.max_pages_per_host,
         "concurrency": args.concurrency,
         "user_agent": args.user_agent,

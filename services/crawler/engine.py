@@ -50,6 +50,7 @@ from services.crawler.robots import (
 from services.crawler.settings import ROBOTS_TOKEN, CrawlConfig
 from services.crawler.sinks import PageSink
 from services.crawler.store import FrontierStore, NewURL, Outcome, URLRecord, URLState
+from services.crawler.traps import TrapGuard
 from services.crawler.urlnorm import InvalidURL, host_of, normalize
 from services.crawler.warc import WarcOutput
 
@@ -126,6 +127,7 @@ class Crawl:
         self.frontier = Frontier(store, config.politeness)
         self.robots = RobotsCache(ttl=config.robots_ttl, error_ttl=config.robots_error_ttl)
         self.retry = RetryPolicy(config.retry, random.Random(seed))
+        self.traps = TrapGuard(max_per_pattern=config.max_urls_per_pattern, max_depth=config.max_depth)
         self.state = CrawlState.PENDING
         self.stats = CrawlStats()
         self.error: str | None = None
@@ -172,6 +174,8 @@ class Crawl:
     def _admit(self, url: str, depth: int, *, redirects: int = 0, via: str | None = None) -> NewURL | None:
         if len(url) > self.config.max_url_length or not self.in_scope(url):
             return None
+        if self.traps.check(url, host_of(url), depth) is not None:
+            return None  # a trap's (crawler_trap_cut_total): too deep, or its pattern's budget is spent
         # Depth is judged by the store, which knows the shortest path found so far.
         return NewURL(url, host_of(url), depth, redirects, via)
 
@@ -549,6 +553,7 @@ class Crawl:
             "stats": stats,
             "elapsed_seconds": round(elapsed, 3),
             "pages_per_second": round(self.stats.fetched / elapsed, 3) if elapsed > 0 else 0.0,
+            "trap_cuts": self.traps.summary(),
         }
 
     def host_view(self, host: str) -> dict[str, Any]:

@@ -21,6 +21,11 @@ IN_FLIGHT = Gauge("crawler_in_flight_requests", "Requests in flight")
 LEASES_EXPIRED = Counter(
     "crawler_leases_expired_total", "Claimed URLs handed back because their lease ran out"
 )
+TRAP_CUTS = Counter(
+    "crawler_trap_cut_total",
+    "Links kept out of the frontier by the trap guard, by reason (depth, pattern_budget)",
+    ["reason"],
+)
 RETRIES = Counter("crawler_retries_total", "Fetches scheduled for another attempt", ["reason"])
 DISCOVERED = Counter("crawler_discovered_urls_total", "New unique URLs admitted to the frontier")
 DUPLICATE_CONTENT = Counter("crawler_duplicate_content_total", "Bodies whose SHA-256 was already seen")

@@ -7,6 +7,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 USER_AGENT = "ProvingGroundBot/0.1 (+http://127.0.0.1/bot)"
 # The product token robots.txt groups are matched against (RFC 9309 section 2.2.1).
 ROBOTS_TOKEN = "ProvingGroundBot"
+# Trap guard defaults (traps.py): a calendar trap ends here, a real site's pagination rarely does.
+DEFAULT_MAX_DEPTH = 50
+DEFAULT_MAX_URLS_PER_PATTERN = 1000
 
 
 class PolitenessConfig(BaseModel):
@@ -54,8 +57,16 @@ class CrawlConfig(BaseModel):
         description="host glob patterns allowed (e.g. '*.sim.test'); empty means the seeds' hosts",
     )
     max_pages: int = Field(10_000, ge=1, le=10_000_000, description="stop after this many fetched pages")
-    max_depth: int | None = Field(None, ge=0, le=1000, description="link hops from a seed; null = unlimited")
+    max_depth: int | None = Field(
+        DEFAULT_MAX_DEPTH, ge=0, le=1000, description="link hops from a seed; null = unlimited"
+    )
     max_pages_per_host: int = Field(5_000, ge=1, description="URLs admitted per host (bounds traps)")
+    max_urls_per_pattern: int | None = Field(
+        DEFAULT_MAX_URLS_PER_PATTERN,
+        ge=1,
+        description="distinct URLs admitted per host and URL pattern (digits collapsed: /calendar/#/#),"
+        " the trap guard; null = no such budget",
+    )
     max_url_length: int = Field(2048, ge=64, le=65536, description="longer URLs are dropped")
     concurrency: int = Field(64, ge=1, le=4096, description="requests in flight across all hosts")
     user_agent: str = Field(USER_AGENT, min_length=1, description="User-Agent header on every request")
