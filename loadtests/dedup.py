@@ -85,6 +85,8 @@ class IngestUser(HttpUser):
     @task(1)
     def scan(self) -> None:
         if SCAN_ROOT:
-            r = self.client.post("/v1/scans", json={"paths": [SCAN_ROOT]}, name="/v1/scans")
+            # Scan jobs take an API key (the worker's dev key unless PG_LOADTEST_DEDUP_KEY is set).
+            auth = {"Authorization": f"Bearer {os.environ.get('PG_LOADTEST_DEDUP_KEY', 'dev-dedup-key')}"}
+            r = self.client.post("/v1/scans", json={"paths": [SCAN_ROOT]}, name="/v1/scans", headers=auth)
             if r.status_code == 202:
-                self.client.get(f"/v1/scans/{r.json()['id']}", name="/v1/scans/{id}")
+                self.client.get(f"/v1/scans/{r.json()['id']}", name="/v1/scans/{id}", headers=auth)

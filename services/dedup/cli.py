@@ -44,6 +44,9 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from services.dedup.actions import ACTIONS, KEEP_RULES
     from services.dedup.reader import HASHERS
+    from services.dedup.scanner import ScanOptions
+
+    d = ScanOptions()  # the defaults the service's scan jobs use too
 
     p = ArgumentParser(prog="python -m services.dedup", description="Find and safely remove duplicate files.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
@@ -59,23 +62,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
     s.add_argument("-o", "--output", metavar="FILE", help="write the report here instead of stdout")
     s.add_argument(
-        "--hash", dest="algorithm", choices=sorted(HASHERS), default="blake3", help="full-content hash"
+        "--hash", dest="algorithm", choices=sorted(HASHERS), default=d.algorithm, help="full-content hash"
     )
-    s.add_argument("--workers", type=_positive_int, default=4, help="parallel readers (bounded queue)")
+    s.add_argument(
+        "--workers", type=_positive_int, default=d.workers, help="parallel readers (bounded queue)"
+    )
     s.add_argument(
         "--order",
         choices=["path", "inode"],
-        default="inode",
+        default=d.order,
         help="read order: inode (near on-disk order; much faster on a cold cache) or path",
     )
-    s.add_argument("--partial-size", type=parse_size, default=4096, help="bytes hashed at head and tail")
+    s.add_argument(
+        "--partial-size", type=parse_size, default=d.partial_size, help="bytes hashed at head and tail"
+    )
     s.add_argument("-L", "--follow-symlinks", action="store_true", help="follow symlinks (cycle-safe)")
     s.add_argument("-x", "--one-file-system", action="store_true", help="do not cross into other filesystems")
     s.add_argument("--include", action="append", default=[], metavar="GLOB", help="only base names matching")
     s.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip names/paths matching")
-    s.add_argument("--min-size", type=parse_size, default=1, help="smallest file considered")
-    s.add_argument("--max-size", type=parse_size, default=None, help="largest file considered")
-    s.add_argument("--include-empty", action="store_true", help="report empty files as duplicates too")
+    s.add_argument(
+        "--min-size",
+        type=parse_size,
+        default=d.min_size,
+        help="smallest file considered (0: empty files too)",
+    )
+    s.add_argument("--max-size", type=parse_size, default=d.max_size, help="largest file considered")
+    s.add_argument("--include-empty", action="store_true", help="report empty files too (= --min-size 0)")
     s.add_argument(
         "--cache", metavar="DIR", default=None, help="hash cache directory (default: ~/.cache/...)"
     )
@@ -153,9 +165,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def _scan_command(args: argparse.Namespace) -> int:
     from services.dedup import report
-    from services.dedup.scanner import scan
-    from services.dedup.stages import ScanConfig
-    from services.dedup.walk import WalkOptions
+    from services.dedup.hashcache import default_cache_dir
+    from services.dedup.scanner import ScanOptions, run_scan
 
     for path in args.paths:
         if not os.path.lexists(path):
@@ -169,40 +180,25 @@ def _scan_command(args: argparse.Namespace) -> int:
     if args.apply and not args.action:
         raise UsageError("--apply needs --action")
 
-    options = WalkOptions(
-        follow_symlinks=args.follow_symlinks,
-        one_filesystem=args.one_file_system,
-        min_size=0 if args.include_empty else max(1, args.min_size),
-        max_size=args.max_size,
-        include=tuple(args.include),
-        exclude=tuple(args.exclude),
-    )
-    config = ScanConfig(
+    options = ScanOptions(
         algorithm=args.algorithm,
         partial_size=args.partial_size,
         workers=args.workers,
         order=args.order,
-        trust_verified_cache=not args.reverify,
+        follow_symlinks=args.follow_symlinks,
+        one_file_system=args.one_file_system,
+        min_size=0 if args.include_empty else args.min_size,
+        max_size=args.max_size,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        cache_dir=None if args.no_cache else (args.cache or default_cache_dir()),
+        reverify=args.reverify,
     )
     show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
     progress = TqdmProgress(sys.stderr) if show_progress else None
-
-    cache = None
-    if not args.no_cache:
-        from libs.lru.errors import PersistenceError
-        from services.dedup.hashcache import HashCache, default_cache_dir
-
-        try:
-            cache = HashCache(args.cache or default_cache_dir())
-        except (ImportError, OSError, PersistenceError) as exc:
-            # A cache is an optimisation: locked by another scan, corrupt or unwritable, the
-            # scan still runs (reading everything) and says why.
-            print(f"warning: hash cache unavailable ({exc}); scanning without it", file=sys.stderr)
-    try:
-        result = scan(args.paths, options, config, cache=cache, progress=progress)
-    finally:
-        if cache is not None:
-            cache.close()
+    result = run_scan(args.paths, options, progress=progress)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
     out = _open_output(args.output)
     try:

@@ -62,7 +62,11 @@ class ByteCounter:
 
 
 def _check_same(entry: FileEntry, st: os.stat_result, when: str) -> None:
-    if st.st_ino != entry.ino or st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
+    # (device, inode) is also what keeps a confined scan confined: the file opened must be the
+    # inode the walk admitted, even if a directory on its path became a symlink meanwhile.
+    if st.st_ino != entry.ino or st.st_dev != entry.dev:
+        raise FileChanged(f"changed during scan ({when}): no longer the file the walk saw (other inode)")
+    if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
         raise FileChanged(
             f"changed during scan ({when}): size {entry.size}->{st.st_size}, "
             f"mtime_ns {entry.mtime_ns}->{st.st_mtime_ns}"

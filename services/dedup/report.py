@@ -69,6 +69,7 @@ def to_dict(result: ScanResult) -> dict[str, Any]:
         "errors": [{**path_json(e.path), "error": e.error} for e in result.errors],
         "stages": [s.as_dict() for s in result.stages],
         "walk": {k: getattr(result.walk_stats, k) for k in result.walk_stats.__slots__},
+        "warnings": list(result.warnings),
     }
 
 

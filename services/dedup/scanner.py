@@ -1,10 +1,16 @@
-"""One scan: walk the roots, run the stage pipeline, gather the result and its totals."""
+"""One scan: walk the roots, run the stage pipeline, gather the result and its totals.
+
+`run_scan(paths, ScanOptions(...))` is the one entry point both the CLI (`scan`) and the
+service's scan jobs (POST /v1/scans) call: same defaults (ScanOptions), same hash cache
+handling (an unopenable cache is a warning in `result.warnings`, and the scan runs without
+it), same meaning of `min_size` (0 includes empty files).
+"""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +39,7 @@ class ScanResult:
     files_scanned: int
     cache_hits: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def bytes_read(self) -> int:
@@ -85,3 +92,76 @@ def scan(
         files_scanned=len(walked.files),
         cache_hits=(cache.counters.hits - hits_before) if cache else 0,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ScanOptions:
+    """Everything one scan takes, with the defaults the CLI and the service share."""
+
+    algorithm: str = "blake3"
+    partial_size: int = 4096
+    workers: int = 4
+    order: str = "inode"  # read in (device, inode) order: close to on-disk order
+    follow_symlinks: bool = False
+    one_file_system: bool = False
+    min_size: int = 1  # 0: empty files are reported as duplicates of each other too
+    max_size: int | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    confine: tuple[str, ...] = ()  # allowed roots (the service's --scan-roots); empty = none
+    cache_dir: str | None = None  # hash cache directory; None = no cache
+    reverify: bool = False  # byte-verify even members the cache proved before
+
+    def walk_options(self) -> WalkOptions:
+        return WalkOptions(
+            follow_symlinks=self.follow_symlinks,
+            one_filesystem=self.one_file_system,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            include=tuple(self.include),
+            exclude=tuple(self.exclude),
+            confine=tuple(self.confine),
+        )
+
+    def scan_config(self) -> ScanConfig:
+        return ScanConfig(
+            algorithm=self.algorithm,
+            partial_size=self.partial_size,
+            workers=self.workers,
+            order=self.order,
+            trust_verified_cache=not self.reverify,
+        )
+
+
+def open_cache(cache_dir: str | None, warn: Callable[[str], None]) -> HashCache | None:
+    """The hash cache, or None with a warning: locked by another scan, corrupt or unwritable,
+    a cache is an optimisation and the scan still runs (reading everything)."""
+    if not cache_dir:
+        return None
+    from libs.lru.errors import PersistenceError
+
+    try:
+        return HashCache(cache_dir)
+    except (ImportError, OSError, PersistenceError) as exc:
+        warn(f"hash cache unavailable ({exc}); scanning without it")
+        return None
+
+
+def run_scan(
+    paths: Iterable[str | bytes | os.PathLike],
+    options: ScanOptions | None = None,
+    *,
+    progress: Progress | None = None,
+) -> ScanResult:
+    """The scan of the CLI and of the service's jobs. Raises ValueError for a bad option."""
+    options = options or ScanOptions()
+    config = options.scan_config()  # validates before anything is opened
+    warnings: list[str] = []
+    cache = open_cache(options.cache_dir, warnings.append)
+    try:
+        result = scan(paths, options.walk_options(), config, cache=cache, progress=progress)
+    finally:
+        if cache is not None:
+            cache.close()
+    result.warnings.extend(warnings)
+    return result

@@ -9,16 +9,25 @@ Invariants:
   linked, never as duplicates of themselves;
 - a directory is entered at most once per (device, inode), so following symlinks cannot loop;
 - any OSError (permission, vanished, not a directory...) becomes a `WalkError` for that path
-  and the walk goes on.
+  and the walk goes on;
+- with `confine` set (the service's scan jobs), nothing outside those directories is listed or
+  reported, whatever symlinks or `..` say: each directory is opened, checked by (device, inode)
+  against what the walk decided to enter and by its resolved path (/proc/self/fd) against the
+  roots, then listed through that descriptor; a followed symlink is opened (O_PATH, nothing
+  read) and its resolved target checked the same way, and one that leads outside becomes a
+  `WalkError`. The reader then re-checks (device, inode) after each open, so a path swapped
+  for a symlink after the walk cannot make a scan read anything the walk did not admit.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 _S_IFMT, _S_IFDIR, _S_IFREG = 0o170000, stat.S_IFDIR, stat.S_IFREG
 
@@ -62,6 +71,7 @@ class WalkOptions:
     max_size: int | None = None
     include: tuple[str, ...] = ()  # globs on the base name; empty = everything
     exclude: tuple[str, ...] = ()  # globs on the base name or the whole path
+    confine: tuple[str, ...] = ()  # allowed directories (symlinks resolved); empty = no confinement
 
 
 @dataclass(slots=True)
@@ -86,6 +96,44 @@ class WalkResult:
 def _error_text(exc: OSError) -> str:
     name = type(exc).__name__
     return f"{name}: {exc.strerror or exc}" if exc.strerror else f"{name}: {exc}"
+
+
+_O_PATH = getattr(os, "O_PATH", os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NONBLOCK", 0) | _O_CLOEXEC
+
+
+class Confinement:
+    """The allowed roots, resolved; `resolved(fd)` is where an open descriptor really is."""
+
+    def __init__(self, roots: Iterable[str | bytes]) -> None:
+        self.roots = [os.fsencode(os.path.realpath(r)) for r in roots]
+        self._prefixes = [r.rstrip(b"/") + b"/" for r in self.roots]
+
+    def contains(self, real: bytes) -> bool:
+        return any(real == r or real.startswith(p) for r, p in zip(self.roots, self._prefixes, strict=True))
+
+    @staticmethod
+    def resolved(fd: int, path: bytes) -> bytes:
+        try:
+            return os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # no /proc: the path's resolution (racy, but the (dev, ino) checks remain)
+            return os.path.realpath(path)
+
+    def open_checked(self, path: bytes, dir_fd: int | None = None) -> tuple[os.stat_result, bytes | None]:
+        """Open `path` (following symlinks, reading nothing): its stat, and its resolved path
+        when that lies outside the roots (None when inside)."""
+        fd = os.open(path, _O_PATH | _O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            st = os.fstat(fd)
+            real = self.resolved(fd, path)
+        finally:
+            os.close(fd)
+        return st, None if self.contains(real) else real
+
+
+def _outside(path: bytes, real: bytes) -> WalkError:
+    return WalkError(path, f"outside the allowed scan roots (resolves to {os.fsdecode(real)}); skipped")
 
 
 class _Filter:
@@ -132,19 +180,28 @@ def iter_files(
     flt = _Filter(options)
     seen_files: dict[tuple[int, int], FileEntry] = {}
     seen_dirs: set[tuple[int, int]] = set()
-    stack: list[tuple[bytes, int]] = []  # (directory path, device of its root for --one-filesystem)
+    # (directory path, device of its root for --one-filesystem, its (device, inode))
+    stack: list[tuple[bytes, int, tuple[int, int]]] = []
     has_exclude = bool(flt.exclude)
     follow, one_fs = options.follow_symlinks, options.one_filesystem
     # Without include globs the filter is the size range: tested inline (see the loop).
     plain = not flt.include
     min_size = options.min_size
     max_size = options.max_size if options.max_size is not None else float("inf")
+    conf = Confinement(options.confine) if options.confine else None
 
     for root in roots:
         root_b = os.fsencode(root)
         try:
             # A root named on the command line is followed even when it is a symlink (like find -H).
-            st = os.stat(root_b)
+            if conf is None:
+                st = os.stat(root_b)
+            else:
+                st, escaped = conf.open_checked(root_b)
+                if escaped is not None:
+                    stats.errors += 1
+                    yield _outside(root_b, escaped)
+                    continue
         except OSError as exc:
             stats.errors += 1
             yield WalkError(root_b, _error_text(exc))
@@ -152,7 +209,7 @@ def iter_files(
         if stat.S_ISDIR(st.st_mode):
             if (st.st_dev, st.st_ino) not in seen_dirs:
                 seen_dirs.add((st.st_dev, st.st_ino))
-                stack.append((root_b, st.st_dev))
+                stack.append((root_b, st.st_dev, (st.st_dev, st.st_ino)))
         elif stat.S_ISREG(st.st_mode):
             stats.files_seen += 1
             entry = _consider_file(root_b, os.path.basename(root_b), st, flt, seen_files, stats)
@@ -162,18 +219,45 @@ def iter_files(
             stats.special_skipped += 1
 
         while stack:
-            dir_path, root_dev = stack.pop()
+            dir_path, root_dev, dir_key = stack.pop()
             stats.dirs += 1
-            try:
-                with os.scandir(dir_path) as it:
-                    entries = list(it)
-            except OSError as exc:
-                stats.errors += 1
-                yield WalkError(dir_path, _error_text(exc))
-                continue
+            entries: list[Any]  # os.DirEntry[bytes], or _Checked when confined: same surface
+            if conf is None:
+                try:
+                    with os.scandir(dir_path) as it:
+                        entries = list(it)
+                except OSError as exc:
+                    stats.errors += 1
+                    yield WalkError(dir_path, _error_text(exc))
+                    continue
+            else:
+                error = None
+                try:
+                    dir_fd = os.open(dir_path, _O_DIR)
+                except OSError as exc:
+                    error = WalkError(dir_path, _error_text(exc))
+                else:
+                    try:
+                        dst = os.fstat(dir_fd)
+                        real = conf.resolved(dir_fd, dir_path)
+                        if (dst.st_dev, dst.st_ino) != dir_key:
+                            error = WalkError(dir_path, "replaced during the walk; skipped")
+                        elif not conf.contains(real):
+                            error = _outside(dir_path, real)
+                        else:
+                            # Listed, and every entry stat'ed, through the checked descriptor.
+                            entries = _list_checked(dir_fd, dir_path, conf, follow)
+                    except OSError as exc:
+                        error = WalkError(dir_path, _error_text(exc))
+                    finally:
+                        os.close(dir_fd)
+                if error is not None:
+                    stats.errors += 1
+                    yield error
+                    continue
             # Sorted so that output and the "first name met" of a hard-linked inode are stable.
             entries.sort(key=lambda e: e.name)
-            subdirs: list[tuple[bytes, int]] = []
+            subdirs: list[tuple[bytes, int, tuple[int, int]]] = []
             # The per-entry loop is the warm re-scan's floor (one lstat per file, nothing
             # read): type tests on st_mode bits and a plain file built inline, no calls.
             for de in entries:
@@ -190,7 +274,8 @@ def iter_files(
                     else:
                         st = de.stat(follow_symlinks=False)
                 except OSError as exc:
-                    # A dangling symlink we were asked to follow, or an entry that vanished.
+                    # A dangling symlink we were asked to follow, an entry that vanished, or
+                    # (confined) a symlink that leads outside the allowed roots.
                     stats.errors += 1
                     yield WalkError(path, _error_text(exc))
                     continue
@@ -219,11 +304,63 @@ def iter_files(
                     if key in seen_dirs:
                         continue  # symlink cycle or a second route to the same directory
                     seen_dirs.add(key)
-                    subdirs.append((path, root_dev))
+                    subdirs.append((path, root_dev, key))
                 else:
                     stats.special_skipped += 1  # FIFOs, sockets, devices: never read
             # Reversed so that popping visits subdirectories in name order (depth first).
             stack.extend(reversed(subdirs))
+
+
+class Escaped(OSError):
+    """A followed symlink whose target lies outside the allowed roots."""
+
+
+class _Checked:
+    """A directory entry of a confined walk, stat'ed through the checked directory descriptor
+    (same surface as the os.DirEntry the unconfined walk uses)."""
+
+    __slots__ = ("_exc", "_link", "_st", "name", "path")
+
+    def __init__(
+        self, name: bytes, path: bytes, link: bool, st: os.stat_result | None, exc: OSError | None
+    ) -> None:
+        self.name, self.path, self._link, self._st, self._exc = name, path, link, st, exc
+
+    def is_symlink(self) -> bool:
+        return self._link
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        if self._exc is not None:
+            raise self._exc
+        assert self._st is not None
+        return self._st
+
+
+def _list_checked(dir_fd: int, dir_path: bytes, conf: Confinement, follow: bool) -> list[_Checked]:
+    out = []
+    with os.scandir(dir_fd) as it:
+        for de in it:
+            name = os.fsencode(de.name)
+            path = os.path.join(dir_path, name)
+            st: os.stat_result | None = None
+            exc: OSError | None = None
+            link = de.is_symlink()
+            try:
+                if not link:
+                    st = de.stat(follow_symlinks=False)
+                elif follow:
+                    st, escaped = conf.open_checked(name, dir_fd=dir_fd)
+                    if escaped is not None:
+                        st = None
+                        exc = Escaped(
+                            errno.EXDEV,
+                            f"symlink leads outside the allowed scan roots (to {os.fsdecode(escaped)}); "
+                            "not followed",
+                        )
+            except OSError as e:
+                exc = e
+            out.append(_Checked(name, path, link, st, exc))
+    return out
 
 
 def _consider_file(

@@ -8,6 +8,14 @@
     GET  /v1/scans/{id}      its status and report
     + /metrics /healthz /readyz /docs from libs.service
 
+Scan jobs read the worker's filesystem, so /v1/scans* take an API key, `Authorization: Bearer
+<key>` (or `X-API-Key`), checked against `--api-keys-sha256` (SHA-256 hex digests; the dev
+key is `dev-dedup-key`); a missing or unknown key is a 401 JSON error. A job walks only inside
+`--scan-roots`: request paths are resolved (symlinks, `..`) before the containment test (403
+naming `body.paths.N`), and the walk itself checks every directory it opens and every symlink
+it follows against the roots (see walk.py), reporting an escaping link as an error entry.
+The scan is `scanner.run_scan`, the very function `python -m services.dedup scan` calls.
+
 With `--redis URL` it also consumes the stream `pg:pages` (field `event`) in the consumer
 group `dedup`: entries are acknowledged only after they are indexed, a restarted consumer
 first re-reads its own pending entries, and entries left pending by a dead consumer are
@@ -18,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import itertools
 import os
 import socket
@@ -27,7 +37,7 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal, cast
 
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from libs.service.app import ApiError, create_app
@@ -38,6 +48,7 @@ from libs.service.settings import ServiceSettings, load_settings
 from services.dedup import metrics
 from services.dedup.neardup import METHODS, NearConfig, PageIndex
 from services.dedup.pagestore import PageStore
+from services.dedup.scanner import ScanOptions
 
 log = get_logger("services.dedup.worker")
 
@@ -45,6 +56,8 @@ STREAM = "pg:pages"
 GROUP = "dedup"
 CLUSTERS_PAGE_MAX = 500  # most clusters in one GET /v1/clusters page
 CLUSTER_URLS_SHOWN = 20  # URLs listed per cluster there; ?url=<one of them> gives every member
+DEV_API_KEY_SHA256 = "8e791c9767dbf0fbd2205cecd2e3e5fa098621064a900d0220914cb740b92d9f"  # "dev-dedup-key"
+_SCAN_DEFAULTS = ScanOptions()  # the CLI's defaults too
 
 
 class DedupSettings(ServiceSettings):
@@ -62,6 +75,10 @@ class DedupSettings(ServiceSettings):
     scan_roots: list[str] = Field(
         default_factory=list,
         description="directories scan jobs may read (comma-separated); none = scans refused",
+    )
+    api_keys_sha256: list[str] = Field(
+        default_factory=lambda: [DEV_API_KEY_SHA256],
+        description="SHA-256 (hex) of the API keys /v1/scans accepts (comma-separated; dev: dev-dedup-key)",
     )
     data_dir: str | None = Field(
         None,
@@ -102,14 +119,30 @@ class PageBatch(BaseModel):
 class ScanRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     paths: list[str] = Field(min_length=1, description="files or directories, each under an allowed root")
-    algorithm: Literal["blake3", "xxh3-128", "sha256"] = "blake3"
-    min_size: int = Field(1, ge=0)
-    max_size: int | None = Field(None, ge=0)
-    follow_symlinks: bool = False
-    one_file_system: bool = False
+    algorithm: Literal["blake3", "xxh3-128", "sha256"] = _SCAN_DEFAULTS.algorithm  # type: ignore[assignment]
+    min_size: int = Field(_SCAN_DEFAULTS.min_size, ge=0, description="smallest file; 0 includes empty files")
+    max_size: int | None = Field(_SCAN_DEFAULTS.max_size, ge=0)
+    follow_symlinks: bool = Field(
+        _SCAN_DEFAULTS.follow_symlinks, description="follow symlinks that stay inside the scan roots"
+    )
+    one_file_system: bool = _SCAN_DEFAULTS.one_file_system
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
-    workers: int = Field(4, ge=1, le=32)
+    workers: int = Field(_SCAN_DEFAULTS.workers, ge=1, le=32)
+
+    def options(self, roots: Sequence[str], cache_dir: str | None) -> ScanOptions:
+        return ScanOptions(
+            algorithm=self.algorithm,
+            workers=self.workers,
+            follow_symlinks=self.follow_symlinks,
+            one_file_system=self.one_file_system,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            include=tuple(self.include),
+            exclude=tuple(self.exclude),
+            confine=tuple(roots),
+            cache_dir=cache_dir,
+        )
 
 
 def _first_error_field(exc: ValidationError, prefix: str) -> str:
@@ -133,6 +166,8 @@ class ScanJobs:
         return any(real == r or real.startswith(r.rstrip("/") + "/") for r in self.roots)
 
     def submit(self, req: ScanRequest) -> dict[str, Any]:
+        if not self.roots:
+            raise ApiError(403, "forbidden", "no scan roots configured (--scan-roots)", field="body.paths")
         for i, p in enumerate(req.paths):
             if not self.allowed(p):
                 raise ApiError(
@@ -149,33 +184,14 @@ class ScanJobs:
 
     def _run(self, job: dict[str, Any], req: ScanRequest) -> None:
         from services.dedup import report
-        from services.dedup.scanner import scan
-        from services.dedup.stages import ScanConfig
-        from services.dedup.walk import WalkOptions
+        from services.dedup.scanner import run_scan
 
         job["status"] = "running"
         job["started_at"] = time.time()
         try:
-            options = WalkOptions(
-                follow_symlinks=req.follow_symlinks,
-                one_filesystem=req.one_file_system,
-                min_size=req.min_size,
-                max_size=req.max_size,
-                include=tuple(req.include),
-                exclude=tuple(req.exclude),
-            )
-            cache = None
-            if self.cache_dir:
-                from services.dedup.hashcache import HashCache
-
-                cache = HashCache(self.cache_dir)
-            try:
-                result = scan(
-                    req.paths, options, ScanConfig(algorithm=req.algorithm, workers=req.workers), cache=cache
-                )
-            finally:
-                if cache is not None:
-                    cache.close()
+            result = run_scan(req.paths, req.options(self.roots, self.cache_dir))
+            for warning in result.warnings:
+                log.warning("scan job warning", extra={"job": job["id"], "warning": warning})
             job["report"] = report.to_dict(result)
             job["status"] = "done"
             metrics.SCAN_BYTES.inc(result.bytes_read)
@@ -411,6 +427,47 @@ def _pages_request_body() -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": {"oneOf": [event, batch]}}}}
 
 
+class ApiKeys:
+    """The accepted API keys, by SHA-256; a key is compared with every digest (constant time)."""
+
+    def __init__(self, digests: Sequence[str]) -> None:
+        self.digests = [d.strip().lower() for d in digests if d.strip()]
+
+    def check(self, authorization: str | None, x_api_key: str | None) -> None:
+        key = x_api_key
+        if not key and authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "expected 'Authorization: Bearer <key>'",
+                    field="header.authorization",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            key = token.strip()
+        if not key:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing API key (Authorization: Bearer <key>)",
+                field="header.authorization",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+        found = False
+        for stored in self.digests:  # no early exit: the time does not depend on the position
+            found |= hmac.compare_digest(stored, digest)
+        if not found:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "unknown API key",
+                field="header.authorization",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+
+
 def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAPI:
     index = index or PageIndex(
         NearConfig(
@@ -428,6 +485,14 @@ def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAP
     if scan_cache is None and settings.data_dir:
         scan_cache = os.path.join(settings.data_dir, "hash-cache")
     jobs = ScanJobs(settings.scan_roots, scan_cache)
+    keys = ApiKeys(settings.api_keys_sha256)
+
+    def require_key(
+        authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+        x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> None:
+        keys.check(authorization, x_api_key)
+
     health = Health()
     consumer = StreamConsumer(settings, index, store) if settings.redis else None
     if consumer is not None:
@@ -567,11 +632,22 @@ def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAP
             }
         return out
 
-    @app.post("/v1/scans", tags=["scans"], status_code=202, summary="Start a scan job under an allowed root")
+    @app.post(
+        "/v1/scans",
+        tags=["scans"],
+        status_code=202,
+        summary="Start a scan job under an allowed root (API key required)",
+        dependencies=[Depends(require_key)],
+    )
     def post_scan(req: ScanRequest) -> dict[str, Any]:
         return jobs.submit(req)
 
-    @app.get("/v1/scans/{scan_id}", tags=["scans"], summary="Status and report of a scan job")
+    @app.get(
+        "/v1/scans/{scan_id}",
+        tags=["scans"],
+        summary="Status and report of a scan job (API key required)",
+        dependencies=[Depends(require_key)],
+    )
     def get_scan(scan_id: str) -> dict[str, Any]:
         job = jobs.get(scan_id)
         if job is None:

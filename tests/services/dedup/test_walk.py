@@ -120,3 +120,71 @@ def test_missing_root_is_a_per_path_error(tmp_path: Path) -> None:
     result = walk([tmp_path / "nope", tmp_path])
     assert _names(result) == {"f"}
     assert len(result.errors) == 1
+
+
+def _confined_tree(tmp_path: Path) -> tuple[Path, Path]:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    write(root / "sub" / "a", b"inside" * 10)
+    write(outside / "secret", b"secret" * 10)
+    os.symlink(outside, root / "dir-out")  # a directory outside
+    os.symlink(outside / "secret", root / "file-out")  # a file outside
+    os.symlink("../../outside/secret", root / "sub" / "dots-out")  # relative, through '..'
+    os.symlink("/etc", root / "etc")
+    os.symlink("sub/a", root / "file-in")  # stays inside: followed
+    os.symlink("sub", root / "dir-in")
+    return root, outside
+
+
+def test_a_confined_walk_follows_only_links_that_stay_inside(tmp_path: Path) -> None:
+    root, _ = _confined_tree(tmp_path)
+    result = walk([root], WalkOptions(follow_symlinks=True, confine=(str(root),)))
+    (entry,) = result.files  # one inode, met as file-in and through dir-in (= sub, entered once)
+    names = {os.path.relpath(os.fsdecode(p), root) for p in [entry.path, *entry.links]}
+    assert names == {"file-in", "dir-in/a"}
+    errors = {os.path.basename(e.display): e.error for e in result.errors}
+    assert set(errors) == {"dir-out", "file-out", "dots-out", "etc"}
+    assert all("outside the allowed scan roots" in e for e in errors.values()), errors
+    # Unconfined, the same walk does read outside (the behaviour the confinement removes).
+    free = walk([root], WalkOptions(follow_symlinks=True))
+    assert any(f.display.endswith("file-out") for f in free.files)
+
+
+def test_a_confined_walk_refuses_roots_outside(tmp_path: Path) -> None:
+    root, outside = _confined_tree(tmp_path)
+    for bad in (outside, root / "dir-out", root / ".." / "outside", root / "file-out"):
+        result = walk([bad], WalkOptions(follow_symlinks=True, confine=(str(root),)))
+        assert not result.files, bad
+        (error,) = result.errors
+        assert "outside the allowed scan roots" in error.error
+
+
+def test_a_directory_swapped_for_a_symlink_after_the_walk_is_not_read(tmp_path: Path) -> None:
+    """TOCTOU: the walk admitted root/sub/{a,b}; sub then becomes a symlink to a directory
+    outside holding files of the same names, sizes and times. The reader's (device, inode)
+    check after open refuses them: errors, never the outside content."""
+    from services.dedup.scanner import scan
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for d in (root / "sub", outside):
+        for name in ("a", "b"):
+            write(d / name, b"same" * 100)
+            os.utime(d / name, ns=(1_000_000_000, 1_000_000_000))
+    walked = walk([root], WalkOptions(confine=(str(root),)))
+    assert len(walked.files) == 2
+    os.rename(root / "sub", tmp_path / "moved")
+    os.symlink(outside, root / "sub")
+
+    import services.dedup.scanner as scanner_mod
+
+    original = scanner_mod.walk
+    scanner_mod.walk = lambda roots, options: walked  # type: ignore[assignment]
+    try:
+        result = scan([root], WalkOptions(confine=(str(root),)))
+    finally:
+        scanner_mod.walk = original  # type: ignore[assignment]
+    assert not result.groups
+    assert len(result.errors) == 2 and all("other inode" in e.error for e in result.errors)

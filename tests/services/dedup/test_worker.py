@@ -139,24 +139,82 @@ def test_bad_input_names_the_field(worker: str) -> None:
         assert c.get("/v1/stats").json()["index"]["index_size"] == 0  # nothing half-stored
 
 
+AUTH = {"Authorization": "Bearer dev-dedup-key"}  # the documented dev key
+
+
+def _wait_job(c: httpx.Client, job_id: str) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = c.get(f"/v1/scans/{job_id}").json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"scan job {job_id} still {job['status']}")
+
+
+def test_scan_api_needs_an_api_key(worker: str, scan_root: Path) -> None:
+    body = {"paths": [str(scan_root)]}
+    with httpx.Client(base_url=worker, timeout=10) as c:
+        for headers, message in [
+            ({}, "missing API key"),
+            ({"Authorization": "Bearer wrong-key"}, "unknown API key"),
+            ({"Authorization": "Basic ZGV2OmRldg=="}, "Bearer"),
+            ({"X-API-Key": "wrong-key"}, "unknown API key"),
+        ]:
+            r = c.post("/v1/scans", json=body, headers=headers)
+            assert r.status_code == 401, r.text
+            err = r.json()["error"]
+            assert err["field"] == "header.authorization" and message in err["message"], err
+            assert "Bearer" in r.headers["www-authenticate"]
+        assert c.get("/v1/scans/s1").status_code == 401
+        # An unauthenticated caller learns nothing about the body either: 401 before 422.
+        assert c.post("/v1/scans", json={"paths": "nope"}).status_code == 401
+        assert c.post("/v1/scans", json=body, headers={"X-API-Key": "dev-dedup-key"}).status_code == 202
+
+
+def test_scan_job_cannot_follow_a_symlink_out_to_etc(worker: str, scan_root: Path) -> None:
+    """The reported escape: a symlink inside the root to /etc, followed on request."""
+    os.symlink("/etc", scan_root / "etc-link")
+    os.symlink("/etc/passwd", scan_root / "hostname-link")
+    (scan_root / "sub").mkdir()
+    os.symlink("../a", scan_root / "sub" / "inside-link")  # stays inside: followed
+    with httpx.Client(base_url=worker, timeout=10, headers=AUTH) as c:
+        r = c.post("/v1/scans", json={"paths": [str(scan_root)], "follow_symlinks": True})
+        assert r.status_code == 202, r.text
+        job = _wait_job(c, r.json()["id"])
+    assert job["status"] == "done", job
+    rep = job["report"]
+    reported = [f["path"] for g in rep["groups"] for f in g["files"]]
+    reported += [f["path"] for f in rep["hard_linked"]] + [
+        p["path"] for f in rep["hard_linked"] for p in f.get("links", [])
+    ]
+    assert not [p for p in reported if "etc" in p or "passwd" in p], reported
+    errors = {os.path.basename(e["path"]): e["error"] for e in rep["errors"]}
+    assert set(errors) == {"etc-link", "hostname-link"}, errors
+    assert all("outside the allowed scan roots" in e for e in errors.values()), errors
+    (group,) = rep["groups"]
+    assert sorted(os.path.basename(f["path"]) for f in group["files"]) == ["a", "b", "c"]
+
+
 def test_scan_jobs_only_under_allowed_roots(worker: str, scan_root: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     os.symlink(outside, scan_root / "escape")
-    with httpx.Client(base_url=worker, timeout=10) as c:
-        for bad in (str(outside), str(scan_root / ".." / "outside"), str(scan_root / "escape"), "/etc"):
+    with httpx.Client(base_url=worker, timeout=10, headers=AUTH) as c:
+        for bad in (
+            str(outside),
+            str(scan_root / ".." / "outside"),
+            f"{scan_root}/../../../../../../../etc",
+            str(scan_root / "escape"),
+            str(scan_root / "escape" / ".."),
+            "/etc",
+        ):
             r = c.post("/v1/scans", json={"paths": [str(scan_root), bad]})
             assert r.status_code == 403, (bad, r.text)
             assert r.json()["error"]["field"] == "body.paths.1"
         r = c.post("/v1/scans", json={"paths": [str(scan_root)], "workers": 2})
         assert r.status_code == 202
-        job_id = r.json()["id"]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            job = c.get(f"/v1/scans/{job_id}").json()
-            if job["status"] in ("done", "failed"):
-                break
-            time.sleep(0.05)
+        job = _wait_job(c, r.json()["id"])
         assert job["status"] == "done", job
         (group,) = job["report"]["groups"]
         assert sorted(os.path.basename(f["path"]) for f in group["files"]) == ["a", "b", "c"]
