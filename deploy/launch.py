@@ -24,8 +24,9 @@ and --metrics-port was not given; scraped by the local Prometheus as job `launch
     launcher_service_exits_total{service}     exits it saw (killed, crashed or exited)
 
 `GET /services` on the same port answers JSON {service: {pid, up, restarts, restart,
-restart_pending, last_recovery_s, log}}: a kill drill finds its victim's pid there and waits there for the
-restarted child to be up (a new pid with "up": true).
+restart_pending, last_recovery_s, log}}: a kill drill finds its victim's pid there and waits
+there for the restarted child to be up (a new pid with "up": true); last_recovery_s is the time
+from its death to its health check passing again.
 
 The other children keep running meanwhile, and Prometheus (itself a child) keeps scraping: a dead
 target shows `up == 0` until it is back. A frozen (SIGSTOPped) child is alive: it is not restarted.
@@ -33,9 +34,11 @@ target shows `up == 0` until it is back. A frozen (SIGSTOPped) child is alive: i
 Faults. Services reach each other only through the fault proxy (compose service `toxiproxy`:
 Toxiproxy's image in compose, `python -m deploy.faultproxy` here, both on
 deploy/toxiproxy/proxies.json), so its HTTP API on 127.0.0.1:8474 + offset can slow, cut or
-reset any hop while the stack runs; see loadtests/drills/README-faults.md. It is on by default
-(the drills need it; it costs one loopback hop per connection); `--direct` leaves it out and
-points every hop straight at its service.
+reset any hop while the stack runs; see loadtests/drills/README-faults.md. Prometheus scrapes
+the services directly, never through it. It is on by default (the drills need it; it costs one
+loopback hop per connection); `--direct` leaves it out and points every hop straight at its
+service. A restarted fault proxy comes back with the proxies of its file and no toxics, as a
+restarted Toxiproxy container does.
 
 Every child runs in its own process group with its output appended to var/logs/<service>.log.
 Ctrl-C or SIGTERM stops them in reverse start order (SIGTERM, then SIGKILL after a grace period).
