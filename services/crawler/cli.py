@@ -244,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     with contextlib.suppress(BrokenPipeError):
         print(json.dumps(status, indent=2, sort_keys=True))
+    if status.get("stopped_by") == "max_pages":
+        print(
+            f"note: stopped by --max-pages {config.max_pages} with {status['frontier_size']} URLs still"
+            " queued; run again with a higher --max-pages and the same --store to go on",
+            file=sys.stderr,
+        )
     if status["state"] == CrawlState.FAILED.value:
         return 1
     if status["state"] == CrawlState.CANCELLED.value:

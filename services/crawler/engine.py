@@ -131,6 +131,7 @@ class Crawl:
         self.state = CrawlState.PENDING
         self.stats = CrawlStats()
         self.error: str | None = None
+        self.stopped_by: str | None = None  # a limit that ended the crawl with work left ("max_pages")
         self._scope = [p.lower() for p in config.scope] or sorted(
             {(urlsplit(normalize(s)).hostname or "") for s in config.seeds}
         )
@@ -236,6 +237,7 @@ class Crawl:
             elif self.state is not CrawlState.FAILED:
                 self.state = CrawlState.FINISHED
             self.stats.finished_at = time.time()
+            self._note_limit_stop()
             heartbeat.stop()
             metrics.FRONTIER_SIZE.set(0)
             if self.on_progress:
@@ -534,6 +536,21 @@ class Crawl:
         await self.sink.emit(event)
         self.stats.pages_emitted += 1
 
+    def _note_limit_stop(self) -> None:
+        """Say it when a limit, not the end of the web, stopped the crawl (status and log)."""
+        if self.state is not CrawlState.FINISHED or self._budget_left():
+            return
+        counts = self.store.counts()
+        left = counts["DISCOVERED"] + counts["RETRYABLE"]
+        if left:
+            self.stopped_by = "max_pages"
+            log.warning(
+                "crawl %s stopped by max_pages=%d with %d URLs still queued",
+                self.crawl_id,
+                self.config.max_pages,
+                left,
+            )
+
     # -- views -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         counts = self.store.counts()
@@ -545,6 +562,7 @@ class Crawl:
             "crawl_id": self.crawl_id,
             "state": self.state.value,
             "error": self.error,
+            "stopped_by": self.stopped_by,
             "urls": counts,
             "frontier_size": counts["DISCOVERED"] + counts["RETRYABLE"],
             "hosts_known": len(self.frontier.slots),

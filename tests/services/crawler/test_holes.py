@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -42,3 +46,51 @@ async def test_robots_txt_redirected_to_another_authority_is_followed(tmp_path: 
     assert paths[("a.sim.test", "/")] == 1 and paths[("a.sim.test", "/p")] == 1  # not disallow-all
     assert paths[("a.sim.test", "/secret")] == 0  # the redirected file's rules apply to a.sim.test
     assert c.stats.robots_denied == 1
+
+
+def _chain_site(n: int) -> MiniSite:
+    site = MiniSite()
+    for i in range(n):
+        site.page(
+            "a.sim.test", "/" if i == 0 else f"/{i}", f'<a href="/{i + 1}">n</a>' if i + 1 < n else "end"
+        )
+    return site
+
+
+async def test_a_crawl_stopped_by_max_pages_says_so(tmp_path: Path) -> None:
+    site = _chain_site(30)
+    with site.serve() as port:
+        c = await crawl(port, tmp_path / "cut", max_pages=5)
+        whole = await crawl(port, tmp_path / "whole", max_pages=30)
+    assert c.status()["stopped_by"] == "max_pages" and c.status()["frontier_size"] == 1
+    assert whole.status()["stopped_by"] is None  # the budget was exactly the site: nothing was cut
+
+
+def test_the_cli_says_when_max_pages_stopped_the_crawl(tmp_path: Path) -> None:
+    site = _chain_site(12)
+    with site.serve() as port:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.crawler",
+                "crawl",
+                "http://a.sim.test/",
+                "--resolve",
+                f"*.sim.test=127.0.0.1:{port}",
+                "--min-delay",
+                "0",
+                "--max-pages",
+                "4",
+                "--store",
+                str(tmp_path / "s.sqlite"),
+                "--no-progress",
+            ],
+            env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["stopped_by"] == "max_pages"
+    assert "stopped by --max-pages 4 with 1 URLs still queued" in r.stderr
