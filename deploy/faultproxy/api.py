@@ -60,7 +60,7 @@ class ProxyCollection:
             raise ProxyError("bad request body: expected a JSON array of proxies")
         result = []
         for item in body:
-            existing = self.proxies.get(item.get("name")) if isinstance(item, dict) else None
+            existing = self.proxies.get(str(item.get("name"))) if isinstance(item, dict) else None
             if existing is not None and (
                 existing.upstream != item.get("upstream") or item.get("listen") not in (None, existing.listen)
             ):

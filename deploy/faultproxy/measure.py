@@ -52,8 +52,11 @@ async def _time_to_fail(url: str) -> float:
 
 
 async def measure(n: int) -> list[tuple[str, str]]:
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text="x" * 1000)
+
     upstream = web.Application()
-    upstream.router.add_get("/", lambda _: web.Response(text="x" * 1000))
+    upstream.router.add_get("/", page)
     up_runner = web.AppRunner(upstream, access_log=None)
     await up_runner.setup()
     up_port, api_port = _free_port(), _free_port()

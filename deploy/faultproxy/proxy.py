@@ -197,9 +197,10 @@ class Connection:
         writers = [loop.create_task(link.write_loop()) for link in self.links]
         closed = loop.create_task(self.closed.wait())
         both = asyncio.gather(*writers, return_exceptions=True)
+        waits: list[asyncio.Future[Any]] = [both, closed]
         try:
             self.toxics_changed()
-            await asyncio.wait([both, closed], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in [*tasks, *writers, closed, *(t for _, _, t in self._timers.values())]:
                 task.cancel()
