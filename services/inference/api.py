@@ -32,7 +32,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.inference.admission import TenantConfig
-from services.inference.chat import ChatTemplateError, render_chat
 from services.inference.errors import InferenceError, InvalidRequest, Unauthenticated, param_of
 from services.inference.gateway import (
     MAX_STOP,
@@ -787,21 +786,9 @@ def add_routes(app: FastAPI, gateway: Gateway, jobs: JobStore) -> None:
     async def chat_completions(body: ChatRequest, request: Request, t: Tenant):
         if body.top_logprobs is not None and not body.logprobs:
             raise InvalidRequest("top_logprobs needs logprobs: true", "body.top_logprobs")
-        try:
-            text = render_chat(body.conversation(), gateway.chat_template, gateway.chat_special_tokens)
-        except ChatTemplateError as exc:
-            raise InvalidRequest(str(exc), "body.messages") from None
-        base = body.base(prompt=text)
-        base.extra_stop = gateway.chat_stop
+        base = body.base()
         base.logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        limit = body.max_completion_tokens or body.max_tokens
-        if limit is None:  # OpenAI's default: as much as the context leaves
-            lim = admission.limits
-            base.max_tokens = max(
-                1, min(lim.max_output_tokens, lim.max_total_tokens - len(gateway.encode_prompt(base)))
-            )
-        else:
-            base.max_tokens = limit
+        gateway.chat_params(body.conversation(), base, body.max_completion_tokens or body.max_tokens)
         choices = []
         for i in range(body.n or 1):
             p = CompletionParams(**{**base.__dict__, "seed": _choice_seed(body.seed, i)})

@@ -14,11 +14,12 @@ import uuid
 import weakref
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from services.inference import metrics as m
 from services.inference.admission import Admission, TenantConfig, Ticket
 from services.inference.chat import DEFAULT_STOP as DEFAULT_CHAT_STOP
+from services.inference.chat import ChatTemplateError, render_chat
 from services.inference.embeddings import DIMENSION as EMBEDDING_DIMENSION
 from services.inference.embeddings import EmbeddingBatcher
 from services.inference.engine import Engine
@@ -308,6 +309,28 @@ class Gateway:
             if not 0 <= min(ids) <= max(ids) < vocab:
                 i = next(i for i, t in enumerate(ids) if not 0 <= t < vocab)
                 raise InvalidRequest(f"token {ids[i]} is not in [0, {vocab})", f"body.prompt.{i}")
+
+    def chat_params(
+        self, messages: list[dict[str, Any]], p: CompletionParams, max_tokens: int | None
+    ) -> CompletionParams:
+        """`p` with the conversation rendered as its prompt (the model's chat template), the
+        template's end-of-turn as a stop string, and max_tokens as OpenAI's default: as much
+        as the context leaves."""
+        if not messages:
+            raise InvalidRequest("messages must hold at least one message", "body.messages")
+        try:
+            p.prompt = render_chat(messages, self.chat_template, self.chat_special_tokens)
+        except ChatTemplateError as exc:
+            raise InvalidRequest(str(exc), "body.messages") from None
+        p.prompt_ids = None
+        p.extra_stop = self.chat_stop
+        if max_tokens is None:
+            lim = self.admission.limits
+            room = lim.max_total_tokens - len(self.encode_prompt(p))
+            p.max_tokens = max(1, min(lim.max_output_tokens, room))
+        else:
+            p.max_tokens = max_tokens
+        return p
 
     def encode_prompt(self, p: CompletionParams) -> list[int]:
         return list(p.prompt_ids) if p.prompt_ids is not None else self.tokenizer.encode(p.prompt)

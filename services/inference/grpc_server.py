@@ -9,12 +9,12 @@ that cancels the call (or disconnects) cancels the handler, which frees the sequ
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from services.inference.errors import InferenceError
-from services.inference.gateway import CompletionParams, Finish, Gateway, Piece
+from services.inference.gateway import CompletionParams, Finish, Gateway, Piece, TokenLogprob
 from services.inference.jobs import Job, JobStore
 from services.inference.proto import inference_pb2 as pb
 from services.inference.proto import inference_pb2_grpc as pb_grpc
@@ -43,6 +43,43 @@ def _params(req: pb.GenerateRequest) -> CompletionParams:
         deadline_ms=req.deadline_ms if req.HasField("deadline_ms") else None,
         ignore_eos=req.ignore_eos,
         model=req.model or None,
+        stop=list(req.stop),
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        user=req.user or None,
+        logprobs=req.logprobs if req.HasField("logprobs") else None,
+    )
+
+
+def _chat_params(gateway: Gateway, req: pb.ChatRequest) -> CompletionParams:
+    p = CompletionParams(
+        temperature=req.temperature,
+        top_p=req.top_p if req.HasField("top_p") else 1.0,
+        seed=req.seed if req.HasField("seed") else None,
+        priority=req.priority or "interactive",
+        deadline_ms=req.deadline_ms if req.HasField("deadline_ms") else None,
+        ignore_eos=req.ignore_eos,
+        model=req.model or None,
+        stop=list(req.stop),
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        user=req.user or None,
+        logprobs=req.top_logprobs if req.HasField("top_logprobs") else None,
+    )
+    messages = [
+        {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in req.messages
+    ]
+    return gateway.chat_params(messages, p, req.max_tokens or None)
+
+
+def _logprob_pb(lp: TokenLogprob | None) -> pb.TokenLogprob | None:
+    if lp is None:
+        return None
+    return pb.TokenLogprob(
+        token=lp.token,
+        logprob=lp.logprob if lp.logprob is not None else 0.0,
+        token_bytes=bytes(lp.bytes),
+        top=[pb.TopLogprob(token=t, logprob=v, token_bytes=bytes(b)) for t, b, v in lp.top],
     )
 
 
@@ -87,18 +124,31 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         )
 
     async def Generate(self, request, context) -> AsyncIterator[pb.GenerateChunk]:
+        async for chunk in self._stream(context, lambda: _params(request)):
+            yield chunk
+
+    async def Chat(self, request, context) -> AsyncIterator[pb.GenerateChunk]:
+        async for chunk in self._stream(context, lambda: _chat_params(self.gateway, request)):
+            yield chunk
+
+    async def _stream(
+        self, context: grpc.aio.ServicerContext, params: Callable[[], CompletionParams]
+    ) -> AsyncIterator[pb.GenerateChunk]:
         holder: list[Sequence] = []
         try:
-            stream = await self.gateway.generate(
-                self._tenant(context), _params(request), on_seq=holder.append
-            )
+            stream = await self.gateway.generate(self._tenant(context), params(), on_seq=holder.append)
         except InferenceError as exc:
             await self._abort(context, exc)
             return
         try:
             async for item in stream:
                 if isinstance(item, Piece):
-                    yield pb.GenerateChunk(id=holder[0].seq_id, text=item.text, token_id=item.token_id)
+                    yield pb.GenerateChunk(
+                        id=holder[0].seq_id,
+                        text=item.text,
+                        token_id=item.token_id,
+                        logprob=_logprob_pb(item.logprob),
+                    )
                 else:
                     yield _final_chunk(holder[0], item)
         except InferenceError as exc:
@@ -125,7 +175,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def Embed(self, request, context) -> pb.EmbedResponse:
         try:
             vectors, tokens = await self.gateway.embed(
-                self._tenant(context), list(request.input), request.model or None
+                self._tenant(context),
+                list(request.input),
+                request.model or None,
+                request.dimensions if request.HasField("dimensions") else None,
             )
         except InferenceError as exc:
             await self._abort(context, exc)
@@ -194,6 +247,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         except InferenceError as exc:
             await self._abort(context, exc)
             raise
+
+    async def GetModel(self, request, context) -> pb.Model:
+        try:
+            m = self.gateway.model(request.id)
+        except InferenceError as exc:
+            await self._abort(context, exc)
+            raise
+        return pb.Model(id=str(m["id"]), kind=str(m["kind"]))
 
     async def ListModels(self, request, context) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(

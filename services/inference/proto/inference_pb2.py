@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(services/inference/proto/inference.proto\x12\x1bproving_ground.inference.v1\"\xe3\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x10\n\x08priority\x18\x07 \x01(\t\x12\x18\n\x0b\x64\x65\x61\x64line_ms\x18\x08 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\nignore_eos\x18\t \x01(\x08\x42\x08\n\x06_top_pB\x07\n\x05_seedB\x0e\n\x0c_deadline_ms\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\x85\x01\n\rGenerateChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08token_id\x18\x03 \x01(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x31\n\x05usage\x18\x05 \x01(\x0b\x32\".proving_ground.inference.v1.Usage\"\x83\x01\n\nCompletion\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x31\n\x05usage\x18\x05 \x01(\x0b\x32\".proving_ground.inference.v1.Usage\",\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"k\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x34\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32&.proving_ground.inference.v1.Embedding\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\"A\n\x0cScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\ncandidates\x18\x03 \x03(\t\"h\n\x0e\x43\x61ndidateScore\x12\x11\n\tcandidate\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x0e\n\x06tokens\x18\x03 \x01(\x05\x12\x14\n\x0cmean_logprob\x18\x04 \x01(\x01\x12\x0c\n\x04prob\x18\x05 \x01(\x01\"M\n\rScoreResponse\x12<\n\x07results\x18\x01 \x03(\x0b\x32+.proving_ground.inference.v1.CandidateScore\"j\n\x10SubmitJobRequest\x12=\n\x07request\x18\x01 \x01(\x0b\x32,.proving_ground.inference.v1.GenerateRequest\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"\x14\n\x06JobRef\x12\n\n\x02id\x18\x01 \x01(\t\"\x95\x01\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x37\n\x06result\x18\x03 \x01(\x0b\x32\'.proving_ground.inference.v1.Completion\x12\x12\n\nerror_type\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x08\"\x13\n\x11ListModelsRequest\"!\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"F\n\x12ListModelsResponse\x12\x30\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\".proving_ground.inference.v1.Model2\x88\x06\n\tInference\x12\x66\n\x08Generate\x12,.proving_ground.inference.v1.GenerateRequest\x1a*.proving_ground.inference.v1.GenerateChunk0\x01\x12\x61\n\x08\x43omplete\x12,.proving_ground.inference.v1.GenerateRequest\x1a\'.proving_ground.inference.v1.Completion\x12^\n\x05\x45mbed\x12).proving_ground.inference.v1.EmbedRequest\x1a*.proving_ground.inference.v1.EmbedResponse\x12^\n\x05Score\x12).proving_ground.inference.v1.ScoreRequest\x1a*.proving_ground.inference.v1.ScoreResponse\x12\\\n\tSubmitJob\x12-.proving_ground.inference.v1.SubmitJobRequest\x1a .proving_ground.inference.v1.Job\x12O\n\x06GetJob\x12#.proving_ground.inference.v1.JobRef\x1a .proving_ground.inference.v1.Job\x12R\n\tCancelJob\x12#.proving_ground.inference.v1.JobRef\x1a .proving_ground.inference.v1.Job\x12m\n\nListModels\x12..proving_ground.inference.v1.ListModelsRequest\x1a/.proving_ground.inference.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(services/inference/proto/inference.proto\x12\x1bproving_ground.inference.v1\"\xd8\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x10\n\x08priority\x18\x07 \x01(\t\x12\x18\n\x0b\x64\x65\x61\x64line_ms\x18\x08 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\nignore_eos\x18\t \x01(\x08\x12\x0c\n\x04stop\x18\n \x03(\t\x12\x18\n\x10presence_penalty\x18\x0b \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x0c \x01(\x02\x12\x0c\n\x04user\x18\r \x01(\t\x12\x15\n\x08logprobs\x18\x0e \x01(\x05H\x03\x88\x01\x01\x42\x08\n\x06_top_pB\x07\n\x05_seedB\x0e\n\x0c_deadline_msB\x0b\n\t_logprobs\":\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x88\x03\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12:\n\x08messages\x18\x02 \x03(\x0b\x32(.proving_ground.inference.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x10\n\x08priority\x18\x07 \x01(\t\x12\x18\n\x0b\x64\x65\x61\x64line_ms\x18\x08 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x18\n\x10presence_penalty\x18\n \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x0b \x01(\x02\x12\x19\n\x0ctop_logprobs\x18\x0c \x01(\x05H\x03\x88\x01\x01\x12\x12\n\nignore_eos\x18\r \x01(\x08\x12\x0c\n\x04user\x18\x0e \x01(\tB\x08\n\x06_top_pB\x07\n\x05_seedB\x0e\n\x0c_deadline_msB\x0f\n\r_top_logprobs\"A\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x13\n\x0btoken_bytes\x18\x03 \x01(\x0c\"y\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x13\n\x0btoken_bytes\x18\x03 \x01(\x0c\x12\x34\n\x03top\x18\x04 \x03(\x0b\x32\'.proving_ground.inference.v1.TopLogprob\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\xc1\x01\n\rGenerateChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08token_id\x18\x03 \x01(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x31\n\x05usage\x18\x05 \x01(\x0b\x32\".proving_ground.inference.v1.Usage\x12:\n\x07logprob\x18\x06 \x01(\x0b\x32).proving_ground.inference.v1.TokenLogprob\"\x83\x01\n\nCompletion\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x31\n\x05usage\x18\x05 \x01(\x0b\x32\".proving_ground.inference.v1.Usage\"T\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x03(\t\x12\x17\n\ndimensions\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\r\n\x0b_dimensions\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"k\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x34\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32&.proving_ground.inference.v1.Embedding\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\"A\n\x0cScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\ncandidates\x18\x03 \x03(\t\"h\n\x0e\x43\x61ndidateScore\x12\x11\n\tcandidate\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x0e\n\x06tokens\x18\x03 \x01(\x05\x12\x14\n\x0cmean_logprob\x18\x04 \x01(\x01\x12\x0c\n\x04prob\x18\x05 \x01(\x01\"M\n\rScoreResponse\x12<\n\x07results\x18\x01 \x03(\x0b\x32+.proving_ground.inference.v1.CandidateScore\"j\n\x10SubmitJobRequest\x12=\n\x07request\x18\x01 \x01(\x0b\x32,.proving_ground.inference.v1.GenerateRequest\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"\x14\n\x06JobRef\x12\n\n\x02id\x18\x01 \x01(\t\"\x95\x01\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x37\n\x06result\x18\x03 \x01(\x0b\x32\'.proving_ground.inference.v1.Completion\x12\x12\n\nerror_type\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x08\"\x13\n\x11ListModelsRequest\"\x16\n\x08ModelRef\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"F\n\x12ListModelsResponse\x12\x30\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\".proving_ground.inference.v1.Model2\xbf\x07\n\tInference\x12\x66\n\x08Generate\x12,.proving_ground.inference.v1.GenerateRequest\x1a*.proving_ground.inference.v1.GenerateChunk0\x01\x12\x61\n\x08\x43omplete\x12,.proving_ground.inference.v1.GenerateRequest\x1a\'.proving_ground.inference.v1.Completion\x12^\n\x04\x43hat\x12(.proving_ground.inference.v1.ChatRequest\x1a*.proving_ground.inference.v1.GenerateChunk0\x01\x12^\n\x05\x45mbed\x12).proving_ground.inference.v1.EmbedRequest\x1a*.proving_ground.inference.v1.EmbedResponse\x12^\n\x05Score\x12).proving_ground.inference.v1.ScoreRequest\x1a*.proving_ground.inference.v1.ScoreResponse\x12\\\n\tSubmitJob\x12-.proving_ground.inference.v1.SubmitJobRequest\x1a .proving_ground.inference.v1.Job\x12O\n\x06GetJob\x12#.proving_ground.inference.v1.JobRef\x1a .proving_ground.inference.v1.Job\x12R\n\tCancelJob\x12#.proving_ground.inference.v1.JobRef\x1a .proving_ground.inference.v1.Job\x12m\n\nListModels\x12..proving_ground.inference.v1.ListModelsRequest\x1a/.proving_ground.inference.v1.ListModelsResponse\x12U\n\x08GetModel\x12%.proving_ground.inference.v1.ModelRef\x1a\".proving_ground.inference.v1.Modelb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,37 +32,47 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.inference.proto.in
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=74
-  _globals['_GENERATEREQUEST']._serialized_end=301
-  _globals['_USAGE']._serialized_start=303
-  _globals['_USAGE']._serialized_end=360
-  _globals['_GENERATECHUNK']._serialized_start=363
-  _globals['_GENERATECHUNK']._serialized_end=496
-  _globals['_COMPLETION']._serialized_start=499
-  _globals['_COMPLETION']._serialized_end=630
-  _globals['_EMBEDREQUEST']._serialized_start=632
-  _globals['_EMBEDREQUEST']._serialized_end=676
-  _globals['_EMBEDDING']._serialized_start=678
-  _globals['_EMBEDDING']._serialized_end=705
-  _globals['_EMBEDRESPONSE']._serialized_start=707
-  _globals['_EMBEDRESPONSE']._serialized_end=814
-  _globals['_SCOREREQUEST']._serialized_start=816
-  _globals['_SCOREREQUEST']._serialized_end=881
-  _globals['_CANDIDATESCORE']._serialized_start=883
-  _globals['_CANDIDATESCORE']._serialized_end=987
-  _globals['_SCORERESPONSE']._serialized_start=989
-  _globals['_SCORERESPONSE']._serialized_end=1066
-  _globals['_SUBMITJOBREQUEST']._serialized_start=1068
-  _globals['_SUBMITJOBREQUEST']._serialized_end=1174
-  _globals['_JOBREF']._serialized_start=1176
-  _globals['_JOBREF']._serialized_end=1196
-  _globals['_JOB']._serialized_start=1199
-  _globals['_JOB']._serialized_end=1348
-  _globals['_LISTMODELSREQUEST']._serialized_start=1350
-  _globals['_LISTMODELSREQUEST']._serialized_end=1369
-  _globals['_MODEL']._serialized_start=1371
-  _globals['_MODEL']._serialized_end=1404
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1406
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1476
-  _globals['_INFERENCE']._serialized_start=1479
-  _globals['_INFERENCE']._serialized_end=2255
+  _globals['_GENERATEREQUEST']._serialized_end=418
+  _globals['_CHATMESSAGE']._serialized_start=420
+  _globals['_CHATMESSAGE']._serialized_end=478
+  _globals['_CHATREQUEST']._serialized_start=481
+  _globals['_CHATREQUEST']._serialized_end=873
+  _globals['_TOPLOGPROB']._serialized_start=875
+  _globals['_TOPLOGPROB']._serialized_end=940
+  _globals['_TOKENLOGPROB']._serialized_start=942
+  _globals['_TOKENLOGPROB']._serialized_end=1063
+  _globals['_USAGE']._serialized_start=1065
+  _globals['_USAGE']._serialized_end=1122
+  _globals['_GENERATECHUNK']._serialized_start=1125
+  _globals['_GENERATECHUNK']._serialized_end=1318
+  _globals['_COMPLETION']._serialized_start=1321
+  _globals['_COMPLETION']._serialized_end=1452
+  _globals['_EMBEDREQUEST']._serialized_start=1454
+  _globals['_EMBEDREQUEST']._serialized_end=1538
+  _globals['_EMBEDDING']._serialized_start=1540
+  _globals['_EMBEDDING']._serialized_end=1567
+  _globals['_EMBEDRESPONSE']._serialized_start=1569
+  _globals['_EMBEDRESPONSE']._serialized_end=1676
+  _globals['_SCOREREQUEST']._serialized_start=1678
+  _globals['_SCOREREQUEST']._serialized_end=1743
+  _globals['_CANDIDATESCORE']._serialized_start=1745
+  _globals['_CANDIDATESCORE']._serialized_end=1849
+  _globals['_SCORERESPONSE']._serialized_start=1851
+  _globals['_SCORERESPONSE']._serialized_end=1928
+  _globals['_SUBMITJOBREQUEST']._serialized_start=1930
+  _globals['_SUBMITJOBREQUEST']._serialized_end=2036
+  _globals['_JOBREF']._serialized_start=2038
+  _globals['_JOBREF']._serialized_end=2058
+  _globals['_JOB']._serialized_start=2061
+  _globals['_JOB']._serialized_end=2210
+  _globals['_LISTMODELSREQUEST']._serialized_start=2212
+  _globals['_LISTMODELSREQUEST']._serialized_end=2231
+  _globals['_MODELREF']._serialized_start=2233
+  _globals['_MODELREF']._serialized_end=2255
+  _globals['_MODEL']._serialized_start=2257
+  _globals['_MODEL']._serialized_end=2290
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2292
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2362
+  _globals['_INFERENCE']._serialized_start=2365
+  _globals['_INFERENCE']._serialized_end=3324
 # @@protoc_insertion_point(module_scope)

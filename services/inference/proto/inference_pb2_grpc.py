@@ -44,6 +44,11 @@ class InferenceStub:
                 request_serializer=services_dot_inference_dot_proto_dot_inference__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=services_dot_inference_dot_proto_dot_inference__pb2.Completion.FromString,
                 _registered_method=True)
+        self.Chat = channel.unary_stream(
+                '/proving_ground.inference.v1.Inference/Chat',
+                request_serializer=services_dot_inference_dot_proto_dot_inference__pb2.ChatRequest.SerializeToString,
+                response_deserializer=services_dot_inference_dot_proto_dot_inference__pb2.GenerateChunk.FromString,
+                _registered_method=True)
         self.Embed = channel.unary_unary(
                 '/proving_ground.inference.v1.Inference/Embed',
                 request_serializer=services_dot_inference_dot_proto_dot_inference__pb2.EmbedRequest.SerializeToString,
@@ -74,6 +79,11 @@ class InferenceStub:
                 request_serializer=services_dot_inference_dot_proto_dot_inference__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=services_dot_inference_dot_proto_dot_inference__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/proving_ground.inference.v1.Inference/GetModel',
+                request_serializer=services_dot_inference_dot_proto_dot_inference__pb2.ModelRef.SerializeToString,
+                response_deserializer=services_dot_inference_dot_proto_dot_inference__pb2.Model.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -88,6 +98,13 @@ class InferenceServicer:
 
     def Complete(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Chat(self, request, context):
+        """Chat: the messages rendered with the model's chat template, then as Generate.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -128,6 +145,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModel(self, request, context):
+        """NOT_FOUND for an unknown id
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +164,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=services_dot_inference_dot_proto_dot_inference__pb2.GenerateRequest.FromString,
                     response_serializer=services_dot_inference_dot_proto_dot_inference__pb2.Completion.SerializeToString,
+            ),
+            'Chat': grpc.unary_stream_rpc_method_handler(
+                    servicer.Chat,
+                    request_deserializer=services_dot_inference_dot_proto_dot_inference__pb2.ChatRequest.FromString,
+                    response_serializer=services_dot_inference_dot_proto_dot_inference__pb2.GenerateChunk.SerializeToString,
             ),
             'Embed': grpc.unary_unary_rpc_method_handler(
                     servicer.Embed,
@@ -170,6 +199,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=services_dot_inference_dot_proto_dot_inference__pb2.ListModelsRequest.FromString,
                     response_serializer=services_dot_inference_dot_proto_dot_inference__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=services_dot_inference_dot_proto_dot_inference__pb2.ModelRef.FromString,
+                    response_serializer=services_dot_inference_dot_proto_dot_inference__pb2.Model.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +260,33 @@ class Inference:
             '/proving_ground.inference.v1.Inference/Complete',
             services_dot_inference_dot_proto_dot_inference__pb2.GenerateRequest.SerializeToString,
             services_dot_inference_dot_proto_dot_inference__pb2.Completion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Chat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/proving_ground.inference.v1.Inference/Chat',
+            services_dot_inference_dot_proto_dot_inference__pb2.ChatRequest.SerializeToString,
+            services_dot_inference_dot_proto_dot_inference__pb2.GenerateChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -388,6 +449,33 @@ class Inference:
             '/proving_ground.inference.v1.Inference/ListModels',
             services_dot_inference_dot_proto_dot_inference__pb2.ListModelsRequest.SerializeToString,
             services_dot_inference_dot_proto_dot_inference__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/proving_ground.inference.v1.Inference/GetModel',
+            services_dot_inference_dot_proto_dot_inference__pb2.ModelRef.SerializeToString,
+            services_dot_inference_dot_proto_dot_inference__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,
