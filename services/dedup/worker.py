@@ -150,6 +150,22 @@ def _first_error_field(exc: ValidationError, prefix: str) -> str:
     return ".".join([prefix, *(str(x) for x in loc)])
 
 
+def _json_safe(obj: Any) -> Any:
+    """A report whose strings are valid UTF-8: a name that is not keeps its exact bytes in
+    `path_b64` and shows U+FFFD in `path` (lone surrogates cannot be sent as JSON text)."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return obj.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return obj
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 class ScanJobs:
     """Scan jobs, one at a time on a worker thread (disk I/O is the bottleneck)."""
 
@@ -192,7 +208,7 @@ class ScanJobs:
             result = run_scan(req.paths, req.options(self.roots, self.cache_dir))
             for warning in result.warnings:
                 log.warning("scan job warning", extra={"job": job["id"], "warning": warning})
-            job["report"] = report.to_dict(result)
+            job["report"] = _json_safe(report.to_dict(result))
             job["status"] = "done"
             metrics.SCAN_BYTES.inc(result.bytes_read)
             metrics.SCAN_WASTED.set(result.wasted_bytes)
