@@ -196,6 +196,8 @@ class ChatRequest(_Sampling):
                         )
                     texts.append(part.text)
                 content = "".join(texts)
+            if content is None and msg.role != "assistant":  # an assistant turn may be tool calls
+                raise InvalidRequest(f"a {msg.role} message needs content", f"body.messages.{i}.content")
             entry: dict[str, Any] = {"role": msg.role, "content": content or ""}
             if msg.name is not None:
                 entry["name"] = msg.name
@@ -353,7 +355,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else "error"
     if exc.status_code in (404, 405):
         detail = f"{detail.lower()}: {request.method} {request.url.path}"
-    response = _error(exc.status_code, detail, None, "not_found" if exc.status_code == 404 else None)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    response = _error(exc.status_code, detail, None, code)
     if exc.headers:
         response.headers.update(exc.headers)
     return response

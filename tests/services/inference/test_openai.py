@@ -237,6 +237,9 @@ def test_chat_options(client: openai.OpenAI) -> None:
     assert err.value.param == "messages.0.content.0.type"
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=[], max_tokens=2)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user"}], max_tokens=2)  # type: ignore[typeddict-item]
+    assert err.value.param == "messages.0.content"
 
 
 # -- embeddings ----------------------------------------------------------------------------------
