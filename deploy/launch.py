@@ -9,7 +9,8 @@ does, the services they depend on (so `--only crawler` also starts websim, dedup
 proxy); `--no-deps` starts only the named ones. A dependency that is not run locally (redis
 without --redis, a binary that is not installed) is skipped, never an error. A service that dies
 or never gets healthy during start-up stops the whole stack: the launcher exits 1 with the tail
-of its log, so nothing is left running half-started.
+of its log, so nothing is left running half-started. A service whose port is already taken (a
+second `make run`) is refused before it starts: its health check would pass against the other.
 
 Supervision. Once the stack is up, each child is supervised by its compose `restart:` policy:
 `no` leaves a dead child down; `always` and `unless-stopped` restart it whatever its exit status;
@@ -168,6 +169,17 @@ def start_order(plan: list[Service], compose: dict) -> list[Service]:
     for s in plan:
         visit(s.name, ())
     return ordered
+
+
+def port_in_use(port: int) -> bool:
+    """Something already listens on 127.0.0.1:port (a TIME_WAIT leftover does not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def is_healthy(service: Service) -> bool:
@@ -567,6 +579,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if stopping:
                 return 130
+            if taken := [p for p in service.ports if port_in_use(p)]:
+                # Its health check would pass against whatever listens there: refuse instead.
+                raise StackError(
+                    f"{service.name}: port {', '.join(map(str, taken))} already in use"
+                    " (another `make run`? stop it, or shift this one with --port-offset)"
+                )
             print(f"  {service.name:<11} starting ...", flush=True)
             stack.start(service, names, policies[service.name])
             stack.wait_healthy(service)

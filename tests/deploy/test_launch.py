@@ -258,3 +258,24 @@ def test_a_taken_default_metrics_port_does_not_stop_the_stack(tmp_path: Path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_port_already_taken_is_refused_with_one_clear_error(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()  # would answer a TCP health check: the launcher must not be fooled
+        port = taken.getsockname()[1]
+        compose = {"services": {"a": http_service(port, "always")}}
+        compose_file = tmp_path / "compose.yml"
+        compose_file.write_text(yaml.safe_dump(compose))
+        args = ["--compose-file", str(compose_file), "--metrics-port", str(free_port())]
+        result = subprocess.run(
+            [sys.executable, "-m", "deploy.launch", *args, "--var-dir", str(tmp_path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"port {port} already in use" in result.stderr
+    assert "starting" not in result.stdout  # refused before anything started
