@@ -9,6 +9,13 @@ Per host, a worker does exactly one of:
 - claim URLs until one is allowed by robots (denied ones are marked FAILED without a request),
   fetch it, record the outcome and the links in one store transaction, emit the page event.
 Then the host goes back into the frontier at its next eligible time.
+
+On a shared store (Redis, several workers: store_redis.py) the same loop runs per worker over
+the partitions it owns: every request first passes the host's shared politeness record
+(`store.gate_host`, fenced), the robots answer is shared through the store, the page budget is
+the store's one counter, new work from other workers arrives through `store.changed_hosts`, and
+the crawl is complete when the store's counters say nothing is left anywhere (`quiescent`). A
+write refused for a stale epoch (`Fenced`) ends the host turn: another worker owns the host now.
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ from libs.service.spans import SpanLog
 from services.crawler import metrics
 from services.crawler.fetcher import Fetcher, FetchError, FetchResult
 from services.crawler.frontier import Frontier
+from services.crawler.parking import HostParking
 from services.crawler.parser import ParsedPage, decode_body, parse_html
+from services.crawler.partitions import Fenced
 from services.crawler.politeness import HostSlot, parse_retry_after
 from services.crawler.retry import RetryPolicy, is_retryable_status
 from services.crawler.robots import (
@@ -86,6 +95,8 @@ class CrawlStats:
     discovered: int = 0
     duplicate_content: int = 0
     pages_emitted: int = 0
+    fenced: int = 0  # host turns ended by a write refused for a stale partition epoch
+    politeness_waits: int = 0  # requests held back by the host's shared record
     statuses: Counter[str] = field(default_factory=Counter)
     started_at: float | None = None
     finished_at: float | None = None
@@ -114,7 +125,9 @@ class Crawl:
         seed: int | None = None,
         on_progress: Callable[[Crawl], None] | None = None,
         spans: SpanLog | None = None,
+        host_slots: dict[str, HostSlot] | None = None,
     ) -> None:
+        """`host_slots`: the process's per-host politeness slots, shared by all its crawls."""
         self.crawl_id = crawl_id
         self.config = config
         self.store = store
@@ -124,10 +137,11 @@ class Crawl:
         self.owner = owner or new_owner_id()
         self.on_progress = on_progress
         self.spans = spans or SpanLog(None, "crawler")  # path None: spans are no-ops
-        self.frontier = Frontier(store, config.politeness)
+        self.frontier = Frontier(store, config.politeness, slots=host_slots)
         self.robots = RobotsCache(ttl=config.robots_ttl, error_ttl=config.robots_error_ttl)
         self.retry = RetryPolicy(config.retry, random.Random(seed))
         self.traps = TrapGuard(max_per_pattern=config.max_urls_per_pattern, max_depth=config.max_depth)
+        self.parking = HostParking(config.politeness.max_delay)  # hosts that asked for a wait
         self.state = CrawlState.PENDING
         self.stats = CrawlStats()
         self.error: str | None = None
@@ -137,7 +151,6 @@ class Crawl:
         )
         self._robots_redirect: dict[str, tuple[str, int]] = {}
         self._robots_attempts: Counter[str] = Counter()
-        self._fetched_before = 0
         self._fetches_in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._resume = asyncio.Event()
@@ -181,7 +194,7 @@ class Crawl:
         return NewURL(url, host_of(url), depth, redirects, via)
 
     def _budget_left(self) -> bool:
-        return self._fetched_before + self.stats.fetched + self._fetches_in_flight < self.config.max_pages
+        return self.store.pages_reserved() < self.config.max_pages
 
     # -- main loop ---------------------------------------------------------------------------
     async def run(self) -> CrawlStats:
@@ -190,11 +203,12 @@ class Crawl:
         now = time.time()
         seeds = [self._admit(normalize(s), 0) for s in self.config.seeds]
         self.store.add([s for s in seeds if s is not None], now=now, max_depth=self.config.max_depth)
-        self._fetched_before = self.store.counts()["FETCHED"]
         expired = self.store.expire_leases(now)
         self._count_expired(expired)
         self.frontier.load_pending()
+        self.store.changed_hosts()  # (load_pending saw them all)
         reaper = asyncio.create_task(self._reaper())
+        watcher = asyncio.create_task(self._watch())
         slots = asyncio.Semaphore(self.config.concurrency)
         heartbeat = Heartbeat("crawler", f"crawl-{self.crawl_id}")
         try:
@@ -214,7 +228,7 @@ class Crawl:
                 host = await self.frontier.next_host(timeout=0.25)
                 if host is None:
                     slots.release()
-                    if not self._tasks and self.frontier.idle and self.store.earliest_lease_expiry() is None:
+                    if not self._tasks and self.frontier.idle and self.store.quiescent():
                         break  # nothing queued, nothing running, nothing leased: the crawl is complete
                     continue
                 task = asyncio.create_task(self._work(host))
@@ -227,9 +241,10 @@ class Crawl:
         finally:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-            reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
+            for bg in (reaper, watcher):
+                bg.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await bg
             if self._failed:
                 self.state = CrawlState.FAILED
             elif self.state is CrawlState.CANCELLING:
@@ -238,6 +253,7 @@ class Crawl:
                 self.state = CrawlState.FINISHED
             self.stats.finished_at = time.time()
             self._note_limit_stop()
+            self.parking.close()
             heartbeat.stop()
             metrics.FRONTIER_SIZE.set(0)
             if self.on_progress:
@@ -280,43 +296,114 @@ class Crawl:
             counts = self.store.counts()
             metrics.FRONTIER_SIZE.set(counts["DISCOVERED"] + counts["RETRYABLE"])
 
+    async def _watch(self) -> None:
+        """Schedule hosts that got work from elsewhere (other workers' links, adopted partitions)."""
+        while True:
+            await asyncio.sleep(0.1)
+            try:
+                for host, not_before in self.store.changed_hosts():
+                    self.frontier.schedule(host, not_before)
+            except Exception:  # the store is away for a moment: the reaper and the loop go on
+                log.warning("crawl %s: polling the store for new work failed", self.crawl_id, exc_info=True)
+
     # -- one host turn -----------------------------------------------------------------------
     async def _work(self, host: str) -> None:
         slot = self.frontier.slot(host)
         try:
-            if host in self._robots_redirect:
-                url, hops = self._robots_redirect.pop(host)
-                await self._fetch_robots(host, slot, url, hops)
-                self.frontier.after_fetch(host)
-                return
-            for _ in range(_CLAIMS_PER_TURN):
-                if self.state is CrawlState.CANCELLING or not self._budget_left():
-                    self.frontier.schedule(host)
-                    return
-                rec = self.store.claim(host, self.owner, self.config.lease_seconds, time.time())
-                if rec is None:
-                    self.frontier.reschedule_from_store(host)
-                    return
-                policy = self.robots.get(host)
-                if policy is None:
-                    # First request to this host (or the cached policy expired): robots.txt first.
-                    self.store.release(rec.id)
-                    scheme = urlsplit(rec.url).scheme
-                    await self._fetch_robots(host, slot, f"{scheme}://{host}/robots.txt", 0)
-                    self.frontier.after_fetch(host)
-                    return
-                if not policy.allows(rec.url):
-                    self._deny(rec, policy)
-                    continue
-                if not self.store.start(rec.id, self.owner, self.config.lease_seconds, time.time()):
-                    continue  # lease lost to the reaper in between: someone else owns it now
-                await self._fetch_page(rec, slot)
-                self.frontier.after_fetch(host)
-                return
-            self.frontier.schedule(host)
+            await self._turn(host, slot)
+        except Fenced as exc:
+            # Another worker owns the host's partition now: nothing was written; its turn is over.
+            self.stats.fenced += 1
+            log.info("crawl %s: host %s: %s", self.crawl_id, host, exc)
         except Exception:
             self.frontier.schedule(host)
             raise
+        finally:
+            self.frontier.end_turn(host)
+
+    async def _turn(self, host: str, slot: HostSlot) -> None:
+        if host in self.parking.dropped:
+            self._robots_redirect.pop(host, None)  # no more requests, robots.txt hops included
+        if host in self._robots_redirect:
+            url, hops = self._robots_redirect[host]
+            if not self._gate(host, slot, robots=True):
+                return
+            del self._robots_redirect[host]
+            await self._fetch_robots(host, slot, url, hops)
+            self.frontier.after_fetch(host)
+            return
+        for _ in range(_CLAIMS_PER_TURN):
+            if self.state is CrawlState.CANCELLING or not self._budget_left():
+                self.frontier.schedule(host)
+                return
+            rec = self.store.claim(host, self.owner, self.config.lease_seconds, time.time())
+            if rec is None:
+                self.frontier.reschedule_from_store(host)
+                return
+            if host in self.parking.dropped:
+                self._drop(rec)
+                continue
+            policy = self._robots_policy(host)
+            if policy is None:
+                # First request to this host (or the cached policy expired): robots.txt first.
+                self.store.release(rec.id)
+                if not self._gate(host, slot, robots=True):
+                    return
+                scheme = urlsplit(rec.url).scheme
+                await self._fetch_robots(host, slot, f"{scheme}://{host}/robots.txt", 0)
+                self.frontier.after_fetch(host)
+                return
+            if not policy.allows(rec.url):
+                self._deny(rec, policy)
+                continue
+            if not self.store.reserve_page(self.config.max_pages):
+                self.store.release(rec.id)  # the budget is spent (by this worker or another)
+                self.frontier.schedule(host)
+                return
+            if not self._gate(host, slot):
+                self.store.release(rec.id)
+                self.store.unreserve_page()
+                return
+            if not self.store.start(rec.id, self.owner, self.config.lease_seconds, time.time()):
+                self.store.unreserve_page()
+                continue  # lease lost to the reaper in between: someone else owns it now
+            await self._fetch_page(rec, slot)
+            self.frontier.after_fetch(host)
+            return
+        self.frontier.schedule(host)
+
+    def _gate(self, host: str, slot: HostSlot, *, robots: bool = False) -> bool:
+        """Pass the host's shared politeness record before a request (a no-op on a store one
+        process owns). False: not yet (the host is rescheduled at the shared next time).
+
+        The record says when the host may be asked next should this worker die mid-request;
+        the end of the request rewrites it (from the response's end, with Retry-After). While
+        robots.txt is being read the Crawl-delay is unknown: a conservative second."""
+        now_wall = time.time()
+        delay = slot.delay_for(self.config.politeness)
+        if robots:
+            delay = max(delay, _UNKNOWN_ROBOTS_DELAY)
+        wait_until = self.store.gate_host(host, now_wall, slot.record(now_wall + delay))
+        if wait_until is None:
+            return True
+        self.stats.politeness_waits += 1
+        slot.next_eligible = max(slot.next_eligible, self.frontier.mono_from_wall(wait_until))
+        self.frontier.schedule(host)
+        return False
+
+    def _robots_policy(self, host: str) -> RobotsPolicy | None:
+        policy = self.robots.get(host)
+        if policy is None:
+            shared = self.store.load_robots(host)
+            if shared is not None:
+                status = int(shared["status"]) if shared.get("status") else None
+                policy = policy_from_response(
+                    status, shared.get("body") or b"", ROBOTS_TOKEN, error=str(shared.get("error") or "")
+                )
+                self.robots.put(host, policy)
+                slot = self.frontier.slot(host)
+                slot.crawl_delay = policy.crawl_delay
+        return policy
 
     def _deny(self, rec: URLRecord, policy: RobotsPolicy) -> None:
         reason = (
@@ -327,8 +414,21 @@ class Crawl:
         self.stats.failed += 1
         metrics.ROBOTS_DENIALS.inc()
 
+    def _drop(self, rec: URLRecord) -> None:
+        """A URL of a dropped host (it asked for a wait past the max host delay): FAILED, no request."""
+        reason = f"host_dropped: {self.parking.dropped[rec.host]}"
+        self.store.finish(rec.id, Outcome(URLState.FAILED, error=reason), [], now=time.time())
+        self.stats.failed += 1
+
+    def _asked_wait(self, host: str, status: int, seconds: float | None) -> float | None:
+        """A Retry-After on a 3xx, 429 or 5xx is honoured in full: the host is parked that long,
+        or, past the max host delay, dropped (None: nothing to wait for, no request follows)."""
+        if seconds is None or not (300 <= status < 400 or status == 429 or status >= 500):
+            return seconds
+        return seconds if self.parking.asked(host, seconds, "Retry-After") else None
+
     def _begin_request(self, host: str, slot: HostSlot) -> float:
-        slot.on_start(time.monotonic())
+        slot.on_start(time.monotonic(), self.config.politeness)
         self.stats.requests += 1
         metrics.HOST_REQUESTS.labels(host).inc()
         metrics.IN_FLIGHT.inc()
@@ -337,7 +437,9 @@ class Crawl:
     def _end_request(self, slot: HostSlot, t0: float, status: int | None, retry_after: float | None) -> None:
         metrics.IN_FLIGHT.dec()
         now = time.monotonic()
-        delay = slot.on_finish(now, now - t0, status, retry_after)
+        delay = slot.on_finish(now, now - t0, status, retry_after, self.config.politeness)
+        with contextlib.suppress(Fenced):  # lost the host meanwhile: its new owner has the start record
+            self.store.save_host(slot.host, slot.record(time.time() + (slot.next_eligible - now)))
         metrics.POLITENESS_DELAY.observe(delay)
         metrics.FETCH_LATENCY.observe(now - t0)
 
@@ -362,11 +464,12 @@ class Crawl:
                 self._retry_robots_hop(host, url, hops)
                 return
             policy = policy_from_response(None, b"", ROBOTS_TOKEN, error=str(exc))
+            shared: dict[str, Any] = {"status": "", "body": b"", "error": str(exc)}
         else:
             status = result.status
             if self.warc is not None:
                 self.warc.write(result)  # robots.txt exchanges (and their redirect hops) are archived
-            retry_after = parse_retry_after(result.header("Retry-After"))
+            retry_after = self._asked_wait(host, status, parse_retry_after(result.header("Retry-After")))
             metrics.FETCHES.labels(str(status)).inc()
             metrics.BYTES.inc(len(result.body))
             self.stats.bytes += len(result.body)
@@ -387,7 +490,16 @@ class Crawl:
                 self._retry_robots_hop(host, url, hops)
                 return
             policy = policy_from_response(status, result.body, ROBOTS_TOKEN)
+            shared = {"status": status, "body": result.body[:MAX_ROBOTS_BYTES], "error": ""}
         slot.crawl_delay = policy.crawl_delay
+        shared["fetched_at"] = time.time()
+        error_policy = policy.mode is RobotsMode.DISALLOW_ALL and policy.parser is None
+        with contextlib.suppress(Fenced):
+            self.store.save_robots(
+                host, shared, self.config.robots_error_ttl if error_policy else self.config.robots_ttl
+            )
+        if policy.crawl_delay is not None and not self.parking.allow_delay(host, policy.crawl_delay):
+            slot.crawl_delay = None  # dropped: no request follows, its URLs end FAILED at once
         self._robots_attempts.pop(host, None)
         self.robots.put(host, policy)
         metrics.ROBOTS_FETCHES.labels(policy.mode.value).inc()
@@ -397,6 +509,7 @@ class Crawl:
         attempts_made = rec.attempts + 1
         self._fetches_in_flight += 1
         t0 = self._begin_request(rec.host, slot)
+        counted = False
         try:
             try:
                 async with self.spans.span("crawler.fetch", host=rec.host, depth=rec.depth):
@@ -409,11 +522,14 @@ class Crawl:
                     rec, attempts_made, type(exc).__name__, None, None, exc.retryable, str(exc)
                 )
                 return
-            retry_after = parse_retry_after(result.header("Retry-After"))
+            asked = parse_retry_after(result.header("Retry-After"))
+            retry_after = self._asked_wait(rec.host, result.status, asked)
             self._end_request(slot, t0, result.status, retry_after if result.status in (429, 503) else None)
-            await self._handle_response(rec, result, attempts_made, retry_after)
+            counted = await self._handle_response(rec, result, attempts_made, retry_after)
         finally:
             self._fetches_in_flight -= 1
+            if not counted:
+                self.store.unreserve_page()  # not a fetched page (retry, failure, fenced)
             if self.on_progress:
                 self.on_progress(self)
 
@@ -428,6 +544,9 @@ class Crawl:
         error: str,
     ) -> None:
         now = time.time()
+        if rec.host in self.parking.dropped:  # it asked for a longer wait than the crawl may give
+            retryable = False
+            error = f"{error}; host_dropped: {self.parking.dropped[rec.host]}"
         if retryable and self.retry.should_retry(attempts_made):
             wait = self.retry.backoff(attempts_made, retry_after)
             self.store.retry(rec.id, now + wait, error, status)
@@ -441,7 +560,8 @@ class Crawl:
 
     async def _handle_response(
         self, rec: URLRecord, result: FetchResult, attempts_made: int, retry_after: float | None
-    ) -> None:
+    ) -> bool:
+        """Record a response; True when it counts as a fetched page (of the page budget)."""
         status = result.status
         now = time.time()
         metrics.FETCHES.labels(str(status)).inc()
@@ -450,7 +570,7 @@ class Crawl:
         self.stats.statuses[str(status)] += 1
         if is_retryable_status(status):
             self._retry_or_fail(rec, attempts_made, str(status), status, retry_after, True, f"HTTP {status}")
-            return
+            return False
         warc_file = self.warc.write(result) if self.warc is not None else None
         new_urls: list[NewURL] = []
         sha: str | None = None
@@ -490,6 +610,7 @@ class Crawl:
             metrics.DISCOVERED.inc(new)
             for host in {u.host for u in new_urls}:
                 self.frontier.schedule(host)
+        return True
 
     def _finish_fetched(
         self, rec: URLRecord, status: int, sha: str | None, new_urls: list[NewURL], now: float
@@ -563,9 +684,11 @@ class Crawl:
             "state": self.state.value,
             "error": self.error,
             "stopped_by": self.stopped_by,
+            "hosts_parked": self.parking.count(),
+            "hosts_dropped": dict(self.parking.dropped),
             "urls": counts,
             "frontier_size": counts["DISCOVERED"] + counts["RETRYABLE"],
-            "hosts_known": len(self.frontier.slots),
+            "hosts_known": len(self.frontier.seen),
             "hosts_queued": len(self.frontier),
             "in_flight": self._fetches_in_flight,
             "stats": stats,
@@ -575,13 +698,14 @@ class Crawl:
         }
 
     def host_view(self, host: str) -> dict[str, Any]:
-        slot = self.frontier.slots.get(host)
+        slot = self.frontier.slots.get(host) if host in self.frontier.seen else None
         policy = self.robots.get(host)
         now = time.monotonic()
         out: dict[str, Any] = {
             "host": host,
             "urls": self.store.host_counts(host),
             "robots": policy.summary() if policy else None,
+            **self.parking.view(host),
         }
         if slot is not None:
             out.update(
@@ -602,4 +726,4 @@ class Crawl:
         return out
 
     def hosts_view(self) -> list[dict[str, Any]]:
-        return [self.host_view(h) for h in sorted(self.frontier.slots)]
+        return [self.host_view(h) for h in sorted(self.frontier.seen)]

@@ -4,7 +4,10 @@ Structure (Mercator-style "back queues"):
 - per-host queues live in the store (`FrontierStore.claim(host)` pops the host's best URL);
 - one in-memory min-heap of (next eligible time, host) holds every host that has work and a free
   slot; a host appears in it at most once (`_queued` is the membership set);
-- per-host politeness state lives in one HostSlot per host (politeness.py).
+- per-host politeness state lives in one HostSlot per host (politeness.py); the slots may be
+  shared by several crawls (`slots=`): a host popped by one crawl's frontier is reserved
+  (`slot.turns`) until that turn ends, and the other frontiers wait for it as `slot.waiters`;
+- on a shared store a new slot starts from the host's shared record (`store.load_host`).
 
 Fairness: a host re-enters the heap only after its request finished, keyed by its own next eligible
 time, so one huge host gets one turn per delay like every other host and cannot starve the rest.
@@ -34,12 +37,14 @@ class Frontier:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        slots: dict[str, HostSlot] | None = None,
     ) -> None:
         self.store = store
         self.politeness = politeness
         self.clock = clock
         self.wall = wall
-        self.slots: dict[str, HostSlot] = {}
+        self.slots: dict[str, HostSlot] = {} if slots is None else slots
+        self.seen: set[str] = set()  # hosts this crawl has scheduled (its host view)
         self._heap: list[tuple[float, int, str]] = []
         self._queued: set[str] = set()
         self._seq = itertools.count()
@@ -50,7 +55,28 @@ class Frontier:
         slot = self.slots.get(host)
         if slot is None:
             slot = self.slots[host] = HostSlot(host, self.politeness)
+            record = self.store.load_host(host)
+            if record is not None:
+                self.apply_record(slot, record)
         return slot
+
+    def apply_record(self, slot: HostSlot, record: dict[str, float | None]) -> None:
+        """Merge a shared politeness record into the local slot (never earlier than either)."""
+        nxt = record.get("next")
+        if nxt is not None:
+            slot.next_eligible = max(slot.next_eligible, self.mono_from_wall(nxt))
+        until = record.get("retry_until")
+        if until is not None:
+            slot.retry_until = until
+            slot.next_eligible = max(slot.next_eligible, self.mono_from_wall(until))
+        if record.get("crawl_delay") is not None:
+            slot.crawl_delay = record["crawl_delay"]
+        backoff = record.get("backoff")
+        if backoff is not None:
+            slot.backoff_multiplier = max(1.0, backoff)
+
+    def mono_from_wall(self, wall_time: float) -> float:
+        return self._mono_from_wall(wall_time)
 
     def _mono_from_wall(self, wall_time: float) -> float:
         return self.clock() + max(0.0, wall_time - self.wall())
@@ -60,6 +86,7 @@ class Frontier:
         """Put `host` in the heap (if not there) at its next eligible time."""
         if host in self._queued:
             return
+        self.seen.add(host)
         slot = self.slot(host)
         at = slot.next_eligible
         if not_before_wall is not None:
@@ -86,6 +113,10 @@ class Frontier:
         if ready_at is not None:
             self.schedule(host, ready_at)
 
+    def end_turn(self, host: str) -> None:
+        """The turn next_host handed out for `host` ended (whatever it did)."""
+        self.slot(host).end_turn()
+
     @property
     def idle(self) -> bool:
         return not self._heap
@@ -105,10 +136,11 @@ class Frontier:
             while self._heap:
                 at, _, host = self._heap[0]
                 slot = self.slot(host)
-                if slot.in_flight >= self.politeness.max_in_flight_per_host:
-                    # Requeued by after_fetch when the in-flight request finishes.
+                if slot.turns >= self.politeness.max_in_flight_per_host:
+                    # Busy (this crawl's turn or another's): requeued when that turn ends.
                     heapq.heappop(self._heap)
                     self._queued.discard(host)
+                    slot.waiters.add(self)
                     continue
                 at = max(at, slot.next_eligible)
                 if at > now:
@@ -119,6 +151,7 @@ class Frontier:
                 heapq.heappop(self._heap)
                 self._queued.discard(host)
                 metrics.FRONTIER_HOSTS.set(len(self._queued))
+                slot.turns += 1  # reserved until end_turn(host)
                 return host
             wait = None if not self._heap else self._heap[0][0] - now
             if deadline is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -108,7 +109,9 @@ class Ownership:
 
 
 class PartitionManager:
-    """One per worker process; shared by every crawl the worker runs."""
+    """One per worker process; shared by every crawl the worker runs. `tick` may run on a thread
+    of its own (the worker does so): it holds `lock` while it changes ownership, and the store
+    reads ownership with single dict lookups."""
 
     def __init__(
         self,
@@ -139,6 +142,7 @@ class PartitionManager:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._left = False
+        self.lock = threading.RLock()
 
     # -- questions the store asks ------------------------------------------------------------
     def partition(self, host: str) -> int:
@@ -162,8 +166,9 @@ class PartitionManager:
     def done(self, p: int, epoch: int) -> None:
         """One claimed URL of (p, epoch) reached an end (finished, retried, released)."""
         key = (p, epoch)
-        if key in self.inflight:
-            self.inflight[key] -= 1
+        with self.lock:
+            if key in self.inflight:
+                self.inflight[key] -= 1
 
     def fence_keys(self, p: int) -> list[str]:
         return [lease_key(p), epoch_key(p), writes_key(p)]
@@ -187,6 +192,10 @@ class PartitionManager:
 
     def tick(self) -> tuple[list[int], list[int]]:
         """Heartbeat, renew, rebalance. Call every lease_seconds/3. Returns (gained, lost)."""
+        with self.lock:
+            return self._tick()
+
+    def _tick(self) -> tuple[list[int], list[int]]:
         if self._left:
             return [], []
         ttl_ms = int(self.lease_seconds * 1000)
@@ -244,6 +253,10 @@ class PartitionManager:
 
     def leave(self) -> None:
         """Release every partition and the heartbeat (a clean stop: others adopt at once)."""
+        with self.lock:
+            self._leave()
+
+    def _leave(self) -> None:
         self._left = True
         for p, own in list(self.owned.items()):
             self._release(keys=[lease_key(p), epoch_key(p)], args=[self.worker_id, own.epoch])

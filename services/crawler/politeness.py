@@ -4,9 +4,19 @@ Invariant: a host's next request may start only at or after `slot.next_eligible`
 `slot.in_flight < max_in_flight`. The gap is measured from the END of the previous response, so a
 server that logs requests on arrival or on completion sees at least `delay` seconds either way.
 
-delay = min(max_delay, max(robots Crawl-delay, configured minimum, adaptive_factor * mean latency))
-        * backoff multiplier (raised by 429/503, decays back to 1 on success)
-A Retry-After on 429/503 additionally pushes next_eligible to at least now + Retry-After.
+delay = max(robots Crawl-delay,
+            min(max_delay, max(robots Crawl-delay, configured minimum, adaptive_factor * mean latency)
+                * backoff multiplier (raised by 429/503, decays back to 1 on success)))
+A Retry-After on 429/503 additionally pushes next_eligible to at least now + Retry-After. What a
+server asks (Crawl-delay, Retry-After) is never cut: a host asking for more than max_delay is
+dropped from the crawl (parking.py) rather than asked again sooner.
+
+Politeness belongs to the host, not to a crawl: one slot per host per process, shared by every
+crawl of that process (`turns` counts host turns of all crawls, so two crawls never ask one host
+at once), and on a shared store one record per host (see FrontierStore.gate_host) that every
+worker's request passes through, so a new owner after failover respects every gap.
+Each crawl's delay uses its own PolitenessConfig (`delay_for`), so the strictest crawl's gap
+holds for its own requests.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import email.utils
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.crawler.settings import PolitenessConfig
 
@@ -50,21 +61,31 @@ class HostSlot:
     requests: int = 0
     last_request_at: float | None = None  # wall clock, for the per-host view
     history: list[float] = field(default_factory=list)  # recent request starts (monotonic) for rates
+    turns: int = 0  # host turns in progress (every crawl of the process): the frontier's reservation
+    retry_until: float | None = None  # wall clock: the last Retry-After's end (for the shared record)
+    waiters: set[Any] = field(default_factory=set)  # frontiers to wake when a turn ends
 
     @property
     def delay(self) -> float:
-        cfg = self.config
+        return self.delay_for(self.config)
+
+    def delay_for(self, cfg: PolitenessConfig) -> float:
         base = cfg.min_delay
         if cfg.respect_crawl_delay and self.crawl_delay is not None:
             base = max(base, self.crawl_delay)
         if self.latency_ewma is not None:
             base = max(base, cfg.adaptive_factor * self.latency_ewma)
-        return min(cfg.max_delay, base * self.backoff_multiplier) if cfg.max_delay else base
+        delay = min(cfg.max_delay, base * self.backoff_multiplier) if cfg.max_delay else base
+        # max_delay caps our own choices (minimum, latency, backoff), never the server's Crawl-delay:
+        # a host asking for more than max_delay is dropped from the crawl instead (parking.py).
+        if cfg.respect_crawl_delay and self.crawl_delay is not None:
+            delay = max(delay, self.crawl_delay)
+        return delay
 
     def can_start(self, now: float) -> bool:
         return self.in_flight < self.config.max_in_flight_per_host and now >= self.next_eligible
 
-    def on_start(self, now: float) -> None:
+    def on_start(self, now: float, config: PolitenessConfig | None = None) -> None:
         self.in_flight += 1
         self.requests += 1
         self.last_request_at = time.time()
@@ -72,10 +93,15 @@ class HostSlot:
         if len(self.history) > 64:
             del self.history[:32]
         # While a request is in flight, a second one (max_in_flight > 1) still keeps the spacing.
-        self.next_eligible = max(self.next_eligible, now + self.delay)
+        self.next_eligible = max(self.next_eligible, now + self.delay_for(config or self.config))
 
     def on_finish(
-        self, now: float, latency: float | None, status: int | None, retry_after: float | None = None
+        self,
+        now: float,
+        latency: float | None,
+        status: int | None,
+        retry_after: float | None = None,
+        config: PolitenessConfig | None = None,
     ) -> float:
         """Record a finished request; return the politeness delay applied before the next one."""
         self.in_flight = max(0, self.in_flight - 1)
@@ -89,11 +115,29 @@ class HostSlot:
             self.backoff_multiplier = min(_MAX_BACKOFF_MULTIPLIER, self.backoff_multiplier * 2)
         elif status is not None and status < 500:
             self.backoff_multiplier = max(1.0, self.backoff_multiplier / 2)
-        wait = self.delay
+        cfg = config or self.config
+        wait = self.delay_for(cfg)
         if retry_after is not None:
-            wait = max(wait, min(retry_after, self.config.max_delay or retry_after))
+            wait = max(wait, retry_after)  # never sooner than asked (the engine drops a host past the limit)
+            self.retry_until = time.time() + wait
         self.next_eligible = max(self.next_eligible, now + wait)
         return wait
+
+    def record(self, next_wall: float) -> dict[str, float | None]:
+        """The shared per-host record (FrontierStore.save_host) with `next_wall` as next eligible."""
+        return {
+            "next": next_wall,
+            "crawl_delay": self.crawl_delay,
+            "backoff": self.backoff_multiplier,
+            "retry_until": self.retry_until,
+        }
+
+    def end_turn(self) -> None:
+        """A host turn ended: every frontier that found the host busy competes for it again."""
+        self.turns = max(0, self.turns - 1)
+        waiters, self.waiters = self.waiters, set()
+        for frontier in waiters:
+            frontier.schedule(self.host)
 
     def request_rate(self, now: float, window: float = 60.0) -> float:
         recent = [t for t in self.history if now - t <= window]

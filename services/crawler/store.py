@@ -190,6 +190,12 @@ class FrontierStore(abc.ABC):
         """Whether this process may still send `host` a request (its partition lease holds)."""
         return True
 
+    def gate_host(self, host: str, now: float, record: dict[str, float | None]) -> float | None:
+        """Pass the host's shared politeness record before a request: None = go (and `record`,
+        whose `next` is when the host may be asked again, is stored atomically with the check);
+        else the wall time the host becomes eligible. Fenced on a shared store."""
+        return None
+
     def load_host(self, host: str) -> dict[str, float | None] | None:
         """The host's shared politeness record (next: wall seconds, crawl_delay, backoff,
         retry_until), or None where politeness is kept in this process only."""

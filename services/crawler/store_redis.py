@@ -197,7 +197,9 @@ return 1
 """
 )
 
-# ARGV ..., id, state, status, sha, err, fetched_at, edges JSON ('' = none)
+# ARGV ..., id, state, status, sha, err, fetched_at, edges JSON ('' = none).
+# Returns 0 (already final) or 1 + the URL's depth now (a shorter path may have lowered it while
+# it was being fetched: the caller then re-adds its links at the lower depth).
 _FINISH = (
     FENCE_LUA
     + _HELPERS
@@ -220,7 +222,7 @@ if ARGV[10] ~= '' then redis.call('SET', KP .. 'e:' .. id, ARGV[10]) end
 setcount(host, s, tonumber(ARGV[5]))
 refresh(host)
 audit()
-return 1
+return 1 + tonumber(redis.call('HGET', rk, 'd'))
 """
 )
 
@@ -277,6 +279,23 @@ return 1
 """
 )
 
+# The politeness gate: KEYS lease, epoch, writes, host record; ARGV owner, epoch, now, pairs.
+# Go (0) only when the stored next-eligible and Retry-After times have passed; the new record is
+# written in the same step, so two requests can never both pass one gap.
+_GATE = (
+    FENCE_LUA
+    + """
+if fenced() then return -1 end
+local now = tonumber(ARGV[3])
+local f = redis.call('HMGET', KEYS[4], 'next', 'retry_until')
+local at = math.max(tonumber(f[1]) or 0, tonumber(f[2]) or 0)
+if at > now then return tostring(at) end
+redis.call('HSET', KEYS[4], unpack(ARGV, 4))
+audit()
+return 0
+"""
+)
+
 _RESERVE = """
 if tonumber(redis.call('GET', KEYS[1]) or 0) >= tonumber(ARGV[1]) then return 0 end
 redis.call('INCR', KEYS[1])
@@ -310,6 +329,8 @@ class RedisStore(FrontierStore):
         self.P = partitions.partitions if partitions is not None else partition_count(client)
         self._claims: dict[int, tuple[int, int]] = {}  # url id -> (partition, epoch claimed under)
         self._gained: list[int] = []  # partitions adopted since the last changed_hosts()
+        # host -> (partition, epoch) of each request in flight to it
+        self._requests: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
         self._expired_on_gain = 0
         self.fenced = 0  # writes this store refused to make or the server refused
         self._add = client.register_script(_ADD)
@@ -320,6 +341,7 @@ class RedisStore(FrontierStore):
         self._unlease_s = client.register_script(_UNLEASE)
         self._hset_s = client.register_script(_HSET_FENCED)
         self._reserve_s = client.register_script(_RESERVE)
+        self._gate_s = client.register_script(_GATE)
         if partitions is not None:
             partitions.on_gain.append(self._on_gain)
             for p in partitions.owned:
@@ -445,18 +467,24 @@ class RedisStore(FrontierStore):
         if self.mgr is None:
             return None
         p = self.partition(host)
-        epoch = self.mgr.claim_epoch(p)
-        if epoch is None:
-            return None
+        with self.mgr.lock:  # counted before the claim, so a draining partition waits for it
+            epoch = self.mgr.claim_epoch(p)
+            if epoch is None:
+                return None
+            self.mgr.inflight[(p, epoch)] += 1
         kp = self._kp(p)
-        res = self._fenced_call(
-            self._claim_s, p, epoch, kp + "n", [kp, host, now, now + lease_seconds, owner]
-        )
+        res = None
+        try:
+            res = self._fenced_call(
+                self._claim_s, p, epoch, kp + "n", [kp, host, now, now + lease_seconds, owner]
+            )
+        finally:
+            if not res:
+                self.mgr.done(p, epoch)
         if not res:
             return None
         url_id = int(res[0])
         self._claims[url_id] = (p, epoch)
-        self.mgr.inflight[(p, epoch)] += 1
         return URLRecord(
             url_id, _s(res[1]), _s(res[2]), int(res[3]), int(res[4]), _s(res[5]) or None,
             URLState.SCHEDULED, int(res[6]),
@@ -486,13 +514,13 @@ class RedisStore(FrontierStore):
         new = 0
         edges = ""
         state, depth_raw = self.redis.hmget(kp + f"u:{url_id}", "s", "d")
+        depth_now = int(depth_raw or 0)
         if state is None or int(state) in (URLState.FETCHED, URLState.FAILED):
             self._end_claim(url_id)
             return 0  # already final: a second finish (at-least-once fetch) changes nothing
         if new_urls:
             # Links first (idempotent adds, any partition), then the fenced outcome: a crash in
             # between refetches the page and adds nothing twice.
-            depth_now = int(depth_raw or 0)
             base = depth_now if parent_depth is None else parent_depth
             rebased = [
                 NewURL(u.url, u.host, depth_now + u.depth - base, u.redirects, u.via) for u in new_urls
@@ -503,7 +531,7 @@ class RedisStore(FrontierStore):
                     [[u.url, u.host, u.depth - base, u.redirects, u.via or ""] for u in new_urls]
                 )
         o = outcome
-        self._fenced_call(
+        res = self._fenced_call(
             self._finish_s,
             p,
             epoch,
@@ -520,6 +548,9 @@ class RedisStore(FrontierStore):
             ],
         )
         self._end_claim(url_id)
+        if edges and res and int(res) - 1 < depth_now:
+            new += self.add(self._children(p, url_id, int(res) - 1), max_per_host=max_per_host,
+                            now=now, max_depth=max_depth)  # fmt: skip
         return new
 
     def retry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
@@ -654,6 +685,26 @@ class RedisStore(FrontierStore):
         raw = self.redis.hgetall(f"pg:{kind}:{tag(self.partition(host))}:{host}")
         return {_s(k): _s(v) for k, v in raw.items()} if raw else None
 
+    def gate_host(self, host: str, now: float, record: dict[str, float | None]) -> float | None:
+        assert self.mgr is not None
+        p = self.partition(host)
+        with self.mgr.lock:  # a request in flight: a draining partition waits for its end (save_host)
+            epoch = self.mgr.write_epoch(p)
+            self.mgr.inflight[(p, epoch)] += 1
+        flat: list[Any] = []
+        for k, v in record.items():
+            flat += [k, "" if v is None else v]
+        res: Any = None
+        try:
+            res = self._fenced_call(self._gate_s, p, epoch, f"pg:host:{tag(p)}:{host}", [now, *flat])
+        finally:
+            if res != 0:
+                self.mgr.done(p, epoch)
+        if res != 0:
+            return float(res)
+        self._requests[host].append((p, epoch))
+        return None
+
     def load_host(self, host: str) -> dict[str, float | None] | None:
         raw = self._host_read("host", host)
         if raw is None:
@@ -661,7 +712,14 @@ class RedisStore(FrontierStore):
         return {k: (float(v) if v != "" else None) for k, v in raw.items()}
 
     def save_host(self, host: str, record: dict[str, float | None]) -> None:
-        self._host_write("host", host, record)
+        """The end of a request: its politeness record, and the request no longer in flight."""
+        pending = self._requests.get(host)
+        request = pending.pop(0) if pending else None
+        try:
+            self._host_write("host", host, record)
+        finally:
+            if request is not None and self.mgr is not None:
+                self.mgr.done(*request)
 
     def load_robots(self, host: str) -> dict[str, Any] | None:
         raw = self.redis.hgetall(f"pg:robots:{tag(self.partition(host))}:{host}")

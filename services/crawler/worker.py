@@ -1,0 +1,216 @@
+"""`python -m services.crawler worker --redis URL`: one of several workers running crawls over Redis.
+
+A worker joins the service's partitions (partitions.py): it heartbeats, takes its fair share of
+host partitions under fenced leases, and runs every crawl registered in Redis (by the control
+API or `register_crawl`) over the hosts of the partitions it owns. Politeness slots are shared
+by all crawls of the worker, and every request passes the host's shared record in Redis, so
+workers, crawls and failovers never ask a host sooner than it allows. A crawl ends when its
+counters in Redis say nothing is left; the first worker to see it marks it finished.
+
+SIGTERM/SIGINT: stop dispatching, let in-flight requests finish, release the partitions at once
+(the others adopt them without waiting for a lease to run out), print a JSON summary, exit 0.
+Exit codes: 0 stopped, 1 Redis unreachable, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from libs.service.cli import ArgumentParser, UsageError
+from libs.service.logging import configure_logging
+from services.crawler.engine import Crawl, CrawlState, new_owner_id
+from services.crawler.fetcher import Fetcher, ResolverMap, ResolveRule
+from services.crawler.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS, PartitionManager
+from services.crawler.politeness import HostSlot
+from services.crawler.settings import CrawlConfig
+from services.crawler.sinks import PageSink, open_sink
+from services.crawler.store_redis import RedisStore, crawl_key, crawl_state, list_crawls
+from services.crawler.warc import WarcOutput
+
+log = logging.getLogger("services.crawler.worker")
+_DISCOVER_EVERY = 0.25
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m services.crawler worker",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--redis", required=True, metavar="URL", help="redis://host:port/db of the crawl state")
+    p.add_argument("--worker-id", default=None, help="name in the worker set (default host-pid-random)")
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=DEFAULT_PARTITIONS,
+        help="host partitions of the service (the first worker's value wins; others read it back)",
+    )
+    p.add_argument(
+        "--partition-lease",
+        type=float,
+        default=5.0,
+        help="seconds a partition lease lasts unless renewed (a dead worker's hosts wait this long)",
+    )
+    p.add_argument(
+        "--resolve",
+        action="append",
+        default=[],
+        metavar="PATTERN=IP:PORT",
+        help="resolver map entry, repeatable, e.g. '*.sim.test=127.0.0.1:8090'",
+    )
+    p.add_argument("--allow-private", action="store_true", help="allow private/loopback addresses")
+    p.add_argument("--data-dir", default="data/crawler", help="WARC files and the page outbox go here")
+    p.add_argument("--warc", action="store_true", help="write WARC files under data-dir/warc")
+    p.add_argument("--pages-to", default="", help="page event sink: redis://, http(s):// or a .jsonl path")
+    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    return p
+
+
+class Worker:
+    def __init__(self, args: argparse.Namespace, client: Any) -> None:
+        self.args = args
+        self.redis = client
+        self.worker_id = args.worker_id or new_owner_id()
+        self.rules = [ResolveRule.parse(r) for r in args.resolve]
+        self.mgr = PartitionManager(
+            client, self.worker_id, partitions=args.partitions, lease_seconds=args.partition_lease
+        )
+        self.host_slots: dict[str, HostSlot] = {}  # shared by every crawl of this worker
+        self.crawls: dict[str, Crawl] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.done: dict[str, dict[str, Any]] = {}
+        self.stopping = asyncio.Event()
+        self._stop_ticker = threading.Event()
+        self.sink: PageSink | None = None
+
+    def _ticker(self) -> None:
+        """Heartbeat and partition leases, on a thread of their own: a busy event loop (parsing,
+        a slow store call) does not cost the worker its partitions. A frozen process (SIGSTOP)
+        stops this thread too, and then fencing makes its late writes harmless."""
+        interval = self.args.partition_lease / 3
+        while not self._stop_ticker.wait(interval):
+            try:
+                self.mgr.tick()
+            except Exception:
+                log.warning("worker %s: partition tick failed", self.worker_id, exc_info=True)
+
+    def _start_crawl(self, crawl_id: str) -> None:
+        raw = self.redis.hget(crawl_key(crawl_id, "meta"), "config")
+        if raw is None:
+            return
+        config = CrawlConfig.model_validate_json(raw)
+        store = RedisStore(self.redis, crawl_id, self.mgr)
+        data = Path(self.args.data_dir)
+        warc = WarcOutput(data / "warc", f"{crawl_id}-{self.worker_id}") if self.args.warc else None
+        if self.sink is None and self.args.pages_to:
+            self.sink = open_sink(self.args.pages_to, outbox=data / f"outbox-{self.worker_id}.sqlite")
+        resolver = ResolverMap(self.rules, allow_private=self.args.allow_private)
+        fetcher = Fetcher(config.fetch, resolver, config.user_agent, concurrency=config.concurrency)
+        crawl = Crawl(
+            crawl_id,
+            config,
+            store,
+            fetcher,
+            warc=warc,
+            sink=self.sink,
+            owner=self.worker_id,
+            host_slots=self.host_slots,
+        )
+        self.crawls[crawl_id] = crawl
+
+        async def run() -> None:
+            try:
+                async with fetcher:
+                    await crawl.run()
+                if crawl.state is CrawlState.FINISHED:
+                    self.redis.hset(crawl_key(crawl_id, "meta"), "state", "finished")
+            finally:
+                self.done[crawl_id] = {"state": crawl.state.value, "stats": crawl.stats.as_dict()}
+                if warc is not None:
+                    warc.close()
+                store.close()
+                self.crawls.pop(crawl_id, None)
+
+        self.tasks[crawl_id] = asyncio.create_task(run(), name=f"crawl-{crawl_id}")
+
+    async def _discover(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                for crawl_id in list_crawls(self.redis):
+                    state = crawl_state(self.redis, crawl_id)
+                    if state == "running" and crawl_id not in self.crawls and crawl_id not in self.done:
+                        self._start_crawl(crawl_id)
+                    elif state in ("cancelled", "finished") and crawl_id in self.crawls:
+                        self.crawls[crawl_id].cancel()
+            except Exception:
+                log.warning("worker %s: crawl discovery failed", self.worker_id, exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=_DISCOVER_EVERY)
+
+    async def run(self) -> dict[str, Any]:
+        self.mgr.tick()  # take a share before the first crawl starts
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        ticker = threading.Thread(target=self._ticker, name="partition-ticker", daemon=True)
+        ticker.start()
+        discover = asyncio.create_task(self._discover())
+        await self.stopping.wait()
+        for crawl in list(self.crawls.values()):
+            crawl.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        discover.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await discover
+        self._stop_ticker.set()
+        await asyncio.to_thread(ticker.join)
+        self.mgr.leave()
+        if self.sink is not None:
+            await self.sink.close()
+        return {
+            "worker": self.worker_id,
+            "crawls": self.done,
+            "partitions_adopted": self.mgr.adopted,
+            "fenced_refusals": self.mgr.fenced_refusals,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if not 1 <= args.partitions <= MAX_PARTITIONS:
+            raise UsageError(f"--partitions: must be 1..{MAX_PARTITIONS}, got {args.partitions}")
+        if args.partition_lease <= 0:
+            raise UsageError(f"--partition-lease: must be > 0, got {args.partition_lease}")
+        if not args.redis.startswith(("redis://", "rediss://", "unix://")):
+            raise UsageError(f"--redis: expected redis://host:port/db, got {args.redis!r}")
+        for spec in args.resolve:
+            try:
+                ResolveRule.parse(spec)
+            except ValueError as exc:
+                raise UsageError(f"--resolve: {exc}") from None
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(service="crawler", level=args.log_level)
+    import redis
+
+    client = redis.Redis.from_url(args.redis, socket_timeout=10, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        print(f"error: --redis: {args.redis} unreachable: {exc}", file=sys.stderr)
+        return 1
+    summary = asyncio.run(Worker(args, client).run())
+    with contextlib.suppress(BrokenPipeError):
+        print(json.dumps(summary, sort_keys=True))
+    return 0
