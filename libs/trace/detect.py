@@ -9,7 +9,10 @@ on stdin and never reads a large file twice. The rules, first match wins:
 4. any indented line ending in a number -> ``tree``;
 5. ``frames COUNT`` (integer count) -> ``collapsed``.
 
-Rules 1, 2, 3 and 5 look at the first meaningful line only; rule 4 at the whole head.
+Rules 1, 2, 3 and 5 look at the first meaningful line only; rule 4 at the whole head. A line
+that is only a count (``" 2"``) is a collapsed stack with no frames, as py-spy writes for
+samples taken while the interpreter starts or exits: it is not the line that decides, and a
+head of nothing else is collapsed.
 
 A one-level tree without indentation (``main 10``) reads the same as a collapsed stack; it is
 detected as collapsed (pass ``--format tree`` to override).
@@ -30,6 +33,7 @@ _STARTEND = re.compile(rf"^.+:(?:start|begin|end):\s*{_NUMBER}$")
 _PHASE = re.compile(rf"^{_NUMBER}\s+\S.*\s+[BE]$")
 _TREE = re.compile(rf"^[ \t]+\S.*\s{_NUMBER}$")
 _COLLAPSED = re.compile(r"^\S.*\s\d+$")
+_IDLE = re.compile(r"^\s*\d+$")  # a collapsed stack without frames: idle samples
 
 
 class UnknownFormat(ValueError):
@@ -40,6 +44,11 @@ def detect(head: list[str]) -> str:
     lines = [line.rstrip("\r\n") for line in head if line.strip() and not line.lstrip().startswith("#")]
     if not lines:
         raise UnknownFormat("the input is empty")
+    framed = [line for line in lines if not _IDLE.match(line)]
+    if not framed:
+        return "collapsed"
+    if len(framed) < len(lines):
+        lines = framed
     first = lines[0].strip()
     if first.startswith("{"):
         try:

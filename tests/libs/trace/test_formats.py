@@ -143,3 +143,13 @@ def test_tree_dedent_to_no_open_level_names_the_line() -> None:
 def test_tree_tabs_count_as_four_spaces() -> None:
     tree, _ = tree_of("a 10\n\tb 5\n    c 1\n", "tree")
     assert set(paths(tree)) == {"a", "a;b", "a;c"}
+
+
+def test_collapsed_input_starting_with_an_empty_stack_is_detected() -> None:
+    # Live py-spy output may begin with idle samples (" 2": no frames) taken at start-up.
+    tree, trace = tree_of(" 2\nmain;f 3\n 1\nmain 1\n")
+    assert trace.format == "collapsed"
+    assert paths(tree) == {"main": (2, 4.0, 1.0), "main;f": (1, 3.0, 3.0)}  # idle between: 2 calls
+    assert tree.total == 4.0
+    assert read(" 2\n\n 5\n").format == "collapsed"  # idle samples only
+    assert read(" 2\nmain:start:0\nmain:end:1\n").format == "startend"  # the parser names line 1
