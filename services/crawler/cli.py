@@ -40,6 +40,7 @@ _FLAGS = {
     "user_agent": "--user-agent",
     "politeness.min_delay": "--min-delay",
     "politeness.max_in_flight_per_host": "--max-in-flight-per-host",
+    "politeness.max_delay": "--max-host-delay",
     "lease_seconds": "--lease-seconds",
     "fetch.connect_timeout": "--connect-timeout",
     "fetch.read_timeout": "--read-timeout",
@@ -77,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight across hosts")
     p.add_argument("--min-delay", type=float, default=1.0, help="minimum seconds between requests to a host")
     p.add_argument("--max-in-flight-per-host", type=int, default=1, help="concurrent requests per host")
+    p.add_argument(
+        "--max-host-delay",
+        type=float,
+        default=120.0,
+        help="a host asking for a longer wait (Crawl-delay, Retry-After) is dropped, never asked sooner",
+    )
     p.add_argument("--adaptive-factor", type=float, default=1.0, help="delay >= factor * mean latency")
     p.add_argument("--user-agent", default=USER_AGENT, help="User-Agent header")
     p.add_argument("--lease-seconds", type=float, default=60.0, help="a claimed URL returns after this")
@@ -134,6 +141,7 @@ def _config_from_args(args: argparse.Namespace) -> CrawlConfig:
         "politeness": {
             "min_delay": args.min_delay,
             "max_in_flight_per_host": args.max_in_flight_per_host,
+            "max_delay": args.max_host_delay,
             "adaptive_factor": args.adaptive_factor,
         },
         "fetch": {

@@ -26,6 +26,13 @@ TRAP_CUTS = Counter(
     "Links kept out of the frontier by the trap guard, by reason (depth, pattern_budget)",
     ["reason"],
 )
+HOSTS_PARKED = Gauge(
+    "crawler_hosts_parked", "Hosts waiting out a server's Retry-After (within the max host delay)"
+)
+HOSTS_DROPPED = Counter(
+    "crawler_hosts_dropped_total",
+    "Hosts dropped from a crawl: they asked for a wait (Retry-After, Crawl-delay) past the max host delay",
+)
 RETRIES = Counter("crawler_retries_total", "Fetches scheduled for another attempt", ["reason"])
 DISCOVERED = Counter("crawler_discovered_urls_total", "New unique URLs admitted to the frontier")
 DUPLICATE_CONTENT = Counter("crawler_duplicate_content_total", "Bodies whose SHA-256 was already seen")

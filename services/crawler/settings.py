@@ -16,7 +16,13 @@ class PolitenessConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     min_delay: float = Field(1.0, ge=0.0, le=3600.0, description="minimum seconds between requests to a host")
-    max_delay: float = Field(120.0, ge=0.0, le=86400.0, description="cap on any per-host delay")
+    max_delay: float = Field(
+        120.0,
+        ge=0.0,
+        le=86400.0,
+        description="max host delay: caps our own per-host delay; a host asking for a longer wait"
+        " (Crawl-delay, Retry-After) is dropped from the crawl, never asked sooner (0: no limit)",
+    )
     max_in_flight_per_host: int = Field(1, ge=1, le=64, description="concurrent requests per host")
     adaptive_factor: float = Field(
         1.0, ge=0.0, le=100.0, description="delay is at least this many times the host's mean latency"

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from aiohttp import web
+from prometheus_client import REGISTRY
+
+from services.crawler.cli import _config_from_args, build_parser
+from services.crawler.engine import Crawl, CrawlState
+from services.crawler.fetcher import Fetcher, ResolverMap, ResolveRule
+from services.crawler.parking import HostParking
+from services.crawler.politeness import HostSlot
+from services.crawler.retry import RetryPolicy
+from services.crawler.settings import CrawlConfig, PolitenessConfig, RetryConfig
+from services.crawler.store_sqlite import SQLiteStore
 from services.crawler.websim.web import canonical_target
 
 from .minisite import MiniSite
@@ -94,3 +109,122 @@ def test_the_cli_says_when_max_pages_stopped_the_crawl(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["stopped_by"] == "max_pages"
     assert "stopped by --max-pages 4 with 1 URLs still queued" in r.stderr
+
+
+async def crawl_watched(site_port: int, tmp_path: Path, on_progress: Callable[[Crawl], None]) -> Crawl:
+    """test_engine.crawl with a progress callback (called after every page fetch)."""
+    config = CrawlConfig.model_validate(
+        {
+            "seeds": ["http://a.sim.test/"],
+            "scope": ["*.sim.test"],
+            "politeness": {"min_delay": 0.0},
+            "retry": {"base_delay": 0.05, "max_delay": 0.2},
+        }
+    )
+    rules = [ResolveRule.parse(f"*.sim.test=127.0.0.1:{site_port}")]
+    async with Fetcher(config.fetch, ResolverMap(rules), config.user_agent) as fetcher:
+        c = Crawl(
+            "t", config, SQLiteStore(tmp_path / "store.sqlite"), fetcher, seed=1, on_progress=on_progress
+        )
+        await c.run()
+    return c
+
+
+# -- never sooner than asked: Crawl-delay and Retry-After past the limit drop the host -----------
+def test_what_a_server_asks_is_never_cut_to_the_cap() -> None:
+    cfg = PolitenessConfig(min_delay=1.0, max_delay=120.0)
+    slot = HostSlot("h", cfg, crawl_delay=150.0)
+    assert slot.delay == 150.0
+    slot = HostSlot("h", cfg)
+    slot.on_start(100.0)
+    slot.on_finish(101.0, 1.0, 503, retry_after=3600.0)
+    assert slot.next_eligible >= 101.0 + 3600.0
+    policy = RetryPolicy(RetryConfig(max_delay=30.0), random.Random(1))
+    assert policy.backoff(1, retry_after=3600.0) >= 3600.0
+
+
+def test_parking_within_the_limit_and_dropping_past_it() -> None:
+    parking = HostParking(limit=120.0)
+    gauge_before = REGISTRY.get_sample_value("crawler_hosts_parked") or 0.0
+    dropped_before = REGISTRY.get_sample_value("crawler_hosts_dropped_total") or 0.0
+    assert parking.asked("a", 60.0, "Retry-After")
+    assert parking.view("a")["parked_reason"] == "Retry-After 60 s" and parking.count() == 1
+    assert (REGISTRY.get_sample_value("crawler_hosts_parked") or 0.0) - gauge_before == 1
+    assert not parking.asked("a", 3600.0, "Retry-After")
+    assert not parking.allow_delay("b", 150.0) and parking.allow_delay("c", 100.0)
+    assert set(parking.dropped) == {"a", "b"} and parking.count() == 0
+    assert parking.view("a")["dropped"] == "Retry-After 3600 s exceeds the max host delay 120 s"
+    assert (REGISTRY.get_sample_value("crawler_hosts_dropped_total") or 0.0) - dropped_before == 2
+    assert (REGISTRY.get_sample_value("crawler_hosts_parked") or 0.0) == gauge_before
+    parking.refresh(now=time.time() + 10_000)  # nothing left to unpark
+    assert parking.count() == 0
+
+
+async def test_a_host_asking_for_crawl_delay_past_the_limit_is_dropped_not_hurried(tmp_path: Path) -> None:
+    site = MiniSite()
+    site.page("a.sim.test", "/robots.txt", "User-agent: *\nCrawl-delay: 150\n", content_type="text/plain")
+    site.page("a.sim.test", "/", '<a href="/p">p</a><a href="http://b.sim.test/">b</a>')
+    site.page("b.sim.test", "/", '<a href="/q">q</a>')
+    site.page("b.sim.test", "/q", "q")
+    with site.serve() as port:
+        c = await crawl(port, tmp_path, seeds=["http://a.sim.test/", "http://b.sim.test/"])
+    assert c.state is CrawlState.FINISHED
+    assert [e.path for e in site.log if e.host == "a.sim.test"] == ["/robots.txt"]
+    assert Counter(e.path for e in site.log if e.host == "b.sim.test")["/q"] == 1
+    status = c.status()
+    assert list(status["hosts_dropped"]) == ["a.sim.test"]
+    assert "Crawl-delay 150 s" in status["hosts_dropped"]["a.sim.test"]
+    assert c.store.host_counts("a.sim.test")["FAILED"] == 1
+    assert c.host_view("a.sim.test")["dropped"]
+
+
+async def test_a_retry_after_past_the_limit_drops_the_host_instead_of_coming_back_early(
+    tmp_path: Path,
+) -> None:
+    site = MiniSite()
+    site.page("a.sim.test", "/", '<a href="/busy">x</a><a href="/later">y</a>')
+    site.page("a.sim.test", "/busy", "busy", status=503, **{"Retry-After": "3600"})
+    site.page("a.sim.test", "/later", "later")
+    with site.serve() as port:
+        c = await crawl(port, tmp_path)
+    assert c.state is CrawlState.FINISHED
+    paths = Counter(e.path for e in site.log)
+    assert paths["/busy"] == 1  # never asked again within the hour
+    assert paths["/later"] <= 1  # requested before the drop, or never
+    assert "Retry-After 3600 s" in c.status()["hosts_dropped"]["a.sim.test"]
+    assert c.store.host_counts("a.sim.test")["RETRYABLE"] == 0
+
+
+async def test_a_retry_after_within_the_limit_parks_the_host_for_the_whole_wait(tmp_path: Path) -> None:
+    site = MiniSite()
+    site.page("a.sim.test", "/", '<a href="/busy">x</a>')
+    site.page("a.sim.test", "/busy", "now ok")
+    calls = Counter[str]()
+
+    def busy_once(request: web.Request) -> web.StreamResponse | None:
+        calls["busy"] += 1
+        return (
+            web.Response(status=429, text="wait", headers={"Retry-After": "2"})
+            if calls["busy"] == 1
+            else None
+        )
+
+    site.hooks[("a.sim.test", "/busy")] = busy_once
+    seen: list[dict[str, Any]] = []
+
+    def progress(c: Crawl) -> None:
+        seen.append({"view": c.host_view("a.sim.test"), "parked": c.status()["hosts_parked"]})
+
+    with site.serve() as port:
+        c = await crawl_watched(port, tmp_path, progress)
+    busy = [e for e in site.log if e.path == "/busy"]
+    assert [e.status for e in busy] == [429, 200]
+    assert busy[1].ts - busy[0].ts >= 2.0  # never sooner than asked
+    parked = [s for s in seen if s["view"]["parked_until"] is not None]
+    assert parked and parked[0]["view"]["parked_reason"] == "Retry-After 2 s" and parked[0]["parked"] == 1
+    assert c.status()["hosts_dropped"] == {} and c.status()["hosts_parked"] == 0
+
+
+def test_the_cli_takes_max_host_delay() -> None:
+    args = build_parser().parse_args(["--max-host-delay", "3600", "http://a.sim.test/"])
+    assert _config_from_args(args).politeness.max_delay == 3600.0
