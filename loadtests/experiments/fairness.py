@@ -6,8 +6,9 @@ shares). Both tenants send the same priority class, so only the queueing discipl
 both have weight 1 (the dev tenants).
 
   phase "steady": tenant B (alice) sends a steady 0.2x C of short streamed requests while
-                  tenant A (bob) floods 1.5x C of long ones: B's TTFT p50/p95 (client).
-  phase "both":   both over their fair share (B 0.75x C, A 1.5x C): each tenant's share of the
+                  tenant A (bob) floods 1.5x C_A of long ones (C_A: the server's burst capacity
+                  for A's requests): B's TTFT p50/p95 (client).
+  phase "both":   both over their fair share (B 0.75x C, A 1.5x C_A): each tenant's share of the
                   generated tokens (the server's counter over the window) against its weight share.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 from loadtests.experiments import report as rp
 from loadtests.experiments.openloop import Call, poisson
 from loadtests.experiments.queueing import pct
-from loadtests.experiments.serving import calibrate, completion, cross_check, run_step, text
+from loadtests.experiments.serving import calibrate, calibrate_mix, completion, cross_check, run_step, text
 from loadtests.experiments.target import BOB, KEYS, side_inference
 
 NAME = "fairness"
@@ -27,7 +28,9 @@ TITLE = "Fairness: tenant B's latency and token shares with weighted fair queuei
 QUESTION = "Does weighted fair queueing keep a steady tenant's latency and share while another floods?"
 NEEDS: tuple[str, ...] = ()  # its own two side servers
 MODES = {"wfq": [], "fifo": ["--no-fair-queueing"]}
-PHASES = {"steady": (0.2, 1.5), "both": (0.75, 1.5)}  # (B's load, A's load) in x C
+# (B's load in x C, A's load in x C_A): C is what the server sustains for B's half-streamed mix,
+# C_A for A's own long non-streamed requests (more efficient, so a flood must be sized on it).
+PHASES = {"steady": (0.2, 1.5), "both": (0.75, 1.5)}
 
 
 def flood_call(rng: random.Random, at: float, step: int) -> Call:
@@ -40,11 +43,11 @@ def flood_call(rng: random.Random, at: float, step: int) -> Call:
     return Call(at, "/v1/completions", body, "bob", "flood", step=step)
 
 
-def schedule(seed: int, phase: int, capacity: float, window: float) -> list[Call]:
+def schedule(seed: int, phase: int, capacity: float, capacity_a: float, window: float) -> list[Call]:
     b_load, a_load = list(PHASES.values())[phase]
     rng = random.Random(seed * 1000 + phase)  # the same schedule for both servers
     calls = [completion(rng, "interactive", t, phase) for t in poisson(b_load * capacity / 24.0, window, rng)]
-    calls += [flood_call(rng, t, phase) for t in poisson(a_load * capacity / 96.0, window, rng)]
+    calls += [flood_call(rng, t, phase) for t in poisson(a_load * capacity_a / 96.0, window, rng)]
     return calls
 
 
@@ -52,25 +55,35 @@ def run(ctx: Any) -> rp.Report:
     report = rp.Report(NAME, TITLE, QUESTION)
     smoke = ctx.smoke
     window = 3.0 if smoke else 10.0
-    capacity = 0.0
+    capacity = capacity_a = 0.0
     for mode, flags in MODES.items():
         with side_inference([*flags, "--no-embeddings"], ctx.out / f"side-server-{mode}.log") as url:
             if not capacity:
-                capacity = calibrate(url, BOB, concurrency=8 if smoke else 48, max_tokens=24 if smoke else 96)
+                capacity, _ = calibrate_mix(
+                    url, 0.5, workers=8 if smoke else 48, duration=2.0 if smoke else 10.0
+                )
+                capacity_a = calibrate(
+                    url, BOB, concurrency=8 if smoke else 48, max_tokens=24 if smoke else 96
+                )
+                b_both, a_both = PHASES["both"][0] * capacity, PHASES["both"][1] * capacity_a
+                fifo_share = b_both / (a_both + b_both)
                 report.predict(
                     "WFQ serves the tenant with the least weighted service first, so a flood only "
                     "delays the flooder; FIFO serves arrivals in order, so the flood's backlog sits in "
                     "front of everyone.",
-                    f"Calibrated C = {capacity:.0f} tokens/s. Prediction: with B steady (0.2x C) under A's "
-                    "1.5x C flood, B's p95 TTFT with WFQ stays below 1 s and at least 3x lower than with "
-                    "FIFO, where it grows with A's backlog; with both over their share, WFQ gives each "
-                    "tenant 0.5 +- 0.1 of the tokens (equal weights) while FIFO gives them in proportion "
-                    "to their arrival rates (B about 1/3).",
+                    f"C = {capacity:.0f} tokens/s for B's half-streamed mix (closed loop), C_A = "
+                    f"{capacity_a:.0f} tokens/s for A's long requests (burst). Prediction: with B steady "
+                    "(0.2x C) under A's 1.5x C_A flood, B's p95 TTFT with WFQ stays below 1 s and at least "
+                    "3x lower than with FIFO, where it grows with A's backlog; with both over their share "
+                    "(B 0.75x C), WFQ gives each tenant 0.5 +- 0.1 of the tokens (equal weights) while FIFO "
+                    f"gives them about in proportion to the offered tokens (B {fifo_share:.2f}).",
                     capacity_tokens_per_s=round(capacity, 1),
+                    capacity_a_tokens_per_s=round(capacity_a, 1),
                     weight_share_b=0.5,
+                    fifo_share_b=round(fifo_share, 3),
                 )
             for i, phase in enumerate(PHASES):
-                step = run_step(url, schedule(ctx.seed, i, capacity, window), window, KEYS)
+                step = run_step(url, schedule(ctx.seed, i, capacity, capacity_a, window), window, KEYS)
                 b = [o for o in step.outcomes if o.call.tenant == "alice"]
                 b_ok = [o.ttft for o in b if o.ok and o.ttft is not None]
                 tokens_b = step.window.value("inference_generated_tokens_total", tenant="alice")

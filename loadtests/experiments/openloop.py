@@ -13,7 +13,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,3 +140,29 @@ async def _run(base: str, calls: Sequence[Call], keys: dict[str, str], timeout: 
 def run(base: str, calls: Sequence[Call], keys: dict[str, str], timeout: float = 300.0) -> list[Outcome]:
     """Send every call at its time; wait for every answer (each bounded by `timeout`)."""
     return asyncio.run(_run(base.rstrip("/"), calls, keys, timeout))
+
+
+async def _closed(
+    base: str, make_call: Callable[[int], Call], keys: dict[str, str], workers: int, duration: float
+) -> list[Outcome]:
+    out: list[Outcome] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        t0 = time.perf_counter()
+
+        async def worker(w: int) -> None:
+            i = 0
+            while time.perf_counter() - t0 < duration:
+                call = make_call(w * 1_000_000 + i)
+                out.append(await _one(session, base, call, keys[call.tenant], t0))
+                i += 1
+
+        await asyncio.gather(*(worker(w) for w in range(workers)))
+    return out
+
+
+def closed_loop(
+    base: str, make_call: Callable[[int], Call], keys: dict[str, str], workers: int, duration: float
+) -> list[Outcome]:
+    """`workers` loops, each sending its next request when the last answered, for `duration` s
+    (the last requests finish after it): a saturating load that adapts to the server's speed."""
+    return asyncio.run(_closed(base.rstrip("/"), make_call, keys, workers, duration))

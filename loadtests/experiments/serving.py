@@ -24,6 +24,8 @@ from loadtests.experiments.openloop import Call, Outcome, poisson
 from loadtests.experiments.queueing import pct
 from loadtests.experiments.report import Report
 from loadtests.experiments.scrape import Snapshot
+from loadtests.experiments.target import ALICE as ALICE_KEY
+from loadtests.experiments.target import BOB as BOB_KEY
 
 WORDS = "the crawler fetched a page and the model wrote a token while the queue grew".split()  # noqa: SIM905
 MEAN_TOKENS = {"interactive": 24.0, "batch": 96.0}
@@ -100,6 +102,26 @@ def calibrate(url: str, key: str, concurrency: int, max_tokens: int = 96, rounds
             tokens = (Snapshot.take(url) - before).value("inference_generated_tokens_total")
             best = max(best, tokens / elapsed)
     return best
+
+
+def calibrate_mix(
+    url: str, interactive_share: float, workers: int, duration: float, seed: int = 0
+) -> tuple[float, list[Outcome]]:
+    """Saturated throughput of the experiment's own mix (streamed interactive + batch), closed
+    loop: what the server sustains with its HTTP and streaming costs, not just the model's."""
+    rng = random.Random(seed)
+    # A request draw in proportion to the token share: interactive requests are 4x shorter.
+    p_inter = (interactive_share / MEAN_TOKENS["interactive"]) / (
+        interactive_share / MEAN_TOKENS["interactive"] + (1 - interactive_share) / MEAN_TOKENS["batch"]
+    )
+
+    def make(_: int) -> Call:
+        return completion(rng, "interactive" if rng.random() < p_inter else "batch", 0.0)
+
+    before = Snapshot.take(url)
+    outcomes = openloop.closed_loop(url, make, {"alice": ALICE_KEY, "bob": BOB_KEY}, workers, duration)
+    window = Snapshot.take(url) - before
+    return window.value("inference_generated_tokens_total") / window.at, outcomes
 
 
 def service_time(url: str, key: str, body: dict[str, Any], n: int) -> list[float]:
