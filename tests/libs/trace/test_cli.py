@@ -3,6 +3,7 @@ line on bad input (never a traceback), lenient warnings, and no half-written out
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -292,8 +294,9 @@ def _default_sigint() -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_run_killed_mid_write_removes_its_temp_file(signum: int, tmp_path: Path) -> None:
-    # The input is a FIFO we feed: after the first line the run waits for more, mid-write
-    # with its temp file open, until the signal comes. No sleeps decide anything.
+    # The input is a FIFO we feed: after the first lines the run waits for more, mid-write
+    # with its temp file open, until the signal comes. It waits on events (the FIFO opened,
+    # the temp file there), polled within a bound; no sleep decides anything.
     fifo = tmp_path / "in.fifo"
     os.mkfifo(fifo)
     out_dir = tmp_path / "out"
@@ -307,18 +310,34 @@ def test_a_run_killed_mid_write_removes_its_temp_file(signum: int, tmp_path: Pat
         stderr=subprocess.PIPE,
         preexec_fn=_default_sigint,
     )
+    writer = -1
     try:
-        with open(fifo, "w") as writer:  # opens once the child opens the FIFO to read
-            writer.write("main:start:0\nf:start:1\n")
-            writer.flush()
-            deadline = time.monotonic() + 60
-            while len(os.listdir(out_dir)) < 2:  # wait for the temp file to appear
+
+        def wait_for(condition: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 60  # a bound for a stuck run, not a timing
+            while not condition():
                 assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "no temp file appeared"
+                assert time.monotonic() < deadline, f"still waiting for {what}"
                 time.sleep(0.01)
-            proc.send_signal(signum)
-            _, err = proc.communicate(timeout=60)
+
+        def open_writer() -> bool:
+            nonlocal writer
+            try:  # non-blocking: ENXIO until the child has opened the FIFO to read
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                return False
+            return True
+
+        wait_for(open_writer, "the run to open its input")
+        os.write(writer, b"main:start:0\nf:start:1\n")
+        wait_for(lambda: len(os.listdir(out_dir)) == 2, "the temp file")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
     finally:
+        if writer >= 0:
+            os.close(writer)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
