@@ -11,15 +11,19 @@ drain. Then it stops the workers and deletes the stream.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -36,7 +40,7 @@ TITLE = "Dedup worker: page events/s against consumers in the Redis consumer gro
 QUESTION = (
     "How does the dedup worker's throughput scale with consumers, and how fast does a burst's lag drain?"
 )
-NEEDS = ("redis",)
+NEEDS: tuple[str, ...] = ()  # the stack's Redis (`make run REDIS=1`), else a redis-server of its own
 GROUP = "experiment"
 
 
@@ -135,11 +139,52 @@ def backlog(client: redis.Redis, stream: str) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def redis_for(ctx: Any) -> Iterator[str]:
+    """The stack's Redis when it answers; else a redis-server of our own on a free port (plain
+    `make run` has no Redis), stopped afterwards."""
+    url = ctx.target.url("redis")
+    try:
+        redis.Redis.from_url(url, socket_timeout=2).ping()
+        yield url
+        return
+    except redis.RedisError:
+        pass
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StackDown(f"no Redis at {url} and no redis-server to start; `make run REDIS=1`")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="pg-experiment-redis-") as tmp:
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        proc = subprocess.Popen([*argv, "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            own = f"redis://127.0.0.1:{port}/0"
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    redis.Redis.from_url(own, socket_timeout=1).ping()
+                    break
+                except redis.RedisError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise StackDown(f"redis-server on port {port} did not start") from None
+                    time.sleep(0.1)
+            yield own
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 def run(ctx: Any) -> rp.Report:
+    with redis_for(ctx) as redis_url:
+        return _run(ctx, redis_url)
+
+
+def _run(ctx: Any, redis_url: str) -> rp.Report:
     report = rp.Report(NAME, TITLE, QUESTION)
     smoke = ctx.smoke
-    redis_url = ctx.target.url("redis")
     client = redis.Redis.from_url(redis_url)
+    if redis_url != ctx.target.url("redis"):
+        report.notes.append(f"no Redis in the stack: the experiment ran its own redis-server ({redis_url})")
     levels = [1, 2] if smoke else [1, 2, 3, 4]
     n = 150 if smoke else 5000
     cores = os.cpu_count() or 1

@@ -92,6 +92,7 @@ class CrawlStats:
     retries: int = 0
     bytes: int = 0
     leases_expired: int = 0
+    leases_reclaimed: int = 0  # held by this owner in a run that died: handed back at start
     discovered: int = 0
     duplicate_content: int = 0
     pages_emitted: int = 0
@@ -109,6 +110,12 @@ class CrawlStats:
 
 def new_owner_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def crawl_owner_id(crawl_id: str) -> str:
+    """The lease owner of a crawl run by one process (CLI, API): the same across restarts, so a
+    run restarted after kill -9 takes back its dead predecessor's leases at once."""
+    return f"{socket.gethostname()}-crawl-{crawl_id}"
 
 
 class Crawl:
@@ -134,7 +141,7 @@ class Crawl:
         self.fetcher = fetcher
         self.warc = warc
         self.sink = sink
-        self.owner = owner or new_owner_id()
+        self.owner = owner or crawl_owner_id(crawl_id)
         self.on_progress = on_progress
         self.spans = spans or SpanLog(None, "crawler")  # path None: spans are no-ops
         self.frontier = Frontier(store, config.politeness, slots=host_slots)
@@ -205,6 +212,16 @@ class Crawl:
         self.store.add([s for s in seeds if s is not None], now=now, max_depth=self.config.max_depth)
         expired = self.store.expire_leases(now)
         self._count_expired(expired)
+        reclaimed = self.store.release_owner(self.owner)  # ours, from a run that died: no waiting
+        if reclaimed:
+            self.stats.leases_reclaimed += reclaimed
+            metrics.LEASES_RECLAIMED.inc(reclaimed)
+            log.warning(
+                "crawl %s: %d URLs leased by a previous run of %s handed back",
+                self.crawl_id,
+                reclaimed,
+                self.owner,
+            )
         self.frontier.load_pending()
         self.store.changed_hosts()  # (load_pending saw them all)
         reaper = asyncio.create_task(self._reaper())

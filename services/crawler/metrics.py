@@ -33,6 +33,10 @@ HOSTS_DROPPED = Counter(
     "crawler_hosts_dropped_total",
     "Hosts dropped from a crawl: they asked for a wait (Retry-After, Crawl-delay) past the max host delay",
 )
+LEASES_RECLAIMED = Counter(
+    "crawler_leases_reclaimed_total",
+    "Leased URLs a restarted crawl took back at once from its own previous run (kill -9)",
+)
 RETRIES = Counter("crawler_retries_total", "Fetches scheduled for another attempt", ["reason"])
 DISCOVERED = Counter("crawler_discovered_urls_total", "New unique URLs admitted to the frontier")
 DUPLICATE_CONTENT = Counter("crawler_duplicate_content_total", "Bodies whose SHA-256 was already seen")

@@ -154,6 +154,12 @@ class FrontierStore(abc.ABC):
     def close(self) -> None: ...
 
     # -- shared-backend hooks (defaults: one process owns the store) ---------------------------
+    def release_owner(self, owner: str) -> int:
+        """Hand back at once every URL `owner` holds a lease on (SCHEDULED/FETCHING -> ready, as
+        expire_leases does), and return how many. Called when `owner` starts: what it holds is
+        from a previous run of its own that died. Other owners' leases keep running."""
+        return 0
+
     _pages: int | None = None
 
     def reserve_page(self, limit: int) -> bool:

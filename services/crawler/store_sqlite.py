@@ -279,6 +279,15 @@ class SQLiteStore(FrontierStore):
             )
             return cur.rowcount
 
+    def release_owner(self, owner: str) -> int:
+        with self._db:
+            cur = self._db.execute(
+                f"UPDATE urls SET state=CASE WHEN attempts>0 THEN ? ELSE ? END,"
+                f" lease_owner=NULL, lease_until=NULL WHERE state IN ({_LEASED}) AND lease_owner=?",
+                (int(URLState.RETRYABLE), int(URLState.DISCOVERED), owner),
+            )
+            return cur.rowcount
+
     def pending_hosts(self) -> list[tuple[str, float]]:
         return [
             (h, t)

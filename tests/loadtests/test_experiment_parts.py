@@ -19,6 +19,7 @@ from loadtests.experiments.openloop import poisson
 from loadtests.experiments.queueing import cs2, md1_wait, mg1_wait, mm1_wait_quantile, pct, rho_for_wait
 from loadtests.experiments.report import Check, Report
 from loadtests.experiments.scrape import Snapshot, bucket_quantile
+from tests.conftest import need_binary
 
 
 def test_md1_is_half_of_mm1_and_mg1_interpolates() -> None:
@@ -188,3 +189,28 @@ def test_a_stack_that_is_not_up_is_one_line_and_exit_1(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "does not answer" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dedup_experiment_without_a_stack_redis_runs_its_own(tmp_path: Path) -> None:
+    """Plain `make run` has no Redis: experiment 7 starts a redis-server of its own and says so."""
+    need_binary("redis-server")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtests.experiments",
+            "dedup-consumers",
+            "--smoke",
+            "--url",
+            "redis=redis://127.0.0.1:9/0",  # nothing listens on the discard port
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "dedup-consumers" / "report.json").read_text())
+    assert report["checks_hold"] and any("its own redis-server" in n for n in report["notes"])

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
@@ -23,6 +27,7 @@ from services.crawler.parking import HostParking
 from services.crawler.politeness import HostSlot
 from services.crawler.retry import RetryPolicy
 from services.crawler.settings import CrawlConfig, PolitenessConfig, RetryConfig
+from services.crawler.store import NewURL
 from services.crawler.store_sqlite import SQLiteStore
 from services.crawler.websim.web import canonical_target
 
@@ -228,3 +233,75 @@ async def test_a_retry_after_within_the_limit_parks_the_host_for_the_whole_wait(
 def test_the_cli_takes_max_host_delay() -> None:
     args = build_parser().parse_args(["--max-host-delay", "3600", "http://a.sim.test/"])
     assert _config_from_args(args).politeness.max_delay == 3600.0
+
+
+# -- kill -9: a restarted crawl takes back its own leases at once ------------------------------
+def test_release_owner_hands_back_only_that_owners_leases(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    now = time.time()
+    store.add([NewURL(f"http://h.test/{i}", "h.test", 0) for i in range(3)], now=now)
+    mine = store.claim("h.test", "me", 3600, now)
+    theirs = store.claim("h.test", "other", 3600, now)
+    assert mine is not None and theirs is not None
+    assert store.start(mine.id, "me", 3600, now)
+    assert store.release_owner("me") == 1
+    assert store.release_owner("me") == 0  # idempotent
+    counts = store.counts()
+    assert counts["RETRYABLE"] == 1  # it had started an attempt
+    assert counts["SCHEDULED"] == 1  # the other owner's lease runs on
+    assert store.earliest_lease_expiry() == pytest.approx(now + 3600)
+    store.close()
+
+
+def test_a_crawl_restarted_after_kill_9_takes_back_its_in_flight_urls_at_once(tmp_path: Path) -> None:
+    site = MiniSite()
+    site.page("a.sim.test", "/", '<a href="/slow">s</a>')
+    site.page("a.sim.test", "/slow", "slow page")
+    requested = threading.Event()
+    release = threading.Event()
+
+    async def hang() -> web.StreamResponse:
+        for _ in range(1200):  # bounded: 60 s
+            if release.is_set():
+                break
+            await asyncio.sleep(0.05)
+        return web.Response(status=503, text="too late")
+
+    def hang_first(request: web.Request) -> Any:
+        if requested.is_set():
+            return None  # the page itself
+        requested.set()
+        return hang()  # minisite awaits it
+
+    site.hooks[("a.sim.test", "/slow")] = hang_first
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+    with site.serve() as port:
+        cmd = [
+            sys.executable,
+            "-m",
+            "services.crawler",
+            "crawl",
+            "http://a.sim.test/",
+            "--resolve",
+            f"*.sim.test=127.0.0.1:{port}",
+            "--min-delay",
+            "0",
+            "--store",
+            str(tmp_path / "s.sqlite"),
+            "--lease-seconds",
+            "3600",  # waiting it out would outlast the test's timeout by far
+            "--no-progress",
+        ]
+        first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert requested.wait(60), "the first run never asked for /slow"
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(30)
+            release.set()
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr[-2000:]
+    status = json.loads(second.stdout)
+    assert status["stats"]["leases_reclaimed"] == 1
+    assert status["urls"]["FETCHED"] == 2 and status["urls"]["FETCHING"] == 0
+    assert [e.status for e in site.log if e.path == "/slow"][-1] == 200
