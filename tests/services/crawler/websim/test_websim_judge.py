@@ -83,3 +83,19 @@ def test_duplicates_count_final_answers_not_retries(sim: WebSim, port: int) -> N
     summary = json.loads(fetch(port, "127.0.0.1", "/judge?min_delay=0").body)
     assert summary["duplicate_fetches"] == 1 and summary["pages_fetched"] == 1 and summary["requests"] == 4
     assert fetch(port, "127.0.0.1", "/judge?min_delay=-1").status == 400
+
+
+def test_a_dot_segment_request_that_resolves_to_a_disallowed_page_is_a_violation(
+    sim: WebSim, port: int
+) -> None:
+    """What a crawler that removes dot segments before decoding "%2e%2e" sends ("/zz/../p"), and
+    the escaped form itself: websim serves the disallowed page for both, and judges both."""
+    bad = disallowed_page(sim)
+    fetch(port, bad.host, "/robots.txt", ua=UA)
+    for raw in (f"/zz/..{bad.path}", f"/zz/%2e%2e{bad.path}", f"/zz/%2E.{bad.path}"):
+        assert fetch(port, bad.host, raw, ua=UA).status == 200, raw
+    assert [v["path"] for v in sim.robots_violations()] == [
+        f"/zz/..{bad.path}",
+        f"/zz/%2e%2e{bad.path}",
+        f"/zz/%2E.{bad.path}",
+    ]
