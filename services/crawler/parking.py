@@ -56,8 +56,8 @@ class HostParking:
             return
         self.parked[host] = (until, reason)
         try:
-            asyncio.get_running_loop().call_later(seconds, self.refresh)
-        except RuntimeError:  # no loop (a unit test): refresh() runs from the views
+            asyncio.get_running_loop().call_later(seconds, self._expire, host, until)
+        except RuntimeError:  # no event loop (a unit test): refresh() unparks
             pass
 
     def drop(self, host: str, reason: str) -> None:
@@ -67,6 +67,11 @@ class HostParking:
         metrics.HOSTS_DROPPED.inc()
         self._unpark(host)
         log.warning("host %s dropped from the crawl: %s", host, reason)
+
+    def _expire(self, host: str, until: float) -> None:
+        entry = self.parked.get(host)
+        if entry is not None and entry[0] == until:  # not extended by a later ask meanwhile
+            self._unpark(host)
 
     def refresh(self, now: float | None = None) -> None:
         """Unpark the hosts whose wait is over."""
@@ -79,11 +84,9 @@ class HostParking:
             metrics.HOSTS_PARKED.dec()
 
     def count(self) -> int:
-        self.refresh()
         return len(self.parked)
 
     def view(self, host: str) -> dict[str, object]:
-        self.refresh()
         until, reason = self.parked.get(host, (None, None))
         return {"parked_until": until, "parked_reason": reason, "dropped": self.dropped.get(host)}
 
