@@ -140,6 +140,8 @@ class Crawl:
         self.store = store
         self.fetcher = fetcher
         self.warc = warc
+        if warc is not None:  # for the warcinfo record that opens each file (files open lazily)
+            warc.info.setdefault("http-header-user-agent", config.user_agent)
         self.sink = sink
         self.owner = owner or crawl_owner_id(crawl_id)
         self.on_progress = on_progress

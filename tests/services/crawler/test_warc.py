@@ -81,3 +81,4 @@ async def test_a_crawl_archives_robots_txt_and_pages(tmp_path: Path) -> None:
     requests = {r[2] for r in records if r[1] == "request"}
     assert requests == set(responses)
     assert records[0][1] == "warcinfo"
+    assert "http-header-user-agent: ProvingGroundBot" in records[0][3].decode()
