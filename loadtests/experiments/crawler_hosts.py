@@ -8,7 +8,7 @@ crawler's own speed (one process, a shared CPU) may bend the curve below the lin
 
 Hosts are websim's own (the running stack's), chosen from its /hosts listing: normal robots.txt,
 no trap, the most pages, so a host does not run dry within the window. Each level starts one
-crawl of N seeds (scope: their own hosts) through the control API, cancels it after the
+crawl of N seeds (scope: their own hosts) through the control API, pauses and cancels it after the
 window, and reads websim's request log for those hosts: requests per second over the window,
 and politeness violations judged from websim's side (start-to-start gaps shorter than the
 host's delay, less 5 ms).
@@ -106,6 +106,12 @@ def run(ctx: Any) -> rp.Report:
             created.raise_for_status()
             crawl_id = created.json()["crawl_id"]
             time.sleep(window + 0.5)
+            # Pause first (no new requests; in-flight ones finish), so every request the crawler
+            # counted has reached websim and been answered before the counts are compared.
+            api.post(f"/v1/crawls/{crawl_id}/pause").raise_for_status()
+            deadline = time.monotonic() + 30
+            while api.get(f"/v1/crawls/{crawl_id}").json()["in_flight"] and time.monotonic() < deadline:
+                time.sleep(0.05)
             api.post(f"/v1/crawls/{crawl_id}/cancel").raise_for_status()
             status = api.get(f"/v1/crawls/{crawl_id}").json()
             crawler_delta = Snapshot.take(crawler) - before_crawler

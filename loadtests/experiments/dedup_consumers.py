@@ -224,7 +224,13 @@ def _run(ctx: Any, redis_url: str) -> rp.Report:
                         break
                     time.sleep(0.1)
                 drain_s = time.perf_counter() - t0
-                acked = workers.counted("dedup_stream_acked_total") - acked_before
+                # A worker counts an entry just after XACK: give the last counts a moment to land.
+                settle = time.monotonic() + 10
+                while True:
+                    acked = workers.counted("dedup_stream_acked_total") - acked_before
+                    if acked >= added or time.monotonic() > settle:
+                        break
+                    time.sleep(0.1)
                 seen = workers.counted("dedup_pages_seen_total") - seen_before
                 cost = workers.counted("dedup_page_process_seconds_sum") - cost_before
         finally:
