@@ -113,10 +113,12 @@ def _ms(a: float | None, b: float | None) -> float | None:
 class StopMatcher:
     """Finds stop strings in streamed text, across token boundaries.
 
-    Text is released as soon as it cannot be the start of a stop string; a suffix that is a
-    proper prefix of one is held until the next piece decides. `feed` returns the text to
-    release and whether a stop string was found (the text before it is released, the stop
-    string and everything after are dropped).
+    Generation ends at the first point where a stop string is complete (the earliest end, as
+    when checking after every character); the text is cut before that stop string (the longest
+    one when several end there). However the text is split into pieces, the result is the
+    same. Text is released as soon as it cannot be the start of a stop string; a suffix that
+    is a proper prefix of one is held until the next piece decides. `feed` returns the text to
+    release and whether a stop string was found (then the rest is dropped).
     """
 
     def __init__(self, stops: list[str] | tuple[str, ...]) -> None:
@@ -125,10 +127,12 @@ class StopMatcher:
 
     def feed(self, text: str) -> tuple[str, bool]:
         buf = self._held + text
-        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self._held = ""
-            return buf[: min(hits)], True
+        # The held text holds no complete stop: only ends inside the new text can match.
+        for end in range(len(self._held) + 1, len(buf) + 1):
+            starts = [end - len(s) for s in self.stops if len(s) <= end and buf.startswith(s, end - len(s))]
+            if starts:
+                self._held = ""
+                return buf[: min(starts)], True
         hold = 0
         for s in self.stops:
             for k in range(min(len(s) - 1, len(buf)), hold, -1):

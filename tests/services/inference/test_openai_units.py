@@ -18,18 +18,23 @@ from services.inference.model.sampling import SamplingParams, sample
 
 # -- stop strings --------------------------------------------------------------------------------
 def _cut(text: str, stops: list[str]) -> tuple[str, bool]:
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
+    """Generation stops where a stop string first completes (checked after every character)."""
+    for end in range(1, len(text) + 1):
+        starts = [end - len(s) for s in stops if s and text[:end].endswith(s)]
+        if starts:
+            return text[: min(starts)], True
+    return text, False
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(
     text=st.text(alphabet="abc", max_size=30),
     stops=st.lists(st.text(alphabet="abc", min_size=1, max_size=4), min_size=1, max_size=4),
     cuts=st.lists(st.integers(0, 30), max_size=10),
 )
 def test_stop_matcher_equals_cutting_the_whole_text(text: str, stops: list[str], cuts: list[int]) -> None:
-    """However the text is split into pieces, what is released is the text before the first stop."""
+    """However the text is split into pieces, the released text is the same: what precedes the
+    stop string that completes first (pieces of several characters: a token's text)."""
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
     pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
     m = StopMatcher(stops)
@@ -50,6 +55,9 @@ def test_stop_matcher_holds_only_a_possible_prefix() -> None:
     assert m.feed("b") == ("</b", False)  # not the stop after all: released
     assert m.feed("</en") == ("", False)
     assert m.feed("d> tail") == ("", True)
+    # Two stops in one piece: the one that completes first wins, even if the other starts earlier.
+    assert StopMatcher(["acb", "c"]).feed("xacb") == ("xa", True)
+    assert StopMatcher(["ab", "b"]).feed("xab") == ("x", True)  # both end there: cut the longest
 
 
 # -- chat templates ------------------------------------------------------------------------------
