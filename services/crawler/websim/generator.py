@@ -584,8 +584,36 @@ def generate(cfg: SimConfig) -> Web:
     for host in b.hosts.values():
         b.build_robots(host, kinds.get(host.index, "normal"))
     web = Web(hosts=b.hosts)
+    _add_dot_segment_baits(web)
     web.by_id = {p.pid: p for p in web.all_pages()}
     return web
+
+
+def _add_dot_segment_baits(web: Web) -> None:
+    """On each host whose robots.txt disallows a page by its path, the home page links to that
+    page through an escaped dot segment: "/zz/%2e%2e/private/p.html". The server resolves it to
+    the disallowed page; a crawler that removes dot segments before decoding the escapes checks
+    robots.txt against "/zz/../private/p.html", which no rule matches, and so gets caught by
+    the judge. Deterministic and drawn from no random stream, so the rest of the web is as it was.
+    """
+    from services.crawler.websim import truth
+
+    for host in web.hosts.values():
+        home = host.pages.get("/")
+        if not isinstance(truth.robots_for(host), RobotsFile) or home is None or home.nofollow:
+            continue
+        base = urljoin(_url(host.name, home.path), home.base_href or "")
+        for page in sorted(host.pages.values(), key=lambda p: p.path):
+            path = page.path
+            href = f"/zz/%2e%2e{path}"
+            if (
+                page.kind == "html"
+                and not truth.allowed(web, host.name, path)
+                and truth.allowed(web, host.name, f"/zz/..{path}")
+                and locate(urljoin(base, href)) == (host.name, path)
+            ):
+                home.links.append(Link(href=href, host=host.name, path=path))
+                break
 
 
 def _charset_feature(charset: str) -> tuple[Callable[[Page], bool], Callable[[Page], None]]:
