@@ -20,8 +20,9 @@ setup: $(BIN)/python  ## venv with the project (editable, all extras, dev tools)
 	$(BIN)/pip install -q -e '.[all]'
 	bash scripts/install-system-deps.sh
 
-run: $(BIN)/python  ## start the whole stack as local processes (Ctrl-C stops it)
-	$(BIN)/python -m deploy.launch $(if $(REDIS),--redis,)
+# `make run REDIS=1` adds redis-server; `make run DIRECT=1` skips the fault proxy (every hop direct).
+run: $(BIN)/python  ## start the whole stack as local processes, supervised (Ctrl-C stops it)
+	$(BIN)/python -m deploy.launch $(if $(REDIS),--redis,) $(if $(DIRECT),--direct,)
 
 test: $(BIN)/python  ## the whole test suite
 	$(BIN)/python -m pytest $(ARGS)
