@@ -59,7 +59,7 @@ from services.crawler.robots import (
 from services.crawler.settings import ROBOTS_TOKEN, CrawlConfig
 from services.crawler.sinks import PageSink
 from services.crawler.store import FrontierStore, NewURL, Outcome, URLRecord, URLState
-from services.crawler.traps import TrapGuard
+from services.crawler.traps import PATTERN_BUDGET, TrapGuard
 from services.crawler.urlnorm import InvalidURL, host_of, normalize
 from services.crawler.warc import WarcOutput
 
@@ -197,8 +197,11 @@ class Crawl:
     def _admit(self, url: str, depth: int, *, redirects: int = 0, via: str | None = None) -> NewURL | None:
         if len(url) > self.config.max_url_length or not self.in_scope(url):
             return None
-        if self.traps.check(url, host_of(url), depth) is not None:
-            return None  # a trap's (crawler_trap_cut_total): too deep, or its pattern's budget is spent
+        if self.traps.check(url, host_of(url), depth) == PATTERN_BUDGET:
+            return None  # a trap's (crawler_trap_cut_total): its pattern's budget is spent
+        # A link deeper than max_depth is counted by the guard but still goes to the store: `depth`
+        # is this page's depth when it was claimed, and a shorter path found since (another host,
+        # another worker) may make the link admissible; the store keeps the edge to re-derive it.
         # Depth is judged by the store, which knows the shortest path found so far.
         return NewURL(url, host_of(url), depth, redirects, via)
 

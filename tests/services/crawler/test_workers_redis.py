@@ -141,6 +141,59 @@ def _judge(sim: WebSim) -> dict[str, Any]:
     return sim.judge(min_delay=MIN_DELAY)
 
 
+def _explain_missing(sim: WebSim, seeds: list[str], store: RedisStore, client: Any, missing: set[str]) -> Any:
+    """For a failure message: the BFS chain to each missing page and the crawler's record of it."""
+    debug: dict[str, Any] = {}
+    if missing:
+        from collections import deque
+
+        from services.crawler.websim import truth as wt
+
+        parents: dict[str, tuple[str | None, int, str]] = {}
+        q: deque[tuple[Any, int]] = deque()
+        for seed in seeds:
+            loc = wt.locate(seed)
+            r = None if loc is None else wt.follow(sim.web, loc[0], loc[1], wt.DEFAULT_USER_AGENT, 5)
+            if r is not None and r.pid not in parents:
+                parents[r.pid] = (None, 0, seed)
+                q.append((r, 0))
+        while q:
+            page, d = q.popleft()
+            if d >= MAX_DEPTH:
+                continue
+            for h, path in wt._outlinks(page):
+                r = wt.follow(sim.web, h, path, wt.DEFAULT_USER_AGENT, 5)
+                if r is not None and r.pid not in parents:
+                    parents[r.pid] = (page.pid, d + 1, f"http://{h}{path}")
+                    q.append((r, d + 1))
+
+        def rec(url: str) -> Any:
+            u = normalize(url)
+            kp = store._kp(store.partition(host_of(u)))
+            uid = client.hget(kp + "seen", url_key(u))
+            if not uid:
+                return (u, None)
+            raw = client.hgetall(kp + f"u:{int(uid)}")
+            edges = client.get(kp + f"e:{int(uid)}")
+            return (u, int(uid), {k: raw.get(k.encode()) for k in ("s", "d", "st", "a")}, edges)
+
+        for pid in sorted(missing)[:2]:
+            chain = []
+            cur: str | None = pid
+            while cur is not None:
+                par, d, via = parents[cur]
+                chain.append((cur, d, rec(via)))
+                cur = par
+            debug[pid] = chain
+            parent = chain[1][2][0] if len(chain) > 1 else ""
+            debug[pid + " log"] = [
+                (e["seq"], round(e["ts"] % 1000, 3), e["path"], e["status"], e["page_id"])
+                for e in sim.entries(host=host_of(parent))
+                if e.get("page_id") == chain[1][0]
+            ]
+    return debug
+
+
 @pytest.fixture(scope="module")
 def sim_and_truth() -> tuple[WebSim, list[str], set[str]]:
     sim = WebSim(SimConfig(hosts=HOSTS, seed=1))
@@ -163,44 +216,7 @@ def test_three_workers_crawl_one_web_politely_and_completely(
         counts = store.counts()
         summaries = c.stop_all()
         missing = truth - _fetched(sim)
-        debug: dict[str, Any] = {}
-        if missing:
-            from collections import deque
-
-            from services.crawler.websim import truth as wt
-
-            parents: dict[str, tuple[str | None, int, str]] = {}
-            q: deque[tuple[Any, int]] = deque()
-            for seed in seeds:
-                loc = wt.locate(seed)
-                r = None if loc is None else wt.follow(sim.web, loc[0], loc[1], wt.DEFAULT_USER_AGENT, 5)
-                if r is not None and r.pid not in parents:
-                    parents[r.pid] = (None, 0, seed)
-                    q.append((r, 0))
-            while q:
-                page, d = q.popleft()
-                if d >= MAX_DEPTH:
-                    continue
-                for h, path in wt._outlinks(page):
-                    r = wt.follow(sim.web, h, path, wt.DEFAULT_USER_AGENT, 5)
-                    if r is not None and r.pid not in parents:
-                        parents[r.pid] = (page.pid, d + 1, f"http://{h}{path}")
-                        q.append((r, d + 1))
-
-            def rec(url: str) -> Any:
-                u = normalize(url)
-                kp = store._kp(store.partition(host_of(u)))
-                uid = c.client.hget(kp + "seen", url_key(u))
-                return (u, uid and c.client.hgetall(kp + f"u:{int(uid)}"))
-
-            for pid in sorted(missing)[:2]:
-                chain = []
-                cur: str | None = pid
-                while cur is not None:
-                    par, d, via = parents[cur]
-                    chain.append((cur, d, rec(via)))
-                    cur = par
-                debug[pid] = chain
+        debug = _explain_missing(sim, seeds, store, c.client, missing)
         assert not missing, debug
     report = _judge(sim)
     assert report["robots_violations"] == 0, report
@@ -250,6 +266,8 @@ def test_a_killed_worker_is_replaced_and_the_crawl_completes(
     report = _judge(sim)
     assert report["robots_violations"] == 0, report
     assert report["politeness_violations"] == 0, sim.politeness_violations(min_delay=MIN_DELAY)[:3]
+    missing = truth - _fetched(sim)
+    assert not missing, _explain_missing(sim, seeds, RedisStore(c.client, "ck"), c.client, missing)
     assert _fetched(sim) == truth
     # w2's partitions went to the survivors, under new epochs
     owners = {p["partition"]: p["owner"] for p in after["partition_owners"]}
