@@ -8,8 +8,15 @@
     POST /v1/crawls/{crawl_id}/cancel     stop; the store keeps everything for a later resume
     GET  /v1/crawls/{crawl_id}/hosts      per-host politeness view (delay, rate, robots, URL counts)
     GET  /v1/crawls/{crawl_id}/hosts/{host}
+    GET  /v1/workers                      workers and partition owners (with --redis)
 Docs at /docs (OpenAPI at /openapi.json); bad input -> 422 naming the field.
 Each crawl has its own SQLite store under data_dir, so a crawl id started again resumes it.
+Politeness belongs to the host: every crawl of this process shares one slot per host.
+
+With --redis URL the process runs no crawl itself: POST registers the crawl in Redis, where the
+workers (`python -m services.crawler worker --redis URL`) run it over their host partitions;
+GET shows its state and URL counts (from Redis counters, per partition too), cancel asks the
+workers to stop, and /v1/workers lists every live worker and each partition's owner and epoch.
 """
 
 from __future__ import annotations
@@ -35,9 +42,20 @@ from libs.service.settings import ServiceSettings, load_settings
 from libs.service.spans import SpanLog
 from services.crawler.engine import Crawl
 from services.crawler.fetcher import Fetcher, ResolverMap, ResolveRule
+from services.crawler.partitions import cluster_view
+from services.crawler.politeness import HostSlot
 from services.crawler.settings import CrawlConfig
 from services.crawler.sinks import OutboxSink, PageSink, open_sink
+from services.crawler.store import NewURL
+from services.crawler.store_redis import (
+    crawl_key,
+    crawl_state,
+    redis_crawl_status,
+    register_crawl,
+)
+from services.crawler.store_redis import list_crawls as redis_crawls
 from services.crawler.store_sqlite import SQLiteStore
+from services.crawler.urlnorm import host_of, normalize
 from services.crawler.warc import WarcOutput
 
 log = get_logger("services.crawler.api")
@@ -60,6 +78,9 @@ class CrawlerSettings(ServiceSettings):
     bloom_capacity: int | None = Field(
         None, description="Bloom filter sized for this many URLs in front of each crawl's exact URL set"
     )
+    redis: str = Field(
+        "", description="redis://... : crawls are registered there and run by `worker` processes"
+    )
 
 
 @dataclass
@@ -70,11 +91,23 @@ class _Running:
     final_hosts: dict[str, dict[str, Any]] | None = None  # host views taken at the same moment
 
 
+def _check_crawl_id(crawl_id: str) -> str:
+    if not _CRAWL_ID.match(crawl_id):
+        raise ApiError(422, "invalid_request", "crawl_id: 1-64 of A-Z a-z 0-9 _ . -", field="crawl_id")
+    return crawl_id
+
+
 class CrawlManager:
     def __init__(self, settings: CrawlerSettings) -> None:
         self.settings = settings
         self.rules = [ResolveRule.parse(r) for r in settings.resolve]
         self.crawls: dict[str, _Running] = {}
+        self.host_slots: dict[str, HostSlot] = {}  # politeness per host, shared by every crawl
+        self.redis: Any = None
+        if settings.redis:
+            import redis
+
+            self.redis = redis.Redis.from_url(settings.redis, socket_timeout=10, socket_connect_timeout=5)
         self._sink: PageSink | None = None
         self.spans = SpanLog(settings.span_log, "crawler")
 
@@ -85,13 +118,27 @@ class CrawlManager:
         return running
 
     def status(self, crawl_id: str) -> dict[str, Any]:
+        if self.redis is not None and crawl_id not in self.crawls:
+            status = redis_crawl_status(self.redis, crawl_id)
+            if status is None:
+                raise ApiError(404, "not_found", f"no crawl {crawl_id!r}", field="crawl_id")
+            return status
         running = self._get(crawl_id)
         return running.final if running.final is not None else running.crawl.status()
 
+    def start_on_redis(self, config: CrawlConfig, crawl_id: str | None) -> dict[str, Any]:
+        """Register the crawl in Redis; the workers run it."""
+        crawl_id = _check_crawl_id(crawl_id or uuid.uuid4().hex[:12])
+        if crawl_state(self.redis, crawl_id) == "running":
+            raise ApiError(409, "conflict", f"crawl {crawl_id!r} is running", field="crawl_id")
+        seeds = [NewURL(u, host_of(u), 0) for u in (normalize(s) for s in config.seeds)]
+        register_crawl(self.redis, crawl_id, config.model_dump_json(), seeds, config.max_depth)
+        status = redis_crawl_status(self.redis, crawl_id)
+        assert status is not None
+        return status
+
     async def start(self, config: CrawlConfig, crawl_id: str | None) -> Crawl:
-        crawl_id = crawl_id or uuid.uuid4().hex[:12]
-        if not _CRAWL_ID.match(crawl_id):
-            raise ApiError(422, "invalid_request", "crawl_id: 1-64 of A-Z a-z 0-9 _ . -", field="crawl_id")
+        crawl_id = _check_crawl_id(crawl_id or uuid.uuid4().hex[:12])
         if crawl_id in self.crawls and not self.crawls[crawl_id].crawl.done:
             raise ApiError(409, "conflict", f"crawl {crawl_id!r} is running", field="crawl_id")
         self.open_sink()
@@ -101,7 +148,16 @@ class CrawlManager:
         warc = WarcOutput(data / "warc", crawl_id) if self.settings.warc else None
         resolver = ResolverMap(self.rules, allow_private=self.settings.allow_private)
         fetcher = Fetcher(config.fetch, resolver, config.user_agent, concurrency=config.concurrency)
-        crawl = Crawl(crawl_id, config, store, fetcher, warc=warc, sink=self._sink, spans=self.spans)
+        crawl = Crawl(
+            crawl_id,
+            config,
+            store,
+            fetcher,
+            warc=warc,
+            sink=self._sink,
+            spans=self.spans,
+            host_slots=self.host_slots,
+        )
         running = _Running(crawl)
 
         async def run() -> None:
@@ -162,12 +218,28 @@ def build_app(settings: CrawlerSettings, health: Health | None = None) -> tuple[
 
     @app.post("/v1/crawls", status_code=201, summary="Start (or resume) a crawl")
     async def start_crawl(config: CrawlConfig, crawl_id: str | None = None) -> dict[str, Any]:
+        if manager.redis is not None:
+            return manager.start_on_redis(config, crawl_id)
         crawl = await manager.start(config, crawl_id)
         return crawl.status()
 
     @app.get("/v1/crawls", summary="All crawls of this process")
     async def list_crawls() -> list[dict[str, Any]]:
-        return [{"crawl_id": cid, "state": r.crawl.state.value} for cid, r in manager.crawls.items()]
+        out: list[dict[str, Any]] = [
+            {"crawl_id": cid, "state": r.crawl.state.value} for cid, r in manager.crawls.items()
+        ]
+        if manager.redis is not None:
+            out += [
+                {"crawl_id": cid, "state": crawl_state(manager.redis, cid)}
+                for cid in redis_crawls(manager.redis)
+            ]
+        return out
+
+    @app.get("/v1/workers", summary="Live workers and every partition's owner and epoch (Redis)")
+    async def workers() -> dict[str, Any]:
+        if manager.redis is None:
+            raise ApiError(404, "not_found", "no --redis: this process runs its crawls alone", field="redis")
+        return cluster_view(manager.redis)
 
     @app.get("/v1/crawls/{crawl_id}", summary="Status of one crawl")
     async def get_crawl(crawl_id: str) -> dict[str, Any]:
@@ -187,6 +259,13 @@ def build_app(settings: CrawlerSettings, health: Health | None = None) -> tuple[
 
     @app.post("/v1/crawls/{crawl_id}/cancel", summary="Cancel; the store keeps the work done")
     async def cancel(crawl_id: str) -> dict[str, Any]:
+        if manager.redis is not None and crawl_id not in manager.crawls:
+            state = crawl_state(manager.redis, crawl_id)
+            if state is None:
+                raise ApiError(404, "not_found", f"no crawl {crawl_id!r}", field="crawl_id")
+            if state == "running":
+                manager.redis.hset(crawl_key(crawl_id, "meta"), "state", "cancelled")
+            return {"crawl_id": crawl_id, "state": crawl_state(manager.redis, crawl_id)}
         running = manager._get(crawl_id)
         running.crawl.cancel()
         if running.task is not None:

@@ -757,3 +757,23 @@ def crawl_state(client: Any, crawl_id: str) -> str | None:
 
 def list_crawls(client: Any) -> list[str]:
     return sorted(_s(c) for c in client.smembers(CRAWLS_KEY))
+
+
+def redis_crawl_status(client: Any, crawl_id: str) -> dict[str, Any] | None:
+    """A crawl's state and URL counts from its Redis counters (whole crawl and per partition)."""
+    meta = {_s(k): _s(v) for k, v in client.hgetall(crawl_key(crawl_id, "meta")).items()}
+    if not meta:
+        return None
+    store = RedisStore(client, crawl_id)
+    per_partition = store.partition_counts()
+    counts = {s.name: sum(p[s.name] for p in per_partition) for s in URLState}
+    return {
+        "crawl_id": crawl_id,
+        "backend": "redis",
+        "state": meta.get("state"),
+        "urls": counts,
+        "frontier_size": counts["DISCOVERED"] + counts["RETRYABLE"],
+        "pages_reserved": store.pages_reserved(),
+        "partitions": [{"partition": p, "urls": c} for p, c in enumerate(per_partition)],
+        "created_at": float(meta.get("created_at") or 0),
+    }
