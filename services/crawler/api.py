@@ -48,6 +48,7 @@ from services.crawler.settings import CrawlConfig
 from services.crawler.sinks import OutboxSink, PageSink, open_sink
 from services.crawler.store import NewURL
 from services.crawler.store_redis import (
+    connect,
     crawl_key,
     crawl_state,
     redis_crawl_status,
@@ -105,9 +106,7 @@ class CrawlManager:
         self.host_slots: dict[str, HostSlot] = {}  # politeness per host, shared by every crawl
         self.redis: Any = None
         if settings.redis:
-            import redis
-
-            self.redis = redis.Redis.from_url(settings.redis, socket_timeout=10, socket_connect_timeout=5)
+            self.redis = connect(settings.redis)
         self._sink: PageSink | None = None
         self.spans = SpanLog(settings.span_log, "crawler")
 

@@ -303,6 +303,23 @@ return 1
 """
 
 
+def connect(url: str, *, timeout: float = 10.0) -> Any:
+    """A Redis client for `url`: redis://host:port/db, or redis-cluster://host:port for a Redis
+    Cluster (any node; the client learns the rest). Every key the crawler uses carries a hash tag,
+    so each Lua script touches one slot and runs unchanged on a cluster."""
+    import redis
+
+    if url.startswith("redis-cluster://"):
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(
+            "redis://" + url.removeprefix("redis-cluster://"),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
 def _s(v: Any) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 

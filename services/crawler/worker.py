@@ -33,7 +33,7 @@ from services.crawler.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS, Part
 from services.crawler.politeness import HostSlot
 from services.crawler.settings import CrawlConfig
 from services.crawler.sinks import PageSink, open_sink
-from services.crawler.store_redis import RedisStore, crawl_key, crawl_state, list_crawls
+from services.crawler.store_redis import RedisStore, connect, crawl_key, crawl_state, list_crawls
 from services.crawler.warc import WarcOutput
 
 log = logging.getLogger("services.crawler.worker")
@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--redis", required=True, metavar="URL", help="redis://host:port/db of the crawl state")
+    p.add_argument(
+        "--redis",
+        required=True,
+        metavar="URL",
+        help="redis://host:port/db of the crawl state, or redis-cluster://host:port for a Redis Cluster",
+    )
     p.add_argument("--worker-id", default=None, help="name in the worker set (default host-pid-random)")
     p.add_argument(
         "--partitions",
@@ -191,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--partitions: must be 1..{MAX_PARTITIONS}, got {args.partitions}")
         if args.partition_lease <= 0:
             raise UsageError(f"--partition-lease: must be > 0, got {args.partition_lease}")
-        if not args.redis.startswith(("redis://", "rediss://", "unix://")):
-            raise UsageError(f"--redis: expected redis://host:port/db, got {args.redis!r}")
+        if not args.redis.startswith(("redis://", "rediss://", "unix://", "redis-cluster://")):
+            raise UsageError(
+                f"--redis: expected redis://host:port/db or redis-cluster://host:port, got {args.redis!r}"
+            )
         for spec in args.resolve:
             try:
                 ResolveRule.parse(spec)
@@ -204,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(service="crawler", level=args.log_level)
     import redis
 
-    client = redis.Redis.from_url(args.redis, socket_timeout=10, socket_connect_timeout=5)
     try:
+        client = connect(args.redis)
         client.ping()
     except (redis.RedisError, OSError) as exc:
         print(f"error: --redis: {args.redis} unreachable: {exc}", file=sys.stderr)

@@ -25,9 +25,10 @@ import pytest
 from services.crawler.partitions import cluster_view, writes_key
 from services.crawler.settings import CrawlConfig
 from services.crawler.store import NewURL, url_key
-from services.crawler.store_redis import RedisStore, crawl_state, register_crawl
+from services.crawler.store_redis import RedisStore, connect, crawl_state, register_crawl
 from services.crawler.urlnorm import host_of, normalize
 from services.crawler.websim import SimConfig, WebSim
+from tests.conftest import free_port, need_binary, wait_for_port
 
 pytestmark = pytest.mark.slow
 
@@ -56,12 +57,10 @@ def _config(seeds: list[str]) -> CrawlConfig:
 
 class Cluster:
     def __init__(self, redis_url: str, sim_port: int, tmp: Path) -> None:
-        import redis
-
         self.url = redis_url
         self.port = sim_port
         self.tmp = tmp
-        self.client = redis.Redis.from_url(redis_url)
+        self.client = connect(redis_url)
         self.procs: dict[str, subprocess.Popen[str]] = {}
 
     def start(self, name: str) -> None:
@@ -194,6 +193,71 @@ def _explain_missing(sim: WebSim, seeds: list[str], store: RedisStore, client: A
     return debug
 
 
+def _cluster_ports(n: int) -> list[int]:
+    """Free ports whose cluster bus port (+10000) is free too."""
+    import socket
+
+    ports: list[int] = []
+    for _ in range(200):
+        p = free_port()
+        if p + 10000 > 65535 or p in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 10000))
+            except OSError:
+                continue
+        ports.append(p)
+        if len(ports) == n:
+            return ports
+    raise AssertionError("no free ports for a cluster")
+
+
+@pytest.fixture
+def redis_cluster_url(tmp_path: Path) -> Iterator[str]:
+    """Three redis-server masters with --cluster-enabled yes, joined by redis-cli --cluster create."""
+    server, cli = need_binary("redis-server"), need_binary("redis-cli")
+    ports = _cluster_ports(3)
+    procs = []
+    try:
+        for port in ports:
+            d = tmp_path / f"node{port}"
+            d.mkdir()
+            procs.append(
+                subprocess.Popen(
+                    [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                     "--cluster-config-file", str(d / "nodes.conf"), "--save", "", "--appendonly", "no",
+                     "--dir", str(d)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
+        for port in ports:
+            wait_for_port(port)
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            infos = [
+                subprocess.run([cli, "-p", str(p), "cluster", "info"], capture_output=True, text=True).stdout
+                for p in ports
+            ]
+            if all("cluster_state:ok" in i for i in infos):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the cluster never reached cluster_state:ok")
+        yield f"redis-cluster://127.0.0.1:{ports[0]}"
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def sim_and_truth() -> tuple[WebSim, list[str], set[str]]:
     sim = WebSim(SimConfig(hosts=HOSTS, seed=1))
@@ -204,6 +268,23 @@ def sim_and_truth() -> tuple[WebSim, list[str], set[str]]:
 def test_three_workers_crawl_one_web_politely_and_completely(
     redis_url: str, tmp_path: Path, sim_and_truth: tuple[WebSim, list[str], set[str]]
 ) -> None:
+    _three_workers(redis_url, tmp_path, sim_and_truth)
+
+
+def test_three_workers_on_a_real_three_master_redis_cluster(
+    redis_cluster_url: str, tmp_path: Path, sim_and_truth: tuple[WebSim, list[str], set[str]]
+) -> None:
+    """The same proof with every key on a cluster: a partition's keys share its {pN} slot."""
+    _three_workers(redis_cluster_url, tmp_path, sim_and_truth)
+    client = connect(redis_cluster_url)
+    primaries = client.get_primaries()
+    assert len(primaries) == 3
+    per_node = [int(client.dbsize(target_nodes=node)) for node in primaries]
+    assert all(n > 0 for n in per_node), per_node  # the crawl's partitions spread over all masters
+    client.close()
+
+
+def _three_workers(redis_url: str, tmp_path: Path, sim_and_truth: tuple[WebSim, list[str], set[str]]) -> None:
     sim, seeds, truth = sim_and_truth
     sim.reset()
     with cluster(redis_url, tmp_path, sim) as c:
