@@ -78,8 +78,11 @@ local function audit()
 end
 """
 
+# Free, or still leased to this very worker id (a restart of it: what it held died with it), so
+# a restarted worker takes its partitions back at once; either way under a new epoch.
 _ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return redis.call('INCR', KEYS[2])
 """

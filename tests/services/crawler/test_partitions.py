@@ -191,3 +191,25 @@ def test_links_to_another_partition_reach_its_owner(client: Any) -> None:
     assert store_a.claim(hb, "a", 60, now=1) is None  # nor can it claim them
     got = store_b.claim(hb, "b", 60, now=1)
     assert got is not None and got.url == link.url
+
+
+def test_a_restarted_worker_takes_its_own_partitions_back_at_once(client: Any) -> None:
+    a = _mgr(client, "a", partitions=2)
+    a.tick()
+    store = RedisStore(client, "t", a)
+    host = _host_in(0, 2)
+    store.add([NewURL(f"http://{host}/x", host, 0)], now=0)
+    rec = store.claim(host, "a", 600, now=1)
+    assert rec is not None and store.start(rec.id, "a", 600, now=1)
+    # "a" dies (kill -9) and starts again under the same id, its leases still running in Redis
+    again = _mgr(client, "a", partitions=2)
+    other = _mgr(client, "b", partitions=2)  # (never ticks: not a live worker)
+    assert other._acquire(keys=[lease_key(0), epoch_key(0)], args=["b", 30_000]) == 0  # not b's yet
+    store2 = RedisStore(client, "t", again)
+    again.tick()
+    assert set(again.owned) == {0, 1} and again.owned[0].epoch == 2
+    assert store2.expire_leases(now=2) == 1  # the URL the dead run held is back at once
+    got = store2.claim(host, "a", 60, now=2)
+    assert got is not None and got.id == rec.id
+    with pytest.raises(Fenced):  # the dead run's epoch is stale
+        store.finish(rec.id, Outcome(URLState.FETCHED, status=200), [], now=3)

@@ -399,4 +399,4 @@ def test_a_worker_frozen_past_its_lease_writes_nothing_when_it_wakes(
     assert report["robots_violations"] == 0, report
     assert report["politeness_violations"] == 0, sim.politeness_violations(min_delay=MIN_DELAY)[:3]
     assert _fetched(sim) == truth
-    assert summaries["w3"]["fenced_refusals"] >= 0
+    assert set(summaries) == {"w1", "w2", "w3"}  # w3 woke, rejoined and stopped cleanly
