@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import torch
 
+from services.inference.model.hf import PagedLM
 from services.inference.model.kv_cache import KVCache
 from services.inference.model.sampling import sample
-from services.inference.model.tokenizer import PAD
 from services.inference.model.transformer import StepBatch, Transformer
 from services.inference.sequence import Sequence
+
+# Token id written into padding positions: never attended to, never written to the cache; 0
+# exists in every vocabulary (the byte model's PAD, 258, does not).
+PAD_ID = 0
 
 # Padded work one extra forward call is worth, in (row x context) units: below this, one call.
 SPLIT_MIN_SAVING = 4096
@@ -54,7 +58,7 @@ def split_by_padding(rows: list[int], chunks: list[tuple[Sequence, int]]) -> lis
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, cache: KVCache) -> None:
+    def __init__(self, model: Transformer | PagedLM, cache: KVCache) -> None:
         self.model = model
         self.cache = cache
         self.device = next(model.parameters()).device
@@ -63,7 +67,7 @@ class ModelRunner:
         b = len(chunks)
         t = max(n for _, n in chunks)
         max_blocks = max(len(seq.block_table) for seq, _ in chunks)
-        tokens = torch.full((b, t), PAD, dtype=torch.long)
+        tokens = torch.full((b, t), PAD_ID, dtype=torch.long)
         positions = torch.zeros((b, t), dtype=torch.long)
         tables = torch.zeros((b, max_blocks), dtype=torch.long)
         new_lens = torch.empty(b, dtype=torch.long)
@@ -108,7 +112,7 @@ class ModelRunner:
         """Per-token log-probs of each candidate continuation given the prompt (float32)."""
         seqs = [prompt + c for c in candidates]
         t = max(len(s) for s in seqs)
-        tokens = torch.full((len(seqs), t), PAD, dtype=torch.long)
+        tokens = torch.full((len(seqs), t), PAD_ID, dtype=torch.long)
         for i, s in enumerate(seqs):
             tokens[i, : len(s)] = torch.tensor(s)
         lengths = torch.tensor([len(s) for s in seqs])

@@ -38,6 +38,11 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def n_kv_heads(self) -> int:
+        """Heads the KV cache holds (no grouped-query attention here)."""
+        return self.n_heads
+
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
