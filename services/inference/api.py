@@ -555,6 +555,14 @@ class _Run:
             streams.append(self.gateway.stream(c.seq, ticket))
         return streams
 
+    def close(self) -> None:
+        """Cancel what still runs and release every ticket (idempotent; the streams' own
+        cleanup does the same for each stream that started)."""
+        for c, ticket in zip(self.choices, self.tickets, strict=True):
+            if c.seq.finished_at is None and not c.seq.cancelled:
+                self.gateway.engine.cancel(c.seq)
+            ticket.release()
+
     def _echo_text(self, c: _Choice) -> str:
         if not self.echo:
             return ""
@@ -587,6 +595,7 @@ class _Run:
                     self.choices[i].finish = item
         finally:
             watcher.cancel()
+            self.close()
         out = []
         for c in self.choices:
             assert c.finish is not None
@@ -727,8 +736,24 @@ class _Run:
         yield _event("[DONE]")
 
 
+class _SSEResponse(StreamingResponse):
+    """Releases the run's admission tickets however the response ends: a client gone before
+    the body was iterated leaves generators that never started, and so never ran their own
+    cleanup; an in-flight count that never comes down would reject the tenant forever."""
+
+    def __init__(self, run: _Run) -> None:
+        super().__init__(run.sse(), media_type="text/event-stream", headers=_SSE_HEADERS)
+        self.run = run
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.run.close()
+
+
 def _streaming_response(run: _Run) -> StreamingResponse:
-    return StreamingResponse(run.sse(), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return _SSEResponse(run)
 
 
 def _embedding_value(vec: list[float], encoding: str | None) -> list[float] | str:

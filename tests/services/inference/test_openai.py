@@ -8,6 +8,7 @@ choice of n against the n = 1 request, base64 against float, never against fixed
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import struct
@@ -341,3 +342,35 @@ def test_lone_surrogates_are_a_400(server: LiveServer, path: str, body: bytes, p
         )
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+def test_a_stream_whose_client_left_before_it_started_gives_its_tickets_back(server: LiveServer) -> None:
+    """Admission happens before the response starts; if sending its first bytes fails, the body
+    generators never run (nor their cleanup): the response must still release the tickets."""
+    from services.inference.api import _Run, _streaming_response
+    from services.inference.gateway import CompletionParams
+
+    gateway = server.runtime.gateway
+    admission = gateway.admission
+    tenant = admission.authenticate("dev-alice-key")
+    before = admission.in_flight("alice")
+
+    async def go() -> None:
+        choices = [
+            (0, CompletionParams(prompt="x", max_tokens=2)),
+            (1, CompletionParams(prompt="y", max_tokens=2)),
+        ]
+        run = _Run(gateway, tenant, choices, chat=False, model=MODEL)
+        assert admission.in_flight("alice") == before + 2
+
+        async def send(message: dict) -> None:
+            raise OSError("the client is gone")
+
+        async def receive() -> dict:
+            return {"type": "http.disconnect"}
+
+        with pytest.raises(Exception):  # noqa: B017 - Starlette's ClientDisconnect or the OSError
+            await _streaming_response(run)({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+
+    asyncio.run(go())
+    assert admission.in_flight("alice") == before
