@@ -30,6 +30,7 @@ from loadtests.drills.record import RECORD, figure, mark, since
 Configuration = dict[str, Any]
 TIMEOUT = httpx.Timeout(10.0)
 KEYS = ("dev-alice-key", "dev-bob-key")
+MAX_OUTSTANDING = 400  # overload client: open requests at most
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -450,11 +451,17 @@ async def _overload(base: str, rate: float, seconds: float, max_tokens: int, pid
     errors: Counter[str] = Counter()
     rss: list[float] = []
     proc = psutil.Process(pid) if pid else None
-    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
+    # At most MAX_OUTSTANDING requests open at once: beyond that the client itself (httpcore's
+    # pool) becomes the bottleneck on a small machine. An arrival that finds them all open is
+    # not sent and counted (`not_sent`): the server is answering slower than the offered rate.
+    limits = httpx.Limits(max_connections=MAX_OUTSTANDING, max_keepalive_connections=MAX_OUTSTANDING)
+    outstanding = 0
     async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(60.0), limits=limits) as http:
 
         async def one(i: int) -> None:
+            nonlocal outstanding
             interactive = i % 2 == 0
+            outstanding += 1
             try:
                 status, took, ttft, retry = await _completion(
                     http, KEYS[(i // 2) % 2], stream=interactive, max_tokens=max_tokens
@@ -462,8 +469,11 @@ async def _overload(base: str, rate: float, seconds: float, max_tokens: int, pid
                 results.append((interactive, status, took, ttft, retry))
             except httpx.HTTPError as exc:
                 errors[type(exc).__name__] += 1
+            finally:
+                outstanding -= 1
 
         tasks = []
+        not_sent = 0
         start = time.perf_counter()
         n = int(rate * seconds)
         next_rss = 0.0
@@ -471,14 +481,24 @@ async def _overload(base: str, rate: float, seconds: float, max_tokens: int, pid
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
+            if outstanding >= MAX_OUTSTANDING:
+                not_sent += 1
+            else:
+                tasks.append(asyncio.create_task(one(i)))
             if proc is not None and time.perf_counter() >= next_rss:
                 rss.append(proc.memory_info().rss / 2**20)
                 next_rss = time.perf_counter() + 1.0
         offered_s = time.perf_counter() - start
         mark("fault_end")  # the overload ends when the offering stops; answers still drain
         await asyncio.gather(*tasks)
-    return {"results": results, "errors": errors, "rss_mb": rss, "offered_s": offered_s, "n": n}
+    return {
+        "results": results,
+        "errors": errors,
+        "rss_mb": rss,
+        "offered_s": offered_s,
+        "n": n,
+        "not_sent": not_sent,
+    }
 
 
 def _server_ttft_p95(since_t: float, configuration: Configuration | None) -> float | None:
@@ -524,6 +544,7 @@ def inference_overload(
         "capacity_rps": round(capacity, 1),
         "offered_rps": round(out["n"] / out["offered_s"], 1),
         "requests": out["n"],
+        "not_sent_client_full": out["not_sent"],
         "admitted": statuses[200],
         "rejected": len(rejected),
         "rejected_without_retry_after": sum(1 for r in rejected if not r[4]),
