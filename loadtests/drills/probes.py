@@ -425,7 +425,8 @@ def delays_widened(configuration: Configuration | None = None) -> dict[str, Any]
         entry = json.loads(line) if line else {}
         if entry.get("host") in faulty:
             by_host.setdefault(entry["host"], []).append(entry)
-    after_error, after_ok = [], []
+    after_error: list[float] = []
+    after_ok: list[float] = []
     for entries in by_host.values():
         entries.sort(key=lambda e: e["ts"])
         for a, b in itertools.pairwise(entries):

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from chaoslib.experiment import ensure_experiment_is_valid
@@ -107,7 +108,7 @@ def test_verdict_fail_when_the_steady_state_deviated():
 
 def test_a_tiny_experiment_runs_end_to_end_and_writes_its_evidence(tmp_path: Path):
     """The runner on an experiment that needs no stack: a mark, a figure, a verdict, a report."""
-    experiment = {
+    experiment: dict[str, Any] = {
         "version": "1.0.0",
         "title": "tiny",
         "description": "no stack",
