@@ -25,7 +25,7 @@ from services.inference.embeddings import EmbeddingBatcher
 from services.inference.engine import Engine
 from services.inference.errors import InferenceError, InvalidRequest, Overloaded
 from services.inference.model.sampling import SamplingParams
-from services.inference.model.tokenizer import BOS, EOS, PAD, ByteTokenizer, StreamDecoder
+from services.inference.model.tokenizer import ByteTokenizer, Tokenizer
 from services.inference.sequence import CLASSES, Sequence
 
 MAX_SCORE_CANDIDATES = 32
@@ -153,7 +153,7 @@ class _ChoiceText:
     def __init__(self, gateway: Gateway, seq: Sequence, stop: tuple[str, ...]) -> None:
         self.gateway = gateway
         self.seq = seq
-        self.decoder = StreamDecoder()
+        self.decoder = gateway.tokenizer.stream_decoder()
         self.matcher = StopMatcher(stop) if stop else None
         self.consumed = 0
         self.stopped = False
@@ -187,18 +187,19 @@ class Gateway:
         embedder: Callable[[], EmbeddingBatcher | None] = lambda: None,
         embedder_loading: Callable[[], asyncio.Task | None] = lambda: None,
         embed_model_name: str = "all-MiniLM-L6-v2",
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         self.engine = engine
         self.admission = admission
-        self.tokenizer = ByteTokenizer()
+        self.tokenizer: Tokenizer = tokenizer or ByteTokenizer()
         self.model_name = model_name
         self._embedder = embedder
         self._embedder_loading = embedder_loading
         self.embed_model_name = embed_model_name
         # Chat: a checkpoint's own template and special tokens replace these (chat.py).
-        self.chat_template: str | None = None
-        self.chat_special_tokens: dict[str, str] = {"bos_token": "", "eos_token": ""}
-        self.chat_stop: tuple[str, ...] = DEFAULT_CHAT_STOP
+        self.chat_template: str | None = self.tokenizer.chat_template
+        self.chat_special_tokens: dict[str, str] = dict(self.tokenizer.special_tokens)
+        self.chat_stop: tuple[str, ...] = () if self.chat_template else DEFAULT_CHAT_STOP
         self.created = int(time.time())
         self._stops: weakref.WeakKeyDictionary[Sequence, tuple[str, ...]] = weakref.WeakKeyDictionary()
 
@@ -209,20 +210,14 @@ class Gateway:
 
     def is_special(self, tok: int) -> bool:
         """Tokens with no text (BOS, EOS, PAD): neither streamed nor given log-probs."""
-        return tok >= 256
+        return self.tokenizer.is_special(tok)
 
     def token_bytes(self, tok: int) -> list[int]:
-        return [tok] if tok < 256 else []
+        return self.tokenizer.token_bytes(tok)
 
     def token_text(self, tok: int) -> str:
         """A token as OpenAI's logprobs show it: its text, or `bytes:\\xNN` when not UTF-8 alone."""
-        if self.is_special(tok):
-            return {BOS: "<|bos|>", EOS: "<|eos|>", PAD: "<|pad|>"}.get(tok, f"<|{tok}|>")
-        raw = bytes(self.token_bytes(tok))
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+        return self.tokenizer.token_text(tok)
 
     def logprob_of(self, seq: Sequence, index: int, tok: int) -> TokenLogprob | None:
         rec = seq.sampling.recorded
@@ -442,6 +437,11 @@ class Gateway:
                 reason = ev.finish_reason or "error"
                 if not seq.output:
                     self._raise_for(reason)
+                if not seq.emit_tokens and state.matcher is None and seq.sampling.logprobs is None:
+                    # The common case: the whole text at once.
+                    yield Piece(self.tokenizer.decode(seq.output), -1)
+                    yield self._finish(seq, reason, len(seq.output))
+                    return
                 if not seq.emit_tokens:
                     pieces: list[Piece] = []
                     for tok in list(seq.output):

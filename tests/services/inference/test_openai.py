@@ -12,6 +12,7 @@ import asyncio
 import base64
 import math
 import struct
+import time
 
 import httpx
 import openai
@@ -374,3 +375,23 @@ def test_a_stream_whose_client_left_before_it_started_gives_its_tickets_back(ser
 
     asyncio.run(go())
     assert admission.in_flight("alice") == before
+
+
+def test_a_job_honours_stop_strings_as_a_completion_does(server: LiveServer) -> None:
+    """A job reads its sequence once it has finished (no per-token events): the stop string is
+    found in the finished output, with the same result."""
+    body = {"prompt": "jobs", "max_tokens": 20, "temperature": 8.0, "seed": 21, "ignore_eos": True}
+    with httpx.Client(
+        base_url=server.url, timeout=60, headers={"Authorization": "Bearer dev-alice-key"}
+    ) as h:
+        full = h.post("/v1/completions", json=body).json()["choices"][0]["text"]
+        stop = full[4:7]
+        direct = h.post("/v1/completions", json={**body, "stop": stop}).json()["choices"][0]
+        job = h.post("/v1/jobs", json={**body, "stop": stop}).json()
+        deadline = time.monotonic() + 60
+        while (job := h.get(f"/v1/jobs/{job['id']}").json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.02)
+    assert job["state"] == "succeeded", job
+    assert (job["result"]["text"], job["result"]["finish_reason"]) == (direct["text"], "stop")
+    assert direct["text"] == full[: full.find(stop)]
