@@ -362,10 +362,10 @@ class Crawl:
             if rec is None:
                 self.frontier.reschedule_from_store(host)
                 return
+            policy = self._robots_policy(host)  # (a shared answer may drop the host: Crawl-delay)
             if host in self.parking.dropped:
                 self._drop(rec)
                 continue
-            policy = self._robots_policy(host)
             if policy is None:
                 # First request to this host (or the cached policy expired): robots.txt first.
                 self.store.release(rec.id)
@@ -425,6 +425,8 @@ class Crawl:
                 self.robots.put(host, policy)
                 slot = self.frontier.slot(host)
                 slot.crawl_delay = policy.crawl_delay
+                if policy.crawl_delay is not None and not self.parking.allow_delay(host, policy.crawl_delay):
+                    slot.crawl_delay = None  # dropped, as in _fetch_robots: its URLs end FAILED at once
         return policy
 
     def _deny(self, rec: URLRecord, policy: RobotsPolicy) -> None:

@@ -305,3 +305,26 @@ def test_a_crawl_restarted_after_kill_9_takes_back_its_in_flight_urls_at_once(tm
     assert status["stats"]["leases_reclaimed"] == 1
     assert status["urls"]["FETCHED"] == 2 and status["urls"]["FETCHING"] == 0
     assert [e.status for e in site.log if e.path == "/slow"][-1] == 200
+
+
+class _SharedRobotsStore(SQLiteStore):
+    """A store that already holds another worker's robots.txt answer for a.sim.test."""
+
+    def load_robots(self, host: str) -> dict[str, Any] | None:
+        if host != "a.sim.test":
+            return None
+        return {"status": 200, "body": b"User-agent: *\nCrawl-delay: 150\n", "error": "", "fetched_at": 0.0}
+
+
+async def test_a_shared_robots_answer_past_the_limit_drops_the_host_too(tmp_path: Path) -> None:
+    site = MiniSite()
+    site.page("a.sim.test", "/", "home")
+    config = CrawlConfig.model_validate({"seeds": ["http://a.sim.test/"], "politeness": {"min_delay": 0.0}})
+    with site.serve() as port:
+        rules = [ResolveRule.parse(f"*.sim.test=127.0.0.1:{port}")]
+        async with Fetcher(config.fetch, ResolverMap(rules), config.user_agent) as fetcher:
+            c = Crawl("t", config, _SharedRobotsStore(tmp_path / "s.sqlite"), fetcher, seed=1)
+            await c.run()
+    assert site.log == []  # neither robots.txt (shared) nor the page (the host asked for 150 s)
+    assert "Crawl-delay 150 s" in c.status()["hosts_dropped"]["a.sim.test"]
+    assert c.store.host_counts("a.sim.test")["FAILED"] == 1
