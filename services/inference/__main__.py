@@ -39,8 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from services.inference.app import build_app
+    from services.inference.model.hf import CheckpointError
+    from services.inference.model.tokenizer import TokenizerError
+    from services.inference.model.weights import WeightsError
 
-    app, _runtime = build_app(settings)
+    try:
+        app, _runtime = build_app(settings)
+    except (CheckpointError, TokenizerError, WeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return serve(app, settings.host, settings.port, drain_timeout=settings.drain_timeout)
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,11 +26,13 @@ from services.inference.embeddings import EmbeddingBatcher, EmbeddingModel
 from services.inference.engine import Engine
 from services.inference.gateway import Gateway
 from services.inference.jobs import JobStore
+from services.inference.model.hf import PagedLM, load_hf_model
 from services.inference.model.kv_cache import KVCache
-from services.inference.model.transformer import ModelConfig
+from services.inference.model.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from services.inference.model.transformer import ModelConfig, Transformer
 from services.inference.model.weights import build_model
 from services.inference.scheduler import SchedulerConfig
-from services.inference.settings import InferenceSettings
+from services.inference.settings import DEFAULT_MODEL_NAME, InferenceSettings
 
 log = get_logger("services.inference")
 
@@ -59,17 +63,41 @@ class Runtime:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "pg-byte-small.safetensors"
+SHIPPED_NAME = "pg-byte-small"
+
+
+def load_served_model(
+    s: InferenceSettings, device: str, dtype: torch.dtype
+) -> tuple[Transformer | PagedLM, Tokenizer, str]:
+    """--model: a Hugging Face checkpoint and its tokenizer; otherwise the built-in byte model
+    with --weights, the shipped trained weights (default shape, --pretrained), or seeded init."""
+    if s.model is not None:
+        model = load_hf_model(s.model, device=device, dtype=dtype)
+        tokenizer = HFTokenizer(s.model)
+        name = s.model_name if s.model_name != DEFAULT_MODEL_NAME else s.model.resolve().name
+        log.info("checkpoint %s loaded (%s, %s)", s.model, model.cfg.model_type, dtype)
+        return model, tokenizer, name
+    cfg = ModelConfig(
+        d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads, d_ff=s.d_ff, max_seq_len=s.max_seq_len
+    )
+    weights, name = s.weights, s.model_name
+    if weights is None and s.pretrained and cfg == ModelConfig() and SHIPPED_WEIGHTS.is_file():
+        weights = SHIPPED_WEIGHTS
+        name = SHIPPED_NAME if name == DEFAULT_MODEL_NAME else name
+    byte_model = build_model(cfg, seed=s.seed, weights=weights, device=device, dtype=dtype)
+    return byte_model, ByteTokenizer(), name
+
+
 def build_runtime(s: InferenceSettings) -> Runtime:
     if s.torch_threads > 0:
         torch.set_num_threads(s.torch_threads)
     device, dtype = pick_device(s)
-    cfg = ModelConfig(
-        d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads, d_ff=s.d_ff, max_seq_len=s.max_seq_len
-    )
-    model = build_model(cfg, seed=s.seed, weights=s.weights, device=device, dtype=dtype)
+    model, tokenizer, model_name = load_served_model(s, device, dtype)
+    cfg = model.cfg
     cache = KVCache(
         n_layers=cfg.n_layers,
-        n_heads=cfg.n_heads,
+        n_heads=cfg.n_kv_heads,
         head_dim=cfg.head_dim,
         num_tokens=s.kv_cache_tokens,
         block_size=s.kv_block_size,
@@ -87,10 +115,14 @@ def build_runtime(s: InferenceSettings) -> Runtime:
             fair_queueing=s.fair_queueing,
         ),
         weights={t.name: t.weight for t in tenants},
+        eos_ids=tokenizer.eos_ids,
     )
+    limits = s.limits()
+    if cfg.max_seq_len < limits.max_total_tokens:  # a checkpoint's context is shorter
+        limits = dataclasses.replace(limits, max_total_tokens=cfg.max_seq_len)
     admission = Admission(
         tenants,
-        s.limits(),
+        limits,
         wait_estimate=lambda klass: engine.backlog_tokens(klass) / max(engine.tokens_per_s, 1e-6),
         waiting_count=lambda: len(engine.fair),
         admin_key_sha256=s.admin_key_sha256,
@@ -99,7 +131,8 @@ def build_runtime(s: InferenceSettings) -> Runtime:
     gateway = Gateway(
         engine,
         admission,
-        model_name=s.model_name,
+        model_name=model_name,
+        tokenizer=tokenizer,
         embedder=lambda: rt.embedder,
         embedder_loading=lambda: rt.extras.get("embed_task"),
     )

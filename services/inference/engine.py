@@ -24,6 +24,7 @@ import torch
 from libs.service.heartbeat import Heartbeat
 from services.inference import metrics as m
 from services.inference.fairness import FairQueue
+from services.inference.model.hf import PagedLM
 from services.inference.model.kv_cache import KVCache
 from services.inference.model.tokenizer import EOS
 from services.inference.model.transformer import Transformer
@@ -91,14 +92,16 @@ class EngineStats:
 class Engine:
     def __init__(
         self,
-        model: Transformer,
+        model: Transformer | PagedLM,
         cache: KVCache,
         sched_cfg: SchedulerConfig | None = None,
         *,
         weights: dict[str, float] | None = None,
         prior_tokens_per_s: float = 1000.0,
+        eos_ids: frozenset[int] = frozenset({EOS}),
     ) -> None:
         self.model = model
+        self.eos_ids = eos_ids  # the tokenizer's end-of-sequence ids (a checkpoint may have several)
         self.cache = cache
         self.runner = ModelRunner(model, cache)
         sched_cfg = sched_cfg or SchedulerConfig()
@@ -313,7 +316,7 @@ class Engine:
             return
         self.step_no += 1
         now = time.monotonic()
-        done = self.scheduler.commit(plan, sampled, EOS)
+        done = self.scheduler.commit(plan, sampled, self.eos_ids)
         for (seq, _), tok in zip(plan.chunks, sampled, strict=True):
             if tok is None:
                 continue

@@ -247,8 +247,12 @@ class Scheduler:
         return max(lower, key=lambda s: s.arrival) if lower else None
 
     # -- after the model step ------------------------------------------------------------------
-    def commit(self, plan: StepPlan, sampled: list[int | None], eos_id: int) -> list[Sequence]:
-        """Apply a step's results; returns the sequences that finished."""
+    def commit(
+        self, plan: StepPlan, sampled: list[int | None], eos_id: int | frozenset[int]
+    ) -> list[Sequence]:
+        """Apply a step's results; returns the sequences that finished (eos_id: one id, or a
+        checkpoint's set of end-of-sequence ids)."""
+        eos_ids = frozenset({eos_id}) if isinstance(eos_id, int) else eos_id
         done = []
         for (seq, n), tok in zip(plan.chunks, sampled, strict=True):
             seq.num_computed += n
@@ -256,7 +260,7 @@ class Scheduler:
             if tok is None:
                 continue
             seq.output.append(tok)
-            if seq.stop_at_eos and tok == eos_id:
+            if seq.stop_at_eos and tok in eos_ids:
                 seq.finish_reason = "stop"
             elif len(seq.output) >= seq.max_tokens:
                 seq.finish_reason = "length"

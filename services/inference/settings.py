@@ -21,6 +21,7 @@ DEV_TENANTS: dict[str, dict[str, Any]] = {
     "alice": {"key_sha256": "724c3a14d3ea8b29272df65af1388d5d2f8db3bb8838f97832ee174011b5bd02"},
     "bob": {"key_sha256": "928d0e301fa5359204a65b60c4bd40dc36db8f25a0246e6d0d452b4d676e420a"},
 }
+DEFAULT_MODEL_NAME = "pg-byte-tiny"
 DEV_ADMIN_SHA256 = "df76ff796f70d2c9cb055ea6280553caa27eda26b70e01082c160de75a05a4a9"
 
 
@@ -42,7 +43,20 @@ class InferenceSettings(ServiceSettings):
     max_seq_len: int = Field(1024, ge=1, description="context length (positions)")
     seed: int = Field(0, description="seed for the deterministic weight init")
     weights: Path | None = Field(None, description="load weights from this safetensors file instead")
-    model_name: str = Field("pg-byte-tiny", description="model id served at /v1/models")
+    pretrained: bool = Field(
+        True,
+        description="without --weights or --model, serve the shipped trained weights (pg-byte-small, "
+        "stdlib docstrings) when the shape flags are their defaults; off: seeded random init",
+    )
+    model: Path | None = Field(
+        None,
+        description="serve a Hugging Face checkpoint directory instead of the built-in model "
+        "(config.json, *.safetensors, tokenizer.json, tokenizer_config.json; Llama family, Qwen2, "
+        "Mistral, GPT-2)",
+    )
+    model_name: str = Field(
+        DEFAULT_MODEL_NAME, description="model id served at /v1/models (with --model: the directory's name)"
+    )
     # Scheduler
     kv_cache_tokens: int = Field(16384, ge=1, description="KV-cache budget in tokens")
     kv_block_size: int = Field(16, ge=1, description="tokens per KV block")
