@@ -320,12 +320,17 @@ class Crawl:
 
     async def _watch(self) -> None:
         """Schedule hosts that got work from elsewhere (other workers' links, adopted partitions)."""
+        resync = False
         while True:
             await asyncio.sleep(0.1)
             try:
+                if resync:  # what a failed poll took from the inbox: every pending host again
+                    self.frontier.load_pending()
+                    resync = False
                 for host, not_before in self.store.changed_hosts():
                     self.frontier.schedule(host, not_before)
             except Exception:  # the store is away for a moment: the reaper and the loop go on
+                resync = True
                 log.warning("crawl %s: polling the store for new work failed", self.crawl_id, exc_info=True)
 
     # -- one host turn -----------------------------------------------------------------------

@@ -279,22 +279,41 @@ return 1
 """
 )
 
-# The politeness gate: KEYS lease, epoch, writes, host record; ARGV owner, epoch, now, pairs.
-# Go (0) only when the stored next-eligible and Retry-After times have passed; the new record is
-# written in the same step, so two requests can never both pass one gap.
-_GATE = (
+# The per-host politeness record, in Redis server time (TIME), so workers on machines whose clocks
+# disagree still keep every gap. KEYS lease, epoch, writes, host record; ARGV owner, epoch, mode,
+# next_in, retry_in (seconds from now, '' = none), then other field/value pairs.
+# mode 'gate': go (0) only when the stored next-eligible and Retry-After times have passed, else
+# the seconds left; the new record is written in the same step, so two requests never pass one gap.
+# mode 'save': write the record (the end of a request).
+_HOST = (
     FENCE_LUA
     + """
 if fenced() then return -1 end
-local now = tonumber(ARGV[3])
-local f = redis.call('HMGET', KEYS[4], 'next', 'retry_until')
-local at = math.max(tonumber(f[1]) or 0, tonumber(f[2]) or 0)
-if at > now then return tostring(at) end
-redis.call('HSET', KEYS[4], unpack(ARGV, 4))
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if ARGV[3] == 'gate' then
+  local f = redis.call('HMGET', KEYS[4], 'next', 'retry_until')
+  local at = math.max(tonumber(f[1]) or 0, tonumber(f[2]) or 0)
+  if at > now then return tostring(at - now) end
+end
+local kv = {}
+if ARGV[4] ~= '' then kv[#kv + 1] = 'next'; kv[#kv + 1] = tostring(now + tonumber(ARGV[4])) end
+kv[#kv + 1] = 'retry_until'
+if ARGV[5] ~= '' then kv[#kv + 1] = tostring(now + tonumber(ARGV[5])) else kv[#kv + 1] = '' end
+for i = 6, #ARGV do kv[#kv + 1] = ARGV[i] end
+redis.call('HSET', KEYS[4], unpack(kv))
 audit()
 return 0
 """
 )
+
+# KEYS host record -> {server seconds, microseconds, field, value, ...} (one slot: runs on a cluster)
+_HOST_READ = """
+local t = redis.call('TIME')
+local out = {t[1], t[2]}
+for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
+return out
+"""
 
 _RESERVE = """
 if tonumber(redis.call('GET', KEYS[1]) or 0) >= tonumber(ARGV[1]) then return 0 end
@@ -358,7 +377,8 @@ class RedisStore(FrontierStore):
         self._unlease_s = client.register_script(_UNLEASE)
         self._hset_s = client.register_script(_HSET_FENCED)
         self._reserve_s = client.register_script(_RESERVE)
-        self._gate_s = client.register_script(_GATE)
+        self._host_s = client.register_script(_HOST)
+        self._host_read_s = client.register_script(_HOST_READ)
         if partitions is not None:
             partitions.on_gain.append(self._on_gain)
             for p in partitions.owned:
@@ -702,38 +722,61 @@ class RedisStore(FrontierStore):
         raw = self.redis.hgetall(f"pg:{kind}:{tag(self.partition(host))}:{host}")
         return {_s(k): _s(v) for k, v in raw.items()} if raw else None
 
+    def _host_args(self, mode: str, now: float, record: dict[str, float | None]) -> list[Any]:
+        """Times in `record` are this process's wall clock: sent as seconds from now."""
+        nxt, until = record.get("next"), record.get("retry_until")
+        args: list[Any] = [
+            mode,
+            "" if nxt is None else nxt - now,
+            "" if until is None else max(0.0, until - now),
+        ]
+        for k, v in record.items():
+            if k not in ("next", "retry_until"):
+                args += [k, "" if v is None else v]
+        return args
+
     def gate_host(self, host: str, now: float, record: dict[str, float | None]) -> float | None:
         assert self.mgr is not None
         p = self.partition(host)
         with self.mgr.lock:  # a request in flight: a draining partition waits for its end (save_host)
             epoch = self.mgr.write_epoch(p)
             self.mgr.inflight[(p, epoch)] += 1
-        flat: list[Any] = []
-        for k, v in record.items():
-            flat += [k, "" if v is None else v]
         res: Any = None
         try:
-            res = self._fenced_call(self._gate_s, p, epoch, f"pg:host:{tag(p)}:{host}", [now, *flat])
+            key = f"pg:host:{tag(p)}:{host}"
+            res = self._fenced_call(self._host_s, p, epoch, key, self._host_args("gate", now, record))
         finally:
             if res != 0:
                 self.mgr.done(p, epoch)
         if res != 0:
-            return float(res)
+            return now + float(res)
         self._requests[host].append((p, epoch))
         return None
 
     def load_host(self, host: str) -> dict[str, float | None] | None:
-        raw = self._host_read("host", host)
-        if raw is None:
+        """The record with its times in this process's wall clock."""
+        res = self._host_read_s(keys=[f"pg:host:{tag(self.partition(host))}:{host}"])
+        if len(res) <= 2:
             return None
-        return {k: (float(v) if v != "" else None) for k, v in raw.items()}
+        offset = (int(res[0]) + int(res[1]) / 1e6) - time.time()  # server clock minus ours
+        out: dict[str, float | None] = {}
+        for k, v in zip(res[2::2], res[3::2], strict=True):
+            value = float(v) if _s(v) != "" else None
+            if value is not None and _s(k) in ("next", "retry_until"):
+                value -= offset
+            out[_s(k)] = value
+        return out
 
     def save_host(self, host: str, record: dict[str, float | None]) -> None:
         """The end of a request: its politeness record, and the request no longer in flight."""
         pending = self._requests.get(host)
         request = pending.pop(0) if pending else None
         try:
-            self._host_write("host", host, record)
+            assert self.mgr is not None
+            p = self.partition(host)
+            epoch = self.mgr.write_epoch(p)
+            key = f"pg:host:{tag(p)}:{host}"
+            self._fenced_call(self._host_s, p, epoch, key, self._host_args("save", time.time(), record))
         finally:
             if request is not None and self.mgr is not None:
                 self.mgr.done(*request)
