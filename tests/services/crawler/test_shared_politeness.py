@@ -129,3 +129,31 @@ def test_api_with_redis_registers_crawls_that_workers_run(
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=30)
+
+
+def test_worker_bad_usage_exits_2_with_one_line_and_an_unreachable_redis_exits_1() -> None:
+    for args in (
+        ["--redis", "ftp://x"],
+        ["--redis", "redis://127.0.0.1:1/0", "--partitions", "0"],
+        ["--redis", "redis://127.0.0.1:1/0", "--partition-lease", "-1"],
+        ["--redis", "redis://127.0.0.1:1/0", "--resolve", "nope"],
+        [],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "services.crawler", "worker", *args],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 2, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    port = free_port()  # nothing listens there
+    r = subprocess.run(
+        [sys.executable, "-m", "services.crawler", "worker", "--redis", f"redis://127.0.0.1:{port}/0"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1 and "unreachable" in r.stderr and "Traceback" not in r.stderr, r.stderr
