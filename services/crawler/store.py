@@ -192,10 +192,6 @@ class FrontierStore(abc.ABC):
         last call, with their earliest not_before."""
         return []
 
-    def may_request(self, host: str) -> bool:
-        """Whether this process may still send `host` a request (its partition lease holds)."""
-        return True
-
     def gate_host(self, host: str, now: float, record: dict[str, float | None]) -> float | None:
         """Pass the host's shared politeness record before a request: None = go (and `record`,
         whose `next` is when the host may be asked again, is stored atomically with the check);

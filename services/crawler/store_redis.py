@@ -682,11 +682,6 @@ class RedisStore(FrontierStore):
     def set_meta(self, key: str, value: str) -> None:
         self.redis.hset(crawl_key(self.crawl_id, "meta"), key, value)
 
-    def get_meta(self, key: str) -> str | None:
-        v = self.redis.hget(crawl_key(self.crawl_id, "meta"), key)
-        return None if v is None else _s(v)
-
-    # -- crawl-wide page budget ----------------------------------------------------------------
     def reserve_page(self, limit: int) -> bool:
         return bool(self._reserve_s(keys=[crawl_key(self.crawl_id, "budget")], args=[limit]))
 
@@ -697,16 +692,6 @@ class RedisStore(FrontierStore):
         return int(self.redis.get(crawl_key(self.crawl_id, "budget")) or 0)
 
     # -- per-host records (politeness, robots), shared by every crawl --------------------------
-    def may_request(self, host: str) -> bool:
-        if self.mgr is None:
-            return False
-        try:
-            self.mgr.write_epoch(self.partition(host))
-        except Fenced:
-            self.fenced += 1
-            return False
-        return True
-
     def _host_write(self, kind: str, host: str, fields: dict[str, Any], ttl_ms: int | None = None) -> None:
         assert self.mgr is not None
         p = self.partition(host)
@@ -717,10 +702,6 @@ class RedisStore(FrontierStore):
         self._fenced_call(
             self._hset_s, p, epoch, f"pg:{kind}:{tag(p)}:{host}", ["" if ttl_ms is None else ttl_ms, *flat]
         )
-
-    def _host_read(self, kind: str, host: str) -> dict[str, str] | None:
-        raw = self.redis.hgetall(f"pg:{kind}:{tag(self.partition(host))}:{host}")
-        return {_s(k): _s(v) for k, v in raw.items()} if raw else None
 
     def _host_args(self, mode: str, now: float, record: dict[str, float | None]) -> list[Any]:
         """Times in `record` are this process's wall clock: sent as seconds from now."""

@@ -139,7 +139,12 @@ class Worker:
                 if crawl.state is CrawlState.FINISHED:
                     self.redis.hset(crawl_key(crawl_id, "meta"), "state", "finished")
             finally:
-                self.done[crawl_id] = {"state": crawl.state.value, "stats": crawl.stats.as_dict()}
+                self.done[crawl_id] = {
+                    "state": crawl.state.value,
+                    "stats": crawl.stats.as_dict(),
+                    # requests the host's shared record held back (another worker or crawl asked it)
+                    "held_back": crawl.stats.politeness_waits,
+                }
                 if warc is not None:
                     warc.close()
                 store.close()
