@@ -22,6 +22,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from services.crawler.warc import WarcOutput
 
 log = logging.getLogger("services.crawler.worker")
 _DISCOVER_EVERY = 0.25
+_RETRY_FAILED_AFTER = 5.0  # a crawl that failed here (e.g. Redis away too long) is taken up again
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warc", action="store_true", help="write WARC files under data-dir/warc")
     p.add_argument("--pages-to", default="", help="page event sink: redis://, http(s):// or a .jsonl path")
     p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: off)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint")
     return p
 
 
@@ -93,6 +97,8 @@ class Worker:
         self.crawls: dict[str, Crawl] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.done: dict[str, dict[str, Any]] = {}
+        self._started: dict[str, str] = {}  # crawl id -> created_at of the registration run here
+        self._retry_at: dict[str, float] = {}  # crawl id -> monotonic time to try a failed crawl again
         self.stopping = asyncio.Event()
         self._stop_ticker = threading.Event()
         self.sink: PageSink | None = None
@@ -113,6 +119,7 @@ class Worker:
         if raw is None:
             return
         config = CrawlConfig.model_validate_json(raw)
+        self._started[crawl_id] = str(self.redis.hget(crawl_key(crawl_id, "meta"), "created_at"))
         store = RedisStore(self.redis, crawl_id, self.mgr)
         data = Path(self.args.data_dir)
         warc = WarcOutput(data / "warc", f"{crawl_id}-{self.worker_id}") if self.args.warc else None
@@ -145,6 +152,9 @@ class Worker:
                     # requests the host's shared record held back (another worker or crawl asked it)
                     "held_back": crawl.stats.politeness_waits,
                 }
+                if crawl.state is CrawlState.FAILED:
+                    log.error("worker %s: crawl %s failed here: %s", self.worker_id, crawl_id, crawl.error)
+                    self._retry_at[crawl_id] = time.monotonic() + _RETRY_FAILED_AFTER
                 if warc is not None:
                     warc.close()
                 store.close()
@@ -152,12 +162,22 @@ class Worker:
 
         self.tasks[crawl_id] = asyncio.create_task(run(), name=f"crawl-{crawl_id}")
 
+    def _wanted(self, crawl_id: str) -> bool:
+        """A running crawl not run here yet, registered again since (resumed), or failed here a
+        while ago (its state is in Redis: taking it up again loses nothing)."""
+        if crawl_id not in self.done:
+            return True
+        if self.done[crawl_id]["state"] == CrawlState.FAILED.value:
+            return time.monotonic() >= self._retry_at.get(crawl_id, 0.0)
+        created = str(self.redis.hget(crawl_key(crawl_id, "meta"), "created_at"))
+        return created != self._started.get(crawl_id)
+
     async def _discover(self) -> None:
         while not self.stopping.is_set():
             try:
                 for crawl_id in list_crawls(self.redis):
                     state = crawl_state(self.redis, crawl_id)
-                    if state == "running" and crawl_id not in self.crawls and crawl_id not in self.done:
+                    if state == "running" and crawl_id not in self.crawls and self._wanted(crawl_id):
                         self._start_crawl(crawl_id)
                     elif state in ("cancelled", "finished") and crawl_id in self.crawls:
                         self.crawls[crawl_id].cancel()
@@ -199,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if not 1 <= args.partitions <= MAX_PARTITIONS:
             raise UsageError(f"--partitions: must be 1..{MAX_PARTITIONS}, got {args.partitions}")
+        if not 0 <= args.metrics_port <= 65535:
+            raise UsageError(f"--metrics-port: must be 0..65535, got {args.metrics_port}")
         if args.partition_lease <= 0:
             raise UsageError(f"--partition-lease: must be > 0, got {args.partition_lease}")
         if not args.redis.startswith(("redis://", "rediss://", "unix://", "redis-cluster://")):
@@ -222,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     except (redis.RedisError, OSError) as exc:
         print(f"error: --redis: {args.redis} unreachable: {exc}", file=sys.stderr)
         return 1
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(args.metrics_port, addr=args.metrics_host)
+        except OSError as exc:
+            print(f"error: --metrics-port {args.metrics_port}: {exc}", file=sys.stderr)
+            return 1
     summary = asyncio.run(Worker(args, client).run())
     with contextlib.suppress(BrokenPipeError):
         print(json.dumps(summary, sort_keys=True))

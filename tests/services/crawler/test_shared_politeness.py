@@ -104,10 +104,12 @@ def test_api_with_redis_registers_crawls_that_workers_run(
             assert created.json()["backend"] == "redis" and created.json()["urls"]["DISCOVERED"] == 1
             assert client.post("/v1/crawls", params={"crawl_id": "r1"}, json=body).status_code == 409
             assert client.post("/v1/crawls", params={"crawl_id": "../x"}, json=body).status_code == 422
+            metrics_port = free_port()
             worker = _spawn(
-                ["worker", "--redis", redis_url, "--worker-id", "wa", "--resolve", resolve],
+                ["worker", "--redis", redis_url, "--worker-id", "wa", "--resolve", resolve,
+                 "--metrics-port", str(metrics_port)],
                 tmp_path / "worker.err",
-            )
+            )  # fmt: skip
             deadline = time.monotonic() + 60
             status: dict[str, Any] = {}
             while time.monotonic() < deadline:
@@ -124,6 +126,8 @@ def test_api_with_redis_registers_crawls_that_workers_run(
             assert {p["owner"] for p in view["partition_owners"]} == {"wa"}
             assert {"crawl_id": "r1", "state": "finished"} in client.get("/v1/crawls").json()
             assert client.get("/v1/crawls/nope").status_code == 404
+            metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+            assert "crawler_fetches_total" in metrics and "crawler_host_requests_total" in metrics
     finally:
         for proc in (worker, api):
             if proc is not None:
