@@ -387,12 +387,24 @@ class Crawl:
                 self.store.release(rec.id)  # the budget is spent (by this worker or another)
                 self.frontier.schedule(host)
                 return
-            if not self._gate(host, slot):
+            try:
+                passed = self._gate(host, slot)
+            except Fenced:
+                self.store.unreserve_page()
+                raise
+            if not passed:
+                self.store.unreserve_page()
                 self.store.release(rec.id)
-                self.store.unreserve_page()
                 return
-            if not self.store.start(rec.id, self.owner, self.config.lease_seconds, time.time()):
+            try:
+                started = self.store.start(rec.id, self.owner, self.config.lease_seconds, time.time())
+            except Fenced:
                 self.store.unreserve_page()
+                self._cancel_gate(host, slot)
+                raise
+            if not started:
+                self.store.unreserve_page()
+                self._cancel_gate(host, slot)
                 continue  # lease lost to the reaper in between: someone else owns it now
             await self._fetch_page(rec, slot)
             self.frontier.after_fetch(host)
@@ -417,6 +429,13 @@ class Crawl:
         slot.next_eligible = max(slot.next_eligible, self.frontier.mono_from_wall(wait_until))
         self.frontier.schedule(host)
         return False
+
+    def _cancel_gate(self, host: str, slot: HostSlot) -> None:
+        """A passed gate whose request is not sent after all: the record goes back to the
+        host's own next time (and the request no longer counts as in flight)."""
+        next_wall = time.time() + max(0.0, slot.next_eligible - time.monotonic())
+        with contextlib.suppress(Fenced):
+            self.store.save_host(host, slot.record(next_wall))
 
     def _robots_policy(self, host: str) -> RobotsPolicy | None:
         policy = self.robots.get(host)
