@@ -57,10 +57,13 @@ def corpus(
     sites: int = 20,
     edit_rate: float = 0.03,
     words: tuple[int, int] = (150, 600),
+    boiler_words: int = 60,
 ) -> list[Page]:
+    """`boiler_words`: the length of each site's shared header/footer block (0: none); a page
+    of n article words then shares boiler_words / (boiler_words + n) of its text."""
     rng = random.Random(seed)
     vocab = _vocab(rng)
-    boiler = [_article(rng, vocab, 60) for _ in range(sites)]
+    boiler = [_article(rng, vocab, boiler_words) for _ in range(sites)]
     pages: list[Page] = []
     n = 0
 

@@ -1,18 +1,22 @@
 """Durable page index: an append-only JSON-lines log of fingerprints, replayed at start.
 
-Only what the index needs is stored (URLs, digests, SimHash, MinHash signature, crawl id,
-fetch time), never page text. Each batch is appended and fsynced before the HTTP response
-or the stream acknowledgement, so an acknowledged page survives a crash. A torn last line
+Only what the index needs is stored (URLs, digests, SimHash, MinHash signature, the content
+method's bigram hashes as base64 uint32, crawl id, fetch time), never page text. Each batch
+is appended and fsynced before the HTTP response or the stream acknowledgement, so an
+acknowledged page survives a crash. A torn last line
 (crash mid-append) is skipped on replay; the transport redelivers that page (it was not
 acknowledged), and indexing is idempotent per URL.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import threading
 from collections.abc import Iterable
+
+import numpy as np
 
 from services.dedup.neardup import PageIndex, Prepared
 
@@ -42,6 +46,11 @@ class PageStore:
                         simhash=rec.get("simhash"),
                         minhash=tuple(rec["minhash"]) if rec.get("minhash") is not None else None,
                         event={"crawl_id": rec.get("crawl_id", ""), "fetched_at": rec.get("fetched_at", 0.0)},
+                        features=(
+                            np.frombuffer(base64.b64decode(rec["features"]), dtype="<u4").astype(np.uint32)
+                            if rec.get("features") is not None
+                            else None
+                        ),
                     )
                 except (ValueError, KeyError, TypeError):
                     self.skipped += 1  # torn or foreign line: never trusted
@@ -62,6 +71,11 @@ class PageStore:
                 "minhash": list(p.minhash) if p.minhash is not None else None,
                 "crawl_id": p.event.get("crawl_id", ""),
                 "fetched_at": p.event.get("fetched_at", 0.0),
+                "features": (
+                    base64.b64encode(p.features.astype("<u4").tobytes()).decode("ascii")
+                    if p.features is not None
+                    else None
+                ),
             }
             lines.append(json.dumps(rec, separators=(",", ":")))
         if not lines:

@@ -87,7 +87,13 @@ class DedupSettings(ServiceSettings):
     scan_cache: str | None = Field(
         None, description="hash cache directory for scan jobs (default: DATA_DIR/hash-cache, else none)"
     )
-    near_method: Literal["simhash", "minhash", "both"] = Field("both", description="near-duplicate detector")
+    near_method: Literal["content", "simhash", "minhash", "both"] = Field(
+        "content",
+        description="near-duplicate detector: content = bigrams without the site's learned boilerplate",
+    )
+    content_threshold: float = Field(
+        0.2, gt=0, le=1, description="content: min bigram Jaccard of two pages' content"
+    )
     simhash_k: int = Field(8, ge=0, le=31, description="SimHash: max Hamming distance of near duplicates")
     minhash_threshold: float = Field(0.5, gt=0, le=1, description="MinHash: min estimated Jaccard similarity")
     max_batch: int = Field(1000, ge=1, description="most events accepted in one POST /v1/pages")
@@ -490,6 +496,7 @@ def build_app(settings: DedupSettings, index: PageIndex | None = None) -> FastAP
             method=settings.near_method,
             simhash_k=settings.simhash_k,
             minhash_threshold=settings.minhash_threshold,
+            content_threshold=settings.content_threshold,
         )
     )
     store = None

@@ -109,7 +109,7 @@ def test_pages_clusters_and_stats(worker: str) -> None:
         cluster = c.get("/v1/clusters", params={"url": fam.url}).json()
         expected = {p.url for p in pages if p.family == fam.family}
         assert {m["url"] for m in cluster["members"]} == expected
-        assert all(e["kind"] in ("simhash", "minhash", "exact") for e in cluster["edges"])
+        assert all(e["kind"] in ("content", "simhash", "minhash", "exact") for e in cluster["edges"])
         stats = c.get("/v1/stats").json()
         assert stats["index"]["index_size"] == len(pages)
         text = c.get("/metrics").text
