@@ -48,10 +48,12 @@ from services.crawler.settings import CrawlConfig
 from services.crawler.sinks import OutboxSink, PageSink, open_sink
 from services.crawler.store import NewURL
 from services.crawler.store_redis import (
+    RedisStore,
     connect,
     crawl_key,
     crawl_state,
     redis_crawl_status,
+    redis_host_view,
     register_crawl,
 )
 from services.crawler.store_redis import list_crawls as redis_crawls
@@ -275,6 +277,13 @@ def build_app(settings: CrawlerSettings, health: Health | None = None) -> tuple[
     # before its store closed): a finished crawl's politeness record is still worth reading.
     @app.get("/v1/crawls/{crawl_id}/hosts", summary="Per-host politeness view")
     async def hosts(crawl_id: str) -> list[dict[str, Any]]:
+        if manager.redis is not None and crawl_id not in manager.crawls:
+            manager.status(crawl_id)  # 404 for an unknown crawl
+            views = (
+                redis_host_view(manager.redis, crawl_id, h)
+                for h in RedisStore(manager.redis, crawl_id).hosts()
+            )
+            return [v for v in views if v is not None]
         running = manager._get(crawl_id)
         if running.final_hosts is not None:
             return list(running.final_hosts.values())
@@ -282,9 +291,15 @@ def build_app(settings: CrawlerSettings, health: Health | None = None) -> tuple[
 
     @app.get("/v1/crawls/{crawl_id}/hosts/{host}", summary="One host's politeness state")
     async def host(crawl_id: str, host: str) -> dict[str, Any]:
+        if manager.redis is not None and crawl_id not in manager.crawls:
+            manager.status(crawl_id)  # 404 for an unknown crawl
+            view = redis_host_view(manager.redis, crawl_id, host)
+            if view is None:
+                raise ApiError(404, "not_found", f"host {host!r} not seen in this crawl", field="host")
+            return view
         running = manager._get(crawl_id)
         views = running.final_hosts
-        if host not in (views if views is not None else running.crawl.frontier.slots):
+        if host not in (views if views is not None else running.crawl.frontier.seen):
             raise ApiError(404, "not_found", f"host {host!r} not seen in this crawl", field="host")
         return views[host] if views is not None else running.crawl.host_view(host)
 

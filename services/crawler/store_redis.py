@@ -818,3 +818,31 @@ def redis_crawl_status(client: Any, crawl_id: str) -> dict[str, Any] | None:
         "partitions": [{"partition": p, "urls": c} for p, c in enumerate(per_partition)],
         "created_at": float(meta.get("created_at") or 0),
     }
+
+
+def redis_host_view(client: Any, crawl_id: str, host: str) -> dict[str, Any] | None:
+    """One host as every worker sees it: the crawl's URLs there, the host's shared politeness
+    record (its times as seconds from now) and its shared robots.txt answer; None if unknown."""
+    store = RedisStore(client, crawl_id)
+    urls = store.host_counts(host)
+    record = store.load_host(host)
+    robots = store.load_robots(host)
+    if not any(urls.values()) and record is None and robots is None:
+        return None
+    now = time.time()
+    politeness = None
+    if record is not None:
+        nxt, until = record.get("next"), record.get("retry_until")
+        politeness = {
+            "next_eligible_in_seconds": None if nxt is None else round(max(0.0, nxt - now), 3),
+            "retry_after_in_seconds": None if until is None else round(max(0.0, until - now), 3),
+            "crawl_delay": record.get("crawl_delay"),
+            "backoff_multiplier": record.get("backoff"),
+        }
+    return {
+        "host": host,
+        "partition": store.partition(host),
+        "urls": urls,
+        "politeness": politeness,
+        "robots": None if robots is None else {k: robots.get(k) for k in ("status", "error", "fetched_at")},
+    }

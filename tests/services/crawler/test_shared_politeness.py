@@ -126,6 +126,11 @@ def test_api_with_redis_registers_crawls_that_workers_run(
             assert {p["owner"] for p in view["partition_owners"]} == {"wa"}
             assert {"crawl_id": "r1", "state": "finished"} in client.get("/v1/crawls").json()
             assert client.get("/v1/crawls/nope").status_code == 404
+            host = client.get("/v1/crawls/r1/hosts/a.sim.test").json()
+            assert host["urls"]["FETCHED"] == 6 and host["robots"]["status"] == "200"
+            assert host["politeness"]["crawl_delay"] == 0.2
+            assert [h["host"] for h in client.get("/v1/crawls/r1/hosts").json()] == ["a.sim.test"]
+            assert client.get("/v1/crawls/r1/hosts/nope.test").status_code == 404
             metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
             assert "crawler_fetches_total" in metrics and "crawler_host_requests_total" in metrics
     finally:
