@@ -203,8 +203,92 @@ def neardup_figures(seed: int = 5) -> list[dict[str, Any]]:
     return rows
 
 
+def neardup_grid(
+    seed: int = 5,
+    shares: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4),
+    edits: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2),
+    methods: tuple[str, ...] = ("content", "both"),
+) -> list[dict[str, Any]]:
+    """Pairwise precision/recall with a site frame (boilerplate) of each share and each edit
+    rate: libs.testkit.neardup_corpus with boiler_words = 375 f / (1 - f) (articles of
+    150-600 words, mean 375), 60 families of 4, 200 unrelated pages, 20 sites."""
+    import hashlib
+    import itertools
+
+    from libs.testkit.neardup_corpus import corpus, true_pairs
+    from services.dedup.neardup import NearConfig, PageIndex
+
+    rows = []
+    for share in shares:
+        boiler_words = round(375 * share / (1 - share))
+        for rate in edits:
+            pages = corpus(seed=seed, edit_rate=rate, boiler_words=boiler_words)
+            truth = true_pairs(pages)
+            # The realised share of each page's words that are its site's frame.
+            realised = sum(boiler_words / len(p.text.split()) for p in pages) / len(pages)
+            for method in methods:
+                index = PageIndex(NearConfig(method=method))
+                t0 = time.perf_counter()
+                for p in pages:
+                    index.add_event(
+                        {
+                            "url": p.url,
+                            "final_url": p.url,
+                            "status": 200,
+                            "content_sha256": hashlib.sha256(p.text.encode()).hexdigest(),
+                            "fetched_at": 0.0,
+                            "crawl_id": "bench",
+                            "text": p.text,
+                        }
+                    )
+                clusters = index.clusters()
+                per_page = (time.perf_counter() - t0) / len(pages)
+                predicted = {frozenset(pr) for c in clusters for pr in itertools.combinations(c, 2)}
+                tp = len(predicted & truth)
+                rows.append(
+                    {
+                        "boiler_share": share,
+                        "boiler_share_realised": round(realised, 3),
+                        "edit_rate": rate,
+                        "method": method,
+                        "pages": len(pages),
+                        "true_pairs": len(truth),
+                        "precision": round(tp / len(predicted), 4) if predicted else 1.0,
+                        "recall": round(tp / len(truth), 4),
+                        "ms_per_page": round(per_page * 1000, 3),
+                    }
+                )
+    return rows
+
+
+def print_neardup_grid(rows: list[dict[str, Any]]) -> None:
+    methods = sorted({r["method"] for r in rows}, key=lambda m: m != "content")
+    edits = sorted({r["edit_rate"] for r in rows})
+    print("precision / recall (pairwise); rows: shared boilerplate, columns: words edited\n")
+    print("| boilerplate (realised) | method | " + " | ".join(f"{e:.0%} edited" for e in edits) + " |")
+    print("|---|---|" + "---:|" * len(edits))
+    for share in sorted({r["boiler_share"] for r in rows}):
+        for m in methods:
+            cells = {r["edit_rate"]: r for r in rows if r["boiler_share"] == share and r["method"] == m}
+            realised = next(iter(cells.values()))["boiler_share_realised"]
+            print(
+                f"| {share:.0%} ({realised:.1%}) | {m} | "
+                + " | ".join(f"{cells[e]['precision']:.3f} / {cells[e]['recall']:.3f}" for e in edits)
+                + " |"
+            )
+    for m in methods:
+        ms = [r["ms_per_page"] for r in rows if r["method"] == m]
+        print(f"\n{m}: {min(ms):.2f}-{max(ms):.2f} ms/page", end="")
+    print()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--neardup-only",
+        action="store_true",
+        help="only the near-duplicate grid (boilerplate share x edit rate); no file tree",
+    )
     ap.add_argument("--small", action="store_true", help="2k files / 96 MiB (CI-sized)")
     ap.add_argument("--files", type=int, default=None)
     ap.add_argument("--mib", type=int, default=None, help="tree size in MiB")
@@ -227,6 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tree-dir", default=os.path.join(tempfile.gettempdir(), "pg-dedup-bench"))
     ap.add_argument("--json", default=str(REPO / "reports" / "bench_dedup.json"))
     args = ap.parse_args(argv)
+    if args.neardup_only:
+        rows = neardup_grid()
+        os.makedirs(os.path.dirname(args.json), exist_ok=True)
+        out = args.json.replace("bench_dedup.json", "bench_dedup_neardup.json")
+        with open(out, "w") as f:
+            json.dump({"benchmark": "dedup-neardup", "rows": rows}, f, indent=2)
+        print_neardup_grid(rows)
+        return 0
     files = args.files or (2_000 if args.small else 20_000)
     nbytes = (args.mib or (96 if args.small else 1536)) << 20
     for tool in ("jdupes", "rdfind", "fdupes"):
