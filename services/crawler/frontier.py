@@ -47,6 +47,7 @@ class Frontier:
         self.seen: set[str] = set()  # hosts this crawl has scheduled (its host view)
         self._heap: list[tuple[float, int, str]] = []
         self._queued: set[str] = set()
+        self._waiting: set[str] = set()  # hosts whose slot was busy (another turn): back on end_turn
         self._seq = itertools.count()
         self._changed = asyncio.Event()
 
@@ -86,6 +87,7 @@ class Frontier:
         """Put `host` in the heap (if not there) at its next eligible time."""
         if host in self._queued:
             return
+        self._waiting.discard(host)
         self.seen.add(host)
         slot = self.slot(host)
         at = slot.next_eligible
@@ -119,7 +121,8 @@ class Frontier:
 
     @property
     def idle(self) -> bool:
-        return not self._heap
+        """Nothing queued and no host waiting for another turn (of this crawl or another) to end."""
+        return not self._heap and not self._waiting
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -140,6 +143,7 @@ class Frontier:
                     # Busy (this crawl's turn or another's): requeued when that turn ends.
                     heapq.heappop(self._heap)
                     self._queued.discard(host)
+                    self._waiting.add(host)
                     slot.waiters.add(self)
                     continue
                 at = max(at, slot.next_eligible)
