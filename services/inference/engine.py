@@ -117,6 +117,7 @@ class Engine:
         self._prior_tps = prior_tokens_per_s
         self._backlog: dict[str, int] = dict.fromkeys(CLASSES, 0)
         self._submitted_since: dict[str, int] = dict.fromkeys(CLASSES, 0)
+        self._dirty = False  # the live set changed since the backlog and gauges were computed
         self.kv_high_water = 0
         self.step_observer: Callable[[StepPlan], None] | None = None  # tests: per-step evidence
         m.KV_CAPACITY.set(cache.capacity_tokens)
@@ -227,6 +228,7 @@ class Engine:
         while self._commands:
             kind, arg = self._commands.popleft()
             if kind == "add":
+                self._dirty = True
                 arg.arrival_step = self.step_no
                 self._live[arg.seq_id] = arg
                 self.scheduler.add(arg)
@@ -257,6 +259,7 @@ class Engine:
         seq.finished_at = now
         seq.finish_step = self.step_no
         self._live.pop(seq.seq_id, None)
+        self._dirty = True
         labels = (seq.tenant, seq.klass)
         m.FINISHED.labels(seq.tenant, seq.finish_reason or "unknown").inc()
         if seq.first_token_at is not None:
@@ -284,6 +287,8 @@ class Engine:
                     break
                 self._apply_commands()
             self._expire_deadlines()
+            if self._dirty:  # added or ended between steps: no stale backlog or gauges
+                self._refresh()
             plan = self.scheduler.schedule()
             if not plan.chunks:
                 with self._wake:  # nothing runnable (e.g. all waiting on KV): wait for news
@@ -293,6 +298,7 @@ class Engine:
             self._step(plan)
         for seq in list(self._live.values()):
             self._end(seq, "shutdown")
+        self._refresh()
         heartbeat.stop()
 
     def _step(self, plan: StepPlan) -> None:
@@ -313,6 +319,7 @@ class Engine:
             # A failing step must not kill the engine: fail the sequences in it, keep serving.
             for seq, _ in list(plan.chunks):
                 self._end(seq, "error")
+            self._refresh()
             return
         self.step_no += 1
         now = time.monotonic()
@@ -330,13 +337,23 @@ class Engine:
             self._finished(seq)
         dt = now - t0
         self._recent.append((plan.num_tokens, dt))
+        m.BATCH_SIZE.observe(len(plan.chunks))
+        m.STEP_TOKENS.observe(plan.num_tokens)
+        m.STEP_SECONDS.observe(dt)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Recompute the backlog and every gauge from the live set (engine thread only).
+
+        Called whenever the live set changes, not only after a step: sequences that end between
+        steps (cancels, client disconnects, the kill switch, deadlines) must not leave a stale
+        backlog behind, or admission would answer 503 "overloaded" on an idle engine forever.
+        """
+        self._dirty = False
         backlog = dict.fromkeys(CLASSES, 0)
         for seq in self._live.values():
             backlog[seq.klass] += seq.pending + seq.max_tokens - len(seq.output)
         self._backlog = backlog
-        m.BATCH_SIZE.observe(len(plan.chunks))
-        m.STEP_TOKENS.observe(plan.num_tokens)
-        m.STEP_SECONDS.observe(dt)
         m.KV_USED.set(self.cache.used_tokens)
         m.RUNNING.set(len(self.scheduler.running))
         m.WAITING.set(len(self.fair))
