@@ -1,4 +1,4 @@
-"""Acting on duplicates without ever losing data: hardlink, reflink, delete, quarantine.
+"""Acting on duplicates without ever losing data: hardlink, reflink, symlink, delete, quarantine.
 
 Never the default: a scan only reports, `--action X` alone prints the plan (dry run), and only
 `--action X --apply` changes anything. For each duplicate name, in this order:
@@ -16,6 +16,12 @@ Never the default: a scan only reports, `--action X` alone prints the plan (dry 
 `undo LOG` walks the log backwards and puts every name back as it was (content from the kept
 file, metadata from the intent record), whether the step was done, half done or only intended,
 so a process killed at any point (SIGKILL included) is recoverable. Undo is idempotent.
+
+Extended attributes (user.*, ACLs, capabilities) are recorded in the intent and put back by
+undo; reflink copies the duplicate's onto its clone; hardlink refuses a duplicate whose
+attributes differ from the kept file's (the link would silently drop them). `symlink`
+replaces the duplicate with a relative symlink to the kept file. A filesystem that cannot
+reflink is said once per filesystem for the whole run, and its remaining steps are skipped.
 
 Keep rules (which file of a group stays): oldest mtime (default), newest, first (walk order:
 roots in the order given, names sorted), shortest-path, longest-path; ties by path bytes.
@@ -41,7 +47,7 @@ from services.dedup.scanner import ScanResult
 from services.dedup.walk import FileEntry
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
-ACTIONS = ("hardlink", "reflink", "delete", "quarantine")
+ACTIONS = ("hardlink", "reflink", "symlink", "delete", "quarantine")
 
 KEEP_RULES: dict[str, Callable[[Sequence[FileEntry]], FileEntry]] = {
     "oldest": lambda fs: min(fs, key=lambda f: (f.mtime_ns, f.path)),
@@ -65,6 +71,36 @@ def _crash_point(point: str, seq: int) -> None:
 
 class ActionRefused(Exception):
     """A step was not taken because acting would not be safe (reason in the message)."""
+
+
+class Unsupported(ActionRefused):
+    """The filesystem cannot do this action at all (reflink on ext4): no use trying again."""
+
+
+def _xattrs(path: bytes) -> dict[str, str]:
+    """The file's extended attributes (name -> base64 value); {} where the fs has none."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            return {}
+        raise
+    out = {}
+    for name in sorted(names):
+        try:
+            out[name] = base64.b64encode(os.getxattr(path, name, follow_symlinks=False)).decode("ascii")
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:  # removed meanwhile
+                raise
+    return out
+
+
+def _apply_xattrs(path: bytes, xattrs: dict[str, str]) -> None:
+    for name, value in xattrs.items():
+        try:
+            os.setxattr(path, name, base64.b64decode(value), follow_symlinks=False)
+        except PermissionError:
+            pass  # trusted.*/security.* without the privilege: like chown, the best we can do
 
 
 @dataclass(slots=True)
@@ -180,7 +216,7 @@ def _reflink(src: bytes, tmp: bytes) -> None:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         if exc.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
-            raise ActionRefused(f"reflink not supported here ({errno.errorcode.get(exc.errno)})") from None
+            raise Unsupported(f"reflink not supported here ({errno.errorcode.get(exc.errno)})") from None
         raise
     finally:
         os.close(sfd)
@@ -210,6 +246,7 @@ def execute(step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None) ->
         "keep": _b64(step.keep),
         "tmp": _b64(tmp),
         "meta": _meta(st),
+        "xattrs": _xattrs(step.path),
         # Every name of the duplicate inode, so undo can make them share one inode again.
         "names": [_b64(n) for n in [step.entry.path, *step.entry.links]],
         "ts": time.time(),
@@ -219,6 +256,10 @@ def execute(step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None) ->
         dest = _quarantine_dest(quarantine_dir, step.path)
         record["dest"] = _b64(dest)
         record["dest_tmp"] = _b64(_tmp_name(dest, seq))
+    if step.op == "hardlink" and record["xattrs"] != _xattrs(step.keep):
+        raise ActionRefused("extended attributes differ from the kept file's; a link would drop them")
+    if step.op == "symlink":
+        record["target"] = _b64(os.path.relpath(step.keep, os.path.dirname(step.path) or b"."))
     log.write(record)
     _crash_point("intent", seq)
 
@@ -229,6 +270,11 @@ def execute(step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None) ->
     elif step.op == "reflink":
         _reflink(step.keep, tmp)
         _apply_meta(tmp, record["meta"])  # the duplicate keeps its own owner, mode and times
+        _apply_xattrs(tmp, record["xattrs"])
+        _crash_point("tmp", seq)
+        os.replace(tmp, step.path)
+    elif step.op == "symlink":
+        os.symlink(_unb64(record["target"]), tmp)
         _crash_point("tmp", seq)
         os.replace(tmp, step.path)
     elif step.op == "delete":
@@ -254,7 +300,13 @@ def execute(step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None) ->
     _fsync_dir(step.path)
     _crash_point("acted", seq)
     log.write({"type": "done", "seq": seq})
-    verb = {"hardlink": "linked", "reflink": "cloned", "delete": "deleted", "quarantine": "quarantined"}
+    verb = {
+        "hardlink": "linked",
+        "reflink": "cloned",
+        "symlink": "symlinked",
+        "delete": "deleted",
+        "quarantine": "quarantined",
+    }
     return f"{verb[step.op]} {os.fsdecode(step.path)} (kept {os.fsdecode(step.keep)})"
 
 
@@ -283,16 +335,27 @@ def plan_and_run(
     log_path = undo_log or default_undo_log()
     log = UndoLog(log_path)
     failures = 0
+    unsupported: dict[int, list[int]] = {}  # device -> [steps skipped]; said once per filesystem
     try:
         log.write({"type": "header", "version": 1, "action": action, "keep": keep, "ts": time.time()})
         for seq, s in enumerate(steps, 1):
+            if s.kept.dev in unsupported:
+                unsupported[s.kept.dev].append(seq)
+                failures += 1
+                continue
             try:
                 out.write(execute(s, seq, log, qdir) + "\n")
+            except Unsupported as exc:
+                failures += 1
+                unsupported[s.kept.dev] = [seq]
+                out.write(f"{action} refused: {exc} (filesystem of {os.fsdecode(s.keep)})\n")
             except (ActionRefused, OSError) as exc:
                 failures += 1
                 out.write(f"skipped {os.fsdecode(s.path)}: {exc}\n")
     finally:
         log.close()
+    for skipped in unsupported.values():
+        out.write(f"{action}: {len(skipped)} steps on that filesystem not taken\n")
     out.write(f"applied {len(steps) - failures} of {len(steps)} {action} steps; undo log: {log_path}\n")
     return failures
 
@@ -313,11 +376,14 @@ def _read_log(path: str) -> tuple[list[dict[str, Any]], set[int]]:
     return intents, done
 
 
-def _restore_copy(path: bytes, source: bytes, meta: dict[str, int], tmp: bytes) -> None:
+def _restore_copy(
+    path: bytes, source: bytes, meta: dict[str, int], tmp: bytes, xattrs: dict[str, str] | None = None
+) -> None:
     if os.path.lexists(tmp):
         os.unlink(tmp)
     _copy_durable(source, tmp)
     _apply_meta(tmp, meta)
+    _apply_xattrs(tmp, xattrs or {})
     os.replace(tmp, path)
     _fsync_dir(path)
 
@@ -326,6 +392,7 @@ def undo_step(rec: dict[str, Any], restored: dict[tuple[int, int], bytes] | None
     """Put one name back as it was; return what was done, or None when nothing was needed."""
     path, keep, tmp, meta = _unb64(rec["path"]), _unb64(rec["keep"]), _unb64(rec["tmp"]), rec["meta"]
     op = rec["op"]
+    xattrs: dict[str, str] = rec.get("xattrs") or {}
     if os.path.lexists(tmp) and op != "quarantine":
         os.unlink(tmp)  # a step killed between creating the temp name and replacing
     if op == "quarantine":
@@ -340,7 +407,7 @@ def undo_step(rec: dict[str, Any], restored: dict[tuple[int, int], bytes] | None
                     raise
                 # Across filesystems: a durable copy under the temp name, then the swap; the
                 # quarantined copy goes only once the name holds the bytes again.
-                _restore_copy(path, dest, meta, tmp)
+                _restore_copy(path, dest, meta, tmp, xattrs)
                 os.unlink(dest)
             _fsync_dir(path)
             return f"returned {os.fsdecode(path)} from quarantine"
@@ -362,8 +429,13 @@ def undo_step(rec: dict[str, Any], restored: dict[tuple[int, int], bytes] | None
         return f"left {os.fsdecode(path)} alone: changed after the action"
     if op == "delete" and st is not None:
         return f"left {os.fsdecode(path)} alone: recreated after the action"
+    if op == "symlink" and st is not None:
+        target = _unb64(rec["target"]) if rec.get("target") else None
+        if not (stat.S_ISLNK(st.st_mode) and target is not None and os.readlink(path) == target):
+            return f"left {os.fsdecode(path)} alone: changed after the action"
     if op == "reflink" and st is not None:
         _apply_meta(path, meta)  # content is already a separate identical copy
+        _apply_xattrs(path, xattrs)
         return f"restored metadata of {os.fsdecode(path)}"
     # hardlink (name now shares the kept inode) or delete (name gone): give it back its own
     # copy of the content, which was proven identical to the kept file before acting.
@@ -389,7 +461,7 @@ def undo_step(rec: dict[str, Any], restored: dict[tuple[int, int], bytes] | None
     source = keep if os.path.exists(keep) else path
     if not os.path.exists(source):
         raise FileNotFoundError(f"cannot restore {os.fsdecode(path)}: kept file {os.fsdecode(keep)} is gone")
-    _restore_copy(path, source, meta, tmp)
+    _restore_copy(path, source, meta, tmp, xattrs)
     if restored is not None:
         restored[original] = path
     return f"restored {os.fsdecode(path)}"

@@ -263,3 +263,68 @@ def test_killed_between_two_names_of_one_inode_undo_relinks_them(tmp_path: Path)
     assert proc.returncode == -signal.SIGKILL
     assert run_cli("undo", str(log)).returncode == 0
     assert _state(root) == before
+
+
+def test_an_unsupported_reflink_is_said_once_for_the_whole_run(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    _make_dups(root, 12)
+    failures, text = _run(root, "reflink", tmp_path / "u.jsonl")
+    if "cloned" in text:
+        pytest.skip("this filesystem can reflink")
+    assert failures == 12
+    refused = [line for line in text.splitlines() if "reflink not supported" in line]
+    assert len(refused) == 1, text
+    assert "12 steps on that filesystem not taken" in text
+    assert not [line for line in text.splitlines() if line.startswith("skipped")], text
+
+
+def _xattrs_supported(path: Path) -> bool:
+    probe = path / "xattr-probe"
+    write(probe, b"")
+    try:
+        os.setxattr(probe, "user.pg-probe", b"1")
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+    return True
+
+
+def test_extended_attributes_survive_hardlink_refusal_and_undo(tmp_path: Path) -> None:
+    if not _xattrs_supported(tmp_path):
+        pytest.skip(f"no user.* extended attributes on the filesystem of {tmp_path}")
+    root = tmp_path / "t"
+    _make_dups(root, 3)
+    # Group 0: the same attribute on both (linkable); group 1: only the duplicate has one.
+    for c in range(2):
+        os.setxattr(root / f"g0000-{c}.dat", "user.origin", b"same")
+    os.setxattr(root / "g0001-1.dat", "user.origin", b"only-mine")
+    os.setxattr(root / "g0002-1.dat", "user.tag", b"x")
+    os.setxattr(root / "g0002-0.dat", "user.tag", b"x")
+    before = {p.name: dict((n, os.getxattr(p, n)) for n in os.listxattr(p)) for p in root.iterdir()}
+    failures, text = _run(root, "hardlink", tmp_path / "u.jsonl")
+    assert failures == 1 and "extended attributes differ" in text, text
+    assert os.getxattr(root / "g0001-1.dat", "user.origin") == b"only-mine"  # not linked
+    assert os.stat(root / "g0000-1.dat").st_ino == os.stat(root / "g0000-0.dat").st_ino
+    out = io.StringIO()
+    assert undo(str(tmp_path / "u.jsonl"), out) == 0
+    after = {p.name: dict((n, os.getxattr(p, n)) for n in os.listxattr(p)) for p in root.iterdir()}
+    assert after == before
+    assert os.stat(root / "g0000-1.dat").st_ino != os.stat(root / "g0000-0.dat").st_ino
+
+
+def test_symlink_action_and_its_undo(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    _make_dups(root, 3)
+    before = _state(root)
+    failures, text = _run(root, "symlink", tmp_path / "u.jsonl")
+    assert failures == 0, text
+    links = [p for p in root.iterdir() if p.is_symlink()]
+    assert len(links) == 3
+    for link in links:
+        assert not os.path.isabs(os.readlink(link))  # relative: survives moving the tree
+        assert link.read_bytes() == before[link.name][0]
+    out = io.StringIO()
+    assert undo(str(tmp_path / "u.jsonl"), out) == 0
+    assert not [p for p in root.iterdir() if p.is_symlink()]
+    assert _state(root) == before
