@@ -253,31 +253,29 @@ def websim_faults(
     error_rate: float = 0.3,
     latency_ms: float = 0.0,
     status: int = 503,
+    retry_after: int | None = None,
     configuration: Configuration | None = None,
 ) -> dict[str, Any]:
     """Errors and latency on a share of the drill's crawl hosts (every other one).
 
-    `status` asks websim for that error status; a websim whose /faults has no `status` field
-    (400 naming it) answers its injected errors with 500, and the figure `injected_status` says so.
+    Injected errors answer `status` (websim's /faults `status`: 429, 500, 502, 503 or 504), with
+    Retry-After `retry_after` seconds when given (429/503 only). A websim that rejects them fails
+    the action (4xx naming the field): no quiet fallback to another status.
     """
     seeds = [httpx.URL(u).host for u in RECORD.state["crawl_body"]["seeds"]]
     step = max(1, round(1 / share_of_hosts)) if share_of_hosts > 0 else len(seeds) + 1
     names = seeds[::step]
     base = stack.url("websim", configuration)
-    injected = status
+    extra: dict[str, Any] = {"status": status}
+    if retry_after is not None:
+        extra["retry_after"] = retry_after
     for name in names:
-        body: dict[str, Any] = {"host": name, "error_rate": error_rate, "latency_ms": latency_ms}
-        r = httpx.post(f"{base}/faults", json={**body, "status": status}, timeout=TIMEOUT)
-        if r.status_code == 400 and "status" in r.text:
-            injected = 500
-            r = httpx.post(f"{base}/faults", json=body, timeout=TIMEOUT)
-        r.raise_for_status()
-    figure(
-        "injected_status", injected if injected == status else f"{injected} (websim /faults has no status)"
-    )
+        body: dict[str, Any] = {"host": name, "error_rate": error_rate, "latency_ms": latency_ms, **extra}
+        httpx.post(f"{base}/faults", json=body, timeout=TIMEOUT).raise_for_status()
+    figure("injected_status", status)
     RECORD.state["faulty_hosts"] = names
     mark("fault_start")
-    return {"hosts": names, "error_rate": error_rate, "latency_ms": latency_ms, "status": injected}
+    return {"hosts": names, "error_rate": error_rate, "latency_ms": latency_ms, "status": status}
 
 
 def clear_websim_faults(configuration: Configuration | None = None) -> dict[str, Any]:

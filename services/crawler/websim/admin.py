@@ -5,7 +5,8 @@
     POST /log/clear        empty the log
     POST /reset            empty the log and the transient-page attempt counters
     GET  /faults           {"faults": [...]}
-    POST /faults           {"host": "*"|name, "error_rate": 0..1, "latency_ms": ms, "drop_rate": 0..1}
+    POST /faults           {"host": "*"|name, "error_rate": 0..1, "latency_ms": ms, "drop_rate": 0..1,
+                            "status": 429|500|502|503|504 (default 500), "retry_after": s (429/503 only)}
                            (all zero removes that host's faults)
     DELETE /faults         remove all faults
     GET  /truth            ?seed=URL (repeat) or ?n=N (first N hosts), &ua=, &max_depth=, &max_pages=

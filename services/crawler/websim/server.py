@@ -113,10 +113,11 @@ class Handler:
             entry["fault"] = "drop"
             FAULTS.labels("drop").inc()
             return await _drop(request)
-        if error:
+        if error is not None:
             entry["fault"] = "error"
             FAULTS.labels("error").inc()
-            return _text(500, "injected fault\n")
+            headers = {} if error.retry_after is None else {"Retry-After": str(error.retry_after)}
+            return _text(error.status, "injected fault\n", **headers)
         if request.method not in ("GET", "HEAD"):
             entry["kind"] = "bad_method"
             return _text(405, "method not allowed\n", Allow="GET, HEAD")

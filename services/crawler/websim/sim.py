@@ -107,9 +107,16 @@ class WebSim:
         return self.log.entries(since=since, host=host)
 
     def set_fault(
-        self, host: str = "*", *, error_rate: float = 0.0, latency_ms: float = 0.0, drop_rate: float = 0.0
+        self,
+        host: str = "*",
+        *,
+        error_rate: float = 0.0,
+        latency_ms: float = 0.0,
+        drop_rate: float = 0.0,
+        status: int = 500,
+        retry_after: int | None = None,
     ) -> None:
-        self.faults.set(Fault(host.lower(), error_rate, latency_ms, drop_rate))
+        self.faults.set(Fault(host.lower(), error_rate, latency_ms, drop_rate, status, retry_after))
 
     def clear_faults(self) -> None:
         self.faults.clear()

@@ -214,6 +214,54 @@ def test_admin_faults_toggle_errors_drops_and_latency(sim: WebSim, port: int) ->
     assert r.status == 400 and json.loads(r.body)["error"]["field"] == "body"
 
 
+@pytest.mark.parametrize(
+    ("body", "status", "retry_after"),
+    [
+        ({"status": 503, "retry_after": 7}, 503, "7"),
+        ({"status": 429, "retry_after": 0}, 429, "0"),
+        ({"status": 503}, 503, None),
+        ({"status": 502}, 502, None),
+        ({"status": 504}, 504, None),
+        ({}, 500, None),
+    ],
+)
+def test_admin_faults_answer_the_asked_status_with_retry_after(
+    sim: WebSim, port: int, body: dict, status: int, retry_after: str | None
+) -> None:
+    r = fetch(port, ADMIN, "/faults", method="POST", body=json.dumps({"error_rate": 1.0, **body}).encode())
+    assert r.status == 200
+    (shown,) = json.loads(r.body)["faults"]
+    assert shown["status"] == status and shown["retry_after"] == body.get("retry_after")
+    reply = fetch(port, "h0001.sim.test", "/")
+    assert reply.status == status
+    assert reply.headers.get("retry-after") == retry_after
+    assert last(sim)[0]["fault"] == "error" and last(sim)[0]["status"] == status
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"status": 404}, "body.status"),
+        ({"status": 200}, "body.status"),
+        ({"status": "503"}, "body.status"),
+        ({"status": True}, "body.status"),
+        ({"status": 503.0}, "body.status"),
+        ({"status": 500, "retry_after": 5}, "body.retry_after"),
+        ({"status": 503, "retry_after": -1}, "body.retry_after"),
+        ({"status": 503, "retry_after": 1.5}, "body.retry_after"),
+        ({"retry_after": 5}, "body.retry_after"),
+    ],
+)
+def test_admin_faults_reject_a_bad_status_naming_the_field(
+    sim: WebSim, port: int, body: dict, field: str
+) -> None:
+    r = fetch(port, ADMIN, "/faults", method="POST", body=json.dumps({"error_rate": 1.0, **body}).encode())
+    assert r.status == 400
+    error = json.loads(r.body)["error"]
+    assert error["field"] == field and error["type"] == "invalid_request"
+    assert sim.faults.all() == []  # nothing half-applied
+
+
 def test_log_records_every_request_and_is_served_as_json_lines(sim: WebSim, port: int) -> None:
     fetch(port, "h0000.sim.test", "/robots.txt", ua="SomeBot/1")
     fetch(port, "h0000.sim.test", "/missing")
