@@ -1,7 +1,8 @@
 """Admission control: the front door every generation, embedding and scoring request passes.
 
 Checks, in order, each with its own rejection reason (metric label):
-  kill_switch / draining (503) -> size limits (400/413, naming the field) -> tenant in-flight
+  kill_switch / draining (503) -> size limits (400/413, naming the field) -> larger than the
+  tenant's token burst, so never admissible (400 request_too_large) -> tenant in-flight
   cap (429) -> tenant request bucket (429) -> tenant token bucket (429) -> deadline: the
   estimated queue wait (token backlog ahead of this class / measured tokens per second) would
   miss the request's deadline (503) -> overload: that estimate exceeds the class's max queue
@@ -199,6 +200,16 @@ class Admission:
             raise Overloaded("the service is draining for a deploy", "draining", 5)
         self.check_sizes(prompt_tokens, max_tokens)
         cost = prompt_tokens + max_tokens
+        if cost > tenant.burst_tokens:
+            # Bigger than the tenant's whole token bucket: no wait would ever admit it, so a 429
+            # with Retry-After would have the client retry forever. Say so at once.
+            raise InvalidRequest(
+                f"this request needs {cost} tokens (prompt {prompt_tokens} + max_tokens {max_tokens}),"
+                f" more than tenant {tenant.name}'s token burst of {tenant.burst_tokens:g}:"
+                " it can never be admitted; lower max_tokens or shorten the prompt",
+                "body.max_tokens",
+                reason="request_too_large",
+            )
         with self._lock:
             now = self._clock()
             if self._in_flight[tenant.name] >= tenant.max_in_flight:

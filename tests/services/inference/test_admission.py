@@ -67,9 +67,18 @@ def test_token_rate_limit_counts_prompt_plus_max_tokens(server: LiveServer) -> N
         assert ok.status_code == 200  # 41 + 40 = 81 of 100
         r = c.post("/v1/completions", json={"prompt": "x" * 10, "max_tokens": 10}, headers=auth("k-tokens"))
         _assert_retry(r, 429, "rate_limited")
-        # Bigger than the whole bucket: never admissible at this rate.
+        # Bigger than the whole bucket: never admissible at this rate, so a 400 naming the limit
+        # at once (a 429 with Retry-After would have the client retry forever).
+        before = rejections("tokens", "request_too_large")
         r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 200}, headers=auth("k-tokens"))
-        assert r.status_code == 429
+        assert r.status_code == 400, r.text
+        assert "Retry-After" not in r.headers
+        err = r.json()["error"]
+        assert err["type"] == "invalid_request_error"
+        assert err["code"] == "request_too_large"
+        assert err["param"] == "max_tokens"
+        assert "burst of 100" in err["message"]
+        assert rejections("tokens", "request_too_large") == before + 1
 
 
 def test_in_flight_cap_then_release(server: LiveServer) -> None:
