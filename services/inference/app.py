@@ -63,29 +63,34 @@ class Runtime:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "pg-byte-small.safetensors"
-SHIPPED_NAME = "pg-byte-small"
+# The shipped default model (scripts/train_default_model.py): a Hugging Face checkpoint, flat in
+# weights/ (package-data "weights/*").
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED_NAME = "pg-small"
 
 
 def load_served_model(
     s: InferenceSettings, device: str, dtype: torch.dtype
 ) -> tuple[Transformer | PagedLM, Tokenizer, str]:
-    """--model: a Hugging Face checkpoint and its tokenizer; otherwise the built-in byte model
-    with --weights, the shipped trained weights (default shape, --pretrained), or seeded init."""
-    if s.model is not None:
-        model = load_hf_model(s.model, device=device, dtype=dtype)
-        tokenizer = HFTokenizer(s.model)
-        name = s.model_name if s.model_name != DEFAULT_MODEL_NAME else s.model.resolve().name
-        log.info("checkpoint %s loaded (%s, %s)", s.model, model.cfg.model_type, dtype)
-        return model, tokenizer, name
+    """--model: a Hugging Face checkpoint and its tokenizer. Without --model and --weights, at
+    the default shape flags and with --pretrained: the shipped trained checkpoint (pg-small).
+    Otherwise the built-in byte model, from --weights or the seeded init."""
     cfg = ModelConfig(
         d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads, d_ff=s.d_ff, max_seq_len=s.max_seq_len
     )
-    weights, name = s.weights, s.model_name
-    if weights is None and s.pretrained and cfg == ModelConfig() and SHIPPED_WEIGHTS.is_file():
-        weights = SHIPPED_WEIGHTS
+    path, name = s.model, s.model_name
+    default_shape = cfg == ModelConfig() and (SHIPPED_DIR / "config.json").is_file()
+    if path is None and s.weights is None and s.pretrained and default_shape:
+        path = SHIPPED_DIR
         name = SHIPPED_NAME if name == DEFAULT_MODEL_NAME else name
-    byte_model = build_model(cfg, seed=s.seed, weights=weights, device=device, dtype=dtype)
+    if path is not None:
+        model = load_hf_model(path, device=device, dtype=dtype)
+        tokenizer = HFTokenizer(path)
+        if name == DEFAULT_MODEL_NAME:
+            name = path.resolve().name
+        log.info("checkpoint %s loaded (%s, %s)", path, model.cfg.model_type, dtype)
+        return model, tokenizer, name
+    byte_model = build_model(cfg, seed=s.seed, weights=s.weights, device=device, dtype=dtype)
     return byte_model, ByteTokenizer(), name
 
 

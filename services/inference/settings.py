@@ -45,8 +45,9 @@ class InferenceSettings(ServiceSettings):
     weights: Path | None = Field(None, description="load weights from this safetensors file instead")
     pretrained: bool = Field(
         True,
-        description="without --weights or --model, serve the shipped trained weights (pg-byte-small, "
-        "stdlib docstrings) when the shape flags are their defaults; off: seeded random init",
+        description="without --weights or --model, serve the shipped trained model (pg-small: a "
+        "4-layer Llama-architecture model, BPE, trained on stdlib docstrings) when the shape flags "
+        "are their defaults; off: the built-in byte model with seeded random weights",
     )
     model: Path | None = Field(
         None,
