@@ -224,7 +224,10 @@ class Engine:
                 raise TimeoutError("sequences did not finish in time")
 
     # -- the loop ------------------------------------------------------------------------------
-    def _apply_commands(self) -> None:
+    def _apply_commands(self) -> list[tuple[Callable[[ModelRunner], Any], concurrent.futures.Future]]:
+        """Apply what was queued (under `_wake`); return the `call`s, which the loop runs after
+        releasing the lock: a long scoring call must not block `submit()` (the event loop)."""
+        calls = []
         while self._commands:
             kind, arg = self._commands.popleft()
             if kind == "add":
@@ -240,14 +243,18 @@ class Engine:
                 for seq in list(self._live.values()):
                     self._end(seq, arg)
             elif kind == "call":
-                fn, fut = arg
-                if fut.set_running_or_notify_cancel():
-                    try:
-                        fut.set_result(fn(self.runner))
-                    except BaseException as exc:  # handed to the caller, not lost
-                        fut.set_exception(exc)
+                calls.append(arg)
         for c in CLASSES:
             self._submitted_since[c] = 0
+        return calls
+
+    def _run_calls(self, calls: list[tuple[Callable[[ModelRunner], Any], concurrent.futures.Future]]) -> None:
+        for fn, fut in calls:
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(self.runner))
+                except BaseException as exc:  # handed to the caller, not lost
+                    fut.set_exception(exc)
 
     def _end(self, seq: Sequence, reason: str) -> None:
         if self.scheduler.drop(seq):
@@ -285,7 +292,8 @@ class Engine:
                     heartbeat.beat()
                 if self._stopping:
                     break
-                self._apply_commands()
+                calls = self._apply_commands()
+            self._run_calls(calls)
             self._expire_deadlines()
             if self._dirty:  # added or ended between steps: no stale backlog or gauges
                 self._refresh()
