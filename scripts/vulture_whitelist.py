@@ -57,6 +57,9 @@ _.files_kept
 _.filtered
 _.symlinks_skipped
 _.special_skipped
+_.pre_tokenizer  # tokenizers.Tokenizer pipeline parts, set when training a tokenizer
+_.post_processor
+_.eos_token_id  # transformers' generation_config, read by generate()
 _.rchar  # benchmarks' sample fields, read by name and written as JSON
 _.completed
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import codecs
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 BOS = 256
 EOS = 257
@@ -31,12 +31,6 @@ def bytes_text(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
-
-
-class TextStream(Protocol):
-    def feed(self, token_id: int) -> str: ...
-
-    def flush(self) -> str: ...
 
 
 class ByteTokenizer:
