@@ -188,3 +188,25 @@ def test_bad_checkpoint_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(CheckpointError, match="not supported"):
         load_hf_model(tmp_path)
+
+
+def test_bfloat16_on_cpu_tracks_float32(ckpt):
+    """--dtype bfloat16: weights and KV cache in bf16, attention softmax in float32."""
+    path, _, model, tok = ckpt
+    ids = tok.encode(PROMPTS[2])
+    half = load_hf_model(path, dtype=torch.bfloat16)
+    assert next(half.parameters()).dtype == torch.bfloat16
+    with torch.inference_mode():
+        want = model(torch.tensor([ids]))[0, -1]
+    cache = KVCache(
+        n_layers=half.cfg.n_layers,
+        n_heads=half.cfg.n_kv_heads,
+        head_dim=half.cfg.head_dim,
+        num_tokens=256,
+        block_size=8,
+        dtype=torch.bfloat16,
+    )
+    seq = _seq(ids, cache)
+    got = _step_logits(ModelRunner(half, cache), [(seq, len(ids))])[0]
+    assert got.dtype == torch.float32
+    assert (got - want).abs().max() < 0.1 * want.abs().max()
