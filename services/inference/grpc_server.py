@@ -8,10 +8,14 @@ that cancels the call (or disconnects) cancels the handler, which frees the sequ
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
 
 from services.inference.errors import InferenceError
 from services.inference.gateway import CompletionParams, Finish, Gateway, Piece, TokenLogprob
@@ -271,9 +275,65 @@ def _final_chunk(seq: Sequence, fin: Finish) -> pb.GenerateChunk:
     )
 
 
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+
+
+class HealthServicer(health_aio.HealthServicer):
+    """The standard grpc.health.v1 service for "" (the server) and the Inference service:
+    SERVING while the engine runs and the service takes work (not draining, kill switch off),
+    read live on every Check and followed (every HEALTH_POLL_S) while a Watch is open."""
+
+    HEALTH_POLL_S = 0.5
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self._gateway = gateway
+
+    def _status(self) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+        adm = self._gateway.admission
+        if self._gateway.engine.alive and not adm.draining and not adm.killed:
+            return health_pb2.HealthCheckResponse.SERVING
+        return health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def refresh(self) -> None:
+        status = self._status()
+        for service in ("", INFERENCE_SERVICE):
+            if self._server_status.get(service) != status:
+                await self.set(service, status)
+
+    async def Check(self, request, context):
+        await self.refresh()
+        return await super().Check(request, context)
+
+    async def Watch(self, request, context):
+        async def follow() -> None:
+            while True:
+                await self.refresh()
+                await asyncio.sleep(self.HEALTH_POLL_S)
+
+        await self.refresh()
+        task = asyncio.create_task(follow())
+        try:
+            await super().Watch(request, context)
+        finally:
+            task.cancel()
+
+
 async def start_grpc(gateway: Gateway, jobs: JobStore, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """The Inference service, grpc.health.v1 and server reflection, on one port."""
     server = grpc.aio.server()
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(gateway, jobs), server)
+    health = HealthServicer(gateway)
+    await health.refresh()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            INFERENCE_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC on {host}:{port}")
