@@ -13,11 +13,14 @@ import threading
 import time
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from prometheus_client import REGISTRY
 
 from services.inference.admission import hash_key
+from services.inference.proto import inference_pb2 as pb
+from services.inference.proto import inference_pb2_grpc as pb_grpc
 from services.inference.scheduler import StepPlan
 from services.inference.sequence import CLASSES
 
@@ -185,6 +188,36 @@ def test_cancelled_jobs_and_engine_cancels_leave_no_backlog(server: LiveServer) 
             _wait_idle(server)
             _admitted(c, "k-g2")
             _admitted(c, "k-g2", "batch")
+    finally:
+        gate.release.set()
+        eng.step_observer = None
+    _wait_idle(server)
+
+
+def test_grpc_cancels_leave_no_backlog(server: LiveServer) -> None:
+    eng = server.runtime.engine
+    gate = _Gate(3)
+    eng.step_observer = gate
+    try:
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = pb_grpc.InferenceStub(channel)
+            calls = [
+                stub.Generate(
+                    pb.GenerateRequest(prompt="long", max_tokens=200, ignore_eos=True),
+                    metadata=(("authorization", f"Bearer {key}"),),
+                    timeout=60,
+                )
+                for key in ("k-g1", "k-g1", "k-g2")
+            ]
+            for call in calls:
+                next(call)  # its first token: the backlog counts it
+            assert gate.holding.wait(30)
+            for call in calls:
+                call.cancel()
+            gate.release.set()
+            _wait_idle(server)
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            _admitted(c, "k-g2")
     finally:
         gate.release.set()
         eng.step_observer = None
