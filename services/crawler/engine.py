@@ -25,6 +25,7 @@ import contextlib
 import fnmatch
 import functools
 import hashlib
+import inspect
 import logging
 import os
 import random
@@ -58,6 +59,7 @@ from services.crawler.robots import (
 )
 from services.crawler.settings import ROBOTS_TOKEN, CrawlConfig
 from services.crawler.sinks import PageSink
+from services.crawler.storage import full_path, is_disk_full
 from services.crawler.store import FrontierStore, NewURL, Outcome, URLRecord, URLState
 from services.crawler.traps import PATTERN_BUDGET, TrapGuard
 from services.crawler.urlnorm import InvalidURL, host_of, normalize
@@ -66,10 +68,17 @@ from services.crawler.warc import WarcOutput
 log = logging.getLogger("services.crawler.engine")
 _ROBOTS_ATTEMPTS = 3  # transient robots.txt failures retried politely before disallow-all
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
+# A write refused by a full disk is tried again after 1, 2, 4, 5, 5... s (the crawl pauses meanwhile).
+_STORAGE_RETRY_S = (1.0, 5.0)
 _CLAIMS_PER_TURN = 200
 _MAX_WORKER_ERRORS = 50  # unexpected exceptions in host turns before the crawl is failed
 # Gap after a robots.txt redirect hop, while the host's Crawl-delay is still unknown.
 _UNKNOWN_ROBOTS_DELAY = 1.0
+# The shared record a gate writes says "not before now + delay + this": the request leaves a
+# little after its gate (a store round trip, the event loop), and a new owner after a failover
+# goes by the record alone. If more than half of it passed before the request leaves, the record
+# is pushed again (fenced) first.
+_GATE_MARGIN = 0.25
 
 
 class CrawlState(StrEnum):
@@ -159,6 +168,7 @@ class Crawl:
             {(urlsplit(normalize(s)).hostname or "") for s in config.seeds}
         )
         self._robots_redirect: dict[str, tuple[str, int]] = {}
+        self._gated: dict[str, tuple[float, float]] = {}  # host -> (monotonic gate time, its delay)
         self._robots_attempts: Counter[str] = Counter()
         self._fetches_in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -167,6 +177,8 @@ class Crawl:
         self._wake = asyncio.Event()
         self._worker_errors = 0
         self._failed = False
+        self.paused_reason: str | None = None  # set while a full disk holds the crawl ("disk full: PATH")
+        self._storage_waiters = 0  # writes waiting to be tried again
 
     # -- control -----------------------------------------------------------------------------
     def pause(self) -> None:
@@ -239,7 +251,9 @@ class Crawl:
                 if self.state is CrawlState.PAUSED:
                     # wake now and then while paused so the heartbeat says the loop lives
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._resume.wait(), timeout=5.0)
+                        await asyncio.wait_for(self._resume.wait(), timeout=_STORAGE_RETRY_S[1])
+                    if self.paused_reason is not None and not self._storage_waiters:
+                        self._storage_ok()  # no write waits to probe the disk: resume and try (a probe)
                     continue
                 if not self._budget_left():
                     if not self._tasks:
@@ -267,6 +281,9 @@ class Crawl:
                 bg.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await bg
+            if self.paused_reason is not None:
+                self.paused_reason = None
+                metrics.CRAWL_PAUSED.dec()
             if self._failed:
                 self.state = CrawlState.FAILED
             elif self.state is CrawlState.CANCELLING:
@@ -288,6 +305,10 @@ class Crawl:
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
+            # A full disk: what the turn wrote was rolled back and the host's turn comes again.
+            if exc is not None and is_disk_full(exc):
+                self._storage_full(exc, getattr(self.store, "path", None))
+                return
             log.error("worker failed: %s", exc, exc_info=exc)
             self._worker_errors += 1
             # A bug or a broken store fails every turn; stop instead of spinning on it.
@@ -295,6 +316,54 @@ class Crawl:
                 self.error = f"{self._worker_errors} worker errors, last: {type(exc).__name__}: {exc}"
                 self.cancel()
                 self._failed = True
+
+    # -- a full disk: pause, try the same write again, resume -----------------------------------
+    def _storage_full(self, exc: BaseException, where: object) -> None:
+        metrics.STORAGE_ERRORS.labels("disk_full").inc()
+        if self.state is not CrawlState.RUNNING:
+            return
+        self.paused_reason = f"disk full: {full_path(exc, where)}"
+        self.state = CrawlState.PAUSED
+        self._resume.clear()
+        metrics.CRAWL_PAUSED.inc()
+        log.error(
+            "crawl %s paused: %s (%s); the write is tried again until it passes",
+            self.crawl_id,
+            self.paused_reason,
+            exc,
+        )
+
+    def _storage_ok(self) -> None:
+        if self.paused_reason is None:
+            return
+        log.warning("crawl %s resumes: %s no more", self.crawl_id, self.paused_reason)
+        self.paused_reason = None
+        metrics.CRAWL_PAUSED.dec()
+        self.resume()
+
+    async def _durable(self, write: Callable[[], Any], where: object) -> Any:
+        """Run one write to the crawler's own storage (store, WARC, sink). While the disk is full
+        the crawl pauses and the same write is tried again, with backoff, until it passes: a
+        failed write left nothing behind, so the page is neither lost nor written twice."""
+        delay = _STORAGE_RETRY_S[0]
+        while True:
+            try:
+                result = write()
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                if not is_disk_full(exc) or self.state is CrawlState.CANCELLING:
+                    raise
+                self._storage_full(exc, where)
+                self._storage_waiters += 1
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    self._storage_waiters -= 1
+                delay = min(_STORAGE_RETRY_S[1], delay * 2)
+                continue
+            self._storage_ok()
+            return result
 
     async def _wait_wake(self, timeout: float) -> None:
         self._wake.clear()
@@ -311,7 +380,15 @@ class Crawl:
         interval = min(1.0, self.config.lease_seconds / 4)
         while True:
             await asyncio.sleep(interval)
-            expired = self.store.expire_leases(time.time())
+            if self.paused_reason is not None or self._storage_waiters:
+                continue  # our own waiting writes hold leases: none is handed back meanwhile
+            try:
+                expired = self.store.expire_leases(time.time())
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    raise
+                self._storage_full(exc, getattr(self.store, "path", None))
+                continue
             if expired:
                 self._count_expired(expired)
                 self.frontier.load_pending()
@@ -422,8 +499,9 @@ class Crawl:
         delay = slot.delay_for(self.config.politeness)
         if robots:
             delay = max(delay, _UNKNOWN_ROBOTS_DELAY)
-        wait_until = self.store.gate_host(host, now_wall, slot.record(now_wall + delay))
+        wait_until = self.store.gate_host(host, now_wall, slot.record(now_wall + delay + _GATE_MARGIN))
         if wait_until is None:
+            self._gated[host] = (time.monotonic(), delay)
             return True
         self.stats.politeness_waits += 1
         slot.next_eligible = max(slot.next_eligible, self.frontier.mono_from_wall(wait_until))
@@ -497,7 +575,22 @@ class Crawl:
         if hops > 0:
             self._robots_redirect[host] = (url, hops)
 
+    def _check_lease(self, host: str, slot: HostSlot) -> None:
+        """Last check before a request goes out: a worker frozen (SIGSTOP) after its gate and
+        woken past its partition lease must not send it (the new owner may have asked the host)."""
+        if not self.store.may_request(host):
+            self._cancel_gate(host, slot)
+            raise Fenced(f"host {host}: partition lease ran out before the request went out")
+        gated_at, delay = self._gated.pop(host, (time.monotonic(), 0.0))
+        if time.monotonic() - gated_at > _GATE_MARGIN / 2:
+            try:  # slow since the gate: the shared record must still cover this request
+                self.store.save_host(host, slot.record(time.time() + delay + _GATE_MARGIN), end=False)
+            except Fenced:
+                self._cancel_gate(host, slot)
+                raise
+
     async def _fetch_robots(self, host: str, slot: HostSlot, url: str, hops: int) -> None:
+        self._check_lease(host, slot)
         t0 = self._begin_request(host, slot)
         self.stats.robots_fetches += 1
         status: int | None = None
@@ -555,6 +648,11 @@ class Crawl:
 
     async def _fetch_page(self, rec: URLRecord, slot: HostSlot) -> None:
         attempts_made = rec.attempts + 1
+        try:
+            self._check_lease(rec.host, slot)
+        except Fenced:
+            self.store.unreserve_page()
+            raise
         self._fetches_in_flight += 1
         t0 = self._begin_request(rec.host, slot)
         counted = False
@@ -619,7 +717,10 @@ class Crawl:
         if is_retryable_status(status):
             self._retry_or_fail(rec, attempts_made, str(status), status, retry_after, True, f"HTTP {status}")
             return False
-        warc_file = self.warc.write(result) if self.warc is not None else None
+        warc = self.warc
+        warc_file = (
+            await self._durable(lambda: warc.write(result), warc.directory) if warc is not None else None
+        )
         new_urls: list[NewURL] = []
         sha: str | None = None
         if 300 <= status < 400 and result.location:
@@ -649,9 +750,15 @@ class Crawl:
                     if admitted is not None:
                         new_urls.append(admitted)
             if self.sink is not None:
-                await self._emit(rec, result, sha, page, warc_file, now)
+                where = getattr(self.sink, "path", None) or getattr(
+                    getattr(self.sink, "outbox", None), "path", None
+                )
+                await self._durable(lambda: self._emit(rec, result, sha, page, warc_file, now), where)
         with self.spans.span("crawler.store", links=len(new_urls)):
-            new = self._finish_fetched(rec, status, sha, new_urls, now)
+            new = await self._durable(
+                lambda: self._finish_fetched(rec, status, sha, new_urls, now),
+                getattr(self.store, "path", None),
+            )
         self.stats.fetched += 1
         if new:
             self.stats.discovered += new
@@ -731,6 +838,7 @@ class Crawl:
             "crawl_id": self.crawl_id,
             "state": self.state.value,
             "error": self.error,
+            "paused_reason": self.paused_reason,
             "stopped_by": self.stopped_by,
             "hosts_parked": self.parking.count(),
             "hosts_dropped": dict(self.parking.dropped),

@@ -192,6 +192,11 @@ class FrontierStore(abc.ABC):
         last call, with their earliest not_before."""
         return []
 
+    def may_request(self, host: str) -> bool:
+        """Whether this process may still send `host` a request now (on a shared store: its
+        partition lease is still trusted). Asked just before the request goes out."""
+        return True
+
     def gate_host(self, host: str, now: float, record: dict[str, float | None]) -> float | None:
         """Pass the host's shared politeness record before a request: None = go (and `record`,
         whose `next` is when the host may be asked again, is stored atomically with the check);
@@ -203,8 +208,9 @@ class FrontierStore(abc.ABC):
         retry_until), or None where politeness is kept in this process only."""
         return None
 
-    def save_host(self, host: str, record: dict[str, float | None]) -> None:
-        """Write the host's politeness record (fenced on a shared store)."""
+    def save_host(self, host: str, record: dict[str, float | None], *, end: bool = True) -> None:
+        """Write the host's politeness record (fenced on a shared store); `end`: the request
+        the gate let through has ended."""
         return None
 
     def load_robots(self, host: str) -> dict[str, Any] | None:

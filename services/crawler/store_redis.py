@@ -716,6 +716,16 @@ class RedisStore(FrontierStore):
                 args += [k, "" if v is None else v]
         return args
 
+    def may_request(self, host: str) -> bool:
+        if self.mgr is None:
+            return False
+        try:
+            self.mgr.write_epoch(self.partition(host))
+        except Fenced:
+            self.fenced += 1
+            return False
+        return True
+
     def gate_host(self, host: str, now: float, record: dict[str, float | None]) -> float | None:
         assert self.mgr is not None
         p = self.partition(host)
@@ -748,10 +758,11 @@ class RedisStore(FrontierStore):
             out[_s(k)] = value
         return out
 
-    def save_host(self, host: str, record: dict[str, float | None]) -> None:
-        """The end of a request: its politeness record, and the request no longer in flight."""
+    def save_host(self, host: str, record: dict[str, float | None], *, end: bool = True) -> None:
+        """Write the host's politeness record; `end`: the request it was for has ended (no
+        longer in flight)."""
         pending = self._requests.get(host)
-        request = pending.pop(0) if pending else None
+        request = pending.pop(0) if pending and end else None
         try:
             assert self.mgr is not None
             p = self.partition(host)
