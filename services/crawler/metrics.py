@@ -74,3 +74,11 @@ POLITENESS_DELAY = Histogram(
     "Delay imposed before a host's next request",
     buckets=(0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0),
 )
+STORAGE_ERRORS = Counter(
+    "crawler_storage_errors_total",
+    "Writes to the crawler's own storage that failed and are retried (kind: disk_full)",
+    ["kind"],
+)
+CRAWL_PAUSED = Gauge(
+    "crawler_crawl_paused", "Crawls paused by the crawler itself (a full disk), until the write passes"
+)

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from services.crawler import metrics
+from services.crawler.storage import is_disk_full
 from services.crawler.store import url_key
 from services.crawler.store_sqlite import SQLiteOutbox
 
@@ -75,8 +77,19 @@ class JsonlSink:
         self._fh = self.path.open("a", encoding="utf-8")
 
     async def emit(self, event: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n")
-        self._fh.flush()
+        line = json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n"
+        start = self._fh.tell()
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+        except OSError:
+            # A full disk: cut the partial line off and reopen, so the same emit can be tried again.
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, start)
+            self._fh = self.path.open("a", encoding="utf-8")
+            raise
         metrics.PAGES_EMITTED.inc()
 
     async def close(self) -> None:
@@ -242,6 +255,8 @@ class OutboxSink:
             except Exception as exc:  # TransientSendError, or the outbox itself (disk full...)
                 self.failures += 1
                 metrics.SINK_ERRORS.inc(len(rows))
+                if is_disk_full(exc):  # deleting sent rows needs room too: they are sent again
+                    metrics.STORAGE_ERRORS.labels("disk_full").inc()
                 log.warning(
                     "page sink failed (%s); %d events kept, retry in %.1fs", exc, len(self.outbox), backoff
                 )

@@ -7,11 +7,15 @@ The stored payload is the body as received after content decoding, so Content-En
 Transfer-Encoding are dropped from the stored headers and Content-Length is set to what is stored;
 a body cut at max_body_bytes carries `WARC-Truncated: length`. Files rotate at `max_bytes`; every
 process start opens a new file, so a restarted crawl never appends into a half-written record.
+A write that fails (a full disk) cuts the file back to where the exchange began and the next write
+opens a new file: nothing half-written stays behind, and the caller may try the same write again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -67,9 +71,38 @@ class WarcOutput:
         self._writer.write_record(self._writer.create_warcinfo_record(self.path.name, fields))
 
     def write(self, result: FetchResult, reason: str = "") -> str:
-        """Append the exchange; return the file name it went to."""
-        if self._writer is None or (self._fh is not None and self._fh.tell() >= self.max_bytes):
-            self._open()
+        """Append the exchange; return the file name it went to.
+
+        On an OSError (ENOSPC) the file is cut back to where this exchange began, closed, and the
+        error raised: the next write opens a new file.
+        """
+        start = 0
+        try:
+            if self._writer is None or (self._fh is not None and self._fh.tell() >= self.max_bytes):
+                self._open()
+            assert self._fh is not None
+            start = self._fh.tell()
+            return self._write(result, reason)
+        except OSError:
+            self._cut_back(start)
+            raise
+
+    def _cut_back(self, size: int) -> None:
+        path, fh = self.path, self._fh
+        self._fh = None
+        self._writer = None
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                fh.close()  # (the flush may fail again; the descriptor is closed all the same)
+        if path is None:
+            return
+        with contextlib.suppress(OSError):
+            if size == 0:
+                path.unlink()  # nothing complete in it, not even its warcinfo record
+            else:
+                os.truncate(path, size)
+
+    def _write(self, result: FetchResult, reason: str) -> str:
         assert self._writer is not None and self._fh is not None and self.path is not None
         headers = [(k, v) for k, v in result.headers if k.lower() not in _DROP]
         headers.append(("Content-Length", str(len(result.body))))

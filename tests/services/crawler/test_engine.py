@@ -206,9 +206,9 @@ async def test_a_broken_store_fails_the_crawl_instead_of_spinning(tmp_path: Path
 
     from services.crawler.store_sqlite import SQLiteStore
 
-    class DiskFull(SQLiteStore):
+    class Broken(SQLiteStore):  # (a full disk pauses the crawl instead: test_disk_full_*)
         def finish(self, *args: Any, **kwargs: Any) -> int:
-            raise sqlite3.OperationalError("database or disk is full")
+            raise sqlite3.DatabaseError("database disk image is malformed")
 
     site = MiniSite()
     site.page("a.sim.test", "/", "".join(f'<a href="/{i}">x</a>' for i in range(80)))
@@ -218,7 +218,7 @@ async def test_a_broken_store_fails_the_crawl_instead_of_spinning(tmp_path: Path
     with site.serve() as port:
         rules = [ResolveRule.parse(f"*.sim.test=127.0.0.1:{port}")]
         async with Fetcher(config.fetch, ResolverMap(rules), config.user_agent) as fetcher:
-            c = Crawl("t", config, DiskFull(tmp_path / "s.sqlite"), fetcher)
+            c = Crawl("t", config, Broken(tmp_path / "s.sqlite"), fetcher)
             await c.run()
     assert c.state is CrawlState.FAILED
-    assert c.error is not None and "disk is full" in c.error
+    assert c.error is not None and "malformed" in c.error
