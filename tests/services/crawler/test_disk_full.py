@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import sqlite3
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -202,3 +204,92 @@ async def test_jsonl_sink_cuts_a_partial_line_on_a_full_disk(tmp_path: Path) -> 
     await sink.emit({"n": 1})
     await sink.close()
     assert (tmp_path / "p.jsonl").read_text().splitlines() == ['{"n":0}', '{"n":1}']
+
+
+# -- for real: a 16 MiB tmpfs under the store and the WARC files (root only) --------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, timeout=10
+    )
+    if done.returncode != 0:
+        pytest.skip(f"mount -t tmpfs failed: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
+
+
+def fill(directory: Path, leave: int) -> Path:
+    """Write a filler file until only about `leave` bytes are free."""
+    filler = directory / "filler"
+    st = os.statvfs(directory)
+    size = max(0, st.f_bavail * st.f_frsize - leave)
+    with filler.open("wb") as fh:
+        try:
+            fh.write(b"\0" * size)
+        except OSError:
+            pass
+    return filler
+
+
+async def test_a_real_full_disk_pauses_the_crawl_and_space_back_resumes_it(small_disk: Path) -> None:
+    import asyncio
+
+    from services.crawler.websim import SimConfig, WebSim
+
+    sim = WebSim(SimConfig(hosts=6, seed=3))
+    seeds = sim.seeds(6)
+    cfg = CrawlConfig.model_validate(
+        {
+            "seeds": seeds,
+            "max_depth": 3,
+            "politeness": {"min_delay": 0.0},
+            "retry": {"base_delay": 0.05, "max_delay": 0.2},
+        }
+    )
+    store = SQLiteStore(small_disk / "store.sqlite")
+    warc = WarcOutput(small_disk / "warc", "t")
+    filler = fill(small_disk, leave=96 * 1024)
+    paused: dict[str, Any] = {}
+    with sim.run_in_thread() as port:
+        rules = [ResolveRule.parse(f"*.sim.test=127.0.0.1:{port}")]
+        async with Fetcher(cfg.fetch, ResolverMap(rules), cfg.user_agent) as fetcher:
+            crawl = Crawl("t", cfg, store, fetcher, warc=warc)
+            task = asyncio.create_task(crawl.run())
+            for _ in range(1200):  # bounded: 60 s
+                if crawl.state is CrawlState.PAUSED or task.done():
+                    break
+                await asyncio.sleep(0.05)
+            paused = crawl.status()
+            filler.unlink()  # space comes back
+            await asyncio.wait_for(task, timeout=120)
+            warc.close()
+    assert paused["state"] == "paused", paused
+    assert paused["paused_reason"].startswith("disk full: "), paused
+    assert crawl.state is CrawlState.FINISHED and crawl.error is None, crawl.status()
+    assert crawl.paused_reason is None
+    counts = store.counts()
+    assert counts["DISCOVERED"] == counts["SCHEDULED"] == counts["FETCHING"] == counts["RETRYABLE"] == 0
+    assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    fetched = Counter(
+        (e["host"], e["path"]) for e in sim.entries() if e["kind"] != "robots" and e["status"] == 200
+    )
+    assert fetched and max(fetched.values()) == 1  # no page fetched twice
+    uris: list[str] = []
+    for f in (small_disk / "warc").iterdir():
+        with f.open("rb") as fh:
+            uris += [
+                r.rec_headers.get_header("WARC-Target-URI")
+                for r in ArchiveIterator(fh)
+                if r.rec_type == "response"
+            ]
+    pages = [u for u in uris if not u.endswith("/robots.txt")]
+    assert len(pages) == len(set(pages)) == counts["FETCHED"]  # every page archived once, none lost
+    store.close()
