@@ -4,7 +4,8 @@ Three `python -m services.crawler worker` processes share a crawl of a 200-host 
 redis-server the test starts. Proofs: 0 robots violations, 0 politeness violations, coverage equal
 to websim's ground truth, no page fetched twice; a worker killed with SIGKILL mid-crawl has its
 partitions adopted and the crawl still completes with 0 violations; a worker frozen (SIGSTOP) past
-its partition lease writes nothing under its old epochs after it wakes (SIGCONT).
+its partition lease writes nothing under its old epochs after it wakes (SIGCONT); the only requests
+it may still send are those it was handing to the socket when it froze (HTTP has no fencing).
 """
 
 from __future__ import annotations
@@ -388,6 +389,7 @@ def test_a_worker_frozen_past_its_lease_writes_nothing_when_it_wakes(
             for p in range(PARTITIONS)
         }
         assert any(frozen.values())
+        woke = time.time()
         c.procs["w3"].send_signal(signal.SIGCONT)
         c.wait_until("the crawl to finish", lambda: crawl_state(c.client, "cf") == "finished")
         after = {p: c.client.hgetall(writes_key(p)) for p in range(PARTITIONS)}
@@ -397,6 +399,15 @@ def test_a_worker_frozen_past_its_lease_writes_nothing_when_it_wakes(
             assert after[p].get(key) == n, (p, key, n, after[p].get(key))  # no write under an old epoch
     report = _judge(sim)
     assert report["robots_violations"] == 0, report
-    assert report["politeness_violations"] == 0, sim.politeness_violations(min_delay=MIN_DELAY)[:3]
+    # HTTP has no fencing: a request w3 had already checked its lease for and was handing to the
+    # socket when it froze leaves the moment it wakes (at most one per request it had open, its
+    # concurrency). Those are the only politeness violations allowed, and only on waking.
+    late = [
+        v
+        for v in sim.politeness_violations(min_delay=MIN_DELAY)
+        if not (woke - 0.01 <= v["second"]["ts"] <= woke + 1.0)
+    ]
+    assert late == [], late[:3]
+    assert report["politeness_violations"] <= 32, report
     assert _fetched(sim) == truth
     assert set(summaries) == {"w1", "w2", "w3"}  # w3 woke, rejoined and stopped cleanly
