@@ -65,3 +65,7 @@ _.completed
 
 # -- used only by modules vulture skips ([tool.vulture] exclude) ----------------------------------
 _.pid_of  # loadtests/drills/stack.py, called by the drills' actions
+
+# -- stats fields serialised whole (dataclasses.asdict) and file-protocol methods -----------------
+_.leases_reclaimed  # services/crawler/engine.py CrawlStats, reported in the crawl status
+_.writable  # io protocol method of the test's disk-full file wrapper

@@ -91,7 +91,6 @@ class Boilerplate:
         self.config = config or BoilerplateConfig()
         self.hosts: dict[str, HostModel] = {}
         self._steps = _steps(self.config.learn_pages)
-        self.changes = 0  # how many times any host's frame changed (the index re-checks then)
 
     def observe(self, host: str, feats: np.ndarray) -> bool:
         """Count a new page of `host`; True when the host's frame changed."""
@@ -117,7 +116,6 @@ class Boilerplate:
             return False
         m.boiler = boiler
         m.version += 1
-        self.changes += 1
         return True
 
     def content(self, host: str, feats: np.ndarray) -> np.ndarray:
