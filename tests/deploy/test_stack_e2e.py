@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from warcio.archiveiterator import ArchiveIterator
 
 from deploy.grafana import build as dashboards
 from deploy.topology import ROOT, load_compose, local_services
+from libs.testkit.net import free_port_offset
 from tests.conftest import need_binary
 
 pytestmark = pytest.mark.slow
@@ -35,21 +35,8 @@ pytestmark = pytest.mark.slow
 KEY = {"Authorization": "Bearer dev-alice-key"}
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_offset() -> int:
-    ports = [p for s in local_services(redis=False) for p in s.ports]
-    for offset in range(1000, 15000, 137):  # 50051 + offset must stay a valid port
-        if all(port_is_free(p + offset) for p in ports):
-            return offset
-    raise RuntimeError("no free port range for the stack")
+    return free_port_offset([p for s in local_services(redis=False) for p in s.ports], start=1000, step=137)
 
 
 class Stack:

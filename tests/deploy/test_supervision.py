@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from deploy.topology import ROOT, local_services
+from libs.testkit.net import free_port_offset
 from tests.conftest import free_port, need_binary
 
 
@@ -31,22 +31,8 @@ def get(url: str, host: str | None = None, timeout: float = 5.0) -> tuple[int, b
         return 0, b""
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_offset() -> int:
-    """A shift under which every port the launcher may open is free (bounded search)."""
-    ports = [p for s in local_services() for p in s.ports]
-    for offset in range(2000, 15000, 173):  # 50051 + offset stays a valid port
-        if all(port_is_free(p + offset) for p in ports):
-            return offset
-    raise RuntimeError("no free port range for the stack")
+    return free_port_offset([p for s in local_services() for p in s.ports], start=2000, step=173)
 
 
 def wait_until(predicate, what: str, timeout: float = 90.0):

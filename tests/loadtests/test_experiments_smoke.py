@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import psutil
 import pytest
 
 from deploy.topology import ROOT, local_services
+from libs.testkit.net import free_port_offset
 from tests.conftest import need_binary
 
 pytestmark = pytest.mark.slow
@@ -30,21 +30,8 @@ pytestmark = pytest.mark.slow
 SERVICES = "websim,dedup,crawler,inference"
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _free_offset() -> int:
-    ports = [p for s in local_services(redis=True) for p in s.ports]
-    for offset in range(6000, 15000, 149):  # 50051 + offset stays a valid port
-        if all(_port_is_free(p + offset) for p in ports):
-            return offset
-    raise RuntimeError("no free port range for the stack")
+    return free_port_offset([p for s in local_services(redis=True) for p in s.ports], start=6000, step=149)
 
 
 @pytest.fixture(scope="module")

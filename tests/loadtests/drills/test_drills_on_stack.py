@@ -12,7 +12,6 @@ while every invariant held. The rules' logic is proven by `promtool test rules`.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import psutil
 import pytest
 
 from deploy.topology import ROOT, local_services
+from libs.testkit.net import free_port_offset
 from loadtests.drills import runner
 from tests.conftest import free_port, need_binary
 
@@ -31,21 +31,8 @@ pytestmark = pytest.mark.slow
 SERVICES = "redis,websim,toxiproxy,dedup,crawler,prometheus"
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_offset() -> int:
-    ports = [p for s in local_services() for p in s.ports] + [9097]
-    for offset in range(4100, 15000, 191):  # 50051 + offset stays a valid port
-        if all(port_is_free(p + offset) for p in ports):
-            return offset
-    raise RuntimeError("no free port range for the stack")
+    return free_port_offset([p for s in local_services() for p in s.ports] + [9097], start=4100, step=191)
 
 
 @pytest.fixture(scope="module")
