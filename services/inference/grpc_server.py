@@ -36,39 +36,36 @@ _CODES = {
 }
 
 
+def _sampling_fields(req: pb.GenerateRequest | pb.ChatRequest) -> dict:
+    """The fields Generate and Chat share, read the same way (unset optionals -> defaults)."""
+    return {
+        "temperature": req.temperature,
+        "top_p": req.top_p if req.HasField("top_p") else 1.0,
+        "seed": req.seed if req.HasField("seed") else None,
+        "priority": req.priority or "interactive",
+        "deadline_ms": req.deadline_ms if req.HasField("deadline_ms") else None,
+        "ignore_eos": req.ignore_eos,
+        "model": req.model or None,
+        "stop": list(req.stop),
+        "presence_penalty": req.presence_penalty,
+        "frequency_penalty": req.frequency_penalty,
+        "user": req.user or None,
+    }
+
+
 def _params(req: pb.GenerateRequest) -> CompletionParams:
     return CompletionParams(
         prompt=req.prompt,
         max_tokens=req.max_tokens or 16,
-        temperature=req.temperature,
-        top_p=req.top_p if req.HasField("top_p") else 1.0,
-        seed=req.seed if req.HasField("seed") else None,
-        priority=req.priority or "interactive",
-        deadline_ms=req.deadline_ms if req.HasField("deadline_ms") else None,
-        ignore_eos=req.ignore_eos,
-        model=req.model or None,
-        stop=list(req.stop),
-        presence_penalty=req.presence_penalty,
-        frequency_penalty=req.frequency_penalty,
-        user=req.user or None,
         logprobs=req.logprobs if req.HasField("logprobs") else None,
+        **_sampling_fields(req),
     )
 
 
 def _chat_params(gateway: Gateway, req: pb.ChatRequest) -> CompletionParams:
     p = CompletionParams(
-        temperature=req.temperature,
-        top_p=req.top_p if req.HasField("top_p") else 1.0,
-        seed=req.seed if req.HasField("seed") else None,
-        priority=req.priority or "interactive",
-        deadline_ms=req.deadline_ms if req.HasField("deadline_ms") else None,
-        ignore_eos=req.ignore_eos,
-        model=req.model or None,
-        stop=list(req.stop),
-        presence_penalty=req.presence_penalty,
-        frequency_penalty=req.frequency_penalty,
-        user=req.user or None,
         logprobs=req.top_logprobs if req.HasField("top_logprobs") else None,
+        **_sampling_fields(req),
     )
     messages = [
         {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in req.messages
