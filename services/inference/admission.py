@@ -4,10 +4,16 @@ Checks, in order, each with its own rejection reason (metric label):
   kill_switch / draining (503) -> size limits (400/413, naming the field) -> larger than the
   tenant's token burst, so never admissible (400 request_too_large) -> tenant in-flight
   cap (429) -> tenant request bucket (429) -> tenant token bucket (429) -> deadline: the
-  estimated queue wait (token backlog ahead of this class / measured tokens per second) would
-  miss the request's deadline (503) -> overload: that estimate exceeds the class's max queue
-  wait, or too many requests are waiting (503).
+  estimated wait for this tenant (see WaitModel) would miss the request's deadline (503) ->
+  overload: that estimate exceeds the class's max queue wait, or too many requests are
+  waiting (503).
 Every 429/503 carries Retry-After. Nothing is charged to a bucket unless the request is admitted.
+
+The wait is estimated per tenant, from its own weighted share of capacity (WaitModel): a
+tenant that floods sees its own estimate grow and is shed early, while a tenant with nothing
+queued is admitted at once; under equal floods each tenant's admitted work follows its weight.
+Each admitted request's estimate is compared with the wait it then had (Ticket.bind), which
+both calibrates the estimate and is exported (inference_wait_estimate_error_seconds).
 
 API keys are stored as SHA-256 digests and compared in constant time.
 """
@@ -18,11 +24,17 @@ import hashlib
 import hmac
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from services.inference import metrics as m
 from services.inference.errors import InvalidRequest, Overloaded, RateLimited, Unauthenticated
+
+if TYPE_CHECKING:
+    from services.inference.sequence import Sequence
+
+CLASS_ORDER = ("interactive", "batch")  # priority order, as sequence.CLASSES
 
 
 def hash_key(key: str) -> str:
@@ -50,8 +62,14 @@ class Limits:
     max_queue_wait_s: dict[str, float] | None = None  # by class
 
     def queue_wait_limit(self, klass: str) -> float:
-        limits = self.max_queue_wait_s or {"interactive": 10.0, "batch": 120.0}
-        return limits.get(klass, 10.0)
+        limits = self.max_queue_wait_s or DEFAULT_QUEUE_WAIT_S
+        return limits.get(klass, DEFAULT_QUEUE_WAIT_S["interactive"])
+
+
+# The class caps on the estimated wait for a first token. Interactive: its time-to-first-token
+# objective (0.5 s, deploy/prometheus/rules/generation.yml) less a margin for the estimate's
+# error and the first step itself; batch: background work, it may queue.
+DEFAULT_QUEUE_WAIT_S = {"interactive": 0.35, "batch": 120.0}
 
 
 class TokenBucket:
@@ -82,17 +100,171 @@ class TokenBucket:
 
 
 class Ticket:
-    """Held while a request is in flight; release() exactly once (idempotent)."""
+    """Held while a request is in flight; release() exactly once (idempotent).
 
-    def __init__(self, admission: Admission, tenant: str) -> None:
+    bind(seq) ties it to the engine sequence it admitted: while that waits, its tokens count in
+    its tenant's queue for the next estimates, and once it is scheduled its real wait is
+    compared with the estimate made here (calibration)."""
+
+    def __init__(
+        self, admission: Admission, tenant: str, klass: str = "interactive", cost: int = 0, estimate=None
+    ) -> None:
         self._admission = admission
         self.tenant = tenant
+        self.klass = klass
+        self.cost = cost
+        self.estimate: WaitEstimate | None = estimate
+        self.seq: Sequence | None = None
+        self.observed = False  # its real wait went into the calibration
         self._released = False
+
+    def bind(self, seq: Sequence) -> None:
+        self.seq = seq
+        self._admission._bind(self)
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._admission._release(self.tenant)
+            self._admission._release(self)
+
+
+@dataclass(frozen=True)
+class EngineView:
+    """What the wait estimate reads from the engine (values may be one step old)."""
+
+    tokens_per_s: float  # tokens computed per second of engine steps, recently
+    step_s: float = 0.0  # recent mean duration of one step
+    max_seqs: int = 0  # the running batch's slots (0: unknown)
+    running: int = 0  # sequences in it now
+
+
+@dataclass(frozen=True)
+class WaitEstimate:
+    seconds: float  # the calibrated estimate admission compares with the caps
+    raw_s: float  # tokens ahead / throughput, before calibration
+    floor_s: float  # the part that does not scale with the queue (one step, a slot to free)
+    ahead_tokens: float
+
+
+@dataclass
+class _Calibration:
+    """Actual / estimated queue wait of one class, learnt from admitted requests."""
+
+    factor: float = 1.0
+    n: int = 0
+    sum_err: float = 0.0
+    sum_abs_err: float = 0.0
+    sum_est: float = 0.0
+    sum_actual: float = 0.0
+    errors: list[float] = field(default_factory=list)  # the last few, for quantiles
+
+    def summary(self) -> dict[str, float]:
+        errs = sorted(self.errors)
+
+        def q(p: float) -> float:
+            return round(errs[min(len(errs) - 1, int(p * len(errs)))], 4) if errs else 0.0
+
+        n = max(self.n, 1)
+        return {
+            "observed": self.n,
+            "factor": round(self.factor, 3),
+            "mean_estimate_s": round(self.sum_est / n, 4),
+            "mean_actual_s": round(self.sum_actual / n, 4),
+            "mean_error_s": round(self.sum_err / n, 4),
+            "mean_abs_error_s": round(self.sum_abs_err / n, 4),
+            "error_p05_s": q(0.05),
+            "error_p50_s": q(0.5),
+            "error_p95_s": q(0.95),
+        }
+
+
+class WaitModel:
+    """How long a new request of tenant t, class k, waits for its first step.
+
+    Work ahead of it: every waiting token of a higher class, then, within its class, the
+    tenants share the engine in proportion to their weights (weighted fair queueing; the fluid
+    model is GPS). While t drains its own waiting tokens b_t, another tenant u gets
+    b_t * w_u / w_t of service, or all it has waiting if that is less, so
+
+        ahead = higher + b_t + sum_u min(b_u, b_t * w_u / w_t),  raw = ahead / throughput.
+
+    A tenant with nothing waiting sees only the floor: one step, plus, when the batch is full,
+    a few steps for a slot. A flooding tenant's own backlog raises only its own estimate; a
+    low-weight tenant's estimate grows faster, as its share of the engine is smaller.
+
+    The estimate is `floor + factor * raw`; `factor` (per class) is learnt from the real waits
+    of admitted requests, since tokens ahead and throughput are only proxies (an admitted
+    request starts when a slot frees, not when all the work ahead has finished).
+    """
+
+    ALPHA = 0.05  # weight of one observation in the factor's moving average
+    FACTOR_RANGE = (0.25, 8.0)
+    KEEP_ERRORS = 512
+    SLOT_STEPS = 4  # steps a request waits for a slot when the batch is full (scheduler patience)
+
+    def __init__(self, weights: dict[str, float]) -> None:
+        self.weights = weights
+        self.calibration = {k: _Calibration() for k in CLASS_ORDER}
+
+    def weight(self, tenant: str) -> float:
+        return max(self.weights.get(tenant, 1.0), 1e-9)
+
+    def estimate(
+        self, tenant: str, klass: str, waiting: dict[tuple[str, str], int], view: EngineView
+    ) -> WaitEstimate:
+        rank = CLASS_ORDER.index(klass) if klass in CLASS_ORDER else 0
+        higher = sum(n for (_, k), n in waiting.items() if k in CLASS_ORDER[:rank])
+        mine = waiting.get((tenant, klass), 0)
+        share_of_others = sum(
+            min(n, mine * self.weight(u) / self.weight(tenant))
+            for (u, k), n in waiting.items()
+            if k == klass and u != tenant
+        )
+        ahead = higher + mine + share_of_others
+        raw = ahead / max(view.tokens_per_s, 1e-6)
+        floor = view.step_s
+        if view.max_seqs and view.running >= view.max_seqs:
+            floor += self.SLOT_STEPS * view.step_s
+        cal = self.calibration.get(klass) or self.calibration[CLASS_ORDER[0]]
+        return WaitEstimate(floor + cal.factor * raw, raw, floor, ahead)
+
+    def observe(self, klass: str, est: WaitEstimate, actual: float) -> None:
+        """One admitted request's real wait (arrival to first step) against its estimate."""
+        cal = self.calibration.get(klass) or self.calibration[CLASS_ORDER[0]]
+        err = actual - est.seconds
+        cal.n += 1
+        cal.sum_err += err
+        cal.sum_abs_err += abs(err)
+        cal.sum_est += est.seconds
+        cal.sum_actual += actual
+        cal.errors.append(err)
+        if len(cal.errors) > self.KEEP_ERRORS:
+            del cal.errors[: len(cal.errors) - self.KEEP_ERRORS]
+        m.WAIT_ESTIMATE_ERROR.labels(klass).observe(err)
+        # Learn only from requests that really queued: for the rest the floor is all there is.
+        if est.raw_s >= max(est.floor_s, 0.005):
+            ratio = max(actual - est.floor_s, 0.0) / est.raw_s
+            lo, hi = self.FACTOR_RANGE
+            cal.factor = min(hi, max(lo, cal.factor + self.ALPHA * (ratio - cal.factor)))
+            m.WAIT_ESTIMATE_FACTOR.labels(klass).set(cal.factor)
+
+
+def waiting_tokens(tickets: Iterable[Ticket]) -> dict[tuple[str, str], int]:
+    """Tokens of admitted requests not yet running, by (tenant, class), from the live set."""
+    from services.inference.sequence import SeqStatus
+
+    out: dict[tuple[str, str], int] = {}
+    for t in tickets:
+        seq = t.seq
+        if seq is None:
+            n = t.cost  # admitted, not yet handed to the engine
+        elif seq.status is SeqStatus.WAITING:
+            n = seq.pending + seq.max_tokens - len(seq.output)
+        else:
+            continue
+        key = (t.tenant, t.klass)
+        out[key] = out.get(key, 0) + n
+    return out
 
 
 class Admission:
@@ -101,17 +273,19 @@ class Admission:
         tenants: list[TenantConfig],
         limits: Limits,
         *,
-        wait_estimate: Callable[[str], float] = lambda klass: 0.0,
+        engine_view: Callable[[], EngineView] = lambda: EngineView(tokens_per_s=1000.0),
         waiting_count: Callable[[], int] = lambda: 0,
         admin_key_sha256: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limits = limits
         self.tenants = {t.name: t for t in tenants}
+        self.wait_model = WaitModel({t.name: t.weight for t in tenants})
+        self._engine_view = engine_view
+        self._live: dict[int, Ticket] = {}  # id -> ticket of every admitted, queued request
         self._by_digest = [(t.key_sha256.lower(), t) for t in tenants]
         self._admin = admin_key_sha256
         self._clock = clock
-        self._wait_estimate = wait_estimate
         self._waiting_count = waiting_count
         self._lock = threading.Lock()
         now = clock()
@@ -175,10 +349,12 @@ class Admission:
         max_tokens: int = 0,
         deadline_s: float | None = None,
         queued: bool = True,
+        sized: bool = True,
     ) -> Ticket:
-        """Admit or raise; `queued` requests (generation) are checked against the queue."""
+        """Admit or raise; `queued` requests (generation) are checked against the queue;
+        `sized=False` (embeddings: their own limits) skips the generation size limits."""
         try:
-            ticket = self._admit(tenant, klass, prompt_tokens, max_tokens, deadline_s, queued)
+            ticket = self._admit(tenant, klass, prompt_tokens, max_tokens, deadline_s, queued, sized)
         except (RateLimited, Overloaded, InvalidRequest) as exc:
             m.REJECTIONS.labels(tenant.name, exc.reason).inc()
             raise
@@ -193,12 +369,14 @@ class Admission:
         max_tokens: int,
         deadline_s: float | None,
         queued: bool,
+        sized: bool = True,
     ) -> Ticket:
         if self.killed:
             raise Overloaded("the kill switch is on: the service takes no work", "kill_switch", 60)
         if self.draining:
             raise Overloaded("the service is draining for a deploy", "draining", 5)
-        self.check_sizes(prompt_tokens, max_tokens)
+        if sized:
+            self.check_sizes(prompt_tokens, max_tokens)
         cost = prompt_tokens + max_tokens
         if cost > tenant.burst_tokens:
             # Bigger than the tenant's whole token bucket: no wait would ever admit it, so a 429
@@ -230,8 +408,10 @@ class Admission:
                     "rate_tokens",
                     wait if wait != float("inf") else 60,
                 )
+            estimate = None
             if queued:
-                est = self._wait_estimate(klass)
+                estimate = self.estimate(tenant.name, klass)
+                est = estimate.seconds
                 if deadline_s is not None and est > deadline_s:
                     raise Overloaded(
                         f"estimated queue wait {est:.2f}s exceeds the request deadline {deadline_s:.2f}s",
@@ -249,8 +429,38 @@ class Admission:
             self._req[tenant.name].take(1, now)
             self._tok[tenant.name].take(cost, now)
             self._in_flight[tenant.name] += 1
-        return Ticket(self, tenant.name)
+            ticket = Ticket(self, tenant.name, klass, cost, estimate)
+            if queued:
+                self._live[id(ticket)] = ticket
+        return ticket
 
-    def _release(self, tenant: str) -> None:
+    # -- the wait estimate -----------------------------------------------------------------------
+    def estimate(self, tenant: str, klass: str) -> WaitEstimate:
+        """The wait a request of `tenant` at `klass` would have now (see WaitModel)."""
+        tickets = list(self._live.values())
+        self._observe(tickets)
+        return self.wait_model.estimate(tenant, klass, waiting_tokens(tickets), self._engine_view())
+
+    def _observe(self, tickets: list[Ticket]) -> None:
+        """Calibrate on every admitted request that has had its first step since last time."""
+        for t in tickets:
+            seq = t.seq
+            if t.observed or seq is None or seq.first_scheduled is None or t.estimate is None:
+                continue
+            t.observed = True
+            self.wait_model.observe(t.klass, t.estimate, seq.first_scheduled - seq.arrival)
+
+    def calibration(self) -> dict[str, dict[str, float]]:
+        """Estimated against real waits so far, by class (admin state, experiments)."""
         with self._lock:
-            self._in_flight[tenant] -= 1
+            self._observe(list(self._live.values()))
+            return {k: c.summary() for k, c in self.wait_model.calibration.items()}
+
+    def _bind(self, ticket: Ticket) -> None:
+        pass  # the ticket now reads its sequence; nothing to move
+
+    def _release(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._in_flight[ticket.tenant] -= 1
+            if self._live.pop(id(ticket), None) is not None:
+                self._observe([ticket])

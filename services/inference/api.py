@@ -148,9 +148,13 @@ class CompletionRequest(_Sampling):
         """(prompt index, params) for every choice, in choice-index order."""
         n = self.n or 1
         out = []
-        for pi, (text, ids) in enumerate(self.prompts()):
+        prompts = self.prompts()
+        for pi, (text, ids) in enumerate(prompts):
             for i in range(n):
                 p = self.base(prompt=text, prompt_ids=ids)
+                p.prompt_field = "body.prompt" if isinstance(self.prompt, str) else f"body.prompt.{pi}"
+                if ids is not None and len(prompts) == 1:
+                    p.prompt_field = "body.prompt"
                 p.max_tokens = self.max_tokens or 16
                 p.logprobs = self.logprobs
                 p.seed = _choice_seed(self.seed, i)
@@ -791,10 +795,14 @@ def add_routes(app: FastAPI, gateway: Gateway, jobs: JobStore) -> None:
     )
     async def completions(body: CompletionRequest, request: Request, t: Tenant):
         prompts = body.prompts()
+        choices = body.params_list()
+        for _, p in choices:
+            gateway.validate(p)
+        await gateway.tokenize([p for _, p in choices])  # off the event loop
         run = _Run(
             gateway,
             t,
-            body.params_list(),
+            choices,
             chat=False,
             model=body.model or gateway.model_name,
             echo=bool(body.echo),
@@ -816,7 +824,8 @@ def add_routes(app: FastAPI, gateway: Gateway, jobs: JobStore) -> None:
             raise InvalidRequest("top_logprobs needs logprobs: true", "body.top_logprobs")
         base = body.base()
         base.logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        gateway.chat_params(body.conversation(), base, body.max_completion_tokens or body.max_tokens)
+        gateway.validate(base)
+        await gateway.chat_params(body.conversation(), base, body.max_completion_tokens or body.max_tokens)
         choices = []
         for i in range(body.n or 1):
             p = CompletionParams(**{**base.__dict__, "seed": _choice_seed(body.seed, i)})
@@ -840,7 +849,9 @@ def add_routes(app: FastAPI, gateway: Gateway, jobs: JobStore) -> None:
         responses={**_LIMITED, 404: _err("model not served here (code model_not_found)")},
     )
     async def embeddings(body: EmbeddingRequest, t: Tenant) -> dict[str, Any]:
-        vectors, tokens = await gateway.embed(t, body.texts(), body.model, body.dimensions)
+        vectors, tokens = await gateway.embed(
+            t, body.texts(), body.model, body.dimensions, single=isinstance(body.input, str)
+        )
         return {
             "object": "list",
             "model": gateway.embed_model_name,
@@ -879,6 +890,8 @@ def add_routes(app: FastAPI, gateway: Gateway, jobs: JobStore) -> None:
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> JSONResponse:
         params = body.params()
+        gateway.validate(params)
+        await gateway.tokenize([params])  # off the event loop
         if params.priority == "interactive" and "priority" not in body.model_fields_set:
             params.priority = "batch"  # jobs are background work unless asked otherwise
         job, created = jobs.submit(t, params, body.model_dump(), idempotency_key)

@@ -140,6 +140,7 @@ def build_runtime(s: InferenceSettings) -> Runtime:
         tokenizer=tokenizer,
         embedder=lambda: rt.embedder,
         embedder_loading=lambda: rt.extras.get("embed_task"),
+        input_limits=s.input_limits(),
     )
     rt = Runtime(s, engine, admission, gateway, JobStore(gateway, s.max_jobs), device)
     return rt

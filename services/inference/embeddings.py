@@ -7,7 +7,9 @@ the package's own sentence-transformers pipeline.
 `EmbeddingBatcher` groups concurrent requests into one forward pass: a batch closes when the
 next text would push its padded token count (texts x longest) over `max_batch_tokens`, when it
 holds `max_batch_texts`, or `max_delay` after its first text arrived. The forward pass runs on
-a dedicated thread, never on the event loop.
+a dedicated thread, never on the event loop; so does counting a request's tokens (the
+gateway's tokeniser threads, `count_many`). Texts queue per tenant and batches take them in
+turn across tenants (round robin), so one tenant's big request cannot hold up another's.
 """
 
 from __future__ import annotations
@@ -58,6 +60,14 @@ class EmbeddingModel:
         n = len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
         return min(n, self.max_tokens)
 
+    def count_many(self, texts: list[str]) -> list[int]:
+        """count_tokens of each text, in one call (the tokenizer's batch path releases the GIL;
+        callers run it on a worker thread, never on the event loop)."""
+        if not texts:
+            return []
+        enc = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_tokens)
+        return [len(ids) for ids in enc["input_ids"]]
+
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(
@@ -81,6 +91,10 @@ class _Item:
 
 
 class EmbeddingBatcher:
+    """Texts wait in one queue per tenant; a batch takes one text from each tenant in turn
+    (round robin), so a tenant's 1,500-text request shares every batch with another tenant's
+    one text instead of making it wait for all 1,500."""
+
     def __init__(
         self,
         model: EmbeddingModel,
@@ -93,11 +107,12 @@ class EmbeddingBatcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_texts = max_batch_texts
         self.max_delay = max_delay
-        self._pending: deque[_Item] = deque()
+        self._queues: dict[str, deque[_Item]] = {}  # by tenant; dict order is the turn order
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embeddings")
         self._task: asyncio.Task | None = None
         self.batches: list[int] = []  # texts per batch, recent (tests and metrics)
+        self.batch_tenants: list[list[str]] = []  # the tenant of each text per batch, recent (tests)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -111,10 +126,19 @@ class EmbeddingBatcher:
                 pass
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def embed(self, texts: list[str], tenant: str = "-") -> list[list[float]]:
+    def pending(self) -> int:
+        """Texts waiting for a batch (cancelled ones not yet dropped included)."""
+        return sum(len(q) for q in self._queues.values())
+
+    async def embed(
+        self, texts: list[str], tenant: str = "-", tokens: list[int] | None = None
+    ) -> list[list[float]]:
+        """Vectors for `texts`; `tokens` (each text's count, from `count_many`) saves counting
+        here, on the event loop."""
         loop = asyncio.get_running_loop()
-        items = [_Item(t, self.model.count_tokens(t), tenant, loop.create_future()) for t in texts]
-        self._pending.extend(items)
+        counts = tokens if tokens is not None else self.model.count_many(texts)
+        items = [_Item(t, n, tenant, loop.create_future()) for t, n in zip(texts, counts, strict=True)]
+        self._queues.setdefault(tenant, deque()).extend(items)
         self._arrived.set()
         try:
             return list(await asyncio.gather(*(i.future for i in items)))
@@ -123,38 +147,60 @@ class EmbeddingBatcher:
                 if not i.future.done():
                     i.future.cancel()
 
+    def _head(self, tenant: str) -> _Item | None:
+        """The tenant's next live text (cancelled ones dropped); None and forgotten when empty."""
+        q = self._queues[tenant]
+        while q and q[0].future.cancelled():
+            q.popleft()
+        if not q:
+            del self._queues[tenant]
+            return None
+        return q[0]
+
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []
         longest = 0
-        while self._pending:
-            item = self._pending[0]
-            if item.future.cancelled():
-                self._pending.popleft()
-                continue
-            new_longest = max(longest, item.tokens)
-            if batch and (
-                new_longest * (len(batch) + 1) > self.max_batch_tokens or len(batch) >= self.max_batch_texts
-            ):
+        while self._queues and len(batch) < self.max_batch_texts:
+            progressed = False
+            for tenant in list(self._queues):
+                item = self._head(tenant)
+                if item is None:
+                    continue
+                new_longest = max(longest, item.tokens)
+                if batch and (
+                    new_longest * (len(batch) + 1) > self.max_batch_tokens
+                    or len(batch) >= self.max_batch_texts
+                ):
+                    return batch
+                batch.append(self._queues[tenant].popleft())
+                longest = new_longest
+                progressed = True
+                # This tenant's turn is over: it goes to the back of the order.
+                rest = self._queues.pop(tenant)
+                if rest:
+                    self._queues[tenant] = rest
+            if not progressed:
                 break
-            batch.append(self._pending.popleft())
-            longest = new_longest
         return batch
 
     def _full(self) -> bool:
-        live = [i for i in self._pending if not i.future.cancelled()]
+        live = [i for q in self._queues.values() for i in q if not i.future.cancelled()]
         if len(live) >= self.max_batch_texts:
             return True
         longest = max((i.tokens for i in live), default=0)
         return longest * len(live) >= self.max_batch_tokens
 
+    def _oldest(self) -> float:
+        return min((q[0].arrival for q in self._queues.values() if q), default=time.monotonic())
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._pending:
+            if not self._queues:
                 self._arrived.clear()
                 await self._arrived.wait()
             # The batch window opens with its oldest text; it closes early when full.
-            close_at = self._pending[0].arrival + self.max_delay
+            close_at = self._oldest() + self.max_delay
             while not self._full() and (remaining := close_at - time.monotonic()) > 0:
                 self._arrived.clear()
                 try:
@@ -165,6 +211,7 @@ class EmbeddingBatcher:
             if not batch:
                 continue
             self.batches = [*self.batches[-999:], len(batch)]
+            self.batch_tenants = [*self.batch_tenants[-99:], [i.tenant for i in batch]]
             m.EMBED_BATCH.observe(len(batch))
             try:
                 vectors = await loop.run_in_executor(

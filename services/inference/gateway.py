@@ -1,7 +1,12 @@
 """The operations both APIs expose (HTTP in api.py, gRPC in grpc_server.py), transport-free.
 
-Each operation: validate -> admission (ticket held while in flight) -> engine / embedder ->
-result. Errors are InferenceError subclasses; each transport translates them once.
+Each operation: validate -> input limits (`InputLimits`: bytes checked before tokenising,
+then tokens) -> admission (ticket held while in flight) -> engine / embedder -> result. Errors
+are InferenceError subclasses; each transport translates them once.
+
+Tokenising (prompts, chat templates, embedding inputs) runs on a small pool of threads
+(`tokenize()`), never on the event loop: a 2 MB text must not stall /healthz, streaming or
+gRPC for everyone else. The pool is bounded: past `tokenize_max_pending` requests, 503.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from services.inference import metrics as m
 from services.inference.admission import Admission, TenantConfig, Ticket
@@ -33,6 +39,22 @@ EMBED_LOAD_WAIT_S = 30.0
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
 MAX_STOP = 4  # stop strings per request, as the OpenAI API allows
 MAX_TOP_LOGPROBS = 20
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Sizes checked before any work is done on an input (settings: --max-prompt-bytes, ...)."""
+
+    max_prompt_bytes: int = 262144  # UTF-8 bytes of a prompt / of a chat's message contents
+    max_embed_inputs: int = 2048  # texts per embeddings request
+    max_embed_text_bytes: int = 65536  # UTF-8 bytes per embeddings text
+    tokenize_threads: int = 2
+    tokenize_max_pending: int = 256  # tokenisations queued or running; past it, 503
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 @dataclass
@@ -53,6 +75,8 @@ class CompletionParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     user: str | None = None
+    prompt_field: str = "body.prompt"  # where the prompt came from, for errors (body.messages, ...)
+    encoded: list[int] | None = None  # `prompt` tokenised by Gateway.tokenize (off the event loop)
 
 
 @dataclass
@@ -188,8 +212,14 @@ class Gateway:
         embedder_loading: Callable[[], asyncio.Task | None] = lambda: None,
         embed_model_name: str = "all-MiniLM-L6-v2",
         tokenizer: Tokenizer | None = None,
+        input_limits: InputLimits | None = None,
     ) -> None:
         self.engine = engine
+        self.input_limits = input_limits or InputLimits()
+        self._tokenize_pool = ThreadPoolExecutor(
+            max_workers=self.input_limits.tokenize_threads, thread_name_prefix="tokenize"
+        )
+        self.tokenize_pending = 0
         self.admission = admission
         self.tokenizer: Tokenizer = tokenizer or ByteTokenizer()
         self.model_name = model_name
@@ -309,19 +339,34 @@ class Gateway:
                 i = next(i for i, t in enumerate(ids) if not 0 <= t < vocab)
                 raise InvalidRequest(f"token {ids[i]} is not in [0, {vocab})", f"body.prompt.{i}")
 
-    def chat_params(
+    async def chat_params(
         self, messages: list[dict[str, Any]], p: CompletionParams, max_tokens: int | None
     ) -> CompletionParams:
-        """`p` with the conversation rendered as its prompt (the model's chat template), the
-        template's end-of-turn as a stop string, and max_tokens as OpenAI's default: as much
-        as the context leaves."""
+        """`p` with the conversation rendered as its prompt (the model's chat template) and
+        tokenised (both off the event loop), the template's end-of-turn as a stop string, and
+        max_tokens as OpenAI's default: as much as the context leaves."""
         if not messages:
             raise InvalidRequest("messages must hold at least one message", "body.messages")
+        limit, total = self.input_limits.max_prompt_bytes, 0
+        for i, msg in enumerate(messages):
+            total += _utf8_len(str(msg.get("content") or "")) + _utf8_len(str(msg.get("name") or ""))
+            if total > limit:
+                raise InvalidRequest(
+                    f"the messages hold more than {limit} bytes of text (max_prompt_bytes)",
+                    f"body.messages.{i}.content",
+                    reason="prompt_too_large",
+                )
+
+        def render_and_encode() -> tuple[str, list[int]]:
+            prompt = render_chat(messages, self.chat_template, self.chat_special_tokens)
+            return prompt, self.tokenizer.encode(prompt)
+
         try:
-            p.prompt = render_chat(messages, self.chat_template, self.chat_special_tokens)
+            p.prompt, p.encoded = await self._off_loop(render_and_encode)
         except ChatTemplateError as exc:
             raise InvalidRequest(str(exc), "body.messages") from None
         p.prompt_ids = None
+        p.prompt_field = "body.messages"
         p.extra_stop = self.chat_stop
         if max_tokens is None:
             lim = self.admission.limits
@@ -331,13 +376,67 @@ class Gateway:
             p.max_tokens = max_tokens
         return p
 
+    # -- tokenising, off the event loop -------------------------------------------------------
+    async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(*args)` on a tokeniser thread; 503 when too many tokenisations are queued."""
+        if self.tokenize_pending >= self.input_limits.tokenize_max_pending:
+            raise Overloaded("too many requests are being tokenised", "tokenizer_busy", 1)
+        self.tokenize_pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, fn, *args)
+        finally:
+            self.tokenize_pending -= 1
+
+    def check_prompt_bytes(self, text: str, field: str) -> None:
+        limit = self.input_limits.max_prompt_bytes
+        if len(text) * 4 > limit and (n := _utf8_len(text)) > limit:  # 4 bytes per char at most
+            raise InvalidRequest(
+                f"the text is {n} bytes, the limit is {limit} (max_prompt_bytes)",
+                field,
+                reason="prompt_too_large",
+            )
+
+    async def tokenize(self, params: list[CompletionParams]) -> None:
+        """Check each text prompt's size, then tokenise them all on a tokeniser thread (each
+        distinct text once: n choices share a prompt); `prepare` then uses the result."""
+        todo: dict[str, list[CompletionParams]] = {}
+        for p in params:
+            if p.prompt_ids is None and p.encoded is None:
+                self.check_prompt_bytes(p.prompt, p.prompt_field)
+                todo.setdefault(p.prompt, []).append(p)
+        if not todo:
+            return
+        texts = list(todo)
+        encoded = await self._off_loop(lambda: [self.tokenizer.encode(t) for t in texts])
+        for text, ids in zip(texts, encoded, strict=True):
+            for p in todo[text]:
+                p.encoded = ids
+
     def encode_prompt(self, p: CompletionParams) -> list[int]:
-        return list(p.prompt_ids) if p.prompt_ids is not None else self.tokenizer.encode(p.prompt)
+        if p.prompt_ids is not None:
+            return list(p.prompt_ids)
+        if p.encoded is not None:
+            return list(p.encoded)
+        self.check_prompt_bytes(p.prompt, p.prompt_field)  # a caller that skipped tokenize()
+        return self.tokenizer.encode(p.prompt)
+
+    def check_prompt_tokens(self, tenant: TenantConfig, n: int, field: str) -> None:
+        limit = self.admission.limits.max_prompt_tokens
+        if n > limit:
+            m.REJECTIONS.labels(tenant.name, "prompt_too_long").inc()
+            raise InvalidRequest(
+                f"the prompt is {n} tokens, the limit is {limit} (max_prompt_tokens)",
+                field,
+                status=413,
+                reason="prompt_too_long",
+            )
 
     def prepare(self, tenant: TenantConfig, p: CompletionParams) -> tuple[Sequence, Ticket]:
-        """Validate and admit (raises on rejection); run the result with `stream()`."""
+        """Validate and admit (raises on rejection); run the result with `stream()`. Call
+        `tokenize([p])` first, or the prompt is tokenised here, on the caller's thread."""
         self.validate(p)
         prompt = self.encode_prompt(p)
+        self.check_prompt_tokens(tenant, len(prompt), p.prompt_field)
         deadline_s = p.deadline_ms / 1000 if p.deadline_ms else None
         ticket = self.admission.admit(
             tenant,
@@ -396,6 +495,8 @@ class Gateway:
 
         With stream_tokens=False the text arrives as one Piece just before the Finish.
         """
+        self.validate(p)
+        await self.tokenize([p])
         seq, ticket = self.prepare(tenant, p)
         seq.emit_tokens = stream_tokens
         if on_seq is not None:
@@ -512,14 +613,35 @@ class Gateway:
         texts: list[str],
         model: str | None = None,
         dimensions: int | None = None,
+        *,
+        single: bool = False,
     ) -> tuple[list[list[float]], int]:
-        """Unit vectors; with `dimensions`, the first that many components, renormalised."""
+        """Unit vectors; with `dimensions`, the first that many components, renormalised.
+
+        Limits: `max_embed_inputs` texts of `max_embed_text_bytes` each (400 naming the input);
+        tokens are counted off the event loop and charged to the tenant's token bucket (400
+        request_too_large past its burst, 429 while it refills). `single`: the input was one
+        string (errors name `input`, not `input.0`)."""
         self._check_model(model, self.embed_model_name)
         if dimensions is not None and not 1 <= dimensions <= EMBEDDING_DIMENSION:
             raise InvalidRequest(
                 f"dimensions must be in [1, {EMBEDDING_DIMENSION}] for {self.embed_model_name}",
                 "body.dimensions",
             )
+        lim = self.input_limits
+        if len(texts) > lim.max_embed_inputs:
+            raise InvalidRequest(
+                f"input holds {len(texts)} texts, the limit is {lim.max_embed_inputs} (embed_max_inputs)",
+                "body.input",
+                reason="too_many_inputs",
+            )
+        for i, text in enumerate(texts):
+            if len(text) * 4 > lim.max_embed_text_bytes and (n := _utf8_len(text)) > lim.max_embed_text_bytes:
+                raise InvalidRequest(
+                    f"the text is {n} bytes, the limit is {lim.max_embed_text_bytes} (embed_max_text_bytes)",
+                    "body.input" if single else f"body.input.{i}",
+                    reason="input_too_large",
+                )
         batcher = self._embedder()
         loading = self._embedder_loading()
         if batcher is None and loading is not None and not loading.done():
@@ -532,12 +654,21 @@ class Gateway:
             raise Overloaded("the embedding model is not loaded (yet)", "embeddings_unavailable", 10)
         if not texts:
             raise InvalidRequest("input must hold at least one text", "body.input")
-        tokens = sum(batcher.model.count_tokens(t) for t in texts)
+        counts = await self._off_loop(batcher.model.count_many, texts)
+        tokens = sum(counts)
+        if tokens > tenant.burst_tokens:
+            m.REJECTIONS.labels(tenant.name, "request_too_large").inc()
+            raise InvalidRequest(
+                f"this request is {tokens} tokens, more than tenant {tenant.name}'s token burst of"
+                f" {tenant.burst_tokens:g}: it can never be admitted; send fewer texts per request",
+                "body.input",
+                reason="request_too_large",
+            )
         ticket = self.admission.admit(
-            tenant, klass="interactive", prompt_tokens=0, max_tokens=0, queued=False
+            tenant, klass="interactive", prompt_tokens=tokens, max_tokens=0, queued=False, sized=False
         )
         try:
-            vectors = await batcher.embed(texts, tenant.name)
+            vectors = await batcher.embed(texts, tenant.name, counts)
         finally:
             ticket.release()
         if dimensions is not None and dimensions < EMBEDDING_DIMENSION:
@@ -563,8 +694,16 @@ class Gateway:
             raise InvalidRequest("candidates must hold at least one string", "body.candidates")
         if len(candidates) > MAX_SCORE_CANDIDATES:
             raise InvalidRequest(f"at most {MAX_SCORE_CANDIDATES} candidates", "body.candidates")
-        p_ids = self.tokenizer.encode(prompt)
-        c_ids = [self.tokenizer.encode(c, add_bos=False) for c in candidates]
+        self.check_prompt_bytes(prompt, "body.prompt")
+        for i, cand in enumerate(candidates):
+            self.check_prompt_bytes(cand, f"body.candidates.{i}")
+        p_ids, c_ids = await self._off_loop(
+            lambda: (
+                self.tokenizer.encode(prompt),
+                [self.tokenizer.encode(x, add_bos=False) for x in candidates],
+            )
+        )
+        self.check_prompt_tokens(tenant, len(p_ids), "body.prompt")
         for i, c in enumerate(c_ids):
             if not c:
                 raise InvalidRequest("a candidate must not be empty", f"body.candidates.{i}")

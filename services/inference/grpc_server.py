@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -62,7 +62,7 @@ def _params(req: pb.GenerateRequest) -> CompletionParams:
     )
 
 
-def _chat_params(gateway: Gateway, req: pb.ChatRequest) -> CompletionParams:
+async def _chat_params(gateway: Gateway, req: pb.ChatRequest) -> CompletionParams:
     p = CompletionParams(
         logprobs=req.top_logprobs if req.HasField("top_logprobs") else None,
         **_sampling_fields(req),
@@ -70,7 +70,8 @@ def _chat_params(gateway: Gateway, req: pb.ChatRequest) -> CompletionParams:
     messages = [
         {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in req.messages
     ]
-    return gateway.chat_params(messages, p, req.max_tokens or None)
+    gateway.validate(p)
+    return await gateway.chat_params(messages, p, req.max_tokens or None)
 
 
 def _logprob_pb(lp: TokenLogprob | None) -> pb.TokenLogprob | None:
@@ -125,7 +126,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         )
 
     async def Generate(self, request, context) -> AsyncIterator[pb.GenerateChunk]:
-        async for chunk in self._stream(context, lambda: _params(request)):
+        async def params() -> CompletionParams:
+            return _params(request)
+
+        async for chunk in self._stream(context, params):
             yield chunk
 
     async def Chat(self, request, context) -> AsyncIterator[pb.GenerateChunk]:
@@ -133,11 +137,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             yield chunk
 
     async def _stream(
-        self, context: grpc.aio.ServicerContext, params: Callable[[], CompletionParams]
+        self, context: grpc.aio.ServicerContext, params: Callable[[], Awaitable[CompletionParams]]
     ) -> AsyncIterator[pb.GenerateChunk]:
         holder: list[Sequence] = []
         try:
-            stream = await self.gateway.generate(self._tenant(context), params(), on_seq=holder.append)
+            tenant = self._tenant(context)
+            stream = await self.gateway.generate(tenant, await params(), on_seq=holder.append)
         except InferenceError as exc:
             await self._abort(context, exc)
             return
@@ -216,6 +221,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             params = _params(request.request)
             if not request.request.priority:
                 params.priority = "batch"
+            self.gateway.validate(params)
+            await self.gateway.tokenize([params])  # off the event loop
             body = {
                 "prompt": params.prompt,
                 "max_tokens": params.max_tokens,

@@ -9,12 +9,15 @@ Without one, the dev tenants below are used; their keys are in docs/bench/infere
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from libs.service.settings import ServiceSettings
 from services.inference.admission import Limits, TenantConfig
+
+if TYPE_CHECKING:
+    from services.inference.gateway import InputLimits
 
 # Dev keys: alice = "dev-alice-key", bob = "dev-bob-key", admin = "dev-admin-key".
 DEV_TENANTS: dict[str, dict[str, Any]] = {
@@ -70,6 +73,18 @@ class InferenceSettings(ServiceSettings):
     # Admission
     max_prompt_tokens: int = Field(768, ge=1, description="largest prompt in tokens")
     max_output_tokens: int = Field(256, ge=1, description="largest max_tokens")
+    max_prompt_bytes: int = Field(
+        262144,
+        ge=1,
+        description="largest prompt in UTF-8 bytes, checked before tokenising (completions: each "
+        "prompt; chat: the message contents together; score: the prompt and each candidate)",
+    )
+    tokenize_threads: int = Field(
+        2, ge=1, description="threads that tokenise prompts and embedding inputs, off the event loop"
+    )
+    tokenize_max_pending: int = Field(
+        256, ge=1, description="tokenisations queued or running before new requests get 503"
+    )
     max_waiting: int = Field(2048, ge=1, description="requests waiting for the batch before 503")
     max_queue_wait_interactive: float = Field(10.0, description="503 when the estimated wait exceeds it (s)")
     max_queue_wait_batch: float = Field(120.0, description="same, for the batch class (s)")
@@ -84,6 +99,10 @@ class InferenceSettings(ServiceSettings):
     embed_max_batch_tokens: int = Field(8192, ge=1, description="padded tokens per embedding batch")
     embed_max_batch_texts: int = Field(64, ge=1, description="texts per embedding batch")
     embed_max_delay_ms: float = Field(5.0, description="max wait to fill an embedding batch (ms)")
+    embed_max_inputs: int = Field(2048, ge=1, description="texts per /v1/embeddings request")
+    embed_max_text_bytes: int = Field(
+        65536, ge=1, description="UTF-8 bytes per embeddings text (the model reads its first 256 tokens)"
+    )
     # Jobs
     max_jobs: int = Field(10000, ge=1, description="finished jobs kept for polling")
     drain_timeout: float = Field(10.0, description="seconds to finish in-flight requests on SIGTERM")
@@ -106,6 +125,17 @@ class InferenceSettings(ServiceSettings):
                 raise ValueError(f"tenants.{name}: expected an object with key_sha256")
             out.append(TenantConfig(name=name, **cfg))
         return out
+
+    def input_limits(self) -> InputLimits:
+        from services.inference.gateway import InputLimits  # the gateway imports torch; --help does not
+
+        return InputLimits(
+            max_prompt_bytes=self.max_prompt_bytes,
+            max_embed_inputs=self.embed_max_inputs,
+            max_embed_text_bytes=self.embed_max_text_bytes,
+            tokenize_threads=self.tokenize_threads,
+            tokenize_max_pending=self.tokenize_max_pending,
+        )
 
     def limits(self) -> Limits:
         return Limits(
