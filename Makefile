@@ -20,9 +20,10 @@ setup: $(BIN)/python  ## venv with the project (editable, all extras, dev tools)
 	$(BIN)/pip install -q -e '.[all]'
 	bash scripts/install-system-deps.sh
 
-# `make run REDIS=1` adds redis-server; `make run DIRECT=1` skips the fault proxy (every hop direct).
+# `make run REDIS=1` adds redis-server; `make run DIRECT=1` skips the fault proxy (every hop direct);
+# `make run WORKERS=3` runs the crawler as a control API and 3 workers on Redis (implies REDIS=1).
 run: $(BIN)/python  ## start the whole stack as local processes, supervised (Ctrl-C stops it)
-	$(BIN)/python -m deploy.launch $(if $(REDIS),--redis,) $(if $(DIRECT),--direct,)
+	$(BIN)/python -m deploy.launch $(if $(REDIS),--redis,) $(if $(WORKERS),--workers $(WORKERS),) $(if $(DIRECT),--direct,)
 
 test: $(BIN)/python  ## the whole test suite
 	$(BIN)/python -m pytest $(ARGS)

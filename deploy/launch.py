@@ -1,7 +1,14 @@
 """`make run`: the compose topology as local processes on loopback, supervised like compose does.
 
-    python -m deploy.launch [--redis] [--only websim,crawler] [--no-deps] [--direct] [--plan]
-                            [--duration SECONDS] [--port-offset N] [--metrics-port PORT]
+    python -m deploy.launch [--redis] [--workers N] [--only websim,crawler] [--no-deps] [--direct]
+                            [--plan] [--duration SECONDS] [--port-offset N] [--metrics-port PORT]
+
+Workers. `--workers N` (`make run WORKERS=N`; it implies --redis) runs the crawler as its control
+API on Redis plus N worker processes, crawler-worker-1..N: compose's `crawler-worker` service
+(3 replicas there), each with --worker-id crawler-worker-<i>, its data under
+var/crawler-worker-<i>/ and its metrics on 127.0.0.1:9101+i-1 (+ offset), scraped by the local
+Prometheus as job crawler-worker. Each is a child like the others: supervised by the compose
+restart policy and listed on /services under its own name. `--only crawler-worker` names them all.
 
 Start-up. Services start in dependency order (compose `depends_on`); each must pass its health
 check before the next starts. `--only a,b` starts those services and, as `docker compose up a b`
@@ -78,6 +85,7 @@ RESTART_CAP_S = 30.0
 RESTART_RESET_AFTER_S = 10.0  # up this long: the next failure counts as the first again
 TICK_S = 0.2
 POLICIES = ("no", "always", "on-failure", "unless-stopped")
+MAX_WORKERS = 64  # one loopback metrics port each (9101 ...); more is a typo, not a plan
 
 
 class StackError(RuntimeError):
@@ -147,28 +155,45 @@ def with_dependencies(wanted: set[str], compose: dict) -> set[str]:
     return result
 
 
+def group_of(service: Service) -> str:
+    """The compose service a local process runs (a replica crawler-worker-2 runs crawler-worker)."""
+    return service.group or service.name
+
+
 def start_order(plan: list[Service], compose: dict) -> list[Service]:
-    """Topological order over compose depends_on (ties keep compose order).
+    """Topological order over compose depends_on (ties keep compose order; replicas in order).
 
     A dependency outside `plan` (not asked for with --only --no-deps) is not waited for.
     """
-    by_name = {s.name: s for s in plan}
+    by_group: dict[str, list[Service]] = {}
+    for s in plan:
+        by_group.setdefault(group_of(s), []).append(s)
     ordered: list[Service] = []
     seen: set[str] = set()
 
     def visit(name: str, path: tuple[str, ...]) -> None:
-        if name in seen or name not in by_name:
+        if name in seen or name not in by_group:
             return
         if name in path:
             raise StackError(f"depends_on cycle: {' -> '.join((*path, name))}")
         for dep in _deps(compose, name):
             visit(dep, (*path, name))
         seen.add(name)
-        ordered.append(by_name[name])
+        ordered.extend(by_group[name])
 
     for s in plan:
-        visit(s.name, ())
+        visit(group_of(s), ())
     return ordered
+
+
+def select(plan: list[Service], wanted: set[str], compose: dict, no_deps: bool) -> list[Service]:
+    """--only: the services named (a replica by its own name, all replicas by their group's),
+    and unless no_deps the services they depend on, as `docker compose up a b` does."""
+    named = {group_of(s) for s in plan if s.name in wanted or group_of(s) in wanted}
+    deps = set() if no_deps else with_dependencies(named, compose)
+    # A replica named alone (crawler-worker-2) brings its dependencies, not its sibling replicas.
+    alone = {group_of(s) for s in plan if s.name in wanted and s.name != group_of(s)} - wanted
+    return [s for s in plan if s.name in wanted or group_of(s) in wanted or (group_of(s) in deps - alone)]
 
 
 def port_in_use(port: int) -> bool:
@@ -481,6 +506,8 @@ def describe(service: Service) -> str:
         return f"redis://127.0.0.1:{port}/0"
     if service.name == "websim":
         return f"http://127.0.0.1:{port}  (admin: /log /judge /truth /faults, metrics: /metrics)"
+    if service.group == "crawler-worker":
+        return f"http://127.0.0.1:{port}/metrics  (worker id {service.name}; all: crawler /v1/workers)"
     if service.name == "toxiproxy":
         return f"http://127.0.0.1:{port}  (Toxiproxy API: /proxies; proxied ports {service.ports[1:]})"
     if service.health_path in ("/healthz", "/readyz"):
@@ -491,6 +518,12 @@ def describe(service: Service) -> str:
 def parse_args(argv: list[str] | None) -> Namespace:
     parser = ArgumentParser(prog="python -m deploy.launch", description=__doc__.split("\n")[0])
     parser.add_argument("--redis", action="store_true", help="also start redis-server and use it")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run the crawler as N workers on Redis (crawler-worker-1..N; implies --redis)",
+    )
     parser.add_argument(
         "--only", default="", help="comma-separated services to start, with their dependencies (default: all)"
     )
@@ -512,6 +545,8 @@ def parse_args(argv: list[str] | None) -> Namespace:
     args = parser.parse_args(argv)
     if args.duration is not None and args.duration <= 0:
         raise UsageError(f"--duration: expected a positive number of seconds, got {args.duration}")
+    if not 0 <= args.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers: expected 0-{MAX_WORKERS}, got {args.workers}")
     args.metrics_port_given = args.metrics_port is not None
     if args.metrics_port is None:
         args.metrics_port = METRICS_PORT + args.port_offset
@@ -534,19 +569,19 @@ def main(argv: list[str] | None = None) -> int:
         port_offset=args.port_offset,
         compose=compose,
         direct=args.direct,
+        workers=args.workers,
     )
     wanted = {n.strip() for n in args.only.split(",") if n.strip()}
-    if unknown := wanted - {s.name for s in plan}:
+    if unknown := wanted - {s.name for s in plan} - {group_of(s) for s in plan}:
         print(f"error: --only: unknown service(s) {', '.join(sorted(unknown))}", file=sys.stderr)
         return EXIT_USAGE
     if wanted:
-        keep = wanted if args.no_deps else with_dependencies(wanted, compose)
-        plan = [s for s in plan if s.name in keep]
+        plan = select(plan, wanted, compose, args.no_deps)
     order = start_order(plan, compose)
     if args.plan:
         for s in order:
             what = "skip: " + s.skip if s.skip else " ".join(s.argv)
-            print(f"{s.name:<11} {what}" + ("" if s.skip else f"  [restart: {policies[s.name].name}]"))
+            print(f"{s.name:<11} {what}" + ("" if s.skip else f"  [restart: {policies[group_of(s)].name}]"))
         return 0
 
     metrics = LauncherMetrics()
@@ -586,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
                     " (another `make run`? stop it, or shift this one with --port-offset)"
                 )
             print(f"  {service.name:<11} starting ...", flush=True)
-            stack.start(service, names, policies[service.name])
+            stack.start(service, names, policies[group_of(service)])
             stack.wait_healthy(service)
             print(f"  {service.name:<11} {describe(service)}", flush=True)
         print(
