@@ -108,6 +108,7 @@ def build_runtime(s: InferenceSettings) -> Runtime:
         block_size=s.kv_block_size,
         device=device,
         dtype=dtype,
+        prefix_caching=s.prefix_caching,
     )
     tenants = s.tenant_configs()
     engine = Engine(
@@ -121,6 +122,7 @@ def build_runtime(s: InferenceSettings) -> Runtime:
         ),
         weights={t.name: t.weight for t in tenants},
         eos_ids=tokenizer.eos_ids,
+        prefix_cache_scope=s.prefix_cache_scope,
     )
     limits = s.limits()
     if cfg.max_seq_len < limits.max_total_tokens:  # a checkpoint's context is shorter

@@ -99,7 +99,14 @@ class Engine:
         weights: dict[str, float] | None = None,
         prior_tokens_per_s: float = 1000.0,
         eos_ids: frozenset[int] = frozenset({EOS}),
+        prefix_cache_scope: str = "tenant",
     ) -> None:
+        if prefix_cache_scope not in ("tenant", "global"):
+            raise ValueError(f"prefix_cache_scope must be 'tenant' or 'global', not {prefix_cache_scope!r}")
+        # "tenant": a tenant's prompts hit only its own cached blocks (a hit is faster, so a
+        # shared cache would tell one tenant what another sent); "global": all share.
+        self.prefix_cache_scope = prefix_cache_scope
+        self._evicted_seen = 0
         self.model = model
         self.eos_ids = eos_ids  # the tokenizer's end-of-sequence ids (a checkpoint may have several)
         self.cache = cache
@@ -144,6 +151,8 @@ class Engine:
         limit = min(self.model.cfg.max_seq_len, self.cache.capacity_tokens)
         if seq.max_total_tokens > limit:
             raise ValueError(f"prompt + max_tokens = {seq.max_total_tokens} exceeds {limit} tokens")
+        if self.prefix_cache_scope == "tenant":
+            seq.cache_salt = seq.tenant
         with self._wake:
             self._commands.append(("add", seq))
             # Counted until the loop next folds it into the measured backlog.
@@ -315,6 +324,9 @@ class Engine:
             if seq.first_scheduled is None:
                 seq.first_scheduled = t0
                 m.QUEUE_WAIT.labels(seq.tenant, seq.klass).observe(t0 - seq.arrival)
+            if self.cache.prefix_caching:  # every admission, re-admissions after preemption too
+                m.PREFIX_QUERIED_TOKENS.labels(seq.tenant).inc(seq.num_tokens)
+                m.PREFIX_HIT_TOKENS.labels(seq.tenant).inc(seq.cached_tokens)
         for _seq, reason in plan.preempted:
             m.PREEMPTIONS.labels(reason).inc()
         self.kv_high_water = max(self.kv_high_water, self.cache.used_tokens)
@@ -363,6 +375,11 @@ class Engine:
             backlog[seq.klass] += seq.pending + seq.max_tokens - len(seq.output)
         self._backlog = backlog
         m.KV_USED.set(self.cache.used_tokens)
+        m.PREFIX_CACHED.set(self.cache.cached_blocks * self.cache.block_size)
+        evicted = self.cache.stats.evicted_blocks
+        if evicted > self._evicted_seen:
+            m.PREFIX_EVICTED_BLOCKS.inc(evicted - self._evicted_seen)
+            self._evicted_seen = evicted
         m.RUNNING.set(len(self.scheduler.running))
         m.WAITING.set(len(self.fair))
         m.THROUGHPUT.set(self.tokens_per_s)

@@ -42,6 +42,22 @@ STEP_TOKENS = Histogram(
 STEP_SECONDS = Histogram("inference_step_duration_seconds", "Wall time of one engine step.", buckets=_SMALL)
 KV_USED = Gauge("inference_kv_cache_used_tokens", "KV-cache token slots held by sequences.")
 KV_CAPACITY = Gauge("inference_kv_cache_capacity_tokens", "KV-cache budget in tokens.")
+PREFIX_QUERIED_TOKENS = Counter(
+    "inference_prefix_cache_queried_tokens_total",
+    "Prompt tokens looked up in the prefix cache at admission (hit rate = hit / queried).",
+    ["tenant"],
+)
+PREFIX_HIT_TOKENS = Counter(
+    "inference_prefix_cache_hit_tokens_total",
+    "Prompt tokens found in the prefix cache at admission: prefill computation saved.",
+    ["tenant"],
+)
+PREFIX_CACHED = Gauge(
+    "inference_prefix_cache_tokens", "KV-cache token slots holding named (shareable) full blocks."
+)
+PREFIX_EVICTED_BLOCKS = Counter(
+    "inference_prefix_cache_evicted_blocks_total", "Cached KV blocks evicted (LRU) to make room."
+)
 RUNNING = Gauge("inference_running_sequences", "Sequences in the running batch.")
 WAITING = Gauge("inference_waiting_sequences", "Sequences waiting for admission to the batch.")
 ADMISSIONS = Counter(

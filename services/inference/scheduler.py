@@ -18,7 +18,10 @@ Order of work in `schedule()`:
 3. Admission from the fair queue while budget, slots and KV allow. A sequence is admitted only
    when blocks for its whole current tokens (prompt, plus output when it is recomputed after a
    preemption) are free beyond a watermark; they are reserved at once, so an admitted prefill
-   never runs out of KV mid-prompt and nothing is admitted beyond the KV budget.
+   never runs out of KV mid-prompt and nothing is admitted beyond the KV budget. With prefix
+   caching, the prompt's leading full blocks already in the cache are taken instead (shared,
+   reference-counted) and its prefill starts after them; blocks a step fills are named in
+   `commit` so later prompts can hit them (kv_cache.py).
 
 Preemption is by recompute: blocks freed, progress reset, the sequence goes to the front of its
 queue with its generated tokens kept (and its sampler state, so seeded output is unchanged).
@@ -97,18 +100,18 @@ class Scheduler:
                 return False
         else:
             return False
-        self.cache.free(seq.block_table)
+        self.cache.release(seq)
         seq.status = SeqStatus.FINISHED
         return True
 
     def finish(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        self.cache.free(seq.block_table)
+        self.cache.release(seq)
         seq.status = SeqStatus.FINISHED
 
     def _preempt(self, seq: Sequence, reason: str, plan: StepPlan) -> None:
         self.running.remove(seq)
-        self.cache.free(seq.block_table)
+        self.cache.release(seq)
         seq.num_computed = 0
         seq.preemptions += 1
         seq.status = SeqStatus.WAITING
@@ -132,7 +135,9 @@ class Scheduler:
         # The watermark keeps headroom for running decodes; with nothing running there is no
         # one to keep it for, and a sequence as large as the whole cache must still get in.
         watermark = self.cfg.watermark_blocks if self.running else 0
-        need = self.cache.blocks_for(seq.num_tokens) + watermark
+        # Blocks of its prompt found in the prefix cache are not taken from the free pool again
+        # (unless they sit in it, evictable).
+        need = self.cache.blocks_to_admit(seq) + watermark
         return need <= self.cache.free_blocks
 
     # -- policy ------------------------------------------------------------------------------
@@ -197,7 +202,7 @@ class Scheduler:
             if seq is None or not self._can_admit(seq):
                 return
             self.fair.pop(seq)
-            self.cache.grow(seq.block_table, seq.num_tokens)
+            self.cache.allocate(seq)  # cached prefix blocks, if any: num_computed starts past them
             seq.status = SeqStatus.RUNNING
             self.running.append(seq)
             n = min(seq.pending, budget, self.cfg.prefill_chunk)
@@ -256,6 +261,7 @@ class Scheduler:
         done = []
         for (seq, n), tok in zip(plan.chunks, sampled, strict=True):
             seq.num_computed += n
+            self.cache.register(seq)  # blocks it filled become hits for later prompts
             self.fair.charge(seq.tenant, n)
             if tok is None:
                 continue

@@ -48,6 +48,15 @@ class Sequence:
     output: list[int] = field(default_factory=list)
     num_computed: int = 0
     block_table: list[int] = field(default_factory=list)
+    # Prefix caching (kv_cache.py): the chain's salt (the engine sets the tenant, so tenants
+    # never share blocks), the hashes of the full blocks of `tokens` computed so far (tokens only
+    # grow, so they stay valid across preemptions), how many leading table blocks are named,
+    # and how many prompt tokens the last admission found cached.
+    cache_salt: str = ""
+    hash_root: bytes = field(default=b"", repr=False)
+    block_hashes: list[bytes] = field(default_factory=list, repr=False)
+    num_registered: int = 0
+    cached_tokens: int = 0
     status: SeqStatus = SeqStatus.WAITING
     finish_reason: str | None = None
     cancelled: bool = False  # set from any thread; the engine acts on it at its next step

@@ -70,6 +70,16 @@ class InferenceSettings(ServiceSettings):
     fair_queueing: bool = Field(
         True, description="weighted fair queueing across tenants (off: FIFO, for the fairness experiment)"
     )
+    prefix_caching: bool = Field(
+        True,
+        description="automatic prefix caching: full KV blocks of identical prompt prefixes are shared "
+        "(by hash, reference-counted) and kept after use until the memory is needed (LRU)",
+    )
+    prefix_cache_scope: Literal["tenant", "global"] = Field(
+        "tenant",
+        description="tenant: a tenant's prompts reuse only its own cached blocks (a hit is faster, "
+        "so a shared cache would reveal other tenants' prompts); global: all tenants share",
+    )
     # Admission
     max_prompt_tokens: int = Field(768, ge=1, description="largest prompt in tokens")
     max_output_tokens: int = Field(256, ge=1, description="largest max_tokens")
