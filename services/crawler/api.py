@@ -35,13 +35,14 @@ from fastapi import FastAPI
 from pydantic import Field
 
 from libs.service.app import ApiError, create_app
+from libs.service.cli import UsageError
 from libs.service.health import Health
 from libs.service.logging import configure_logging, get_logger
 from libs.service.server import serve
 from libs.service.settings import ServiceSettings, load_settings
 from libs.service.spans import SpanLog
 from services.crawler.engine import Crawl
-from services.crawler.fetcher import Fetcher, ResolverMap, ResolveRule
+from services.crawler.opener import open_crawl, parse_resolve, run_to_end, sqlite_store
 from services.crawler.partitions import cluster_view
 from services.crawler.politeness import HostSlot
 from services.crawler.settings import CrawlConfig
@@ -57,9 +58,7 @@ from services.crawler.store_redis import (
     register_crawl,
 )
 from services.crawler.store_redis import list_crawls as redis_crawls
-from services.crawler.store_sqlite import SQLiteStore
 from services.crawler.urlnorm import host_of, normalize
-from services.crawler.warc import WarcOutput
 
 log = get_logger("services.crawler.api")
 _CRAWL_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -103,7 +102,7 @@ def _check_crawl_id(crawl_id: str) -> str:
 class CrawlManager:
     def __init__(self, settings: CrawlerSettings) -> None:
         self.settings = settings
-        self.rules = [ResolveRule.parse(r) for r in settings.resolve]
+        self.rules = parse_resolve(settings.resolve)
         self.crawls: dict[str, _Running] = {}
         self.host_slots: dict[str, HostSlot] = {}  # politeness per host, shared by every crawl
         self.redis: Any = None
@@ -144,40 +143,30 @@ class CrawlManager:
             raise ApiError(409, "conflict", f"crawl {crawl_id!r} is running", field="crawl_id")
         self.open_sink()
         data = Path(self.settings.data_dir)
-        store = SQLiteStore(data / f"{crawl_id}.sqlite", bloom_capacity=self.settings.bloom_capacity)
-        store.set_meta("config", config.model_dump_json())
-        warc = WarcOutput(data / "warc", crawl_id) if self.settings.warc else None
-        resolver = ResolverMap(self.rules, allow_private=self.settings.allow_private)
-        fetcher = Fetcher(config.fetch, resolver, config.user_agent, concurrency=config.concurrency)
-        crawl = Crawl(
+        store = sqlite_store(data / f"{crawl_id}.sqlite", config, bloom_capacity=self.settings.bloom_capacity)
+        crawl = open_crawl(
             crawl_id,
             config,
             store,
-            fetcher,
-            warc=warc,
+            rules=self.rules,
+            allow_private=self.settings.allow_private,
+            warc_dir=data / "warc" if self.settings.warc else None,
             sink=self._sink,
             spans=self.spans,
             host_slots=self.host_slots,
         )
         running = _Running(crawl)
 
-        async def run() -> None:
+        def ended(crawl: Crawl) -> None:
+            running.final = crawl.status()
             try:
-                async with fetcher:
-                    await crawl.run()
-            finally:
-                running.final = crawl.status()
-                try:
-                    running.final_hosts = {h["host"]: h for h in crawl.hosts_view()}
-                except Exception:  # the status matters more than the host views: never lose it
-                    log.exception("crawl %s: host views at the end could not be taken", crawl_id)
-                    running.final_hosts = {}
-                if warc is not None:
-                    warc.close()
-                store.close()
-                log.info("crawl %s ended: %s", crawl_id, crawl.state.value)
+                running.final_hosts = {h["host"]: h for h in crawl.hosts_view()}
+            except Exception:  # the status matters more than the host views: never lose it
+                log.exception("crawl %s: host views at the end could not be taken", crawl_id)
+                running.final_hosts = {}
+            log.info("crawl %s ended: %s", crawl_id, crawl.state.value)
 
-        running.task = asyncio.create_task(run())
+        running.task = asyncio.create_task(run_to_end(crawl, on_end=ended))
         self.crawls[crawl_id] = running
         return crawl
 
@@ -311,12 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(
         CrawlerSettings, argv, env_prefix="PG_CRAWLER_", prog="python -m services.crawler"
     )
-    for spec in settings.resolve:
-        try:
-            ResolveRule.parse(spec)
-        except ValueError as exc:
-            print(f"error: --resolve: {exc}", file=sys.stderr)
-            return 2
+    try:
+        parse_resolve(settings.resolve)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     configure_logging(service="crawler", level=settings.log_level)
     health = Health(ready=True)
     app, manager = build_app(settings, health)

@@ -22,11 +22,9 @@ from libs.service.cli import ArgumentParser, UsageError
 from libs.service.logging import configure_logging
 from libs.service.spans import SpanLog
 from services.crawler.engine import Crawl, CrawlState
-from services.crawler.fetcher import Fetcher, ResolverMap, ResolveRule
+from services.crawler.opener import add_resolver_args, open_crawl, parse_resolve, run_to_end, sqlite_store
 from services.crawler.settings import DEFAULT_MAX_DEPTH, DEFAULT_MAX_URLS_PER_PATTERN, USER_AGENT, CrawlConfig
 from services.crawler.sinks import open_sink
-from services.crawler.store_sqlite import SQLiteStore
-from services.crawler.warc import WarcOutput
 
 # CrawlConfig field path -> the flag that sets it, so validation errors name what the user typed.
 _FLAGS = {
@@ -94,18 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=4, help="fetch attempts per URL")
     p.add_argument("--retry-base", type=float, default=0.5, help="backoff base seconds")
     p.add_argument("--retry-cap", type=float, default=30.0, help="backoff cap seconds")
-    p.add_argument(
-        "--resolve",
-        action="append",
-        default=[],
-        metavar="PATTERN=IP:PORT",
-        help="resolver map entry, repeatable, e.g. '*.sim.test=127.0.0.1:8090'",
-    )
-    p.add_argument(
-        "--allow-private",
-        action="store_true",
-        help="allow private/loopback addresses outside the resolver map",
-    )
+    add_resolver_args(p)
     p.add_argument("--store", default=None, help="SQLite store (default data/crawler/<crawl-id>.sqlite)")
     p.add_argument(
         "--bloom-capacity",
@@ -116,7 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--span-log", default=None, help="append span records (fetch/parse/store) to this file")
     p.add_argument("--crawl-id", default="cli", help="crawl id used in page events and file names")
     p.add_argument("--warc-dir", default=None, help="write WARC files here (default: none)")
-    p.add_argument("--pages-to", default="", help="page event sink: redis://, http(s):// or a .jsonl path")
     p.add_argument("--seed", type=int, default=None, help="random seed for retry jitter")
     p.add_argument(
         "--progress",
@@ -191,54 +177,40 @@ class _Progress:
 
 
 async def run_crawl(args: argparse.Namespace, config: CrawlConfig) -> dict[str, Any]:
-    rules = [ResolveRule.parse(r) for r in args.resolve]
     store_path = Path(args.store or f"data/crawler/{args.crawl_id}.sqlite")
-    store = SQLiteStore(store_path, bloom_capacity=args.bloom_capacity)
-    store.set_meta("config", config.model_dump_json())
-    warc = WarcOutput(args.warc_dir, args.crawl_id) if args.warc_dir else None
+    store = sqlite_store(store_path, config, bloom_capacity=args.bloom_capacity)
     sink = open_sink(args.pages_to, outbox=store_path)  # undelivered events: a table of the store
     progress = _Progress(sys.stderr.isatty() if args.progress is None else args.progress)
-    resolver = ResolverMap(rules, allow_private=args.allow_private)
+    crawl = open_crawl(
+        args.crawl_id,
+        config,
+        store,
+        rules=parse_resolve(args.resolve),
+        allow_private=args.allow_private,
+        warc_dir=args.warc_dir,
+        sink=sink,
+        seed=args.seed,
+        on_progress=progress,
+        spans=SpanLog(args.span_log, "crawler") if args.span_log else None,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, crawl.cancel)
+    status: dict[str, Any] = {}
     try:
-        async with Fetcher(
-            config.fetch, resolver, config.user_agent, concurrency=config.concurrency
-        ) as fetcher:
-            crawl = Crawl(
-                args.crawl_id,
-                config,
-                store,
-                fetcher,
-                warc=warc,
-                sink=sink,
-                seed=args.seed,
-                on_progress=progress,
-                spans=SpanLog(args.span_log, "crawler") if args.span_log else None,
-            )
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, crawl.cancel)
-            await crawl.run()
-            status = crawl.status()
-            status["store"] = str(store_path)
-            return status
+        await run_to_end(crawl, on_end=lambda c: status.update(c.status(), store=str(store_path)))
     finally:
         progress.close()
         if sink is not None:
             await sink.close()
-        if warc is not None:
-            warc.close()
-        store.close()
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         config = _config_from_args(args)
-        for spec in args.resolve:
-            try:
-                ResolveRule.parse(spec)
-            except ValueError as exc:
-                raise UsageError(f"--resolve: {exc}") from None
+        parse_resolve(args.resolve)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

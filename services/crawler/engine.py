@@ -32,9 +32,7 @@ import random
 import socket
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,14 +49,15 @@ from services.crawler.politeness import HostSlot, parse_retry_after
 from services.crawler.retry import RetryPolicy, is_retryable_status
 from services.crawler.robots import (
     MAX_ROBOTS_BYTES,
-    MAX_ROBOTS_REDIRECTS,
     RobotsCache,
+    RobotsFetch,
     RobotsMode,
     RobotsPolicy,
-    policy_from_response,
+    policy_from_shared,
 )
 from services.crawler.settings import ROBOTS_TOKEN, CrawlConfig
 from services.crawler.sinks import PageSink
+from services.crawler.stats import CrawlStats
 from services.crawler.storage import full_path, is_disk_full
 from services.crawler.store import FrontierStore, NewURL, Outcome, URLRecord, URLState
 from services.crawler.traps import PATTERN_BUDGET, TrapGuard
@@ -66,7 +65,6 @@ from services.crawler.urlnorm import InvalidURL, host_of, normalize
 from services.crawler.warc import WarcOutput
 
 log = logging.getLogger("services.crawler.engine")
-_ROBOTS_ATTEMPTS = 3  # transient robots.txt failures retried politely before disallow-all
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
 # A write refused by a full disk is tried again after 1, 2, 4, 5, 5... s (the crawl pauses meanwhile).
 _STORAGE_RETRY_S = (1.0, 5.0)
@@ -89,32 +87,6 @@ class CrawlState(StrEnum):
     CANCELLED = "cancelled"
     FINISHED = "finished"
     FAILED = "failed"
-
-
-@dataclass
-class CrawlStats:
-    requests: int = 0
-    fetched: int = 0
-    failed: int = 0
-    robots_denied: int = 0
-    robots_fetches: int = 0
-    retries: int = 0
-    bytes: int = 0
-    leases_expired: int = 0
-    leases_reclaimed: int = 0  # held by this owner in a run that died: handed back at start
-    discovered: int = 0
-    duplicate_content: int = 0
-    pages_emitted: int = 0
-    fenced: int = 0  # host turns ended by a write refused for a stale partition epoch
-    politeness_waits: int = 0  # requests held back by the host's shared record
-    statuses: Counter[str] = field(default_factory=Counter)
-    started_at: float | None = None
-    finished_at: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "statuses"}
-        d["statuses"] = dict(self.statuses)
-        return d
 
 
 def new_owner_id() -> str:
@@ -167,9 +139,8 @@ class Crawl:
         self._scope = [p.lower() for p in config.scope] or sorted(
             {(urlsplit(normalize(s)).hostname or "") for s in config.seeds}
         )
-        self._robots_redirect: dict[str, tuple[str, int]] = {}
+        self.robots_fetch = RobotsFetch(ROBOTS_TOKEN)  # hops and retries of robots.txt, per host
         self._gated: dict[str, tuple[float, float]] = {}  # host -> (monotonic gate time, its delay)
-        self._robots_attempts: Counter[str] = Counter()
         self._fetches_in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._resume = asyncio.Event()
@@ -231,8 +202,7 @@ class Crawl:
         self._count_expired(expired)
         reclaimed = self.store.release_owner(self.owner)  # ours, from a run that died: no waiting
         if reclaimed:
-            self.stats.leases_reclaimed += reclaimed
-            metrics.LEASES_RECLAIMED.inc(reclaimed)
+            self.stats.count("leases_reclaimed", reclaimed)
             log.warning(
                 "crawl %s: %d URLs leased by a previous run of %s handed back",
                 self.crawl_id,
@@ -371,9 +341,7 @@ class Crawl:
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _count_expired(self, n: int) -> None:
-        if n:
-            self.stats.leases_expired += n
-            metrics.LEASES_EXPIRED.inc(n)
+        self.stats.count("leases_expired", n)
 
     async def _reaper(self) -> None:
         """Hand back URLs whose lease ran out (a dead worker's), and refresh the frontier gauge."""
@@ -417,7 +385,7 @@ class Crawl:
             await self._turn(host, slot)
         except Fenced as exc:
             # Another worker owns the host's partition now: nothing was written; its turn is over.
-            self.stats.fenced += 1
+            self.stats.count("fenced")
             log.info("crawl %s: host %s: %s", self.crawl_id, host, exc)
         except Exception:
             self.frontier.schedule(host)
@@ -427,12 +395,13 @@ class Crawl:
 
     async def _turn(self, host: str, slot: HostSlot) -> None:
         if host in self.parking.dropped:
-            self._robots_redirect.pop(host, None)  # no more requests, robots.txt hops included
-        if host in self._robots_redirect:
-            url, hops = self._robots_redirect[host]
+            self.robots_fetch.forget(host)  # no more requests, robots.txt hops included
+        owed = self.robots_fetch.owed(host)
+        if owed is not None:
+            url, hops = owed
             if not self._gate(host, slot, robots=True):
                 return
-            del self._robots_redirect[host]
+            self.robots_fetch.taken(host)
             await self._fetch_robots(host, slot, url, hops)
             self.frontier.after_fetch(host)
             return
@@ -503,7 +472,7 @@ class Crawl:
         if wait_until is None:
             self._gated[host] = (time.monotonic(), delay)
             return True
-        self.stats.politeness_waits += 1
+        self.stats.count("politeness_waits")
         slot.next_eligible = max(slot.next_eligible, self.frontier.mono_from_wall(wait_until))
         self.frontier.schedule(host)
         return False
@@ -520,10 +489,7 @@ class Crawl:
         if policy is None:
             shared = self.store.load_robots(host)
             if shared is not None:
-                status = int(shared["status"]) if shared.get("status") else None
-                policy = policy_from_response(
-                    status, shared.get("body") or b"", ROBOTS_TOKEN, error=str(shared.get("error") or "")
-                )
+                policy = policy_from_shared(shared, ROBOTS_TOKEN)
                 self.robots.put(host, policy)
                 slot = self.frontier.slot(host)
                 slot.crawl_delay = policy.crawl_delay
@@ -536,15 +502,14 @@ class Crawl:
             "robots_disallowed" if policy.mode is RobotsMode.RULES else f"robots_unavailable: {policy.reason}"
         )
         self.store.finish(rec.id, Outcome(URLState.FAILED, error=reason), [], now=time.time())
-        self.stats.robots_denied += 1
-        self.stats.failed += 1
-        metrics.ROBOTS_DENIALS.inc()
+        self.stats.count("robots_denied")
+        self.stats.count("failed")
 
     def _drop(self, rec: URLRecord) -> None:
         """A URL of a dropped host (it asked for a wait past the max host delay): FAILED, no request."""
         reason = f"host_dropped: {self.parking.dropped[rec.host]}"
         self.store.finish(rec.id, Outcome(URLState.FAILED, error=reason), [], now=time.time())
-        self.stats.failed += 1
+        self.stats.count("failed")
 
     def _asked_wait(self, host: str, status: int, seconds: float | None) -> float | None:
         """A Retry-After on a 3xx, 429 or 5xx is honoured in full: the host is parked that long,
@@ -555,8 +520,7 @@ class Crawl:
 
     def _begin_request(self, host: str, slot: HostSlot) -> float:
         slot.on_start(time.monotonic(), self.config.politeness)
-        self.stats.requests += 1
-        metrics.HOST_REQUESTS.labels(host).inc()
+        self.stats.request(host)
         metrics.IN_FLIGHT.inc()
         return time.monotonic()
 
@@ -568,12 +532,6 @@ class Crawl:
             self.store.save_host(slot.host, slot.record(time.time() + (slot.next_eligible - now)))
         metrics.POLITENESS_DELAY.observe(delay)
         metrics.FETCH_LATENCY.observe(now - t0)
-
-    def _retry_robots_hop(self, host: str, url: str, hops: int) -> None:
-        """A transient failure: the host's next turn asks the same URL again (a redirect target
-        is retried as such, rather than walking the redirect chain from /robots.txt once more)."""
-        if hops > 0:
-            self._robots_redirect[host] = (url, hops)
 
     def _check_lease(self, host: str, slot: HostSlot) -> None:
         """Last check before a request goes out: a worker frozen (SIGSTOP) after its gate and
@@ -590,58 +548,38 @@ class Crawl:
                 raise
 
     async def _fetch_robots(self, host: str, slot: HostSlot, url: str, hops: int) -> None:
+        """One request of the robots.txt protocol (robots.RobotsFetch decides what it led to)."""
         self._check_lease(host, slot)
         t0 = self._begin_request(host, slot)
-        self.stats.robots_fetches += 1
+        self.stats.count("robots_fetches")
         status: int | None = None
         retry_after = None
         try:
             result = await self.fetcher.fetch(url, max_body_bytes=MAX_ROBOTS_BYTES, allowed_types=["*"])
         except FetchError as exc:
-            self._robots_attempts[host] += 1
-            metrics.FETCHES.labels(type(exc).__name__).inc()
-            if exc.retryable and self._robots_attempts[host] < _ROBOTS_ATTEMPTS:
-                self._end_request(slot, t0, None, self.retry.backoff(self._robots_attempts[host]))
-                self._retry_robots_hop(host, url, hops)
-                return
-            policy = policy_from_response(None, b"", ROBOTS_TOKEN, error=str(exc))
-            shared: dict[str, Any] = {"status": "", "body": b"", "error": str(exc)}
+            self.stats.response(type(exc).__name__)
+            step = self.robots_fetch.failed(host, url, hops, str(exc), retryable=exc.retryable)
         else:
             status = result.status
             if self.warc is not None:
                 self.warc.write(result)  # robots.txt exchanges (and their redirect hops) are archived
             retry_after = self._asked_wait(host, status, parse_retry_after(result.header("Retry-After")))
-            metrics.FETCHES.labels(str(status)).inc()
-            metrics.BYTES.inc(len(result.body))
-            self.stats.bytes += len(result.body)
-            if 300 <= status < 400 and result.location and hops < MAX_ROBOTS_REDIRECTS:
-                try:
-                    target = normalize(result.location, url)
-                except InvalidURL:
-                    target = ""
-                if target:  # across authorities too (RFC 9309 2.3.1.2); the rules apply to `host`
-                    self._robots_redirect[host] = (target, hops + 1)
-                    # The host's Crawl-delay is still unknown: wait a conservative second.
-                    self._end_request(slot, t0, status, max(retry_after or 0.0, _UNKNOWN_ROBOTS_DELAY))
-                    return
-            if (status == 429 or status >= 500) and self._robots_attempts[host] + 1 < _ROBOTS_ATTEMPTS:
-                self._robots_attempts[host] += 1
-                backoff = self.retry.backoff(self._robots_attempts[host], retry_after)
-                self._end_request(slot, t0, status, backoff)
-                self._retry_robots_hop(host, url, hops)
-                return
-            policy = policy_from_response(status, result.body, ROBOTS_TOKEN)
-            shared = {"status": status, "body": result.body[:MAX_ROBOTS_BYTES], "error": ""}
+            self.stats.response(str(status), len(result.body), page=False)
+            step = self.robots_fetch.answered(host, url, hops, status, result.location, result.body)
+        if step.retry_attempt is not None:
+            self._end_request(slot, t0, status, self.retry.backoff(step.retry_attempt, retry_after))
+            return
+        if step.redirect:  # the host's Crawl-delay is still unknown: wait a conservative second
+            self._end_request(slot, t0, status, max(retry_after or 0.0, _UNKNOWN_ROBOTS_DELAY))
+            return
+        policy, shared = step.policy, step.shared
+        assert policy is not None and shared is not None
         slot.crawl_delay = policy.crawl_delay
-        shared["fetched_at"] = time.time()
-        error_policy = policy.mode is RobotsMode.DISALLOW_ALL and policy.parser is None
         with contextlib.suppress(Fenced):
-            self.store.save_robots(
-                host, shared, self.config.robots_error_ttl if error_policy else self.config.robots_ttl
-            )
+            ttl = self.config.robots_error_ttl if policy.is_error else self.config.robots_ttl
+            self.store.save_robots(host, shared, ttl)
         if policy.crawl_delay is not None and not self.parking.allow_delay(host, policy.crawl_delay):
             slot.crawl_delay = None  # dropped: no request follows, its URLs end FAILED at once
-        self._robots_attempts.pop(host, None)
         self.robots.put(host, policy)
         metrics.ROBOTS_FETCHES.labels(policy.mode.value).inc()
         self._end_request(slot, t0, status, retry_after)
@@ -662,8 +600,7 @@ class Crawl:
                     result = await self.fetcher.fetch(rec.url)
             except FetchError as exc:
                 self._end_request(slot, t0, None, None)
-                metrics.FETCHES.labels(type(exc).__name__).inc()
-                self.stats.statuses[type(exc).__name__] += 1
+                self.stats.response(type(exc).__name__)
                 self._retry_or_fail(
                     rec, attempts_made, type(exc).__name__, None, None, exc.retryable, str(exc)
                 )
@@ -696,13 +633,12 @@ class Crawl:
         if retryable and self.retry.should_retry(attempts_made):
             wait = self.retry.backoff(attempts_made, retry_after)
             self.store.retry(rec.id, now + wait, error, status)
-            self.stats.retries += 1
-            metrics.RETRIES.labels(reason).inc()
+            self.stats.retry(reason)
             return
         self.store.finish(
             rec.id, Outcome(URLState.FAILED, status=status, error=error, fetched_at=now), [], now=now
         )
-        self.stats.failed += 1
+        self.stats.count("failed")
 
     async def _handle_response(
         self, rec: URLRecord, result: FetchResult, attempts_made: int, retry_after: float | None
@@ -710,10 +646,7 @@ class Crawl:
         """Record a response; True when it counts as a fetched page (of the page budget)."""
         status = result.status
         now = time.time()
-        metrics.FETCHES.labels(str(status)).inc()
-        metrics.BYTES.inc(len(result.body))
-        self.stats.bytes += len(result.body)
-        self.stats.statuses[str(status)] += 1
+        self.stats.response(str(status), len(result.body))
         if is_retryable_status(status):
             self._retry_or_fail(rec, attempts_made, str(status), status, retry_after, True, f"HTTP {status}")
             return False
@@ -740,8 +673,7 @@ class Crawl:
             sha = hashlib.sha256(result.body).hexdigest()
             duplicate = self.store.first_with_content(sha, rec.id) != rec.id
             if duplicate:
-                self.stats.duplicate_content += 1
-                metrics.DUPLICATE_CONTENT.inc()
+                self.stats.count("duplicate_content")
             with self.spans.span("crawler.parse", bytes=len(result.body)):
                 page = await self._parse(result)
             if not (duplicate and self.config.skip_duplicate_content_links):
@@ -759,10 +691,9 @@ class Crawl:
                 lambda: self._finish_fetched(rec, status, sha, new_urls, now),
                 getattr(self.store, "path", None),
             )
-        self.stats.fetched += 1
+        self.stats.count("fetched")
         if new:
-            self.stats.discovered += new
-            metrics.DISCOVERED.inc(new)
+            self.stats.count("discovered", new)
             for host in {u.host for u in new_urls}:
                 self.frontier.schedule(host)
         return True
@@ -810,7 +741,7 @@ class Crawl:
             "warc_file": warc_file,
         }
         await self.sink.emit(event)
-        self.stats.pages_emitted += 1
+        self.stats.count("pages_emitted")
 
     def _note_limit_stop(self) -> None:
         """Say it when a limit, not the end of the web, stopped the crawl (status and log)."""

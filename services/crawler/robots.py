@@ -7,22 +7,31 @@ Outcome of fetching /robots.txt -> policy (RFC 9309 section 2.3.1):
   like 5xx here, as Google does;
 - 5xx, timeouts, connection errors ("unreachable"): disallow everything, for `robots_error_ttl`
   seconds, then fetch again;
-- redirects are followed by the engine: up to 5 hops, to other authorities too (RFC 9309
-  section 2.3.1.2); the file found applies to the host first asked.
+- redirects are followed: up to 5 hops, to other authorities too (RFC 9309 section 2.3.1.2);
+  the file found applies to the host first asked.
+
+`RobotsFetch` is the fetch protocol per host (which URL next, hops, transient retries) as plain
+state and decisions; the engine makes the requests it asks for, each through the host's
+politeness gate like any other request. `policy_from_shared` reads back the answer a worker
+shared through the store (Redis), so every worker of a crawl applies the same file.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from protego import Protego
 
 from libs.lru import LRUCache
+from services.crawler.urlnorm import InvalidURL, normalize
 
 MAX_ROBOTS_BYTES = 500 * 1024
 MAX_ROBOTS_REDIRECTS = 5
+ROBOTS_ATTEMPTS = 3  # transient robots.txt failures (5xx, 429, timeouts) asked again before disallow-all
 
 
 class RobotsMode(StrEnum):
@@ -48,6 +57,11 @@ class RobotsPolicy:
             return False
         assert self.parser is not None
         return bool(self.parser.can_fetch(url, self.token))
+
+    @property
+    def is_error(self) -> bool:
+        """Disallow-all because the file could not be had (5xx, unreachable): kept a short while."""
+        return self.mode is RobotsMode.DISALLOW_ALL and self.parser is None
 
     def summary(self) -> dict[str, object]:
         return {
@@ -97,6 +111,92 @@ def policy_from_response(status: int | None, body: bytes, token: str, *, error: 
     )
 
 
+def policy_from_shared(shared: dict[str, Any], token: str) -> RobotsPolicy:
+    """The policy from the answer another worker (or an earlier run) stored: `RobotsStep.shared`."""
+    status = int(shared["status"]) if shared.get("status") else None
+    return policy_from_response(
+        status, shared.get("body") or b"", token, error=str(shared.get("error") or "")
+    )
+
+
+@dataclass(frozen=True)
+class RobotsStep:
+    """What one robots.txt request led to. Exactly one of:
+    - `retry_attempt`: a transient failure; wait `backoff(retry_attempt, Retry-After)`, ask again;
+    - `redirect`: a hop to follow on the host's next turn; wait at least a conservative gap;
+    - `policy`: the final answer for the host, and `shared`, the record other workers read back."""
+
+    retry_attempt: int | None = None
+    redirect: bool = False
+    policy: RobotsPolicy | None = None
+    shared: dict[str, Any] | None = None
+
+
+class RobotsFetch:
+    """The robots.txt fetch protocol of a crawl, per host (RFC 9309 2.3.1): the first request is
+    /robots.txt; a 3xx with a usable Location is followed on the host's next turn (up to
+    MAX_ROBOTS_REDIRECTS hops, other authorities too); a timeout, connection error, 429 or 5xx is
+    asked again (the same hop) up to ROBOTS_ATTEMPTS times in all; then the answer is final.
+
+    Invariant: a host is in `_next` only while a hop or a retry of a hop is owed, and in
+    `_attempts` only between a transient failure and its final answer."""
+
+    def __init__(self, token: str, *, attempts: int = ROBOTS_ATTEMPTS) -> None:
+        self.token = token
+        self.attempts = attempts
+        self._next: dict[str, tuple[str, int]] = {}  # host -> (URL to ask, hops made to reach it)
+        self._attempts: Counter[str] = Counter()
+
+    def owed(self, host: str) -> tuple[str, int] | None:
+        """The hop (URL, hops) the host's next turn must ask, if one is owed."""
+        return self._next.get(host)
+
+    def taken(self, host: str) -> None:
+        """The owed hop is being asked now."""
+        self._next.pop(host, None)
+
+    def forget(self, host: str) -> None:
+        """No more robots.txt requests to this host (it was dropped from the crawl)."""
+        self._next.pop(host, None)
+        self._attempts.pop(host, None)
+
+    def _retry(self, host: str, url: str, hops: int) -> RobotsStep:
+        if hops > 0:  # a redirect target is asked again as such, not from /robots.txt once more
+            self._next[host] = (url, hops)
+        return RobotsStep(retry_attempt=self._attempts[host])
+
+    def _final(self, host: str, policy: RobotsPolicy, shared: dict[str, Any]) -> RobotsStep:
+        self._attempts.pop(host, None)
+        shared["fetched_at"] = time.time()
+        return RobotsStep(policy=policy, shared=shared)
+
+    def failed(self, host: str, url: str, hops: int, error: str, *, retryable: bool) -> RobotsStep:
+        """The request got no response (timeout, connection error, refused by the SSRF guard)."""
+        self._attempts[host] += 1
+        if retryable and self._attempts[host] < self.attempts:
+            return self._retry(host, url, hops)
+        policy = policy_from_response(None, b"", self.token, error=error)
+        return self._final(host, policy, {"status": "", "body": b"", "error": error})
+
+    def answered(
+        self, host: str, url: str, hops: int, status: int, location: str | None, body: bytes
+    ) -> RobotsStep:
+        """The request got a response."""
+        if 300 <= status < 400 and location and hops < MAX_ROBOTS_REDIRECTS:
+            try:
+                target = normalize(location, url)
+            except InvalidURL:
+                target = ""
+            if target:  # across authorities too (RFC 9309 2.3.1.2); the rules apply to `host`
+                self._next[host] = (target, hops + 1)
+                return RobotsStep(redirect=True)
+        if (status == 429 or status >= 500) and self._attempts[host] + 1 < self.attempts:
+            self._attempts[host] += 1
+            return self._retry(host, url, hops)
+        policy = policy_from_response(status, body, self.token)
+        return self._final(host, policy, {"status": status, "body": body[:MAX_ROBOTS_BYTES], "error": ""})
+
+
 class RobotsCache:
     """Per-host policies; an error policy expires sooner so the host gets a second chance."""
 
@@ -109,7 +209,7 @@ class RobotsCache:
         return self._cache.get(host)
 
     def put(self, host: str, policy: RobotsPolicy) -> None:
-        ttl = self.error_ttl if policy.mode is RobotsMode.DISALLOW_ALL and policy.parser is None else self.ttl
+        ttl = self.error_ttl if policy.is_error else self.ttl
         self._cache.put(host, policy, ttl=ttl)
 
     def __len__(self) -> int:

@@ -95,6 +95,24 @@ local function unlease(id, now)
 end
 """
 
+
+def _fenced_script(body: str, helpers: str = "") -> str:
+    """A script refused (-1) unless the caller holds the partition under its epoch (partitions.py):
+    KEYS lease, epoch, writes, then the script's key; ARGV owner, epoch, then the script's own."""
+    return FENCE_LUA + helpers + "if fenced() then return -1 end\n" + body
+
+
+def _partition_script(body: str) -> str:
+    """A fenced script over one partition's keys (called through `RedisStore._on_partition`):
+    KEYS[4] KP..'n'; ARGV[3] KP (set for _HELPERS), the script's own from ARGV[4]."""
+    return _fenced_script("KP = ARGV[3]\n" + body, _HELPERS)
+
+
+def _url_script(body: str) -> str:
+    """A fenced partition script about one URL: ARGV[4] its id; `id` and its record key `rk` set."""
+    return _partition_script("local id = ARGV[4]\nlocal rk = KP .. 'u:' .. id\n" + body)
+
+
 # KEYS[1] KP..'n' (routes the call); ARGV: KP, now, max_per_host, max_depth, p, then 6-tuples
 # (key, url, host, depth, redirects, via). Returns {new, id1, depth1, ...}: FETCHED URLs whose
 # depth was lowered (their descendants' depths are re-derived by the caller).
@@ -146,12 +164,8 @@ return out
 )
 
 # Fenced scripts: KEYS lease, epoch, writes, KP..'n'; ARGV owner, epoch, KP, ...
-_CLAIM = (
-    FENCE_LUA
-    + _HELPERS
-    + """
-if fenced() then return -1 end
-KP = ARGV[3]
+_CLAIM = _partition_script(
+    """
 local host, now, until_ = ARGV[4], tonumber(ARGV[5]), ARGV[6]  -- ARGV[7] the URL lease owner
 local w = KP .. 'w:' .. host
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', w, '-inf', now)) do
@@ -178,14 +192,9 @@ return {id, f[1], f[2], f[3], f[4], f[5], f[6]}
 """
 )
 
-_START = (
-    FENCE_LUA
-    + _HELPERS
-    + """
-if fenced() then return -1 end
-KP = ARGV[3]
-local id, until_ = ARGV[4], ARGV[5]
-local rk = KP .. 'u:' .. id
+_START = _url_script(
+    """
+local until_ = ARGV[5]
 local f = redis.call('HMGET', rk, 's', 'lo', 'h')
 if tonumber(f[1]) ~= 1 or f[2] ~= ARGV[6] then return 0 end
 redis.call('HSET', rk, 's', 2, 'lu', until_)
@@ -200,14 +209,8 @@ return 1
 # ARGV ..., id, state, status, sha, err, fetched_at, edges JSON ('' = none).
 # Returns 0 (already final) or 1 + the URL's depth now (a shorter path may have lowered it while
 # it was being fetched: the caller then re-adds its links at the lower depth).
-_FINISH = (
-    FENCE_LUA
-    + _HELPERS
-    + """
-if fenced() then return -1 end
-KP = ARGV[3]
-local id = ARGV[4]
-local rk = KP .. 'u:' .. id
+_FINISH = _url_script(
+    """
 local f = redis.call('HMGET', rk, 's', 'h')
 if not f[1] then return 0 end
 local s = tonumber(f[1])
@@ -227,14 +230,8 @@ return 1 + tonumber(redis.call('HGET', rk, 'd'))
 )
 
 # ARGV ..., id, not_before, error, status, now
-_RETRY = (
-    FENCE_LUA
-    + _HELPERS
-    + """
-if fenced() then return -1 end
-KP = ARGV[3]
-local id = ARGV[4]
-local rk = KP .. 'u:' .. id
+_RETRY = _url_script(
+    """
 local f = redis.call('HMGET', rk, 's', 'h')
 local s = tonumber(f[1])
 if s ~= 1 and s ~= 2 then return 0 end
@@ -249,12 +246,8 @@ return 1
 )
 
 # ARGV ..., now, then ids to hand back ('*' = every lease that ran out by now, '**' = every lease)
-_UNLEASE = (
-    FENCE_LUA
-    + _HELPERS
-    + """
-if fenced() then return -1 end
-KP = ARGV[3]
+_UNLEASE = _partition_script(
+    """
 local now = tonumber(ARGV[4])
 local ids
 if ARGV[5] == '*' then ids = redis.call('ZRANGEBYSCORE', KP .. 'leases', '-inf', '(' .. ARGV[4])
@@ -268,10 +261,8 @@ return n
 )
 
 # KEYS lease, epoch, writes, record; ARGV owner, epoch, ttl_ms ('' = none), field/value pairs
-_HSET_FENCED = (
-    FENCE_LUA
-    + """
-if fenced() then return -1 end
+_HSET_FENCED = _fenced_script(
+    """
 redis.call('HSET', KEYS[4], unpack(ARGV, 4))
 if ARGV[3] ~= '' then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
 audit()
@@ -285,10 +276,8 @@ return 1
 # mode 'gate': go (0) only when the stored next-eligible and Retry-After times have passed, else
 # the seconds left; the new record is written in the same step, so two requests never pass one gap.
 # mode 'save': write the record (the end of a request).
-_HOST = (
-    FENCE_LUA
-    + """
-if fenced() then return -1 end
+_HOST = _fenced_script(
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if ARGV[3] == 'gate' then
@@ -369,16 +358,11 @@ class RedisStore(FrontierStore):
         self._requests: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
         self._expired_on_gain = 0
         self.fenced = 0  # writes this store refused to make or the server refused
-        self._add = client.register_script(_ADD)
-        self._claim_s = client.register_script(_CLAIM)
-        self._start_s = client.register_script(_START)
-        self._finish_s = client.register_script(_FINISH)
-        self._retry_s = client.register_script(_RETRY)
-        self._unlease_s = client.register_script(_UNLEASE)
-        self._hset_s = client.register_script(_HSET_FENCED)
-        self._reserve_s = client.register_script(_RESERVE)
-        self._host_s = client.register_script(_HOST)
-        self._host_read_s = client.register_script(_HOST_READ)
+        run = client.register_script
+        self._add, self._reserve_s, self._host_read_s = run(_ADD), run(_RESERVE), run(_HOST_READ)
+        self._claim_s, self._start_s, self._finish_s = run(_CLAIM), run(_START), run(_FINISH)
+        self._retry_s, self._unlease_s = run(_RETRY), run(_UNLEASE)
+        self._hset_s, self._host_s = run(_HSET_FENCED), run(_HOST)
         if partitions is not None:
             partitions.on_gain.append(self._on_gain)
             for p in partitions.owned:
@@ -390,6 +374,11 @@ class RedisStore(FrontierStore):
 
     def partition(self, host: str) -> int:
         return partition_of(host, self.P)
+
+    def _host_key(self, kind: str, host: str) -> tuple[int, str]:
+        """The partition of a host and the key of its shared record (kind: host, robots)."""
+        p = self.partition(host)
+        return p, f"pg:{kind}:{tag(p)}:{host}"
 
     def _owned(self) -> list[int]:
         if self.mgr is None:
@@ -404,6 +393,11 @@ class RedisStore(FrontierStore):
             self.fenced += 1
             raise self.mgr.refused(p, epoch)
         return res
+
+    def _on_partition(self, script: Any, p: int, epoch: int, *args: Any) -> Any:
+        """Run a `_partition_script` on partition p's keys under `epoch` (Fenced if refused)."""
+        kp = self._kp(p)
+        return self._fenced_call(script, p, epoch, kp + "n", [kp, *args])
 
     def _claim_epoch(self, url_id: int) -> tuple[int, int]:
         p = url_id % ID_STRIDE
@@ -431,9 +425,7 @@ class RedisStore(FrontierStore):
         # Any URL leased in an adopted partition belongs to a previous epoch, whose owner can no
         # longer write it: hand it back now rather than after its lease runs out.
         try:
-            self._expired_on_gain += self._fenced_call(
-                self._unlease_s, p, epoch, self._kp(p) + "n", [self._kp(p), time.time(), "**"]
-            )
+            self._expired_on_gain += self._on_partition(self._unlease_s, p, epoch, time.time(), "**")
         except Fenced:
             return
         self._gained.append(p)
@@ -509,12 +501,9 @@ class RedisStore(FrontierStore):
             if epoch is None:
                 return None
             self.mgr.inflight[(p, epoch)] += 1
-        kp = self._kp(p)
         res = None
         try:
-            res = self._fenced_call(
-                self._claim_s, p, epoch, kp + "n", [kp, host, now, now + lease_seconds, owner]
-            )
+            res = self._on_partition(self._claim_s, p, epoch, host, now, now + lease_seconds, owner)
         finally:
             if not res:
                 self.mgr.done(p, epoch)
@@ -529,10 +518,7 @@ class RedisStore(FrontierStore):
 
     def start(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
         p, epoch = self._claim_epoch(url_id)
-        kp = self._kp(p)
-        return bool(
-            self._fenced_call(self._start_s, p, epoch, kp + "n", [kp, url_id, now + lease_seconds, owner])
-        )
+        return bool(self._on_partition(self._start_s, p, epoch, url_id, now + lease_seconds, owner))
 
     def finish(
         self,
@@ -568,22 +554,10 @@ class RedisStore(FrontierStore):
                     [[u.url, u.host, u.depth - base, u.redirects, u.via or ""] for u in new_urls]
                 )
         o = outcome
-        res = self._fenced_call(
-            self._finish_s,
-            p,
-            epoch,
-            kp + "n",
-            [
-                kp,
-                url_id,
-                int(o.state),
-                o.status or "",
-                o.content_sha256 or "",
-                o.error or "",
-                o.fetched_at or "",
-                edges,
-            ],
-        )
+        res = self._on_partition(
+            self._finish_s, p, epoch, url_id, int(o.state), o.status or "",
+            o.content_sha256 or "", o.error or "", o.fetched_at or "", edges,
+        )  # fmt: skip
         self._end_claim(url_id)
         if edges and res and int(res) - 1 < depth_now:
             new += self.add(self._children(p, url_id, int(res) - 1), max_per_host=max_per_host,
@@ -592,16 +566,12 @@ class RedisStore(FrontierStore):
 
     def retry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
         p, epoch = self._claim_epoch(url_id)
-        kp = self._kp(p)
-        self._fenced_call(
-            self._retry_s, p, epoch, kp + "n", [kp, url_id, not_before, error, status or "", time.time()]
-        )
+        self._on_partition(self._retry_s, p, epoch, url_id, not_before, error, status or "", time.time())
         self._end_claim(url_id)
 
     def release(self, url_id: int) -> None:
         p, epoch = self._claim_epoch(url_id)
-        kp = self._kp(p)
-        self._fenced_call(self._unlease_s, p, epoch, kp + "n", [kp, time.time(), url_id])
+        self._on_partition(self._unlease_s, p, epoch, time.time(), url_id)
         self._end_claim(url_id)
 
     def expire_leases(self, now: float) -> int:
@@ -609,10 +579,8 @@ class RedisStore(FrontierStore):
         if self.mgr is None:
             return n
         for p in list(self.mgr.owned):
-            kp = self._kp(p)
             try:
-                epoch = self.mgr.write_epoch(p)
-                n += self._fenced_call(self._unlease_s, p, epoch, kp + "n", [kp, now, "*"])
+                n += self._on_partition(self._unlease_s, p, self.mgr.write_epoch(p), now, "*")
             except Fenced:
                 continue
         return n
@@ -694,14 +662,12 @@ class RedisStore(FrontierStore):
     # -- per-host records (politeness, robots), shared by every crawl --------------------------
     def _host_write(self, kind: str, host: str, fields: dict[str, Any], ttl_ms: int | None = None) -> None:
         assert self.mgr is not None
-        p = self.partition(host)
+        p, key = self._host_key(kind, host)
         epoch = self.mgr.write_epoch(p)
         flat: list[Any] = []
         for k, v in fields.items():
             flat += [k, "" if v is None else v]
-        self._fenced_call(
-            self._hset_s, p, epoch, f"pg:{kind}:{tag(p)}:{host}", ["" if ttl_ms is None else ttl_ms, *flat]
-        )
+        self._fenced_call(self._hset_s, p, epoch, key, ["" if ttl_ms is None else ttl_ms, *flat])
 
     def _host_args(self, mode: str, now: float, record: dict[str, float | None]) -> list[Any]:
         """Times in `record` are this process's wall clock: sent as seconds from now."""
@@ -728,13 +694,12 @@ class RedisStore(FrontierStore):
 
     def gate_host(self, host: str, now: float, record: dict[str, float | None]) -> float | None:
         assert self.mgr is not None
-        p = self.partition(host)
+        p, key = self._host_key("host", host)
         with self.mgr.lock:  # a request in flight: a draining partition waits for its end (save_host)
             epoch = self.mgr.write_epoch(p)
             self.mgr.inflight[(p, epoch)] += 1
         res: Any = None
         try:
-            key = f"pg:host:{tag(p)}:{host}"
             res = self._fenced_call(self._host_s, p, epoch, key, self._host_args("gate", now, record))
         finally:
             if res != 0:
@@ -746,7 +711,7 @@ class RedisStore(FrontierStore):
 
     def load_host(self, host: str) -> dict[str, float | None] | None:
         """The record with its times in this process's wall clock."""
-        res = self._host_read_s(keys=[f"pg:host:{tag(self.partition(host))}:{host}"])
+        res = self._host_read_s(keys=[self._host_key("host", host)[1]])
         if len(res) <= 2:
             return None
         offset = (int(res[0]) + int(res[1]) / 1e6) - time.time()  # server clock minus ours
@@ -765,16 +730,15 @@ class RedisStore(FrontierStore):
         request = pending.pop(0) if pending and end else None
         try:
             assert self.mgr is not None
-            p = self.partition(host)
+            p, key = self._host_key("host", host)
             epoch = self.mgr.write_epoch(p)
-            key = f"pg:host:{tag(p)}:{host}"
             self._fenced_call(self._host_s, p, epoch, key, self._host_args("save", time.time(), record))
         finally:
             if request is not None and self.mgr is not None:
                 self.mgr.done(*request)
 
     def load_robots(self, host: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(f"pg:robots:{tag(self.partition(host))}:{host}")
+        raw = self.redis.hgetall(self._host_key("robots", host)[1])
         if not raw:
             return None
         return {_s(k): (v if k == b"body" else _s(v)) for k, v in raw.items()}

@@ -29,13 +29,12 @@ from typing import Any
 from libs.service.cli import ArgumentParser, UsageError
 from libs.service.logging import configure_logging
 from services.crawler.engine import Crawl, CrawlState, new_owner_id
-from services.crawler.fetcher import Fetcher, ResolverMap, ResolveRule
+from services.crawler.opener import add_resolver_args, open_crawl, parse_resolve, run_to_end
 from services.crawler.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS, PartitionManager
 from services.crawler.politeness import HostSlot
 from services.crawler.settings import CrawlConfig
 from services.crawler.sinks import PageSink, open_sink
 from services.crawler.store_redis import RedisStore, connect, crawl_key, crawl_state, list_crawls
-from services.crawler.warc import WarcOutput
 
 log = logging.getLogger("services.crawler.worker")
 _DISCOVER_EVERY = 0.25
@@ -67,17 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds a partition lease lasts unless renewed (a dead worker's hosts wait this long)",
     )
-    p.add_argument(
-        "--resolve",
-        action="append",
-        default=[],
-        metavar="PATTERN=IP:PORT",
-        help="resolver map entry, repeatable, e.g. '*.sim.test=127.0.0.1:8090'",
-    )
-    p.add_argument("--allow-private", action="store_true", help="allow private/loopback addresses")
+    add_resolver_args(p)
     p.add_argument("--data-dir", default="data/crawler", help="WARC files and the page outbox go here")
     p.add_argument("--warc", action="store_true", help="write WARC files under data-dir/warc")
-    p.add_argument("--pages-to", default="", help="page event sink: redis://, http(s):// or a .jsonl path")
     p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: off)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint")
@@ -89,7 +80,7 @@ class Worker:
         self.args = args
         self.redis = client
         self.worker_id = args.worker_id or new_owner_id()
-        self.rules = [ResolveRule.parse(r) for r in args.resolve]
+        self.rules = parse_resolve(args.resolve)
         self.mgr = PartitionManager(
             client, self.worker_id, partitions=args.partitions, lease_seconds=args.partition_lease
         )
@@ -122,45 +113,40 @@ class Worker:
         self._started[crawl_id] = str(self.redis.hget(crawl_key(crawl_id, "meta"), "created_at"))
         store = RedisStore(self.redis, crawl_id, self.mgr)
         data = Path(self.args.data_dir)
-        warc = WarcOutput(data / "warc", f"{crawl_id}-{self.worker_id}") if self.args.warc else None
         if self.sink is None and self.args.pages_to:
             self.sink = open_sink(self.args.pages_to, outbox=data / f"outbox-{self.worker_id}.sqlite")
-        resolver = ResolverMap(self.rules, allow_private=self.args.allow_private)
-        fetcher = Fetcher(config.fetch, resolver, config.user_agent, concurrency=config.concurrency)
-        crawl = Crawl(
+        crawl = open_crawl(
             crawl_id,
             config,
             store,
-            fetcher,
-            warc=warc,
+            rules=self.rules,
+            allow_private=self.args.allow_private,
+            warc_dir=data / "warc" if self.args.warc else None,
+            warc_name=f"{crawl_id}-{self.worker_id}",
             sink=self.sink,
             owner=self.worker_id,
             host_slots=self.host_slots,
         )
         self.crawls[crawl_id] = crawl
+        self.tasks[crawl_id] = asyncio.create_task(self._run(crawl), name=f"crawl-{crawl_id}")
 
-        async def run() -> None:
-            try:
-                async with fetcher:
-                    await crawl.run()
-                if crawl.state is CrawlState.FINISHED:
-                    self.redis.hset(crawl_key(crawl_id, "meta"), "state", "finished")
-            finally:
-                self.done[crawl_id] = {
-                    "state": crawl.state.value,
-                    "stats": crawl.stats.as_dict(),
-                    # requests the host's shared record held back (another worker or crawl asked it)
-                    "held_back": crawl.stats.politeness_waits,
-                }
-                if crawl.state is CrawlState.FAILED:
-                    log.error("worker %s: crawl %s failed here: %s", self.worker_id, crawl_id, crawl.error)
-                    self._retry_at[crawl_id] = time.monotonic() + _RETRY_FAILED_AFTER
-                if warc is not None:
-                    warc.close()
-                store.close()
-                self.crawls.pop(crawl_id, None)
+    async def _run(self, crawl: Crawl) -> None:
+        await run_to_end(crawl, on_end=self._ended)
+        if crawl.state is CrawlState.FINISHED:
+            self.redis.hset(crawl_key(crawl.crawl_id, "meta"), "state", "finished")
 
-        self.tasks[crawl_id] = asyncio.create_task(run(), name=f"crawl-{crawl_id}")
+    def _ended(self, crawl: Crawl) -> None:
+        crawl_id = crawl.crawl_id
+        self.done[crawl_id] = {
+            "state": crawl.state.value,
+            "stats": crawl.stats.as_dict(),
+            # requests the host's shared record held back (another worker or crawl asked it)
+            "held_back": crawl.stats.politeness_waits,
+        }
+        if crawl.state is CrawlState.FAILED:
+            log.error("worker %s: crawl %s failed here: %s", self.worker_id, crawl_id, crawl.error)
+            self._retry_at[crawl_id] = time.monotonic() + _RETRY_FAILED_AFTER
+        self.crawls.pop(crawl_id, None)
 
     def _wanted(self, crawl_id: str) -> bool:
         """A running crawl not run here yet, registered again since (resumed), or failed here a
@@ -227,11 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(
                 f"--redis: expected redis://host:port/db or redis-cluster://host:port, got {args.redis!r}"
             )
-        for spec in args.resolve:
-            try:
-                ResolveRule.parse(spec)
-            except ValueError as exc:
-                raise UsageError(f"--resolve: {exc}") from None
+        parse_resolve(args.resolve)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
