@@ -58,3 +58,10 @@ async def test_batcher_groups_concurrent_requests_within_token_budget(model: Emb
     assert max(batcher.batches) > 1  # concurrent requests shared a forward pass
     longest = max(model.count_tokens(t) for t in texts)
     assert max(batcher.batches) * longest <= 64  # the token budget held
+
+
+def test_count_many_is_count_tokens_of_each(model: EmbeddingModel) -> None:
+    """The gateway counts a request's tokens in one call, off the event loop: same numbers."""
+    assert model.count_many(TEXTS) == [model.count_tokens(t) for t in TEXTS]
+    assert model.count_many([]) == []
+    assert model.count_many(["word " * 400])[0] == 256  # truncated as the model reads it
