@@ -420,3 +420,72 @@ def test_scheduler_with_prefix_caching_never_reads_wrong_kv(reqs, kv_blocks, max
         assert seq.status is SeqStatus.FINISHED
         if cancel_at.get(id(seq)) is None:
             assert len(seq.output) == seq.max_tokens
+
+
+# -- the live server: shared blocks, clients gone mid-stream, gauges back to zero --------------------
+def test_live_server_disconnects_while_sharing_leave_nothing_held() -> None:
+    import contextlib
+    import time
+
+    import httpx
+
+    from services.inference.admission import hash_key
+
+    from .conftest import LiveServer
+
+    server = LiveServer(tenants={"p1": {"key_sha256": hash_key("k-p1")}}, max_seqs=8, kv_block_size=4)
+    eng = server.runtime.engine
+    headers = {"Authorization": "Bearer k-p1"}
+    system = "You are a terse assistant for the standard library; answer in one line. " * 2
+    shared, release = threading.Event(), threading.Event()
+    try:
+        assert eng.cache.prefix_caching and eng.prefix_cache_scope == "tenant"
+        hit0 = REGISTRY.get_sample_value("inference_prefix_cache_hit_tokens_total", {"tenant": "p1"}) or 0.0
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            warm = {"prompt": system + "Q0", "max_tokens": 2, "ignore_eos": True}
+            assert c.post("/v1/completions", json=warm, headers=headers).status_code == 200
+
+            def gate(plan: StepPlan) -> None:
+                refs = [eng.cache.ref_count(b) for s in eng.scheduler.running for b in s.block_table]
+                if (
+                    len(eng.scheduler.running) == 3
+                    and max(refs) >= 3
+                    and all(s.output for s in eng.scheduler.running)
+                ):
+                    shared.set()
+                    assert release.wait(30), "gate never released"
+
+            eng.step_observer = gate
+            with contextlib.ExitStack() as stack:
+                for i in range(3):
+                    body = {
+                        "prompt": system + f"Q{i + 1}",
+                        "max_tokens": 200,
+                        "ignore_eos": True,
+                        "stream": True,
+                    }
+                    r = stack.enter_context(c.stream("POST", "/v1/completions", json=body, headers=headers))
+                    assert r.status_code == 200
+                assert shared.wait(30), "three streams never ran on shared blocks"
+            release.set()  # every client gone while the engine was held mid-step
+            deadline = time.monotonic() + 20
+            while (
+                eng.stats().running
+                or eng.stats().waiting
+                or eng.cache.used_tokens
+                or any(eng.backlog_tokens(k) for k in ("interactive", "batch"))
+            ):
+                assert time.monotonic() < deadline, eng.stats()
+                time.sleep(0.01)
+        eng.step_observer = None
+        holder: list[None] = []
+        eng.call(lambda _r: holder.append(eng.cache.check([]))).result(10)  # on the engine thread
+        assert REGISTRY.get_sample_value("inference_kv_cache_used_tokens") == 0.0
+        assert REGISTRY.get_sample_value("inference_running_sequences") == 0.0
+        assert eng.cache.cached_blocks > 0  # the shared prompt stays cached for the next request
+        hit = REGISTRY.get_sample_value("inference_prefix_cache_hit_tokens_total", {"tenant": "p1"}) or 0.0
+        assert hit - hit0 >= 3 * (len(system) // 4) * 4 - 12
+    finally:
+        release.set()
+        eng.step_observer = None
+        server.stop()
