@@ -6,7 +6,16 @@ import random
 
 from services.crawler.politeness import HostSlot, parse_retry_after
 from services.crawler.retry import RetryPolicy, is_retryable_status
-from services.crawler.robots import MAX_ROBOTS_BYTES, RobotsCache, RobotsMode, policy_from_response
+from services.crawler.robots import (
+    MAX_ROBOTS_BYTES,
+    MAX_ROBOTS_REDIRECTS,
+    ROBOTS_ATTEMPTS,
+    RobotsCache,
+    RobotsFetch,
+    RobotsMode,
+    policy_from_response,
+    policy_from_shared,
+)
 from services.crawler.settings import PolitenessConfig, RetryConfig
 
 TOKEN = "ProvingGroundBot"
@@ -92,3 +101,44 @@ def test_a_utf8_byte_order_mark_does_not_turn_the_rules_off() -> None:
     assert p.mode is RobotsMode.RULES
     assert not p.allows("http://h/secret") and p.allows("http://h/open")
     assert p.crawl_delay == 2.0
+
+
+# -- the robots.txt fetch protocol (RobotsFetch): hops, retries, the final answer --------------
+
+
+def test_robots_fetch_follows_redirects_across_authorities_up_to_five_hops() -> None:
+    proto = RobotsFetch(TOKEN)
+    url, hops = "http://a.test/robots.txt", 0
+    for n in range(1, MAX_ROBOTS_REDIRECTS + 1):
+        step = proto.answered("a.test", url, hops, 301, f"http://b{n}.test/robots.txt", b"")
+        assert step.redirect and step.policy is None
+        assert proto.owed("a.test") == (f"http://b{n}.test/robots.txt", n)
+        url, hops = proto.owed("a.test") or ("", 0)
+        proto.taken("a.test")
+        assert proto.owed("a.test") is None
+    step = proto.answered("a.test", url, hops, 301, "http://too-far.test/robots.txt", b"")
+    assert step.policy is not None and step.policy.mode is RobotsMode.DISALLOW_ALL  # a 6th hop: unreachable
+    assert proto.owed("a.test") is None
+
+
+def test_robots_fetch_retries_transient_failures_then_disallows_all() -> None:
+    proto = RobotsFetch(TOKEN)
+    for attempt in range(1, ROBOTS_ATTEMPTS):
+        step = proto.answered("h", "http://h/robots.txt", 0, 503, None, b"")
+        assert step.retry_attempt == attempt and proto.owed("h") is None  # hop 0: asked from the start
+    step = proto.answered("h", "http://h/robots.txt", 0, 503, None, b"")
+    assert step.policy is not None and step.policy.is_error
+    # a redirect target that times out is asked again as such, and the count starts over per host
+    step = proto.failed("h", "http://other/robots.txt", 2, "timeout", retryable=True)
+    assert step.retry_attempt == 1 and proto.owed("h") == ("http://other/robots.txt", 2)
+
+
+def test_robots_fetch_final_answer_is_shared_and_reads_back_the_same() -> None:
+    proto = RobotsFetch(TOKEN)
+    step = proto.answered("h", "http://h/robots.txt", 0, 200, None, RULES)
+    assert step.policy is not None and step.shared is not None
+    again = policy_from_shared(step.shared, TOKEN)
+    assert again.mode is RobotsMode.RULES and again.crawl_delay == step.policy.crawl_delay == 0.5
+    assert again.allows("http://h/private/ok") and not again.allows("http://h/private/x")
+    failed = proto.failed("h", "http://h/robots.txt", 0, "refused", retryable=False)
+    assert failed.shared is not None and policy_from_shared(failed.shared, TOKEN).is_error
