@@ -31,6 +31,11 @@ def parse_size(text: str) -> int:
     return n * 1024 ** " kmgt".index((m.group(2) or " ").lower())
 
 
+def _workers(text: str) -> int:
+    """`auto` (0: adaptive, see stages.IO_WORKERS) or a positive count."""
+    return 0 if text == "auto" else _positive_int(text)
+
+
 def _positive_int(text: str) -> int:
     try:
         n = int(text)
@@ -65,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--hash", dest="algorithm", choices=sorted(HASHERS), default=d.algorithm, help="full-content hash"
     )
     s.add_argument(
-        "--workers", type=_positive_int, default=d.workers, help="parallel readers (bounded queue)"
+        "--workers",
+        type=_workers,
+        default=d.workers,
+        help="parallel readers: auto (default: 1 while files are in the page cache, 4 while reads"
+        " wait on the disk) or a fixed count",
     )
     s.add_argument(
         "--order",

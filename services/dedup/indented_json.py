@@ -116,6 +116,13 @@ def _stdlib(obj: Any, depth: int) -> str:
     return json.dumps(obj, indent=2).replace("\n", "\n" + "  " * depth)
 
 
+def encode_at(obj: Any, depth: int) -> str:
+    """The text `json.dumps(..., indent=2)` gives `obj` where it sits `depth` levels deep
+    (its first line unindented, the following ones indented for that depth): what a writer
+    that streams a large container item by item puts between the separators."""
+    return _encode(obj, depth)
+
+
 def dumps_indent2(obj: Any) -> str:
     """Exactly `json.dumps(obj, indent=2)` for JSON-shaped data (dicts, lists, scalars)."""
     return _encode(obj, 0)

@@ -142,6 +142,49 @@ def partial_digest(entry: FileEntry, counter: ByteCounter, where: str, length: i
     return hasher.digest()
 
 
+def read_small(entry: FileEntry, counter: ByteCounter) -> bytes:
+    """The whole content of a small file, in one read: the bytes themselves are compared.
+
+    One open, one fstat (same inode, size and mtime as the walk saw), one pread of one byte
+    more than the size (a file that grew or shrank gives a length other than its size), one
+    close. The stages keep these bytes to compare them directly, so a small file is read once.
+    """
+    fd = os.open(entry.path, _OPEN_FLAGS)
+    try:
+        _check_same(entry, os.fstat(fd), "before read")
+        data = os.pread(fd, entry.size + 1, 0)
+    finally:
+        os.close(fd)
+    counter.add(len(data))
+    if len(data) != entry.size:
+        raise FileChanged(f"changed during scan: read {len(data)} bytes, expected {entry.size}")
+    return data
+
+
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+
+
+def in_page_cache(entry: FileEntry) -> bool | None:
+    """Whether the first byte of the file is in the page cache (a read would not wait on the
+    device): preadv with RWF_NOWAIT, which fails with EAGAIN instead of going to the disk.
+    None where that cannot be told (no RWF_NOWAIT, or the file cannot be opened)."""
+    if _RWF_NOWAIT is None or not entry.size:
+        return None
+    try:
+        fd = os.open(entry.path, _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        os.preadv(fd, [bytearray(1)], 0, _RWF_NOWAIT)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:  # EOPNOTSUPP on filesystems without non-blocking buffered reads
+        return None
+    finally:
+        os.close(fd)
+
+
 _local = threading.local()
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import codecs
 import csv
+import json
 import os
 import sys
 from typing import Any, TextIO
 
-from services.dedup.indented_json import dumps_indent2
+from services.dedup.indented_json import encode_at
 from services.dedup.scanner import ScanResult
+from services.dedup.stages import Group
 from services.dedup.walk import FileEntry
 
 
@@ -47,7 +49,16 @@ def _file_json(f: FileEntry) -> dict[str, Any]:
     return d
 
 
-def to_dict(result: ScanResult) -> dict[str, Any]:
+def _group_json(g: Group) -> dict[str, Any]:
+    return {
+        "size": g.size,
+        "digest": g.digest.hex() if g.digest else None,
+        "wasted_bytes": g.wasted_bytes,
+        "files": [_file_json(f) for f in g.files],
+    }
+
+
+def to_dict(result: ScanResult, *, groups: bool = True) -> dict[str, Any]:
     return {
         "totals": result.totals(),
         "config": {
@@ -56,15 +67,7 @@ def to_dict(result: ScanResult) -> dict[str, Any]:
             "workers": result.config.workers,
             "order": result.config.order,
         },
-        "groups": [
-            {
-                "size": g.size,
-                "digest": g.digest.hex() if g.digest else None,
-                "wasted_bytes": g.wasted_bytes,
-                "files": [_file_json(f) for f in g.files],
-            }
-            for g in result.groups
-        ],
+        "groups": [_group_json(g) for g in result.groups] if groups else [],
         "hard_linked": [_file_json(f) for f in result.hard_linked],
         "errors": [{**path_json(e.path), "error": e.error} for e in result.errors],
         "stages": [s.as_dict() for s in result.stages],
@@ -73,10 +76,28 @@ def to_dict(result: ScanResult) -> dict[str, Any]:
     }
 
 
+# Groups encoded per write: the report of 200k files would otherwise be built whole (its
+# dicts, then its text), which cost more memory than the scan itself.
+GROUPS_PER_WRITE = 512
+
+
 def write_json(result: ScanResult, out: TextIO) -> None:
-    # One string and one write (json.dump with indent streams thousands of tiny writes), and
-    # the text of json.dumps(indent=2) made by the C encoder (see indented_json).
-    out.write(dumps_indent2(to_dict(result)) + "\n")
+    """The text of json.dumps(to_dict(result), indent=2), written as it is made: the
+    groups in runs of GROUPS_PER_WRITE (the C encoder makes the text, see indented_json)."""
+    head = to_dict(result, groups=False)
+    out.write("{")
+    for i, (key, value) in enumerate(head.items()):
+        out.write(("\n  " if i == 0 else ",\n  ") + json.dumps(key) + ": ")
+        if key != "groups" or not result.groups:
+            out.write(encode_at(value, 1))
+            continue
+        out.write("[")
+        for start in range(0, len(result.groups), GROUPS_PER_WRITE):
+            run = result.groups[start : start + GROUPS_PER_WRITE]
+            text = ",\n    ".join([encode_at(_group_json(g), 2) for g in run])
+            out.write(("\n    " if start == 0 else ",\n    ") + text)
+        out.write("\n  ]")
+    out.write("\n}\n")
 
 
 def write_csv(result: ScanResult, out: TextIO) -> None:

@@ -100,7 +100,7 @@ class ScanOptions:
 
     algorithm: str = "blake3"
     partial_size: int = 4096
-    workers: int = 4
+    workers: int = 0  # 0: adaptive (1 reader on a warm page cache, more while reads wait on disk)
     order: str = "inode"  # read in (device, inode) order: close to on-disk order
     follow_symlinks: bool = False
     one_file_system: bool = False

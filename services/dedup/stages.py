@@ -1,6 +1,7 @@
 """The pipeline: each stage is a function from candidate groups to smaller groups.
 
-    size buckets -> head hash -> tail hash -> full streaming hash -> byte verification
+    size buckets -> small files (<= SMALL_MAX): one read each, classes by their bytes
+                 -> the rest: head hash -> tail hash -> full streaming hash -> byte verification
 
 A group leaving a stage has at least two files (distinct inodes) that agree on everything
 that stage and the ones before it looked at. Each stage records its own statistics (groups
@@ -25,7 +26,15 @@ from typing import Any, Protocol, TypeVar
 
 from services.dedup.compare import equal_classes
 from services.dedup.hashcache import HashCache
-from services.dedup.reader import CRYPTOGRAPHIC, HASHERS, ByteCounter, full_digest, partial_digest
+from services.dedup.reader import (
+    CRYPTOGRAPHIC,
+    HASHERS,
+    ByteCounter,
+    full_digest,
+    in_page_cache,
+    partial_digest,
+    read_small,
+)
 from services.dedup.walk import FileEntry, WalkError
 
 T = TypeVar("T")
@@ -78,11 +87,23 @@ class NoProgress:
         pass
 
 
+# Readers while reads wait on the device (the adaptive default, `workers=0`). Measured on the
+# 2-vCPU machine (docs/bench/dedup.md): with the page cache warm one thread is fastest (the
+# work is CPU-bound and the GIL serialises it; extra threads only add hand-offs); cold, reads
+# block in the kernel with the GIL released, and 4 readers keep a virtio disk busy.
+IO_WORKERS = 4
+# The adaptive map decides again every this many items, by probing a few of them.
+SEGMENT = 2048
+PROBES = 8
+
+
 @dataclass(slots=True)
 class ScanConfig:
     algorithm: str = "blake3"
     partial_size: int = 4096
-    workers: int = 4
+    # 0: adaptive (one reader while the files are in the page cache, IO_WORKERS while reads
+    # would wait on the device); N >= 1: always N readers.
+    workers: int = 0
     order: str = "inode"  # read in (device, inode) order: close to on-disk order, kind to HDDs
     trust_verified_cache: bool = True
 
@@ -91,8 +112,8 @@ class ScanConfig:
             raise ValueError(f"unknown hash algorithm {self.algorithm!r} (choose from {sorted(HASHERS)})")
         if self.order not in {"path", "inode"}:
             raise ValueError(f"unknown order {self.order!r} (choose path or inode)")
-        if self.partial_size < 1 or self.workers < 1:
-            raise ValueError("partial_size and workers must be positive")
+        if self.partial_size < 1 or self.workers < 0:
+            raise ValueError("partial_size must be positive and workers >= 0 (0: adaptive)")
 
 
 @dataclass(slots=True)
@@ -103,21 +124,47 @@ class ScanContext:
     counter: ByteCounter = field(default_factory=ByteCounter)
     errors: list[WalkError] = field(default_factory=list)
     stages: list[StageStats] = field(default_factory=list)
+    segments: int = 0  # adaptive map: segments decided, and how many of them read cold
+    segments_cold: int = 0
 
     def report_error(self, entry: FileEntry, exc: OSError) -> None:
         text = str(exc) if exc.__class__.__name__ == "FileChanged" else f"{type(exc).__name__}: {exc}"
         self.errors.append(WalkError(entry.path, text))
 
     def map(
-        self, func: Callable[[T], R], items: Iterable[T]
+        self,
+        func: Callable[[T], R],
+        items: Iterable[T],
+        entry_of: Callable[[T], FileEntry] | None = None,
     ) -> Iterator[tuple[T, R | None, BaseException | None]]:
         """Bounded parallel map through libs.queues; a plain loop for one worker or one item.
 
-        Items travel in batches: one queue hand-off costs tens of microseconds, as much as
-        hashing a small file, so per-item dispatch would eat the gain of the threads.
+        With `workers=0` (adaptive) the items go in segments of SEGMENT, and each segment runs
+        on one thread when a few of its files (`entry_of(item)`), probed with RWF_NOWAIT, are
+        in the page cache, and on IO_WORKERS threads when reads would wait on the device.
+        Items travel to the threads in batches: one queue hand-off costs tens of microseconds,
+        as much as hashing a small file, so per-item dispatch would eat the gain of the threads.
         """
         items = list(items)
-        workers = self.config.workers
+        fixed = self.config.workers
+        if fixed or entry_of is None:
+            yield from self._map_with(func, items, fixed or 1)
+            return
+        for start in range(0, len(items), SEGMENT):
+            segment = items[start : start + SEGMENT]
+            yield from self._map_with(func, segment, self._workers_for(segment, entry_of))
+
+    def _workers_for(self, segment: list[T], entry_of: Callable[[T], FileEntry]) -> int:
+        step = max(1, len(segment) // PROBES)
+        cached = [in_page_cache(entry_of(item)) for item in segment[::step][:PROBES]]
+        cold = any(c is False for c in cached)
+        self.segments_cold += cold
+        self.segments += 1
+        return IO_WORKERS if cold else 1
+
+    def _map_with(
+        self, func: Callable[[T], R], items: list[T], workers: int
+    ) -> Iterator[tuple[T, R | None, BaseException | None]]:
         if workers <= 1 or len(items) <= 1:
             for item in items:
                 try:
@@ -151,6 +198,21 @@ class ScanContext:
 
 
 Stage = Callable[[list[Group], ScanContext], list[Group]]
+# Files up to this size are read whole, once, and compared by their bytes (small_stage).
+SMALL_MAX = 4096
+# small_stage holds the bytes of one class representative per distinct content of the groups
+# it is reading; it reads groups in runs of about this many files to bound that memory.
+SMALL_RUN = 8192
+
+
+def _second(item: tuple[int, FileEntry]) -> FileEntry:
+    return item[1]
+
+
+def _first_file(group: Group) -> FileEntry:
+    return group.files[0]
+
+
 # Groups up to this size skip the full-hash stage: verification reads them once, in lock-step.
 LOCKSTEP_GROUP = 16
 # Groups of files up to this size (and at most LOCKSTEP_GROUP of them) skip the partial hashes.
@@ -200,7 +262,7 @@ def _refine(
         ctx.progress.advance(len(items) - len(misses))
         items = misses
     items = ctx.ordered(items)
-    for (gi, entry), result, exc in ctx.map(key_of, items):
+    for (gi, entry), result, exc in ctx.map(key_of, items, _second):
         ctx.progress.advance()
         if exc is not None or result is None:
             if isinstance(exc, OSError):
@@ -303,7 +365,9 @@ def verify_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
             return [group], len(proven)
         # One proven member stands for all of them: they are equal to each other already.
         anchor = proven[:1]
-        new_hasher = HASHERS[alg] if group.digest is None else None
+        # Hashed while compared only when a cache keeps the digest for the next scan: the
+        # bytes are the proof, and hashing costs as much as reading them from the page cache.
+        new_hasher = HASHERS[alg] if group.digest is None and ctx.cache is not None else None
         classes = equal_classes(anchor + unproven, ctx.counter, ctx.report_error, new_hasher)
         order = {id(f): i for i, f in enumerate(group.files)}
         out = []
@@ -340,12 +404,91 @@ def verify_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
                 ctx.progress.advance(len(group.files))
             else:
                 todo.append(group)
-    for group, result, exc in ctx.map(verify, todo):
+    for group, result, exc in ctx.map(verify, todo, _first_file):
         ctx.progress.advance(len(group.files))
         if exc is not None or result is None:
             raise exc if exc is not None else RuntimeError("no result")
         out.extend(result[0])
         stats.cache_hits += result[1]
+    out.sort(key=lambda g: (g.size, g.files[0].path))
+    return out
+
+
+def small_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
+    """Groups of files of at most SMALL_MAX bytes, settled in one read per file.
+
+    Each file is read whole (one open, one fstat, one pread) and its bytes are the dict key
+    of its class: equal keys are equal bytes, so a class is proven when it forms, and no file
+    is opened twice (a partial hash followed by a byte compare would open each one twice).
+    Only one representative's bytes per distinct content of the groups of the current run
+    are kept. With a cache, a group whose members all have a cached full digest needs no read
+    when the digests tell the classes apart and the members of every class of two or more
+    were proven equal before (`verified`); otherwise the whole group is read.
+    """
+    alg = ctx.config.algorithm
+    full_field = f"full:{alg}"
+    cache = ctx.cache
+    trusted = cache is not None and ctx.config.trust_verified_cache and alg in CRYPTOGRAPHIC
+    stats = ctx.stages[-1]
+    new_hasher = HASHERS[alg]
+    out: list[Group] = []
+    todo: list[Group] = groups
+    if cache is not None:
+        todo = []
+        for g in groups:
+            digests = cache.get_many(g.files, full_field)
+            if any(d is None for d in digests):
+                todo.append(g)
+                continue
+            by_digest: dict[bytes, list[FileEntry]] = {}
+            for f, d in zip(g.files, digests, strict=True):
+                by_digest.setdefault(d, []).append(f)
+            known = [(d, m) for d, m in by_digest.items() if len(m) > 1]
+            if trusted and all(all(v == d for v in cache.get_many(m, "verified")) for d, m in known):
+                out.extend(Group(g.size, m, d) for d, m in known)
+                stats.cache_hits += len(g.files)
+                ctx.progress.advance(len(g.files))
+            else:
+                todo.append(g)
+
+    def read(item: tuple[int, FileEntry]) -> bytes:
+        return read_small(item[1], ctx.counter)
+
+    run: list[Group] = []
+    run_files = 0
+    for i, g in enumerate(todo):
+        run.append(g)
+        run_files += len(g.files)
+        if run_files < SMALL_RUN and i + 1 < len(todo):
+            continue
+        items = ctx.ordered([(gi, f) for gi, grp in enumerate(run) for f in grp.files])
+        # (group index, bytes) -> members, in the order they were read
+        classes: dict[tuple[int, bytes], list[FileEntry]] = {}
+        for (gi, entry), data, exc in ctx.map(read, items, _second):
+            ctx.progress.advance()
+            if exc is not None or data is None:
+                if isinstance(exc, OSError):
+                    ctx.report_error(entry, exc)
+                    continue
+                raise exc if exc is not None else RuntimeError("no result")
+            classes.setdefault((gi, data), []).append(entry)
+        order = {id(f): k for grp in run for k, f in enumerate(grp.files)}
+        for (gi, data), members in classes.items():
+            size = run[gi].size
+            if len(members) < 2 and cache is None:
+                continue
+            hasher = new_hasher()
+            hasher.update(data)
+            digest = hasher.digest()
+            if cache is not None:
+                # Singletons keep their digest too: the next scan tells them apart unread.
+                proven = {"verified": digest} if trusted and len(members) > 1 else {}
+                for f in members:
+                    cache.update(f, **{full_field: digest}, **proven)
+            if len(members) > 1:
+                members.sort(key=lambda f: order[id(f)])
+                out.append(Group(size, members, digest))
+        run, run_files = [], 0
     out.sort(key=lambda g: (g.size, g.files[0].path))
     return out
 
@@ -373,18 +516,28 @@ def find_duplicates(files: Iterable[FileEntry], ctx: ScanContext) -> list[Group]
             seconds=time.perf_counter() - t0,
         )
     )
+    small = [g for g in groups if g.size <= SMALL_MAX]
+    groups = [g for g in groups if g.size > SMALL_MAX]
+    settled = _run_stage("small", small_stage, small, ctx)
     for name, stage in PIPELINE:
-        stats = StageStats(name, groups_in=len(groups), files_in=sum(len(g.files) for g in groups))
-        ctx.stages.append(stats)
-        read_before = ctx.counter.total
-        errors_before = len(ctx.errors)
-        t0 = time.perf_counter()
-        ctx.progress.start(name, stats.files_in)
-        groups = stage(groups, ctx)
-        stats.seconds = time.perf_counter() - t0
-        stats.bytes_read = ctx.counter.total - read_before
-        stats.errors = len(ctx.errors) - errors_before
-        stats.groups_out = len(groups)
-        stats.files_out = sum(len(g.files) for g in groups)
+        groups = _run_stage(name, stage, groups, ctx)
     ctx.progress.close()
+    if not settled:
+        return groups
+    return sorted(settled + groups, key=lambda g: (g.size, g.files[0].path))
+
+
+def _run_stage(name: str, stage: Stage, groups: list[Group], ctx: ScanContext) -> list[Group]:
+    stats = StageStats(name, groups_in=len(groups), files_in=sum(len(g.files) for g in groups))
+    ctx.stages.append(stats)
+    read_before = ctx.counter.total
+    errors_before = len(ctx.errors)
+    t0 = time.perf_counter()
+    ctx.progress.start(name, stats.files_in)
+    groups = stage(groups, ctx)
+    stats.seconds = time.perf_counter() - t0
+    stats.bytes_read = ctx.counter.total - read_before
+    stats.errors = len(ctx.errors) - errors_before
+    stats.groups_out = len(groups)
+    stats.files_out = sum(len(g.files) for g in groups)
     return groups

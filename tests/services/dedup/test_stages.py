@@ -55,9 +55,8 @@ def test_each_stage_prunes_what_it_can_see(tmp_path: Path) -> None:
     assert (by_name["verify"].files_in, by_name["verify"].files_out) == (3, 2)
     assert by_name["head"].bytes_read == 5 * 4096
     assert by_name["verify"].bytes_read == 3 * len(base)
-    import blake3
-
-    assert result.groups[0].digest == blake3.blake3(base).digest()
+    # Without a cache to keep it, no digest is computed: the byte compare is the proof.
+    assert result.groups[0].digest is None
 
 
 def test_small_groups_go_straight_to_verification(tmp_path: Path) -> None:

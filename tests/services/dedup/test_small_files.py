@@ -1,0 +1,138 @@
+"""Issue 15, speed and memory: small files read once, adaptive readers, lean entries, a
+streamed report."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from services.dedup import report, stages
+from services.dedup.reader import in_page_cache
+from services.dedup.scanner import scan
+from services.dedup.stages import SMALL_MAX, ScanConfig, ScanContext
+from services.dedup.walk import WalkOptions, walk
+from tests.services.dedup.conftest import write
+
+
+def _names(result) -> list[list[str]]:
+    return sorted(sorted(os.path.basename(os.fsdecode(f.path)) for f in g.files) for g in result.groups)
+
+
+def test_small_files_are_read_once_and_compared_by_their_bytes(tmp_path: Path) -> None:
+    # 40 files of one small size (more than a lock-step group): 4 contents, 10 copies each.
+    contents = [bytes([i]) * 1000 for i in range(4)]
+    for i in range(40):
+        write(tmp_path / f"f{i:02d}", contents[i % 4])
+    write(tmp_path / "lone", b"x" * 999)
+    result = scan([tmp_path], config=ScanConfig(workers=1))
+    by_name = {s.name: s for s in result.stages}
+    assert by_name["small"].bytes_read == 40 * 1000  # each byte once, no partial hash first
+    assert sum(s.bytes_read for s in result.stages) == 40 * 1000
+    assert _names(result) == sorted(sorted(f"f{i:02d}" for i in range(k, 40, 4)) for k in range(4))
+    assert result.groups[0].digest is not None  # the class's digest, from its bytes
+
+
+def test_small_and_large_files_together_come_out_sorted(tmp_path: Path) -> None:
+    big = os.urandom(SMALL_MAX + 1)
+    for name in ("b1", "b2"):
+        write(tmp_path / name, big)
+    for name in ("s1", "s2"):
+        write(tmp_path / name, b"small")
+    result = scan([tmp_path], config=ScanConfig(workers=1))
+    assert [sorted(os.path.basename(os.fsdecode(f.path)) for f in g.files) for g in result.groups] == [
+        ["s1", "s2"],
+        ["b1", "b2"],
+    ]
+
+
+def test_a_small_file_changed_after_the_walk_is_reported_not_trusted(tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        write(tmp_path / name, b"same bytes")
+    walked = walk([tmp_path])
+    write(tmp_path / "c", b"other size!")
+    ctx = ScanContext(config=ScanConfig(workers=1))
+    groups = stages.find_duplicates(walked.files, ctx)
+    assert [sorted(os.path.basename(os.fsdecode(f.path)) for f in g.files) for g in groups] == [["a", "b"]]
+    assert len(ctx.errors) == 1 and ctx.errors[0].path.endswith(b"/c")
+
+
+def test_small_runs_bound_what_is_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stages, "SMALL_RUN", 3)  # many runs: same groups as one run
+    for i in range(30):
+        write(tmp_path / f"f{i:02d}", bytes([i % 3]) * (10 + i % 2))
+    result = scan([tmp_path], config=ScanConfig(workers=1))
+    assert sorted(len(g.files) for g in result.groups) == [5] * 6
+
+
+def test_adaptive_readers_one_thread_when_cached_more_when_cold(tmp_path: Path) -> None:
+    for i in range(6):
+        write(tmp_path / f"f{i}", b"%d" % (i % 2) * 20_000)
+    entries = walk([tmp_path]).files
+    ctx = ScanContext(config=ScanConfig(workers=0))
+    for e in entries:
+        with open(e.path, "rb") as f:
+            f.read()
+    if in_page_cache(entries[0]) is None:
+        pytest.skip("RWF_NOWAIT not supported here: the adaptive map cannot probe the page cache")
+    assert sorted(r for _, r, _ in ctx.map(lambda e: e.size, entries, lambda e: e)) == [20_000] * 6
+    assert (ctx.segments, ctx.segments_cold) == (1, 0)
+    for e in entries:  # evict them (clean pages go at once)
+        fd = os.open(e.path, os.O_RDONLY)
+        os.fsync(fd)  # dirty pages cannot be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    if in_page_cache(entries[0]) is not False:
+        pytest.skip("this filesystem keeps the pages (tmpfs?): nothing is ever cold")
+    assert sorted(r for _, r, _ in ctx.map(lambda e: e.size, entries, lambda e: e)) == [20_000] * 6
+    assert (ctx.segments, ctx.segments_cold) == (2, 1)
+
+
+def test_adaptive_and_fixed_readers_find_the_same_groups(tree: Path) -> None:
+    auto = scan([tree], config=ScanConfig(workers=0))
+    assert _names(auto) == _names(scan([tree], config=ScanConfig(workers=3)))
+
+
+def test_a_root_that_is_also_inside_another_root_is_one_entry(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    write(tmp_path / "d" / "a", b"content")
+    write(tmp_path / "d" / "b", b"content")
+    for roots in ([tmp_path / "d", tmp_path / "d" / "a"], [tmp_path / "d" / "a", tmp_path / "d"]):
+        files = walk(roots).files
+        assert sorted(os.path.basename(f.path) for f in files) == [b"a", b"b"]
+    # Overlapping directory roots: each directory is listed once, so each file is met once.
+    assert len(walk([tmp_path, tmp_path / "d"]).files) == 2
+    # A followed symlink to a file with one link: still one entry.
+    os.symlink(tmp_path / "d" / "a", tmp_path / "link")
+    assert len(walk([tmp_path], WalkOptions(follow_symlinks=True)).files) == 2
+
+
+def test_entries_share_one_empty_links_tuple(tmp_path: Path) -> None:
+    write(tmp_path / "a", b"1")
+    write(tmp_path / "b", b"2")
+    os.link(tmp_path / "a", tmp_path / "a2")
+    by_name = {os.path.basename(f.path): f for f in walk([tmp_path]).files}
+    assert by_name[b"b"].links == ()
+    assert by_name[b"a"].links == [os.fsencode(tmp_path / "a2")]
+
+
+@pytest.mark.parametrize("per_write", [1, 2, 512])
+def test_the_streamed_report_is_json_dumps_indent2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_write: int
+) -> None:
+    monkeypatch.setattr(report, "GROUPS_PER_WRITE", per_write)
+    for i in range(7):
+        write(tmp_path / f"a{i}", b"x" * (i % 3 + 1))
+        write(tmp_path / f"b{i}", b"x" * (i % 3 + 1))
+    result = scan([tmp_path], config=ScanConfig(workers=1))
+    assert len(result.groups) == 3
+    out = io.StringIO()
+    report.write_json(result, out)
+    assert out.getvalue() == json.dumps(report.to_dict(result), indent=2) + "\n"
+    empty = scan([tmp_path / "a0"], config=ScanConfig(workers=1))
+    out = io.StringIO()
+    report.write_json(empty, out)
+    assert out.getvalue() == json.dumps(report.to_dict(empty), indent=2) + "\n"
