@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -54,10 +55,15 @@ class EmbeddingModel:
         self.model = AutoModel.from_pretrained(path).to(device).eval()
         self.device = device
         self.max_tokens = max_tokens
+        # The fast tokenizer's __call__ resets its truncation/padding state when they differ
+        # from the last call's (counting pads nothing, a batch pads): two threads at once would
+        # race on it ("Already borrowed"). Counting and batching run on different threads.
+        self._tokenizer_lock = threading.Lock()
 
     def count_tokens(self, text: str) -> int:
         """Tokens this text costs after truncation ([CLS] and [SEP] included)."""
-        n = len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+        with self._tokenizer_lock:
+            n = len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
         return min(n, self.max_tokens)
 
     def count_many(self, texts: list[str]) -> list[int]:
@@ -65,14 +71,16 @@ class EmbeddingModel:
         callers run it on a worker thread, never on the event loop)."""
         if not texts:
             return []
-        enc = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_tokens)
+        with self._tokenizer_lock:
+            enc = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_tokens)
         return [len(ids) for ids in enc["input_ids"]]
 
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> torch.Tensor:
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
-        )
+        with self._tokenizer_lock:
+            enc = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+            )
         enc = {k: v.to(self.device) for k, v in enc.items()}
         hidden = self.model(**enc).last_hidden_state.float()  # [N, T, 384]
         mask = enc["attention_mask"].unsqueeze(-1).float()
