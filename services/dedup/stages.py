@@ -202,7 +202,7 @@ Stage = Callable[[list[Group], ScanContext], list[Group]]
 SMALL_MAX = 4096
 # small_stage holds the bytes of one class representative per distinct content of the groups
 # it is reading; it reads groups in runs of about this many files to bound that memory.
-SMALL_RUN = 8192
+SMALL_RUN = 1024
 
 
 def _second(item: tuple[int, FileEntry]) -> FileEntry:

@@ -296,14 +296,15 @@ def iter_files(
                         # One name, one directory listed once: this inode cannot be met again,
                         # so it needs no entry in seen_files (~100 bytes a file). The device
                         # number is shared with the directory's (one int object, not one each).
-                        dev = st.st_dev
+                        # ctime equal to mtime (a file written once) shares its int object too.
+                        dev, mtime, ctime = st.st_dev, st.st_mtime_ns, st.st_ctime_ns
                         entry = FileEntry(
                             path,
                             root_dev if dev == root_dev else dev,
                             st.st_ino,
                             size,
-                            st.st_mtime_ns,
-                            st.st_ctime_ns,
+                            mtime,
+                            mtime if ctime == mtime else ctime,
                         )
                         stats.files_kept += 1
                         yield entry
