@@ -107,12 +107,19 @@ class Ticket:
     compared with the estimate made here (calibration)."""
 
     def __init__(
-        self, admission: Admission, tenant: str, klass: str = "interactive", cost: int = 0, estimate=None
+        self,
+        admission: Admission,
+        tenant: str,
+        klass: str = "interactive",
+        cost: int = 0,
+        estimate: WaitEstimate | None = None,
+        prompt_tokens: int = 0,
     ) -> None:
         self._admission = admission
         self.tenant = tenant
         self.klass = klass
-        self.cost = cost
+        self.cost = cost  # prompt + max_tokens
+        self.prompt_tokens = prompt_tokens
         self.estimate: WaitEstimate | None = estimate
         self.seq: Sequence | None = None
         self.observed = False  # its real wait went into the calibration
@@ -120,7 +127,6 @@ class Ticket:
 
     def bind(self, seq: Sequence) -> None:
         self.seq = seq
-        self._admission._bind(self)
 
     def release(self) -> None:
         if not self._released:
@@ -136,6 +142,12 @@ class EngineView:
     step_s: float = 0.0  # recent mean duration of one step
     max_seqs: int = 0  # the running batch's slots (0: unknown)
     running: int = 0  # sequences in it now
+    # The fair queue's virtual times (tokens served / weight, fairness.py) and the virtual time
+    # of its last admission, where an idle tenant restarts: a tenant served ahead of its share
+    # waits for the others to catch up before its next request runs.
+    vtime: dict[str, float] = field(default_factory=dict)
+    vclock: float = 0.0
+    prefill_chunk: int = 256  # prompt tokens one sequence prefills per step
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,7 @@ class WaitEstimate:
     seconds: float  # the calibrated estimate admission compares with the caps
     raw_s: float  # tokens ahead / throughput, before calibration
     floor_s: float  # the part that does not scale with the queue (one step, a slot to free)
-    ahead_tokens: float
+    ahead_steps: float  # slot-steps of work ahead of it
 
 
 @dataclass
@@ -183,10 +195,15 @@ class WaitModel:
 
     Work ahead of it: every waiting token of a higher class, then, within its class, the
     tenants share the engine in proportion to their weights (weighted fair queueing; the fluid
-    model is GPS). While t drains its own waiting tokens b_t, another tenant u gets
-    b_t * w_u / w_t of service, or all it has waiting if that is less, so
+    model is GPS). t's request runs once t's virtual time (tokens served / weight) has passed
+    its own waiting tokens b_t: F_t = V_t + b_t / w_t. Until then another tenant u, at V_u, is
+    served w_u * (F_t - V_u) tokens, or all it has waiting if that is less, so
 
-        ahead = higher + b_t + sum_u min(b_u, b_t * w_u / w_t),  raw = ahead / throughput.
+        ahead = higher + b_t + sum_u clamp(w_u * (F_t - V_u), 0, b_u).
+
+    Work is counted in slot-steps (one per output token, one per prefill chunk), since the
+    batch's slots are the bottleneck: a full batch does max_seqs of them per step, so
+    raw = ahead * step_s / max_seqs.
 
     A tenant with nothing waiting sees only the floor: one step, plus, when the batch is full,
     a few steps for a slot. A flooding tenant's own backlog raises only its own estimate; a
@@ -210,18 +227,30 @@ class WaitModel:
         return max(self.weights.get(tenant, 1.0), 1e-9)
 
     def estimate(
-        self, tenant: str, klass: str, waiting: dict[tuple[str, str], int], view: EngineView
+        self, tenant: str, klass: str, waiting: dict[tuple[str, str], Work], view: EngineView
     ) -> WaitEstimate:
         rank = CLASS_ORDER.index(klass) if klass in CLASS_ORDER else 0
-        higher = sum(n for (_, k), n in waiting.items() if k in CLASS_ORDER[:rank])
-        mine = waiting.get((tenant, klass), 0)
+        all_tokens = sum(w.tokens for w in waiting.values())
+        # Virtual time counts tokens; the engine's bottleneck is slots (a decode computes one
+        # token per sequence per step, a prefill chunk many): convert at the waiting mix's rate.
+        steps_per_token = sum(w.steps for w in waiting.values()) / all_tokens if all_tokens else 1.0
+        higher = sum(w.steps for (_, k), w in waiting.items() if k in CLASS_ORDER[:rank])
+        mine = waiting.get((tenant, klass), Work())
+        backlogged = any(w.tokens for (u, _), w in waiting.items() if u == tenant)
+        v_start = view.vtime.get(tenant, 0.0)
+        if not backlogged:  # an idle tenant restarts at the queue's clock (no credit saved up)
+            v_start = max(v_start, view.vclock)
+        finish = v_start + mine.tokens / self.weight(tenant)
         share_of_others = sum(
-            min(n, mine * self.weight(u) / self.weight(tenant))
-            for (u, k), n in waiting.items()
+            min(w.steps, steps_per_token * max(0.0, self.weight(u) * (finish - view.vtime.get(u, 0.0))))
+            for (u, k), w in waiting.items()
             if k == klass and u != tenant
         )
-        ahead = higher + mine + share_of_others
-        raw = ahead / max(view.tokens_per_s, 1e-6)
+        ahead = higher + mine.steps + share_of_others  # slot-steps of work before it starts
+        if view.step_s > 0 and view.max_seqs:
+            raw = ahead * view.step_s / view.max_seqs  # a full batch does max_seqs per step
+        else:  # no step measured yet: tokens over the prior throughput
+            raw = ahead / steps_per_token / max(view.tokens_per_s, 1e-6)
         floor = view.step_s
         if view.max_seqs and view.running >= view.max_seqs:
             floor += self.SLOT_STEPS * view.step_s
@@ -249,22 +278,34 @@ class WaitModel:
             m.WAIT_ESTIMATE_FACTOR.labels(klass).set(cal.factor)
 
 
-def waiting_tokens(tickets: Iterable[Ticket]) -> dict[tuple[str, str], int]:
-    """Tokens of admitted requests not yet running, by (tenant, class), from the live set."""
+@dataclass(frozen=True)
+class Work:
+    """Work of requests waiting to start: tokens to compute, and slot-steps (one per output
+    token, one per prefill chunk) they will hold the batch for."""
+
+    tokens: int = 0
+    steps: int = 0
+
+
+def waiting_work(tickets: Iterable[Ticket], prefill_chunk: int) -> dict[tuple[str, str], Work]:
+    """Work of admitted requests not yet running, by (tenant, class), from the live set."""
     from services.inference.sequence import SeqStatus
 
-    out: dict[tuple[str, str], int] = {}
+    chunk = max(prefill_chunk, 1)
+    tokens: dict[tuple[str, str], int] = {}
+    steps: dict[tuple[str, str], int] = {}
     for t in tickets:
         seq = t.seq
-        if seq is None:
-            n = t.cost  # admitted, not yet handed to the engine
+        if seq is None:  # admitted, not yet handed to the engine
+            prompt, out = t.prompt_tokens, t.cost - t.prompt_tokens
         elif seq.status is SeqStatus.WAITING:
-            n = seq.pending + seq.max_tokens - len(seq.output)
+            prompt, out = seq.pending, seq.max_tokens - len(seq.output)
         else:
             continue
         key = (t.tenant, t.klass)
-        out[key] = out.get(key, 0) + n
-    return out
+        tokens[key] = tokens.get(key, 0) + prompt + out
+        steps[key] = steps.get(key, 0) + out + -(-prompt // chunk)
+    return {k: Work(tokens[k], steps[k]) for k in tokens}
 
 
 class Admission:
@@ -429,7 +470,7 @@ class Admission:
             self._req[tenant.name].take(1, now)
             self._tok[tenant.name].take(cost, now)
             self._in_flight[tenant.name] += 1
-            ticket = Ticket(self, tenant.name, klass, cost, estimate)
+            ticket = Ticket(self, tenant.name, klass, cost, estimate, prompt_tokens)
             if queued:
                 self._live[id(ticket)] = ticket
         return ticket
@@ -439,7 +480,8 @@ class Admission:
         """The wait a request of `tenant` at `klass` would have now (see WaitModel)."""
         tickets = list(self._live.values())
         self._observe(tickets)
-        return self.wait_model.estimate(tenant, klass, waiting_tokens(tickets), self._engine_view())
+        view = self._engine_view()
+        return self.wait_model.estimate(tenant, klass, waiting_work(tickets, view.prefill_chunk), view)
 
     def _observe(self, tickets: list[Ticket]) -> None:
         """Calibrate on every admitted request that has had its first step since last time."""

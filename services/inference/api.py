@@ -921,6 +921,7 @@ def add_routes(app: FastAPI, gateway: Gateway, jobs: JobStore) -> None:
             "kill_switch": admission.killed,
             "engine": st.__dict__,
             "in_flight": {name: admission.in_flight(name) for name in admission.tenants},
+            "wait_estimate": admission.calibration(),  # estimated against real waits, by class
         }
 
     @app.post(

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from libs.service.app import create_app
 from libs.service.health import Health
 from libs.service.logging import get_logger
-from services.inference.admission import Admission
+from services.inference.admission import Admission, EngineView
 from services.inference.api import add_routes
 from services.inference.embeddings import EmbeddingBatcher, EmbeddingModel
 from services.inference.engine import Engine
@@ -94,6 +94,22 @@ def load_served_model(
     return byte_model, ByteTokenizer(), name
 
 
+def _engine_view(engine: Engine) -> EngineView:
+    """What admission's wait estimate reads from the engine (recent steps; may be a step old)."""
+    recent = list(engine._recent)
+    step_s = sum(dt for _, dt in recent) / len(recent) if recent else 0.0
+    cfg, fair = engine.scheduler.cfg, engine.fair
+    return EngineView(
+        tokens_per_s=engine.tokens_per_s,
+        step_s=step_s,
+        max_seqs=cfg.max_seqs,
+        running=len(engine.scheduler.running),
+        vtime=dict(fair.vtime),
+        vclock=fair.clock,
+        prefill_chunk=cfg.prefill_chunk,
+    )
+
+
 def build_runtime(s: InferenceSettings) -> Runtime:
     if s.torch_threads > 0:
         torch.set_num_threads(s.torch_threads)
@@ -130,7 +146,7 @@ def build_runtime(s: InferenceSettings) -> Runtime:
     admission = Admission(
         tenants,
         limits,
-        wait_estimate=lambda klass: engine.backlog_tokens(klass) / max(engine.tokens_per_s, 1e-6),
+        engine_view=lambda: _engine_view(engine),
         waiting_count=lambda: len(engine.fair),
         admin_key_sha256=s.admin_key_sha256,
     )

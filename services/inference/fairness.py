@@ -32,6 +32,11 @@ class FairQueue:
         self._clock = 0.0  # virtual time of the last admission
         self._len = 0
 
+    @property
+    def clock(self) -> float:
+        """Virtual time of the last admission: where a tenant that was idle starts again."""
+        return self._clock
+
     def weight(self, tenant: str) -> float:
         return self.weights.get(tenant, self.default_weight)
 

@@ -463,6 +463,7 @@ class Gateway:
             stop_at_eos=not p.ignore_eos,
             deadline=time.monotonic() + deadline_s if deadline_s else None,
         )
+        ticket.bind(seq)  # admission counts it while it waits, then learns its real wait
         if p.stop or p.extra_stop:
             self._stops[seq] = (*p.stop, *p.extra_stop)
         return seq, ticket

@@ -86,6 +86,18 @@ EMBED_BATCH = Histogram(
 )
 EMBED_TOKENS = Counter("inference_embedding_tokens_total", "Tokens embedded.", ["tenant"])
 JOBS = Counter("inference_jobs_total", "Async jobs by final state.", ["state"])
+# Admission's wait estimate against the wait each admitted request then had (admission.py).
+WAIT_ESTIMATE_ERROR = Histogram(
+    "inference_wait_estimate_error_seconds",
+    "Real queue wait (arrival to first step) minus admission's estimate; > 0: it waited longer.",
+    ["class"],
+    buckets=(-10, -2, -1, -0.5, -0.25, -0.1, -0.05, -0.025, 0, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 10),
+)
+WAIT_ESTIMATE_FACTOR = Gauge(
+    "inference_wait_estimate_factor",
+    "Admission's learnt ratio of real queue wait to tokens ahead / throughput.",
+    ["class"],
+)
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from libs.service.settings import ServiceSettings
-from services.inference.admission import Limits, TenantConfig
+from services.inference.admission import DEFAULT_QUEUE_WAIT_S, Limits, TenantConfig
 
 if TYPE_CHECKING:
     from services.inference.gateway import InputLimits
@@ -96,8 +96,14 @@ class InferenceSettings(ServiceSettings):
         256, ge=1, description="tokenisations queued or running before new requests get 503"
     )
     max_waiting: int = Field(2048, ge=1, description="requests waiting for the batch before 503")
-    max_queue_wait_interactive: float = Field(10.0, description="503 when the estimated wait exceeds it (s)")
-    max_queue_wait_batch: float = Field(120.0, description="same, for the batch class (s)")
+    max_queue_wait_interactive: float = Field(
+        DEFAULT_QUEUE_WAIT_S["interactive"],
+        description="503 when the tenant's estimated wait for a first step exceeds it (s); the "
+        "0.5 s time-to-first-token objective less a margin",
+    )
+    max_queue_wait_batch: float = Field(
+        DEFAULT_QUEUE_WAIT_S["batch"], description="same, for the batch class (s)"
+    )
     tenants: dict[str, dict[str, Any]] | None = Field(
         None, description="tenants as JSON (default: dev alice/bob)"
     )
