@@ -66,7 +66,8 @@ QUESTIONS = [
 
 
 def prompts(tok: HFTokenizer, system_tokens: int, user_tokens: int, n: int) -> list[list[int]]:
-    text = "\n".join(pydoc.render_doc(o, renderer=pydoc.plaintext) for o in (str, dict, list))
+    plain = pydoc.plaintext  # type: ignore[attr-defined]  # in pydoc, not in its stubs
+    text = "\n".join(pydoc.render_doc(o, renderer=plain) for o in (str, dict, list))
     system = tok.encode(text)[:system_tokens]
     if len(system) < system_tokens:
         raise SystemExit(f"system prompt text gives only {len(system)} tokens")
