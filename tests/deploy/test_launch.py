@@ -65,16 +65,42 @@ def test_plan_lists_every_service():
         assert name in out
 
 
-def test_bad_arguments_exit_2_with_one_line(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [(["--only", "nope"], "nope"), (["--workers", "-1"], "--workers"), (["--workers", "x"], "--workers")],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], named: str):
     result = subprocess.run(
-        [sys.executable, "-m", "deploy.launch", "--only", "nope"],
+        [sys.executable, "-m", "deploy.launch", *args, "--plan"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "nope" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and named in result.stderr
+
+
+def test_plan_with_workers_names_each_replica_and_only_selects_them():
+    def plan(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "deploy.launch", "--plan", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+
+    full = plan("--workers", "2")
+    for i in (1, 2):
+        assert re.search(rf"^crawler-worker-{i} .*--worker-id crawler-worker-{i}\b", full, re.M), full
+    assert "crawler-worker-3" not in full and not re.search(r"^redis\s+skip", full, re.M)
+    one = plan("--workers", "2", "--only", "crawler-worker-2")  # its dependencies, not its sibling
+    assert "crawler-worker-2" in one and "crawler-worker-1" not in one and re.search(r"^websim ", one, re.M)
+    both = plan("--workers", "2", "--only", "crawler-worker", "--no-deps")
+    assert [line.split()[0] for line in both.splitlines()] == ["crawler-worker-1", "crawler-worker-2"]
+    assert re.search(r"^crawler-worker\s+skip: only with WORKERS=N", plan(), re.M)
 
 
 def test_ctrl_c_stops_every_child(tmp_path: Path):
