@@ -245,7 +245,8 @@ def crawl_stops_with_clear_error(
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
         status = crawl_status(configuration)
-        error = str(status.get("error") or "")
+        # a paused crawl says why in paused_reason ("disk full: PATH"); a failed one in error
+        error = str(status.get("paused_reason") or status.get("error") or "")
         if status["state"] in ("paused", "failed") or error:
             at = mark("detected")
             figure("time_to_detect_s", since("fault_start", at))
