@@ -172,9 +172,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
             gc.enable()
 
 
+def _default_cache_dir() -> str:
+    from services.dedup.hashcache import default_cache_dir  # sqlite3 only for scans with a cache
+
+    return default_cache_dir()
+
+
 def _scan_command(args: argparse.Namespace) -> int:
     from services.dedup import report
-    from services.dedup.hashcache import default_cache_dir
     from services.dedup.scanner import ScanOptions, run_scan
 
     for path in args.paths:
@@ -200,7 +205,7 @@ def _scan_command(args: argparse.Namespace) -> int:
         max_size=args.max_size,
         include=tuple(args.include),
         exclude=tuple(args.exclude),
-        cache_dir=None if args.no_cache else (args.cache or default_cache_dir()),
+        cache_dir=None if args.no_cache else (args.cache or _default_cache_dir()),
         reverify=args.reverify,
     )
     show_progress = args.progress if args.progress is not None else sys.stderr.isatty()

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import blake3
-import xxhash
 
 from services.dedup.walk import FileEntry
 
@@ -30,9 +29,15 @@ def _blake3() -> Hasher:
     return blake3.blake3()
 
 
+def _xxh3_128() -> Hasher:
+    import xxhash  # imported by the scans that ask for it
+
+    return xxhash.xxh3_128()
+
+
 HASHERS: dict[str, Callable[[], Hasher]] = {
     "blake3": _blake3,
-    "xxh3-128": xxhash.xxh3_128,
+    "xxh3-128": _xxh3_128,
     "sha256": hashlib.sha256,
 }
 # Only these may be trusted to stand for content across runs (see hashcache's verified flag):

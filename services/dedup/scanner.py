@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.dedup.hashcache import HashCache
 from services.dedup.stages import (
     Group,
     NoProgress,
@@ -25,6 +24,9 @@ from services.dedup.stages import (
     find_duplicates,
 )
 from services.dedup.walk import FileEntry, WalkError, WalkOptions, WalkStats, walk
+
+if TYPE_CHECKING:  # sqlite3 is imported only by a scan that uses a cache
+    from services.dedup.hashcache import HashCache
 
 
 @dataclass(slots=True)
@@ -79,7 +81,7 @@ def scan(
     t0 = time.perf_counter()
     walked = walk(list(roots), walk_options or WalkOptions())
     ctx = ScanContext(config=config or ScanConfig(), cache=cache, progress=progress or NoProgress())
-    hits_before = cache.counters.hits if cache else 0
+    hits_before = cache.counters.hits if cache is not None else 0
     groups = find_duplicates(walked.files, ctx)
     return ScanResult(
         groups=groups,
@@ -90,7 +92,7 @@ def scan(
         config=ctx.config,
         seconds=time.perf_counter() - t0,
         files_scanned=len(walked.files),
-        cache_hits=(cache.counters.hits - hits_before) if cache else 0,
+        cache_hits=(cache.counters.hits - hits_before) if cache is not None else 0,
     )
 
 
@@ -133,16 +135,21 @@ class ScanOptions:
         )
 
 
-def open_cache(cache_dir: str | None, warn: Callable[[str], None]) -> HashCache | None:
-    """The hash cache, or None with a warning: locked by another scan, corrupt or unwritable,
-    a cache is an optimisation and the scan still runs (reading everything)."""
+def open_cache(
+    cache_dir: str | None, warn: Callable[[str], None], roots: Sequence[str | bytes | os.PathLike] = ()
+) -> HashCache | None:
+    """The hash cache of these roots (one SQLite file per root set in `cache_dir`), or None
+    with a warning: unwritable or damaged, a cache is an optimisation and the scan still runs
+    (reading everything)."""
     if not cache_dir:
         return None
-    from libs.lru.errors import PersistenceError
+    import sqlite3
+
+    from services.dedup.hashcache import HashCache
 
     try:
-        return HashCache(cache_dir)
-    except (ImportError, OSError, PersistenceError) as exc:
+        return HashCache(cache_dir, roots)
+    except (ImportError, OSError, sqlite3.Error) as exc:
         warn(f"hash cache unavailable ({exc}); scanning without it")
         return None
 
@@ -156,12 +163,14 @@ def run_scan(
     """The scan of the CLI and of the service's jobs. Raises ValueError for a bad option."""
     options = options or ScanOptions()
     config = options.scan_config()  # validates before anything is opened
+    paths = list(paths)
     warnings: list[str] = []
-    cache = open_cache(options.cache_dir, warnings.append)
+    cache = open_cache(options.cache_dir, warnings.append, paths)
     try:
         result = scan(paths, options.walk_options(), config, cache=cache, progress=progress)
     finally:
         if cache is not None:
             cache.close()
+            warnings.extend(cache.warnings)
     result.warnings.extend(warnings)
     return result

@@ -22,10 +22,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from services.dedup.compare import equal_classes
-from services.dedup.hashcache import HashCache
 from services.dedup.reader import (
     CRYPTOGRAPHIC,
     HASHERS,
@@ -36,6 +35,9 @@ from services.dedup.reader import (
     read_small,
 )
 from services.dedup.walk import FileEntry, WalkError
+
+if TYPE_CHECKING:  # sqlite3 is imported only by a scan that uses a cache
+    from services.dedup.hashcache import HashCache
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -338,6 +340,8 @@ def full_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
     def any_cached(g: Group) -> bool:
         return cache is not None and cache.peek_any(g.files, field_name)
 
+    if cache is not None:
+        cache.prefetch(f for g in groups if g.digest is None for f in g.files)
     todo = [g for g in groups if g.digest is None and (len(g.files) > LOCKSTEP_GROUP or any_cached(g))]
     chosen = {id(g) for g in todo}
     passing = [g for g in groups if id(g) not in chosen]
@@ -394,6 +398,7 @@ def verify_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
     todo = groups
     if trusted is not None:
         # Groups a previous scan proved whole need no reader thread: settle them here.
+        trusted.prefetch(f for g in groups for f in g.files)
         todo = []
         for group in groups:
             if group.digest is not None and all(
@@ -435,6 +440,7 @@ def small_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
     todo: list[Group] = groups
     if cache is not None:
         todo = []
+        cache.prefetch(f for g in groups for f in g.files)  # batched: not one query per group
         for g in groups:
             digests = cache.get_many(g.files, full_field)
             if any(d is None for d in digests):

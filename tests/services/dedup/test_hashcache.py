@@ -6,9 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from services.dedup.hashcache import HashCache
+from services.dedup.hashcache import HashCache, cache_file_name
 from services.dedup.scanner import scan
 from services.dedup.stages import ScanConfig
+from services.dedup.walk import FileEntry
 from tests.services.dedup.conftest import run_cli, write
 
 
@@ -16,8 +17,8 @@ def _groups(result) -> list[list[bytes]]:
     return sorted(sorted(f.path for f in g.files) for g in result.groups)
 
 
-def _scan_cached(root: Path, cache_dir: Path, **config) -> object:
-    with HashCache(cache_dir) as cache:
+def _scan_cached(root: Path, cache_dir: Path, roots: list[Path] | None = None, **config) -> object:
+    with HashCache(cache_dir, roots or []) as cache:
         return scan([root], config=ScanConfig(workers=1, **config), cache=cache)
 
 
@@ -84,9 +85,49 @@ def test_a_corrupt_cache_is_reported_and_the_scan_still_runs(tree: Path, tmp_pat
     assert b"Traceback" not in proc.stderr
 
 
-def test_a_cache_in_use_by_another_scan_is_skipped_with_a_warning(tree: Path, tmp_path: Path) -> None:
-    with HashCache(tmp_path / "c"):  # another scan holds the directory lock
+def test_two_scans_of_one_root_share_its_cache(tree: Path, tmp_path: Path) -> None:
+    with HashCache(tmp_path / "c", [tree]):  # another scan has it open (WAL: readers and a writer)
         proc = run_cli("scan", "--format", "json", "--cache", str(tmp_path / "c"), str(tree))
     assert proc.returncode == 0
-    assert proc.stderr.decode().startswith("warning: hash cache unavailable")
-    assert json.loads(proc.stdout)["totals"]["groups"] > 0
+    assert proc.stderr == b""
+    again = json.loads(run_cli("scan", "--format", "json", "--cache", str(tmp_path / "c"), str(tree)).stdout)
+    assert again["totals"]["bytes_read"] == 0
+
+
+def test_one_cache_file_per_root_and_only_candidates_are_looked_up(tmp_path: Path) -> None:
+    big, small = tmp_path / "big", tmp_path / "small"
+    for root, n in ((big, 300), (small, 40)):
+        root.mkdir()
+        for i in range(n):
+            write(root / f"f{i}", b"%d" % (i % (n // 2)) * 100)
+    write(small / "unique-size", b"u" * 12345)
+    cache_dir = tmp_path / "cache"
+    _scan_cached(big, cache_dir, roots=[big])
+    # Rows of another tree (250k would do the same; 20k keeps the test quick), never loaded whole.
+    with HashCache(cache_dir, [small]) as cache:
+        cache._db.executemany(
+            "INSERT INTO files VALUES (?, ?, 1, 1, 1, x'')", [(7, i) for i in range(20_000)]
+        )
+    with HashCache(cache_dir, [small]) as cache:
+        first = scan([small], config=ScanConfig(workers=1), cache=cache)
+    names = sorted(p.name for p in cache_dir.iterdir() if p.suffix == ".sqlite")
+    assert len(names) == 2 and names[0] != names[1]
+    with HashCache(cache_dir, [small]) as cache:
+        warm = scan([small], config=ScanConfig(workers=1), cache=cache)
+        looked_up = set(cache._work)
+        assert warm.bytes_read == 0 and first.bytes_read > 0
+        assert len(looked_up) == 40  # the 40 candidates, not the unique size nor the 20k others
+        assert cache.rows() >= 20_040
+    assert cache_file_name([small]) == cache_file_name([str(small) + "/"]) != cache_file_name([big])
+
+
+def test_inode_and_device_numbers_above_2_63_are_stored(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    write(f, b"x")
+    st = os.stat(f)
+    entry = FileEntry(os.fsencode(f), (1 << 64) - 3, (1 << 64) - 1, 1, st.st_mtime_ns, st.st_ctime_ns)
+    with HashCache(tmp_path / "c") as cache:
+        cache.update(entry, **{"full:blake3": b"d" * 32})
+    with HashCache(tmp_path / "c") as cache:
+        assert cache.get(entry, "full:blake3") == b"d" * 32
+        assert cache.get(entry, "verified") is None
