@@ -35,11 +35,13 @@ def server():
 
 
 def not_a_server_error_save_the_clients_deadline(ctx, response, case):
-    """not_a_server_error, but a 504 for a request whose own `deadline_ms` passed while it
-    waited is the answer that request asked for (a client-set deadline, like gRPC's
-    DEADLINE_EXCEEDED), not a fault: deadline_ms = 1 is a valid value and always expires."""
+    """not_a_server_error, but a 504 (or 503 at admission) for a request whose own `deadline_ms`
+    passed while it waited (or would have) is the answer that request asked for (a client-set
+    deadline, like gRPC's DEADLINE_EXCEEDED), not a fault: deadline_ms = 1 is valid and expires."""
     body = case.body if isinstance(case.body, dict) else {}
-    if response.status_code == 504 and body.get("deadline_ms") is not None:
+    if response.status_code in (503, 504) and body.get("deadline_ms") is not None:
+        # 504: the deadline passed while it waited; 503: admission saw at once that the
+        # estimated queue wait would miss it (with Retry-After). Both are the client's deadline.
         assert response.json()["error"]["code"] == "deadline"
         return None
     return not_a_server_error(ctx, response, case)
