@@ -78,6 +78,16 @@ class Sequence:
     def tokens(self) -> list[int]:
         return self.prompt + self.output
 
+    def token_slice(self, start: int, n: int) -> list[int]:
+        """tokens[start:start + n] without building the whole token list (a decode step reads
+        one token of each running sequence)."""
+        lp = len(self.prompt)
+        if start + n <= lp:
+            return self.prompt[start : start + n]
+        if start >= lp:
+            return self.output[start - lp : start - lp + n]
+        return self.prompt[start:] + self.output[: start + n - lp]
+
     @property
     def num_tokens(self) -> int:
         return len(self.prompt) + len(self.output)
