@@ -489,3 +489,26 @@ def test_live_server_disconnects_while_sharing_leave_nothing_held() -> None:
         release.set()
         eng.step_observer = None
         server.stop()
+
+
+@pytest.mark.parametrize(("flag", "scope"), [(True, "tenant"), (False, "global")])
+def test_settings_turn_it_on_and_off(flag: bool, scope: str) -> None:
+    from services.inference.app import build_runtime
+    from services.inference.settings import InferenceSettings
+
+    s = InferenceSettings(
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        d_ff=128,
+        embeddings=False,
+        grpc_port=-1,
+        prefix_caching=flag,
+        prefix_cache_scope=scope,
+    )
+    rt = build_runtime(s)
+    assert rt.engine.cache.prefix_caching is flag
+    assert rt.engine.prefix_cache_scope == scope
+    seq = Sequence("x", "alice", [1] * 40, max_tokens=2)
+    rt.engine.submit(seq)  # not started: submit only stamps and queues it
+    assert seq.cache_salt == ("alice" if scope == "tenant" else "")
