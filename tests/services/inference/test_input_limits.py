@@ -367,3 +367,42 @@ async def test_round_robin_takes_turns_and_keeps_the_token_budget() -> None:
     assert batcher.batch_tenants[0] == ["alice", "bob", "carol", "alice"]
     assert batcher.batch_tenants[1] == ["bob", "alice", "alice", "alice"]
     assert sum(batcher.batches) == 13
+
+
+# -- the tokeniser pool is bounded ---------------------------------------------------------------
+async def test_tokenising_past_the_pending_bound_is_a_503() -> None:
+    from services.inference.admission import Admission, Limits
+    from services.inference.errors import Overloaded
+    from services.inference.gateway import CompletionParams, Gateway, InputLimits
+    from services.inference.model.tokenizer import ByteTokenizer
+
+    started, release = threading.Event(), threading.Event()
+
+    class HeldTokenizer(ByteTokenizer):
+        def encode(self, text: str, *, add_bos: bool = True) -> list[int]:
+            if text == "held":
+                started.set()
+                assert release.wait(WAIT_S)
+            return super().encode(text, add_bos=add_bos)
+
+    gateway = Gateway(
+        None,  # type: ignore[arg-type]  # tokenising needs no engine
+        Admission([], Limits()),
+        model_name=MODEL,
+        tokenizer=HeldTokenizer(),
+        input_limits=InputLimits(tokenize_threads=1, tokenize_max_pending=1),
+    )
+    held = CompletionParams(prompt="held")
+    first = asyncio.create_task(gateway.tokenize([held]))
+    try:
+        assert await asyncio.to_thread(started.wait, WAIT_S)
+        with pytest.raises(Overloaded) as busy:
+            await gateway.tokenize([CompletionParams(prompt="next")])
+        assert busy.value.status == 503 and busy.value.retry_after
+    finally:
+        release.set()
+    await asyncio.wait_for(first, WAIT_S)
+    assert held.encoded == ByteTokenizer().encode("held")
+    after = CompletionParams(prompt="after")
+    await gateway.tokenize([after])  # the bound is free again
+    assert after.encoded == ByteTokenizer().encode("after")
