@@ -95,8 +95,8 @@ WAIT_ESTIMATE_ERROR = Histogram(
 )
 WAIT_ESTIMATE_FACTOR = Gauge(
     "inference_wait_estimate_factor",
-    "Admission's learnt ratio of real queue wait to tokens ahead / throughput.",
-    ["class"],
+    "Admission's learnt ratio of real queue wait to its raw estimate (work ahead x step time).",
+    ["tenant", "class"],
 )
 
 
