@@ -433,7 +433,13 @@ def test_live_server_disconnects_while_sharing_leave_nothing_held() -> None:
 
     from .conftest import LiveServer
 
-    server = LiveServer(tenants={"p1": {"key_sha256": hash_key("k-p1")}}, max_seqs=8, kv_block_size=4)
+    # A generous wait cap: this test is about KV blocks, not admission's overload estimate.
+    server = LiveServer(
+        tenants={"p1": {"key_sha256": hash_key("k-p1")}},
+        max_seqs=8,
+        kv_block_size=4,
+        max_queue_wait_interactive=60.0,
+    )
     eng = server.runtime.engine
     headers = {"Authorization": "Bearer k-p1"}
     system = "You are a terse assistant for the standard library; answer in one line. " * 2
@@ -465,7 +471,7 @@ def test_live_server_disconnects_while_sharing_leave_nothing_held() -> None:
                         "stream": True,
                     }
                     r = stack.enter_context(c.stream("POST", "/v1/completions", json=body, headers=headers))
-                    assert r.status_code == 200
+                    assert r.status_code == 200, (r.status_code, r.read())
                 assert shared.wait(30), "three streams never ran on shared blocks"
             release.set()  # every client gone while the engine was held mid-step
             deadline = time.monotonic() + 20
