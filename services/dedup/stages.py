@@ -483,10 +483,11 @@ def small_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
             size = run[gi].size
             if len(members) < 2 and cache is None:
                 continue
-            hasher = new_hasher()
-            hasher.update(data)
-            digest = hasher.digest()
+            digest = None  # without a cache to keep it, as in verify: the bytes are the proof
             if cache is not None:
+                hasher = new_hasher()
+                hasher.update(data)
+                digest = hasher.digest()
                 # Singletons keep their digest too: the next scan tells them apart unread.
                 proven = {"verified": digest} if trusted and len(members) > 1 else {}
                 for f in members:

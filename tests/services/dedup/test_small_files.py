@@ -33,7 +33,25 @@ def test_small_files_are_read_once_and_compared_by_their_bytes(tmp_path: Path) -
     assert by_name["small"].bytes_read == 40 * 1000  # each byte once, no partial hash first
     assert sum(s.bytes_read for s in result.stages) == 40 * 1000
     assert _names(result) == sorted(sorted(f"f{i:02d}" for i in range(k, 40, 4)) for k in range(4))
-    assert result.groups[0].digest is not None  # the class's digest, from its bytes
+    assert result.groups[0].digest is None  # no cache to keep a digest: none computed
+
+
+def test_with_a_cache_small_classes_get_their_digest_and_a_rescan_reads_nothing(tmp_path: Path) -> None:
+    import blake3
+
+    from services.dedup.hashcache import HashCache
+
+    root = tmp_path / "t"
+    root.mkdir()
+    for i in range(20):
+        write(root / f"f{i:02d}", bytes([i % 2]) * 100)
+    for expect_read in (2000, 0):
+        with HashCache(tmp_path / "c", [root]) as cache:
+            result = scan([root], config=ScanConfig(workers=1), cache=cache)
+        assert result.bytes_read == expect_read
+        assert sorted(g.digest for g in result.groups) == sorted(
+            blake3.blake3(bytes([k]) * 100).digest() for k in (0, 1)
+        )
 
 
 def test_small_and_large_files_together_come_out_sorted(tmp_path: Path) -> None:
