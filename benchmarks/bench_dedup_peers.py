@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from benchmarks.bench_dedup import child_env, ensure_tree, warm_page_cache  # no
 from libs.testkit import dedup_peers as peers  # noqa: E402
 
 PEERS = ("jdupes", "rdfind", "fdupes", "rmlint")
+RUN_LIMIT_S = 600.0  # a run past this is killed and shown with rc -9 (see --limit)
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Contender:
             "peak_rss_mib": round(max(r.max_rss_kib for r in self.runs) / 1024, 1),
             "groups": self.groups,
             "groups_equal_engine": self.groups_equal,
+            "exit_codes": sorted({r.rc for r in self.runs}),
         }
 
 
@@ -92,13 +95,20 @@ def run_measured(cmd: list[str], cwd: str, stdout_path: str | None) -> Run:
     os.close(fd)
     try:
         t0 = time.perf_counter()
-        rc = subprocess.call(
+        proc = subprocess.Popen(
             ["/usr/bin/time", "-f", "%M", "-o", rss_file, *cmd],
             cwd=cwd,
             stdout=out,
             stderr=subprocess.DEVNULL,
             env=CHILD_ENV,
+            start_new_session=True,  # a run past the limit is killed with its whole group
         )
+        try:
+            rc = proc.wait(timeout=RUN_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = -9
         seconds = time.perf_counter() - t0
         text = Path(rss_file).read_text().strip().splitlines()
         rss = int(text[-1]) if text and text[-1].isdigit() else -1
@@ -185,19 +195,25 @@ def _bench_tree(
 
     warm_page_cache(root)
     warm = {n: Contender(n) for n in names}
+    slow: set[str] = set()
     for name in names:  # untimed: warms the tools' own files; fills the hash cache
-        once(name)
+        first = once(name)
+        if first.rc == -9:  # past --limit: shown as such, not run again
+            slow.add(name)
+            warm[name].runs.append(first)
+            print(f"  {name}: killed after {RUN_LIMIT_S:.0f} s; not run again", file=sys.stderr)
     once("engine, warm hash cache")  # now a re-scan through a filled cache
     ours = groups_of("engine", work)
     assert ours is not None
     for name in names:
-        found = groups_of(name, work)
+        found = groups_of(name, work) if name not in slow else None
         if found is not None:
             warm[name].groups, warm[name].groups_equal = len(found), found == ours
     for r in range(args.runs):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            warm[name].runs.append(once(name))
+            if name not in slow:
+                warm[name].runs.append(once(name))
         loads.append(load())
         print(f"  warm round {r + 1}/{args.runs}, load {loads[-1]}", file=sys.stderr)
 
@@ -207,6 +223,10 @@ def _bench_tree(
         for r in range(args.cold_runs):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
+                if name in slow:
+                    if not cold[name].runs:
+                        cold[name].runs = list(warm[name].runs)
+                    continue
                 drop_caches()
                 cold[name].runs.append(once(name))
             loads.append(load())
@@ -234,6 +254,9 @@ def print_tables(result: dict[str, Any]) -> None:
             print("|---|---:|---:|---:|---:|---|")
             for r in rows:
                 name = f"**{r['contender']}**" if r["contender"].startswith("engine") else r["contender"]
+                if -9 in r["exit_codes"]:
+                    print(f"| {name} | > {r['max_s']:.0f} (killed) | | | | |")
+                    continue
                 print(
                     f"| {name} | {r['median_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | "
                     f"{r['vs_engine']:.2f} | {r['peak_rss_mib']:.1f} | "
@@ -255,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trees", default="files,tiny", help="comma-separated: files, tiny")
     ap.add_argument("--tree-dir", default=os.path.join(tempfile.gettempdir(), "pg-dedup-bench"))
     ap.add_argument("--json", default=str(REPO / "reports" / "bench_dedup_peers.json"))
+    ap.add_argument("--limit", type=float, default=RUN_LIMIT_S, help="seconds a run may take")
     args = ap.parse_args(argv)
+    globals()["RUN_LIMIT_S"] = args.limit
     if args.runs < 1 or args.cold_runs < 0:
         print("error: --runs must be >= 1 and --cold-runs >= 0", file=sys.stderr)
         return 2
