@@ -99,9 +99,9 @@ class _Item:
 
 
 class EmbeddingBatcher:
-    """Texts wait in one queue per tenant; a batch takes one text from each tenant in turn
-    (round robin), so a tenant's 1,500-text request shares every batch with another tenant's
-    one text instead of making it wait for all 1,500."""
+    """Texts wait in one queue per tenant; a batch takes texts from the tenants in turn, as
+    many per turn as the tenant's weight (deficit round robin), so a tenant's 1,500-text request
+    shares every batch with another tenant's one text instead of making it wait for all 1,500."""
 
     def __init__(
         self,
@@ -116,6 +116,8 @@ class EmbeddingBatcher:
         self.max_batch_texts = max_batch_texts
         self.max_delay = max_delay
         self._queues: dict[str, deque[_Item]] = {}  # by tenant; dict order is the turn order
+        self._weights: dict[str, float] = {}  # texts per turn, by tenant
+        self._credit: dict[str, float] = {}  # deficit round robin: unused turn, by tenant
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embeddings")
         self._task: asyncio.Task | None = None
@@ -139,10 +141,11 @@ class EmbeddingBatcher:
         return sum(len(q) for q in self._queues.values())
 
     async def embed(
-        self, texts: list[str], tenant: str = "-", tokens: list[int] | None = None
+        self, texts: list[str], tenant: str = "-", tokens: list[int] | None = None, weight: float = 1.0
     ) -> list[list[float]]:
         """Vectors for `texts`; `tokens` (each text's count, from `count_many`) saves counting
-        here, on the event loop."""
+        here, on the event loop; `weight`: the tenant's share of each batch (texts per turn)."""
+        self._weights[tenant] = max(weight, 0.01)
         loop = asyncio.get_running_loop()
         counts = tokens if tokens is not None else self.model.count_many(texts)
         items = [_Item(t, n, tenant, loop.create_future()) for t, n in zip(texts, counts, strict=True)]
@@ -157,7 +160,9 @@ class EmbeddingBatcher:
 
     def _head(self, tenant: str) -> _Item | None:
         """The tenant's next live text (cancelled ones dropped); None and forgotten when empty."""
-        q = self._queues[tenant]
+        q = self._queues.get(tenant)
+        if q is None:
+            return None
         while q and q[0].future.cancelled():
             q.popleft()
         if not q:
@@ -166,29 +171,31 @@ class EmbeddingBatcher:
         return q[0]
 
     def _take_batch(self) -> list[_Item]:
+        """Deficit round robin: each turn adds the tenant's weight to its credit, and it takes
+        one text per whole credit. A batch that fills mid-turn keeps the turn's remaining credit
+        for the next batch, which the tenant starts (it is still first in the order)."""
         batch: list[_Item] = []
         longest = 0
         while self._queues and len(batch) < self.max_batch_texts:
-            progressed = False
             for tenant in list(self._queues):
-                item = self._head(tenant)
-                if item is None:
+                weight = self._weights.get(tenant, 1.0)
+                credit = self._credit.get(tenant, 0.0) + weight
+                while credit >= 1 and (item := self._head(tenant)) is not None:
+                    new_longest = max(longest, item.tokens)
+                    if batch and (
+                        new_longest * (len(batch) + 1) > self.max_batch_tokens
+                        or len(batch) >= self.max_batch_texts
+                    ):
+                        self._credit[tenant] = credit - weight  # its next visit adds it back
+                        return batch
+                    batch.append(self._queues[tenant].popleft())
+                    longest = new_longest
+                    credit -= 1
+                if self._head(tenant) is None:  # nothing left: no credit kept
+                    self._credit.pop(tenant, None)
                     continue
-                new_longest = max(longest, item.tokens)
-                if batch and (
-                    new_longest * (len(batch) + 1) > self.max_batch_tokens
-                    or len(batch) >= self.max_batch_texts
-                ):
-                    return batch
-                batch.append(self._queues[tenant].popleft())
-                longest = new_longest
-                progressed = True
-                # This tenant's turn is over: it goes to the back of the order.
-                rest = self._queues.pop(tenant)
-                if rest:
-                    self._queues[tenant] = rest
-            if not progressed:
-                break
+                self._credit[tenant] = credit
+                self._queues[tenant] = self._queues.pop(tenant)  # turn over: to the back
         return batch
 
     def _full(self) -> bool:

@@ -669,7 +669,7 @@ class Gateway:
             tenant, klass="interactive", prompt_tokens=tokens, max_tokens=0, queued=False, sized=False
         )
         try:
-            vectors = await batcher.embed(texts, tenant.name, counts)
+            vectors = await batcher.embed(texts, tenant.name, counts, tenant.weight)
         finally:
             ticket.release()
         if dimensions is not None and dimensions < EMBEDDING_DIMENSION:

@@ -299,7 +299,7 @@ def test_healthz_and_streaming_answer_while_a_big_embeddings_request_is_tokenise
     assert len(r.json()["data"]) == len(texts)
 
 
-# -- fair batching across tenants (a stand-in model: no weights needed) --------------------------
+# -- fair batching across tenants, by weight (a stand-in model: no weights needed) ------------
 class _HeldModel:
     """Counts 3 tokens a text; the first forward pass waits for `release`."""
 
@@ -406,3 +406,29 @@ async def test_tokenising_past_the_pending_bound_is_a_503() -> None:
     after = CompletionParams(prompt="after")
     await gateway.tokenize([after])  # the bound is free again
     assert after.encoded == ByteTokenizer().encode("after")
+
+
+async def test_batches_follow_the_tenants_weights() -> None:
+    """Deficit round robin: weight 3 takes three texts a turn, weight 1 one, weight 0.5 one
+    every other turn."""
+    model = _HeldModel()
+    model.calls = 1  # no held batch
+    batcher = EmbeddingBatcher(model, max_batch_tokens=10_000, max_batch_texts=12, max_delay=0.001)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    tasks = [
+        loop.create_task(batcher.embed([f"{t}{i}" for i in range(40)], t, weight=w))
+        for t, w in (("alice", 3.0), ("bob", 1.0), ("carol", 0.5))
+    ]
+    for _ in range(100):
+        if len(batcher._queues) == 3:
+            break
+        await asyncio.sleep(0)
+    batcher.start()
+    try:
+        await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S)
+    finally:
+        await batcher.stop()
+    first = batcher.batch_tenants[0]
+    # Turns: a3 b1 c0 | a3 b1 c1 | a3 (full at 12)
+    assert first == ["alice"] * 3 + ["bob"] + ["alice"] * 3 + ["bob", "carol"] + ["alice"] * 3
+    assert sum(batcher.batches) == 120
