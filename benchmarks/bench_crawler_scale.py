@@ -1,0 +1,505 @@
+"""Crawler against its politeness bound, workers on Redis, and Redis memory per URL.
+
+    .venv/bin/python benchmarks/bench_crawler_scale.py [--part bound|workers|memory|all] [--repeats 3]
+
+bound    One process (`python -m services.crawler crawl`, SQLite) on websim webs, judged from
+         websim's own request log. Per host the log gives the least time politeness allows for
+         the requests it saw: the sum over consecutive requests of the gap the host requires,
+         max(delay, robots Crawl-delay), or, after a 429/503 with Retry-After, the time until the
+         server said to come back (from its response, so the response time counts). The bound of
+         the crawl is the busiest host's ("critical path"); reported as bound / crawl span (first
+         request to last response in the log) and bound / wall (process start to exit). Also the
+         request-rate view: requests/s over the span / sum over hosts of 1/required gap.
+         Webs: "binding" (50 hosts x 40 plain pages, delay 0.25 s), "retry_after" (the same with
+         10% of pages answering 429/503 + Retry-After 1 s first), "mixed" (websim's default web).
+workers  N = 1, 2, 4 worker processes (`python -m services.crawler worker --redis`) on one crawl in
+         a redis-server of its own, on a web of 400 hosts of 2 pages (delay 0.25 s per host, pages
+         answering in 50-150 ms, no redirects, robots plain). Each worker has a fixed capacity (4
+         requests in flight): one worker is capacity-bound, four stay under the web's politeness
+         bound (1600 requests/s; the busiest host's own chain of requests is a few seconds).
+         Wall = crawl registered to crawl finished (workers started and holding their partitions
+         before); scaling efficiency = pages/s at N / (N x pages/s at 1).
+         Plot: reports/bench_crawler_scale.png.
+memory   Redis used_memory per URL for a smaller count, extrapolated linearly to 1M URLs:
+         DISCOVERED URLs (seen-set entry, URL record, host queue entry, counters) added in
+         batches, and URLs taken through claim/start/finish to FETCHED with a content hash;
+         100 URLs per host (per-host keys are shared by a host's URLs).
+
+Warm-up: one unmeasured round before the first measured one of each part. Median [min-max] over
+`--repeats`. JSON: reports/bench_crawler_scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import math
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench_crawler import WEBSIM, admin, run_measured  # noqa: E402
+
+from libs.testkit.net import free_port, wait_for_port  # noqa: E402
+from services.crawler.partitions import PartitionManager, cluster_view  # noqa: E402
+from services.crawler.settings import CrawlConfig  # noqa: E402
+from services.crawler.store import NewURL, Outcome, URLState  # noqa: E402
+from services.crawler.store_redis import RedisStore, connect, crawl_state, register_crawl  # noqa: E402
+from services.crawler.urlnorm import host_of, normalize  # noqa: E402
+from services.crawler.websim import SimConfig, WebSim  # noqa: E402
+from services.crawler.websim import truth as websim_truth  # noqa: E402
+
+PLAIN = {  # a web where politeness is the only limit: no robots variety, traps, transients, slow pages
+    "transient_rate": 0.0,
+    "slow_page_rate": 0.0,
+    "crawl_delay_rate": 0.0,
+    "huge_page_rate": 0.0,
+    "trap_rate": 0.0,
+    "robots_mix": {},
+}
+BOUND_WEBS: dict[str, dict[str, Any]] = {
+    "binding": {"knobs": {**PLAIN, "min_pages": 40, "max_pages": 40}, "hosts": 50, "delay": 0.25},
+    "retry_after": {
+        "knobs": {**PLAIN, "min_pages": 25, "max_pages": 25, "transient_rate": 0.1, "retry_after_s": 1},
+        "hosts": 50,
+        "delay": 0.25,
+    },
+    "mixed": {"knobs": {}, "hosts": 100, "delay": 0.1},
+}
+DEPTH = 8
+WORKER_WEB = {
+    **PLAIN,
+    "min_pages": 2,
+    "max_pages": 2,
+    "redirect_rate": 0.0,  # redirect hops are requests: with them a host needed ~17 requests
+    "slow_page_rate": 1.0,
+    "slow_page_max_s": 0.15,
+}
+WORKER_HOSTS, WORKER_DELAY, WORKER_CONCURRENCY = 400, 0.25, 4
+WORKER_COUNTS = (1, 2, 4)
+
+
+def median_spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def cell(d: dict[str, float], fmt: str = ".3g") -> str:
+    return f"{d['median']:{fmt}} [{d['min']:{fmt}}-{d['max']:{fmt}}]"
+
+
+def start_websim(knobs: dict[str, Any]) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WEBSIM, json.dumps(knobs), str(port)], env=env, stdout=subprocess.DEVNULL
+    )
+    wait_for_port(port, timeout=60)
+    return proc, port
+
+
+def fetched_pages(entries: list[dict[str, Any]]) -> set[str]:
+    return {e["page_id"] for e in entries if e["status"] == 200 and e["kind"] in ("page", "calendar")}
+
+
+def log_entries(port: int) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in admin(port, "/log").splitlines() if line.strip()]
+
+
+# -- (a) one process against the politeness bound ----------------------------------------------
+
+
+def asked_until(e: dict[str, Any], retry_after_s: int) -> float | None:
+    """When a 429/503 said to come back (wall s): websim sends seconds on 429 and an HTTP date
+    (whole seconds, now + Retry-After + 1) on 503; both count from its response."""
+    if e["kind"] != "page":  # a robots.txt 5xx says no Retry-After here
+        return None
+    responded = e["ts"] + e["duration_s"]
+    if e["status"] == 429:
+        return responded + retry_after_s
+    if e["status"] == 503:
+        return float(math.floor(responded + retry_after_s + 1))
+    return None
+
+
+def politeness_bound(sim: WebSim, entries: list[dict[str, Any]], delay: float) -> dict[str, Any]:
+    by_host: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in entries:
+        by_host[e["host"]].append(e)
+    critical = 0.0
+    rate_bound = 0.0
+    violations = 0
+    for host, items in by_host.items():
+        items.sort(key=lambda e: e["ts"])
+        required = max(delay, websim_truth.required_delay(sim.web, host) or 0.0)
+        rate_bound += 1.0 / required
+        least = 0.0
+        for a, b in itertools.pairwise(items):
+            until = asked_until(a, sim.config.retry_after_s)
+            gap = required if until is None else max(required, until - a["ts"])
+            least += gap
+            violations += b["ts"] - a["ts"] < gap - 0.005
+        critical = max(critical, least)
+    span = max(e["ts"] + e["duration_s"] for e in entries) - min(e["ts"] for e in entries)
+    return {
+        "bound_s": critical,
+        "span_s": span,
+        "rate_bound": rate_bound,
+        "violations_incl_retry_after": violations,
+    }
+
+
+def part_bound(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    first = True
+    for name, spec in BOUND_WEBS.items():
+        hosts, delay = spec["hosts"], spec["delay"]
+        knobs = {"hosts": hosts, "seed": args.seed, **spec["knobs"]}
+        sim = WebSim(SimConfig(**knobs))
+        seeds = sim.seeds(hosts)
+        truth = sim.ground_truth(seeds, max_depth=DEPTH)
+        server, port = start_websim(knobs)
+        rows = []
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                rounds = (["warmup"] if first else []) + ["measure"] * args.repeats
+                first = False
+                for i, phase in enumerate(rounds):
+                    admin(port, "/reset", "POST")
+                    cmd = [
+                        sys.executable, "-m", "services.crawler", "crawl", *seeds,
+                        "--scope", "*.sim.test", "--resolve", f"*.sim.test=127.0.0.1:{port}",
+                        "--store", f"{tmp}/run{i}.sqlite", "--max-depth", str(DEPTH),
+                        "--min-delay", str(delay), "--no-progress",
+                        "--retry-base", "0.2", "--retry-cap", "2",
+                    ]  # fmt: skip
+                    wall, rss, rc = run_measured(cmd)
+                    entries = log_entries(port)
+                    b = politeness_bound(sim, entries, delay)
+                    pages = fetched_pages(entries)
+                    row = {
+                        "wall_s": wall,
+                        "exit": rc,
+                        "pages": len(pages),
+                        "coverage": len(pages) / len(truth),
+                        "requests": len(entries),
+                        **b,
+                        "bound_over_span": b["bound_s"] / b["span_s"],
+                        "bound_over_wall": b["bound_s"] / wall,
+                        "rate_fraction": len(entries) / b["span_s"] / b["rate_bound"],
+                        "peak_rss_mib": rss,
+                    }
+                    print(
+                        f"bound {name} {phase}: {row['pages']} pages, {row['requests']} requests,"
+                        f" wall {wall:.1f}s, bound {b['bound_s']:.1f}s, span {b['span_s']:.1f}s",
+                        file=sys.stderr,
+                    )
+                    if phase == "measure":
+                        rows.append(row)
+        finally:
+            server.terminate()
+            server.wait(10)
+        keys = ["wall_s", "span_s", "bound_s", "bound_over_span", "bound_over_wall", "rate_fraction",
+                "pages", "coverage", "requests", "violations_incl_retry_after"]  # fmt: skip
+        summary = {k: median_spread([r[k] for r in rows]) for k in keys}
+        out[name] = {"hosts": hosts, "delay": delay, "knobs": spec["knobs"], "truth_pages": len(truth),
+                     "runs": rows, "summary": summary}  # fmt: skip
+    print(f"\n[bound] one crawler process, {args.repeats} repeats, median [min-max]")
+    print(f"{'metric':<30}" + "".join(f"{n:>26}" for n in out))
+    for k in next(iter(out.values()))["summary"]:
+        print(f"{k:<30}" + "".join(f"{cell(out[n]['summary'][k]):>26}" for n in out))
+    return out
+
+
+# -- (b) workers on Redis ---------------------------------------------------------------------
+
+
+def start_redis(port: int, tmp: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", tmp],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_for_port(port, timeout=30)
+    return proc
+
+
+def wait_until(what: str, cond: Any, timeout: float, procs: list[subprocess.Popen[bytes]] = ()) -> None:  # type: ignore[assignment]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"a worker exited ({p.returncode}) while waiting for {what}")
+        time.sleep(0.02)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def workers_run(
+    n: int, seeds: list[str], web_port: int, redis_url: str, tmp: str, tag: str
+) -> dict[str, Any]:
+    client = connect(redis_url)
+    client.flushall()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    admin(web_port, "/reset", "POST")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = []
+    for k in range(n):
+        cmd = [
+            sys.executable, "-m", "services.crawler", "worker", "--redis", redis_url,
+            "--worker-id", f"w{k}", "--partitions", "16", "--partition-lease", "2",
+            "--resolve", f"*.sim.test=127.0.0.1:{web_port}", "--data-dir", f"{tmp}/{tag}-w{k}",
+        ]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        share = math.ceil(16 / n)
+
+        def balanced() -> bool:
+            view = cluster_view(client)
+            owners: dict[str, int] = defaultdict(int)
+            for p in view["partition_owners"]:
+                if p["owner"]:
+                    owners[p["owner"]] += 1
+            alive = sum(1 for w in view["workers"] if w["alive"])
+            return alive == n and sum(owners.values()) == 16 and max(owners.values()) <= share
+
+        wait_until(f"{n} workers holding 16 partitions fairly", balanced, 60, procs)
+        config = CrawlConfig.model_validate(
+            {
+                "seeds": seeds,
+                "scope": ["*.sim.test"],
+                "max_depth": DEPTH,
+                "concurrency": WORKER_CONCURRENCY,
+                "politeness": {"min_delay": WORKER_DELAY},
+                "retry": {"base_delay": 0.2, "max_delay": 2.0},
+            }
+        )
+        urls = [NewURL(u, host_of(u), 0) for u in (normalize(s) for s in seeds)]
+        t0 = time.perf_counter()
+        register_crawl(client, "bench", config.model_dump_json(), urls, config.max_depth)
+        wait_until("the crawl to finish", lambda: crawl_state(client, "bench") == "finished", 300, procs)
+        wall = time.perf_counter() - t0
+        used = int(client.info("memory")["used_memory"])
+        counts = RedisStore(client, "bench").counts()
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        client.close()
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, reaped above
+    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    entries = log_entries(web_port)
+    pages = fetched_pages(entries)
+    return {
+        "workers": n,
+        "workers_cpu_s": cpu,
+        "loadavg_1m": os.getloadavg()[0],
+        "wall_s": wall,
+        "pages": len(pages),
+        "fetched": counts["FETCHED"],
+        "requests": len(entries),
+        "pages_per_s": len(pages) / wall,
+        "redis_used_memory": used,
+    }
+
+
+def part_workers(args: argparse.Namespace) -> dict[str, Any]:
+    knobs = {"hosts": WORKER_HOSTS, "seed": args.seed, **WORKER_WEB}
+    sim = WebSim(SimConfig(**knobs))
+    seeds = sim.seeds(WORKER_HOSTS)
+    truth = sim.ground_truth(seeds, max_depth=DEPTH)
+    web, web_port = start_websim(knobs)
+    redis_port = free_port()
+    results: dict[int, list[dict[str, Any]]] = {n: [] for n in WORKER_COUNTS}
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = start_redis(redis_port, tmp)
+        url = f"redis://127.0.0.1:{redis_port}/0"
+        try:
+            workers_run(2, seeds, web_port, url, tmp, "warmup")
+            for r in range(args.repeats):  # interleaved: a slow patch of the box hits every N alike
+                for n in WORKER_COUNTS:
+                    row = workers_run(n, seeds, web_port, url, tmp, f"r{r}n{n}")
+                    row["coverage"] = row["pages"] / len(truth)
+                    results[n].append(row)
+                    print(
+                        f"workers {n} repeat {r}: {row['pages']} pages in {row['wall_s']:.1f}s"
+                        f" = {row['pages_per_s']:.1f} pages/s; workers' CPU {row['workers_cpu_s']:.1f}s,"
+                        f" box load {row['loadavg_1m']:.1f}",
+                        file=sys.stderr,
+                    )
+        finally:
+            redis.terminate()
+            redis.wait(10)
+            web.terminate()
+            web.wait(10)
+    base = statistics.median(r["pages_per_s"] for r in results[1])
+    summary = {}
+    for n, rows in results.items():
+        summary[n] = {
+            "pages_per_s": median_spread([r["pages_per_s"] for r in rows]),
+            "wall_s": median_spread([r["wall_s"] for r in rows]),
+            "coverage": median_spread([r["coverage"] for r in rows]),
+            "efficiency": median_spread([r["pages_per_s"] / (n * base) for r in rows]),
+            "workers_cpu_s": median_spread([r["workers_cpu_s"] for r in rows]),
+            "loadavg_1m": median_spread([r["loadavg_1m"] for r in rows]),
+        }
+    print(
+        f"\n[workers] websim {WORKER_HOSTS} hosts, truth {len(truth)} pages, delay {WORKER_DELAY}s"
+        f" (politeness bound {WORKER_HOSTS / WORKER_DELAY:.0f} requests/s), {WORKER_CONCURRENCY} in flight"
+        f" per worker; {args.repeats} repeats, median [min-max]"
+    )
+    print(f"{'workers':<10}{'pages/s':>22}{'wall s':>22}{'coverage':>14}{'efficiency':>22}{'CPU s':>20}")
+    for n, s in summary.items():
+        print(f"{n:<10}{cell(s['pages_per_s']):>22}{cell(s['wall_s']):>22}{cell(s['coverage']):>14}"
+              f"{cell(s['efficiency']):>22}{cell(s['workers_cpu_s']):>20}")  # fmt: skip
+    return {"hosts": WORKER_HOSTS, "delay": WORKER_DELAY, "concurrency": WORKER_CONCURRENCY,
+            "truth_pages": len(truth), "runs": results, "summary": summary}  # fmt: skip
+
+
+# -- (c) Redis memory per URL -----------------------------------------------------------------
+
+
+def part_memory(args: argparse.Namespace) -> dict[str, Any]:
+    n_new, n_fetched = args.memory_urls, args.memory_fetched
+    port = free_port()
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = start_redis(port, tmp)
+        client = connect(f"redis://127.0.0.1:{port}/0")
+        try:
+
+            def url(i: int, count: int) -> NewURL:  # 100 URLs per host, as on a real crawl's hosts
+                host = f"h{i % max(1, count // 100)}.sim.test"
+                return NewURL(f"http://{host}/section-{i % 37}/page-{i}.html", host, 3)
+
+            rows = []
+            for phase in ["warmup"] + ["measure"] * args.repeats:
+                client.flushall()
+                store = RedisStore(client, "mem")
+                before = int(client.info("memory")["used_memory"])
+                count = 2_000 if phase == "warmup" else n_new
+                for start in range(0, count, 1000):
+                    store.add(
+                        [url(i, count) for i in range(start, min(count, start + 1000))], now=time.time()
+                    )
+                after = int(client.info("memory")["used_memory"])
+                if phase == "measure":
+                    rows.append((after - before) / count)
+            out["discovered_bytes_per_url"] = median_spread(rows)
+            out["discovered_urls"] = n_new
+
+            # FETCHED: one worker owning every partition takes URLs through claim/start/finish
+            client.flushall()
+            mgr = PartitionManager(client, "bench", partitions=16, lease_seconds=60)
+            mgr.tick()
+            store = RedisStore(client, "mem", mgr)
+            before = int(client.info("memory")["used_memory"])
+            urls = [url(i, n_fetched) for i in range(n_fetched)]
+            for start in range(0, n_fetched, 1000):
+                store.add(urls[start : start + 1000], now=time.time())
+            done = 0
+            for host in sorted({u.host for u in urls}):
+                while (rec := store.claim(host, "bench", 60, time.time())) is not None:
+                    store.start(rec.id, "bench", 60, time.time())
+                    sha = hashlib.sha256(rec.url.encode()).hexdigest()
+                    store.first_with_content(sha, rec.id)
+                    outcome = Outcome(
+                        URLState.FETCHED, status=200, content_sha256=sha, fetched_at=time.time()
+                    )
+                    store.finish(rec.id, outcome, [], now=time.time())
+                    done += 1
+            after = int(client.info("memory")["used_memory"])
+            assert done == n_fetched, (done, n_fetched)
+            out["fetched_bytes_per_url"] = (after - before) / n_fetched
+            out["fetched_urls"] = n_fetched
+            mgr.leave()
+        finally:
+            client.close()
+            redis.terminate()
+            redis.wait(10)
+    d, f = out["discovered_bytes_per_url"], out["fetched_bytes_per_url"]
+    print(f"\n[memory] redis used_memory per URL, at {n_new:,} / {n_fetched:,} URLs, extrapolated to 1M")
+    print(f"  DISCOVERED: {cell(d, '.0f')} B/URL -> {d['median'] * 1e6 / 2**20:.0f} MiB per 1M URLs")
+    print(f"  FETCHED (with content hash key): {f:.0f} B/URL -> {f * 1e6 / 2**20:.0f} MiB per 1M URLs")
+    return out
+
+
+def plot(workers: dict[str, Any], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    s = workers["summary"]
+    ns = sorted(s)
+    pps = [s[n]["pages_per_s"] for n in ns]
+    base = pps[0]["median"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    err = [[p["median"] - p["min"] for p in pps], [p["max"] - p["median"] for p in pps]]
+    a.errorbar(ns, [p["median"] for p in pps], yerr=err, marker="o", capsize=3, label="measured")
+    a.plot(ns, [n * base for n in ns], "--", color="grey", label="linear (N x 1 worker)")
+    a.set_xlabel("workers")
+    a.set_ylabel("pages/s")
+    a.set_xticks(ns)
+    a.legend()
+    eff = [s[n]["efficiency"]["median"] for n in ns]
+    b.bar([str(n) for n in ns], eff)
+    b.axhline(0.8, color="red", linestyle=":", label="aim 0.8")
+    b.set_ylim(0, 1.1)
+    b.set_xlabel("workers")
+    b.set_ylabel("scaling efficiency")
+    b.legend()
+    fig.suptitle(f"crawler workers on Redis, websim {workers['hosts']} hosts (median, min-max)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["bound", "workers", "memory", "all"], default="all")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory-urls", type=int, default=100_000, help="DISCOVERED URLs measured")
+    ap.add_argument("--memory-fetched", type=int, default=10_000, help="URLs taken to FETCHED")
+    ap.add_argument("--out", default="reports/bench_crawler_scale.json")
+    args = ap.parse_args()
+    parts = ["bound", "workers", "memory"] if args.part == "all" else [args.part]
+    run = {"bound": part_bound, "workers": part_workers, "memory": part_memory}
+    report = {p: run[p](args) for p in parts}
+    out = (ROOT / args.out).resolve()
+    if args.part != "all":
+        out = out.with_name(f"{out.stem}-{args.part}{out.suffix}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), **report}, indent=2, default=str))
+    print(f"\nJSON: {out}")
+    if "workers" in report:
+        png = plot(report["workers"], out.with_suffix(".png"))
+        if png is not None:
+            print(f"PNG:  {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
