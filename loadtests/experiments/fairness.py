@@ -10,17 +10,42 @@ both have weight 1 (the dev tenants).
                   for A's requests): B's TTFT p50/p95 (client).
   phase "both":   both over their fair share (B 0.75x C, A 1.5x C_A): each tenant's share of the
                   generated tokens (the server's counter over the window) against its weight share.
+
+A third side server gives the tenants unequal weights (alice 3, bob 1, `--tenants`):
+  phase "weighted": both flood equally (1.5x C_A each, the same long requests): generated tokens
+                  should split 3:1 (+-10%), as admission sheds each tenant's excess from its own
+                  weighted share and the fair queue serves them by weight.
+  phase "pool":   bob floods (1.5x C_A) while alice sends a steady 0.2x C of streamed requests,
+                  every request of both through ONE client connection pool (httpx, 100
+                  connections, as a gateway holds): alice's TTFT p95 at that client against the
+                  0.5 s objective. A flood admitted and queued would hold the pool's connections
+                  and make alice wait for one, whatever the server's own histogram says.
+  Admission's wait estimate against the real waits (/v1/admin/state) is reported per class.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import random
+import time
 from typing import Any
+
+import httpx
 
 from loadtests.experiments import report as rp
 from loadtests.experiments.openloop import Call, poisson
 from loadtests.experiments.queueing import pct
-from loadtests.experiments.serving import calibrate, calibrate_mix, completion, cross_check, run_step, text
+from loadtests.experiments.serving import (
+    calibrate,
+    calibrate_mix,
+    completion,
+    cross_check,
+    run_step,
+    text,
+    wait_idle,
+)
 from loadtests.experiments.target import BOB, KEYS, side_inference
 
 NAME = "fairness"
@@ -31,16 +56,59 @@ MODES = {"wfq": [], "fifo": ["--no-fair-queueing"]}
 # (B's load in x C, A's load in x C_A): C is what the server sustains for B's half-streamed mix,
 # C_A for A's own long non-streamed requests (more efficient, so a flood must be sized on it).
 PHASES = {"steady": (0.2, 1.5), "both": (0.75, 1.5)}
+WEIGHTS = {"alice": 3.0, "bob": 1.0}
+POOL = 100  # httpx's default: one pool for both tenants, as a gateway holds
+TTFT_OBJECTIVE_S = 0.5  # interactive (deploy/prometheus/rules/generation.yml)
+ADMIN_KEY = "dev-admin-key"
 
 
-def flood_call(rng: random.Random, at: float, step: int) -> Call:
+def flood_call(rng: random.Random, at: float, step: int, tenant: str = "bob") -> Call:
     body = {
         "prompt": text(rng, 64, 192),
         "max_tokens": rng.randint(64, 128),
         "priority": "interactive",
         "ignore_eos": True,
     }
-    return Call(at, "/v1/completions", body, "bob", "flood", step=step)
+    return Call(at, "/v1/completions", body, tenant, "flood", step=step)
+
+
+def weighted_flags() -> list[str]:
+    tenants = {
+        name: {"key_sha256": hashlib.sha256(KEYS[name].encode()).hexdigest(), "weight": w}
+        for name, w in WEIGHTS.items()
+    }
+    return ["--tenants", json.dumps(tenants), "--no-embeddings"]
+
+
+async def _pooled(url: str, calls: list[Call], timeout: float) -> list[tuple[Call, int, float | None]]:
+    """Send every call at its time through one shared pool; (call, status, client TTFT)."""
+    limits = httpx.Limits(max_connections=POOL, max_keepalive_connections=POOL)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as http:
+        t0 = time.perf_counter()
+
+        async def one(call: Call) -> tuple[Call, int, float | None]:
+            await asyncio.sleep(max(0.0, t0 + call.at - time.perf_counter()))
+            start = time.perf_counter()  # before the pool hands out a connection
+            headers = {"Authorization": f"Bearer {KEYS[call.tenant]}"}
+            try:
+                async with http.stream("POST", call.path, json=call.body, headers=headers) as r:
+                    if r.status_code != 200:
+                        await r.aread()
+                        return call, r.status_code, None
+                    ttft = None
+                    async for chunk in r.aiter_bytes():
+                        if ttft is None and chunk:
+                            ttft = time.perf_counter() - start
+                    return call, 200, ttft
+            except httpx.HTTPError:
+                return call, 0, None
+
+        return await asyncio.gather(*(one(c) for c in calls))
+
+
+def _wait_estimate(url: str) -> dict[str, Any]:
+    r = httpx.get(f"{url}/v1/admin/state", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+    return r.json().get("wait_estimate", {}) if r.status_code == 200 else {}
 
 
 def schedule(seed: int, phase: int, capacity: float, capacity_a: float, window: float) -> list[Call]:
@@ -109,9 +177,66 @@ def run(ctx: Any) -> rp.Report:
                     f"{row['b_token_share']}",
                     flush=True,
                 )
+    _run_weighted(ctx, report, capacity, capacity_a, window)
     _conclude(report)
     _plot(report, ctx.out)
     return report
+
+
+def _run_weighted(ctx: Any, report: rp.Report, capacity: float, capacity_a: float, window: float) -> None:
+    want = WEIGHTS["alice"] / (WEIGHTS["alice"] + WEIGHTS["bob"])
+    with side_inference(weighted_flags(), ctx.out / "side-server-weighted.log") as url:
+        rng = random.Random(ctx.seed * 1000 + 7)
+        rate = 1.5 * capacity_a / 96.0
+        calls = [flood_call(rng, t, 2, "alice") for t in poisson(rate, window, rng)]
+        calls += [flood_call(rng, t, 2, "bob") for t in poisson(rate, window, rng)]
+        step = run_step(url, calls, window, KEYS)
+        tok = {t: step.window.value("inference_generated_tokens_total", tenant=t) for t in WEIGHTS}
+        share = tok["alice"] / (tok["alice"] + tok["bob"]) if tok["alice"] + tok["bob"] else None
+        report.rows.append(
+            {
+                "mode": "weighted",
+                "phase": "weighted",
+                "a_rejected": sum(o.rejected for o in step.outcomes if o.call.tenant == "alice"),
+                "b_rejected": sum(o.rejected for o in step.outcomes if o.call.tenant == "bob"),
+                "alice_token_share": round(share, 3) if share is not None else None,
+                "alice_weight_share": want,
+                "alice_bob_ratio": round(tok["alice"] / tok["bob"], 2) if tok["bob"] else None,
+                "tokens_per_s": round(step.tokens_per_s(), 1),
+            }
+        )
+        print(f"   weighted both flood: alice/bob tokens {report.rows[-1]['alice_bob_ratio']}", flush=True)
+        calls = [completion(rng, "interactive", t, 3) for t in poisson(0.2 * capacity / 24.0, window, rng)]
+        calls += [flood_call(rng, t, 3, "bob") for t in poisson(rate, window, rng)]
+        calls.sort(key=lambda c: c.at)
+        wait_idle(url)
+        results = asyncio.run(_pooled(url, calls, 300.0))
+        steady = [ttft for c, status, ttft in results if c.tenant == "alice" and status == 200 and ttft]
+        row = {
+            "mode": "weighted",
+            "phase": "pool",
+            "pool_connections": POOL,
+            "a_sent": sum(1 for c, *_ in results if c.tenant == "alice"),
+            "a_admitted": len(steady),
+            "a_ttft_p50_ms": _ms(pct(steady, 0.5)),
+            "a_ttft_p95_ms": _ms(pct(steady, 0.95)),
+            "b_sent": sum(1 for c, *_ in results if c.tenant == "bob"),
+            "b_rejected": sum(1 for c, status, _ in results if c.tenant == "bob" and status in (429, 503)),
+        }
+        report.rows.append(row)
+        print(
+            f"   weighted pool: alice TTFT p95 {row['a_ttft_p95_ms']} ms at the shared-pool client",
+            flush=True,
+        )
+        wait_idle(url)
+        for klass, cal in _wait_estimate(url).items():
+            report.rows.append({"mode": "weighted", "phase": f"wait-estimate {klass}", **_flat(cal)})
+
+
+def _flat(cal: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in cal.items() if not isinstance(v, dict)}
+    out.update({f"factor_{t}": f for t, f in cal.get("factor", {}).items()})
+    return out
 
 
 def _ms(v: float | None) -> float | None:
@@ -129,18 +254,34 @@ def _conclude(report: rp.Report) -> None:
     s_on, s_off = _get(report, "wfq", "both")["b_token_share"], _get(report, "fifo", "both")["b_token_share"]
     share_ok = s_on is not None and abs(s_on - 0.5) <= 0.1
     report.measured.update(b_p95_wfq_ms=p_on, b_p95_fifo_ms=p_off, b_share_wfq=s_on, b_share_fifo=s_off)
+    weighted, pool = _get(report, "weighted", "weighted"), _get(report, "weighted", "pool")
+    ratio = weighted["alice_bob_ratio"]
+    ratio_ok = ratio is not None and abs(ratio / 3.0 - 1) <= 0.10
+    a_p95 = pool["a_ttft_p95_ms"]
+    pool_ok = a_p95 is not None and a_p95 <= TTFT_OBJECTIVE_S * 1000 and pool["a_admitted"] == pool["a_sent"]
+    cal = next((r for r in report.rows if r["phase"] == "wait-estimate interactive"), {})
+    report.measured.update(
+        alice_bob_token_ratio_weighted=ratio,
+        alice_p95_ttft_shared_pool_ms=a_p95,
+        wait_estimate_mean_error_s=cal.get("mean_error_s"),
+        wait_estimate_error_p95_s=cal.get("error_p95_s"),
+    )
     report.conclude(
-        latency_ok and share_ok,
+        latency_ok and share_ok and ratio_ok and pool_ok,
         f"Under A's flood, B's p95 TTFT was {p_on:.0f} ms with WFQ and {p_off:.0f} ms with FIFO "
         f"({p_off / p_on:.1f}x). With both over their share, B got {s_on} of the tokens with WFQ "
-        f"(weight share 0.5) and {s_off} with FIFO.",
+        f"(weight share 0.5) and {s_off} with FIFO. Weights 3:1, both flooding: generated tokens "
+        f"{ratio}:1. Bob flooding, alice steady, one {POOL}-connection pool for both: alice's p95 "
+        f"TTFT at that client {a_p95} ms ({pool['a_admitted']}/{pool['a_sent']} admitted; bob "
+        f"{pool['b_rejected']}/{pool['b_sent']} shed). Interactive wait estimate: mean error "
+        f"{cal.get('mean_error_s')} s, p95 {cal.get('error_p95_s')} s over {cal.get('observed')} requests.",
         "Rate limits cap what a tenant may send; only the queueing discipline decides who waits once the "
         "server is saturated. Without WFQ a single tenant's burst becomes every tenant's latency.",
     )
 
 
 def _plot(report: rp.Report, out: Any) -> None:
-    fig, axes = rp.figure(1, 2, size=(12, 4.5))
+    fig, axes = rp.figure(1, 3, size=(17, 4.5))
     modes = list(MODES)
     steady = [_get(report, m, "steady") for m in modes]
     xs = range(len(modes))
@@ -156,4 +297,13 @@ def _plot(report: rp.Report, out: Any) -> None:
     axes[0][1].set_ylim(0, 1)
     axes[0][1].set_ylabel("share of generated tokens (both flooding)")
     axes[0][1].legend()
+    weighted, pool = _get(report, "weighted", "weighted"), _get(report, "weighted", "pool")
+    ax = axes[0][2]
+    ax.bar([0], [weighted["alice_token_share"] or 0], 0.5, label="alice's token share (weight 3 of 4)")
+    ax.axhline(0.75, color="red", linestyle="--", label="weight share 0.75")
+    ax.bar([1], [(pool["a_ttft_p95_ms"] or 0) / 1000 / TTFT_OBJECTIVE_S], 0.5, label="alice p95 TTFT / 0.5 s")
+    ax.set_xticks([0, 1], ["both flood", "bob floods, one pool"])
+    ax.set_ylim(0, 1.5)
+    ax.set_ylabel("weights 3:1 (alice:bob)")
+    ax.legend(fontsize="small")
     rp.save(fig, report, out, "fairness.png")
