@@ -155,7 +155,7 @@ class EngineView:
 @dataclass(frozen=True)
 class WaitEstimate:
     seconds: float  # the calibrated estimate admission compares with the caps
-    raw_s: float  # tokens ahead / throughput, before calibration
+    raw_s: float  # slot-steps ahead x step time / running sequences, before calibration
     floor_s: float  # the part that does not scale with the queue (one step, a slot to free)
     ahead_steps: float  # slot-steps of work ahead of it
     margin_s: float = 0.0  # how far real waits recently ran past their estimate (p95, >= 0)
@@ -209,9 +209,11 @@ class WaitModel:
     batch's slots are the bottleneck: the running batch does one per sequence per step, so
     raw = ahead * step_s / running.
 
-    A tenant with nothing waiting sees only the floor: one step, plus, when the batch is full,
-    a few steps for a slot. A flooding tenant's own backlog raises only its own estimate; a
-    low-weight tenant's estimate grows faster, as its share of the engine is smaller.
+    A tenant with nothing waiting sees only the floor: one step, plus the wait for a slot (at
+    its weighted share of the batch, until one of its own sequences finishes; short of it in
+    a full batch, the scheduler's few steps of patience before it preempts). A flooding
+    tenant's own backlog raises only its own estimate; a low-weight tenant's estimate grows
+    faster, as its share of the engine is smaller.
 
     The estimate is `floor + factor * raw`; `factor` (per tenant and class) is learnt from the
     real waits of admitted requests, since work ahead and step time are only proxies (the
