@@ -10,6 +10,7 @@ undoes it whatever state the drill stopped in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import statistics
@@ -51,6 +52,55 @@ def kill_service(service: str, configuration: Configuration | None = None) -> di
     mark("fault_end", at)
     RECORD.state[f"{service}_killed_pid"] = pid
     return {"service": service, "pid": pid, "signal": "SIGKILL"}
+
+
+def kill_with_pending(
+    service: str = "dedup",
+    proxy: str = "dedup_redis",
+    stream: str = "pg:pages",
+    group: str = "dedup",
+    latency_ms: int = 1000,
+    timeout_s: float = 60.0,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """kill -9 a stream consumer at the moment it holds entries read but not acknowledged.
+
+    A kill at a random moment usually lands between batches, with nothing pending, and proves
+    nothing about redelivery. So the replies on the consumer's Redis hop are slowed (a latency
+    toxic: every XACK arrives `latency_ms` late), Redis is polled (XPENDING) until the group
+    holds pending entries, and the process is killed then. Without the fault proxy, the poll
+    alone is tried."""
+    import redis
+
+    base = toxiproxy_url(configuration)
+    toxic = {"name": "drill_pending_window", "type": "latency", "stream": "downstream", "toxicity": 1.0}
+    toxic["attributes"] = {"latency": latency_ms, "jitter": 0}
+    try:
+        r = httpx.post(f"{base}/proxies/{proxy}/toxics", json=toxic, timeout=TIMEOUT)
+        slowed = r.status_code in (200, 201)
+    except httpx.HTTPError:
+        slowed = False
+    client = redis.Redis.from_url(stack.url("redis", configuration), socket_timeout=2)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                pending = int(client.xpending(stream, group)["pending"])
+            except redis.RedisError:
+                pending = 0
+            if pending > 0:
+                result = kill_service(service, configuration)
+                figure("pending_at_kill", pending)
+                return {**result, "pending_at_kill": pending, "acks_slowed_ms": latency_ms if slowed else 0}
+            time.sleep(0.02)
+        raise ActivityFailed(
+            f"{group} never held a pending entry on {stream} within {timeout_s:.0f}s: nothing is flowing"
+        )
+    finally:
+        client.close()
+        if slowed:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.delete(f"{base}/proxies/{proxy}/toxics/drill_pending_window", timeout=TIMEOUT)
 
 
 def wait_restarted(
