@@ -159,6 +159,10 @@ class WaitEstimate:
     floor_s: float  # the part that does not scale with the queue (one step, a slot to free)
     ahead_steps: float  # slot-steps of work ahead of it
     margin_s: float = 0.0  # how far real waits recently ran past their estimate (p95, >= 0)
+    # False when nothing is queued ahead of it and its tenant is under its share of the batch:
+    # its wait is a step or two and the scheduler's patience before it preempts for it, which
+    # shedding it would not shorten (on a slow machine that alone can pass the cap).
+    queued: bool = True
 
 
 @dataclass
@@ -278,10 +282,12 @@ class WaitModel:
             raw = ahead * view.step_s / max(1, view.running)
         else:  # no step measured yet: tokens over the prior throughput
             raw = ahead / steps_per_token / max(view.tokens_per_s, 1e-6)
-        floor = view.step_s + self._slot_wait(tenant, waiting, view, running or {})
+        slot_wait, at_share = self._slot_wait(tenant, waiting, view, running or {})
+        floor = view.step_s + slot_wait
         cal = self._cal(klass)
         factor = cal.factors.get(tenant, 1.0)
-        return WaitEstimate(floor + factor * raw, raw, floor, ahead, self._margin(cal))
+        queued = ahead > 0 or at_share
+        return WaitEstimate(floor + factor * raw, raw, floor, ahead, self._margin(cal), queued)
 
     def _margin(self, cal: _Calibration) -> float:
         errs = sorted(cal.recent)
@@ -295,23 +301,25 @@ class WaitModel:
         waiting: dict[tuple[str, str], Work],
         view: EngineView,
         running: dict[str, list[int]],
-    ) -> float:
-        """Time until the batch has a slot for this tenant. At its share of the slots (weighted,
-        among tenants running or waiting, as the scheduler counts it) while others wait or
-        the batch is full, one of its own sequences must finish first; short of its share in a
-        full batch, the scheduler preempts for it after a few steps."""
+    ) -> tuple[float, bool]:
+        """Time until the batch has a slot for this tenant, and whether it is at its share.
+
+        At its share of the slots (weighted, among tenants running or waiting, as the scheduler
+        counts it) while others wait or the batch is full, one of its own sequences must finish
+        first; short of its share in a full batch, the scheduler preempts for it after a few
+        steps."""
         if not view.max_seqs:
-            return 0.0
+            return 0.0, False
         active = set(running) | {u for (u, _), w in waiting.items() if w.tokens} | {tenant}
         share = max(1, int(view.max_seqs * self.weight(tenant) / sum(self.weight(u) for u in active)))
         mine = running.get(tenant, [])
         others_waiting = any(w.tokens for (u, _), w in waiting.items() if u != tenant)
         full = view.running >= view.max_seqs
         if mine and len(mine) >= share and (others_waiting or full):
-            return min(mine) * view.step_s
+            return min(mine) * view.step_s, True
         if full:
-            return self.SLOT_STEPS * view.step_s
-        return 0.0
+            return self.SLOT_STEPS * view.step_s, False
+        return 0.0, False
 
     def _cal(self, klass: str) -> _Calibration:
         return self.calibration.get(klass) or self.calibration[CLASS_ORDER[0]]
@@ -533,7 +541,7 @@ class Admission:
                         "deadline",
                         est - deadline_s,
                     )
-                if est > cap:
+                if est > cap and estimate.queued:
                     raise Overloaded(
                         f"estimated queue wait {est:.2f}s for tenant {tenant.name} exceeds the"
                         f" {klass} class's {cap:g}s: overloaded",
