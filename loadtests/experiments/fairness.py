@@ -14,7 +14,8 @@ both have weight 1 (the dev tenants).
 A third side server gives the tenants unequal weights (alice 3, bob 1, `--tenants`):
   phase "weighted": both flood equally (1.5x C_A each, the same long requests): generated tokens
                   should split 3:1 (+-10%), as admission sheds each tenant's excess from its own
-                  weighted share and the fair queue serves them by weight.
+                  weighted share and the fair queue serves them by weight. Once with interactive
+                  floods (cap 0.35 s: short queues), once with batch ones (cap 8 s).
   phase "pool":   bob floods (1.5x C_A) while alice sends a steady 0.2x C of streamed requests,
                   every request of both through ONE client connection pool (httpx, 100
                   connections, as a gateway holds): alice's TTFT p95 at that client against the
@@ -62,11 +63,13 @@ TTFT_OBJECTIVE_S = 0.5  # interactive (deploy/prometheus/rules/generation.yml)
 ADMIN_KEY = "dev-admin-key"
 
 
-def flood_call(rng: random.Random, at: float, step: int, tenant: str = "bob") -> Call:
+def flood_call(
+    rng: random.Random, at: float, step: int, tenant: str = "bob", priority: str = "interactive"
+) -> Call:
     body = {
         "prompt": text(rng, 64, 192),
         "max_tokens": rng.randint(64, 128),
-        "priority": "interactive",
+        "priority": priority,
         "ignore_eos": True,
     }
     return Call(at, "/v1/completions", body, tenant, "flood", step=step)
@@ -188,24 +191,28 @@ def _run_weighted(ctx: Any, report: rp.Report, capacity: float, capacity_a: floa
     with side_inference(weighted_flags(), ctx.out / "side-server-weighted.log") as url:
         rng = random.Random(ctx.seed * 1000 + 7)
         rate = 1.5 * capacity_a / 96.0
-        calls = [flood_call(rng, t, 2, "alice") for t in poisson(rate, window, rng)]
-        calls += [flood_call(rng, t, 2, "bob") for t in poisson(rate, window, rng)]
-        step = run_step(url, calls, window, KEYS)
-        tok = {t: step.window.value("inference_generated_tokens_total", tenant=t) for t in WEIGHTS}
-        share = tok["alice"] / (tok["alice"] + tok["bob"]) if tok["alice"] + tok["bob"] else None
-        report.rows.append(
-            {
-                "mode": "weighted",
-                "phase": "weighted",
-                "a_rejected": sum(o.rejected for o in step.outcomes if o.call.tenant == "alice"),
-                "b_rejected": sum(o.rejected for o in step.outcomes if o.call.tenant == "bob"),
-                "alice_token_share": round(share, 3) if share is not None else None,
-                "alice_weight_share": want,
-                "alice_bob_ratio": round(tok["alice"] / tok["bob"], 2) if tok["bob"] else None,
-                "tokens_per_s": round(step.tokens_per_s(), 1),
-            }
-        )
-        print(f"   weighted both flood: alice/bob tokens {report.rows[-1]['alice_bob_ratio']}", flush=True)
+        for klass in ("interactive", "batch"):
+            calls = [flood_call(rng, t, 2, "alice", klass) for t in poisson(rate, window, rng)]
+            calls += [flood_call(rng, t, 2, "bob", klass) for t in poisson(rate, window, rng)]
+            step = run_step(url, calls, window, KEYS)
+            tok = {t: step.window.value("inference_generated_tokens_total", tenant=t) for t in WEIGHTS}
+            share = tok["alice"] / (tok["alice"] + tok["bob"]) if tok["alice"] + tok["bob"] else None
+            report.rows.append(
+                {
+                    "mode": "weighted",
+                    "phase": "weighted" if klass == "interactive" else "weighted-batch",
+                    "a_rejected": sum(o.rejected for o in step.outcomes if o.call.tenant == "alice"),
+                    "b_rejected": sum(o.rejected for o in step.outcomes if o.call.tenant == "bob"),
+                    "alice_token_share": round(share, 3) if share is not None else None,
+                    "alice_weight_share": want,
+                    "alice_bob_ratio": round(tok["alice"] / tok["bob"], 2) if tok["bob"] else None,
+                    "tokens_per_s": round(step.tokens_per_s(), 1),
+                }
+            )
+            print(
+                f"   weighted {klass} floods: alice/bob tokens {report.rows[-1]['alice_bob_ratio']}",
+                flush=True,
+            )
         calls = [completion(rng, "interactive", t, 3) for t in poisson(0.2 * capacity / 24.0, window, rng)]
         calls += [flood_call(rng, t, 3, "bob") for t in poisson(rate, window, rng)]
         calls.sort(key=lambda c: c.at)
@@ -256,12 +263,14 @@ def _conclude(report: rp.Report) -> None:
     report.measured.update(b_p95_wfq_ms=p_on, b_p95_fifo_ms=p_off, b_share_wfq=s_on, b_share_fifo=s_off)
     weighted, pool = _get(report, "weighted", "weighted"), _get(report, "weighted", "pool")
     ratio = weighted["alice_bob_ratio"]
+    ratio_batch = _get(report, "weighted", "weighted-batch")["alice_bob_ratio"]
     ratio_ok = ratio is not None and abs(ratio / 3.0 - 1) <= 0.10
     a_p95 = pool["a_ttft_p95_ms"]
     pool_ok = a_p95 is not None and a_p95 <= TTFT_OBJECTIVE_S * 1000 and pool["a_admitted"] == pool["a_sent"]
     cal = next((r for r in report.rows if r["phase"] == "wait-estimate interactive"), {})
     report.measured.update(
         alice_bob_token_ratio_weighted=ratio,
+        alice_bob_token_ratio_weighted_batch=ratio_batch,
         alice_p95_ttft_shared_pool_ms=a_p95,
         wait_estimate_mean_error_s=cal.get("mean_error_s"),
         wait_estimate_error_p95_s=cal.get("error_p95_s"),
@@ -271,7 +280,8 @@ def _conclude(report: rp.Report) -> None:
         f"Under A's flood, B's p95 TTFT was {p_on:.0f} ms with WFQ and {p_off:.0f} ms with FIFO "
         f"({p_off / p_on:.1f}x). With both over their share, B got {s_on} of the tokens with WFQ "
         f"(weight share 0.5) and {s_off} with FIFO. Weights 3:1, both flooding: generated tokens "
-        f"{ratio}:1. Bob flooding, alice steady, one {POOL}-connection pool for both: alice's p95 "
+        f"{ratio}:1 (interactive), {ratio_batch}:1 (batch). Bob flooding, alice steady, one "
+        f"{POOL}-connection pool for both: alice's p95 "
         f"TTFT at that client {a_p95} ms ({pool['a_admitted']}/{pool['a_sent']} admitted; bob "
         f"{pool['b_rejected']}/{pool['b_sent']} shed). Interactive wait estimate: mean error "
         f"{cal.get('mean_error_s')} s, p95 {cal.get('error_p95_s')} s over {cal.get('observed')} requests.",

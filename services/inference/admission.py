@@ -199,7 +199,7 @@ class _Calibration:
 
 
 class WaitModel:
-    """How long a new request of tenant t, class k, waits for its first step.
+    """How long a new request of tenant t, class k, waits for its first token (queue, slot, first step).
 
     Work ahead of it: every waiting token of a higher class, then, within its class, the
     tenants share the engine in proportion to their weights (weighted fair queueing; the fluid
@@ -325,7 +325,8 @@ class WaitModel:
         return self.calibration.get(klass) or self.calibration[CLASS_ORDER[0]]
 
     def observe(self, tenant: str, klass: str, est: WaitEstimate, actual: float) -> None:
-        """One admitted request's real wait (arrival to first step) against its estimate."""
+        """One admitted request's real wait for its first token (arrival to the end of the
+        step that made it: what the class's objective is on) against its estimate."""
         cal = self._cal(klass)
         err = actual - est.seconds
         cal.n += 1
@@ -568,13 +569,13 @@ class Admission:
         return self.wait_model.estimate(tenant, klass, waiting, view, running_left(tickets))
 
     def _observe(self, tickets: list[Ticket]) -> None:
-        """Calibrate on every admitted request that has had its first step since last time."""
+        """Calibrate on every admitted request that has had its first token since last time."""
         for t in tickets:
             seq = t.seq
-            if t.observed or seq is None or seq.first_scheduled is None or t.estimate is None:
+            if t.observed or seq is None or seq.first_token_at is None or t.estimate is None:
                 continue
             t.observed = True
-            self.wait_model.observe(t.tenant, t.klass, t.estimate, seq.first_scheduled - seq.arrival)
+            self.wait_model.observe(t.tenant, t.klass, t.estimate, seq.first_token_at - seq.arrival)
 
     def calibration(self) -> dict[str, dict[str, Any]]:
         """Estimated against real waits so far, by class (admin state, experiments)."""

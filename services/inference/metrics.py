@@ -89,7 +89,7 @@ JOBS = Counter("inference_jobs_total", "Async jobs by final state.", ["state"])
 # Admission's wait estimate against the wait each admitted request then had (admission.py).
 WAIT_ESTIMATE_ERROR = Histogram(
     "inference_wait_estimate_error_seconds",
-    "Real queue wait (arrival to first step) minus admission's estimate; > 0: it waited longer.",
+    "Real wait for the first token (arrival to first token) minus admission's estimate; > 0: longer.",
     ["class"],
     buckets=(-10, -2, -1, -0.5, -0.25, -0.1, -0.05, -0.025, 0, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 10),
 )

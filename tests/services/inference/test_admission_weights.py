@@ -116,6 +116,9 @@ class Sim:
         ]
         self.now += dt
         self.recent.append((plan.num_tokens, dt))
+        for (seq, _), tok in zip(plan.chunks, sampled, strict=True):
+            if tok is not None and seq.first_token_at is None:
+                seq.first_token_at = self.now
         if counting:
             for seq, n in plan.chunks:
                 self.tokens[seq.tenant] += n  # computed tokens (prefill + decode): what WFQ shares
