@@ -545,7 +545,8 @@ class Admission:
                 if est > cap and estimate.queued:
                     raise Overloaded(
                         f"estimated queue wait {est:.2f}s for tenant {tenant.name} exceeds the"
-                        f" {klass} class's {cap:g}s: overloaded",
+                        f" {klass} class's {cap:g}s ({estimate.ahead_steps:.0f} slot-steps of work"
+                        " ahead): overloaded",
                         "overloaded",
                         est - cap,
                     )
