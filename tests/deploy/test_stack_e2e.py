@@ -154,6 +154,47 @@ def test_inference_answers_completions_and_embeddings(stack: Stack):
         assert bad.status_code == 400 and "max_tokens" in bad.json()["error"]["param"]
 
 
+def test_the_official_openai_client_against_the_stack(stack: Stack):
+    """What a user of `make run` points their code at: the official client, every call it makes
+    to a model server (completions, chat plain and streamed with usage, embeddings float and
+    base64, models), with the dev key."""
+    import base64
+    import struct
+
+    import openai
+
+    client = openai.OpenAI(base_url=f"{stack.url('inference')}/v1", api_key="dev-alice-key", timeout=60)
+    model = client.models.list().data[0].id
+    assert client.models.retrieve(model).id == model
+    done = client.completions.create(model=model, prompt="The crawler", max_tokens=8, temperature=0)
+    assert done.choices[0].text and done.usage is not None and done.usage.completion_tokens > 0
+    messages = [{"role": "user", "content": "What does a crawler do?"}]
+    chat = client.chat.completions.create(model=model, messages=messages, max_tokens=8, seed=1)  # type: ignore[arg-type]
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    floats = client.embeddings.create(model="all-MiniLM-L6-v2", input=["a crawler", "a spider"])
+    assert [len(d.embedding) for d in floats.data] == [384, 384]
+    packed = client.embeddings.with_raw_response.create(
+        model="all-MiniLM-L6-v2", input="a crawler", encoding_format="base64"
+    )
+    raw = base64.b64decode(json.loads(packed.text)["data"][0]["embedding"])
+    decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
+    assert decoded == pytest.approx(floats.data[0].embedding, abs=1e-6)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model=model, prompt="x", max_tokens=-1)
+    assert bad.value.status_code == 400
+
+
 def exported_families(stack: Stack) -> set[str]:
     names: set[str] = set()
     for service in ("websim", "crawler", "dedup", "inference"):
