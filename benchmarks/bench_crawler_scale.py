@@ -121,17 +121,12 @@ def log_entries(port: int) -> list[dict[str, Any]]:
 # -- (a) one process against the politeness bound ----------------------------------------------
 
 
-def asked_until(e: dict[str, Any], retry_after_s: int) -> float | None:
-    """When a 429/503 said to come back (wall s): websim sends seconds on 429 and an HTTP date
-    (whole seconds, now + Retry-After + 1) on 503; both count from its response."""
-    if e["kind"] != "page":  # a robots.txt 5xx says no Retry-After here
-        return None
-    responded = e["ts"] + e["duration_s"]
-    if e["status"] == 429:
-        return responded + retry_after_s
-    if e["status"] == 503:
-        return float(math.floor(responded + retry_after_s + 1))
-    return None
+def asked_until(e: dict[str, Any]) -> float | None:
+    """When an answer's Retry-After said to come back (the log's clock): websim sends seconds on
+    429 and an HTTP date (whole seconds, now + Retry-After + 1) on 503, both counted from its
+    response, and logs the time either names (`retry_until`)."""
+    until = e.get("retry_until")
+    return None if until is None else float(until)
 
 
 def politeness_bound(sim: WebSim, entries: list[dict[str, Any]], delay: float) -> dict[str, Any]:
@@ -147,7 +142,7 @@ def politeness_bound(sim: WebSim, entries: list[dict[str, Any]], delay: float) -
         rate_bound += 1.0 / required
         least = 0.0
         for a, b in itertools.pairwise(items):
-            until = asked_until(a, sim.config.retry_after_s)
+            until = asked_until(a)
             gap = required if until is None else max(required, until - a["ts"])
             least += gap
             violations += b["ts"] - a["ts"] < gap - 0.005

@@ -607,7 +607,8 @@ class Crawl:
                 return
             asked = parse_retry_after(result.header("Retry-After"))
             retry_after = self._asked_wait(rec.host, result.status, asked)
-            self._end_request(slot, t0, result.status, retry_after if result.status in (429, 503) else None)
+            asked_host = retry_after if is_retryable_status(result.status) else None
+            self._end_request(slot, t0, result.status, asked_host)
             counted = await self._handle_response(rec, result, attempts_made, retry_after)
         finally:
             self._fetches_in_flight -= 1

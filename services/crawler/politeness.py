@@ -6,10 +6,15 @@ server that logs requests on arrival or on completion sees at least `delay` seco
 
 delay = max(robots Crawl-delay,
             min(max_delay, max(robots Crawl-delay, configured minimum, adaptive_factor * mean latency)
-                * backoff multiplier (raised by 429/503, decays back to 1 on success)))
-A Retry-After on 429/503 additionally pushes next_eligible to at least now + Retry-After. What a
-server asks (Crawl-delay, Retry-After) is never cut: a host asking for more than max_delay is
-dropped from the crawl (parking.py) rather than asked again sooner.
+                * backoff multiplier))
+After a 429 or 5xx the server either says when to come back or it does not:
+- with Retry-After, the wait before the host's next request is exactly max(Retry-After, delay):
+  the server's word, never less than the host's own gap, and no backoff of ours on top of it (the
+  multiplier is left as it was);
+- without it, our own exponential backoff: the multiplier doubles (up to 16) on each such answer.
+A success halves the multiplier back towards 1. What a server asks (Crawl-delay, Retry-After) is
+never cut: a host asking for more than max_delay is dropped from the crawl (parking.py) rather
+than asked again sooner.
 
 Politeness belongs to the host, not to a crawl: one slot per host per process, shared by every
 crawl of that process (`turns` counts host turns of all crawls, so two crawls never ask one host
@@ -111,14 +116,17 @@ class HostSlot:
                 if self.latency_ewma is None
                 else _EWMA_ALPHA * latency + (1 - _EWMA_ALPHA) * self.latency_ewma
             )
-        if status in (429, 503):
+        transient = status is not None and (status == 429 or status >= 500)
+        if transient and retry_after is None:  # the server did not say: our own backoff
             self.backoff_multiplier = min(_MAX_BACKOFF_MULTIPLIER, self.backoff_multiplier * 2)
-        elif status is not None and status < 500:
+        elif status is not None and not transient:
             self.backoff_multiplier = max(1.0, self.backoff_multiplier / 2)
         cfg = config or self.config
         wait = self.delay_for(cfg)
         if retry_after is not None:
-            wait = max(wait, retry_after)  # never sooner than asked (the engine drops a host past the limit)
+            # Exactly what was asked, never less than the host's gap (the engine drops a host
+            # asking past the limit); no backoff multiplied on top of the server's word.
+            wait = max(wait, retry_after)
             self.retry_until = time.time() + wait
         self.next_eligible = max(self.next_eligible, now + wait)
         return wait

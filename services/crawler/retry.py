@@ -27,11 +27,11 @@ class RetryPolicy:
         return attempts_made < self.config.max_attempts
 
     def backoff(self, attempts_made: int, retry_after: float | None = None) -> float:
-        """Full jitter (AWS architecture blog): uniform(0, min(cap, base * 2**n)), never below
-        Retry-After: the cap bounds our own backoff, not what the server asked (a host asking for
-        more than the max host delay is dropped instead, see parking.py)."""
-        ceiling = min(self.config.max_delay, self.config.base_delay * (2 ** max(0, attempts_made - 1)))
-        wait = self.rng.uniform(0.0, ceiling)
+        """With Retry-After, exactly what the server asked: no backoff of ours on top, and the cap
+        does not cut it (a host asking for more than the max host delay is dropped instead, see
+        parking.py; the host's own gap still applies, politeness.py). Without it, full jitter
+        (AWS architecture blog): uniform(0, min(cap, base * 2**n))."""
         if retry_after is not None:
-            wait = max(wait, retry_after)
-        return wait
+            return retry_after
+        ceiling = min(self.config.max_delay, self.config.base_delay * (2 ** max(0, attempts_made - 1)))
+        return self.rng.uniform(0.0, ceiling)

@@ -51,9 +51,12 @@ def politeness_violations(
     tolerance: float = 0.005,
     user_agent: str = DEFAULT_USER_AGENT,
 ) -> list[dict[str, Any]]:
-    """Pairs of consecutive requests to one host closer than max(min_delay, Crawl-delay) - tolerance.
-
-    Measured between request arrivals (start to start), as websim's log stamps them.
+    """Requests to a host sooner than it allows, each named once (`why`):
+    - "delay": consecutive requests closer than max(min_delay, Crawl-delay) - tolerance, measured
+      between arrivals (start to start), as websim's log stamps them;
+    - "retry_after": a request that arrived after an answer carrying Retry-After (429/5xx) and
+      before the time it named (`retry_until` in the log) - tolerance. A request already in
+      flight when that answer left is not judged by it.
     """
     by_host: dict[str, list[Entry]] = defaultdict(list)
     for e in _mine(entries, user_agent):
@@ -62,10 +65,42 @@ def politeness_violations(
     for host, items in by_host.items():
         items.sort(key=lambda e: e["ts"])
         required = max(min_delay, truth.required_delay(web, host, user_agent) or 0.0)
+        too_soon: set[int] = set()
         for a, b in itertools.pairwise(items):
             gap = b["ts"] - a["ts"]
             if gap < required - tolerance:
-                out.append({"host": host, "gap_s": gap, "required_s": required, "first": a, "second": b})
+                too_soon.add(id(b))
+                violation = {"host": host, "why": "delay", "gap_s": gap, "required_s": required}
+                out.append({**violation, "first": a, "second": b})
+        out.extend(_retry_after_violations(host, items, tolerance, too_soon))
+    return out
+
+
+def _retry_after_violations(
+    host: str, items: list[Entry], tolerance: float, already: set[int]
+) -> list[dict[str, Any]]:
+    """Sweep over arrivals (sorted) with the answers that had left by then: the latest time any of
+    them asked the host to be left alone."""
+    asks = [(e["ts"] + e.get("duration_s", 0.0), e["retry_until"], e) for e in items if e.get("retry_until")]
+    asks.sort(key=lambda a: a[0])
+    out: list[dict[str, Any]] = []
+    i, until, asker = 0, float("-inf"), None
+    for b in items:
+        while i < len(asks) and asks[i][0] <= b["ts"]:
+            if asks[i][1] > until:
+                until, asker = asks[i][1], asks[i][2]
+            i += 1
+        if asker is not None and b["ts"] < until - tolerance and id(b) not in already:
+            out.append(
+                {
+                    "host": host,
+                    "why": "retry_after",
+                    "gap_s": b["ts"] - asker["ts"],
+                    "required_s": until - asker["ts"],
+                    "first": asker,
+                    "second": b,
+                }
+            )
     return out
 
 

@@ -16,6 +16,9 @@ Entry fields (all always present):
     fault       str | None, "drop" or "error" when an admin-set fault decided the answer
     attempt     int, how many times this page_id has been requested (transient pages count it)
     duration_s  float, arrival to response start (includes injected and slow-page latency)
+    retry_until float | None, when the answer carried Retry-After (429/5xx): the time (this log's
+                clock) it asked the client to wait until (seconds counted from the response; an
+                HTTP date converted to this clock), else None
 
 Admin requests (Host admin.sim.test or any name outside .sim.test) are not logged: they are not
 part of the simulated web, and reading the log must not change it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -41,6 +41,21 @@ def is_admin_host(host: str) -> bool:
     """admin.sim.test and every name outside .sim.test (an IP, localhost, the compose service name
     "websim" that Prometheus scrapes): the simulated web is exactly the *.sim.test names."""
     return host == ADMIN_HOST or not (host == DOMAIN or host.endswith("." + DOMAIN))
+
+
+def retry_until(value: str | None, now: float) -> float | None:
+    """The log-clock time a Retry-After header sent at `now` asks to wait until: delta-seconds
+    from now, or an HTTP date (converted through the wall clock, so a clock offset cancels)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return now + int(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return now + max(0.0, when.timestamp() - time.time())
 
 
 class Dropped(Exception):
@@ -81,10 +96,12 @@ class Handler:
             "attempt": 0,
             "fault": None,
             "duration_s": 0.0,
+            "retry_until": None,
         }
         try:
             response = await self._answer(request, host, raw, entry)
             entry["status"] = response.status
+            entry["retry_until"] = retry_until(response.headers.get("Retry-After"), self.sim.log.clock.now())
             return response
         except Dropped:
             entry["status"] = 0

@@ -78,8 +78,33 @@ def test_host_slot_delay_components_and_retry_after() -> None:
     assert slot.delay == 1.0 and slot.next_eligible == 101.5
     slot.on_start(101.5)
     wait = slot.on_finish(101.6, 0.1, 429, retry_after=5)
-    assert wait == 5 and slot.next_eligible == 106.6 and slot.backoff_multiplier == 2
+    assert wait == 5 and slot.next_eligible == 106.6
     assert not slot.can_start(106.0) and slot.can_start(106.6)
+
+
+def test_retry_after_is_waited_exactly_and_no_backoff_is_multiplied_on_top() -> None:
+    """With Retry-After the wait is exactly max(Retry-After, the host's delay), however often the
+    server says it; without it our own backoff doubles (a 5xx waits longer than a success)."""
+    slot = HostSlot("h", PolitenessConfig(min_delay=0.25, adaptive_factor=0.0, max_delay=30))
+    now = 100.0
+    for status, retry_after, expected in [
+        (429, 1.0, 1.0),  # the server's word
+        (503, 1.0, 1.0),  # again: not 2 s (no multiplier grown on top)
+        (429, 0.1, 0.25),  # less than the host's own gap: the gap
+        (200, None, 0.25),
+        (503, None, 0.5),  # no Retry-After: exponential backoff
+        (500, None, 1.0),
+        (502, 2.0, 2.0),  # said: exactly that, the multiplier (4) not applied on top
+        (200, None, 0.5),  # success halves it
+        (200, None, 0.25),
+        (200, None, 0.25),
+    ]:
+        slot.on_start(now)
+        wait = slot.on_finish(now + 0.05, 0.05, status, retry_after=retry_after)
+        assert wait == expected, (status, retry_after, wait)
+        assert slot.next_eligible >= now + 0.05 + expected
+        now = slot.next_eligible
+    assert slot.backoff_multiplier == 1.0
 
 
 def test_retry_after_parsing_and_backoff() -> None:
@@ -91,7 +116,8 @@ def test_retry_after_parsing_and_backoff() -> None:
     policy = RetryPolicy(RetryConfig(max_attempts=3, base_delay=1.0, max_delay=4.0), random.Random(1))
     waits = [policy.backoff(n) for n in range(1, 8) for _ in range(50)]
     assert all(0 <= w <= 4.0 for w in waits) and max(waits) > 2.0  # full jitter up to the cap
-    assert policy.backoff(1, retry_after=3.0) >= 3.0
+    assert policy.backoff(1, retry_after=3.0) == 3.0  # the server's word, no jitter on top
+    assert policy.backoff(7, retry_after=0.5) == 0.5
     assert policy.should_retry(2) and not policy.should_retry(3)
 
 

@@ -99,3 +99,58 @@ def test_a_dot_segment_request_that_resolves_to_a_disallowed_page_is_a_violation
         f"/zz/%2e%2e{bad.path}",
         f"/zz/%2E.{bad.path}",
     ]
+
+
+def test_a_request_before_retry_after_runs_out_is_a_violation(sim: WebSim) -> None:
+    """Retry-After binds the host from the answer that carried it until the time it named; a
+    request already in flight when that answer left is not judged by it."""
+    host = next(h for h in sim.hosts() if sim.required_delay(h) is None)
+
+    def entry(seq: int, ts: float, status: int = 200, until: float | None = None) -> dict:
+        return {
+            "seq": seq,
+            "host": host,
+            "ts": ts,
+            "path": "/",
+            "status": status,
+            "user_agent": UA,
+            "page_id": None,
+            "kind": "page",
+            "duration_s": 0.1,
+            "retry_until": until,
+        }
+
+    log = [
+        entry(0, 100.0, 429, until=101.1),  # answered at 100.1: come back at 101.1
+        entry(1, 100.05),  # in flight before the 429 left: not judged by it
+        entry(2, 100.6),  # too soon
+        entry(3, 101.1),  # on time
+        entry(4, 101.2, 503, until=103.3),
+        entry(5, 103.297),  # within the tolerance
+        entry(6, 103.0),  # too soon (sorted by arrival: before seq 5)
+    ]
+    found = sim.politeness_violations(log)
+    assert [(v["why"], v["first"]["seq"], v["second"]["seq"]) for v in found] == [
+        ("retry_after", 0, 2),
+        ("retry_after", 4, 6),
+    ]
+    assert found[0]["required_s"] == pytest.approx(1.1)
+    # A request too soon for the delay is named once, as such, even within a Retry-After.
+    found = sim.politeness_violations(log, min_delay=0.2)
+    assert ("delay", 1) in [(v["why"], v["second"]["seq"]) for v in found]
+    assert sum(v["second"]["seq"] == 2 for v in found) == 1
+
+
+def test_the_log_says_until_when_a_retry_after_asked_to_wait(sim: WebSim, port: int) -> None:
+    """429 sends seconds, 503 an HTTP date: both become a time on the log's clock."""
+    for status in (429, 503):
+        page = next(p for p in sim.web.all_pages() if p.transient and p.transient[0] == status)
+        sim.reset()
+        assert fetch(port, page.host, page.path, ua=UA).status == status
+        (e,) = sim.entries()
+        after = e["retry_until"] - (e["ts"] + e["duration_s"])
+        upper = sim.config.retry_after_s + (0.01 if status == 429 else 1.01)
+        assert sim.config.retry_after_s - 1.0 <= after <= upper, (status, after)
+    sim.reset()
+    fetch(port, "h0000.sim.test", "/robots.txt", ua=UA)
+    assert sim.entries()[0]["retry_until"] is None
