@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.inference import metrics as m
 from services.inference.errors import InvalidRequest, Overloaded, RateLimited, Unauthenticated
+from services.inference.sequence import SeqStatus
 
 if TYPE_CHECKING:
     from services.inference.sequence import Sequence
@@ -252,9 +253,12 @@ class WaitModel:
         waiting: dict[tuple[str, str], Work],
         view: EngineView,
         running: dict[str, list[int]] | None = None,
+        serving: int | None = None,
     ) -> WaitEstimate:
         """`waiting`: work not started, by (tenant, class); `running`: slot-steps left of each
-        running sequence, by tenant."""
+        running sequence, by tenant; `serving`: running sequences whose slots this class's
+        work can take as they finish (all of them for the top class; for batch only batch
+        ones, as interactive work keeps its slots while it keeps arriving). None: all."""
         rank = CLASS_ORDER.index(klass) if klass in CLASS_ORDER else 0
         all_tokens = sum(w.tokens for w in waiting.values())
         # Virtual time counts tokens; the engine's bottleneck is slots (a decode computes one
@@ -279,7 +283,7 @@ class WaitModel:
         if view.step_s > 0:
             # The running batch does one slot-step per sequence per step; while it is not full
             # (just after a lull, or short of KV) that is fewer than max_seqs.
-            raw = ahead * view.step_s / max(1, view.running)
+            raw = ahead * view.step_s / max(1, view.running if serving is None else serving)
         else:  # no step measured yet: tokens over the prior throughput
             raw = ahead / steps_per_token / max(view.tokens_per_s, 1e-6)
         slot_wait, at_share = self._slot_wait(tenant, waiting, view, running or {})
@@ -350,8 +354,6 @@ class WaitModel:
 
 def running_left(tickets: Iterable[Ticket]) -> dict[str, list[int]]:
     """Output tokens (so steps) each running sequence has left at most, by tenant."""
-    from services.inference.sequence import SeqStatus
-
     out: dict[str, list[int]] = {}
     for t in tickets:
         seq = t.seq
@@ -371,8 +373,6 @@ class Work:
 
 def waiting_work(tickets: Iterable[Ticket], prefill_chunk: int) -> dict[tuple[str, str], Work]:
     """Work of admitted requests not yet running, by (tenant, class), from the live set."""
-    from services.inference.sequence import SeqStatus
-
     chunk = max(prefill_chunk, 1)
     tokens: dict[tuple[str, str], int] = {}
     steps: dict[tuple[str, str], int] = {}
@@ -567,7 +567,15 @@ class Admission:
         self._observe(tickets)
         view = self.engine_view()
         waiting = waiting_work(tickets, view.prefill_chunk)
-        return self.wait_model.estimate(tenant, klass, waiting, view, running_left(tickets))
+        serving = None
+        if klass in CLASS_ORDER[1:]:
+            below = CLASS_ORDER[CLASS_ORDER.index(klass) :]
+            serving = sum(
+                1
+                for t in tickets
+                if t.klass in below and t.seq is not None and t.seq.status is SeqStatus.RUNNING
+            )
+        return self.wait_model.estimate(tenant, klass, waiting, view, running_left(tickets), serving)
 
     def _observe(self, tickets: list[Ticket]) -> None:
         """Calibrate on every admitted request that has had its first token since last time."""
