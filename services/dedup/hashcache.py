@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 class CacheCounters:
     hits: int = 0
     misses: int = 0
+    looked_up: int = 0  # files whose row was asked of SQLite
 
 
 def _s64(n: int) -> int:
@@ -143,6 +144,7 @@ class HashCache:
             if key not in work:
                 work[key] = None
                 todo.setdefault(e.dev, []).append(e)
+                self.counters.looked_up += 1
         if not todo or self._broken:
             return
         try:
@@ -169,6 +171,15 @@ class HashCache:
         """Fetch the rows of many files at once (batched queries) before asking file by file."""
         with self._lock:
             self._load(entries)
+
+    def forget(self, entries: Iterable[FileEntry]) -> None:
+        """Drop unchanged rows of these files from the working set (memory: a re-scan of 200k
+        files need not hold 200k decoded rows at once). They are fetched again if asked for."""
+        with self._lock:
+            for e in entries:
+                key = (e.dev, e.ino)
+                if key not in self._dirty:
+                    self._work.pop(key, None)
 
     def _value(self, entry: FileEntry) -> dict[str, bytes] | None:
         key = (entry.dev, entry.ino)

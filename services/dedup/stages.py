@@ -440,8 +440,16 @@ def small_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
     todo: list[Group] = groups
     if cache is not None:
         todo = []
-        cache.prefetch(f for g in groups for f in g.files)  # batched: not one query per group
-        for g in groups:
+        prefetched = 0
+        for i, g in enumerate(groups):
+            if i == prefetched:  # rows fetched in batches of groups, not one query per group
+                run_groups: list[Group] = []
+                n = 0
+                while prefetched < len(groups) and n < SMALL_RUN:
+                    run_groups.append(groups[prefetched])
+                    n += len(groups[prefetched].files)
+                    prefetched += 1
+                cache.prefetch(f for rg in run_groups for f in rg.files)
             digests = cache.get_many(g.files, full_field)
             if any(d is None for d in digests):
                 todo.append(g)
@@ -454,6 +462,7 @@ def small_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
                 out.extend(Group(g.size, m, d) for d, m in known)
                 stats.cache_hits += len(g.files)
                 ctx.progress.advance(len(g.files))
+                cache.forget(g.files)  # settled: their rows are not needed again
             else:
                 todo.append(g)
 
@@ -496,6 +505,8 @@ def small_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
                 members.sort(key=lambda f: order[id(f)])
                 out.append(Group(size, members, digest))
         run, run_files = [], 0
+        if cache is not None:
+            cache.flush()  # this run's rows written and forgotten: memory stays one run's worth
     out.sort(key=lambda g: (g.size, g.files[0].path))
     return out
 

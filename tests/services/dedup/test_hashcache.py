@@ -114,9 +114,9 @@ def test_one_cache_file_per_root_and_only_candidates_are_looked_up(tmp_path: Pat
     assert len(names) == 2 and names[0] != names[1]
     with HashCache(cache_dir, [small]) as cache:
         warm = scan([small], config=ScanConfig(workers=1), cache=cache)
-        looked_up = set(cache._work)
         assert warm.bytes_read == 0 and first.bytes_read > 0
-        assert len(looked_up) == 40  # the 40 candidates, not the unique size nor the 20k others
+        # the 40 candidates, not the unique size nor the 20k others
+        assert cache.counters.looked_up == 40
         assert cache.rows() >= 20_040
     assert cache_file_name([small]) == cache_file_name([str(small) + "/"]) != cache_file_name([big])
 
