@@ -4,7 +4,7 @@
 # returns 0, and the tests that need the binaries skip with the reason (or fail under CI=true).
 set -u
 want=(redis-server:redis-server prometheus:prometheus promtool:prometheus
-      docker-compose:docker-compose fdupes:fdupes jdupes:jdupes rdfind:rdfind)
+      docker-compose:docker-compose fdupes:fdupes jdupes:jdupes rdfind:rdfind rmlint:rmlint)
 missing=()
 for pair in "${want[@]}"; do
   bin=${pair%%:*}; pkg=${pair#*:}
