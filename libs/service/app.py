@@ -1,8 +1,8 @@
 """create_app: a FastAPI app with everything a Proving Ground service shares.
 
 Request flow (outermost first): RequestIdMiddleware (X-Request-ID, access line) ->
-MetricsMiddleware (counts, latency, in-flight) -> SpanMiddleware (only with spans=) ->
-ErrorMiddleware (unhandled -> JSON 500) ->
+MetricsMiddleware (counts, latency, in-flight) -> BodyLimitMiddleware (413 over 32 MiB) ->
+SpanMiddleware (only with spans=) -> ErrorMiddleware (unhandled -> JSON 500) ->
 FastAPI's exception handlers (uniform JSON errors) -> your routes. Plus GET /metrics, /healthz,
 /readyz, and the API docs: /openapi.json and Swagger UI at /docs, whose assets are served from
 libs/service/static/swagger-ui (mounted at /docs/assets), so the page works offline. ReDoc
@@ -19,6 +19,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
 
+from libs.service.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
 from libs.service.errors import ApiError, ErrorMiddleware, install_error_handlers
 from libs.service.health import Health
 from libs.service.metrics import instrument_fastapi
@@ -40,12 +41,14 @@ def create_app(
     description: str = "",
     access_log: bool = True,
     spans: SpanLog | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     """A FastAPI app for `service`. Without `health`, one that is ready at once is made.
 
     With `spans` (an enabled SpanLog), every request is a root span `<METHOD> <route>` whose
-    trace_id is the request id; spans opened by handlers nest under it.
+    trace_id is the request id; spans opened by handlers nest under it. A request body over
+    `max_body_bytes` is answered 413 before any handler reads it (body_limit.py).
     `app.state.service`, `app.state.health` and `app.state.spans` hold what was passed.
     """
     docs_url = fastapi_kwargs.pop("docs_url", "/docs")
@@ -67,6 +70,7 @@ def create_app(
     app.add_middleware(ErrorMiddleware)
     if spans is not None and spans.enabled:
         app.add_middleware(SpanMiddleware, spans=spans)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     instrument_fastapi(app, service)
     app.add_middleware(RequestIdMiddleware, access_log=access_log)
 
