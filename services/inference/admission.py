@@ -151,7 +151,6 @@ class EngineView:
     vtime: dict[str, float] = field(default_factory=dict)
     vclock: float = 0.0
     prefill_chunk: int = 256  # prompt tokens one sequence prefills per step
-    kv_free_tokens: int | None = None  # KV cache not in use (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -255,13 +254,11 @@ class WaitModel:
         view: EngineView,
         running: dict[str, list[int]] | None = None,
         serving: int | None = None,
-        waiting_seqs: int = 0,
     ) -> WaitEstimate:
         """`waiting`: work not started, by (tenant, class); `running`: slot-steps left of each
         running sequence, by tenant; `serving`: running sequences whose slots this class's
         work can take as they finish (all of them for the top class; for batch only batch
-        ones, as interactive work keeps its slots while it keeps arriving). None: all.
-        `waiting_seqs`: requests admitted and not started, of every tenant and class."""
+        ones, as interactive work keeps its slots while it keeps arriving). None: all."""
         rank = CLASS_ORDER.index(klass) if klass in CLASS_ORDER else 0
         all_tokens = sum(w.tokens for w in waiting.values())
         # Virtual time counts tokens; the engine's bottleneck is slots (a decode computes one
@@ -283,10 +280,7 @@ class WaitModel:
             if k == klass and u != tenant and w.tokens
         )
         ahead = higher + mine.steps + share_of_others  # slot-steps of work before it starts
-        fits_kv = view.kv_free_tokens is None or all_tokens <= view.kv_free_tokens
-        if view.max_seqs and view.running + waiting_seqs < view.max_seqs and fits_kv:
-            raw = 0.0  # free slots (and KV) for all that waits and this one: they start next step
-        elif view.step_s > 0:
+        if view.step_s > 0:
             # The running batch does one slot-step per sequence per step; while it is not full
             # (just after a lull, or short of KV) that is fewer than max_seqs.
             raw = ahead * view.step_s / max(1, view.running if serving is None else serving)
@@ -581,10 +575,7 @@ class Admission:
                 for t in tickets
                 if t.klass in below and t.seq is not None and t.seq.status is SeqStatus.RUNNING
             )
-        waiting_seqs = sum(1 for t in tickets if t.seq is None or t.seq.status is SeqStatus.WAITING)
-        return self.wait_model.estimate(
-            tenant, klass, waiting, view, running_left(tickets), serving, waiting_seqs
-        )
+        return self.wait_model.estimate(tenant, klass, waiting, view, running_left(tickets), serving)
 
     def _observe(self, tickets: list[Ticket]) -> None:
         """Calibrate on every admitted request that has had its first token since last time."""

@@ -107,7 +107,6 @@ def _engine_view(engine: Engine) -> EngineView:
         vtime=dict(fair.vtime),
         vclock=fair.clock,
         prefill_chunk=cfg.prefill_chunk,
-        kv_free_tokens=engine.cache.capacity_tokens - engine.cache.used_tokens,
     )
 
 

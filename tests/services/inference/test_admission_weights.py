@@ -74,16 +74,8 @@ class Sim:
         tps = sum(n for n, _ in self.recent) / busy if busy else 1000.0
         step_s = busy / len(self.recent) if self.recent else 0.0
         fair = self.sched.fair
-        cache = self.sched.cache
         return EngineView(
-            tps,
-            step_s,
-            self.max_seqs,
-            len(self.sched.running),
-            dict(fair.vtime),
-            fair.clock,
-            128,
-            cache.capacity_tokens - cache.used_tokens,
+            tps, step_s, self.max_seqs, len(self.sched.running), dict(fair.vtime), fair.clock, 128
         )
 
     def offer(self, tenant: str, prompt: int, max_tokens: int, klass: str = "interactive") -> bool:
