@@ -42,19 +42,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from libs.testkit.net import free_port, wait_for_port  # noqa: E402
-from services.crawler.websim import SimConfig, WebSim  # noqa: E402
-from services.crawler.websim import truth as websim_truth  # noqa: E402
-from services.crawler.websim.web import canonical_target  # noqa: E402
+from services.websim import SimConfig, WebSim  # noqa: E402
+from services.websim import truth as websim_truth  # noqa: E402
+from services.websim.web import canonical_target  # noqa: E402
 
 UA = "ProvingGroundBot/0.1 (+http://127.0.0.1/bot)"
 RETRYABLE = {0, 429, 500, 502, 503, 504}
 
 WEBSIM = """
 import asyncio, json, sys
-from services.crawler.websim import SimConfig, WebSim
+from services.websim import SimConfig, WebSim, serve
 sim = WebSim(SimConfig(**json.loads(sys.argv[1])))
 async def main():
-    async with sim.serve("127.0.0.1", int(sys.argv[2])):
+    async with serve(sim, "127.0.0.1", int(sys.argv[2])):
         await asyncio.Event().wait()
 asyncio.run(main())
 """

@@ -59,8 +59,8 @@ from services.crawler.settings import CrawlConfig  # noqa: E402
 from services.crawler.store import NewURL, Outcome, URLState  # noqa: E402
 from services.crawler.store_redis import RedisStore, connect, crawl_state, register_crawl  # noqa: E402
 from services.crawler.urlnorm import host_of, normalize  # noqa: E402
-from services.crawler.websim import SimConfig, WebSim  # noqa: E402
-from services.crawler.websim import truth as websim_truth  # noqa: E402
+from services.websim import SimConfig, WebSim  # noqa: E402
+from services.websim import truth as websim_truth  # noqa: E402
 
 PLAIN = {  # a web where politeness is the only limit: no robots variety, traps, transients, slow pages
     "transient_rate": 0.0,

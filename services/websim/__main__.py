@@ -1,4 +1,4 @@
-"""python -m services.crawler.websim: serve a generated web on loopback until SIGINT/SIGTERM."""
+"""python -m services.websim: serve a generated web on loopback until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import time
 from pydantic import Field
 
 from libs.service.settings import ServiceSettings, load_settings
-from services.crawler.websim.config import ConfigError, SimConfig
-from services.crawler.websim.sim import WebSim
+from services.websim.config import ConfigError, SimConfig
+from services.websim.server import serve
+from services.websim.sim import WebSim
 
 
 class WebsimSettings(ServiceSettings):
@@ -53,7 +54,7 @@ async def _serve(sim: WebSim, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with sim.serve(host, port) as bound:
+    async with serve(sim, host, port) as bound:
         print(
             f"websim: {sim.config.hosts} hosts (seed {sim.config.seed}) listening on http://{host}:{bound}",
             flush=True,
@@ -68,9 +69,7 @@ async def _serve(sim: WebSim, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = load_settings(
-        WebsimSettings, argv, env_prefix="PG_WEBSIM_", prog="python -m services.crawler.websim"
-    )
+    settings = load_settings(WebsimSettings, argv, env_prefix="PG_WEBSIM_", prog="python -m services.websim")
     try:
         config = SimConfig(**{k: getattr(settings, k) for k in _KNOBS})
     except ConfigError as exc:

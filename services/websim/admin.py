@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from services.crawler.websim.faults import FaultError, fault_from_json
-from services.crawler.websim.metrics import metrics_handler
-from services.crawler.websim.requestlog import RequestLog
-from services.crawler.websim.truth import TrapReachable
+from services.websim.faults import FaultError, fault_from_json
+from services.websim.metrics import metrics_handler
+from services.websim.requestlog import RequestLog
+from services.websim.truth import TrapReachable
 
 if TYPE_CHECKING:
-    from services.crawler.websim.sim import WebSim
+    from services.websim.sim import WebSim
 
 ENDPOINTS = [
     "GET /log",

@@ -13,7 +13,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 
-from services.crawler.websim.web import CalendarPage, Host, Link, Page, Web
+from services.websim.web import CalendarPage, Host, Link, Page, Web
 
 _BARE_ATTR = re.compile(r"^[A-Za-z0-9/._~%#-]+$")
 

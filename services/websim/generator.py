@@ -16,9 +16,9 @@ import random
 from collections.abc import Callable
 from urllib.parse import urljoin
 
-from services.crawler.websim.config import DEFAULT_USER_AGENT, ROBOTS_PARSE_LIMIT, SimConfig
-from services.crawler.websim.robots import Group, RobotsFile, Rule
-from services.crawler.websim.web import (
+from services.websim.config import DEFAULT_USER_AGENT, ROBOTS_PARSE_LIMIT, SimConfig
+from services.websim.robots import Group, RobotsFile, Rule
+from services.websim.web import (
     DOMAIN,
     Gone,
     Host,
@@ -596,7 +596,7 @@ def _add_dot_segment_baits(web: Web) -> None:
     robots.txt against "/zz/../private/p.html", which no rule matches, and so gets caught by
     the judge. Deterministic and drawn from no random stream, so the rest of the web is as it was.
     """
-    from services.crawler.websim import truth
+    from services.websim import truth
 
     for host in web.hosts.values():
         home = host.pages.get("/")

@@ -11,10 +11,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from services.crawler.websim import truth
-from services.crawler.websim.config import DEFAULT_USER_AGENT
-from services.crawler.websim.robots import product_token
-from services.crawler.websim.web import Web, canonical_target, is_sim_host, origin_form
+from services.websim import truth
+from services.websim.config import DEFAULT_USER_AGENT
+from services.websim.robots import product_token
+from services.websim.web import Web, canonical_target, is_sim_host, origin_form
 
 Entry = dict[str, Any]
 #: A response after which fetching the same page again is a duplicate (not a retry).

@@ -9,15 +9,18 @@ with the status actually sent (0 for a dropped connection).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from email.utils import formatdate, parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from services.crawler.websim import admin, document
-from services.crawler.websim.metrics import FAULTS, REQUESTS, metrics_handler, middlewares
-from services.crawler.websim.web import (
+from services.websim import admin, document
+from services.websim.metrics import FAULTS, REQUESTS, metrics_handler, middlewares
+from services.websim.web import (
     DOMAIN,
     CalendarPage,
     Gone,
@@ -31,7 +34,7 @@ from services.crawler.websim.web import (
 )
 
 if TYPE_CHECKING:
-    from services.crawler.websim.sim import WebSim
+    from services.websim.sim import WebSim
 
 ADMIN_HOST = f"admin.{DOMAIN}"
 SERVER = "websim/0.1"
@@ -246,4 +249,54 @@ def build_app(sim: WebSim) -> web.Application:
     return app
 
 
-__all__ = ["build_app", "is_admin_host", "metrics_handler"]
+@asynccontextmanager
+async def serve(sim: WebSim, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
+    """Serve `sim` on host:port (0 = a free port) while the block runs; yields the port."""
+    runner = web.AppRunner(build_app(sim), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]  # (host, port, ...) of the bound socket
+    finally:
+        await runner.cleanup()
+
+
+@contextmanager
+def run_in_thread(sim: WebSim, host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
+    """Serve `sim` from a background thread with its own event loop; yields the port."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def main() -> None:
+        loop = asyncio.new_event_loop()
+        box["loop"] = loop
+
+        async def run() -> None:
+            stop = asyncio.Event()
+            box["stop"] = stop
+            try:
+                async with serve(sim, host, port) as bound:
+                    box["port"] = bound
+                    ready.set()
+                    await stop.wait()
+            except BaseException as exc:  # surfaced to the caller below
+                box["error"] = exc
+                ready.set()
+
+        loop.run_until_complete(run())
+        loop.close()
+
+    thread = threading.Thread(target=main, name="websim", daemon=True)
+    thread.start()
+    ready.wait(30)
+    if "error" in box:
+        raise box["error"]
+    try:
+        yield box["port"]
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(10)
+
+
+__all__ = ["build_app", "is_admin_host", "metrics_handler", "run_in_thread", "serve"]

@@ -1,24 +1,22 @@
-"""WebSim: the simulated web's public face (generate, serve, log, faults, truth)."""
+"""WebSim: the simulated web's state and questions (generate, log, faults, truth).
+
+Serving it is server.py's (`serve`, `run_in_thread`): sim imports no server code, so the
+layers go one way, __main__ -> server -> admin -> sim (a contract in pyproject.toml)."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterable
 from typing import Any
 
-from aiohttp import web
-
-from services.crawler.websim import judge, truth
-from services.crawler.websim.config import DEFAULT_USER_AGENT, SimConfig
-from services.crawler.websim.faults import Fault, Faults
-from services.crawler.websim.generator import generate
-from services.crawler.websim.requestlog import RequestLog
-from services.crawler.websim.server import build_app
-from services.crawler.websim.watch import ViolationWatch
-from services.crawler.websim.web import Page, Web, canonical_target, host_name, normalize_host, origin_form
+from services.websim import judge, truth
+from services.websim.config import DEFAULT_USER_AGENT, SimConfig
+from services.websim.faults import Fault, Faults
+from services.websim.generator import generate
+from services.websim.requestlog import RequestLog
+from services.websim.watch import ViolationWatch
+from services.websim.web import Page, Web, canonical_target, host_name, normalize_host, origin_form
 
 
 class WebSim:
@@ -34,59 +32,6 @@ class WebSim:
         self.faults = Faults(self.config.seed)
         self._attempts: Counter[str] = Counter()
         self._attempts_lock = threading.Lock()
-
-    # -- serving -------------------------------------------------------------------------------
-
-    def app(self) -> web.Application:
-        return build_app(self)
-
-    @asynccontextmanager
-    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
-        """Serve on host:port (0 = a free port) while the block runs; yields the port."""
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        try:
-            yield runner.addresses[0][1]  # (host, port, ...) of the bound socket
-        finally:
-            await runner.cleanup()
-
-    @contextmanager
-    def run_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
-        """Serve from a background thread with its own event loop; yields the port."""
-        ready = threading.Event()
-        box: dict[str, Any] = {}
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            box["loop"] = loop
-
-            async def run() -> None:
-                stop = asyncio.Event()
-                box["stop"] = stop
-                try:
-                    async with self.serve(host, port) as bound:
-                        box["port"] = bound
-                        ready.set()
-                        await stop.wait()
-                except BaseException as exc:  # surfaced to the caller below
-                    box["error"] = exc
-                    ready.set()
-
-            loop.run_until_complete(run())
-            loop.close()
-
-        thread = threading.Thread(target=main, name="websim", daemon=True)
-        thread.start()
-        ready.wait(30)
-        if "error" in box:
-            raise box["error"]
-        try:
-            yield box["port"]
-        finally:
-            box["loop"].call_soon_threadsafe(box["stop"].set)
-            thread.join(10)
 
     # -- state ---------------------------------------------------------------------------------
 

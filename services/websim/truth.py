@@ -30,9 +30,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
-from services.crawler.websim.config import DEFAULT_USER_AGENT
-from services.crawler.websim.robots import RobotsFile
-from services.crawler.websim.web import CalendarPage, Host, Page, Redirect, Web, locate
+from services.websim.config import DEFAULT_USER_AGENT
+from services.websim.robots import RobotsFile
+from services.websim.web import CalendarPage, Host, Page, Redirect, Web, locate
 
 Reached = Page | CalendarPage
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from services.crawler.websim import truth
-from services.crawler.websim.metrics import POLITENESS_VIOLATIONS, ROBOTS_VIOLATIONS
-from services.crawler.websim.robots import product_token
-from services.crawler.websim.web import canonical_target, is_sim_host, origin_form
+from services.websim import truth
+from services.websim.metrics import POLITENESS_VIOLATIONS, ROBOTS_VIOLATIONS
+from services.websim.robots import product_token
+from services.websim.web import canonical_target, is_sim_host, origin_form
 
 if TYPE_CHECKING:
-    from services.crawler.websim.web import Web
+    from services.websim.web import Web
 
 TOLERANCE_S = 0.010
 

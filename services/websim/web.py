@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from services.crawler.websim.robots import RobotsFile
+from services.websim.robots import RobotsFile
 
 DOMAIN = "sim.test"
 _HOST_RE = re.compile(r"^h(\d{4})\." + re.escape(DOMAIN) + "$")

@@ -16,7 +16,7 @@ from deploy import figures
 from deploy.figures import DEFAULT_OUT, Window, main, output_path
 from deploy.topology import ROOT
 from libs.service.cli import UsageError
-from services.crawler.websim import SimConfig, WebSim
+from services.websim import SimConfig, WebSim, run_in_thread
 from tests.conftest import free_port
 
 UA = "ProvingGroundBot/0.1 (+test)"
@@ -63,7 +63,7 @@ class FakeCrawler(ThreadingHTTPServer):
 def stack() -> Iterator[tuple[str, str]]:
     """websim with two crawls' worth of bot requests (3 then 4) and a crawler that knows both."""
     sim = WebSim(SimConfig(hosts=5, seed=1))
-    with sim.run_in_thread() as port:
+    with run_in_thread(sim) as port:
         get(port, "h0002.sim.test", "/", ua="SomeoneElse/1.0")  # not ours: never drawn
         for _ in range(3):
             get(port, "h0000.sim.test", "/")

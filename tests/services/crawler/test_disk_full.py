@@ -246,7 +246,7 @@ def fill(directory: Path, leave: int) -> Path:
 async def test_a_real_full_disk_pauses_the_crawl_and_space_back_resumes_it(small_disk: Path) -> None:
     import asyncio
 
-    from services.crawler.websim import SimConfig, WebSim
+    from services.websim import SimConfig, WebSim, run_in_thread
 
     sim = WebSim(SimConfig(hosts=6, seed=3))
     seeds = sim.seeds(6)
@@ -262,7 +262,7 @@ async def test_a_real_full_disk_pauses_the_crawl_and_space_back_resumes_it(small
     warc = WarcOutput(small_disk / "warc", "t")
     filler = fill(small_disk, leave=96 * 1024)
     paused: dict[str, Any] = {}
-    with sim.run_in_thread() as port:
+    with run_in_thread(sim) as port:
         rules = [ResolveRule.parse(f"*.sim.test=127.0.0.1:{port}")]
         async with Fetcher(cfg.fetch, ResolverMap(rules), cfg.user_agent) as fetcher:
             crawl = Crawl("t", cfg, store, fetcher, warc=warc)

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from services.crawler.engine import Crawl, CrawlState
-from services.crawler.websim import SimConfig, WebSim
-from services.crawler.websim import truth as websim_truth
-from services.crawler.websim.web import canonical_target, locate
+from services.websim import SimConfig, WebSim, run_in_thread
+from services.websim import truth as websim_truth
+from services.websim.web import canonical_target, locate
 
 from .test_engine import crawl
 
@@ -39,7 +39,7 @@ RETRYABLE = {0, 429, 500, 502, 503, 504}
 def crawled(tmp_path_factory: pytest.TempPathFactory) -> tuple[WebSim, Crawl, set[str]]:
     sim = WebSim(SimConfig(hosts=HOSTS, seed=1))
     seeds = sim.seeds(HOSTS)
-    with sim.run_in_thread() as port:
+    with run_in_thread(sim) as port:
         c = asyncio.run(
             crawl(
                 port,
@@ -134,7 +134,7 @@ def test_under_injected_faults_the_crawl_stays_polite_and_retries_only_transient
     seeds = sim.seeds(40)
     truth = sim.ground_truth(seeds, max_depth=4)
     sim.set_fault("*", error_rate=0.08, drop_rate=0.05)  # 500s and dropped connections everywhere
-    with sim.run_in_thread() as port:
+    with run_in_thread(sim) as port:
         c = asyncio.run(
             crawl(
                 port,
@@ -205,7 +205,7 @@ def test_sigkilled_crawl_resumes_without_losing_or_repeating_finished_work(tmp_p
     truth = sim.ground_truth(seeds, max_depth=6)
     store = tmp_path / "crawl.sqlite"
     env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
-    with sim.run_in_thread() as port:
+    with run_in_thread(sim) as port:
         first = subprocess.Popen(
             _cli(port, store, seeds), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

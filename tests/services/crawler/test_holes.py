@@ -29,7 +29,7 @@ from services.crawler.retry import RetryPolicy
 from services.crawler.settings import CrawlConfig, PolitenessConfig, RetryConfig
 from services.crawler.store import NewURL
 from services.crawler.store_sqlite import SQLiteStore
-from services.crawler.websim.web import canonical_target
+from services.websim.web import canonical_target
 
 from .minisite import MiniSite
 from .test_engine import crawl

@@ -35,7 +35,7 @@ from services.crawler.sinks import (
 )
 from services.crawler.store import url_key
 from services.crawler.store_sqlite import SQLiteOutbox, SQLiteStore
-from services.crawler.websim import SimConfig, WebSim
+from services.websim import SimConfig, WebSim, run_in_thread
 from tests.conftest import free_port, need_binary, wait_for_port
 
 REPO = Path(__file__).resolve().parents[3]
@@ -302,7 +302,7 @@ async def test_redis_frozen_during_a_websim_crawl_loses_no_page_event(
     store = SQLiteStore(tmp_path / "store.sqlite")
     sink = OutboxSink(RedisTransport(redis_proc.url, timeout=0.3), SQLiteOutbox(tmp_path / "store.sqlite"))
     frozen = False
-    with sim.run_in_thread() as port:
+    with run_in_thread(sim) as port:
         rules = [ResolveRule.parse(f"*.sim.test=127.0.0.1:{port}")]
         async with Fetcher(config.fetch, ResolverMap(rules), config.user_agent) as fetcher:
             crawl = Crawl("w", config, store, fetcher, seed=1, sink=sink)
@@ -358,7 +358,7 @@ def test_events_in_the_outbox_of_a_killed_crawler_are_delivered_by_the_next_run(
         finally:
             db.close()
 
-    with sim.run_in_thread() as port:
+    with run_in_thread(sim) as port:
         first = subprocess.Popen(
             _cli(port, store, seeds, nobody),
             cwd=REPO,

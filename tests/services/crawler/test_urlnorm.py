@@ -11,7 +11,7 @@ from protego import Protego
 
 from services.crawler.robots import RobotsMode, RobotsPolicy
 from services.crawler.urlnorm import InvalidURL, host_of, normalize, request_target
-from services.crawler.websim.web import canonical_target
+from services.websim.web import canonical_target
 
 CASES = [
     # scheme and host case, default port

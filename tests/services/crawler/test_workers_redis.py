@@ -28,7 +28,7 @@ from services.crawler.settings import CrawlConfig
 from services.crawler.store import NewURL, url_key
 from services.crawler.store_redis import RedisStore, connect, crawl_state, register_crawl
 from services.crawler.urlnorm import host_of, normalize
-from services.crawler.websim import SimConfig, WebSim
+from services.websim import SimConfig, WebSim, run_in_thread
 from tests.conftest import free_port, need_binary, wait_for_port
 
 pytestmark = pytest.mark.slow
@@ -120,7 +120,7 @@ class Cluster:
 
 @contextmanager
 def cluster(redis_url: str, tmp: Path, sim: WebSim) -> Iterator[Cluster]:
-    with sim.run_in_thread() as port:
+    with run_in_thread(sim) as port:
         c = Cluster(redis_url, port, tmp)
         try:
             yield c
@@ -147,7 +147,7 @@ def _explain_missing(sim: WebSim, seeds: list[str], store: RedisStore, client: A
     if missing:
         from collections import deque
 
-        from services.crawler.websim import truth as wt
+        from services.websim import truth as wt
 
         parents: dict[str, tuple[str | None, int, str]] = {}
         q: deque[tuple[Any, int]] = deque()

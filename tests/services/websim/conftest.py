@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from services.crawler.websim import SimConfig, WebSim
+from services.websim import SimConfig, WebSim, run_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def sim() -> WebSim:
 
 @pytest.fixture(scope="module")
 def port(sim: WebSim) -> Iterator[int]:
-    with sim.run_in_thread() as bound:
+    with run_in_thread(sim) as bound:
         yield bound
 
 

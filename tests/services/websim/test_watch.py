@@ -7,7 +7,7 @@ import urllib.request
 
 from prometheus_client import REGISTRY
 
-from services.crawler.websim import SimConfig, WebSim
+from services.websim import SimConfig, WebSim, run_in_thread
 
 
 def counter(name: str, agent: str) -> float:
@@ -40,7 +40,7 @@ def test_disallowed_paths_and_too_close_requests_are_counted_per_agent():
     assert disallowed and delayed and allowed
     robots_before = counter("websim_robots_violations", agent)
     polite_before = counter("websim_politeness_violations", agent)
-    with sim.run_in_thread(port=0) as port:
+    with run_in_thread(sim, port=0) as port:
         fetch(port, disallowed, "/private/x", agent)  # one robots violation
         fetch(port, allowed, "/private/x", agent)  # 404 robots: allowed
         fetch(port, delayed, "/", agent)
@@ -57,7 +57,7 @@ def test_following_a_robots_redirect_is_not_a_violation():
     host = "h0101.sim.test"
     assert sim.host_policy(host)["robots"] == "redirect"
     before = counter("websim_robots_violations", agent)
-    with sim.run_in_thread(port=0) as port:
+    with run_in_thread(sim, port=0) as port:
         fetch(port, host, "/robots.txt", agent)  # urllib follows the redirect on the same Host
     hops = [e for e in sim.entries() if e["host"] == host]
     assert len(hops) >= 2 and hops[0]["status"] in (301, 302, 307, 308), hops

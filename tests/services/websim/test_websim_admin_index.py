@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from services.crawler.websim import WebSim, admin
-from tests.services.crawler.websim.conftest import fetch
+from services.websim import WebSim, admin
+from tests.services.websim.conftest import fetch
 
 
 def documented() -> set[str]:

@@ -1,4 +1,4 @@
-"""python -m services.crawler.websim as a user runs it: help, bad input, serve, stop on SIGTERM."""
+"""python -m services.websim as a user runs it: help, bad input, serve, stop on SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.conftest import free_port, wait_for_port
 
 from .conftest import fetch
 
-CMD = [sys.executable, "-m", "services.crawler.websim"]
+CMD = [sys.executable, "-m", "services.websim"]
 
 
 def test_help_lists_the_knobs() -> None:

@@ -8,9 +8,9 @@ import statistics
 from collections import Counter
 from urllib.parse import urljoin
 
-from services.crawler.websim import SimConfig, WebSim
-from services.crawler.websim.document import render_page
-from services.crawler.websim.web import locate
+from services.websim import SimConfig, WebSim
+from services.websim.document import render_page
+from services.websim.web import locate
 
 from .conftest import parse_links
 
@@ -143,7 +143,7 @@ def test_escaped_dot_segment_links_lead_to_disallowed_pages(sim: WebSim) -> None
     """Links like "/zz/%2e%2e/private/p.html": a crawler that removes dot segments before decoding
     escapes requests "/zz/../private/p.html", and the judge (which resolves it to the disallowed
     "/private/p.html") counts a robots violation. The default web must offer such a bait."""
-    from services.crawler.websim import truth
+    from services.websim import truth
 
     seeds = sim.seeds(len(sim.web.hosts))
     reachable = sim.ground_truth(seeds, max_depth=8)

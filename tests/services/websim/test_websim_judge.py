@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.crawler.websim import WebSim
+from services.websim import WebSim
 
 from .conftest import fetch
 

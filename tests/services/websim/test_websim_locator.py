@@ -8,8 +8,8 @@ from urllib.parse import urljoin, urlsplit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.crawler.websim import WebSim
-from services.crawler.websim.web import canonical_target, locate, normalize_host, remove_dot_segments
+from services.websim import WebSim
+from services.websim.web import canonical_target, locate, normalize_host, remove_dot_segments
 
 # No empty segments: for "/r/../..//a" RFC 3986 5.2.4 gives "//a", urllib gives "/a".
 segments = st.lists(st.sampled_from(["a", "b", ".", "..", "c.html", "%41", "~x"]), max_size=8)

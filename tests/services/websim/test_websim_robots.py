@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.crawler.websim import ROBOTS_PARSE_LIMIT, WebSim
-from services.crawler.websim.robots import (
+from services.websim import ROBOTS_PARSE_LIMIT, WebSim
+from services.websim.robots import (
     Group,
     RobotsFile,
     Rule,

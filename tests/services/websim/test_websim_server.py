@@ -8,8 +8,8 @@ from urllib.parse import urljoin
 
 import pytest
 
-from services.crawler.websim import WebSim
-from services.crawler.websim.web import locate
+from services.websim import WebSim
+from services.websim.web import locate
 
 from .conftest import fetch
 

@@ -14,7 +14,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 from protego import Protego
 
-from services.crawler.websim import ROBOTS_PARSE_LIMIT, SimConfig, TrapReachable, WebSim
+from services.websim import ROBOTS_PARSE_LIMIT, SimConfig, TrapReachable, WebSim, run_in_thread
 
 from .conftest import fetch, parse_links
 
@@ -117,7 +117,7 @@ def small() -> WebSim:
 def test_reference_crawl_fetches_exactly_the_ground_truth(small: WebSim, max_depth: int) -> None:
     small.reset()
     seeds = small.seeds(10)
-    with small.run_in_thread() as port:
+    with run_in_thread(small) as port:
         ReferenceCrawler(port, max_depth).crawl(seeds)
     got = {e["page_id"] for e in small.entries() if e["status"] == 200 and e["kind"] in ("page", "calendar")}
     truth = small.ground_truth(seeds, max_depth=max_depth)
@@ -203,7 +203,7 @@ def test_required_delay_is_the_crawl_delay_of_the_applicable_group(sim: WebSim) 
 
 
 def test_redirect_chains_end_at_five_hops_and_loops_end(sim: WebSim) -> None:
-    from services.crawler.websim.truth import follow
+    from services.websim.truth import follow
 
     checked = 0
     for host in sim.web.hosts.values():
