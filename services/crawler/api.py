@@ -132,7 +132,17 @@ class CrawlManager:
         if crawl_state(self.redis, crawl_id) == "running":
             raise ApiError(409, "conflict", f"crawl {crawl_id!r} is running", field="crawl_id")
         seeds = [NewURL(u, host_of(u), 0) for u in (normalize(s) for s in config.seeds)]
-        register_crawl(self.redis, crawl_id, config.model_dump_json(), seeds, config.max_depth)
+        try:
+            register_crawl(
+                self.redis,
+                crawl_id,
+                config.model_dump_json(),
+                seeds,
+                config.max_depth,
+                bloom_capacity=self.settings.bloom_capacity,
+            )
+        except ValueError as exc:  # resumed with a Bloom filter it did not start with
+            raise ApiError(409, "conflict", str(exc), field="crawl_id") from None
         status = redis_crawl_status(self.redis, crawl_id)
         assert status is not None
         return status

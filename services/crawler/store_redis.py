@@ -20,6 +20,9 @@ Keys of crawl C, partition p (KP = "pg:c:C:{pN}:"):
     KP adm         HASH host -> URLs admitted (max_pages_per_host)
     KP hosts       SET hosts seen;  KP inbox  SET hosts with new URLs, drained by the owner
     KP e:<id>      edges found on a fetched page, for depth lowering (only with max_depth)
+    KP bfc, bf     optional Bloom filter in front of KP seen: HASH m (bits), k (hashes); the
+                   bitfield itself (SETBIT/GETBIT); KP bfs HASH added, skips (certainly new: no
+                   HGET), false_positives ("maybe seen" but absent): see configure_bloom
 Per host, shared by every crawl (politeness belongs to the host, not the crawl):
     pg:host:{pN}:<host>    HASH next (wall s), crawl_delay, backoff, retry_until
     pg:robots:{pN}:<host>  HASH status, body, error, fetched_at (PX = the policy's TTL)
@@ -125,10 +128,35 @@ local maxph = tonumber(ARGV[3])
 local maxd = tonumber(ARGV[4])
 local p = tonumber(ARGV[5])
 local out = {0}
+-- The Bloom filter (configure_bloom), kept here so every writer keeps it: positions by double
+-- hashing over the key's first 8 bytes (two 32-bit halves; exact in Lua's doubles).
+local bfc = redis.call('HMGET', KP .. 'bfc', 'm', 'k')
+local bfm, bfk = tonumber(bfc[1]), tonumber(bfc[2])
+local function bf_positions(key)
+  local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(key, 1, 8)
+  local h1 = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+  local h2 = ((b5 * 256 + b6) * 256 + b7) * 256 + b8
+  h2 = h2 - h2 % 2 + 1
+  local pos = {}
+  for j = 0, bfk - 1 do pos[#pos + 1] = (h1 + j * h2) % bfm end
+  return pos
+end
 for i = 6, #ARGV, 6 do
   local key, url, host = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local depth = tonumber(ARGV[i + 3])
-  local id = redis.call('HGET', KP .. 'seen', key)
+  local pos, maybe = nil, true
+  if bfm then
+    pos = bf_positions(key)
+    for _, b in ipairs(pos) do
+      if redis.call('GETBIT', KP .. 'bf', b) == 0 then maybe = false break end
+    end
+  end
+  local id = false
+  if maybe then id = redis.call('HGET', KP .. 'seen', key) end
+  if bfm then
+    if not maybe then redis.call('HINCRBY', KP .. 'bfs', 'skips', 1)
+    elseif not id then redis.call('HINCRBY', KP .. 'bfs', 'false_positives', 1) end
+  end
   if id then
     local rk = KP .. 'u:' .. id
     local f = redis.call('HMGET', rk, 'd', 's', 'sq')
@@ -148,6 +176,10 @@ for i = 6, #ARGV, 6 do
     id = sq * 1024 + p
     local rk = KP .. 'u:' .. id
     redis.call('HSET', KP .. 'seen', key, id)
+    if bfm then
+      for _, b in ipairs(pos) do redis.call('SETBIT', KP .. 'bf', b, 1) end
+      redis.call('HINCRBY', KP .. 'bfs', 'added', 1)
+    end
     redis.call('HSET', rk, 'u', url, 'h', host, 'd', depth, 'r', ARGV[i + 4], 'v', ARGV[i + 5],
                's', 0, 'a', 0, 'nb', 0, 'sq', sq, 'da', now)
     redis.call('ZADD', KP .. 'q:' .. host, score(depth, sq), id)
@@ -309,6 +341,37 @@ if tonumber(redis.call('GET', KEYS[1]) or 0) >= tonumber(ARGV[1]) then return 0 
 redis.call('INCR', KEYS[1])
 return 1
 """
+
+
+# KEYS[1] KP..'bfc'; ARGV KP, m, k: set the filter's shape once, and only before any URL (a
+# URL added without it would be a false negative). 1: set or kept; -1: the partition has URLs.
+_BLOOM_CONFIGURE = """
+local KP = ARGV[1]
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+if redis.call('HLEN', KP .. 'seen') > 0 then return -1 end
+redis.call('HSET', KEYS[1], 'm', ARGV[2], 'k', ARGV[3])
+return 1
+"""
+_MAX_BLOOM_BITS = 2**32  # a Redis string holds at most 512 MiB
+
+
+def configure_bloom(client: Any, crawl_id: str, capacity: int, error_rate: float = 0.01) -> int:
+    """Put a Bloom filter in front of crawl `crawl_id`'s exact seen-set, sized for `capacity`
+    URLs over all partitions at `error_rate` (each partition: capacity / P). It only saves exact
+    lookups, never changes an answer. Call it before the crawl's first URL (register_crawl does);
+    again on a resumed crawl it keeps the filter. Returns the partitions configured; ValueError
+    when a partition already has URLs without a filter."""
+    from services.crawler.bloom import BloomFilter
+
+    P = partition_count(client)
+    shape = BloomFilter(max(1, -(-capacity // P)), error_rate)  # only its sizing is used
+    bits = min(shape.bits, _MAX_BLOOM_BITS)
+    script = client.register_script(_BLOOM_CONFIGURE)
+    for p in range(P):
+        kp = f"pg:c:{crawl_id}:{tag(p)}:"
+        if int(script(keys=[kp + "bfc"], args=[kp, bits, shape.hashes])) < 0:
+            raise ValueError(f"crawl {crawl_id} already has URLs without a Bloom filter (partition {p})")
+    return P
 
 
 def connect(url: str, *, timeout: float = 10.0) -> Any:
@@ -643,6 +706,32 @@ class RedisStore(FrontierStore):
             pipe.smembers(self._kp(p) + "hosts")
         return sorted({_s(h) for members in pipe.execute() for h in members})
 
+    def bloom_stats(self) -> dict[str, Any] | None:
+        """The Bloom filter over all partitions (configure_bloom), or None without one: its shape,
+        URLs added, lookups it saved (certainly new), and its false-positive rate as measured
+        here: of the absent URLs looked up, the share it called "maybe seen"."""
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.P):
+            pipe.hmget(self._kp(p) + "bfc", "m", "k")
+            pipe.hgetall(self._kp(p) + "bfs")
+        res = pipe.execute()
+        shapes, counts = res[0::2], res[1::2]
+        if not any(m is not None for m, _ in shapes):
+            return None
+        total = {"added": 0, "skips": 0, "false_positives": 0}
+        for row in counts:
+            for k, v in row.items():
+                total[_s(k)] = total.get(_s(k), 0) + int(v)
+        bits = sum(int(m) for m, _ in shapes if m is not None)
+        absent = total["skips"] + total["false_positives"]
+        return {
+            "bits": bits,
+            "hashes": int(shapes[0][1]),
+            "memory_bytes": bits // 8,
+            **total,
+            "false_positive_rate": total["false_positives"] / absent if absent else None,
+        }
+
     def quiescent(self) -> bool:
         c = self.counts()
         return c["DISCOVERED"] + c["SCHEDULED"] + c["FETCHING"] + c["RETRYABLE"] == 0
@@ -752,10 +841,19 @@ class RedisStore(FrontierStore):
 
 
 def register_crawl(
-    client: Any, crawl_id: str, config_json: str, seeds: list[NewURL], max_depth: int | None
+    client: Any,
+    crawl_id: str,
+    config_json: str,
+    seeds: list[NewURL],
+    max_depth: int | None,
+    *,
+    bloom_capacity: int | None = None,
 ) -> int:
     """Create (or resume) a crawl in Redis: its config, its seeds, and its id in the crawl set
-    workers watch. Returns how many seeds were new."""
+    workers watch; with `bloom_capacity` a Bloom filter in front of its seen-set (configure_bloom).
+    Returns how many seeds were new."""
+    if bloom_capacity:
+        configure_bloom(client, crawl_id, bloom_capacity)
     store = RedisStore(client, crawl_id)
     new = store.add(seeds, now=time.time(), max_depth=max_depth)
     client.hset(
