@@ -1,6 +1,6 @@
 """Crawler against its politeness bound, workers on Redis, and Redis memory per URL.
 
-    .venv/bin/python benchmarks/bench_crawler_scale.py [--part bound|workers|memory|all] [--repeats 3]
+    .venv/bin/python benchmarks/bench_crawler_scale.py [--part bound|workers|memory|bloom|all] [--repeats 3]
 
 bound    One process (`python -m services.crawler crawl`, SQLite) on websim webs, judged from
          websim's own request log. Per host the log gives the least time politeness allows for
@@ -20,6 +20,8 @@ workers  N = 1, 2, 4 worker processes (`python -m services.crawler worker --redi
          Wall = crawl registered to crawl finished (workers started and holding their partitions
          before); scaling efficiency = pages/s at N / (N x pages/s at 1).
          Plot: reports/bench_crawler_scale.png.
+bloom    The Redis store's optional Bloom filter in front of its exact seen-set: time to add N new
+         URLs then the same N again, with and without it; its memory and counted false positives.
 memory   Redis used_memory per URL for a smaller count, extrapolated linearly to 1M URLs:
          DISCOVERED URLs (seen-set entry, URL record, host queue entry, counters) added in
          batches, and URLs taken through claim/start/finish to FETCHED with a content hash;
@@ -57,7 +59,13 @@ from libs.testkit.net import free_port, wait_for_port  # noqa: E402
 from services.crawler.partitions import PartitionManager, cluster_view  # noqa: E402
 from services.crawler.settings import CrawlConfig  # noqa: E402
 from services.crawler.store import NewURL, Outcome, URLState  # noqa: E402
-from services.crawler.store_redis import RedisStore, connect, crawl_state, register_crawl  # noqa: E402
+from services.crawler.store_redis import (  # noqa: E402
+    RedisStore,
+    configure_bloom,
+    connect,
+    crawl_state,
+    register_crawl,
+)
 from services.crawler.urlnorm import host_of, normalize  # noqa: E402
 from services.websim import SimConfig, WebSim  # noqa: E402
 from services.websim import truth as websim_truth  # noqa: E402
@@ -372,6 +380,53 @@ def part_workers(args: argparse.Namespace) -> dict[str, Any]:
 # -- (c) Redis memory per URL -----------------------------------------------------------------
 
 
+def part_bloom(args: argparse.Namespace) -> dict[str, Any]:
+    """The Redis store's optional Bloom filter (configure_bloom) against the exact seen-set alone:
+    time to add N new URLs and then the same N again (500 a call, 500 hosts, 16 partitions), the
+    filter's memory, and its false-positive rate as it counts it (at N / capacity full)."""
+    n, capacity = args.bloom_urls, args.bloom_capacity
+    port = free_port()
+    hosts = [f"h{i}.sim.test" for i in range(500)]
+    urls = [NewURL(f"http://{hosts[i % 500]}/p/{i}", hosts[i % 500], 1) for i in range(n)]
+    times: dict[str, list[float]] = {"exact": [], "bloom": []}
+    stats: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = start_redis(port, tmp)
+        client = connect(f"redis://127.0.0.1:{port}/0")
+        try:
+            mgr = PartitionManager(client, "bench", partitions=16, lease_seconds=600)
+            mgr.tick()
+            for rep, phase in enumerate(["warmup"] + ["measure"] * args.repeats):
+                for name in ("exact", "bloom"):
+                    crawl = f"{name}{rep}"
+                    if name == "bloom":
+                        configure_bloom(client, crawl, capacity)
+                    store = RedisStore(client, crawl, mgr)
+                    t0 = time.perf_counter()
+                    for _ in range(2):  # new, then every URL seen again
+                        for b in range(0, n, 500):
+                            store.add(urls[b : b + 500], now=0)
+                    if phase == "measure":
+                        times[name].append(time.perf_counter() - t0)
+                    if name == "bloom":
+                        stats = store.bloom_stats() or {}
+        finally:
+            client.close()
+            redis.terminate()
+            redis.wait(10)
+    out = {
+        "urls": n,
+        "capacity": capacity,
+        "exact_s": median_spread(times["exact"]),
+        "bloom_s": median_spread(times["bloom"]),
+        "bloom": stats,
+    }
+    print(f"\n[bloom] {n} new URLs then the same again, {args.repeats} repeats, median [min-max]")
+    print(f"exact seen-set only  {cell(out['exact_s'])} s")
+    print(f"with Bloom filter    {cell(out['bloom_s'])} s   {stats}")
+    return out
+
+
 def part_memory(args: argparse.Namespace) -> dict[str, Any]:
     n_new, n_fetched = args.memory_urls, args.memory_fetched
     port = free_port()
@@ -473,15 +528,17 @@ def plot(workers: dict[str, Any], path: Path) -> Path | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["bound", "workers", "memory", "all"], default="all")
+    ap.add_argument("--part", choices=["bound", "workers", "memory", "bloom", "all"], default="all")
+    ap.add_argument("--bloom-urls", type=int, default=40_000, help="URLs added in the bloom part")
+    ap.add_argument("--bloom-capacity", type=int, default=50_000, help="the Bloom filter's capacity")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-urls", type=int, default=100_000, help="DISCOVERED URLs measured")
     ap.add_argument("--memory-fetched", type=int, default=10_000, help="URLs taken to FETCHED")
     ap.add_argument("--out", default="reports/bench_crawler_scale.json")
     args = ap.parse_args()
-    parts = ["bound", "workers", "memory"] if args.part == "all" else [args.part]
-    run = {"bound": part_bound, "workers": part_workers, "memory": part_memory}
+    parts = ["bound", "workers", "memory", "bloom"] if args.part == "all" else [args.part]
+    run = {"bound": part_bound, "workers": part_workers, "memory": part_memory, "bloom": part_bloom}
     report = {p: run[p](args) for p in parts}
     out = (ROOT / args.out).resolve()
     if args.part != "all":
