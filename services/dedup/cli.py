@@ -1,4 +1,5 @@
-"""Command line: `python -m services.dedup scan PATH...`, `undo LOG`, `chunks PATH...`, `worker`.
+"""Command line: `python -m services.dedup scan PATH...`, `watch ROOT...`, `undo LOG`, `chunks PATH...`,
+`worker`.
 
 Exit codes (scan, undo, chunks):
   0  the work completed and every path was read (duplicates found or not)
@@ -110,6 +111,48 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="show what the action would do (the default)")
     s.add_argument("--quarantine-dir", metavar="DIR", help="where --action quarantine moves duplicates")
     s.add_argument("--undo-log", metavar="FILE", help="undo log path (default: ./dedup-undo-<time>.jsonl)")
+
+    w = sub.add_parser(
+        "watch",
+        help="scan PATH... once, then keep the duplicate report up to date from change notifications",
+        description="First a full scan, then, after each batch of filesystem changes (inotify), "
+        "re-verify only the size buckets that changed and write the report again (same format as "
+        "scan). Stops on SIGINT/SIGTERM (exit 0). Exit 2: bad input.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    w.add_argument("paths", nargs="+", metavar="ROOT", help="directories to watch")
+    w.add_argument("--format", choices=["table", "json", "csv"], default="json", help="report format")
+    w.add_argument(
+        "--report", metavar="FILE", help="rewrite the report here (atomically) after each batch, not stdout"
+    )
+    w.add_argument("--hash", dest="algorithm", choices=sorted(HASHERS), default=d.algorithm, help="hash")
+    w.add_argument("--workers", type=_workers, default=d.workers, help="parallel readers (auto or a count)")
+    w.add_argument("--order", choices=["path", "inode"], default=d.order, help="read order")
+    w.add_argument(
+        "--partial-size", type=parse_size, default=d.partial_size, help="bytes hashed at head, tail"
+    )
+    w.add_argument("-L", "--follow-symlinks", action="store_true", help="follow symlinks inside the roots")
+    w.add_argument("-x", "--one-file-system", action="store_true", help="do not cross into other filesystems")
+    w.add_argument("--include", action="append", default=[], metavar="GLOB", help="only base names matching")
+    w.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip names/paths matching")
+    w.add_argument("--min-size", type=parse_size, default=d.min_size, help="smallest file considered")
+    w.add_argument("--max-size", type=parse_size, default=d.max_size, help="largest file considered")
+    w.add_argument("--include-empty", action="store_true", help="report empty files too (= --min-size 0)")
+    w.add_argument("--cache", metavar="DIR", default=None, help="hash cache directory (default: ~/.cache)")
+    w.add_argument("--no-cache", action="store_true", help="do not read or write the hash cache")
+    w.add_argument("--reverify", action="store_true", help="byte-verify even members the cache proved before")
+    w.add_argument(
+        "--step-ms", type=_positive_int, default=50, help="a batch ends after this long without a new change"
+    )
+    w.add_argument(
+        "--debounce-ms", type=_positive_int, default=1600, help="a batch ends after this long at most"
+    )
+    w.add_argument(
+        "--rescan-over",
+        type=_positive_int,
+        default=20000,
+        help="a batch of more changes than this (e.g. an inotify overflow) is a full re-scan",
+    )
 
     u = sub.add_parser("undo", help="reverse the actions recorded in an undo log")
     u.add_argument("log", metavar="LOG", help="undo log written by scan --apply")
@@ -241,6 +284,56 @@ def _scan_command(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if result.errors or action_failures else EXIT_OK
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from services.dedup.scanner import ScanOptions
+    from services.dedup.watch import run_watch
+
+    for path in args.paths:
+        if not os.path.isdir(path):
+            raise UsageError(f"{path}: not a directory")
+    if args.max_size is not None and args.max_size < args.min_size:
+        raise UsageError("--max-size is smaller than --min-size")
+    if args.report is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
+        raise UsageError(f"--report {args.report}: its directory does not exist")
+    options = ScanOptions(
+        algorithm=args.algorithm,
+        partial_size=args.partial_size,
+        workers=args.workers,
+        order=args.order,
+        follow_symlinks=args.follow_symlinks,
+        one_file_system=args.one_file_system,
+        min_size=0 if args.include_empty else args.min_size,
+        max_size=args.max_size,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        cache_dir=None if args.no_cache else (args.cache or _default_cache_dir()),
+        reverify=args.reverify,
+    )
+    options.scan_config()  # a bad value is exit 2 before the watcher starts
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    if args.report is None:
+        sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+    return run_watch(
+        args.paths,
+        options,
+        fmt=args.format,
+        report_path=args.report,
+        stop=stop,
+        step_ms=args.step_ms,
+        debounce_ms=args.debounce_ms,
+        rescan_over=args.rescan_over,
+    )
+
+
 def cmd_undo(args: argparse.Namespace) -> int:
     from services.dedup.actions import undo
 
@@ -277,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        handler = {"scan": cmd_scan, "undo": cmd_undo, "chunks": cmd_chunks}[args.command]
+        handler = {"scan": cmd_scan, "watch": cmd_watch, "undo": cmd_undo, "chunks": cmd_chunks}[args.command]
         return handler(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

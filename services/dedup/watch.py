@@ -1,0 +1,375 @@
+"""Watch mode: `python -m services.dedup watch ROOT...` keeps the duplicate report of its roots
+up to date from filesystem change notifications (inotify, through watchfiles/Rust notify).
+
+    arm the watcher ─> full scan: walk.walk(roots)        the index: path -> (dev, ino, mtime, size),
+                                                          size -> set of paths, dir -> its files
+                                  scanner.scan(paths of every size shared by 2+ paths)
+                                                          the one scan pipeline, on file roots
+    each change batch ─> lstat only the changed paths     added/modified/deleted files; a directory
+                                                          that appears (created, renamed in) is walked,
+                                                          one that disappears is dropped
+                       ─> scanner.scan(members of the size buckets that changed), nothing else
+                       ─> the report (same format as `scan`), `--report PATH` replaced atomically
+
+Digests live in the per-root hash cache (hashcache.py), kept open for the whole session and
+flushed after each batch: unchanged members of a re-verified bucket are settled from it
+without a read. A batch of more than `rescan_over` changes (an inotify queue overflow is
+thousands of events; watchfiles does not pass notify's "rescan" flag through) or an event on
+a root itself triggers a full re-scan, logged on stderr. Confinement is the scan's: the walk
+and every scan run with `confine` set to the roots, so a symlink (followed with -L) that
+leads out of them is an error entry, never a reported file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+import stat
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+from services.dedup.scanner import ScanOptions, ScanResult, open_cache, scan
+from services.dedup.stages import Group, StageStats
+from services.dedup.walk import WalkError, WalkStats, walk
+
+if TYPE_CHECKING:
+    from services.dedup.hashcache import HashCache
+
+# watchfiles' Change values
+ADDED, MODIFIED, DELETED = 1, 2, 3
+# A batch with more changes than this is handled as a full re-scan (cheaper than per-path
+# work by then, and what an overflowed inotify queue looks like).
+RESCAN_OVER = 20000
+
+Stamp = tuple[int, int, int, int]  # (dev, ino, mtime_ns, size)
+
+
+class WatchIndex:
+    """The index of the watched roots and their current duplicate groups."""
+
+    def __init__(
+        self,
+        roots: Sequence[str | bytes | os.PathLike],
+        options: ScanOptions,
+        log: Callable[[str], None] = lambda _m: None,
+        rescan_over: int = RESCAN_OVER,
+    ) -> None:
+        self.roots = [os.fsencode(os.path.abspath(os.fsencode(r))) for r in roots]
+        confine = options.confine or tuple(os.fsdecode(os.path.realpath(r)) for r in self.roots)
+        self.options = dataclasses.replace(options, confine=confine)
+        self.wopts = self.options.walk_options()
+        self.config = self.options.scan_config()  # validates (ValueError) before anything opens
+        self.log = log
+        self.rescan_over = rescan_over
+        self.warnings: list[str] = []
+        self.cache: HashCache | None = open_cache(self.options.cache_dir, self.warnings.append, self.roots)
+        self._exclude = [os.fsencode(g) for g in self.options.exclude]
+        self._include = [os.fsencode(g) for g in self.options.include]
+        self.files: dict[bytes, Stamp] = {}
+        self.by_size: dict[int, set[bytes]] = {}
+        self.by_dir: dict[bytes, set[bytes]] = {}
+        self.groups: dict[int, list[Group]] = {}
+        self.errors: dict[bytes, WalkError] = {}
+        self.walk_stats = WalkStats()
+        self.stages: list[StageStats] = []
+        self.batches = 0
+        self.full_scans = 0
+
+    # -- index maintenance -------------------------------------------------------------
+    def _add(self, path: bytes, st: Stamp, force: bool = False) -> set[int]:
+        """Index `path`; the sizes whose groups this changes. `force`: a change event came for
+        it, so it is re-verified even when its stamp looks the same (a write within one
+        timestamp tick leaves mtime as it was)."""
+        old = self.files.get(path)
+        if old == st:
+            return {st[3]} if force else set()
+        touched = self._remove(path)
+        self.files[path] = st
+        self.by_size.setdefault(st[3], set()).add(path)
+        self.by_dir.setdefault(os.path.dirname(path), set()).add(path)
+        touched.add(st[3])
+        return touched
+
+    def _remove(self, path: bytes) -> set[int]:
+        old = self.files.pop(path, None)
+        self.errors.pop(path, None)
+        if old is None:
+            return set()
+        bucket = self.by_size.get(old[3])
+        if bucket is not None:
+            bucket.discard(path)
+            if not bucket:
+                del self.by_size[old[3]]
+        siblings = self.by_dir.get(os.path.dirname(path))
+        if siblings is not None:
+            siblings.discard(path)
+            if not siblings:
+                del self.by_dir[os.path.dirname(path)]
+        return {old[3]}
+
+    def _remove_tree(self, path: bytes) -> set[int]:
+        """Every indexed file at or under `path` (a file, or a directory that went away)."""
+        touched = self._remove(path)
+        prefix = path.rstrip(b"/") + b"/"
+        for d in [d for d in self.by_dir if d == path or d.startswith(prefix)]:
+            for f in list(self.by_dir.get(d, ())):
+                touched |= self._remove(f)
+        for p in [p for p in self.errors if p.startswith(prefix)]:
+            del self.errors[p]
+        return touched
+
+    def _excluded(self, path: bytes) -> bool:
+        """The walk's exclude rule for `path` and each directory above it inside its root."""
+        if not self._exclude:
+            return False
+        root = next((r for r in self.roots if path == r or path.startswith(r.rstrip(b"/") + b"/")), None)
+        if root is None:
+            return True
+        cur = path
+        while len(cur) > len(root):
+            name = os.path.basename(cur)
+            if any(fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(cur, g) for g in self._exclude):
+                return True
+            cur = os.path.dirname(cur)
+        return False
+
+    def _wanted(self, name: bytes, size: int) -> bool:
+        if self._include and not any(fnmatch.fnmatchcase(name, g) for g in self._include):
+            return False
+        o = self.options
+        return size >= o.min_size and (o.max_size is None or size <= o.max_size)
+
+    def _walk_into(self, roots: list[bytes]) -> set[int]:
+        """Walk `roots` (the watch roots or subtrees of them) into the index."""
+        walked = walk(roots, self.wopts)
+        touched: set[int] = set()
+        for f in walked.files:
+            stamp = (f.dev, f.ino, f.mtime_ns, f.size)
+            for p in (f.path, *f.links):
+                touched |= self._add(p, stamp)
+        for e in walked.errors:
+            self.errors[e.path] = e
+        return touched
+
+    # -- scans ------------------------------------------------------------------------
+    def full_scan(self) -> None:
+        """Forget everything, walk the roots, verify every size shared by two paths."""
+        t0 = time.perf_counter()
+        self.files.clear()
+        self.by_size.clear()
+        self.by_dir.clear()
+        self.groups.clear()
+        self.errors.clear()
+        walked = walk(self.roots, self.wopts)
+        self.walk_stats = walked.stats
+        for f in walked.files:
+            stamp = (f.dev, f.ino, f.mtime_ns, f.size)
+            for p in (f.path, *f.links):
+                self._add(p, stamp)
+        for e in walked.errors:
+            self.errors[e.path] = e
+        self.full_scans += 1
+        self._verify(set(self.by_size))
+        self.last_seconds = time.perf_counter() - t0
+
+    def _verify(self, sizes: Iterable[int]) -> int:
+        """Re-verify the groups of these sizes through the scan pipeline; returns files scanned."""
+        paths: list[bytes] = []
+        for size in sizes:
+            self.groups.pop(size, None)
+            bucket = self.by_size.get(size)
+            if bucket is not None and len(bucket) > 1:
+                paths.extend(bucket)
+        if not paths:
+            self.stages = []
+            return 0
+        paths.sort()
+        for p in paths:
+            self.errors.pop(p, None)
+        result = scan(paths, self.wopts, self.config, cache=self.cache)
+        if self.cache is not None:
+            self.cache.flush()
+        for g in result.groups:
+            self.groups.setdefault(g.size, []).append(g)
+        for e in result.errors:
+            self.errors[e.path] = e
+        self.stages = result.stages
+        return len(paths)
+
+    def apply(self, changes: Iterable[tuple[int, str]]) -> dict[str, Any]:
+        """One batch of changes; returns what it did (for the log)."""
+        t0 = time.perf_counter()
+        changes = list(changes)
+        self.batches += 1
+        touched: set[int] = set()
+        rescan = ""
+        if len(changes) > self.rescan_over:
+            rescan = f"{len(changes)} changes in one batch (more than {self.rescan_over})"
+        else:
+            rootset = set(self.roots)
+            for kind, path_s in changes:
+                if os.fsencode(path_s) in rootset and kind != MODIFIED:
+                    rescan = f"a root changed ({path_s})"
+                    break
+        subtrees = 0
+        if rescan:
+            self.log(f"full re-scan: {rescan}")
+            self.full_scan()
+        else:
+            # Each path is looked at once, as it is now (a path deleted and re-created in one
+            # batch is simply there).
+            added = {os.fsencode(p) for k, p in changes if k == ADDED}
+            for path in sorted({os.fsencode(p) for _k, p in changes}):
+                if self._excluded(path):
+                    continue
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    touched |= self._remove_tree(path)
+                    continue
+                mode = st.st_mode
+                if stat.S_ISLNK(mode) and self.options.follow_symlinks:
+                    touched |= self._remove_tree(path)
+                    touched |= self._walk_into([path])  # confined: a link out is an error entry
+                    subtrees += 1
+                elif stat.S_ISREG(mode):
+                    if self.options.one_file_system and not any(
+                        os.lstat(r).st_dev == st.st_dev for r in self.roots if self._under(path, r)
+                    ):
+                        touched |= self._remove(path)
+                    elif self._wanted(os.path.basename(path), st.st_size):
+                        touched |= self._add(path, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), True)
+                    else:
+                        touched |= self._remove(path)
+                elif stat.S_ISDIR(mode):
+                    # A directory created or renamed in: its files may have come without events.
+                    if path in added:
+                        self.log(f"re-scanning subtree {os.fsdecode(path)}")
+                        touched |= self._remove_tree(path)
+                        touched |= self._walk_into([path])
+                        subtrees += 1
+                else:
+                    touched |= self._remove_tree(path)  # symlink (not followed), FIFO, socket...
+        verified = 0 if rescan else self._verify(touched)
+        return {
+            "changes": len(changes),
+            "full_rescan": bool(rescan),
+            "subtrees": subtrees,
+            "sizes": len(touched),
+            "files_verified": verified,
+            "seconds": time.perf_counter() - t0,
+        }
+
+    @staticmethod
+    def _under(path: bytes, root: bytes) -> bool:
+        return path == root or path.startswith(root.rstrip(b"/") + b"/")
+
+    # -- output -----------------------------------------------------------------------
+    def result(self, seconds: float) -> ScanResult:
+        groups = [g for gs in self.groups.values() for g in gs]
+        groups.sort(key=lambda g: (g.size, g.files[0].path))
+        hard_linked = [f for g in groups for f in g.files if f.links]
+        inodes = {st[:2] for st in self.files.values()}
+        return ScanResult(
+            groups=groups,
+            hard_linked=hard_linked,
+            errors=sorted(self.errors.values(), key=lambda e: e.path),
+            walk_stats=self.walk_stats,
+            stages=self.stages,
+            config=self.config,
+            seconds=seconds,
+            files_scanned=len(inodes),
+            warnings=list(self.warnings) + (list(self.cache.warnings) if self.cache is not None else []),
+        )
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
+
+
+def write_report(result: ScanResult, fmt: str, path: str | None, stream: TextIO | None = None) -> None:
+    """The scan's report format; to `path` replaced atomically (temp file + rename), else `stream`."""
+    from services.dedup import report
+
+    writer = {"json": report.write_json, "csv": report.write_csv, "table": report.write_table}[fmt]
+    if path is None:
+        out = stream or sys.stdout
+        writer(result, out)
+        out.flush()
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".dedup-report-", dir=directory)
+    try:
+        with open(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as out:
+            writer(result, out)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def run_watch(
+    roots: Sequence[str],
+    options: ScanOptions,
+    *,
+    fmt: str = "json",
+    report_path: str | None = None,
+    stop: threading.Event | None = None,
+    log: Callable[[str], None] = lambda m: print(f"watch: {m}", file=sys.stderr, flush=True),
+    step_ms: int = 50,
+    debounce_ms: int = 1600,
+    rescan_over: int = RESCAN_OVER,
+    on_batch: Callable[[dict[str, Any]], None] | None = None,
+    stream: TextIO | None = None,
+) -> int:
+    """Arm the watcher, scan once, then update the report after each change batch until `stop`
+    is set (or SIGINT/SIGTERM in the CLI, which sets it). Returns 0."""
+    from watchfiles._rust_notify import RustNotify  # what watchfiles.watch() drives
+
+    stop = stop or threading.Event()
+    # Armed before the first scan: a change made while it runs comes in the first batch.
+    notify = RustNotify([os.fsdecode(r) for r in roots], False, False, 300, True, True)
+    index = WatchIndex(roots, options, log=log, rescan_over=rescan_over)
+    try:
+        index.full_scan()
+        res = index.result(index.last_seconds)
+        for w in res.warnings:
+            log(f"warning: {w}")
+        write_report(res, fmt, report_path, stream)
+        log(
+            f"first scan: {res.files_scanned} files, {len(res.groups)} groups in "
+            f"{index.last_seconds:.3f}s; watching"
+        )
+        while not stop.is_set():
+            got = notify.watch(debounce_ms, step_ms, 500, stop)
+            if got in ("stop", "signal"):
+                break
+            if got == "timeout":
+                continue
+            assert isinstance(got, set)
+            t0 = time.perf_counter()
+            info = index.apply(got)
+            res = index.result(info["seconds"])
+            write_report(res, fmt, report_path, stream)
+            info["seconds_with_report"] = time.perf_counter() - t0
+            log(
+                f"batch {index.batches}: {info['changes']} changes, {info['sizes']} sizes,"
+                f" {info['files_verified']} files verified"
+                f"{', full re-scan' if info['full_rescan'] else ''}; {len(res.groups)} groups"
+                f" ({info['seconds_with_report'] * 1000:.1f} ms with the report)"
+            )
+            if on_batch is not None:
+                on_batch(info)
+    finally:
+        index.close()
+        notify.close()
+    return 0

@@ -1,0 +1,213 @@
+"""Watch mode: the report follows added, modified, deleted and renamed files; a big batch is a
+full re-scan; the CLI stops cleanly on SIGTERM/SIGINT and says bad input in one line.
+
+Every wait polls the report (or the process) against a deadline: nothing asserts on a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from services.dedup.scanner import ScanOptions
+from services.dedup.watch import run_watch
+from tests.services.dedup.conftest import REPO, run_cli, write
+
+DEADLINE = 30.0
+
+
+def _groups(report: Path) -> list[list[str]] | None:
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return None
+    return sorted(sorted(os.path.basename(f["path"]) for f in g["files"]) for g in data["groups"])
+
+
+def wait_for(report: Path, want: Callable[[list[list[str]]], bool], what: str) -> list[list[str]]:
+    deadline = time.monotonic() + DEADLINE
+    last = None
+    while time.monotonic() < deadline:
+        last = _groups(report)
+        if last is not None and want(last):
+            return last
+        time.sleep(0.02)  # polling interval, not an assertion
+    raise AssertionError(f"{what}: report still {last!r} after {DEADLINE}s")
+
+
+class Watcher:
+    def __init__(self, root: Path, report: Path, tmp: Path, **kw) -> None:
+        self.stop = threading.Event()
+        self.logs: list[str] = []
+        self.batches: list[dict] = []
+        opts = ScanOptions(cache_dir=str(tmp / "cache"), **kw.pop("options", {}))
+        self.thread = threading.Thread(
+            target=run_watch,
+            args=([str(root)], opts),
+            kwargs=dict(
+                report_path=str(report),
+                stop=self.stop,
+                log=self.logs.append,
+                step_ms=20,
+                on_batch=self.batches.append,
+                **kw,
+            ),
+            daemon=True,
+        )
+        self.thread.start()
+        deadline = time.monotonic() + DEADLINE
+        while not report.exists() and time.monotonic() < deadline and self.thread.is_alive():
+            time.sleep(0.02)
+        assert report.exists(), self.logs
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(DEADLINE)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[tuple[Path, Path, Watcher]]:
+    root = tmp_path / "root"
+    root.mkdir()
+    write(root / "a", b"alpha" * 2000)
+    write(root / "b", b"alpha" * 2000)
+    write(root / "c", b"gamma" * 2000)
+    write(root / "small", b"tiny one")
+    (root / "sub").mkdir()
+    write(root / "sub" / "d", b"delta" * 3000)
+    report = tmp_path / "report.json"
+    w = Watcher(root, report, tmp_path)
+    try:
+        yield root, report, w
+    finally:
+        w.close()
+
+
+def test_add_modify_delete(watched: tuple[Path, Path, Watcher]) -> None:
+    root, report, _w = watched
+    assert _groups(report) == [["a", "b"]]
+    write(root / "e", b"gamma" * 2000)  # a new copy of c
+    wait_for(report, lambda g: g == [["a", "b"], ["c", "e"]], "added duplicate")
+    with open(root / "a", "r+b") as f:  # same size, other content
+        f.seek(5000)
+        f.write(b"X")
+    wait_for(report, lambda g: g == [["c", "e"]], "modified copy")
+    (root / "c").unlink()
+    wait_for(report, lambda g: g == [], "deleted copy")
+    write(root / "sub" / "f", b"tiny one")  # small files: one read, same report
+    wait_for(report, lambda g: g == [["f", "small"]], "small duplicate in a subdirectory")
+
+
+def test_directory_renamed_in_and_out(watched: tuple[Path, Path, Watcher], tmp_path: Path) -> None:
+    root, report, w = watched
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write(outside / "x", b"delta" * 3000)
+    write(outside / "y", b"alpha" * 2000)
+    os.rename(outside, root / "moved")  # a whole directory arrives with one event
+    wait_for(report, lambda g: g == [["a", "b", "y"], ["d", "x"]], "directory renamed in")
+    assert any("re-scanning subtree" in m for m in w.logs), w.logs
+    os.rename(root / "moved", root / "renamed")
+    want = [["a", "b", "y"], ["d", "x"]]
+    wait_for(report, lambda g: g == want and _paths_under(report, "renamed"), "renamed")
+    os.rename(root / "renamed", tmp_path / "gone")  # moved out: its files leave the groups
+    wait_for(report, lambda g: g == [["a", "b"]], "directory renamed out")
+
+
+def _paths_under(report: Path, name: str) -> bool:
+    data = json.loads(report.read_text())
+    paths = [f["path"] for g in data["groups"] for f in g["files"]]
+    return any(f"/{name}/" in p for p in paths) and not any("/moved/" in p for p in paths)
+
+
+def test_big_batch_is_a_full_rescan(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    write(root / "a", b"one" * 1000)
+    report = tmp_path / "report.json"
+    w = Watcher(root, report, tmp_path, rescan_over=3)  # stands in for an inotify overflow
+    try:
+        for i in range(6):
+            write(root / f"n{i}", b"one" * 1000)
+        wait_for(report, lambda g: g == [["a", "n0", "n1", "n2", "n3", "n4", "n5"]], "after the burst")
+        assert any("full re-scan" in m for m in w.logs), w.logs
+    finally:
+        w.close()
+
+
+def test_symlink_out_of_the_root_is_not_followed(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    write(secret / "s", b"secret" * 500)
+    write(root / "a", b"secret" * 500)
+    report = tmp_path / "report.json"
+    w = Watcher(root, report, tmp_path, options={"follow_symlinks": True})
+    try:
+        os.symlink(secret, root / "link")
+        write(root / "marker1", b"marker" * 10)
+        write(root / "marker2", b"marker" * 10)
+        wait_for(report, lambda g: g == [["marker1", "marker2"]], "symlink out ignored")
+        data = json.loads(report.read_text())
+        assert not any("secret" in f["path"] for g in data["groups"] for f in g["files"])
+        assert any("outside the allowed scan roots" in e["error"] for e in data["errors"]), data["errors"]
+    finally:
+        w.close()
+
+
+def _start_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.dedup", "watch", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_updates_report_and_exits_0_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    write(root / "a", b"payload" * 100)
+    report = tmp_path / "r.json"
+    proc = _start_cli(str(root), "--report", str(report), "--cache", str(tmp_path / "c"), "--step-ms", "20")
+    try:
+        wait_for(report, lambda g: g == [], "first report")
+        write(root / "b", b"payload" * 100)
+        wait_for(report, lambda g: g == [["a", "b"]], "cli batch")
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
+    assert b"batch 1:" in err
+
+
+def test_cli_help_and_bad_input(tmp_path: Path) -> None:
+    proc = run_cli("watch", "--help")
+    assert proc.returncode == 0 and b"--report" in proc.stdout
+    for args in [
+        ("watch",),
+        ("watch", str(tmp_path / "missing")),
+        ("watch", str(tmp_path), "--hash", "md5"),
+        ("watch", str(tmp_path), "--step-ms", "0"),
+        ("watch", str(tmp_path), "--report", str(tmp_path / "no" / "r.json")),
+    ]:
+        proc = run_cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.decode().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)
