@@ -1,0 +1,55 @@
+"""A light client in its own process that times the server's answers while a drill overloads it.
+
+The overload generator keeps hundreds of streams open in one Python process on the same small
+machine; its own event loop falls behind, and a 429 that left the server in 10 ms is timed by it
+at tens of seconds. This probe sends a sparse, steady stream of interactive requests from a
+separate process (its own interpreter and GIL) and times each answer's head: what a user whose
+request arrives during the overload sees. Prints one JSON object on stdout.
+
+    python -m loadtests.drills.latency_probe URL SECONDS [RATE] [KEY]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import httpx
+
+
+def probe(base: str, seconds: float, rate: float, key: str) -> dict:
+    heads: list[tuple[int, float]] = []
+    errors = 0
+    body = {"prompt": "a probe", "max_tokens": 4, "ignore_eos": True, "stream": True}
+    headers = {"Authorization": f"Bearer {key}"}
+    start = time.perf_counter()
+    n = int(seconds * rate)
+    with httpx.Client(base_url=base, timeout=httpx.Timeout(30.0)) as http:
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            t0 = time.perf_counter()
+            try:
+                # the head is the admission decision; the stream is closed at once after it
+                with http.stream("POST", "/v1/completions", json=body, headers=headers) as r:
+                    heads.append((r.status_code, time.perf_counter() - t0))
+            except httpx.HTTPError:
+                errors += 1
+    return {"heads": heads, "errors": errors}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        return 2
+    base, seconds = argv[0], float(argv[1])
+    rate = float(argv[2]) if len(argv) > 2 else 10.0
+    key = argv[3] if len(argv) > 3 else "dev-bob-key"
+    print(json.dumps(probe(base, seconds, rate, key)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
