@@ -333,11 +333,14 @@ def run_watch(
 ) -> int:
     """Arm the watcher, scan once, then update the report after each change batch until `stop`
     is set (or SIGINT/SIGTERM in the CLI, which sets it). Returns 0."""
-    from watchfiles._rust_notify import RustNotify  # what watchfiles.watch() drives
+    from watchfiles._rust_notify import RustNotify, WatchfilesRustInternalError  # watchfiles.watch()'s
+
+    def _arm() -> RustNotify:
+        return RustNotify([os.fsdecode(r) for r in roots], False, False, 300, True, True)
 
     stop = stop or threading.Event()
     # Armed before the first scan: a change made while it runs comes in the first batch.
-    notify = RustNotify([os.fsdecode(r) for r in roots], False, False, 300, True, True)
+    notify = _arm()
     index = WatchIndex(roots, options, log=log, rescan_over=rescan_over)
     try:
         index.full_scan()
@@ -350,7 +353,19 @@ def run_watch(
             f"{index.last_seconds:.3f}s; watching"
         )
         while not stop.is_set():
-            got = notify.watch(debounce_ms, step_ms, 500, stop)
+            try:
+                got = notify.watch(debounce_ms, step_ms, 500, stop)
+            except WatchfilesRustInternalError as exc:
+                # watchfiles 1.2.0 cannot hand over a path that is not UTF-8 (an event for
+                # one, a read included, fails the whole batch, and every batch after it):
+                # arm a fresh watcher, then re-scan everything (warm from the hash cache).
+                log(f"notifications lost ({exc}); full re-scan")
+                notify.close()
+                notify = _arm()
+                t0 = time.perf_counter()
+                index.full_scan()
+                write_report(index.result(time.perf_counter() - t0), fmt, report_path, stream)
+                continue
             if got in ("stop", "signal"):
                 break
             if got == "timeout":

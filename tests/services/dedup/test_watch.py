@@ -211,3 +211,26 @@ def test_cli_help_and_bad_input(tmp_path: Path) -> None:
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.decode().strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)
+
+
+def test_undecodable_name_falls_back_to_a_full_rescan(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    odd = os.path.join(os.fsencode(root), b"odd-\xff.bin")
+    write(odd, b"odd payload" * 50)
+    write(root / "plain", b"odd payload" * 50)
+    report = tmp_path / "report.json"
+    w = Watcher(root, report, tmp_path)
+    try:
+        # The first scan read the odd file: watchfiles cannot decode that event's path.
+        write(root / "third", b"odd payload" * 50)
+        write(root / "other1", b"other" * 10)
+        write(root / "other2", b"other" * 10)
+        wait_for(
+            report,
+            lambda g: g == [["odd-\udcff.bin", "plain", "third"], ["other1", "other2"]],
+            "after an undecodable path",
+        )
+        assert not w.logs or all("Traceback" not in m for m in w.logs)
+    finally:
+        w.close()
