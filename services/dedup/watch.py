@@ -3,12 +3,12 @@ up to date from filesystem change notifications (inotify, through watchfiles/Rus
 
     arm the watcher ─> full scan: walk.walk(roots)        the index: path -> (dev, ino, mtime, size),
                                                           size -> set of paths, dir -> its files
-                                  scanner.scan(paths of every size shared by 2+ paths)
-                                                          the one scan pipeline, on file roots
+                                  stages.find_duplicates(every size shared by 2+ paths)
+                                                          the scan's pipeline, on index entries
     each change batch ─> lstat only the changed paths     added/modified/deleted files; a directory
                                                           that appears (created, renamed in) is walked,
                                                           one that disappears is dropped
-                       ─> scanner.scan(members of the size buckets that changed), nothing else
+                       ─> stages.find_duplicates(members of the size buckets that changed)
                        ─> the report (same format as `scan`), `--report PATH` replaced atomically
 
 Digests live in the per-root hash cache (hashcache.py), kept open for the whole session and
@@ -33,9 +33,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from services.dedup.scanner import ScanOptions, ScanResult, open_cache, scan
-from services.dedup.stages import Group, StageStats
-from services.dedup.walk import WalkError, WalkStats, walk
+from services.dedup.scanner import ScanOptions, ScanResult, open_cache
+from services.dedup.stages import Group, ScanContext, StageStats, find_duplicates
+from services.dedup.walk import FileEntry, WalkError, WalkStats, walk
 
 if TYPE_CHECKING:
     from services.dedup.hashcache import HashCache
@@ -46,7 +46,7 @@ ADDED, MODIFIED, DELETED = 1, 2, 3
 # work by then, and what an overflowed inotify queue looks like).
 RESCAN_OVER = 20000
 
-Stamp = tuple[int, int, int, int]  # (dev, ino, mtime_ns, size)
+Stamp = tuple[int, int, int, int, int]  # (dev, ino, mtime_ns, size, ctime_ns)
 
 
 class WatchIndex:
@@ -149,7 +149,7 @@ class WatchIndex:
         walked = walk(roots, self.wopts)
         touched: set[int] = set()
         for f in walked.files:
-            stamp = (f.dev, f.ino, f.mtime_ns, f.size)
+            stamp = (f.dev, f.ino, f.mtime_ns, f.size, f.ctime_ns)
             for p in (f.path, *f.links):
                 touched |= self._add(p, stamp)
         for e in walked.errors:
@@ -168,13 +168,14 @@ class WatchIndex:
         walked = walk(self.roots, self.wopts)
         self.walk_stats = walked.stats
         for f in walked.files:
-            stamp = (f.dev, f.ino, f.mtime_ns, f.size)
+            stamp = (f.dev, f.ino, f.mtime_ns, f.size, f.ctime_ns)
             for p in (f.path, *f.links):
                 self._add(p, stamp)
         for e in walked.errors:
             self.errors[e.path] = e
         self.full_scans += 1
         self._verify(set(self.by_size))
+        self.flush_cache()
         self.last_seconds = time.perf_counter() - t0
 
     def _verify(self, sizes: Iterable[int]) -> int:
@@ -189,17 +190,32 @@ class WatchIndex:
             self.stages = []
             return 0
         paths.sort()
+        # Entries from the index, one per inode (other names as its links, as the walk gives
+        # them): nothing re-stat'ed. The reader checks (dev, ino, size, mtime) after each open,
+        # so a file changed since it was indexed is an error entry, never a wrong group.
+        entries: list[FileEntry] = []
+        by_inode: dict[tuple[int, int], FileEntry] = {}
         for p in paths:
             self.errors.pop(p, None)
-        result = scan(paths, self.wopts, self.config, cache=self.cache)
+            dev, ino, mtime_ns, size, ctime_ns = self.files[p]
+            known = by_inode.get((dev, ino))
+            if known is None:
+                by_inode[(dev, ino)] = entry = FileEntry(p, dev, ino, size, mtime_ns, ctime_ns)
+                entries.append(entry)
+            else:
+                known.links = [*known.links, p]
+        ctx = ScanContext(config=self.config, cache=self.cache)
+        for g in find_duplicates(entries, ctx):
+            self.groups.setdefault(g.size, []).append(g)
+        for e in ctx.errors:
+            self.errors[e.path] = e
+        self.stages = ctx.stages
+        return len(paths)
+
+    def flush_cache(self) -> None:
+        """Write the digests this batch found (one transaction)."""
         if self.cache is not None:
             self.cache.flush()
-        for g in result.groups:
-            self.groups.setdefault(g.size, []).append(g)
-        for e in result.errors:
-            self.errors[e.path] = e
-        self.stages = result.stages
-        return len(paths)
 
     def apply(self, changes: Iterable[tuple[int, str]]) -> dict[str, Any]:
         """One batch of changes; returns what it did (for the log)."""
@@ -242,8 +258,12 @@ class WatchIndex:
                         os.lstat(r).st_dev == st.st_dev for r in self.roots if self._under(path, r)
                     ):
                         touched |= self._remove(path)
+                    elif self._escapes(path):
+                        touched |= self._remove(path)
+                        self.errors[path] = WalkError(path, "outside the allowed scan roots; skipped")
                     elif self._wanted(os.path.basename(path), st.st_size):
-                        touched |= self._add(path, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), True)
+                        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+                        touched |= self._add(path, stamp, True)
                     else:
                         touched |= self._remove(path)
                 elif stat.S_ISDIR(mode):
@@ -256,6 +276,7 @@ class WatchIndex:
                 else:
                     touched |= self._remove_tree(path)  # symlink (not followed), FIFO, socket...
         verified = 0 if rescan else self._verify(touched)
+        self.flush_cache()
         return {
             "changes": len(changes),
             "full_rescan": bool(rescan),
@@ -264,6 +285,11 @@ class WatchIndex:
             "files_verified": verified,
             "seconds": time.perf_counter() - t0,
         }
+
+    def _escapes(self, path: bytes) -> bool:
+        """Whether the directory of `path` resolves outside the roots (a symlink above it)."""
+        real = os.path.realpath(os.path.dirname(path))
+        return not any(self._under(real, os.fsencode(r)) for r in self.options.confine)
 
     @staticmethod
     def _under(path: bytes, root: bytes) -> bool:
@@ -293,11 +319,50 @@ class WatchIndex:
             self.cache = None
 
 
-def write_report(result: ScanResult, fmt: str, path: str | None, stream: TextIO | None = None) -> None:
+class JsonReport:
+    """report.write_json's text, with each group's encoding kept while the group lives: a batch
+    re-encodes only the groups it re-verified (test_watch checks the text is the scan's)."""
+
+    def __init__(self) -> None:
+        self._texts: dict[int, tuple[Group, str]] = {}
+
+    def write(self, result: ScanResult, out: TextIO) -> None:
+        import json
+
+        from services.dedup import report
+        from services.dedup.indented_json import encode_at
+
+        texts = {}
+        for g in result.groups:
+            known = self._texts.get(id(g))
+            if known is None or known[0] is not g:
+                known = (g, encode_at(report._group_json(g), 2))
+            texts[id(g)] = known
+        self._texts = texts  # groups gone are dropped (their ids may be reused)
+        head = report.to_dict(result, groups=False)
+        out.write("{")
+        for i, (key, value) in enumerate(head.items()):
+            out.write(("\n  " if i == 0 else ",\n  ") + json.dumps(key) + ": ")
+            if key != "groups" or not result.groups:
+                out.write(encode_at(value, 1))
+                continue
+            out.write("[\n    " + ",\n    ".join([texts[id(g)][1] for g in result.groups]) + "\n  ]")
+        out.write("\n}\n")
+
+
+def write_report(
+    result: ScanResult,
+    fmt: str,
+    path: str | None,
+    stream: TextIO | None = None,
+    json_report: JsonReport | None = None,
+) -> None:
     """The scan's report format; to `path` replaced atomically (temp file + rename), else `stream`."""
     from services.dedup import report
 
     writer = {"json": report.write_json, "csv": report.write_csv, "table": report.write_table}[fmt]
+    if fmt == "json" and json_report is not None:
+        writer = json_report.write
     if path is None:
         out = stream or sys.stdout
         writer(result, out)
@@ -342,12 +407,13 @@ def run_watch(
     # Armed before the first scan: a change made while it runs comes in the first batch.
     notify = _arm()
     index = WatchIndex(roots, options, log=log, rescan_over=rescan_over)
+    json_report = JsonReport()
     try:
         index.full_scan()
         res = index.result(index.last_seconds)
         for w in res.warnings:
             log(f"warning: {w}")
-        write_report(res, fmt, report_path, stream)
+        write_report(res, fmt, report_path, stream, json_report)
         log(
             f"first scan: {res.files_scanned} files, {len(res.groups)} groups in "
             f"{index.last_seconds:.3f}s; watching"
@@ -364,7 +430,7 @@ def run_watch(
                 notify = _arm()
                 t0 = time.perf_counter()
                 index.full_scan()
-                write_report(index.result(time.perf_counter() - t0), fmt, report_path, stream)
+                write_report(index.result(time.perf_counter() - t0), fmt, report_path, stream, json_report)
                 continue
             if got in ("stop", "signal"):
                 break
@@ -374,7 +440,7 @@ def run_watch(
             t0 = time.perf_counter()
             info = index.apply(got)
             res = index.result(info["seconds"])
-            write_report(res, fmt, report_path, stream)
+            write_report(res, fmt, report_path, stream, json_report)
             info["seconds_with_report"] = time.perf_counter() - t0
             log(
                 f"batch {index.batches}: {info['changes']} changes, {info['sizes']} sizes,"

@@ -234,3 +234,29 @@ def test_undecodable_name_falls_back_to_a_full_rescan(tmp_path: Path) -> None:
         assert not w.logs or all("Traceback" not in m for m in w.logs)
     finally:
         w.close()
+
+
+def test_json_report_text_is_the_scans(tmp_path: Path) -> None:
+    import io
+
+    from services.dedup import report
+    from services.dedup.watch import JsonReport, WatchIndex
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for i in range(5):
+        write(root / f"a{i}", b"same" * 300)
+        write(root / f"b{i}", b"other" * 400)
+    index = WatchIndex([str(root)], ScanOptions(cache_dir=str(tmp_path / "cache")))
+    try:
+        index.full_scan()
+        jr = JsonReport()
+        for _ in range(2):  # encoded afresh, then from the kept texts
+            res = index.result(0.0)
+            ours, theirs = io.StringIO(), io.StringIO()
+            jr.write(res, ours)
+            report.write_json(res, theirs)
+            assert ours.getvalue() == theirs.getvalue()
+            assert len(json.loads(ours.getvalue())["groups"]) == 2
+    finally:
+        index.close()

@@ -1,0 +1,266 @@
+"""Watch mode against a warm first scan: how long after 1% of the files change is the report
+up to date?
+
+    .venv/bin/python benchmarks/bench_dedup_watch.py [--files 20000] [--bytes 1.5G] [--runs 7]
+
+A private deterministic tree (treegen, seed 1; changed by this benchmark, so not the shared
+one under /tmp/pg-dedup-bench) is generated under --tree-dir once. Then:
+
+* warm first scan: `python -m services.dedup scan TREE --no-cache --format json -o /dev/null`
+  (one warm-up, then --runs), wall time of the process, and the same scan in-process
+  (scanner.run_scan without start-up), both as medians with min-max;
+* watch: `python -m services.dedup watch TREE --report R --step-ms S --cache C` started once
+  and left to finish its first scan; then --runs rounds (after one warm-up round) each change
+  `--change-fraction` of the files (default 1%: a third copies of existing files, which join
+  groups; a third in-place one-byte edits of files in groups, which leave them; a third
+  deletions of the copies of the round before, or more copies in the first round) as fast as
+  Python writes them, and time from the last write to the report being replaced after the
+  last batch those changes caused (a poller sees the report's inode change; a round ends
+  once the watcher is quiet for --quiet seconds). The watcher's own per-batch time (apply +
+  report, from its log) is listed too. That time includes the --step-ms quiet period the
+  notification batching waits for (10 ms here; the CLI default is 50).
+
+Writes reports/bench_dedup_watch.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from services.dedup.cli import parse_size  # noqa: E402
+from services.dedup.treegen import generate_tree  # noqa: E402
+
+PY = sys.executable
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def warm_scan_cli(tree: Path, runs: int) -> list[float]:
+    cmd = [PY, "-m", "services.dedup", "scan", str(tree), "--no-cache", "--format", "json", "-o", os.devnull]
+    out = []
+    for i in range(runs + 1):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=REPO, check=False, capture_output=True)
+        if i:  # the first run warms the page cache
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def warm_scan_inprocess(tree: Path, runs: int) -> list[float]:
+    import gc
+
+    from services.dedup.scanner import ScanOptions, run_scan
+
+    out = []
+    for i in range(runs + 1):
+        gc.disable()  # as cmd_scan does
+        t0 = time.perf_counter()
+        run_scan([str(tree)], ScanOptions())
+        dt = time.perf_counter() - t0
+        gc.enable()
+        if i:
+            out.append(dt)
+    return out
+
+
+class ReportPoller(threading.Thread):
+    """Records the time of each replacement of the report (its inode changes on os.replace)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.times: list[float] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        last = None
+        while not self.done.is_set():
+            try:
+                ino = os.stat(self.path).st_ino
+            except OSError:
+                ino = None
+            if ino != last and ino is not None:
+                self.times.append(time.perf_counter())
+                last = ino
+            time.sleep(0.0005)
+
+
+class LogReader(threading.Thread):
+    def __init__(self, stream: Any) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.lines: list[tuple[float, str]] = []
+
+    def run(self) -> None:
+        for raw in self.stream:
+            self.lines.append((time.perf_counter(), raw.decode(errors="replace").rstrip()))
+
+
+def _files(tree: Path) -> list[Path]:
+    out = []
+    for dirpath, _dirs, names in os.walk(tree):
+        if "_watch_bench" in dirpath:
+            continue
+        for n in names:
+            p = Path(dirpath) / n
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            if p.is_file() and not p.is_symlink() and 0 < st.st_size <= 256 << 10 and st.st_nlink == 1:
+                out.append(p)
+    return out
+
+
+def watch_rounds(tree: Path, work: Path, runs: int, fraction: float, step_ms: int, quiet: float) -> dict:
+    report = work / "report.json"
+    cache = work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    report.unlink(missing_ok=True)
+    bench_dir = tree / "_watch_bench"
+    shutil.rmtree(bench_dir, ignore_errors=True)
+    bench_dir.mkdir()
+    candidates = _files(tree)
+    n_files = sum(len(f) for _d, _s, f in os.walk(tree))
+    n_change = max(3, int(n_files * fraction))
+    rng = random.Random(1)
+    cmd = [PY, "-m", "services.dedup", "watch", str(tree), "--report", str(report), "--cache", str(cache)]
+    cmd += ["--step-ms", str(step_ms)]
+    t_start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = LogReader(proc.stderr)
+    log.start()
+    deadline = time.monotonic() + 600
+    while not any("first scan" in line for _t, line in log.lines):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"watch did not start: {log.lines}")
+        time.sleep(0.01)
+    first_scan = time.perf_counter() - t_start
+    first_line = next(line for _t, line in log.lines if "first scan" in line)
+    poller = ReportPoller(report)
+    poller.start()
+    prev_copies: list[Path] = []
+    rounds = []
+    try:
+        for rnd in range(runs + 1):
+            third = n_change // 3
+            copies = [
+                bench_dir / f"r{rnd}-{i}"
+                for i in range(n_change - 2 * third if prev_copies else n_change - third)
+            ]
+            sources = rng.sample(candidates, len(copies))
+            edits = rng.sample([c for c in candidates if c.stat().st_size > 1], third)
+            datas = [s.read_bytes() for s in sources]
+            log_before = len(log.lines)
+            t0 = time.perf_counter()
+            for dst, data in zip(copies, datas, strict=True):
+                with open(dst, "wb") as f:
+                    f.write(data)
+            for p in edits:
+                with open(p, "r+b") as f:
+                    f.seek(p.stat().st_size // 2)
+                    b = f.read(1)
+                    f.seek(-1, os.SEEK_CUR)
+                    f.write(bytes([(b[0] + 1) % 256]) if b else b"x")
+            for p in prev_copies[:third]:
+                p.unlink()
+            t_last_write = time.perf_counter()
+            changed = len(copies) + len(edits) + min(third, len(prev_copies))
+            prev_copies = prev_copies[third:] + copies
+            # Wait until the watcher has logged a batch and then stayed quiet for `quiet` s.
+            end = time.monotonic() + 120
+            while time.monotonic() < end:
+                batches = [t for t, line in log.lines[log_before:] if " batch " in f" {line}"]
+                if batches and time.perf_counter() - max(batches) > quiet:
+                    break
+                time.sleep(0.01)
+            new_lines = [line for _t, line in log.lines[log_before:] if "batch" in line]
+            replaced = [t for t in poller.times if t > t_last_write]
+            batch_ms = [float(m.group(1)) for line in new_lines if (m := re.search(r"\(([\d.]+) ms", line))]
+            r = {
+                "round": rnd,
+                "changed_files": changed,
+                "write_seconds": t_last_write - t0,
+                "seconds_to_report": (max(replaced) - t_last_write) if replaced else None,
+                "batches": len(new_lines),
+                "watcher_ms": batch_ms,
+                "log": new_lines,
+            }
+            if rnd:  # round 0 is the warm-up
+                rounds.append(r)
+            print(json.dumps({k: v for k, v in r.items() if k != "log"}), flush=True)
+    finally:
+        poller.done.set()
+        proc.terminate()
+        rc = proc.wait(timeout=60)
+        shutil.rmtree(bench_dir, ignore_errors=True)
+    to_report = [r["seconds_to_report"] for r in rounds if r["seconds_to_report"] is not None]
+    watcher = [sum(r["watcher_ms"]) / 1000 for r in rounds]
+    return {
+        "files": n_files,
+        "changed_per_round": n_change,
+        "first_scan_seconds_incl_startup": first_scan,
+        "first_scan_log": first_line,
+        "seconds_to_report": _stats(to_report),
+        "watcher_seconds": _stats(watcher),
+        "exit_code_on_sigterm": rc,
+        "rounds": rounds,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=20000)
+    ap.add_argument("--bytes", type=parse_size, default=parse_size("1536M"))
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--change-fraction", type=float, default=0.01)
+    ap.add_argument("--step-ms", type=int, default=10)
+    ap.add_argument("--quiet", type=float, default=1.0, help="seconds without a batch that end a round")
+    ap.add_argument("--tree-dir", default="/tmp/pg-dedup-watch-bench")
+    ap.add_argument("--out", default=str(REPO / "reports" / "bench_dedup_watch.json"))
+    args = ap.parse_args()
+
+    work = Path(args.tree_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    tree = work / f"tree-{args.files}-{args.bytes}-1"
+    if not tree.exists():
+        generate_tree(str(tree), files=args.files, total_bytes=args.bytes, seed=1)
+    cli = warm_scan_cli(tree, args.runs)
+    inproc = warm_scan_inprocess(tree, args.runs)
+    watch = watch_rounds(tree, work, args.runs, args.change_fraction, args.step_ms, args.quiet)
+    result = {
+        "tree": str(tree),
+        "load_average": os.getloadavg(),
+        "warm_first_scan_cli": _stats(cli),
+        "warm_first_scan_inprocess": _stats(inproc),
+        "watch": watch,
+    }
+    med = watch["seconds_to_report"]["median"]
+    result["speedup_vs_cli"] = result["warm_first_scan_cli"]["median"] / med
+    result["speedup_vs_inprocess"] = result["warm_first_scan_inprocess"]["median"] / med
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "watch"}, indent=2))
+    print(json.dumps({k: v for k, v in watch.items() if k != "rounds"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
