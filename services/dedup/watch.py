@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import gc
 import os
 import stat
 import sys
@@ -33,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from services.dedup.scanner import ScanOptions, ScanResult, open_cache
+from services.dedup.scanner import ScanOptions, ScanResult
 from services.dedup.stages import Group, ScanContext, StageStats, find_duplicates
 from services.dedup.walk import FileEntry, WalkError, WalkStats, walk
 
@@ -47,6 +48,85 @@ ADDED, MODIFIED, DELETED = 1, 2, 3
 RESCAN_OVER = 20000
 
 Stamp = tuple[int, int, int, int, int]  # (dev, ino, mtime_ns, size, ctime_ns)
+
+
+def open_kept_cache(
+    cache_dir: str | None, warn: Callable[[str], None], roots: Sequence[bytes]
+) -> HashCache | None:
+    """scanner.open_cache, with the rows kept in memory between batches (see _kept_cache_class)."""
+    if not cache_dir:
+        return None
+    import sqlite3
+
+    try:
+        cache: HashCache = _kept_cache_class()(cache_dir, roots)
+    except (ImportError, OSError, sqlite3.Error) as exc:
+        warn(f"hash cache unavailable ({exc}); watching without it")
+        return None
+    return cache
+
+
+def _kept_cache_class() -> type:
+    from services.dedup import hashcache
+
+    class KeptCache(hashcache.HashCache):
+        """The per-root hash cache of a scan, for a process that stays up: the rows it looked
+        up stay in memory (a scan forgets them after each run of groups, and a batch would
+        fetch them from SQLite again, one query per file); flush writes the changed rows and
+        keeps them. A file that changes is `invalidate`d, so its row is checked again
+        against its new (size, mtime, ctime) before any digest of it is trusted."""
+
+        def forget(self, entries: Iterable[FileEntry]) -> None:
+            pass
+
+        def invalidate(self, keys: Iterable[tuple[int, int]]) -> None:
+            with self._lock:
+                for key in keys:
+                    self._work.pop(key, None)
+                    self._stamp.pop(key, None)
+                    self._dirty.discard(key)
+
+        def update(self, entry: FileEntry, **fields: Any) -> None:
+            with self._lock:
+                value = self._work.get((entry.dev, entry.ino))
+                if value is not None and all(value.get(k) == v for k, v in fields.items()):
+                    return  # re-read, same digests: nothing to write
+            super().update(entry, **fields)
+
+        def flush(self) -> None:
+            """The stages flush after each run of groups; a batch persists once, at its end."""
+
+        def close(self) -> None:
+            self.persist()
+            super().close()
+
+        def persist(self) -> None:
+            import sqlite3
+
+            with self._lock:
+                rows = [
+                    (
+                        hashcache._s64(key[0]),
+                        hashcache._s64(key[1]),
+                        *self._stamp[key],
+                        hashcache._encode(value),
+                    )
+                    for key in self._dirty
+                    if (value := self._work.get(key)) is not None
+                ]
+                self._dirty.clear()
+                if not rows or self._broken:
+                    return
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", rows)
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    self.warnings.append(f"hash cache {self.path}: {len(rows)} entries not saved ({exc})")
+
+    return KeptCache
 
 
 class WatchIndex:
@@ -67,7 +147,7 @@ class WatchIndex:
         self.log = log
         self.rescan_over = rescan_over
         self.warnings: list[str] = []
-        self.cache: HashCache | None = open_cache(self.options.cache_dir, self.warnings.append, self.roots)
+        self.cache = open_kept_cache(self.options.cache_dir, self.warnings.append, self.roots)
         self._exclude = [os.fsencode(g) for g in self.options.exclude]
         self._include = [os.fsencode(g) for g in self.options.include]
         self.files: dict[bytes, Stamp] = {}
@@ -78,6 +158,8 @@ class WatchIndex:
         self.walk_stats = WalkStats()
         self.stages: list[StageStats] = []
         self.batches = 0
+        self._invalidate: set[tuple[int, int]] = set()  # inodes whose cached rows may be stale
+        self._changed: set[bytes] = set()  # paths added, changed or removed since the last verify
         self.full_scans = 0
 
     # -- index maintenance -------------------------------------------------------------
@@ -86,10 +168,14 @@ class WatchIndex:
         it, so it is re-verified even when its stamp looks the same (a write within one
         timestamp tick leaves mtime as it was)."""
         old = self.files.get(path)
+        if force:
+            self._invalidate.add(st[:2])
+            self._changed.add(path)
         if old == st:
             return {st[3]} if force else set()
         touched = self._remove(path)
         self.files[path] = st
+        self._changed.add(path)
         self.by_size.setdefault(st[3], set()).add(path)
         self.by_dir.setdefault(os.path.dirname(path), set()).add(path)
         touched.add(st[3])
@@ -100,6 +186,8 @@ class WatchIndex:
         self.errors.pop(path, None)
         if old is None:
             return set()
+        self._invalidate.add(old[:2])
+        self._changed.add(path)
         bucket = self.by_size.get(old[3])
         if bucket is not None:
             bucket.discard(path)
@@ -179,21 +267,48 @@ class WatchIndex:
         self.last_seconds = time.perf_counter() - t0
 
     def _verify(self, sizes: Iterable[int]) -> int:
-        """Re-verify the groups of these sizes through the scan pipeline; returns files scanned."""
+        """Re-verify the groups of these sizes through the scan pipeline; returns files scanned.
+
+        Members of a group of the last answer whose names all kept their stamps stay proven:
+        one of them (the representative) goes through the pipeline with the bucket's changed
+        and ungrouped files, and the others follow it into whatever group it lands in.
+        """
+        changed = self._changed
+        self._changed = set()
         paths: list[bytes] = []
+        reps: list[FileEntry] = []
+        followers: dict[int, list[FileEntry]] = {}  # id(representative) -> the others
+        kept: list[Group] = []  # groups whose representative the pipeline must place
         for size in sizes:
-            self.groups.pop(size, None)
+            old = self.groups.pop(size, [])
             bucket = self.by_size.get(size)
-            if bucket is not None and len(bucket) > 1:
-                paths.extend(bucket)
-        if not paths:
+            if bucket is None or len(bucket) < 2:
+                continue
+            covered: set[bytes] = set()
+            for g in old:
+                survivors = [
+                    f
+                    for f in g.files
+                    if all(p not in changed and p in self.files for p in (f.path, *f.links))
+                ]
+                if not survivors:
+                    continue
+                reps.append(survivors[0])
+                followers[id(survivors[0])] = survivors[1:]
+                kept.append(Group(g.size, survivors, g.digest))
+                covered.update(p for f in survivors for p in (f.path, *f.links))
+            paths.extend(p for p in bucket if p not in covered)
+        if self._invalidate and self.cache is not None:
+            self.cache.invalidate(self._invalidate)  # type: ignore[attr-defined]
+        self._invalidate.clear()
+        if not paths and not reps:
             self.stages = []
             return 0
         paths.sort()
         # Entries from the index, one per inode (other names as its links, as the walk gives
         # them): nothing re-stat'ed. The reader checks (dev, ino, size, mtime) after each open,
         # so a file changed since it was indexed is an error entry, never a wrong group.
-        entries: list[FileEntry] = []
+        entries: list[FileEntry] = list(reps)
         by_inode: dict[tuple[int, int], FileEntry] = {}
         for p in paths:
             self.errors.pop(p, None)
@@ -205,17 +320,29 @@ class WatchIndex:
             else:
                 known.links = [*known.links, p]
         ctx = ScanContext(config=self.config, cache=self.cache)
+        placed: set[int] = set()
         for g in find_duplicates(entries, ctx):
-            self.groups.setdefault(g.size, []).append(g)
+            members = []
+            for f in g.files:
+                members.append(f)
+                if id(f) in followers:
+                    placed.add(id(f))
+                    members.extend(followers[id(f)])
+            if len(members) > len(g.files):
+                members.sort(key=lambda f: f.path)
+            self.groups.setdefault(g.size, []).append(Group(g.size, members, g.digest))
+        for g in kept:  # a representative in no group: the others are still equal to each other
+            if id(g.files[0]) not in placed and len(g.files) > 1:
+                self.groups.setdefault(g.size, []).append(g)
         for e in ctx.errors:
             self.errors[e.path] = e
         self.stages = ctx.stages
-        return len(paths)
+        return len(entries)
 
     def flush_cache(self) -> None:
         """Write the digests this batch found (one transaction)."""
         if self.cache is not None:
-            self.cache.flush()
+            self.cache.persist()  # type: ignore[attr-defined]
 
     def apply(self, changes: Iterable[tuple[int, str]]) -> dict[str, Any]:
         """One batch of changes; returns what it did (for the log)."""
@@ -410,6 +537,10 @@ def run_watch(
     json_report = JsonReport()
     try:
         index.full_scan()
+        # The index lives as long as the process: out of the cyclic collector's way (its
+        # passes over ~20k entries would otherwise land in the middle of batches).
+        gc.collect()
+        gc.freeze()
         res = index.result(index.last_seconds)
         for w in res.warnings:
             log(f"warning: {w}")

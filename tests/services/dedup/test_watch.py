@@ -260,3 +260,55 @@ def test_json_report_text_is_the_scans(tmp_path: Path) -> None:
             assert len(json.loads(ours.getvalue())["groups"]) == 2
     finally:
         index.close()
+
+
+def _group_sets(groups) -> set[frozenset[bytes]]:
+    return {frozenset(p for f in g.files for p in (f.path, *f.links)) for g in groups}
+
+
+def test_incremental_groups_equal_a_fresh_scan(tmp_path: Path) -> None:
+    """Random batches of copies, edits, deletions and renames applied to the index give the
+    groups a fresh scan of the tree gives (no notifications: the batches are handed over)."""
+    import random
+
+    from services.dedup.scanner import run_scan
+    from services.dedup.treegen import generate_tree
+    from services.dedup.watch import ADDED, DELETED, MODIFIED, WatchIndex
+
+    root = tmp_path / "tree"
+    generate_tree(root, files=400, total_bytes=24 << 20, seed=3)
+    opts = ScanOptions(cache_dir=str(tmp_path / "cache"))
+    index = WatchIndex([str(root)], opts)
+    rng = random.Random(5)
+    try:
+        index.full_scan()
+        for batch in range(6):
+            files = sorted(p for p in index.files if b"/tricky/" not in p)
+            changes: set[tuple[int, str]] = set()
+            for src in rng.sample(files, 4):  # copies
+                dst = os.fsencode(root) + b"/copy-%d-%d" % (batch, len(changes))
+                write(dst, Path(os.fsdecode(src)).read_bytes())
+                changes.add((ADDED, os.fsdecode(dst)))
+            for p in rng.sample(files, 4):  # one byte changed in place, same size
+                with open(p, "r+b") as f:
+                    f.seek(max(0, os.path.getsize(p) // 2))
+                    b = f.read(1)
+                    if b:
+                        f.seek(-1, os.SEEK_CUR)
+                        f.write(bytes([(b[0] + 1) % 256]))
+                changes.add((MODIFIED, os.fsdecode(p)))
+            for p in rng.sample(files, 3):  # deletions and renames
+                if os.path.exists(p):
+                    if rng.random() < 0.5:
+                        os.unlink(p)
+                    else:
+                        new = p + b".renamed"
+                        os.rename(p, new)
+                        changes.add((ADDED, os.fsdecode(new)))
+                    changes.add((DELETED, os.fsdecode(p)))
+            index.apply(changes)
+            fresh = run_scan([str(root)], ScanOptions())
+            assert len(fresh.groups) > 10
+            assert _group_sets(index.result(0.0).groups) == _group_sets(fresh.groups), batch
+    finally:
+        index.close()
