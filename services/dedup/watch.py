@@ -279,8 +279,10 @@ class WatchIndex:
         reps: list[FileEntry] = []
         followers: dict[int, list[FileEntry]] = {}  # id(representative) -> the others
         kept: list[Group] = []  # groups whose representative the pipeline must place
+        previous: dict[int, Group] = {}  # id(first member) -> its group in the last answer
         for size in sizes:
             old = self.groups.pop(size, [])
+            previous.update((id(g.files[0]), g) for g in old)
             bucket = self.by_size.get(size)
             if bucket is None or len(bucket) < 2:
                 continue
@@ -295,7 +297,7 @@ class WatchIndex:
                     continue
                 reps.append(survivors[0])
                 followers[id(survivors[0])] = survivors[1:]
-                kept.append(Group(g.size, survivors, g.digest))
+                kept.append(g if len(survivors) == len(g.files) else Group(g.size, survivors, g.digest))
                 covered.update(p for f in survivors for p in (f.path, *f.links))
             paths.extend(p for p in bucket if p not in covered)
         if self._invalidate and self.cache is not None:
@@ -308,7 +310,7 @@ class WatchIndex:
         # Entries from the index, one per inode (other names as its links, as the walk gives
         # them): nothing re-stat'ed. The reader checks (dev, ino, size, mtime) after each open,
         # so a file changed since it was indexed is an error entry, never a wrong group.
-        entries: list[FileEntry] = list(reps)
+        fresh: list[FileEntry] = []
         by_inode: dict[tuple[int, int], FileEntry] = {}
         for p in paths:
             self.errors.pop(p, None)
@@ -316,10 +318,11 @@ class WatchIndex:
             known = by_inode.get((dev, ino))
             if known is None:
                 by_inode[(dev, ino)] = entry = FileEntry(p, dev, ino, size, mtime_ns, ctime_ns)
-                entries.append(entry)
+                fresh.append(entry)
             else:
                 known.links = [*known.links, p]
         ctx = ScanContext(config=self.config, cache=self.cache)
+        entries = self._candidates(reps, fresh, changed, ctx)
         placed: set[int] = set()
         for g in find_duplicates(entries, ctx):
             members = []
@@ -330,7 +333,12 @@ class WatchIndex:
                     members.extend(followers[id(f)])
             if len(members) > len(g.files):
                 members.sort(key=lambda f: f.path)
-            self.groups.setdefault(g.size, []).append(Group(g.size, members, g.digest))
+            same = previous.get(id(members[0]))
+            if same is not None and same.files == members and same.digest == g.digest:
+                g = same  # unchanged: the report keeps its encoded text
+            else:
+                g = Group(g.size, members, g.digest)
+            self.groups.setdefault(g.size, []).append(g)
         for g in kept:  # a representative in no group: the others are still equal to each other
             if id(g.files[0]) not in placed and len(g.files) > 1:
                 self.groups.setdefault(g.size, []).append(g)
@@ -338,6 +346,37 @@ class WatchIndex:
             self.errors[e.path] = e
         self.stages = ctx.stages
         return len(entries)
+
+    def _candidates(
+        self, reps: list[FileEntry], fresh: list[FileEntry], changed: set[bytes], ctx: ScanContext
+    ) -> list[FileEntry]:
+        """What the pipeline must see. Unchanged files (representatives, ungrouped files) whose
+        full digest the cache holds can join a group only with a changed file of that digest:
+        the changed files' digests go to the cache first (one read each, which the pipeline
+        then uses), and an unchanged file no changed file matches stays out."""
+        cache = self.cache
+        if cache is None:
+            return reps + fresh
+        from services.dedup.reader import full_digest
+
+        field = f"full:{self.config.algorithm}"
+        changed_entries = [f for f in fresh if any(p in changed for p in (f.path, *f.links))]
+        unchanged = reps + [f for f in fresh if not any(p in changed for p in (f.path, *f.links))]
+        wanted: set[tuple[int, bytes]] = set()
+        out = list(changed_entries)
+        for f in changed_entries:
+            digest = cache.peek(f, field)
+            if digest is None:
+                try:
+                    digest = full_digest(f, ctx.counter, self.config.algorithm)
+                except OSError:
+                    continue  # the pipeline meets the same error and reports it
+                cache.update(f, **{field: digest})
+            wanted.add((f.size, digest))
+        for f, digest in zip(unchanged, cache.get_many(unchanged, field), strict=True):
+            if digest is None or (f.size, digest) in wanted:
+                out.append(f)
+        return out
 
     def flush_cache(self) -> None:
         """Write the digests this batch found (one transaction)."""
