@@ -289,6 +289,9 @@ class Engine:
         expired = [s for s in self.fair if s.deadline is not None and s.deadline < now]
         for seq in expired:
             self._end(seq, "deadline")
+        timed_out = [s for s in self.fair if s.queue_deadline is not None and s.queue_deadline < now]
+        for seq in timed_out:
+            self._end(seq, "queue_timeout")
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)

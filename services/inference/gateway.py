@@ -462,6 +462,7 @@ class Gateway:
             klass=p.priority,
             stop_at_eos=not p.ignore_eos,
             deadline=time.monotonic() + deadline_s if deadline_s else None,
+            queue_deadline=time.monotonic() + self.admission.limits.queue_timeout(p.priority),
         )
         ticket.bind(seq)  # admission counts it while it waits, then learns its real wait
         if p.stop or p.extra_stop:
@@ -581,6 +582,8 @@ class Gateway:
             raise InferenceError(
                 504, "deadline_exceeded", "the request's deadline passed while it waited", reason="deadline"
             )
+        if reason == "queue_timeout":
+            raise Overloaded("the request waited past the queue timeout for its first step", reason, 5)
         if reason in ("aborted", "kill_switch", "shutdown"):
             raise Overloaded(f"request aborted ({reason})", reason, 30)
         if reason == "error":

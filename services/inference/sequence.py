@@ -43,6 +43,9 @@ class Sequence:
     klass: str = "interactive"
     stop_at_eos: bool = True
     deadline: float | None = None  # monotonic; a request still waiting past it is dropped
+    # monotonic; the server's own bound on waiting for a first step (Limits.queue_timeout):
+    # still waiting past it, the request is dropped with 503 queue_timeout, not served late
+    queue_deadline: float | None = None
     on_event: Callable[[SeqEvent], Any] | None = field(default=None, repr=False)
 
     output: list[int] = field(default_factory=list)
