@@ -160,6 +160,8 @@ class WatchIndex:
         self.batches = 0
         self._invalidate: set[tuple[int, int]] = set()  # inodes whose cached rows may be stale
         self._changed: set[bytes] = set()  # paths added, changed or removed since the last verify
+        self._names: dict[tuple[int, int], int] = {}  # (dev, ino) -> names in the index
+        self._real_dirs: dict[bytes, bool] = {}  # this batch: directory -> resolves outside
         self.full_scans = 0
 
     # -- index maintenance -------------------------------------------------------------
@@ -176,6 +178,7 @@ class WatchIndex:
         touched = self._remove(path)
         self.files[path] = st
         self._changed.add(path)
+        self._names[st[:2]] = self._names.get(st[:2], 0) + 1
         self.by_size.setdefault(st[3], set()).add(path)
         self.by_dir.setdefault(os.path.dirname(path), set()).add(path)
         touched.add(st[3])
@@ -188,6 +191,11 @@ class WatchIndex:
             return set()
         self._invalidate.add(old[:2])
         self._changed.add(path)
+        left = self._names[old[:2]] - 1
+        if left:
+            self._names[old[:2]] = left
+        else:
+            del self._names[old[:2]]
         bucket = self.by_size.get(old[3])
         if bucket is not None:
             bucket.discard(path)
@@ -249,6 +257,7 @@ class WatchIndex:
         """Forget everything, walk the roots, verify every size shared by two paths."""
         t0 = time.perf_counter()
         self.files.clear()
+        self._names.clear()
         self.by_size.clear()
         self.by_dir.clear()
         self.groups.clear()
@@ -388,6 +397,7 @@ class WatchIndex:
         t0 = time.perf_counter()
         changes = list(changes)
         self.batches += 1
+        self._real_dirs.clear()
         touched: set[int] = set()
         rescan = ""
         if len(changes) > self.rescan_over:
@@ -454,8 +464,13 @@ class WatchIndex:
 
     def _escapes(self, path: bytes) -> bool:
         """Whether the directory of `path` resolves outside the roots (a symlink above it)."""
-        real = os.path.realpath(os.path.dirname(path))
-        return not any(self._under(real, os.fsencode(r)) for r in self.options.confine)
+        directory = os.path.dirname(path)
+        out = self._real_dirs.get(directory)
+        if out is None:
+            real = os.path.realpath(directory)
+            out = not any(self._under(real, os.fsencode(r)) for r in self.options.confine)
+            self._real_dirs[directory] = out
+        return out
 
     @staticmethod
     def _under(path: bytes, root: bytes) -> bool:
@@ -466,7 +481,6 @@ class WatchIndex:
         groups = [g for gs in self.groups.values() for g in gs]
         groups.sort(key=lambda g: (g.size, g.files[0].path))
         hard_linked = [f for g in groups for f in g.files if f.links]
-        inodes = {st[:2] for st in self.files.values()}
         return ScanResult(
             groups=groups,
             hard_linked=hard_linked,
@@ -475,7 +489,7 @@ class WatchIndex:
             stages=self.stages,
             config=self.config,
             seconds=seconds,
-            files_scanned=len(inodes),
+            files_scanned=len(self._names),
             warnings=list(self.warnings) + (list(self.cache.warnings) if self.cache is not None else []),
         )
 

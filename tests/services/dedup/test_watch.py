@@ -310,5 +310,6 @@ def test_incremental_groups_equal_a_fresh_scan(tmp_path: Path) -> None:
             fresh = run_scan([str(root)], ScanOptions())
             assert len(fresh.groups) > 10
             assert _group_sets(index.result(0.0).groups) == _group_sets(fresh.groups), batch
+            assert index.result(0.0).files_scanned == fresh.files_scanned, batch
     finally:
         index.close()
