@@ -410,7 +410,7 @@ class WatchIndex:
                     break
         subtrees = 0
         if rescan:
-            self.log(f"full re-scan: {rescan}")
+            self.log(f"full re-scan #{self.full_scans}: {rescan}")  # the first scan is not counted
             self.full_scan()
         else:
             # Each path is looked at once, as it is now (a path deleted and re-created in one
