@@ -15,9 +15,12 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from libs.service.cli import ArgumentParser, UsageError
+
+if TYPE_CHECKING:
+    from services.dedup.scanner import ScanOptions
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
@@ -223,7 +226,7 @@ def _default_cache_dir() -> str:
 
 def _scan_command(args: argparse.Namespace) -> int:
     from services.dedup import report
-    from services.dedup.scanner import ScanOptions, run_scan
+    from services.dedup.scanner import run_scan
 
     for path in args.paths:
         if not os.path.lexists(path):
@@ -237,20 +240,7 @@ def _scan_command(args: argparse.Namespace) -> int:
     if args.apply and not args.action:
         raise UsageError("--apply needs --action")
 
-    options = ScanOptions(
-        algorithm=args.algorithm,
-        partial_size=args.partial_size,
-        workers=args.workers,
-        order=args.order,
-        follow_symlinks=args.follow_symlinks,
-        one_file_system=args.one_file_system,
-        min_size=0 if args.include_empty else args.min_size,
-        max_size=args.max_size,
-        include=tuple(args.include),
-        exclude=tuple(args.exclude),
-        cache_dir=None if args.no_cache else (args.cache or _default_cache_dir()),
-        reverify=args.reverify,
-    )
+    options = _scan_options(args)
     show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
     progress = TqdmProgress(sys.stderr) if show_progress else None
     result = run_scan(args.paths, options, progress=progress)
@@ -284,21 +274,11 @@ def _scan_command(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if result.errors or action_failures else EXIT_OK
 
 
-def cmd_watch(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
+def _scan_options(args: argparse.Namespace) -> ScanOptions:
+    """The scan options `scan` and `watch` share, from their common flags (one place)."""
     from services.dedup.scanner import ScanOptions
-    from services.dedup.watch import run_watch
 
-    for path in args.paths:
-        if not os.path.isdir(path):
-            raise UsageError(f"{path}: not a directory")
-    if args.max_size is not None and args.max_size < args.min_size:
-        raise UsageError("--max-size is smaller than --min-size")
-    if args.report is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
-        raise UsageError(f"--report {args.report}: its directory does not exist")
-    options = ScanOptions(
+    return ScanOptions(
         algorithm=args.algorithm,
         partial_size=args.partial_size,
         workers=args.workers,
@@ -312,6 +292,22 @@ def cmd_watch(args: argparse.Namespace) -> int:
         cache_dir=None if args.no_cache else (args.cache or _default_cache_dir()),
         reverify=args.reverify,
     )
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from services.dedup.watch import run_watch
+
+    for path in args.paths:
+        if not os.path.isdir(path):
+            raise UsageError(f"{path}: not a directory")
+    if args.max_size is not None and args.max_size < args.min_size:
+        raise UsageError("--max-size is smaller than --min-size")
+    if args.report is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
+        raise UsageError(f"--report {args.report}: its directory does not exist")
+    options = _scan_options(args)
     options.scan_config()  # a bad value is exit 2 before the watcher starts
     stop = threading.Event()
 
