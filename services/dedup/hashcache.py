@@ -245,24 +245,33 @@ class HashCache:
     def flush(self) -> None:
         """Write the changed rows in one transaction and forget this scan's working set."""
         with self._lock:
-            rows = [
-                (_s64(key[0]), _s64(key[1]), *self._stamp[key], _encode(value))
-                for key in self._dirty
-                if (value := self._work.get(key)) is not None
-            ]
+            self._persist_locked()
             self._work.clear()
             self._stamp.clear()
-            self._dirty.clear()
-            if not rows or self._broken:
-                return
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", rows)
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                self.warnings.append(f"hash cache {self.path}: {len(rows)} entries not saved ({exc})")
+
+    def persist(self) -> None:
+        """Write the changed rows in one transaction; the working set stays (a watcher keeps
+        the rows it looked up between batches)."""
+        with self._lock:
+            self._persist_locked()
+
+    def _persist_locked(self) -> None:
+        rows = [
+            (_s64(key[0]), _s64(key[1]), *self._stamp[key], _encode(value))
+            for key in self._dirty
+            if (value := self._work.get(key)) is not None
+        ]
+        self._dirty.clear()
+        if not rows or self._broken:
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self.warnings.append(f"hash cache {self.path}: {len(rows)} entries not saved ({exc})")
 
     def rows(self) -> int:
         """Rows in this root's cache file (a count over the table: for tests and reports)."""

@@ -100,32 +100,6 @@ def _kept_cache_class() -> type:
             self.persist()
             super().close()
 
-        def persist(self) -> None:
-            import sqlite3
-
-            with self._lock:
-                rows = [
-                    (
-                        hashcache._s64(key[0]),
-                        hashcache._s64(key[1]),
-                        *self._stamp[key],
-                        hashcache._encode(value),
-                    )
-                    for key in self._dirty
-                    if (value := self._work.get(key)) is not None
-                ]
-                self._dirty.clear()
-                if not rows or self._broken:
-                    return
-                try:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", rows)
-                    self._db.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    self.warnings.append(f"hash cache {self.path}: {len(rows)} entries not saved ({exc})")
-
     return KeptCache
 
 
@@ -390,7 +364,7 @@ class WatchIndex:
     def flush_cache(self) -> None:
         """Write the digests this batch found (one transaction)."""
         if self.cache is not None:
-            self.cache.persist()  # type: ignore[attr-defined]
+            self.cache.persist()
 
     def apply(self, changes: Iterable[tuple[int, str]]) -> dict[str, Any]:
         """One batch of changes; returns what it did (for the log)."""
