@@ -415,15 +415,24 @@ class _Choice:
     finish: Finish | None = None
 
 
-def _usage(choices: list[_Choice]) -> dict[str, int]:
+def _usage(choices: list[_Choice]) -> dict[str, Any]:
+    """OpenAI's usage; `prompt_tokens_details.cached_tokens`: prompt tokens whose KV came from
+    the prefix cache (each prompt counted once, as its tokens are, whatever `n` is)."""
     prompts: dict[int, int] = {}
+    cached: dict[int, int] = {}
     completion = 0
     for c in choices:
         prompts[c.prompt_index] = len(c.seq.prompt)
+        cached.setdefault(c.prompt_index, c.seq.cached_tokens)
         if c.finish is not None:
             completion += c.finish.completion_tokens
     prompt = sum(prompts.values())
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": sum(cached.values())},
+    }
 
 
 def _completion_logprobs(

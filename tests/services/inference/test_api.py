@@ -52,7 +52,12 @@ def test_completion_and_sse_stream_agree(live_server: LiveServer) -> None:
         out = r.json()
         choice = out["choices"][0]
         assert len(choice["token_ids"]) == 12 and choice["finish_reason"] == "length"
-        assert out["usage"] == {"prompt_tokens": 17, "completion_tokens": 12, "total_tokens": 29}
+        assert out["usage"] == {
+            "prompt_tokens": 17,
+            "completion_tokens": 12,
+            "total_tokens": 29,
+            "prompt_tokens_details": {"cached_tokens": 0},  # 17 tokens: no full 16-token block cached yet
+        }
         events = _sse(c, body)
         tokens = [e["choices"][0]["token_id"] for e in events if e["choices"][0]["finish_reason"] is None]
         assert tokens == choice["token_ids"]
