@@ -44,8 +44,12 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
-    base, seconds = argv[0], float(argv[1])
-    rate = float(argv[2]) if len(argv) > 2 else 10.0
+    try:
+        base, seconds = argv[0], float(argv[1])
+        rate = float(argv[2]) if len(argv) > 2 else 10.0
+    except ValueError as exc:
+        print(f"error: SECONDS and RATE are numbers ({exc})", file=sys.stderr)
+        return 2
     key = argv[3] if len(argv) > 3 else "dev-bob-key"
     print(json.dumps(probe(base, seconds, rate, key)))
     return 0
