@@ -13,6 +13,19 @@ Never the default: a scan only reports, `--action X` alone prints the plan (dry 
    filesystems); the directory is fsynced;
 5. a done record is appended.
 
+Writes racing the action: the duplicate is opened before the byte compare and its stamp
+(dev, ino, size, mtime_ns, ctime_ns) taken through that fd; immediately before the replace
+(unlink, rename) the fd and the name are stat'ed again, and any difference aborts that one
+file ("changed during the action"; temp removed, an `aborted` record logged, the run goes
+on, exit code partial). What stat cannot close without kernel help (no compare-and-rename
+syscall): a write landing in the microseconds between that last stat and the replace, or
+through a descriptor some writer holds open after it, goes to the old inode, which the held
+fd keeps alive. So after the replace the old inode's size and mtime are checked through the
+fd again; if they moved, its bytes are copied back under the original name (owner, mode,
+xattrs from the intent, the writer's mtime) and the file is reported skipped. A same-size
+write within the filesystem's timestamp tick of the file's previous change is invisible to
+stat and stays undetected; later writes by that holder still go to the detached inode.
+
 `undo LOG` walks the log backwards and puts every name back as it was (content from the kept
 file, metadata from the intent record), whether the step was done, half done or only intended,
 so a process killed at any point (SIGKILL included) is recoverable. Undo is idempotent.
@@ -173,6 +186,52 @@ def _same_inode(path: bytes, entry: FileEntry) -> os.stat_result:
     return st
 
 
+class ChangedDuringAction(ActionRefused):
+    """The duplicate was written (or replaced) between the byte compare and the replace."""
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _in_the_window(step: Step, seq: int) -> None:
+    """Called right before the last check ahead of the replace; tests patch it to race a write."""
+
+
+def _after_replace(step: Step, seq: int) -> None:
+    """Called right after the replace; tests patch it to write through a held descriptor."""
+
+
+def _still_unchanged(fd: int, path: bytes, stamp: tuple[int, ...]) -> None:
+    """The last check before the replace: the open inode and the name both still as compared."""
+    try:
+        at_name = _stamp(os.lstat(path))
+    except FileNotFoundError:
+        raise ChangedDuringAction("changed during the action (name gone)") from None
+    if _stamp(os.fstat(fd)) != stamp or at_name != stamp:
+        raise ChangedDuringAction("changed during the action")
+
+
+def _restore_from_fd(fd: int, path: bytes, tmp: bytes, meta: dict[str, int], xattrs: dict[str, str]) -> None:
+    """Put the (detached) inode behind fd back under path as its own copy, bytes from the fd."""
+    now = os.fstat(fd)
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        off = 0
+        while chunk := os.pread(fd, 1 << 20, off):
+            os.write(out, chunk)
+            off += len(chunk)
+        _apply_meta(out, {**meta, "atime_ns": now.st_atime_ns, "mtime_ns": now.st_mtime_ns})
+        os.fsync(out)
+    finally:
+        os.close(out)
+    _apply_xattrs(tmp, xattrs)
+    os.replace(tmp, path)
+    _fsync_dir(path)
+
+
 def _meta(st: os.stat_result) -> dict[str, int]:
     return {
         "mode": stat.S_IMODE(st.st_mode),
@@ -235,6 +294,27 @@ def execute(step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None) ->
     _same_inode(step.keep, step.kept)
     if os.path.samestat(st, os.lstat(step.keep)):
         raise ActionRefused("already the same inode")
+    # Held until the step ends: the stamp below is checked again through it before and after
+    # the replace, and it keeps the old inode (and any late write to it) reachable.
+    fd = os.open(step.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        stamp = _stamp(os.fstat(fd))
+        if stamp[:4] != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
+            raise ChangedDuringAction("changed during the action")
+        return _execute_held(step, seq, log, quarantine_dir, st, fd, stamp)
+    finally:
+        os.close(fd)
+
+
+def _execute_held(
+    step: Step,
+    seq: int,
+    log: UndoLog,
+    quarantine_dir: bytes | None,
+    st: os.stat_result,
+    fd: int,
+    stamp: tuple[int, int, int, int, int],
+) -> str:
     if not files_equal(step.keep, step.path):
         raise ActionRefused("content differs from the kept file now")
     tmp = _tmp_name(step.path, seq)
@@ -263,21 +343,38 @@ def execute(step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None) ->
     log.write(record)
     _crash_point("intent", seq)
 
+    def last_check(*cleanup: bytes) -> None:
+        """Right before the replace: abort this file (temp names removed) if it was written."""
+        _in_the_window(step, seq)
+        try:
+            _still_unchanged(fd, step.path, stamp)
+        except ChangedDuringAction:
+            for name in cleanup:
+                if os.path.lexists(name):
+                    os.unlink(name)
+            log.write({"type": "aborted", "seq": seq})
+            raise
+
+    detached = True  # the name no longer holds the duplicate's inode after the replace
     if step.op == "hardlink":
         os.link(step.keep, tmp)
         _crash_point("tmp", seq)
+        last_check(tmp)
         os.replace(tmp, step.path)
     elif step.op == "reflink":
         _reflink(step.keep, tmp)
         _apply_meta(tmp, record["meta"])  # the duplicate keeps its own owner, mode and times
         _apply_xattrs(tmp, record["xattrs"])
         _crash_point("tmp", seq)
+        last_check(tmp)
         os.replace(tmp, step.path)
     elif step.op == "symlink":
         os.symlink(_unb64(record["target"]), tmp)
         _crash_point("tmp", seq)
+        last_check(tmp)
         os.replace(tmp, step.path)
     elif step.op == "delete":
+        last_check()
         os.unlink(step.path)
     elif step.op == "quarantine":
         dest = _unb64(record["dest"])
@@ -285,7 +382,9 @@ def execute(step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None) ->
         if os.path.lexists(dest):
             raise ActionRefused(f"quarantine target exists: {os.fsdecode(dest)}")
         try:
+            last_check()
             os.rename(step.path, dest)
+            detached = False  # same inode, now in quarantine: a late write is kept there
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
@@ -295,9 +394,18 @@ def execute(step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None) ->
             _crash_point("tmp", seq)
             os.replace(dtmp, dest)
             _fsync_dir(dest)
+            last_check(dest)  # the copy may predate a write: only unlink what was copied
             os.unlink(step.path)
         _fsync_dir(dest)
     _fsync_dir(step.path)
+    _after_replace(step, seq)
+    now = os.fstat(fd)
+    if detached and (now.st_size, now.st_mtime_ns) != stamp[2:4]:
+        # Written through a descriptor held across the replace: the old inode has the newer
+        # bytes and no name. Give them their name back; undo has nothing to do for this step.
+        _restore_from_fd(fd, step.path, tmp, record["meta"], record["xattrs"])
+        log.write({"type": "aborted", "seq": seq})
+        raise ChangedDuringAction("changed during the action (written after the replace); its bytes restored")
     _crash_point("acted", seq)
     log.write({"type": "done", "seq": seq})
     verb = {
@@ -363,6 +471,7 @@ def plan_and_run(
 def _read_log(path: str) -> tuple[list[dict[str, Any]], set[int]]:
     intents: list[dict[str, Any]] = []
     done: set[int] = set()
+    aborted: set[int] = set()
     with open(path, "rb") as f:
         for raw in f:
             try:
@@ -373,7 +482,10 @@ def _read_log(path: str) -> tuple[list[dict[str, Any]], set[int]]:
                 intents.append(rec)
             elif rec.get("type") == "done":
                 done.add(rec["seq"])
-    return intents, done
+            elif rec.get("type") == "aborted":
+                aborted.add(rec["seq"])
+    # An aborted step left the name holding its own bytes (never replaced, or restored).
+    return [r for r in intents if r["seq"] not in aborted], done
 
 
 def _restore_copy(
