@@ -44,9 +44,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from services.inference.app import make_kv_cache  # noqa: E402
 from services.inference.engine import Engine  # noqa: E402
 from services.inference.model.hf import load_hf_model  # noqa: E402
-from services.inference.model.kv_cache import KVCache  # noqa: E402
 from services.inference.model.sampling import SamplingParams  # noqa: E402
 from services.inference.model.tokenizer import HFTokenizer  # noqa: E402
 from services.inference.scheduler import SchedulerConfig  # noqa: E402
@@ -82,17 +82,7 @@ def prompts(tok: HFTokenizer, system_tokens: int, user_tokens: int, n: int) -> l
 
 
 def make_engine(model, settings: InferenceSettings, caching: bool, device: str, dtype: torch.dtype) -> Engine:
-    cfg = model.cfg
-    cache = KVCache(
-        n_layers=cfg.n_layers,
-        n_heads=cfg.n_kv_heads,
-        head_dim=cfg.head_dim,
-        num_tokens=settings.kv_cache_tokens,
-        block_size=settings.kv_block_size,
-        device=device,
-        dtype=dtype,
-        prefix_caching=caching,
-    )
+    cache = make_kv_cache(model.cfg, settings.model_copy(update={"prefix_caching": caching}), device, dtype)
     sched = SchedulerConfig(
         max_step_tokens=settings.max_step_tokens,
         max_seqs=settings.max_seqs,

@@ -110,13 +110,9 @@ def _engine_view(engine: Engine) -> EngineView:
     )
 
 
-def build_runtime(s: InferenceSettings) -> Runtime:
-    if s.torch_threads > 0:
-        torch.set_num_threads(s.torch_threads)
-    device, dtype = pick_device(s)
-    model, tokenizer, model_name = load_served_model(s, device, dtype)
-    cfg = model.cfg
-    cache = KVCache(
+def make_kv_cache(cfg: Any, s: InferenceSettings, device: str, dtype: torch.dtype) -> KVCache:
+    """The paged KV cache the settings ask for, shaped for the model config `cfg`."""
+    return KVCache(
         n_layers=cfg.n_layers,
         n_heads=cfg.n_kv_heads,
         head_dim=cfg.head_dim,
@@ -126,6 +122,15 @@ def build_runtime(s: InferenceSettings) -> Runtime:
         dtype=dtype,
         prefix_caching=s.prefix_caching,
     )
+
+
+def build_runtime(s: InferenceSettings) -> Runtime:
+    if s.torch_threads > 0:
+        torch.set_num_threads(s.torch_threads)
+    device, dtype = pick_device(s)
+    model, tokenizer, model_name = load_served_model(s, device, dtype)
+    cfg = model.cfg
+    cache = make_kv_cache(cfg, s, device, dtype)
     tenants = s.tenant_configs()
     engine = Engine(
         model,
