@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_dedup.py [--small] [--runs 3] [--workers 1]
 
-A deterministic tree (services/dedup/treegen.py, seed 1: ~20k files, ~1.5 GiB by default;
+A deterministic tree (services/dedup/files/treegen.py, seed 1: ~20k files, ~1.5 GiB by default;
 --small: 2k files, 96 MiB) is generated once under --tree-dir and reused. The page cache is
 warmed by reading every file, then every contender runs once untimed, then --runs rounds
 run the contenders round-robin (load drift on a shared machine hits them alike). Per run:
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from libs.testkit import dedup_peers as peers  # noqa: E402
-from services.dedup.treegen import generate_tree  # noqa: E402
+from services.dedup.files.treegen import generate_tree  # noqa: E402
 
 
 @dataclass
@@ -164,7 +164,7 @@ def neardup_figures(seed: int = 5) -> list[dict[str, Any]]:
     import itertools
 
     from libs.testkit.neardup_corpus import corpus, true_pairs
-    from services.dedup.neardup import NearConfig, PageIndex
+    from services.dedup.pages.neardup import NearConfig, PageIndex
 
     rows = []
     for rate in (0.01, 0.03, 0.05, 0.10):
@@ -216,7 +216,7 @@ def neardup_grid(
     import itertools
 
     from libs.testkit.neardup_corpus import corpus, true_pairs
-    from services.dedup.neardup import NearConfig, PageIndex
+    from services.dedup.pages.neardup import NearConfig, PageIndex
 
     rows = []
     for share in shares:

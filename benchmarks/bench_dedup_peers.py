@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_dedup_peers.py [--runs 5] [--cold-runs 2] [--small]
 
-Two deterministic trees (services/dedup/treegen.py, seed 1), generated once under --tree-dir
+Two deterministic trees (services/dedup/files/treegen.py, seed 1), generated once under --tree-dir
 and reused: the 20k-file tree (~1.5 GiB, log-uniform sizes, ~30% duplicate copies, the hard
 cases) and 200k tiny files (~100 MiB: mean ~520 bytes). --small: 2k files / 96 MiB and 20k
 tiny files, for a quick check.

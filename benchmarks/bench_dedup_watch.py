@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from services.dedup.cli import parse_size  # noqa: E402
-from services.dedup.treegen import generate_tree  # noqa: E402
+from services.dedup.files.treegen import generate_tree  # noqa: E402
 
 PY = sys.executable
 
@@ -67,7 +67,7 @@ def warm_scan_cli(tree: Path, runs: int) -> list[float]:
 def warm_scan_inprocess(tree: Path, runs: int) -> list[float]:
     import gc
 
-    from services.dedup.scanner import ScanOptions, run_scan
+    from services.dedup.files.scanner import ScanOptions, run_scan
 
     out = []
     for i in range(runs + 1):

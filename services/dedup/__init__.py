@@ -1,6 +1,9 @@
-"""Dedup service: a filesystem duplicate finder with safe actions, and a near-duplicate page worker.
+"""Dedup service: duplicate files (`files/`) and near-duplicate pages (`pages/`).
 
-Flow of a scan: walk.py (metadata pass) -> stages.py (size -> head -> tail -> full -> verify)
--> report.py; actions.py acts on a report; hashcache.py makes re-scans cheap. The worker
-(worker.py) indexes crawled pages by exact text digest (SHA-256) and SimHash/MinHash.
+files/: walk.py (metadata pass) -> stages.py (size -> small files by bytes -> head/tail ->
+full -> verify) -> report.py, all behind scanner.run_scan (the CLI's `scan` and the worker's
+scan jobs); actions.py acts on a report; hashcache.py makes re-scans cheap; watch.py keeps
+groups current from inotify. pages/: neardup.PageIndex over boilerplate/SimHash/MinHash
+features, pagestore.py, service.py (ingest, stream consumer). Shared: cli.py (the
+`python -m services.dedup` entry), worker.py (the FastAPI service of both), metrics.py.
 """

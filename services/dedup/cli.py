@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 from libs.service.cli import ArgumentParser, UsageError
 
 if TYPE_CHECKING:
-    from services.dedup.scanner import ScanOptions
+    from services.dedup.files.scanner import ScanOptions
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
@@ -36,8 +36,14 @@ def parse_size(text: str) -> int:
 
 
 def _workers(text: str) -> int:
-    """`auto` (0: adaptive, see stages.IO_WORKERS) or a positive count."""
-    return 0 if text == "auto" else _positive_int(text)
+    """`auto` or 0 (adaptive, see stages.IO_WORKERS) or a count up to 32: scanner.parse_workers,
+    the very rule the service's scan requests follow."""
+    from services.dedup.files.scanner import parse_workers
+
+    try:
+        return parse_workers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -51,9 +57,9 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from services.dedup.actions import ACTIONS, KEEP_RULES
-    from services.dedup.reader import HASHERS
-    from services.dedup.scanner import ScanOptions
+    from services.dedup.files.actions import ACTIONS, KEEP_RULES
+    from services.dedup.files.reader import HASHERS
+    from services.dedup.files.scanner import ScanOptions
 
     d = ScanOptions()  # the defaults the service's scan jobs use too
 
@@ -219,14 +225,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _default_cache_dir() -> str:
-    from services.dedup.hashcache import default_cache_dir  # sqlite3 only for scans with a cache
+    from services.dedup.files.hashcache import default_cache_dir  # sqlite3 only for scans with a cache
 
     return default_cache_dir()
 
 
 def _scan_command(args: argparse.Namespace) -> int:
-    from services.dedup import report
-    from services.dedup.scanner import run_scan
+    from services.dedup.files import report
+    from services.dedup.files.scanner import run_scan
 
     for path in args.paths:
         if not os.path.lexists(path):
@@ -251,7 +257,7 @@ def _scan_command(args: argparse.Namespace) -> int:
     try:
         action_failures = 0
         if args.action:
-            from services.dedup.actions import plan_and_run
+            from services.dedup.files.actions import plan_and_run
 
             action_failures = plan_and_run(
                 result,
@@ -276,7 +282,7 @@ def _scan_command(args: argparse.Namespace) -> int:
 
 def _scan_options(args: argparse.Namespace) -> ScanOptions:
     """The scan options `scan` and `watch` share, from their common flags (one place)."""
-    from services.dedup.scanner import ScanOptions
+    from services.dedup.files.scanner import ScanOptions
 
     return ScanOptions(
         algorithm=args.algorithm,
@@ -298,7 +304,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from services.dedup.watch import run_watch
+    from services.dedup.files.watch import run_watch
 
     for path in args.paths:
         if not os.path.isdir(path):
@@ -331,7 +337,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    from services.dedup.actions import undo
+    from services.dedup.files.actions import undo
 
     if not os.path.isfile(args.log):
         raise UsageError(f"{args.log}: no such undo log")
@@ -341,7 +347,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
 
 def cmd_chunks(args: argparse.Namespace) -> int:
-    from services.dedup.chunking import chunk_report, write_chunk_report
+    from services.dedup.files.chunking import chunk_report, write_chunk_report
 
     for path in args.paths:
         if not os.path.lexists(path):

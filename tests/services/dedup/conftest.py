@@ -35,7 +35,7 @@ def scan_json(*args: str | bytes) -> dict:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    from services.dedup.treegen import generate_tree
+    from services.dedup.files.treegen import generate_tree
 
     root = tmp_path / "tree"
     generate_tree(root, files=500, total_bytes=12 << 20, seed=7)

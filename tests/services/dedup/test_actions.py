@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from services.dedup.actions import CRASH_ENV, plan_and_run, undo
-from services.dedup.scanner import scan
-from services.dedup.stages import ScanConfig
+from services.dedup.files.actions import CRASH_ENV, plan_and_run, undo
+from services.dedup.files.scanner import scan
+from services.dedup.files.stages import ScanConfig
 from tests.services.dedup.conftest import REPO, run_cli, write
 
 

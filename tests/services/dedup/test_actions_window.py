@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from services.dedup import actions
-from services.dedup.actions import Step, plan_and_run, undo
-from services.dedup.scanner import scan
-from services.dedup.stages import ScanConfig
+from services.dedup.files import actions
+from services.dedup.files.actions import Step, plan_and_run, undo
+from services.dedup.files.scanner import scan
+from services.dedup.files.stages import ScanConfig
 from tests.services.dedup.test_actions import _make_dups, _state
 
 VICTIM = "g0001-1.dat"  # keep=oldest keeps copy 0, so copy 1 of every pair is acted on

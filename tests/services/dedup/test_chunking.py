@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.dedup import chunking
-from services.dedup.chunking import ChunkParams, chunk_file, chunk_report
+from services.dedup.files import chunking
+from services.dedup.files.chunking import ChunkParams, chunk_file, chunk_report
 from tests.services.dedup.conftest import run_cli, write
 
 

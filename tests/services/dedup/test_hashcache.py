@@ -6,10 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from services.dedup.hashcache import HashCache, cache_file_name
-from services.dedup.scanner import scan
-from services.dedup.stages import ScanConfig
-from services.dedup.walk import FileEntry
+from services.dedup.files.hashcache import HashCache, cache_file_name
+from services.dedup.files.scanner import scan
+from services.dedup.files.stages import ScanConfig
+from services.dedup.files.walk import FileEntry
 from tests.services.dedup.conftest import run_cli, write
 
 

@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libs.testkit.neardup_corpus import corpus, true_pairs
-from services.dedup.minhash import candidate_probability
-from services.dedup.neardup import NearConfig, PageIndex
-from services.dedup.simhash import SimHashIndex, hamming
+from services.dedup.pages.minhash import candidate_probability
+from services.dedup.pages.neardup import NearConfig, PageIndex
+from services.dedup.pages.simhash import SimHashIndex, hamming
 
 
 def _event(url: str, text: str) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from services.dedup.scanner import ScanOptions
+from services.dedup.files.scanner import ScanOptions
 from services.dedup.worker import DedupSettings, ScanRequest, build_app
 from tests.services.dedup.conftest import run_cli, write
 
@@ -101,3 +101,26 @@ def test_the_request_defaults_are_the_cli_defaults() -> None:
         "order",
     ):
         assert getattr(args, name) == getattr(d, name), name
+
+
+@pytest.mark.parametrize("value", ["auto", 0, "0", 1, 4, 32])
+def test_workers_auto_and_counts_mean_the_same_in_cli_and_service(value: int | str) -> None:
+    from services.dedup.cli import build_parser
+
+    args = build_parser().parse_args(["scan", "x", "--workers", str(value)])
+    req = ScanRequest(paths=["x"], workers=value)
+    assert req.options(["x"], None).workers == args.workers == (0 if value == "auto" else int(value))
+
+
+def test_scan_job_accepts_auto_and_0_workers_and_names_a_bad_count(tmp_path: Path) -> None:
+    write(tmp_path / "a", b"same bytes")
+    write(tmp_path / "b", b"same bytes")
+    for workers in ("auto", 0):
+        report = _service_report(tmp_path, {"workers": workers})
+        assert _groups(report) == [[b"a", b"b"]], workers
+    settings = DedupSettings(scan_roots=[str(tmp_path)])
+    with TestClient(build_app(settings)) as c:
+        for bad in (33, -1, "lots", True):
+            r = c.post("/v1/scans", json={"paths": [str(tmp_path)], "workers": bad}, headers=AUTH)
+            assert r.status_code == 422, (bad, r.text)
+            assert r.json()["error"]["field"].startswith("body.workers"), r.json()

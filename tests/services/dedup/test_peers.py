@@ -18,7 +18,7 @@ from tests.services.dedup.conftest import scan_json
 
 @pytest.fixture(scope="module", params=[3, 11])
 def peer_tree(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from services.dedup.treegen import generate_tree
+    from services.dedup.files.treegen import generate_tree
 
     root = tmp_path_factory.mktemp(f"peer{request.param}") / "tree"
     generate_tree(root, files=800, total_bytes=24 << 20, seed=request.param)

@@ -16,9 +16,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.dedup import stages
-from services.dedup.scanner import scan
-from services.dedup.stages import ScanConfig
+from services.dedup.files import stages
+from services.dedup.files.scanner import scan
+from services.dedup.files.stages import ScanConfig
 
 _blocks = st.sampled_from([b"", b"a", b"ab", b"abc" * 3, bytes(range(7)), b"\x00" * 9])
 _content = st.lists(_blocks, max_size=5).map(b"".join)

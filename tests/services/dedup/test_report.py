@@ -10,9 +10,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.dedup import report
-from services.dedup.indented_json import dumps_indent2
-from services.dedup.scanner import scan
+from services.dedup.files import report
+from services.dedup.files.indented_json import dumps_indent2
+from services.dedup.files.scanner import scan
 
 _scalars = (
     st.none()

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from services.dedup import report, stages
-from services.dedup.reader import in_page_cache
-from services.dedup.scanner import scan
-from services.dedup.stages import SMALL_MAX, ScanConfig, ScanContext
-from services.dedup.walk import WalkOptions, walk
+from services.dedup.files import report, stages
+from services.dedup.files.reader import in_page_cache
+from services.dedup.files.scanner import scan
+from services.dedup.files.stages import SMALL_MAX, ScanConfig, ScanContext
+from services.dedup.files.walk import WalkOptions, walk
 from tests.services.dedup.conftest import write
 
 
@@ -39,7 +39,7 @@ def test_small_files_are_read_once_and_compared_by_their_bytes(tmp_path: Path) -
 def test_with_a_cache_small_classes_get_their_digest_and_a_rescan_reads_nothing(tmp_path: Path) -> None:
     import blake3
 
-    from services.dedup.hashcache import HashCache
+    from services.dedup.files.hashcache import HashCache
 
     root = tmp_path / "t"
     root.mkdir()

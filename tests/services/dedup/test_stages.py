@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from services.dedup import compare, stages
-from services.dedup.scanner import scan
-from services.dedup.stages import (
+from services.dedup.files import compare, stages
+from services.dedup.files.scanner import scan
+from services.dedup.files.stages import (
     LOCKSTEP_GROUP,
     ScanConfig,
     ScanContext,
@@ -23,7 +23,7 @@ from services.dedup.stages import (
     tail_stage,
     verify_stage,
 )
-from services.dedup.walk import walk
+from services.dedup.files.walk import walk
 from tests.services.dedup.conftest import write
 
 
@@ -97,7 +97,7 @@ def test_verification_catches_what_the_hashes_missed(tmp_path: Path, monkeypatch
     files = walk([tmp_path]).files
     groups = size_groups(files)
     for stage in (head_stage, tail_stage, full_stage):
-        from services.dedup.stages import StageStats
+        from services.dedup.files.stages import StageStats
 
         ctx.stages.append(StageStats(stage.__name__))
         groups = stage(groups, ctx)
@@ -107,7 +107,7 @@ def test_verification_catches_what_the_hashes_missed(tmp_path: Path, monkeypatch
     changed[50_000] ^= 0xFF
     write(tmp_path / "y", bytes(changed))
     os.utime(tmp_path / "y", ns=(st.st_atime_ns, st.st_mtime_ns))
-    from services.dedup.stages import StageStats
+    from services.dedup.files.stages import StageStats
 
     ctx.stages.append(StageStats("verify"))
     groups = verify_stage(groups, ctx)
@@ -242,7 +242,7 @@ def test_a_file_written_while_it_is_being_compared_is_reported(
 ) -> None:
     """Another writer changes the file between two chunks of the lock-step compare: the real
     write is made from inside the read loop, at a known point, so the race is deterministic."""
-    from services.dedup import reader
+    from services.dedup.files import reader
 
     data = random.Random(10).randbytes(3 << 20)  # several chunks
     for name in ("a", "b", "c"):

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from services.dedup.walk import WalkError, WalkOptions, iter_files, walk
+from services.dedup.files.walk import WalkError, WalkOptions, iter_files, walk
 from tests.services.dedup.conftest import write
 
 
@@ -164,7 +164,7 @@ def test_a_directory_swapped_for_a_symlink_after_the_walk_is_not_read(tmp_path: 
     """TOCTOU: the walk admitted root/sub/{a,b}; sub then becomes a symlink to a directory
     outside holding files of the same names, sizes and times. The reader's (device, inode)
     check after open refuses them: errors, never the outside content."""
-    from services.dedup.scanner import scan
+    from services.dedup.files.scanner import scan
 
     root, outside = tmp_path / "root", tmp_path / "outside"
     (root / "sub").mkdir(parents=True)
@@ -178,7 +178,7 @@ def test_a_directory_swapped_for_a_symlink_after_the_walk_is_not_read(tmp_path: 
     os.rename(root / "sub", tmp_path / "moved")
     os.symlink(outside, root / "sub")
 
-    import services.dedup.scanner as scanner_mod
+    import services.dedup.files.scanner as scanner_mod
 
     original = scanner_mod.walk
     scanner_mod.walk = lambda roots, options: walked  # type: ignore[assignment]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from services.dedup.scanner import ScanOptions
-from services.dedup.watch import run_watch
+from services.dedup.files.scanner import ScanOptions
+from services.dedup.files.watch import run_watch
 from tests.services.dedup.conftest import REPO, run_cli, write
 
 DEADLINE = 30.0
@@ -239,8 +239,8 @@ def test_undecodable_name_falls_back_to_a_full_rescan(tmp_path: Path) -> None:
 def test_json_report_text_is_the_scans(tmp_path: Path) -> None:
     import io
 
-    from services.dedup import report
-    from services.dedup.watch import JsonReport, WatchIndex
+    from services.dedup.files import report
+    from services.dedup.files.watch import JsonReport, WatchIndex
 
     root = tmp_path / "root"
     root.mkdir()
@@ -271,9 +271,9 @@ def test_incremental_groups_equal_a_fresh_scan(tmp_path: Path) -> None:
     groups a fresh scan of the tree gives (no notifications: the batches are handed over)."""
     import random
 
-    from services.dedup.scanner import run_scan
-    from services.dedup.treegen import generate_tree
-    from services.dedup.watch import ADDED, DELETED, MODIFIED, WatchIndex
+    from services.dedup.files.scanner import run_scan
+    from services.dedup.files.treegen import generate_tree
+    from services.dedup.files.watch import ADDED, DELETED, MODIFIED, WatchIndex
 
     root = tmp_path / "tree"
     generate_tree(root, files=400, total_bytes=24 << 20, seed=3)

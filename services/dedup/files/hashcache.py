@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.dedup.walk import FileEntry
+from services.dedup.files.walk import FileEntry
 
 Key = tuple[int, int]  # (device, inode)
 _UNSEEN: Any = object()

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import blake3
 
-from services.dedup.walk import FileEntry
+from services.dedup.files.walk import FileEntry
 
 CHUNK_SIZE = 256 << 10  # small enough to stay in L2 between the copy and the hash
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from services.dedup.neardup import PageIndex, Prepared
+from services.dedup.pages.neardup import PageIndex, Prepared
 
 LOG_NAME = "pages.jsonl"
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from services.dedup.stages import (
+from services.dedup.files.stages import (
     Group,
     NoProgress,
     Progress,
@@ -23,10 +23,10 @@ from services.dedup.stages import (
     StageStats,
     find_duplicates,
 )
-from services.dedup.walk import FileEntry, WalkError, WalkOptions, WalkStats, walk
+from services.dedup.files.walk import FileEntry, WalkError, WalkOptions, WalkStats, walk
 
 if TYPE_CHECKING:  # sqlite3 is imported only by a scan that uses a cache
-    from services.dedup.hashcache import HashCache
+    from services.dedup.files.hashcache import HashCache
 
 
 @dataclass(slots=True)
@@ -96,6 +96,25 @@ def scan(
     )
 
 
+MAX_WORKERS = 32  # most parallel readers a scan takes (CLI and service alike)
+
+
+def parse_workers(value: int | str) -> int:
+    """`--workers` / the scan request's `workers`: "auto" or 0 = adaptive (0), else 1..32.
+    ValueError (a message fit for one line) otherwise; the CLI and the service both call it."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "auto":
+            return 0
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"expected 'auto' or a count 0-{MAX_WORKERS}, got {text!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WORKERS:
+        raise ValueError(f"expected 'auto' or a count 0-{MAX_WORKERS}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class ScanOptions:
     """Everything one scan takes, with the defaults the CLI and the service share."""
@@ -145,7 +164,7 @@ def open_cache(
         return None
     import sqlite3
 
-    from services.dedup.hashcache import HashCache
+    from services.dedup.files.hashcache import HashCache
 
     try:
         return HashCache(cache_dir, roots)

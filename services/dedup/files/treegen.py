@@ -1,6 +1,6 @@
 """Deterministic test and benchmark trees: the same seed gives the same tree, byte for byte.
 
-    python -m services.dedup.treegen ROOT --files 20000 --bytes 1.5G --seed 1
+    python -m services.dedup.files.treegen ROOT --files 20000 --bytes 1.5G --seed 1
 
 Besides ordinary unique and duplicated files of log-uniform sizes, a tree holds the cases
 that trip duplicate finders: empty files, files of equal size differing only in the first,
@@ -192,7 +192,9 @@ def _tricky(root: bytes, rng: random.Random, content: _Content, man: TreeManifes
 def main(argv: list[str] | None = None) -> int:
     from services.dedup.cli import UsageError, parse_size
 
-    p = argparse.ArgumentParser(prog="python -m services.dedup.treegen", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m services.dedup.files.treegen", description=__doc__.splitlines()[0]
+    )
     p.add_argument("root")
     p.add_argument("--files", type=int, default=20_000)
     p.add_argument("--bytes", type=parse_size, default=parse_size("1536M"))

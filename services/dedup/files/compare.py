@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-from services.dedup.reader import ByteCounter, Hasher, OpenedFile, buffers
-from services.dedup.walk import FileEntry
+from services.dedup.files.reader import ByteCounter, Hasher, OpenedFile, buffers
+from services.dedup.files.walk import FileEntry
 
 MEMORY_BUDGET = 32 << 20
 MAX_OPEN = 128

@@ -55,9 +55,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from services.dedup.compare import files_equal
-from services.dedup.scanner import ScanResult
-from services.dedup.walk import FileEntry
+from services.dedup.files.compare import files_equal
+from services.dedup.files.scanner import ScanResult
+from services.dedup.files.walk import FileEntry
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
 ACTIONS = ("hardlink", "reflink", "symlink", "delete", "quarantine")

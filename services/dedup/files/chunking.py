@@ -28,8 +28,8 @@ from typing import Any, TextIO
 import blake3
 import numpy as np
 
-from services.dedup.report import human_bytes, path_json
-from services.dedup.walk import WalkError, WalkOptions, walk
+from services.dedup.files.report import human_bytes, path_json
+from services.dedup.files.walk import WalkError, WalkOptions, walk
 
 SEGMENT = 8 << 20
 WINDOW = 32

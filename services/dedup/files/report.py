@@ -15,10 +15,10 @@ import os
 import sys
 from typing import Any, TextIO
 
-from services.dedup.indented_json import encode_at
-from services.dedup.scanner import ScanResult
-from services.dedup.stages import Group
-from services.dedup.walk import FileEntry
+from services.dedup.files.indented_json import encode_at
+from services.dedup.files.scanner import ScanResult
+from services.dedup.files.stages import Group
+from services.dedup.files.walk import FileEntry
 
 
 def human_bytes(n: float) -> str:

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from services.dedup.boilerplate import Boilerplate, BoilerplateConfig, features, host_of, jaccard
-from services.dedup.minhash import MinHasher, MinHashLSH
-from services.dedup.simhash import SimHashIndex, simhash
-from services.dedup.text import shingles, text_sha256, words
+from services.dedup.pages.boilerplate import Boilerplate, BoilerplateConfig, features, host_of, jaccard
+from services.dedup.pages.minhash import MinHasher, MinHashLSH
+from services.dedup.pages.simhash import SimHashIndex, simhash
+from services.dedup.pages.text import shingles, text_sha256, words
 
 METHODS = ("content", "simhash", "minhash", "both")
 

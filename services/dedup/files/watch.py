@@ -34,12 +34,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from services.dedup.scanner import ScanOptions, ScanResult
-from services.dedup.stages import Group, ScanContext, StageStats, find_duplicates
-from services.dedup.walk import FileEntry, WalkError, WalkStats, walk
+from services.dedup.files.scanner import ScanOptions, ScanResult
+from services.dedup.files.stages import Group, ScanContext, StageStats, find_duplicates
+from services.dedup.files.walk import FileEntry, WalkError, WalkStats, walk
 
 if TYPE_CHECKING:
-    from services.dedup.hashcache import HashCache
+    from services.dedup.files.hashcache import HashCache
 
 # watchfiles' Change values
 ADDED, MODIFIED, DELETED = 1, 2, 3
@@ -67,7 +67,7 @@ def open_kept_cache(
 
 
 def _kept_cache_class() -> type:
-    from services.dedup import hashcache
+    from services.dedup.files import hashcache
 
     class KeptCache(hashcache.HashCache):
         """The per-root hash cache of a scan, for a process that stays up: the rows it looked
@@ -340,7 +340,7 @@ class WatchIndex:
         cache = self.cache
         if cache is None:
             return reps + fresh
-        from services.dedup.reader import full_digest
+        from services.dedup.files.reader import full_digest
 
         field = f"full:{self.config.algorithm}"
         changed_entries = [f for f in fresh if any(p in changed for p in (f.path, *f.links))]
@@ -483,8 +483,8 @@ class JsonReport:
     def write(self, result: ScanResult, out: TextIO) -> None:
         import json
 
-        from services.dedup import report
-        from services.dedup.indented_json import encode_at
+        from services.dedup.files import report
+        from services.dedup.files.indented_json import encode_at
 
         texts = {}
         for g in result.groups:
@@ -512,7 +512,7 @@ def write_report(
     json_report: JsonReport | None = None,
 ) -> None:
     """The scan's report format; to `path` replaced atomically (temp file + rename), else `stream`."""
-    from services.dedup import report
+    from services.dedup.files import report
 
     writer = {"json": report.write_json, "csv": report.write_csv, "table": report.write_table}[fmt]
     if fmt == "json" and json_report is not None:

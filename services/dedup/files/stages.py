@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from services.dedup.compare import equal_classes
-from services.dedup.reader import (
+from services.dedup.files.compare import equal_classes
+from services.dedup.files.reader import (
     CRYPTOGRAPHIC,
     HASHERS,
     ByteCounter,
@@ -34,10 +34,10 @@ from services.dedup.reader import (
     partial_digest,
     read_small,
 )
-from services.dedup.walk import FileEntry, WalkError
+from services.dedup.files.walk import FileEntry, WalkError
 
 if TYPE_CHECKING:  # sqlite3 is imported only by a scan that uses a cache
-    from services.dedup.hashcache import HashCache
+    from services.dedup.files.hashcache import HashCache
 
 T = TypeVar("T")
 R = TypeVar("R")
