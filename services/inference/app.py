@@ -20,13 +20,13 @@ from fastapi import FastAPI
 from libs.service.app import create_app
 from libs.service.health import Health
 from libs.service.logging import get_logger
-from services.inference.admission import Admission, EngineView
+from services.inference.admission import Admission
 from services.inference.api import add_routes
 from services.inference.embeddings import EmbeddingBatcher, EmbeddingModel
-from services.inference.engine import Engine
+from services.inference.engine import Engine, EngineAPI
 from services.inference.gateway import Gateway
 from services.inference.jobs import JobStore
-from services.inference.model.hf import PagedLM, load_hf_model
+from services.inference.model.hf import HFConfig, PagedLM, load_hf_model, read_config
 from services.inference.model.kv_cache import KVCache
 from services.inference.model.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 from services.inference.model.transformer import ModelConfig, Transformer
@@ -53,7 +53,7 @@ def pick_device(s: InferenceSettings) -> tuple[str, torch.dtype]:
 @dataclass
 class Runtime:
     settings: InferenceSettings
-    engine: Engine
+    engine: EngineAPI  # Engine (a thread here) or ProcessEngine (--engine-process)
     admission: Admission
     gateway: Gateway
     jobs: JobStore
@@ -69,45 +69,55 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_NAME = "pg-small"
 
 
-def load_served_model(
-    s: InferenceSettings, device: str, dtype: torch.dtype
-) -> tuple[Transformer | PagedLM, Tokenizer, str]:
-    """--model: a Hugging Face checkpoint and its tokenizer. Without --model and --weights, at
-    the default shape flags and with --pretrained: the shipped trained checkpoint (pg-small).
-    Otherwise the built-in byte model, from --weights or the seeded init."""
-    cfg = ModelConfig(
-        d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads, d_ff=s.d_ff, max_seq_len=s.max_seq_len
-    )
+def model_source(s: InferenceSettings) -> tuple[Path | None, str]:
+    """The checkpoint directory to serve (None: the built-in byte model) and the served name.
+
+    --model: that checkpoint. Without --model and --weights, at the default shape flags and with
+    --pretrained: the shipped trained checkpoint (pg-small). Otherwise the byte model."""
     path, name = s.model, s.model_name
-    default_shape = cfg == ModelConfig() and (SHIPPED_DIR / "config.json").is_file()
+    default_shape = _byte_config(s) == ModelConfig() and (SHIPPED_DIR / "config.json").is_file()
     if path is None and s.weights is None and s.pretrained and default_shape:
         path = SHIPPED_DIR
         name = SHIPPED_NAME if name == DEFAULT_MODEL_NAME else name
+    if path is not None and name == DEFAULT_MODEL_NAME:
+        name = path.resolve().name
+    return path, name
+
+
+def _byte_config(s: InferenceSettings) -> ModelConfig:
+    return ModelConfig(
+        d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads, d_ff=s.d_ff, max_seq_len=s.max_seq_len
+    )
+
+
+def load_tokenizer(s: InferenceSettings) -> tuple[Tokenizer, str]:
+    """The served model's tokenizer and name (the server keeps it: tokenising stays here)."""
+    path, name = model_source(s)
+    return (HFTokenizer(path) if path is not None else ByteTokenizer()), name
+
+
+def model_config(s: InferenceSettings) -> ModelConfig | HFConfig:
+    """The served model's config without loading its weights (config.json, or the shape flags)."""
+    path, _ = model_source(s)
+    return read_config(path) if path is not None else _byte_config(s)
+
+
+def load_model(s: InferenceSettings, device: str, dtype: torch.dtype) -> Transformer | PagedLM:
+    """The served model's weights on `device` (the engine's side)."""
+    path, _ = model_source(s)
     if path is not None:
         model = load_hf_model(path, device=device, dtype=dtype)
-        tokenizer = HFTokenizer(path)
-        if name == DEFAULT_MODEL_NAME:
-            name = path.resolve().name
         log.info("checkpoint %s loaded (%s, %s)", path, model.cfg.model_type, dtype)
-        return model, tokenizer, name
-    byte_model = build_model(cfg, seed=s.seed, weights=s.weights, device=device, dtype=dtype)
-    return byte_model, ByteTokenizer(), name
+        return model
+    return build_model(_byte_config(s), seed=s.seed, weights=s.weights, device=device, dtype=dtype)
 
 
-def _engine_view(engine: Engine) -> EngineView:
-    """What admission's wait estimate reads from the engine (recent steps; may be a step old)."""
-    recent = list(engine._recent)
-    step_s = sum(dt for _, dt in recent) / len(recent) if recent else 0.0
-    cfg, fair = engine.scheduler.cfg, engine.fair
-    return EngineView(
-        tokens_per_s=engine.tokens_per_s,
-        step_s=step_s,
-        max_seqs=cfg.max_seqs,
-        running=len(engine.scheduler.running),
-        vtime=dict(fair.vtime),
-        vclock=fair.clock,
-        prefill_chunk=cfg.prefill_chunk,
-    )
+def load_served_model(
+    s: InferenceSettings, device: str, dtype: torch.dtype
+) -> tuple[Transformer | PagedLM, Tokenizer, str]:
+    """The model, its tokenizer and the served name (see model_source)."""
+    tokenizer, name = load_tokenizer(s)
+    return load_model(s, device, dtype), tokenizer, name
 
 
 def make_kv_cache(cfg: Any, s: InferenceSettings, device: str, dtype: torch.dtype) -> KVCache:
@@ -124,35 +134,54 @@ def make_kv_cache(cfg: Any, s: InferenceSettings, device: str, dtype: torch.dtyp
     )
 
 
-def build_runtime(s: InferenceSettings) -> Runtime:
-    if s.torch_threads > 0:
-        torch.set_num_threads(s.torch_threads)
-    device, dtype = pick_device(s)
-    model, tokenizer, model_name = load_served_model(s, device, dtype)
-    cfg = model.cfg
-    cache = make_kv_cache(cfg, s, device, dtype)
-    tenants = s.tenant_configs()
-    engine = Engine(
+def build_engine(
+    s: InferenceSettings,
+    model: Transformer | PagedLM,
+    eos_ids: frozenset[int],
+    device: str,
+    dtype: torch.dtype,
+) -> Engine:
+    """The engine the settings ask for, around `model` (in this process or the engine's)."""
+    return Engine(
         model,
-        cache,
+        make_kv_cache(model.cfg, s, device, dtype),
         SchedulerConfig(
             max_step_tokens=s.max_step_tokens,
             max_seqs=s.max_seqs,
             prefill_chunk=s.prefill_chunk,
             fair_queueing=s.fair_queueing,
         ),
-        weights={t.name: t.weight for t in tenants},
-        eos_ids=tokenizer.eos_ids,
+        weights={t.name: t.weight for t in s.tenant_configs()},
+        eos_ids=eos_ids,
         prefix_cache_scope=s.prefix_cache_scope,
     )
+
+
+def build_runtime(s: InferenceSettings) -> Runtime:
+    """Everything but the servers. With --engine-process the engine is a child process started
+    with the app (or by `engine.start()`): nothing here loads model weights then."""
+    if s.torch_threads > 0:
+        torch.set_num_threads(s.torch_threads)
+    device, dtype = pick_device(s)
+    tokenizer, model_name = load_tokenizer(s)
+    engine: EngineAPI
+    if s.engine_process:
+        from services.inference.engine_process import ProcessEngine
+
+        cfg: Any = model_config(s)
+        engine = ProcessEngine(s, cfg, eos_ids=tokenizer.eos_ids)
+    else:
+        model = load_model(s, device, dtype)
+        cfg = model.cfg
+        engine = build_engine(s, model, tokenizer.eos_ids, device, dtype)
     limits = s.limits()
     if cfg.max_seq_len < limits.max_total_tokens:  # a checkpoint's context is shorter
         limits = dataclasses.replace(limits, max_total_tokens=cfg.max_seq_len)
     admission = Admission(
-        tenants,
+        s.tenant_configs(),
         limits,
-        engine_view=lambda: _engine_view(engine),
-        waiting_count=lambda: len(engine.fair),
+        engine_view=engine.view,
+        waiting_count=engine.waiting_count,
         admin_key_sha256=s.admin_key_sha256,
     )
     rt: Runtime
@@ -175,7 +204,7 @@ def build_app(s: InferenceSettings, rt: Runtime | None = None) -> tuple[FastAPI,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt.engine.start()
+        await asyncio.to_thread(rt.engine.start)  # the engine process: until its model is loaded
         health.add_check("engine", lambda: rt.engine.alive)
         embed_task = None
         if s.embeddings:

@@ -1,10 +1,14 @@
 """The engine: one thread that owns the scheduler, the KV cache and the model runner.
 
 Every model step runs here, off the event loop. Other threads talk to it only through
-`submit`, `cancel` and `call`, which enqueue commands the loop applies between steps; results
-come back through each sequence's `on_event` callback (the API layer bridges it to asyncio
-with `loop.call_soon_threadsafe`). A cancel is applied before the next step is planned, so the
-sequence's slot and KV blocks are free for that step.
+`submit`, `cancel`, `score` and `call`, which enqueue commands the loop applies between steps;
+results come back through each sequence's `on_event` callback (the API layer bridges it to
+asyncio with `loop.call_soon_threadsafe`). A cancel is applied before the next step is planned,
+so the sequence's slot and KV blocks are free for that step.
+
+`EngineAPI` is what the gateway, the API and admission use; `Engine` (this thread, in the
+server's process) and `engine_process.ProcessEngine` (the same Engine in a child process, so
+model steps never hold the server's GIL) both provide it.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from libs.service.heartbeat import Heartbeat
 from services.inference import metrics as m
+from services.inference.admission import EngineView
 from services.inference.fairness import FairQueue
 from services.inference.model.hf import PagedLM
 from services.inference.model.kv_cache import KVCache
@@ -89,6 +94,47 @@ class EngineStats:
     steps: int
 
 
+class EngineAPI(Protocol):
+    """The engine as the gateway, the API, the jobs and admission see it (thread or process)."""
+
+    @property
+    def model(self) -> Any: ...  # `.cfg`: vocab_size, max_seq_len, to_dict()
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def tokens_per_s(self) -> float: ...
+
+    def start(self) -> Any: ...
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+    def submit(self, seq: Sequence) -> None: ...
+
+    def cancel(self, seq: Sequence, reason: str = "cancelled") -> None: ...
+
+    def abort_all(self, reason: str = "aborted") -> None: ...
+
+    def score(self, prompt: list[int], candidates: list[list[int]]) -> concurrent.futures.Future: ...
+
+    def stream(self, seq: Sequence) -> AsyncIterator[SeqEvent]: ...
+
+    def stats(self) -> EngineStats: ...
+
+    def backlog_tokens(self, klass: str) -> int: ...
+
+    def view(self) -> EngineView: ...
+
+    def waiting_count(self) -> int: ...
+
+
+class _Beat(Protocol):
+    def beat(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class Engine:
     def __init__(
         self,
@@ -127,6 +173,11 @@ class Engine:
         self._dirty = False  # the live set changed since the backlog and gauges were computed
         self.kv_high_water = 0
         self.step_observer: Callable[[StepPlan], None] | None = None  # tests: per-step evidence
+        # Called on the engine thread at the end of every turn of the loop that did something
+        # (commands applied, a step run), with the step's plan (None: no step): the process
+        # engine publishes the turn's events and a state snapshot from here.
+        self.on_turn: Callable[[StepPlan | None], None] | None = None
+        self.heartbeat: Callable[[], _Beat] = lambda: Heartbeat("inference", "engine")
         m.KV_CAPACITY.set(cache.capacity_tokens)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -174,6 +225,10 @@ class Engine:
         self._command("call", (fn, fut))
         return fut
 
+    def score(self, prompt: list[int], candidates: list[list[int]]) -> concurrent.futures.Future:
+        """Per-token log-probs of each candidate given the prompt (ModelRunner.score), between steps."""
+        return self.call(lambda runner: runner.score(prompt, candidates))
+
     def _command(self, kind: str, arg: Any) -> None:
         with self._wake:
             self._commands.append((kind, arg))
@@ -203,6 +258,30 @@ class Engine:
             backlog_tokens={c: self.backlog_tokens(c) for c in CLASSES},
             steps=self.step_no,
         )
+
+    def view(self) -> EngineView:
+        """What admission's wait estimate reads (recent steps; may be a step old)."""
+        recent = list(self._recent)
+        step_s = sum(dt for _, dt in recent) / len(recent) if recent else 0.0
+        cfg, fair = self.scheduler.cfg, self.fair
+        return EngineView(
+            tokens_per_s=self.tokens_per_s,
+            step_s=step_s,
+            max_seqs=cfg.max_seqs,
+            running=len(self.scheduler.running),
+            vtime=dict(fair.vtime),
+            vclock=fair.clock,
+            prefill_chunk=cfg.prefill_chunk,
+        )
+
+    @property
+    def live_count(self) -> int:
+        """Sequences submitted and not finished (engine thread: exact; others: a step old)."""
+        return len(self._live)
+
+    def waiting_count(self) -> int:
+        """Sequences waiting for a slot in the batch."""
+        return len(self.fair)
 
     # -- consumers -----------------------------------------------------------------------------
     async def stream(self, seq: Sequence) -> AsyncIterator[SeqEvent]:
@@ -295,7 +374,7 @@ class Engine:
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
-        heartbeat = Heartbeat("inference", "engine")
+        heartbeat = self.heartbeat()
         while True:
             heartbeat.beat()
             with self._wake:
@@ -311,14 +390,20 @@ class Engine:
                 self._refresh()
             plan = self.scheduler.schedule()
             if not plan.chunks:
+                if self.on_turn is not None:
+                    self.on_turn(None)
                 with self._wake:  # nothing runnable (e.g. all waiting on KV): wait for news
                     if not self._commands and not self._stopping:
                         self._wake.wait(0.01)
                 continue
             self._step(plan)
+            if self.on_turn is not None:
+                self.on_turn(plan)
         for seq in list(self._live.values()):
             self._end(seq, "shutdown")
         self._refresh()
+        if self.on_turn is not None:
+            self.on_turn(None)
         heartbeat.stop()
 
     def _step(self, plan: StepPlan) -> None:

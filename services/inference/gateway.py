@@ -28,7 +28,7 @@ from services.inference.chat import DEFAULT_STOP as DEFAULT_CHAT_STOP
 from services.inference.chat import ChatTemplateError, render_chat
 from services.inference.embeddings import DIMENSION as EMBEDDING_DIMENSION
 from services.inference.embeddings import EmbeddingBatcher
-from services.inference.engine import Engine
+from services.inference.engine import EngineAPI
 from services.inference.errors import InferenceError, InvalidRequest, Overloaded
 from services.inference.model.sampling import SamplingParams
 from services.inference.model.tokenizer import ByteTokenizer, Tokenizer
@@ -204,7 +204,7 @@ class _ChoiceText:
 class Gateway:
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineAPI,
         admission: Admission,
         *,
         model_name: str,
@@ -684,7 +684,7 @@ class Gateway:
         """Each prompt token's log-prob given the tokens before it (None for the first)."""
         if len(ids) < 2:
             return [None] * len(ids)
-        fut = self.engine.call(lambda runner: runner.score(ids[:1], [ids[1:]]))
+        fut = self.engine.score(ids[:1], [ids[1:]])
         (rest,) = await asyncio.wrap_future(fut)
         return [None, *rest]
 
@@ -716,7 +716,7 @@ class Gateway:
             tenant, klass="interactive", prompt_tokens=len(p_ids), max_tokens=longest, queued=False
         )
         try:
-            fut = self.engine.call(lambda runner: runner.score(p_ids, c_ids))
+            fut = self.engine.score(p_ids, c_ids)
             per_token = await asyncio.wrap_future(fut)
         finally:
             ticket.release()

@@ -37,7 +37,17 @@ class InferenceSettings(ServiceSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights/KV dtype; auto = bfloat16 on cuda, float32 on cpu"
     )
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0 = torch default)")
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="torch intra-op threads (0 = torch's default; with --engine-process, the engine "
+        "process takes all cores but one, which stays with the HTTP/gRPC server)",
+    )
+    engine_process: bool = Field(
+        True,
+        description="run the engine (scheduler, KV cache, model steps) in its own process, so model "
+        "steps never hold the HTTP/gRPC server's GIL; off: a thread of the server's process",
+    )
     # Model
     d_model: int = Field(128, ge=1, description="model width")
     n_layers: int = Field(4, ge=1, description="transformer layers")

@@ -48,6 +48,9 @@ class LiveServer:
             embeddings=False,
             torch_threads=1,
             seed=1,
+            # The engine as a thread of this process: the tests look at (and hold) its state;
+            # test_engine_process.py serves with the engine in its own process.
+            engine_process=False,
         )
         base.update(overrides)
         self.settings = InferenceSettings(**base)

@@ -511,6 +511,7 @@ def test_settings_turn_it_on_and_off(flag: bool, scope: str) -> None:
         grpc_port=-1,
         prefix_caching=flag,
         prefix_cache_scope=scope,
+        engine_process=False,  # looks at the engine's KV cache
     )
     rt = build_runtime(s)
     assert rt.engine.cache.prefix_caching is flag
