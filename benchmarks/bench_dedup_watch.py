@@ -43,7 +43,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from services.dedup.cli import parse_size  # noqa: E402
+from services.dedup.files.sizes import parse_size  # noqa: E402
 from services.dedup.files.treegen import generate_tree  # noqa: E402
 
 PY = sys.executable

@@ -12,27 +12,17 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from libs.service.cli import ArgumentParser, UsageError
+from services.dedup.files.sizes import parse_size
 
 if TYPE_CHECKING:
     from services.dedup.files.scanner import ScanOptions
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    m = _SIZE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"expected a size like 4096, 10K, 1M or 2G, got {text!r}")
-    n = int(m.group(1))
-    return n * 1024 ** " kmgt".index((m.group(2) or " ").lower())
 
 
 def _workers(text: str) -> int:

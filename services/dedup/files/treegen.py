@@ -190,7 +190,8 @@ def _tricky(root: bytes, rng: random.Random, content: _Content, man: TreeManifes
 
 
 def main(argv: list[str] | None = None) -> int:
-    from services.dedup.cli import UsageError, parse_size
+    from libs.service.cli import UsageError
+    from services.dedup.files.sizes import parse_size
 
     p = argparse.ArgumentParser(
         prog="python -m services.dedup.files.treegen", description=__doc__.splitlines()[0]
