@@ -128,6 +128,17 @@ def mean_shape(seed: int) -> tuple[int, int]:
     )
 
 
+def load_model(path: Path | None = None):
+    """The served model: a checkpoint directory (default: the shipped pg-small) and its tokenizer,
+    as `python -m services.inference` loads it at the default flags."""
+    from services.inference.app import SHIPPED_DIR
+    from services.inference.model.hf import load_hf_model
+    from services.inference.model.tokenizer import HFTokenizer
+
+    path = path or SHIPPED_DIR
+    return load_hf_model(path), HFTokenizer(path)
+
+
 # -- (a) the raw model, no server --------------------------------------------------------------
 def raw_limit(batch: int, prompt_len: int, out_len: int, threads: int) -> float:
     import torch

@@ -7,54 +7,24 @@ It runs on the engine thread, never on the event loop.
 
 from __future__ import annotations
 
+from itertools import chain
+
 import torch
 
 from services.inference.model.hf import PagedLM
 from services.inference.model.kv_cache import KVCache
+from services.inference.model.paged import AttnGroup, StepBatch, plan_groups
 from services.inference.model.sampling import sample
-from services.inference.model.transformer import StepBatch, Transformer
+from services.inference.model.transformer import Transformer
 from services.inference.sequence import Sequence
 
-# Token id written into padding positions: never attended to, never written to the cache; 0
-# exists in every vocabulary (the byte model's PAD, 258, does not).
+# Token id written into padding positions (scoring's padded batch): never attended to; 0 exists
+# in every vocabulary (the byte model's PAD, 258, does not).
 PAD_ID = 0
 
-# Padded work one extra forward call is worth, in (row x context) units: below this, one call.
-SPLIT_MIN_SAVING = 4096
-
-
-def split_by_padding(rows: list[int], chunks: list[tuple[Sequence, int]]) -> list[list[int]]:
-    """Split rows (same phase) in two by context length when that saves enough padding.
-
-    A group's attention is padded to its longest context (and its longest chunk), so one group
-    mixing a 20-token and a 300-token context does 15x the work for the short row. Sorting
-    by context and cutting once at the cheapest point recovers most of it for one extra call.
-    """
-    if len(rows) < 4:
-        return [rows] if rows else []
-
-    def cost(seq: Sequence, n: int) -> int:
-        return seq.num_computed + n
-
-    order = sorted(rows, key=lambda i: cost(*chunks[i]))
-    keys = [cost(*chunks[i]) for i in order]
-    widths = [chunks[i][1] for i in order]
-    # Area of a group = rows x longest context x longest chunk (chunks are 1 for decodes).
-    prefix_w = list(widths)
-    for j in range(1, len(order)):
-        prefix_w[j] = max(prefix_w[j - 1], widths[j])
-    suffix_w = list(widths)
-    for j in range(len(order) - 2, -1, -1):
-        suffix_w[j] = max(suffix_w[j + 1], widths[j])
-    whole = len(order) * keys[-1] * suffix_w[0]
-    best, cut = whole, 0
-    for j in range(1, len(order)):
-        area = j * keys[j - 1] * prefix_w[j - 1] + (len(order) - j) * keys[-1] * suffix_w[j]
-        if area < best:
-            best, cut = area, j
-    if cut == 0 or whole - best < SPLIT_MIN_SAVING:
-        return [rows]
-    return [order[:cut], order[cut:]]
+# Fixed cost of one more attention group, in query x key x head-dim units (a few small tensor
+# calls a layer), set against the padding it saves: see model/paged.py:plan_groups.
+GROUP_OVERHEAD = 150_000
 
 
 class ModelRunner:
@@ -62,52 +32,118 @@ class ModelRunner:
         self.model = model
         self.cache = cache
         self.device = next(model.parameters()).device
+        cfg = model.cfg
+        self.n_kv_heads = cfg.n_kv_heads
+        self.q_per_kv = cfg.n_heads // cfg.n_kv_heads
+        self.group_overhead = GROUP_OVERHEAD / (cfg.n_heads * cfg.head_dim)
 
-    def build(self, chunks: list[tuple[Sequence, int]]) -> StepBatch:
-        """The step's tensors, each made by one torch call from flat Python lists: no tensor
-        operation per row (a 64-row decode step used to cost 256 small tensor ops)."""
+    def build(self, chunks: list[tuple[Sequence, int]], logits_for: list[int] | None = None) -> StepBatch:
+        """The step's tensors from flat Python lists, each by a few whole-batch torch calls (no
+        tensor operation per row): tokens packed row after row, their positions and KV slots,
+        and the attention groups. `logits_for`: rows whose last token's logits are wanted
+        (default: every row)."""
         b = len(chunks)
         starts = [seq.num_computed for seq, _ in chunks]
         lens = [n for _, n in chunks]
-        flat_tokens = [t for seq, n in chunks for t in seq.token_slice(seq.num_computed, n)]
+        ctx = [s + n for s, n in zip(starts, lens, strict=True)]
+        flat_tokens = list(
+            chain.from_iterable(seq.token_slice(s, n) for (seq, n), s in zip(chunks, starts, strict=True))
+        )
         table_lens = [len(seq.block_table) for seq, _ in chunks]
-        flat_tables = [blk for seq, _ in chunks for blk in seq.block_table]
-        t, max_blocks = max(lens), max(table_lens)
-        new_lens = torch.tensor(lens, dtype=torch.long)
-        start_t = torch.tensor(starts, dtype=torch.long)
-        real = torch.arange(t)[None, :] < new_lens[:, None]  # [B, T], row-major like flat_tokens
-        tokens = torch.full((b, t), PAD_ID, dtype=torch.long)
-        tokens[real] = torch.tensor(flat_tokens, dtype=torch.long)
-        positions = torch.where(real, start_t[:, None] + torch.arange(t)[None, :], 0)
-        tables = torch.zeros((b, max_blocks), dtype=torch.long)
-        tables[torch.arange(max_blocks)[None, :] < torch.tensor(table_lens)[:, None]] = torch.tensor(
+        flat_tables = list(chain.from_iterable(seq.block_table for seq, _ in chunks))
+        total, bs = len(flat_tokens), self.cache.block_size
+        lens_t = torch.tensor(lens, dtype=torch.long)
+        starts_t = torch.tensor(starts, dtype=torch.long)
+        ctx_t = starts_t + lens_t
+        ends = torch.cumsum(lens_t, 0)
+        offsets = ends - lens_t  # packed index of each row's first new token
+        row_of = torch.repeat_interleave(torch.arange(b), lens_t, output_size=total)
+        positions = torch.arange(total) + (starts_t - offsets).index_select(0, row_of)
+        table_lens_t = torch.tensor(table_lens, dtype=torch.long)
+        tables = torch.zeros((b, max(table_lens)), dtype=torch.long)
+        tables[torch.arange(tables.shape[1])[None, :] < table_lens_t[:, None]] = torch.tensor(
             flat_tables, dtype=torch.long
         )
-        ctx_lens = start_t + new_lens
+        write_slots = tables[row_of, positions // bs] * bs + positions % bs
+        logit_index = ends - 1
+        if logits_for is not None:
+            logit_index = logit_index[torch.tensor(logits_for, dtype=torch.long)]
+        groups = []
+        decode = [i for i, n in enumerate(lens) if n == 1]
+        prefill = [i for i, n in enumerate(lens) if n > 1]
+        for part in (decode, prefill):
+            plan = plan_groups([ctx[i] for i in part], [lens[i] for i in part], self.group_overhead)
+            for members in plan:
+                rows = [part[i] for i in members]
+                width, longest = max(lens[i] for i in rows), max(ctx[i] for i in rows)
+                groups.append(self._group(rows, width, longest, lens_t, starts_t, ctx_t, offsets, tables))
         dev = self.device
+        for g in groups:
+            g.q_index, g.out_dst, g.read_slots, g.bias = (
+                g.q_index.to(dev),
+                g.out_dst.to(dev),
+                g.read_slots.to(dev),
+                g.bias.to(dev),
+            )
+            g.out_src = None if g.out_src is None else g.out_src.to(dev)
         return StepBatch(
-            tokens.to(dev), positions.to(dev), new_lens.to(dev), ctx_lens.to(dev), tables.to(dev)
+            torch.tensor(flat_tokens, dtype=torch.long).to(dev),
+            positions.to(dev),
+            write_slots.to(dev),
+            logit_index.to(dev),
+            groups,
         )
+
+    def _group(
+        self,
+        rows: list[int],
+        width: int,
+        longest: int,
+        lens_t: torch.Tensor,
+        starts_t: torch.Tensor,
+        ctx_t: torch.Tensor,
+        offsets: torch.Tensor,
+        tables: torch.Tensor,
+    ) -> AttnGroup:
+        """One attention group's indices and mask, whole-group torch calls."""
+        r = torch.tensor(rows, dtype=torch.long)
+        n_r, off, cx = lens_t[r], offsets[r], ctx_t[r]
+        bs = self.cache.block_size
+        t = torch.arange(width)
+        if width == 1:
+            q_index, out_src, out_dst = off, None, off
+        else:
+            # Pad queries repeat the row's last real token (any real token would do: dropped).
+            q_index = (off[:, None] + torch.minimum(t[None, :], n_r[:, None] - 1)).reshape(-1)
+            real = (t[None, :] < n_r[:, None]).reshape(-1)
+            out_src = real.nonzero().squeeze(1)
+            out_dst = q_index[out_src]
+        # Key position j of a row reads its own slot; past the row's context, its last slot
+        # (a real one, masked out).
+        j = torch.arange(longest)
+        jj = torch.minimum(j[None, :], cx[:, None] - 1)
+        read = tables[r].gather(1, jj // bs) * bs + jj % bs
+        q_pos = starts_t[r][:, None] + t[None, :]  # [rows, width]
+        allowed = (j[None, None, :] <= q_pos[:, :, None]) & (j[None, None, :] < cx[:, None, None])
+        bias = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
+        # [rows, width, ctx] -> [Hkv * rows, width * q_per_kv, ctx], the layout paged_attention
+        # gives the scores (each KV head's rows, then each query head of the KV head per token).
+        bias = bias.repeat_interleave(self.q_per_kv, dim=1).repeat(self.n_kv_heads, 1, 1)
+        return AttnGroup(len(rows), width, longest, q_index, out_src, out_dst, read.reshape(-1), bias)
 
     @torch.inference_mode()
     def execute(self, chunks: list[tuple[Sequence, int]]) -> list[int | None]:
         """Run one step; per chunk, the sampled next token, or None if still prefilling.
 
-        Decode rows (1 token) and prefill rows (a chunk) go through the model as two groups:
-        one padded batch would pad every decode row to the longest prefill chunk, computing
-        e.g. 64 x 256 positions for 64 + 256 real tokens.
+        Every row's new tokens go through the model in one packed forward call (no padding in
+        the linear layers); attention reads each row's real context in length-bucketed groups.
+        Logits are computed only for the rows that sample.
         """
-        logits = torch.empty(
-            (len(chunks), self.model.cfg.vocab_size), dtype=torch.float32, device=self.device
-        )
-        decode = [i for i, (_, n) in enumerate(chunks) if n == 1]
-        prefill = [i for i, (_, n) in enumerate(chunks) if n > 1]
-        for group in (*split_by_padding(decode, chunks), *split_by_padding(prefill, chunks)):
-            logits[group] = self.model.forward_step(self.build([chunks[i] for i in group]), self.cache)
         rows = [i for i, (seq, n) in enumerate(chunks) if seq.num_computed + n == seq.num_tokens]
+        logits = self.model.forward_step(self.build(chunks, rows), self.cache)
         out: list[int | None] = [None] * len(chunks)
         if rows:
-            picked = sample(logits[rows], [chunks[i][0].sampling for i in rows])
+            picked = sample(logits, [chunks[i][0].sampling for i in rows])
             for i, tok in zip(rows, picked, strict=True):
                 out[i] = tok
         return out
@@ -117,10 +153,9 @@ class ModelRunner:
         """Per-token log-probs of each candidate continuation given the prompt (float32)."""
         seqs = [prompt + c for c in candidates]
         t = max(len(s) for s in seqs)
-        tokens = torch.full((len(seqs), t), PAD_ID, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            tokens[i, : len(s)] = torch.tensor(s)
         lengths = torch.tensor([len(s) for s in seqs])
+        tokens = torch.full((len(seqs), t), PAD_ID, dtype=torch.long)
+        tokens[torch.arange(t)[None, :] < lengths[:, None]] = torch.tensor(list(chain.from_iterable(seqs)))
         logits = self.model(tokens.to(self.device), lengths.to(self.device))
         logp = torch.log_softmax(logits, dim=-1).cpu()  # log space throughout, float32
         out = []

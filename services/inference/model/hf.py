@@ -13,8 +13,9 @@ so the safetensors load straight in (mmap'd by safetensors, cast once to the ser
 
 Both expose what the runner and engine use of the built-in model: `cfg` (vocab_size, n_layers,
 n_kv_heads, head_dim, max_seq_len, to_dict), `forward(tokens, lengths)` (whole sequences, no
-cache: scoring and tests) and `forward_step(step, cache)` (one continuous-batching step whose new
-tokens' K/V go into the paged cache and whose attention reads the context back from it). The
+cache: scoring and tests) and `forward_step(step, cache)` (one continuous-batching step: the new
+tokens of every sequence packed into one run, their K/V written into the paged cache, attention
+reading each sequence's context back from it in length-bucketed groups, model/paged.py). The
 cache holds the KV heads only (n_kv_heads, not n_heads); queries of a group share them.
 """
 
@@ -32,7 +33,7 @@ from torch import nn
 
 from services.inference.model.attention import attention
 from services.inference.model.kv_cache import KVCache
-from services.inference.model.transformer import StepBatch
+from services.inference.model.paged import StepBatch, paged_attention
 
 LLAMA_TYPES = {"llama", "qwen2", "mistral"}
 GPT2_TYPES = {"gpt2"}
@@ -134,52 +135,6 @@ class HFConfig:
         )
 
 
-# -- shared step addressing ---------------------------------------------------------------------
-@dataclass
-class _Paged:
-    write_rows: torch.Tensor  # flat (row, t) index of each real new token
-    write_slots: torch.Tensor  # its slot in the pool
-    read_slots: torch.Tensor  # [B, Lctx] context slots per row
-    mask: torch.Tensor  # [B, 1, T, Lctx]
-
-
-def _paged(step: StepBatch, cache: KVCache) -> _Paged:
-    b, t = step.tokens.shape
-    dev = step.tokens.device
-    real = torch.arange(t, device=dev)[None, :] < step.new_lens[:, None]
-    write_rows = real.reshape(-1).nonzero().squeeze(1)
-    write_slots = cache.slots(step.tables, step.positions)[real]
-    max_ctx = int(step.ctx_lens.max())
-    k_pos = torch.arange(max_ctx, device=dev)[None, :].expand(b, max_ctx)
-    k_valid = k_pos < step.ctx_lens[:, None]
-    read_slots = cache.slots(step.tables, torch.where(k_valid, k_pos, torch.zeros_like(k_pos)))
-    mask = (k_pos[:, None, :] <= step.positions[:, :, None]) & k_valid[:, None, :]
-    return _Paged(write_rows, write_slots, read_slots, mask[:, None])
-
-
-def _cached_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, cache: KVCache, p: _Paged
-) -> torch.Tensor:
-    """q [B, T, H, D], k/v [B, T, Hkv, D] (new tokens) -> attention output [B, T, H, D]."""
-    b, _, h, d = q.shape
-    hkv = k.shape[2]
-    k_pool, v_pool = cache.k[layer], cache.v[layer]  # [Hkv, slots, D]
-    new_k = k.reshape(-1, hkv, d).index_select(0, p.write_rows).transpose(0, 1)
-    new_v = v.reshape(-1, hkv, d).index_select(0, p.write_rows).transpose(0, 1)
-    k_pool.index_copy_(1, p.write_slots, new_k.to(k_pool.dtype))
-    v_pool.index_copy_(1, p.write_slots, new_v.to(v_pool.dtype))
-    lctx = p.read_slots.shape[1]
-    flat = p.read_slots.reshape(-1)
-    keys = k_pool.index_select(1, flat).view(hkv, b, lctx, d)
-    values = v_pool.index_select(1, flat).view(hkv, b, lctx, d)
-    if hkv != h:  # grouped-query attention: query head i reads KV head i // (H / Hkv)
-        keys = keys.repeat_interleave(h // hkv, dim=0)
-        values = values.repeat_interleave(h // hkv, dim=0)
-    qh = q.permute(2, 0, 1, 3)  # [H, B, T, D]
-    out = attention(qh, keys.to(q.dtype), values.to(q.dtype), p.mask.transpose(0, 1))
-    return out.permute(1, 2, 0, 3)
-
-
 def _full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """No cache: q [B, T, H, D], k/v [B, T, Hkv, D], mask [B|1, 1, T, T] -> [B, T, H, D]."""
     h, hkv = q.shape[2], k.shape[2]
@@ -219,15 +174,15 @@ class PagedLM(nn.Module):
         return self._head(x)
 
     def forward_step(self, step: StepBatch, cache: KVCache) -> torch.Tensor:
-        """One continuous-batching step -> logits at each row's last new token, [B, V] float32."""
-        b = step.tokens.shape[0]
-        p = _paged(step, cache)
-        x = self._embed(step.tokens, step.positions)
+        """One continuous-batching step (packed tokens, model/paged.py) -> logits at
+        `step.logit_index`, [R, V] float32."""
+        positions = step.positions[None]  # [1, N]: the packed run is one row to the layers
+        x = self._embed(step.tokens[None], positions)
         for i, layer in enumerate(self._layers()):
-            q, k, v = layer.qkv(x, step.positions)
-            x = layer.finish(x, _cached_attention(q, k, v, i, cache, p))
-        last = (step.new_lens - 1).clamp(min=0)
-        return self._head(x[torch.arange(b, device=x.device), last])
+            q, k, v = layer.qkv(x, positions)
+            attn = paged_attention(q[0], k[0], v[0], cache.k[i], cache.v[i], step)
+            x = layer.finish(x, attn[None])
+        return self._head(x[0].index_select(0, step.logit_index))
 
 
 # -- Llama family ---------------------------------------------------------------------------------

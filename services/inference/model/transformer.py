@@ -2,9 +2,9 @@
 
 Two entry points share the same layers:
 - `forward(tokens, lengths)`: the whole sequence at once, no cache (scoring, tests).
-- `forward_step(step, cache)`: a continuous-batching step. Each row holds the NEW tokens of one
-  sequence (a prefill chunk or one decode token); their K/V are written into the paged cache and
-  attention reads the sequence's whole context back from it.
+- `forward_step(step, cache)`: a continuous-batching step. The NEW tokens of every sequence (a
+  prefill chunk or one decode token each) are packed into one run; their K/V are written into
+  the paged cache and attention reads each sequence's context back from it (model/paged.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import nn
 
 from services.inference.model.attention import attention
 from services.inference.model.kv_cache import KVCache
+from services.inference.model.paged import StepBatch, paged_attention
 from services.inference.model.tokenizer import VOCAB_SIZE
 
 
@@ -45,17 +46,6 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-@dataclass
-class StepBatch:
-    """Tensors for one batched step; built by the runner from the scheduler's decisions."""
-
-    tokens: torch.Tensor  # [B, T] new tokens, right-padded
-    positions: torch.Tensor  # [B, T] absolute positions of the new tokens (pad rows: 0)
-    new_lens: torch.Tensor  # [B] valid new tokens per row
-    ctx_lens: torch.Tensor  # [B] context length after this step (cached + new)
-    tables: torch.Tensor  # [B, max_blocks] block tables, padded with 0
 
 
 class Block(nn.Module):
@@ -87,34 +77,11 @@ class Block(nn.Module):
         attn = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
         return self._finish(x, attn.transpose(1, 2))
 
-    def forward_cached(
-        self,
-        x: torch.Tensor,
-        layer: int,
-        cache: KVCache,
-        write_slots: torch.Tensor,
-        write_rows: torch.Tensor,
-        read_slots: torch.Tensor,
-        mask: torch.Tensor,
-    ) -> torch.Tensor:
-        q, k, v = self._qkv(x)  # [B, T, H, D]
-        k_pool, v_pool = cache.k[layer], cache.v[layer]  # [H, slots, D] views
-        # Only real (non-pad) new tokens are written; pad rows would clobber other slots.
-        # index_select/index_copy_ rather than advanced indexing: several times faster on CPU.
-        heads = (self.n_heads, self.head_dim)
-        new_k = k.reshape(-1, *heads).index_select(0, write_rows).transpose(0, 1)  # [H, N, D]
-        new_v = v.reshape(-1, *heads).index_select(0, write_rows).transpose(0, 1)
-        k_pool.index_copy_(1, write_slots, new_k.to(k_pool.dtype))
-        v_pool.index_copy_(1, write_slots, new_v.to(v_pool.dtype))
-        # Heads-first pool: the gather lands contiguous as [H, B, Lctx, D], and attention runs
-        # with (H, B) as batch dims; no transpose copy of the whole context per layer.
-        b, lctx = read_slots.shape
-        flat = read_slots.reshape(-1)
-        keys = k_pool.index_select(1, flat).view(self.n_heads, b, lctx, self.head_dim)
-        values = v_pool.index_select(1, flat).view(self.n_heads, b, lctx, self.head_dim)
-        qh = q.permute(2, 0, 1, 3)  # [H, B, T, D]
-        attn = attention(qh, keys.to(q.dtype), values.to(q.dtype), mask.transpose(0, 1))  # [H, B, T, D]
-        return self._finish(x, attn.permute(1, 2, 0, 3))
+    def forward_cached(self, x: torch.Tensor, layer: int, cache: KVCache, step: StepBatch) -> torch.Tensor:
+        """x [1, N, d]: the step's packed new tokens (model/paged.py)."""
+        q, k, v = self._qkv(x)  # [1, N, H, D]
+        attn = paged_attention(q[0], k[0], v[0], cache.k[layer], cache.v[layer], step)
+        return self._finish(x, attn[None])
 
 
 class Transformer(nn.Module):
@@ -145,24 +112,10 @@ class Transformer(nn.Module):
         return self._logits(x)
 
     def forward_step(self, step: StepBatch, cache: KVCache) -> torch.Tensor:
-        """One continuous-batching step -> logits at each row's last new token, [B, V] float32."""
-        b, t = step.tokens.shape
-        dev = step.tokens.device
-        x = self.tok_emb(step.tokens) + self.pos_emb(step.positions)
-        # Where each real new token goes in the pool, and which flat (row, t) it comes from.
-        real = torch.arange(t, device=dev)[None, :] < step.new_lens[:, None]  # [B, T]
-        write_rows = real.reshape(-1).nonzero().squeeze(1)
-        write_slots = cache.slots(step.tables, step.positions)[real]
-        # Context read back for every row: positions 0..max_ctx-1, pad keys masked out.
-        max_ctx = int(step.ctx_lens.max())
-        k_pos = torch.arange(max_ctx, device=dev)[None, :].expand(b, max_ctx)
-        k_valid = k_pos < step.ctx_lens[:, None]
-        read_slots = cache.slots(step.tables, torch.where(k_valid, k_pos, torch.zeros_like(k_pos)))
-        # Query (row b, new token i) at absolute position p sees keys j <= p that exist.
-        mask = (k_pos[:, None, :] <= step.positions[:, :, None]) & k_valid[:, None, :]
-        mask = mask[:, None]  # [B, 1, T, Lctx]
+        """One continuous-batching step (packed tokens, model/paged.py) -> logits at
+        `step.logit_index`, [R, V] float32."""
+        x = (self.tok_emb(step.tokens) + self.pos_emb(step.positions))[None]  # [1, N, d]
         # ModuleList yields plain Modules to a type checker; these are the Blocks built above.
         for layer, block in enumerate(cast("list[Block]", self.blocks)):
-            x = block.forward_cached(x, layer, cache, write_slots, write_rows, read_slots, mask)
-        last = (step.new_lens - 1).clamp(min=0)
-        return self._logits(x[torch.arange(b, device=dev), last])
+            x = block.forward_cached(x, layer, cache, step)
+        return self._logits(x[0].index_select(0, step.logit_index))

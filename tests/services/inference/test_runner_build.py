@@ -1,35 +1,33 @@
-"""The runner's step tensors, built without a tensor operation per row, equal the row-by-row
-construction they replaced, on random batches (prefill chunks, decodes, chunks that straddle
-the end of the prompt)."""
+"""The runner's step tensors, built by whole-batch torch calls from flat lists, equal a row-by-row
+construction on random batches (prefill chunks, decodes, chunks that straddle the end of the
+prompt, scattered block tables, any grouping of the rows)."""
 
 from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
 
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.inference.runner import PAD_ID, ModelRunner
+from services.inference.model.paged import plan_groups
+from services.inference.runner import ModelRunner
 from services.inference.sequence import Sequence
 
 
-def _reference(chunks: list[tuple[Sequence, int]]) -> list[torch.Tensor]:
-    """The former ModelRunner.build, row by row."""
-    b = len(chunks)
-    t = max(n for _, n in chunks)
-    max_blocks = max(len(seq.block_table) for seq, _ in chunks)
-    tokens = torch.full((b, t), PAD_ID, dtype=torch.long)
-    positions = torch.zeros((b, t), dtype=torch.long)
-    tables = torch.zeros((b, max_blocks), dtype=torch.long)
-    new_lens = torch.empty(b, dtype=torch.long)
-    ctx_lens = torch.empty(b, dtype=torch.long)
-    for row, (seq, n) in enumerate(chunks):
-        start = seq.num_computed
-        tokens[row, :n] = torch.tensor(seq.tokens[start : start + n])
-        positions[row, :n] = torch.arange(start, start + n)
-        tables[row, : len(seq.block_table)] = torch.tensor(seq.block_table)
-        new_lens[row] = n
-        ctx_lens[row] = start + n
-    return [tokens, positions, new_lens, ctx_lens, tables]
+def _runner(block: int, q_per_kv: int, overhead: float) -> ModelRunner:
+    runner = ModelRunner.__new__(ModelRunner)
+    runner.device = torch.device("cpu")
+    runner.cache = SimpleNamespace(block_size=block)  # type: ignore[assignment]
+    runner.q_per_kv = q_per_kv
+    runner.n_kv_heads = 2
+    runner.group_overhead = overhead
+    return runner
+
+
+def _slot(seq: Sequence, pos: int, block: int) -> int:
+    return seq.block_table[pos // block] * block + pos % block
 
 
 @settings(max_examples=200, deadline=None)
@@ -40,8 +38,11 @@ def _reference(chunks: list[tuple[Sequence, int]]) -> list[torch.Tensor]:
         max_size=12,
     ),
     block=st.sampled_from([1, 4, 16]),
+    q_per_kv=st.sampled_from([1, 2]),
+    overhead=st.sampled_from([0.0, 50.0, 1e12]),
+    data=st.data(),
 )
-def test_vectorised_build_equals_row_by_row(rows, block) -> None:
+def test_packed_build_equals_row_by_row(rows, block, q_per_kv, overhead, data) -> None:
     chunks = []
     next_block = 7
     for i, (prompt_len, out_len, computed, n) in enumerate(rows):
@@ -53,17 +54,68 @@ def test_vectorised_build_equals_row_by_row(rows, block) -> None:
         seq.block_table = list(range(next_block, next_block + blocks))[::-1]
         next_block += blocks
         chunks.append((seq, n))
-    runner = ModelRunner.__new__(ModelRunner)
-    runner.device = torch.device("cpu")
-    got = runner.build(chunks)
-    want = _reference(chunks)
-    for name, g, w in zip(
-        ("tokens", "positions", "new_lens", "ctx_lens", "tables"),
-        [got.tokens, got.positions, got.new_lens, got.ctx_lens, got.tables],
-        want,
-        strict=True,
-    ):
-        assert g.dtype == w.dtype and torch.equal(g, w), name
+    wanted = sorted(data.draw(st.sets(st.integers(0, len(chunks) - 1))))
+    step = _runner(block, q_per_kv, overhead).build(chunks, wanted)
+
+    # Row by row: packed tokens, positions, slots; logits at each wanted row's last token.
+    tokens, positions, slots, where = [], [], [], {}
+    for row, (seq, n) in enumerate(chunks):
+        for t in range(n):
+            where[(row, t)] = len(tokens)
+            p = seq.num_computed + t
+            tokens.append(seq.tokens[p])
+            positions.append(p)
+            slots.append(_slot(seq, p, block))
+    assert step.tokens.tolist() == tokens
+    assert step.positions.tolist() == positions
+    assert step.write_slots.tolist() == slots
+    assert step.logit_index.tolist() == [where[(r, chunks[r][1] - 1)] for r in wanted]
+
+    # Every real query appears in exactly one group, attends exactly its row's keys 0..p, and
+    # reads them from the row's own slots.
+    seen = []
+    for g in step.groups:
+        q_index = g.q_index.view(g.rows, g.width).tolist()
+        read = g.read_slots.view(g.rows, g.ctx).tolist()
+        bias = g.bias.view(2, g.rows, g.width, q_per_kv, g.ctx)
+        assert torch.equal(bias[0], bias[1])  # the same for each KV head
+        mask = bias[0] == 0
+        assert torch.all((bias[0] == 0) | (bias[0] == float("-inf")))
+        real = list(range(g.rows * g.width)) if g.out_src is None else g.out_src.tolist()
+        assert g.out_dst.tolist() == [q_index[i // g.width][i % g.width] for i in real]
+        for i in real:
+            b, t = divmod(i, g.width)
+            token = q_index[b][t]
+            row, t_row = next(k for k, v in where.items() if v == token)
+            seq, _ = chunks[row]
+            p = seq.num_computed + t_row
+            seen.append(token)
+            for j in range(g.ctx):
+                want = j <= p
+                assert all(bool(mask[b, t, h, j]) == want for h in range(q_per_kv)), (row, t_row, j)
+                if want:
+                    assert read[b][j] == _slot(seq, j, block)
+    assert sorted(seen) == list(range(len(tokens)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ctx=st.lists(st.integers(1, 500), min_size=0, max_size=70),
+    overhead=st.floats(0, 1e6),
+    data=st.data(),
+)
+def test_plan_groups_partitions_rows_in_context_order(ctx, overhead, data) -> None:
+    width = data.draw(st.lists(st.integers(1, 8), min_size=len(ctx), max_size=len(ctx)))
+    groups = plan_groups(ctx, width, overhead)
+    assert sorted(i for g in groups for i in g) == list(range(len(ctx)))
+    assert all(groups)
+    assert len(groups) <= 16
+    # Contiguous in context order: no group's shortest context is below the previous longest.
+    for a, b in itertools.pairwise(groups):
+        assert max(ctx[i] for i in a) <= min(ctx[i] for i in b)
+    one = overhead + len(ctx) * max(ctx, default=0) * max(width, default=0)
+    cost = sum(overhead + len(g) * max(ctx[i] for i in g) * max(width[i] for i in g) for g in groups)
+    assert cost <= one + 1e-6  # never worse than a single padded group
 
 
 def test_token_slice_equals_tokens_slice() -> None:
