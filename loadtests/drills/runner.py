@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import string
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,18 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _cell(value: Any) -> str:
+    """A value in a markdown table cell (an alert pair `A|B` must not split the row)."""
+    return _fmt(value).replace("|", "\\|")
+
+
+def series_of(experiment: dict[str, Any], configuration: dict[str, Any]) -> dict[str, str]:
+    """The timeline's PromQL series, `${key}` replaced from the configuration (as Chaos Toolkit
+    does in activity arguments), e.g. frozen-service's `${frozen_service}`."""
+    series: dict[str, str] = dict(extension(experiment).get("series", {}))
+    return {label: string.Template(q).safe_substitute(configuration) for label, q in series.items()}
+
+
 def write(outcome: Outcome, experiment: dict[str, Any], configuration: dict[str, Any], out: Path) -> Path:
     folder = out / outcome.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -238,7 +251,7 @@ def write(outcome: Outcome, experiment: dict[str, Any], configuration: dict[str,
         "- every activity succeeded; steady state held before and after"
     ]
     lines += ["", "## Figures", "", "| figure | value |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in outcome.figures.items()]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in outcome.figures.items()]
     lines += ["", "## Timeline", ""]
     t0 = outcome.started
     lines += [
@@ -268,7 +281,7 @@ def timeline(outcome: Outcome, experiment: dict[str, Any], configuration: dict[s
     import matplotlib.pyplot as plt
 
     ext = extension(experiment)
-    series: dict[str, str] = dict(ext.get("series", {}))
+    series = series_of(experiment, configuration)
     if ext.get("alert"):
         series[f"ALERTS {ext['alert']} (1 pending, 2 firing)"] = (
             f'max(ALERTS{{alertname="{ext["alert"]}",alertstate="firing"}}) * 2 '

@@ -195,3 +195,56 @@ def test_cli_unknown_drill_is_exit_2_with_one_line():
     done = cli("no-such-drill")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "no-such-drill" in done.stderr and "Traceback" not in done.stderr
+
+
+def _frozen_targets(configuration: dict[str, Any]) -> tuple[set[str], str]:
+    """What frozen-service signals and waits for, and its heartbeat series, as Chaos Toolkit
+    substitutes `${...}` from the runner's configuration (the drill's own block, then ours)."""
+    from chaoslib import substitute
+
+    experiment = runner.load("frozen-service")
+    merged = {**experiment["configuration"], **configuration}
+    targets = {
+        substitute(a["provider"]["arguments"], merged, {})["service"]
+        for a in experiment["method"]
+        if a["provider"]["func"] in ("freeze_service", "wait_healthy")
+    }
+    return targets, runner.series_of(experiment, merged)["heartbeat age (s)"]
+
+
+def test_frozen_service_freezes_the_crawler_unless_told_otherwise():
+    targets, heartbeat = _frozen_targets({"port_offset": 0})
+    assert targets == {"crawler"}
+    assert heartbeat == 'time() - worker_heartbeat_timestamp_seconds{job="crawler"}'
+    targets, heartbeat = _frozen_targets({"frozen_service": "dedup"})
+    assert targets == {"dedup"}
+    assert heartbeat == 'time() - worker_heartbeat_timestamp_seconds{job="dedup"}'
+
+
+def test_cli_set_takes_a_declared_setting_of_a_known_service():
+    from loadtests.drills.__main__ import _settings
+
+    assert _settings(["frozen_service=dedup"], ["frozen-service"]) == {"frozen_service": "dedup"}
+    assert _settings([], ["crawler-kill"]) == {}
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("frozen-service", "--set", "frozen_service"), "KEY=VALUE"),
+        (("frozen-service", "--set", "nope=1"), "'nope' is not a setting"),
+        (("crawler-kill", "--set", "frozen_service=dedup"), "'frozen_service' is not a setting"),
+        (("frozen-service", "--set", "frozen_service=nope"), "no such service"),
+    ],
+)
+def test_cli_bad_set_is_exit_2_with_one_line(args: tuple[str, ...], says: str):
+    done = cli(*args)
+    assert done.returncode == 2, done.stdout
+    assert done.stderr.count("\n") == 1 and says in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_figure_with_a_bar_stays_in_its_table_cell():
+    assert runner._cell("ServiceDown|WorkerHeartbeatMissing never fired") == (
+        "ServiceDown\\|WorkerHeartbeatMissing never fired"
+    )
+    assert runner._cell(1.5) == "1.5" and runner._cell(None) == "-"
