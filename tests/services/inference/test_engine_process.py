@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,6 +33,7 @@ from services.inference.sequence import CLASSES, Sequence
 
 from .conftest import LiveServer
 
+ROOT = Path(__file__).resolve().parents[3]
 TENANTS = {
     "alice": {"key_sha256": hash_key("dev-alice-key")},
     "g1": {"key_sha256": hash_key("k-g1")},
@@ -211,6 +214,13 @@ def test_metrics_come_from_the_engine_process_once(server: LiveServer, client: o
     # the server's own series are still there, beside the engine's
     assert any(name == "inference_admissions_total" for name, _ in got)
     assert ("worker_heartbeat_timestamp_seconds", (("service", "inference"), ("worker", "engine"))) in got
+    # every inference_ series the alert and recording rules read exists (as a family)
+    families = {f.name for f in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text)}
+    rules = "".join(p.read_text() for p in sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml")))
+    used = set(re.findall(r"(?<![:\w])inference_[a-z_]+", rules))
+    assert used
+    missing = {n for n in used if re.sub(r"_(total|bucket|count|sum)$", "", n) not in families}
+    assert not missing, missing
 
 
 def _open_streams(stack: contextlib.ExitStack, c: httpx.Client, n: int, key: str) -> list[Iterator[str]]:
