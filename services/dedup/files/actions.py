@@ -30,6 +30,15 @@ stat and stays undetected; later writes by that holder still go to the detached 
 file, metadata from the intent record), whether the step was done, half done or only intended,
 so a process killed at any point (SIGKILL included) is recoverable. Undo is idempotent.
 
+Inode identity: the kept file's inode is never replaced, so it is the same inode after the
+action and after undo; quarantine renames the duplicate aside (same filesystem) and undo
+renames it back, so the very inode returns. A duplicate whose inode has names the scan did
+not see (hard links outside the roots) outlives the replace anyway: the step then first
+links it into `<undo log>.aside/` (no extra space: the inode stays allocated either way) and
+undo renames that link back over the name, so the inode number comes back and the outside
+names share it again. Otherwise the replaced inode is freed, and undo re-creates each name as
+its own file (names that shared an inode share one new inode again).
+
 Extended attributes (user.*, ACLs, capabilities) are recorded in the intent and put back by
 undo; reflink copies the duplicate's onto its clone; hardlink refuses a duplicate whose
 attributes differ from the kept file's (the link would silently drop them). `symlink`
@@ -43,6 +52,7 @@ roots in the order given, names sorted), shortest-path, longest-path; ties by pa
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import fcntl
 import json
@@ -163,10 +173,13 @@ class UndoLog:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.intents: set[int] = set()  # seqs whose intent record is written
 
     def write(self, record: dict[str, Any]) -> None:
         os.write(self.fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
         os.fsync(self.fd)
+        if record.get("type") == "intent":
+            self.intents.add(record["seq"])
 
     def close(self) -> None:
         os.close(self.fd)
@@ -210,6 +223,35 @@ def _still_unchanged(fd: int, path: bytes, stamp: tuple[int, ...]) -> None:
         raise ChangedDuringAction("changed during the action (name gone)") from None
     if _stamp(os.fstat(fd)) != stamp or at_name != stamp:
         raise ChangedDuringAction("changed during the action")
+
+
+def _link_aside(fd: int, aside_dir: bytes, seq: int) -> bytes | None:
+    """A link to the inode behind fd (not the name: it may have changed) under aside_dir, or
+    None where that cannot be (another filesystem, no permission): undo then copies."""
+    aside = os.path.join(aside_dir, str(seq).encode())
+    try:
+        os.makedirs(aside_dir, exist_ok=True)
+        if os.path.lexists(aside):
+            os.unlink(aside)  # from a run killed before its intent was logged
+        # linkat(AT_SYMLINK_FOLLOW) through /proc/self/fd (os.link calls plain link(), which
+        # does not follow, unless a dir fd is given).
+        proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.link(str(fd).encode(), aside, src_dir_fd=proc_fd, follow_symlinks=True)
+        finally:
+            os.close(proc_fd)
+    except OSError:
+        return None
+    _fsync_dir(aside)
+    return aside
+
+
+def _is_inode(path: bytes, dev: int, ino: int) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
 
 
 def _restore_from_fd(fd: int, path: bytes, tmp: bytes, meta: dict[str, int], xattrs: dict[str, str]) -> None:
@@ -288,7 +330,9 @@ def _copy_durable(src: bytes, dst_tmp: bytes) -> None:
         os.fsync(fd.fileno())
 
 
-def execute(step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None) -> str:
+def execute(
+    step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None, aside_dir: bytes | None = None
+) -> str:
     """Take one step (all safety checks included); return a line saying what happened."""
     st = _same_inode(step.path, step.entry)
     _same_inode(step.keep, step.kept)
@@ -297,11 +341,23 @@ def execute(step: Step, seq: int, log: UndoLog, quarantine_dir: bytes | None) ->
     # Held until the step ends: the stamp below is checked again through it before and after
     # the replace, and it keeps the old inode (and any late write to it) reachable.
     fd = os.open(step.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    aside = None
     try:
+        known = 1 + len(step.entry.links)
+        if step.op != "quarantine" and aside_dir is not None and st.st_nlink > known:
+            # Names outside the scan keep the inode alive anyway: a link to it beside the undo
+            # log costs no space and lets undo rename it back. Made before the stamp (a link
+            # moves ctime), and gone again unless the intent naming it is logged.
+            aside = _link_aside(fd, aside_dir, seq)
         stamp = _stamp(os.fstat(fd))
         if stamp[:4] != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
             raise ChangedDuringAction("changed during the action")
-        return _execute_held(step, seq, log, quarantine_dir, st, fd, stamp)
+        return _execute_held(step, seq, log, quarantine_dir, st, fd, stamp, aside)
+    except ActionRefused:
+        if aside is not None and seq not in log.intents:
+            with contextlib.suppress(OSError):
+                os.unlink(aside)
+        raise
     finally:
         os.close(fd)
 
@@ -314,6 +370,7 @@ def _execute_held(
     st: os.stat_result,
     fd: int,
     stamp: tuple[int, int, int, int, int],
+    aside: bytes | None = None,
 ) -> str:
     if not files_equal(step.keep, step.path):
         raise ActionRefused("content differs from the kept file now")
@@ -340,6 +397,8 @@ def _execute_held(
         raise ActionRefused("extended attributes differ from the kept file's; a link would drop them")
     if step.op == "symlink":
         record["target"] = _b64(os.path.relpath(step.keep, os.path.dirname(step.path) or b"."))
+    if aside is not None:
+        record["aside"] = _b64(aside)
     log.write(record)
     _crash_point("intent", seq)
 
@@ -349,7 +408,7 @@ def _execute_held(
         try:
             _still_unchanged(fd, step.path, stamp)
         except ChangedDuringAction:
-            for name in cleanup:
+            for name in (*cleanup, *([aside] if aside else [])):
                 if os.path.lexists(name):
                     os.unlink(name)
             log.write({"type": "aborted", "seq": seq})
@@ -403,7 +462,11 @@ def _execute_held(
     if detached and (now.st_size, now.st_mtime_ns) != stamp[2:4]:
         # Written through a descriptor held across the replace: the old inode has the newer
         # bytes and no name. Give them their name back; undo has nothing to do for this step.
-        _restore_from_fd(fd, step.path, tmp, record["meta"], record["xattrs"])
+        if aside is not None and _is_inode(aside, stamp[0], stamp[1]):
+            os.replace(aside, step.path)  # the very inode, the writer's fd still on it
+            _fsync_dir(step.path)
+        else:
+            _restore_from_fd(fd, step.path, tmp, record["meta"], record["xattrs"])
         log.write({"type": "aborted", "seq": seq})
         raise ChangedDuringAction("changed during the action (written after the replace); its bytes restored")
     _crash_point("acted", seq)
@@ -442,6 +505,7 @@ def plan_and_run(
     qdir = os.fsencode(os.path.abspath(quarantine_dir)) if quarantine_dir else None
     log_path = undo_log or default_undo_log()
     log = UndoLog(log_path)
+    aside_dir = os.fsencode(os.path.abspath(log_path)) + b".aside"
     failures = 0
     unsupported: dict[int, list[int]] = {}  # device -> [steps skipped]; said once per filesystem
     try:
@@ -452,7 +516,7 @@ def plan_and_run(
                 failures += 1
                 continue
             try:
-                out.write(execute(s, seq, log, qdir) + "\n")
+                out.write(execute(s, seq, log, qdir, aside_dir) + "\n")
             except Unsupported as exc:
                 failures += 1
                 unsupported[s.kept.dev] = [seq]
@@ -462,6 +526,8 @@ def plan_and_run(
                 out.write(f"skipped {os.fsdecode(s.path)}: {exc}\n")
     finally:
         log.close()
+    with contextlib.suppress(OSError):
+        os.rmdir(aside_dir)  # nothing was linked aside
     for skipped in unsupported.values():
         out.write(f"{action}: {len(skipped)} steps on that filesystem not taken\n")
     out.write(f"applied {len(steps) - failures} of {len(steps)} {action} steps; undo log: {log_path}\n")
@@ -500,6 +566,14 @@ def _restore_copy(
     _fsync_dir(path)
 
 
+def _drop_aside(aside: bytes | None, meta: dict[str, int]) -> None:
+    """An aside link no longer needed (its inode has its names back): removed."""
+    if aside is not None and _is_inode(aside, meta["dev"], meta["ino"]):
+        os.unlink(aside)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(aside))  # the last one
+
+
 def undo_step(rec: dict[str, Any], restored: dict[tuple[int, int], bytes] | None = None) -> str | None:
     """Put one name back as it was; return what was done, or None when nothing was needed."""
     path, keep, tmp, meta = _unb64(rec["path"]), _unb64(rec["keep"]), _unb64(rec["tmp"]), rec["meta"]
@@ -531,7 +605,9 @@ def undo_step(rec: dict[str, Any], restored: dict[tuple[int, int], bytes] | None
         st = os.lstat(path)
     except FileNotFoundError:
         st = None
+    aside = _unb64(rec["aside"]) if rec.get("aside") else None
     if st is not None and st.st_ino == meta["ino"] and st.st_dev == meta["dev"]:
+        _drop_aside(aside, meta)
         return None  # the step never replaced the name
     if (
         op == "hardlink"
@@ -545,13 +621,21 @@ def undo_step(rec: dict[str, Any], restored: dict[tuple[int, int], bytes] | None
         target = _unb64(rec["target"]) if rec.get("target") else None
         if not (stat.S_ISLNK(st.st_mode) and target is not None and os.readlink(path) == target):
             return f"left {os.fsdecode(path)} alone: changed after the action"
+    original = (meta["dev"], meta["ino"])
+    if aside is not None and _is_inode(aside, *original) and not (restored and original in restored):
+        os.replace(aside, path)  # the inode outlived the step (names outside the scan): it again
+        _fsync_dir(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(aside))  # the last one
+        if restored is not None:
+            restored[original] = path
+        return f"restored {os.fsdecode(path)} (its own inode, from {os.fsdecode(aside)})"
     if op == "reflink" and st is not None:
         _apply_meta(path, meta)  # content is already a separate identical copy
         _apply_xattrs(path, xattrs)
         return f"restored metadata of {os.fsdecode(path)}"
     # hardlink (name now shares the kept inode) or delete (name gone): give it back its own
     # copy of the content, which was proven identical to the kept file before acting.
-    original = (meta["dev"], meta["ino"])
     if restored is not None and original not in restored:
         for other in map(_unb64, rec.get("names", [])):
             try:
@@ -569,6 +653,7 @@ def undo_step(rec: dict[str, Any], restored: dict[tuple[int, int], bytes] | None
         os.link(restored[original], tmp)
         os.replace(tmp, path)
         _fsync_dir(path)
+        _drop_aside(aside, meta)
         return f"restored {os.fsdecode(path)} (linked to {os.fsdecode(restored[original])})"
     source = keep if os.path.exists(keep) else path
     if not os.path.exists(source):

@@ -328,3 +328,71 @@ def test_symlink_action_and_its_undo(tmp_path: Path) -> None:
     assert undo(str(tmp_path / "u.jsonl"), out) == 0
     assert not [p for p in root.iterdir() if p.is_symlink()]
     assert _state(root) == before
+
+
+def _inodes(root: Path) -> dict[str, int]:
+    return {p.name: p.lstat().st_ino for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_hardlink_undo_keeps_the_kept_inode_and_gives_the_others_their_own(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    _make_dups(root, 5, copies=3)
+    os.link(root / "g0000-2.dat", root / "g0000-2-alias.dat")  # one duplicate inode, two names
+    before = _inodes(root)
+    failures, text = _run(root, "hardlink", tmp_path / "undo.jsonl")
+    assert failures == 0, text
+    acted = _inodes(root)
+    for i in range(5):  # the group is the kept inode now, under every name
+        kept = before[f"g{i:04d}-0.dat"]
+        assert {acted[n] for n in acted if n.startswith(f"g{i:04d}-")} == {kept}
+    assert undo(str(tmp_path / "undo.jsonl"), io.StringIO()) == 0
+    after = _inodes(root)
+    assert set(after) == set(before)
+    for i in range(5):
+        g = f"g{i:04d}"
+        assert after[f"{g}-0.dat"] == before[f"{g}-0.dat"]  # the inode the action kept: the same one
+        others = {after[f"{g}-1.dat"], after[f"{g}-2.dat"]}
+        assert len(others) == 2 and after[f"{g}-0.dat"] not in others  # their own files again
+    assert after["g0000-2.dat"] == after["g0000-2-alias.dat"]  # names that shared, share again
+
+
+def test_quarantine_undo_brings_back_the_very_inodes(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    _make_dups(root, 6, copies=3)
+    before = _inodes(root)
+    failures, text = _run(root, "quarantine", tmp_path / "undo.jsonl", quarantine_dir=str(tmp_path / "q"))
+    assert failures == 0, text
+    assert undo(str(tmp_path / "undo.jsonl"), io.StringIO()) == 0
+    assert _inodes(root) == before  # renamed aside, renamed back: every st_ino as before
+
+
+@pytest.mark.parametrize("action", ["hardlink", "delete", "symlink"])
+def test_an_inode_with_names_outside_the_scan_comes_back_by_rename(tmp_path: Path, action: str) -> None:
+    root, outside = tmp_path / "t", tmp_path / "outside"
+    _make_dups(root, 3)
+    outside.mkdir()
+    os.link(root / "g0001-1.dat", outside / "ext")  # the duplicate's inode outlives the step
+    before = _inodes(root)
+    ext_ino = (outside / "ext").stat().st_ino
+    log = tmp_path / "undo.jsonl"
+    failures, text = _run(root, action, log, quarantine_dir=None)
+    assert failures == 0, text
+    assert (outside / "ext").stat().st_nlink == 2  # itself and the aside link beside the log
+    assert len(list((tmp_path / "undo.jsonl.aside").iterdir())) == 1
+    assert undo(str(log), io.StringIO()) == 0
+    after = _inodes(root)
+    assert set(after) == set(before)
+    for i in range(3):  # the kept inodes never changed
+        assert after[f"g{i:04d}-0.dat"] == before[f"g{i:04d}-0.dat"]
+    assert after["g0001-1.dat"] == before["g0001-1.dat"] == ext_ino  # renamed back: the very inode
+    assert (outside / "ext").stat().st_nlink == 2  # shared with its outside name again
+    assert not (tmp_path / "undo.jsonl.aside").exists()
+    assert undo(str(log), io.StringIO()) == 0 and _inodes(root) == after  # idempotent
+
+
+def test_no_aside_link_when_every_name_was_seen(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    _make_dups(root, 3)
+    failures, text = _run(root, "hardlink", tmp_path / "undo.jsonl")
+    assert failures == 0, text
+    assert not (tmp_path / "undo.jsonl.aside").exists()  # the space is freed: nothing kept aside

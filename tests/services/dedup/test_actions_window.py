@@ -186,3 +186,32 @@ def test_quarantine_keeps_a_late_write_in_the_moved_inode_and_undo_returns_it(
     assert failures == 0, text  # same filesystem: a rename, so the write went with the inode
     undo(str(log), io.StringIO())
     assert victim.read_bytes().endswith(b"LATE")
+
+
+@pytest.mark.parametrize("when", ["in_the_window", "after_replace"])
+def test_an_inode_with_an_outside_name_keeps_its_identity_through_a_racing_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    root, extra = _setup(tmp_path, "hardlink")
+    victim = root / VICTIM
+    (tmp_path / "outside").mkdir()
+    os.link(victim, tmp_path / "outside" / "ext")  # so an aside link is made beside the log
+    ino = victim.stat().st_ino
+    fd = os.open(victim, os.O_WRONLY)
+    try:
+
+        def write(step: Step, seq: int) -> None:
+            if step.path == os.fsencode(victim):
+                os.pwrite(fd, b"RACE", 0)
+
+        monkeypatch.setattr(actions, f"_{when}", write)
+        log = tmp_path / "u.jsonl"
+        failures, text = _apply(root, "hardlink", log, **extra)
+    finally:
+        os.close(fd)
+    assert failures == 1 and f"skipped {victim}: changed during the action" in text, text
+    st = victim.stat()
+    assert st.st_ino == ino and st.st_nlink == 2  # the very inode, shared with its outside name
+    assert victim.read_bytes().startswith(b"RACE")
+    assert not (tmp_path / "u.jsonl.aside").exists()  # no aside link left behind
+    assert _victim_records(log, victim) == ["intent", "aborted"]
