@@ -170,6 +170,22 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "hosts": 50,
         "delay": 0.2,
     },
+    # wide: 2,000 hosts of a few plain pages each, so politeness per host is not the limit and
+    # the crawler's own work per page (parse, store, scheduling) is: pages/s is its throughput
+    "wide": {
+        "knobs": {
+            "min_pages": 2,
+            "max_pages": 8,
+            "transient_rate": 0.0,
+            "slow_page_rate": 0.0,
+            "crawl_delay_rate": 0.0,
+            "huge_page_rate": 0.0,
+            "trap_rate": 0.0,
+            "robots_mix": {},
+        },
+        "hosts": 2000,
+        "delay": 0.5,
+    },
 }
 KEYS = [
     "wall_s",
@@ -205,7 +221,24 @@ def run_scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, warm
         with tempfile.TemporaryDirectory() as tmp:
 
             def ours(i: int) -> list[str]:
+                # --py-spy: sample our crawler (py-spy record, 100 Hz, raw folded stacks)
+                spy = (
+                    [
+                        str(Path(sys.executable).with_name("py-spy")),
+                        "record",
+                        "-r",
+                        "100",
+                        "-f",
+                        "raw",
+                        "-o",
+                        f"{args.py_spy}.{name}.{i}.txt",
+                        "--",
+                    ]
+                    if args.py_spy and i >= 0
+                    else []
+                )
                 return [
+                    *spy,
                     sys.executable,
                     "-m",
                     "services.crawler",
@@ -226,6 +259,8 @@ def run_scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, warm
                     "0.2",
                     "--retry-cap",
                     "2",
+                    "--max-pages",
+                    "1000000",
                 ]
 
             # Scrapy inspects callback source (inspect.getsource), so the spider must live in a file.
@@ -245,6 +280,8 @@ def run_scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, warm
             rounds = ([("warmup", -1)] if warmup else []) + [("measure", i) for i in range(args.repeats)]
             for phase, i in rounds:
                 for who, cmd in (("crawler", ours(i + 1)), ("scrapy", scrapy())):
+                    if who not in args.who:
+                        continue
                     admin(port, "/reset", "POST")
                     wall, rss, rc = run_measured(cmd)
                     entries = [json.loads(line) for line in admin(port, "/log").splitlines() if line.strip()]
@@ -267,6 +304,8 @@ def run_scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, warm
 
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for who, rows in results.items():
+        if not rows:
+            rows = [dict.fromkeys(KEYS, float("nan"))]
         summary[who] = {
             k: {
                 "median": statistics.median(r[k] for r in rows),
@@ -284,7 +323,7 @@ def run_scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, warm
     print(f"{'metric':<24}{'crawler':>26}{'scrapy':>26}{'ratio':>9}")
     for k in KEYS:
         a, b = summary["crawler"][k], summary["scrapy"][k]
-        ratio = a["median"] / b["median"] if b["median"] else float("nan")
+        ratio = a["median"] / b["median"] if b["median"] == b["median"] and b["median"] else float("nan")
 
         def cell(d: dict[str, float]) -> str:
             return f"{d['median']:.3g} [{d['min']:.3g}-{d['max']:.3g}]"
@@ -341,6 +380,8 @@ def main() -> int:
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="reports/bench_crawler.json")
+    ap.add_argument("--who", nargs="+", choices=["crawler", "scrapy"], default=["crawler", "scrapy"])
+    ap.add_argument("--py-spy", default=None, metavar="PREFIX", help="profile our crawler to PREFIX.*.txt")
     args = ap.parse_args()
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     report = {

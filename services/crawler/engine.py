@@ -32,7 +32,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
@@ -234,7 +234,7 @@ class Crawl:
                 host = await self.frontier.next_host(timeout=0.25)
                 if host is None:
                     slots.release()
-                    if not self._tasks and self.frontier.idle and self.store.quiescent():
+                    if not self._tasks and self.frontier.idle and await self.store.aquiescent():
                         break  # nothing queued, nothing running, nothing leased: the crawl is complete
                     continue
                 task = asyncio.create_task(self._work(host))
@@ -351,7 +351,7 @@ class Crawl:
             if self.paused_reason is not None or self._storage_waiters:
                 continue  # our own waiting writes hold leases: none is handed back meanwhile
             try:
-                expired = self.store.expire_leases(time.time())
+                expired = await self.store.aexpire_leases(time.time())
             except Exception as exc:
                 if not is_disk_full(exc):
                     raise
@@ -360,7 +360,7 @@ class Crawl:
             if expired:
                 self._count_expired(expired)
                 self.frontier.load_pending()
-            counts = self.store.counts()
+            counts = await self.store.acounts()
             metrics.FRONTIER_SIZE.set(counts["DISCOVERED"] + counts["RETRYABLE"])
 
     async def _watch(self) -> None:
@@ -409,17 +409,19 @@ class Crawl:
             if self.state is CrawlState.CANCELLING or not self._budget_left():
                 self.frontier.schedule(host)
                 return
-            rec = self.store.claim(host, self.owner, self.config.lease_seconds, time.time())
+            rec = await self.store.aclaim(host, self.owner, self.config.lease_seconds, time.time())
             if rec is None:
-                self.frontier.reschedule_from_store(host)
+                ready_at = await self.store.anext_ready_at(host)
+                if ready_at is not None:  # waiting URLs only (Retry-After): back at the first one
+                    self.frontier.schedule(host, ready_at)
                 return
             policy = self._robots_policy(host)  # (a shared answer may drop the host: Crawl-delay)
             if host in self.parking.dropped:
-                self._drop(rec)
+                await self._drop(rec)
                 continue
             if policy is None:
                 # First request to this host (or the cached policy expired): robots.txt first.
-                self.store.release(rec.id)
+                await self.store.arelease(rec.id)
                 if not self._gate(host, slot, robots=True):
                     return
                 scheme = urlsplit(rec.url).scheme
@@ -427,10 +429,10 @@ class Crawl:
                 self.frontier.after_fetch(host)
                 return
             if not policy.allows(rec.url):
-                self._deny(rec, policy)
+                await self._deny(rec, policy)
                 continue
             if not self.store.reserve_page(self.config.max_pages):
-                self.store.release(rec.id)  # the budget is spent (by this worker or another)
+                await self.store.arelease(rec.id)  # the budget is spent (by this worker or another)
                 self.frontier.schedule(host)
                 return
             try:
@@ -440,10 +442,10 @@ class Crawl:
                 raise
             if not passed:
                 self.store.unreserve_page()
-                self.store.release(rec.id)
+                await self.store.arelease(rec.id)
                 return
             try:
-                started = self.store.start(rec.id, self.owner, self.config.lease_seconds, time.time())
+                started = await self.store.astart(rec.id, self.owner, self.config.lease_seconds, time.time())
             except Fenced:
                 self.store.unreserve_page()
                 self._cancel_gate(host, slot)
@@ -497,18 +499,18 @@ class Crawl:
                     slot.crawl_delay = None  # dropped, as in _fetch_robots: its URLs end FAILED at once
         return policy
 
-    def _deny(self, rec: URLRecord, policy: RobotsPolicy) -> None:
+    async def _deny(self, rec: URLRecord, policy: RobotsPolicy) -> None:
         reason = (
             "robots_disallowed" if policy.mode is RobotsMode.RULES else f"robots_unavailable: {policy.reason}"
         )
-        self.store.finish(rec.id, Outcome(URLState.FAILED, error=reason), [], now=time.time())
+        await self.store.afinish(rec.id, Outcome(URLState.FAILED, error=reason), [], now=time.time())
         self.stats.count("robots_denied")
         self.stats.count("failed")
 
-    def _drop(self, rec: URLRecord) -> None:
+    async def _drop(self, rec: URLRecord) -> None:
         """A URL of a dropped host (it asked for a wait past the max host delay): FAILED, no request."""
         reason = f"host_dropped: {self.parking.dropped[rec.host]}"
-        self.store.finish(rec.id, Outcome(URLState.FAILED, error=reason), [], now=time.time())
+        await self.store.afinish(rec.id, Outcome(URLState.FAILED, error=reason), [], now=time.time())
         self.stats.count("failed")
 
     def _asked_wait(self, host: str, status: int, seconds: float | None) -> float | None:
@@ -601,7 +603,7 @@ class Crawl:
             except FetchError as exc:
                 self._end_request(slot, t0, None, None)
                 self.stats.response(type(exc).__name__)
-                self._retry_or_fail(
+                await self._retry_or_fail(
                     rec, attempts_made, type(exc).__name__, None, None, exc.retryable, str(exc)
                 )
                 return
@@ -617,7 +619,7 @@ class Crawl:
             if self.on_progress:
                 self.on_progress(self)
 
-    def _retry_or_fail(
+    async def _retry_or_fail(
         self,
         rec: URLRecord,
         attempts_made: int,
@@ -633,10 +635,10 @@ class Crawl:
             error = f"{error}; host_dropped: {self.parking.dropped[rec.host]}"
         if retryable and self.retry.should_retry(attempts_made):
             wait = self.retry.backoff(attempts_made, retry_after)
-            self.store.retry(rec.id, now + wait, error, status)
+            await self.store.aretry(rec.id, now + wait, error, status)
             self.stats.retry(reason)
             return
-        self.store.finish(
+        await self.store.afinish(
             rec.id, Outcome(URLState.FAILED, status=status, error=error, fetched_at=now), [], now=now
         )
         self.stats.count("failed")
@@ -649,7 +651,9 @@ class Crawl:
         now = time.time()
         self.stats.response(str(status), len(result.body))
         if is_retryable_status(status):
-            self._retry_or_fail(rec, attempts_made, str(status), status, retry_after, True, f"HTTP {status}")
+            await self._retry_or_fail(
+                rec, attempts_made, str(status), status, retry_after, True, f"HTTP {status}"
+            )
             return False
         warc = self.warc
         warc_file = (
@@ -672,7 +676,7 @@ class Crawl:
         elif 200 <= status < 300 and not result.body_skipped:
             # (A body outside the content-type allow list was never read: nothing to hash or parse.)
             sha = hashlib.sha256(result.body).hexdigest()
-            duplicate = self.store.first_with_content(sha, rec.id) != rec.id
+            duplicate = await self.store.afirst_with_content(sha, rec.id) != rec.id
             if duplicate:
                 self.stats.count("duplicate_content")
             with self.spans.span("crawler.parse", bytes=len(result.body)):
@@ -701,8 +705,8 @@ class Crawl:
 
     def _finish_fetched(
         self, rec: URLRecord, status: int, sha: str | None, new_urls: list[NewURL], now: float
-    ) -> int:
-        return self.store.finish(
+    ) -> Awaitable[int]:
+        return self.store.afinish(
             rec.id,
             Outcome(URLState.FETCHED, status=status, content_sha256=sha, fetched_at=now),
             new_urls,

@@ -109,12 +109,6 @@ class Frontier:
         """A host's request finished: it competes again from its next eligible time."""
         self.schedule(host)
 
-    def reschedule_from_store(self, host: str) -> None:
-        """The host had nothing claimable now: requeue at its earliest waiting URL, or drop it."""
-        ready_at = self.store.next_ready_at(host)
-        if ready_at is not None:
-            self.schedule(host, ready_at)
-
     def end_turn(self, host: str) -> None:
         """The turn next_host handed out for `host` ended (whatever it did)."""
         self.slot(host).end_turn()

@@ -153,6 +153,57 @@ class FrontierStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    # -- what the engine awaits (defaults: the plain method, on the event loop) -----------------
+    # A backend that does its work elsewhere (SQLite: a thread of its own, in group commits)
+    # answers these without blocking the loop; finish and retry return once durable.
+    async def aclaim(self, host: str, owner: str, lease_seconds: float, now: float) -> URLRecord | None:
+        return self.claim(host, owner, lease_seconds, now)
+
+    async def astart(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
+        return self.start(url_id, owner, lease_seconds, now)
+
+    async def afinish(
+        self,
+        url_id: int,
+        outcome: Outcome,
+        new_urls: list[NewURL],
+        *,
+        max_per_host: int | None = None,
+        max_depth: int | None = None,
+        parent_depth: int | None = None,
+        now: float,
+    ) -> int:
+        return self.finish(
+            url_id,
+            outcome,
+            new_urls,
+            max_per_host=max_per_host,
+            max_depth=max_depth,
+            parent_depth=parent_depth,
+            now=now,
+        )
+
+    async def aretry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
+        self.retry(url_id, not_before, error, status)
+
+    async def arelease(self, url_id: int) -> None:
+        self.release(url_id)
+
+    async def aexpire_leases(self, now: float) -> int:
+        return self.expire_leases(now)
+
+    async def anext_ready_at(self, host: str) -> float | None:
+        return self.next_ready_at(host)
+
+    async def afirst_with_content(self, sha256: str, url_id: int) -> int:
+        return self.first_with_content(sha256, url_id)
+
+    async def acounts(self) -> dict[str, int]:
+        return self.counts()
+
+    async def aquiescent(self) -> bool:
+        return self.quiescent()
+
     # -- shared-backend hooks (defaults: one process owns the store) ---------------------------
     def release_owner(self, owner: str) -> int:
         """Hand back at once every URL `owner` holds a lease on (SCHEDULED/FETCHING -> ready, as

@@ -1,17 +1,42 @@
 """SQLite (WAL) implementation of FrontierStore: the durable embedded default.
 
 WAL with synchronous=NORMAL: every committed transaction survives a killed process (SIGKILL); only
-an OS crash or power loss can drop the last few. One connection, used from one thread (the event
-loop); each public method is one transaction.
+an OS crash or power loss can drop the last few.
+
+Off the event loop, in batches: one thread of its own owns the connection and runs every store
+operation, in order, inside one open transaction that it commits at most `flush_interval` (20 ms)
+after it began (group commit: several pages' claims, starts and finishes share one commit, where
+each was a transaction of its own). Each operation runs under a SAVEPOINT, so one that fails is
+undone alone. A *durable* operation (finish, retry, add, set_meta) returns only after the commit
+that holds it, so a page counts as finished only once its outcome is on disk; the others (claim,
+start, release, reads) return at once and see every write before them. Losing uncommitted claims
+and starts in a crash is what a restart does anyway: `release_owner` hands the dead run's leases
+back. A commit that fails (a full disk) fails every durable operation it held (their writers try
+again, engine._durable) and drops the claims and starts that rode with it: those URLs are ready
+again, a later `start` of them answers False.
+
+The engine awaits the `a*` methods (the future of the thread's answer); the plain methods submit
+the same work and block for it (tests, the control API, start-up) and commit at once.
+
+Counts are counters, not scans: triggers keep `state_counts` (URLs per state) and `host_ready`
+(ready URLs per host) in the same transaction as the change, so they are exact after any crash;
+`pending_hosts` reads the hosts with ready URLs from `host_ready` and each one's earliest
+not_before from a partial index of ready URLs (no scan of the URL table).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import functools
 import os
 import sqlite3
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +53,10 @@ from services.crawler.store import (
     url_key,
 )
 
-_SCHEMA = """
+_READY = ",".join(str(int(s)) for s in READY_STATES)
+_LEASED = ",".join(str(int(s)) for s in LEASED_STATES)
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS urls (
     id            INTEGER PRIMARY KEY,
     url_key       BLOB NOT NULL UNIQUE,
@@ -50,6 +78,7 @@ CREATE TABLE IF NOT EXISTS urls (
 );
 CREATE INDEX IF NOT EXISTS urls_host_queue ON urls (host, state, depth, id);
 CREATE INDEX IF NOT EXISTS urls_state_lease ON urls (state, lease_until);
+CREATE INDEX IF NOT EXISTS urls_ready ON urls (host, not_before) WHERE state IN ({_READY});
 CREATE TABLE IF NOT EXISTS hosts (host TEXT PRIMARY KEY, admitted INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS content (sha256 TEXT PRIMARY KEY, url_id INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS edges (
@@ -58,13 +87,43 @@ CREATE TABLE IF NOT EXISTS edges (
 );
 CREATE INDEX IF NOT EXISTS edges_src ON edges (src);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS state_counts (state INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS host_ready (host TEXT PRIMARY KEY, n INTEGER NOT NULL);
+"""
+
+# Kept by the same transaction as the change they count (a file from before them is counted once
+# on open, see _migrate).
+_TRIGGERS = f"""
+CREATE TRIGGER IF NOT EXISTS urls_counted_ins AFTER INSERT ON urls BEGIN
+    INSERT INTO state_counts (state, n) VALUES (NEW.state, 1)
+        ON CONFLICT(state) DO UPDATE SET n = n + 1;
+    INSERT INTO host_ready (host, n) VALUES (NEW.host, NEW.state IN ({_READY}))
+        ON CONFLICT(host) DO UPDATE SET n = n + (NEW.state IN ({_READY}));
+END;
+CREATE TRIGGER IF NOT EXISTS urls_counted_upd AFTER UPDATE OF state ON urls
+WHEN OLD.state != NEW.state BEGIN
+    UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+    INSERT INTO state_counts (state, n) VALUES (NEW.state, 1)
+        ON CONFLICT(state) DO UPDATE SET n = n + 1;
+    UPDATE host_ready SET n = n + (NEW.state IN ({_READY})) - (OLD.state IN ({_READY}))
+        WHERE host = NEW.host AND (NEW.state IN ({_READY})) != (OLD.state IN ({_READY}));
+END;
+CREATE TRIGGER IF NOT EXISTS urls_counted_del AFTER DELETE ON urls BEGIN
+    UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+    UPDATE host_ready SET n = n - (OLD.state IN ({_READY})) WHERE host = OLD.host;
+END;
 """
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+#: A transaction is committed at most this long after it began (the group-commit window).
+FLUSH_INTERVAL_S = 0.02
+#: ... or once it holds this many operations.
+_MAX_OPS_PER_COMMIT = 1000
+
 
 def _timed(op: str) -> Callable[[_F], _F]:
-    """Observe one write transaction's duration in crawler_store_write_duration_seconds{op}."""
+    """Observe one operation's duration on the store thread in crawler_store_write_duration_seconds{op}."""
     hist = metrics.STORE_WRITE_LATENCY.labels(op)
 
     def wrap(fn: _F) -> _F:
@@ -81,29 +140,181 @@ def _timed(op: str) -> Callable[[_F], _F]:
     return wrap
 
 
-_READY = ",".join(str(int(s)) for s in READY_STATES)
-_LEASED = ",".join(str(int(s)) for s in LEASED_STATES)
+@dataclass
+class _Op:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    durable: bool  # answered only once the commit that holds it is done
+    urgent: bool  # a blocked caller: commit as soon as the queue is empty
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+class StoreClosed(sqlite3.ProgrammingError):
+    """An operation was submitted to a closed store (what a closed connection raises, too)."""
 
 
 class SQLiteStore(FrontierStore):
-    def __init__(self, path: str | os.PathLike[str], *, bloom_capacity: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        bloom_capacity: int | None = None,
+        flush_interval: float = FLUSH_INTERVAL_S,
+    ) -> None:
         """`bloom_capacity`: put a Bloom filter (1% false positives at that many URLs) in front of
-        the exact URL index; it is rebuilt from the store on open, so a resumed crawl keeps it."""
+        the exact URL index; it is rebuilt from the store on open, so a resumed crawl keeps it.
+        `flush_interval`: the group-commit window of operations the engine awaits."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.flush_interval = flush_interval
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self.bloom: BloomFilter | None = None
         self.bloom_skips = 0  # exact lookups the filter saved
         if bloom_capacity:
             self.bloom = BloomFilter(bloom_capacity)
             for (key,) in self._db.execute("SELECT url_key FROM urls"):
                 self.bloom.add(key)
+        self.commits = 0  # transactions committed by the store thread (group commits)
+        self.ops_committed = 0  # operations they held
+        self._cv = threading.Condition()
+        self._queue: deque[_Op] = deque()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=f"sqlite-store:{self.path.name}", daemon=True)
+        self._thread.start()
 
-    # -- helpers -------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        """Counters for a file written before them: counted once, with the triggers, in one transaction."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            if self._db.execute("SELECT 1 FROM meta WHERE key='counters'").fetchone() is None:
+                self._db.execute("DELETE FROM state_counts")
+                self._db.execute("DELETE FROM host_ready")
+                self._db.execute("INSERT INTO state_counts SELECT state, COUNT(*) FROM urls GROUP BY state")
+                self._db.execute(
+                    f"INSERT INTO host_ready SELECT host, SUM(state IN ({_READY})) FROM urls GROUP BY host"
+                )
+                self._db.execute("INSERT INTO meta (key, value) VALUES ('counters', '1')")
+            for stmt in _TRIGGERS.split("END;"):
+                if stmt.strip():
+                    self._db.execute(stmt + "END;")
+
+    # -- the store thread ----------------------------------------------------------------------
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        durable: bool,
+        urgent: bool,
+    ) -> concurrent.futures.Future[Any]:
+        op = _Op(fn, args, kwargs, durable, urgent)
+        with self._cv:
+            if self._closing:
+                raise StoreClosed(f"store {self.path} is closed")
+            self._queue.append(op)
+            self._cv.notify()
+        return op.future
+
+    def _call(self, fn: Callable[..., Any], *args: Any, durable: bool = False, **kwargs: Any) -> Any:
+        """Run `fn` on the store thread and wait for it (committed first when durable)."""
+        if threading.current_thread() is self._thread:
+            return fn(*args, **kwargs)
+        return self._submit(fn, args, kwargs, durable=durable, urgent=True).result()
+
+    async def _acall(self, fn: Callable[..., Any], *args: Any, durable: bool = False, **kwargs: Any) -> Any:
+        """The same from the event loop: it waits for the thread's answer without blocking."""
+        return await asyncio.wrap_future(self._submit(fn, args, kwargs, durable=durable, urgent=False))
+
+    def _run(self) -> None:
+        db = self._db
+        in_txn = False
+        began = 0.0
+        ops = 0
+        urgent = False
+        held: list[tuple[concurrent.futures.Future[Any], Any]] = []  # durable answers awaiting the commit
+
+        def fail_held(exc: BaseException) -> None:
+            nonlocal held
+            for fut, _ in held:
+                fut.set_exception(exc)
+            held = []
+
+        while True:
+            with self._cv:
+                while not self._queue and not self._closing:
+                    if not in_txn:
+                        self._cv.wait()
+                        continue
+                    if urgent:
+                        break
+                    left = began + self.flush_interval - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
+                batch = list(self._queue)
+                self._queue.clear()
+                closing = self._closing and not batch
+            for op in batch:
+                if not op.future.set_running_or_notify_cancel():
+                    continue
+                if not in_txn:
+                    try:
+                        db.execute("BEGIN IMMEDIATE")
+                    except BaseException as exc:
+                        op.future.set_exception(exc)
+                        continue
+                    in_txn, began, ops, urgent = True, time.monotonic(), 0, False
+                try:
+                    db.execute("SAVEPOINT op")
+                    result = op.fn(*op.args, **op.kwargs)
+                except BaseException as exc:
+                    if db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            db.execute("ROLLBACK TO op")
+                            db.execute("RELEASE op")
+                    if not db.in_transaction:  # SQLite rolled the whole transaction back (e.g. disk full)
+                        in_txn = False
+                        fail_held(exc)
+                    op.future.set_exception(exc)
+                    continue
+                db.execute("RELEASE op")
+                ops += 1
+                urgent = urgent or op.urgent
+                if op.durable:
+                    held.append((op.future, result))
+                else:
+                    op.future.set_result(result)
+            if in_txn and (
+                closing
+                or ops >= _MAX_OPS_PER_COMMIT
+                or (urgent and not self._queue)
+                or time.monotonic() - began >= self.flush_interval
+            ):
+                in_txn = False
+                try:
+                    db.execute("COMMIT")
+                except BaseException as exc:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    fail_held(exc)
+                else:
+                    self.commits += 1
+                    self.ops_committed += ops
+                    for fut, res in held:
+                        fut.set_result(res)
+                    held = []
+            if closing:
+                db.close()
+                return
+
+    # -- helpers (on the store thread, inside its transaction) --------------------------------
     def _insert(
         self, urls: list[NewURL], max_per_host: int | None, now: float, max_depth: int | None = None
     ) -> int:
@@ -165,46 +376,178 @@ class SQLiteStore(FrontierStore):
                 else:
                     self._insert([NewURL(url, host, d + delta, redirects, via)], max_per_host, now, max_depth)
 
-    # -- FrontierStore -------------------------------------------------------------------------
     @_timed("add")
-    def add(
-        self, urls: list[NewURL], *, max_per_host: int | None = None, now: float, max_depth: int | None = None
-    ) -> int:
-        if not urls:
-            return 0
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            return self._insert(urls, max_per_host, now, max_depth)
+    def _add(self, urls: list[NewURL], max_per_host: int | None, now: float, max_depth: int | None) -> int:
+        return self._insert(urls, max_per_host, now, max_depth) if urls else 0
 
     @_timed("claim")
-    def claim(self, host: str, owner: str, lease_seconds: float, now: float) -> URLRecord | None:
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute(
-                f"SELECT id, url, host, depth, redirects, via, state, attempts FROM urls"
-                f" WHERE host=? AND state IN ({_READY}) AND not_before<=?"
-                f" ORDER BY depth, id LIMIT 1",
-                (host, now),
-            ).fetchone()
-            if row is None:
-                return None
-            self._db.execute(
-                "UPDATE urls SET state=?, lease_owner=?, lease_until=? WHERE id=?",
-                (int(URLState.SCHEDULED), owner, now + lease_seconds, row[0]),
-            )
+    def _claim(self, host: str, owner: str, lease_seconds: float, now: float) -> URLRecord | None:
+        row = self._db.execute(
+            f"SELECT id, url, host, depth, redirects, via, state, attempts FROM urls"
+            f" WHERE host=? AND state IN ({_READY}) AND not_before<=?"
+            f" ORDER BY depth, id LIMIT 1",
+            (host, now),
+        ).fetchone()
+        if row is None:
+            return None
+        self._db.execute(
+            "UPDATE urls SET state=?, lease_owner=?, lease_until=? WHERE id=?",
+            (int(URLState.SCHEDULED), owner, now + lease_seconds, row[0]),
+        )
         return URLRecord(row[0], row[1], row[2], row[3], row[4], row[5], URLState.SCHEDULED, row[7])
 
     @_timed("start")
-    def start(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
-        with self._db:
-            cur = self._db.execute(
-                "UPDATE urls SET state=?, attempts=attempts+1, lease_until=?"
-                " WHERE id=? AND state=? AND lease_owner=?",
-                (int(URLState.FETCHING), now + lease_seconds, url_id, int(URLState.SCHEDULED), owner),
-            )
-            return cur.rowcount == 1
+    def _start(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
+        cur = self._db.execute(
+            "UPDATE urls SET state=?, attempts=attempts+1, lease_until=?"
+            " WHERE id=? AND state=? AND lease_owner=?",
+            (int(URLState.FETCHING), now + lease_seconds, url_id, int(URLState.SCHEDULED), owner),
+        )
+        return cur.rowcount == 1
 
     @_timed("finish")
+    def _finish(
+        self,
+        url_id: int,
+        outcome: Outcome,
+        new_urls: list[NewURL],
+        max_per_host: int | None,
+        max_depth: int | None,
+        parent_depth: int | None,
+        now: float,
+    ) -> int:
+        assert outcome.state in (URLState.FETCHED, URLState.FAILED)
+        row = self._db.execute("SELECT state FROM urls WHERE id=?", (url_id,)).fetchone()
+        if row is None or row[0] in (int(URLState.FETCHED), int(URLState.FAILED)):
+            return 0  # already final: a second finish (at-least-once fetch) changes nothing
+        self._db.execute(
+            "UPDATE urls SET state=?, status=?, content_sha256=?, error=?, fetched_at=?,"
+            " lease_owner=NULL, lease_until=NULL WHERE id=?",
+            (
+                int(outcome.state),
+                outcome.status,
+                outcome.content_sha256,
+                outcome.error,
+                outcome.fetched_at,
+                url_id,
+            ),
+        )
+        if max_depth is None:
+            return self._insert(new_urls, max_per_host, now)
+        # With a depth limit, remember every edge (even the ones cut by the limit) so that a
+        # later, shorter path to this page can re-derive its descendants' depths.
+        depth_now = self._db.execute("SELECT depth FROM urls WHERE id=?", (url_id,)).fetchone()[0]
+        base = depth_now if parent_depth is None else parent_depth
+        rebased = []
+        edges = []
+        for u in new_urls:
+            delta = u.depth - base
+            edges.append((url_id, u.url, u.host, delta, u.redirects, u.via))
+            rebased.append(NewURL(u.url, u.host, depth_now + delta, u.redirects, u.via))
+        self._db.executemany(
+            "INSERT INTO edges (src, url, host, delta, redirects, via) VALUES (?,?,?,?,?,?)", edges
+        )
+        return self._insert(rebased, max_per_host, now, max_depth)
+
+    @_timed("retry")
+    def _retry(self, url_id: int, not_before: float, error: str, status: int | None) -> None:
+        self._db.execute(
+            f"UPDATE urls SET state=?, not_before=?, error=?, status=?, lease_owner=NULL,"
+            f" lease_until=NULL"
+            f" WHERE id=? AND state IN ({_LEASED})",
+            (int(URLState.RETRYABLE), not_before, error, status, url_id),
+        )
+
+    @_timed("release")
+    def _release(self, url_id: int) -> None:
+        self._db.execute(
+            f"UPDATE urls SET state=CASE WHEN attempts>0 THEN ? ELSE ? END,"
+            f" lease_owner=NULL, lease_until=NULL WHERE id=? AND state IN ({_LEASED})",
+            (int(URLState.RETRYABLE), int(URLState.DISCOVERED), url_id),
+        )
+
+    @_timed("expire_leases")
+    def _expire_leases(self, now: float) -> int:
+        cur = self._db.execute(
+            f"UPDATE urls SET state=CASE WHEN attempts>0 THEN ? ELSE ? END,"
+            f" lease_owner=NULL, lease_until=NULL WHERE state IN ({_LEASED}) AND lease_until<?",
+            (int(URLState.RETRYABLE), int(URLState.DISCOVERED), now),
+        )
+        return cur.rowcount
+
+    def _release_owner(self, owner: str) -> int:
+        cur = self._db.execute(
+            f"UPDATE urls SET state=CASE WHEN attempts>0 THEN ? ELSE ? END,"
+            f" lease_owner=NULL, lease_until=NULL WHERE state IN ({_LEASED}) AND lease_owner=?",
+            (int(URLState.RETRYABLE), int(URLState.DISCOVERED), owner),
+        )
+        return cur.rowcount
+
+    def _pending_hosts(self) -> list[tuple[str, float]]:
+        # host_ready names the hosts (a counter per host); the partial index urls_ready gives
+        # each one's earliest not_before in one index seek.
+        return [
+            (h, t)
+            for h, t in self._db.execute(
+                f"SELECT h.host, (SELECT MIN(not_before) FROM urls"
+                f" WHERE host=h.host AND state IN ({_READY})) FROM host_ready h WHERE h.n > 0"
+            )
+            if t is not None
+        ]
+
+    def _next_ready_at(self, host: str) -> float | None:
+        row = self._db.execute(
+            f"SELECT MIN(not_before) FROM urls WHERE host=? AND state IN ({_READY})", (host,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def _earliest_lease_expiry(self) -> float | None:
+        row = self._db.execute(f"SELECT MIN(lease_until) FROM urls WHERE state IN ({_LEASED})").fetchone()
+        return row[0] if row else None
+
+    @_timed("first_with_content")
+    def _first_with_content(self, sha256: str, url_id: int) -> int:
+        self._db.execute("INSERT OR IGNORE INTO content (sha256, url_id) VALUES (?, ?)", (sha256, url_id))
+        row = self._db.execute("SELECT url_id FROM content WHERE sha256=?", (sha256,)).fetchone()
+        return int(row[0])
+
+    def _counts(self) -> dict[str, int]:
+        out = {s.name: 0 for s in URLState}
+        for state, n in self._db.execute("SELECT state, n FROM state_counts"):
+            out[URLState(state).name] = n
+        return out
+
+    def _host_counts(self, host: str) -> dict[str, int]:
+        out = {s.name: 0 for s in URLState}
+        for state, n in self._db.execute(
+            "SELECT state, COUNT(*) FROM urls WHERE host=? GROUP BY state", (host,)
+        ):
+            out[URLState(state).name] = n
+        return out
+
+    def _hosts(self) -> list[str]:
+        return [h for (h,) in self._db.execute("SELECT host FROM hosts ORDER BY host")]
+
+    @_timed("set_meta")
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, value),
+        )
+
+    # -- FrontierStore (blocking callers) ------------------------------------------------------
+    def add(
+        self, urls: list[NewURL], *, max_per_host: int | None = None, now: float, max_depth: int | None = None
+    ) -> int:
+        return int(self._call(self._add, urls, max_per_host, now, max_depth, durable=True))
+
+    def claim(self, host: str, owner: str, lease_seconds: float, now: float) -> URLRecord | None:
+        rec: URLRecord | None = self._call(self._claim, host, owner, lease_seconds, now)
+        return rec
+
+    def start(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
+        return bool(self._call(self._start, url_id, owner, lease_seconds, now))
+
     def finish(
         self,
         url_id: int,
@@ -216,131 +559,126 @@ class SQLiteStore(FrontierStore):
         parent_depth: int | None = None,
         now: float,
     ) -> int:
-        assert outcome.state in (URLState.FETCHED, URLState.FAILED)
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute("SELECT state FROM urls WHERE id=?", (url_id,)).fetchone()
-            if row is None or row[0] in (int(URLState.FETCHED), int(URLState.FAILED)):
-                return 0  # already final: a second finish (at-least-once fetch) changes nothing
-            self._db.execute(
-                "UPDATE urls SET state=?, status=?, content_sha256=?, error=?, fetched_at=?,"
-                " lease_owner=NULL, lease_until=NULL WHERE id=?",
-                (
-                    int(outcome.state),
-                    outcome.status,
-                    outcome.content_sha256,
-                    outcome.error,
-                    outcome.fetched_at,
-                    url_id,
-                ),
+        return int(
+            self._call(
+                self._finish,
+                url_id,
+                outcome,
+                new_urls,
+                max_per_host,
+                max_depth,
+                parent_depth,
+                now,
+                durable=True,
             )
-            if max_depth is None:
-                return self._insert(new_urls, max_per_host, now)
-            # With a depth limit, remember every edge (even the ones cut by the limit) so that a
-            # later, shorter path to this page can re-derive its descendants' depths.
-            depth_now = self._db.execute("SELECT depth FROM urls WHERE id=?", (url_id,)).fetchone()[0]
-            base = depth_now if parent_depth is None else parent_depth
-            rebased = []
-            for u in new_urls:
-                delta = u.depth - base
-                self._db.execute(
-                    "INSERT INTO edges (src, url, host, delta, redirects, via) VALUES (?,?,?,?,?,?)",
-                    (url_id, u.url, u.host, delta, u.redirects, u.via),
-                )
-                rebased.append(NewURL(u.url, u.host, depth_now + delta, u.redirects, u.via))
-            return self._insert(rebased, max_per_host, now, max_depth)
+        )
 
-    @_timed("retry")
     def retry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
-        with self._db:
-            self._db.execute(
-                f"UPDATE urls SET state=?, not_before=?, error=?, status=?, lease_owner=NULL,"
-                f" lease_until=NULL"
-                f" WHERE id=? AND state IN ({_LEASED})",
-                (int(URLState.RETRYABLE), not_before, error, status, url_id),
-            )
+        self._call(self._retry, url_id, not_before, error, status, durable=True)
 
-    @_timed("release")
     def release(self, url_id: int) -> None:
-        with self._db:
-            self._db.execute(
-                f"UPDATE urls SET state=CASE WHEN attempts>0 THEN ? ELSE ? END,"
-                f" lease_owner=NULL, lease_until=NULL WHERE id=? AND state IN ({_LEASED})",
-                (int(URLState.RETRYABLE), int(URLState.DISCOVERED), url_id),
-            )
+        self._call(self._release, url_id)
 
-    @_timed("expire_leases")
     def expire_leases(self, now: float) -> int:
-        with self._db:
-            cur = self._db.execute(
-                f"UPDATE urls SET state=CASE WHEN attempts>0 THEN ? ELSE ? END,"
-                f" lease_owner=NULL, lease_until=NULL WHERE state IN ({_LEASED}) AND lease_until<?",
-                (int(URLState.RETRYABLE), int(URLState.DISCOVERED), now),
-            )
-            return cur.rowcount
+        return int(self._call(self._expire_leases, now))
 
     def release_owner(self, owner: str) -> int:
-        with self._db:
-            cur = self._db.execute(
-                f"UPDATE urls SET state=CASE WHEN attempts>0 THEN ? ELSE ? END,"
-                f" lease_owner=NULL, lease_until=NULL WHERE state IN ({_LEASED}) AND lease_owner=?",
-                (int(URLState.RETRYABLE), int(URLState.DISCOVERED), owner),
-            )
-            return cur.rowcount
+        return int(self._call(self._release_owner, owner))
 
     def pending_hosts(self) -> list[tuple[str, float]]:
-        return [
-            (h, t)
-            for h, t in self._db.execute(
-                f"SELECT host, MIN(not_before) FROM urls WHERE state IN ({_READY}) GROUP BY host"
-            )
-        ]
+        hosts: list[tuple[str, float]] = self._call(self._pending_hosts)
+        return hosts
 
     def next_ready_at(self, host: str) -> float | None:
-        row = self._db.execute(
-            f"SELECT MIN(not_before) FROM urls WHERE host=? AND state IN ({_READY})", (host,)
-        ).fetchone()
-        return row[0] if row else None
+        at: float | None = self._call(self._next_ready_at, host)
+        return at
 
     def earliest_lease_expiry(self) -> float | None:
-        row = self._db.execute(f"SELECT MIN(lease_until) FROM urls WHERE state IN ({_LEASED})").fetchone()
-        return row[0] if row else None
+        at: float | None = self._call(self._earliest_lease_expiry)
+        return at
 
-    @_timed("first_with_content")
     def first_with_content(self, sha256: str, url_id: int) -> int:
-        with self._db:
-            self._db.execute("INSERT OR IGNORE INTO content (sha256, url_id) VALUES (?, ?)", (sha256, url_id))
-            row = self._db.execute("SELECT url_id FROM content WHERE sha256=?", (sha256,)).fetchone()
-        return int(row[0])
+        return int(self._call(self._first_with_content, sha256, url_id))
 
     def counts(self) -> dict[str, int]:
-        out = {s.name: 0 for s in URLState}
-        for state, n in self._db.execute("SELECT state, COUNT(*) FROM urls GROUP BY state"):
-            out[URLState(state).name] = n
+        out: dict[str, int] = self._call(self._counts)
         return out
 
     def host_counts(self, host: str) -> dict[str, int]:
-        out = {s.name: 0 for s in URLState}
-        for state, n in self._db.execute(
-            "SELECT state, COUNT(*) FROM urls WHERE host=? GROUP BY state", (host,)
-        ):
-            out[URLState(state).name] = n
+        out: dict[str, int] = self._call(self._host_counts, host)
         return out
 
     def hosts(self) -> list[str]:
-        return [h for (h,) in self._db.execute("SELECT host FROM hosts ORDER BY host")]
+        out: list[str] = self._call(self._hosts)
+        return out
 
-    @_timed("set_meta")
     def set_meta(self, key: str, value: str) -> None:
-        with self._db:
-            self._db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                (key, value),
-            )
+        self._call(self._set_meta, key, value, durable=True)
 
     def close(self) -> None:
-        self._db.close()
+        """Commit what is pending, then close the connection (the store thread ends)."""
+        with self._cv:
+            if self._closing:
+                return
+            self._closing = True
+            self._cv.notify()
+        self._thread.join()
+
+    # -- FrontierStore (the event loop: the store thread's answer, awaited) -------------------
+    async def aclaim(self, host: str, owner: str, lease_seconds: float, now: float) -> URLRecord | None:
+        rec: URLRecord | None = await self._acall(self._claim, host, owner, lease_seconds, now)
+        return rec
+
+    async def astart(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
+        return bool(await self._acall(self._start, url_id, owner, lease_seconds, now))
+
+    async def afinish(
+        self,
+        url_id: int,
+        outcome: Outcome,
+        new_urls: list[NewURL],
+        *,
+        max_per_host: int | None = None,
+        max_depth: int | None = None,
+        parent_depth: int | None = None,
+        now: float,
+    ) -> int:
+        return int(
+            await self._acall(
+                self._finish,
+                url_id,
+                outcome,
+                new_urls,
+                max_per_host,
+                max_depth,
+                parent_depth,
+                now,
+                durable=True,
+            )
+        )
+
+    async def aretry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
+        await self._acall(self._retry, url_id, not_before, error, status, durable=True)
+
+    async def arelease(self, url_id: int) -> None:
+        await self._acall(self._release, url_id)
+
+    async def aexpire_leases(self, now: float) -> int:
+        return int(await self._acall(self._expire_leases, now))
+
+    async def anext_ready_at(self, host: str) -> float | None:
+        at: float | None = await self._acall(self._next_ready_at, host)
+        return at
+
+    async def afirst_with_content(self, sha256: str, url_id: int) -> int:
+        return int(await self._acall(self._first_with_content, sha256, url_id))
+
+    async def acounts(self) -> dict[str, int]:
+        out: dict[str, int] = await self._acall(self._counts)
+        return out
+
+    async def aquiescent(self) -> bool:
+        return await self._acall(self._earliest_lease_expiry) is None
 
 
 _OUTBOX_SCHEMA = """

@@ -68,12 +68,12 @@ async def test_disk_full_pauses_the_crawl_and_it_resumes_with_no_page_lost_or_do
     class FullFor(SQLiteStore):
         refusals = 4
 
-        def finish(self, *args: Any, **kwargs: Any) -> int:
+        def _finish(self, *args: Any, **kwargs: Any) -> int:  # (on the store thread)
             if self.refusals:
                 self.refusals -= 1
                 seen.append((crawl.state.value, crawl.paused_reason))
                 raise sqlite3.OperationalError(FULL)
-            return super().finish(*args, **kwargs)
+            return super()._finish(*args, **kwargs)
 
     before = storage_errors()
     s = site(20)

@@ -207,7 +207,7 @@ async def test_a_broken_store_fails_the_crawl_instead_of_spinning(tmp_path: Path
     from services.crawler.store_sqlite import SQLiteStore
 
     class Broken(SQLiteStore):  # (a full disk pauses the crawl instead: test_disk_full_*)
-        def finish(self, *args: Any, **kwargs: Any) -> int:
+        def _finish(self, *args: Any, **kwargs: Any) -> int:  # (on the store thread)
             raise sqlite3.DatabaseError("database disk image is malformed")
 
     site = MiniSite()

@@ -27,7 +27,7 @@ from services.crawler.parking import HostParking
 from services.crawler.politeness import HostSlot
 from services.crawler.retry import RetryPolicy
 from services.crawler.settings import CrawlConfig, PolitenessConfig, RetryConfig
-from services.crawler.store import NewURL
+from services.crawler.store import NewURL, URLState
 from services.crawler.store_sqlite import SQLiteStore
 from services.websim.web import canonical_target
 
@@ -253,6 +253,23 @@ def test_release_owner_hands_back_only_that_owners_leases(tmp_path: Path) -> Non
     store.close()
 
 
+def _committed_fetching(db: Path, path: str, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait (bounded: 30 s) until `path`'s URL is FETCHING in what is committed to `db`."""
+    import sqlite3
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        raw = sqlite3.connect(db, timeout=5)
+        try:
+            row = raw.execute("SELECT state FROM urls WHERE url LIKE ?", (f"%{path}",)).fetchone()
+        finally:
+            raw.close()
+        if row is not None and row[0] == URLState.FETCHING:
+            return True
+        time.sleep(0.02)  # a commit is at most the store's flush interval (20 ms) away
+    return False
+
+
 def test_a_crawl_restarted_after_kill_9_takes_back_its_in_flight_urls_at_once(tmp_path: Path) -> None:
     site = MiniSite()
     site.page("a.sim.test", "/", '<a href="/slow">s</a>')
@@ -295,6 +312,9 @@ def test_a_crawl_restarted_after_kill_9_takes_back_its_in_flight_urls_at_once(tm
         first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             assert requested.wait(60), "the first run never asked for /slow"
+            # The lease rides in a group commit (store_sqlite.py): wait until it is on disk, as
+            # seen from a connection of our own, so that the kill finds it there.
+            assert _committed_fetching(tmp_path / "s.sqlite", "/slow", first), "the lease was never committed"
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait(30)

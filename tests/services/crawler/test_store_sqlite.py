@@ -170,3 +170,144 @@ def test_a_shorter_path_found_later_lowers_depths_and_admits_cut_links(tmp_path:
     row = store._db.execute("SELECT depth FROM urls WHERE url='http://a.test/child'").fetchone()
     assert row == (2,)
     assert store._db.execute("SELECT depth FROM urls WHERE url='http://a.test/far'").fetchone() == (1,)
+
+
+# Several pages at once through the engine's path (the store thread, group commits): claims and
+# starts ride uncommitted with the finishes, some URLs are retried, some fail. A line is printed
+# only once the finish (or retry) that it reports has returned, i.e. was committed.
+_GROUP_WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from services.crawler.store import NewURL, Outcome, URLState
+    from services.crawler.store_sqlite import SQLiteStore
+
+    async def worker(store, w):
+        i = 0
+        while True:
+            host = f"h{(w + i) % 7}.test"
+            i += 1
+            rec = await store.aclaim(host, "w", 60, now=0)
+            if rec is None:
+                await asyncio.to_thread(
+                    store.add, [NewURL(f"http://{host}/{w}-{i}-{k}", host, 1) for k in range(4)], now=0
+                )
+                continue
+            await store.astart(rec.id, "w", 60, now=0)
+            if rec.id % 11 == 0 and rec.attempts == 0:
+                await store.aretry(rec.id, 0.0, "HTTP 503", 503)
+                print("R", rec.id, flush=True)
+                continue
+            state = URLState.FAILED if rec.id % 5 == 0 else URLState.FETCHED
+            links = [NewURL(f"http://{host}/{rec.id}/{k}", host, 1) for k in range(3)]
+            await store.afinish(rec.id, Outcome(state, status=200), links, now=0)
+            print("F", rec.id, int(state), flush=True)
+
+    async def main():
+        store = SQLiteStore(sys.argv[1])
+        await asyncio.gather(*(worker(store, w) for w in range(16)))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_counts_stay_exact_across_kill_9_with_group_commits(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "s.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _GROUP_WRITER, str(db)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    finished: dict[int, int] = {}
+    retried: set[int] = set()
+    try:
+        while len(finished) < 400:  # bounded: the child writes forever, a dead child ends the loop
+            line = proc.stdout.readline()
+            assert line, "the writer died"
+            kind, url_id, *state = line.split()
+            if kind == "F":
+                finished[int(url_id)] = int(state[0])
+            else:
+                retried.add(int(url_id))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # the truth, by scanning the table from a connection of the test's own
+    raw = sqlite3.connect(db)
+    truth = {URLState(s).name: n for s, n in raw.execute("SELECT state, COUNT(*) FROM urls GROUP BY state")}
+    ready = dict(raw.execute("SELECT host, SUM(state IN (0, 5)) FROM urls GROUP BY host"))
+    states = dict(raw.execute("SELECT id, state FROM urls"))
+    raw.close()
+    store = SQLiteStore(db)
+    try:
+        counts = store.counts()
+        assert {k: v for k, v in counts.items() if v} == truth
+        assert sum(counts.values()) == len(states)
+        assert dict(store._call(lambda: list(store._db.execute("SELECT host, n FROM host_ready")))) == ready
+        assert sorted(store.pending_hosts()) == sorted((h, 0.0) for h, n in ready.items() if n)
+        # every finish that returned was committed, with its outcome
+        for url_id, state in finished.items():
+            assert states[url_id] == state
+        for url_id in retried:  # the retry was committed: never DISCOVERED again (later, anything else)
+            assert states[url_id] != URLState.DISCOVERED
+        # the dead run's leases (committed or not) come back at once, and the counts follow
+        store.release_owner("w")
+        counts = store.counts()
+        assert counts["SCHEDULED"] == counts["FETCHING"] == 0
+        assert sum(counts.values()) == len(states)
+        assert store.commits > 0
+    finally:
+        store.close()
+
+
+async def test_group_commit_holds_many_operations_per_transaction(tmp_path: Path) -> None:
+    import asyncio
+
+    store = SQLiteStore(tmp_path / "s.sqlite", flush_interval=0.05)
+    try:
+        store.add([_u(f"/{i}", host=f"h{i}.test") for i in range(200)], now=0)
+        commits, ops = store.commits, store.ops_committed
+
+        async def page(i: int) -> int:
+            rec = await store.aclaim(f"h{i}.test", "w", 60, now=1)
+            assert rec is not None and await store.astart(rec.id, "w", 60, now=1)
+            return await store.afinish(
+                rec.id, Outcome(URLState.FETCHED, status=200), [_u(f"/{i}/x", host=f"h{i}.test")], now=2
+            )
+
+        assert await asyncio.gather(*(page(i) for i in range(200))) == [1] * 200
+        # 600 operations in far fewer commits than the 600 transactions they were before
+        assert 1 <= store.commits - commits < 100 and store.ops_committed - ops == 600
+        expected = {s.name: 0 for s in URLState} | {"DISCOVERED": 200, "FETCHED": 200}
+        assert store.counts() == expected
+    finally:
+        store.close()
+
+
+def test_counters_of_a_file_from_before_them_are_counted_on_open(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "s.sqlite"
+    store = SQLiteStore(db)
+    store.add([_u("/a"), _u("/b"), _u("/c", host="b.test")], now=0)
+    rec = store.claim("a.test", "w", 60, now=0)
+    assert rec is not None
+    store.close()
+    raw = sqlite3.connect(db)  # as an older version left it: no counters, no triggers
+    for name in ("urls_counted_ins", "urls_counted_upd", "urls_counted_del"):
+        raw.execute(f"DROP TRIGGER {name}")
+    raw.execute("DELETE FROM state_counts")
+    raw.execute("DELETE FROM host_ready")
+    raw.execute("DELETE FROM meta WHERE key='counters'")
+    raw.commit()
+    raw.close()
+    store = SQLiteStore(db)
+    try:
+        assert store.counts()["DISCOVERED"] == 2 and store.counts()["SCHEDULED"] == 1
+        assert sorted(h for h, _ in store.pending_hosts()) == ["a.test", "b.test"]
+        store.release(rec.id)
+        assert store.counts()["DISCOVERED"] == 3
+    finally:
+        store.close()
