@@ -250,7 +250,10 @@ class WaitModel:
     # bring it down. Admission also keeps it under half the cap.
     MARGIN_QUANTILE = 0.95
     MIN_FOR_MARGIN = 20
-    SLOT_STEPS = 4  # steps a request waits for a slot when the batch is full (scheduler patience)
+    # Steps a request under its tenant's share waits for a slot in a full batch: the scheduler's
+    # patience before it takes one back from a tenant over its share (fair_preempt_after_steps),
+    # plus the step that runs it.
+    SLOT_STEPS = 2
 
     def __init__(self, weights: dict[str, float]) -> None:
         self.weights = weights
