@@ -248,3 +248,27 @@ def test_a_figure_with_a_bar_stays_in_its_table_cell():
         "ServiceDown\\|WorkerHeartbeatMissing never fired"
     )
     assert runner._cell(1.5) == "1.5" and runner._cell(None) == "-"
+
+
+@pytest.mark.parametrize(
+    ("after_5xx", "after_2xx", "passes"),
+    [
+        ([2.36, 2.4, 2.2], [1.38, 1.3, 1.4], True),  # the per-host backoff doubles the delay
+        ([1.29, 1.3, 1.28], [1.31, 1.3, 1.32], False),  # no backoff: equal medians but for noise
+        ([1.35, 1.36, 1.34], [1.31, 1.3, 1.32], False),  # longer by noise only is not a backoff
+        ([1.0], [], False),  # nothing to compare with
+    ],
+)
+def test_backoff_is_judged_on_a_ratio_not_on_noise(
+    after_5xx: list[float], after_2xx: list[float], passes: bool
+):
+    from chaoslib.exceptions import ActivityFailed
+
+    from loadtests.drills import record
+
+    record.reset()
+    if passes:
+        assert probes.judge_backoff(after_5xx, after_2xx, 1.25)["ratio"] >= 1.25
+    else:
+        with pytest.raises(ActivityFailed, match=r"did not back off|too few"):
+            probes.judge_backoff(after_5xx, after_2xx, 1.25)
