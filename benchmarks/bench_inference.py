@@ -1,26 +1,32 @@
-"""Inference serving under open-loop load: this scheduler vs batch-size-1 serving vs the raw limit.
+"""Inference serving at the limit: the server under open-loop load vs the raw model on the same
+request mix vs batch-size-1 serving, side by side in one run.
 
-    .venv/bin/python benchmarks/bench_inference.py            # default run, about 2.5 minutes
-    .venv/bin/python benchmarks/bench_inference.py --quick    # smoke run, under a minute
+    .venv/bin/python benchmarks/bench_inference.py            # default run, about 12 minutes
+    .venv/bin/python benchmarks/bench_inference.py --quick    # smoke run, about 3 minutes
 
-Three measurements of generated tokens/s in one run, same model (seeded, d_model 128, 4
-layers), same device, same torch threads:
-  (a) limit: the raw model with no server, static batches of the workload's mean shape (one
-      prefill, then decode), best batch size of --limit-batches; median of --repeats runs;
-  (b) batch-1: `python -m services.inference --max-seqs 1`, driven by the same load;
-  (c) scheduler: `python -m services.inference` with continuous batching, --max-seqs set to the
-      best batch size found in (a) (the device's sweet spot; override with --max-seqs).
-Load: open-loop Poisson arrivals (seeded schedules, identical for (b) and (c)), two tenants and
-two classes: alice sends interactive requests at a steady rate (--interactive-share of the
-limit; streamed over SSE, TTFT measured at the client), bob's batch requests (non-streaming;
-TTFT from the server's timing) fill the rest of each level, so the sweep is bob flooding
-while alice stays put. Prompts of 16-192 bytes, outputs of 16-64 (interactive) or 32-256
-(batch) tokens, ignore_eos so output lengths are exact. Offered load (output tokens/s) sweeps
---loads x the limit.
+The served model (the shipped pg-small unless --model), float32 on CPU, --threads torch threads
+everywhere. The request mix: two tenants and two classes, prompts of 16-192 characters, outputs
+of 16/32/64 tokens (alice, interactive, streamed over SSE, TTFT at the client) or 32/64/128/256
+tokens (bob, batch, non-streaming), ignore_eos so output lengths are exact; alice's tokens are
+--interactive-share of the total.
 
-Tokens/s is the server's own counter (inference_generated_tokens_total) over the send window,
-so requests still queued at the end do not inflate it. Rejections (429/503) are counted per
-class. Writes reports/bench_inference.json and reports/bench_inference.png.
+  (a) limit: the raw model on --limit-requests requests of that very mix, batched offline by
+      length (sorted by output then prompt length, static batches of B: all prompts prefilled
+      in one step, then decode steps, a row leaving when its output is complete), no server,
+      no scheduler, no admission; generated tokens / wall time; best B of --limit-batches.
+  (c0) the engine (scheduler + runner) in-process on the same requests, all submitted at once.
+  (c) `python -m services.inference` (continuous batching, --max-seqs = the limit's best B),
+      open-loop Poisson arrivals at --loads x the limit (alice steady, bob filling the rest);
+  (b) the same server with --max-seqs 1 (batch-1 serving), at the lowest and highest load.
+Every measurement is repeated --repeats times after a warm-up; server levels run round-robin
+(level after level, then again) so a busy neighbour hurts all levels alike. Reported: median
+and min-max per measurement and the ratios asked of the engine: peak serving tokens/s / limit
+(aim >= 0.85), / batch-1 serving (aim >= 5), throughput at 1.5x / peak (aim >= 0.95).
+
+Tokens/s of a server level is its own counter (inference_generated_tokens_total) between the
+end of a ramp-up (30% of the window) and the end of sending, so the fill and the drain are not
+counted. The greedy generations of (a) and (c0) must be the same (checked: batching must not
+change what the model generates). Writes reports/bench_inference.json and .png.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -79,20 +86,37 @@ class LevelReport:
     rejected: int
     reject_rate: float
     by_class: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
-    server_cores: float = 0.0  # server process CPU seconds / wall seconds during the level
-    engine_cores: float = 0.0  # the busiest server thread (the engine), same ratio
+    server_cores: float = 0.0  # server + engine processes' CPU seconds / wall seconds in the level
+    engine_cores: float = 0.0  # the busiest thread (the engine's), same ratio
+    repeat: int = 0
+    # The busiest thread's (the engine's) CPU seconds in the tokens/s window, and tokens per
+    # such second: throughput with the CPU the neighbours left the engine factored out.
+    engine_cpu_window_s: float = 0.0
+    tokens_per_engine_cpu_s: float = 0.0
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per thread of `pid` (Linux /proc), to show how much CPU the server got."""
+    """CPU seconds per thread of `pid` and its child processes (the engine process), from
+    Linux /proc, to show how much CPU the server got."""
     out: dict[str, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    pids, seen = [pid], set()
+    while pids:
+        p = pids.pop()
+        if p in seen:
+            continue
+        seen.add(p)
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
         except OSError:
             continue
-        out[task.name] = (int(fields[11]) + int(fields[12])) / tick
+        for task in tasks:
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                pids += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out[f"{p}/{task.name}"] = (int(fields[11]) + int(fields[12])) / tick
     return out
 
 
@@ -120,12 +144,13 @@ def workload(rate_interactive: float, rate_batch: float, duration: float, seed: 
     return sorted(out, key=lambda r: r.at)
 
 
-def mean_shape(seed: int) -> tuple[int, int]:
-    reqs = workload(50.0, 150.0, 10.0, seed)  # the limit's shape: a 1:3 interactive:batch mix
-    return (
-        round(statistics.mean(len(r.prompt) + 1 for r in reqs)),
-        round(statistics.mean(r.max_tokens for r in reqs)),
-    )
+def limit_mix(n: int, interactive_share: float, seed: int) -> list[Req]:
+    """n requests of the serving mix: the same generator, alice's share of the tokens as in the
+    server levels (tokens per request differ by class, so the request rates are scaled)."""
+    mean_i, mean_b = statistics.mean(INTERACTIVE_OUT), statistics.mean(BATCH_OUT)
+    rate_i, rate_b = interactive_share / mean_i, (1 - interactive_share) / mean_b
+    scale = 100.0 / (rate_i + rate_b)  # 100 requests/s: only the proportions matter here
+    return workload(rate_i * scale, rate_b * scale, 2 * n / 100.0, seed)[:n]
 
 
 def load_model(path: Path | None = None):
@@ -140,77 +165,88 @@ def load_model(path: Path | None = None):
 
 
 # -- (a) the raw model, no server --------------------------------------------------------------
-def raw_limit(batch: int, prompt_len: int, out_len: int, threads: int) -> float:
+def raw_limit(
+    model, requests: list[tuple[list[int], int]], batch: int
+) -> tuple[float, list[list[int]], float]:
+    """The raw model on `requests` (prompt ids, output tokens), batched offline by length: sorted
+    by (output, prompt) length and cut into static batches of `batch`; each batch prefills all
+    its prompts in one step, then decodes, a row leaving when its output is complete. Returns
+    generated tokens/s, each request's (greedy) output, and tokens per CPU second."""
     import torch
 
     from services.inference.model.kv_cache import KVCache
-    from services.inference.model.transformer import ModelConfig
-    from services.inference.model.weights import build_model
     from services.inference.runner import ModelRunner
     from services.inference.sequence import Sequence
 
-    torch.set_num_threads(threads)
-    cfg = ModelConfig()
-    model = build_model(cfg, seed=0)
+    c = model.cfg
+    longest = max(len(p) + n for p, n in requests)
     cache = KVCache(
-        n_layers=cfg.n_layers,
-        n_heads=cfg.n_heads,
-        head_dim=cfg.head_dim,
-        num_tokens=batch * (prompt_len + out_len + 16),
+        n_layers=c.n_layers,
+        n_heads=c.n_kv_heads,
+        head_dim=c.head_dim,
+        num_tokens=batch * (longest + 16),
+        device=next(model.parameters()).device,
+        dtype=next(model.parameters()).dtype,
     )
     runner = ModelRunner(model, cache)
-    seqs = [Sequence(str(i), "t", [256] + [97] * (prompt_len - 1), max_tokens=out_len) for i in range(batch)]
-    began = time.perf_counter()
-    chunks = [(s, s.pending) for s in seqs]
-    while True:
-        for s, n in chunks:
-            cache.grow(s.block_table, s.num_computed + n)
-        sampled = runner.execute(chunks)
-        for (s, n), tok in zip(chunks, sampled, strict=True):
-            s.num_computed += n
-            if tok is not None:
-                s.output.append(tok)
-        if len(seqs[0].output) >= out_len:
-            break
-        chunks = [(s, 1) for s in seqs]
-    return batch * out_len / (time.perf_counter() - began)
+    order = sorted(range(len(requests)), key=lambda i: (requests[i][1], len(requests[i][0])))
+    outputs: list[list[int]] = [[] for _ in requests]
+    began, cpu_began = time.perf_counter(), time.thread_time()
+    with torch.inference_mode():
+        for first in range(0, len(order), batch):
+            seqs = []
+            for i in order[first : first + batch]:
+                seq = Sequence(str(i), "t", requests[i][0], max_tokens=requests[i][1])
+                seq.output = outputs[i]
+                cache.grow(seq.block_table, seq.num_tokens)
+                seqs.append(seq)
+            chunks = [(s, s.num_tokens) for s in seqs]
+            while chunks:
+                sampled = runner.execute(chunks)
+                nxt = []
+                for (s, n), tok in zip(chunks, sampled, strict=True):
+                    s.num_computed += n
+                    assert tok is not None
+                    s.output.append(tok)
+                    if len(s.output) < s.max_tokens:
+                        cache.grow(s.block_table, s.num_tokens)
+                        nxt.append((s, 1))
+                    else:
+                        cache.release(s)
+                chunks = nxt
+    elapsed, cpu_s = time.perf_counter() - began, time.thread_time() - cpu_began
+    tokens = sum(len(o) for o in outputs)
+    return tokens / elapsed, outputs, tokens / cpu_s
 
 
-def engine_offline(max_seqs: int, reqs: list[Req], threads: int) -> float:
+def engine_offline(
+    model, requests: list[tuple[list[int], int]], max_seqs: int
+) -> tuple[float, list[list[int]]]:
     """The engine (scheduler + runner) in-process, every request submitted at once, no HTTP:
-    separates the cost of scheduling mixed lengths from the cost of the server around it."""
-    import torch
-
+    separates the cost of scheduling from the cost of the server around it."""
     from services.inference.engine import Engine
     from services.inference.model.kv_cache import KVCache
-    from services.inference.model.tokenizer import ByteTokenizer
-    from services.inference.model.transformer import ModelConfig
-    from services.inference.model.weights import build_model
     from services.inference.scheduler import SchedulerConfig
     from services.inference.sequence import Sequence
 
-    torch.set_num_threads(threads)
-    cfg = ModelConfig()
-    cache = KVCache(n_layers=cfg.n_layers, n_heads=cfg.n_heads, head_dim=cfg.head_dim, num_tokens=32768)
-    engine = Engine(build_model(cfg, seed=0), cache, SchedulerConfig(max_seqs=max_seqs, max_step_tokens=512))
+    c = model.cfg
+    cache = KVCache(n_layers=c.n_layers, n_heads=c.n_kv_heads, head_dim=c.head_dim, num_tokens=32768)
+    engine = Engine(model, cache, SchedulerConfig(max_seqs=max_seqs, max_step_tokens=512, prefill_chunk=256))
     engine.start()
-    tok = ByteTokenizer()
     seqs = [
-        Sequence(
-            str(i), r.tenant, tok.encode(r.prompt), max_tokens=r.max_tokens, klass=r.klass, stop_at_eos=False
-        )
-        for i, r in enumerate(reqs)
+        Sequence(str(i), "t", list(p), max_tokens=n, stop_at_eos=False) for i, (p, n) in enumerate(requests)
     ]
     try:
         began = time.perf_counter()
-        engine.run_to_completion(seqs, timeout=600)
-        return sum(len(s.output) for s in seqs) / (time.perf_counter() - began)
+        engine.run_to_completion(seqs, timeout=900)
+        elapsed = time.perf_counter() - began
     finally:
         engine.stop()
+    return sum(len(s.output) for s in seqs) / elapsed, [s.output for s in seqs]
 
 
 # -- the server under load ---------------------------------------------------------------------
-def start_server(port: int, threads: int, max_seqs: int) -> subprocess.Popen:
+def start_server(port: int, threads: int, max_seqs: int, model: Path | None = None) -> subprocess.Popen:
     big = {
         "requests_per_s": 1e6,
         "burst_requests": 1e6,
@@ -247,6 +283,7 @@ def start_server(port: int, threads: int, max_seqs: int) -> subprocess.Popen:
         "10",
         "--tenants",
         json.dumps(tenants),
+        *(["--model", str(model)] if model else []),
     ]
     proc = subprocess.Popen(
         cmd,
@@ -331,8 +368,16 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 async def drive(
-    url: str, reqs: list[Req], duration: float, name: str, rate: float, drain_s: float
+    url: str,
+    reqs: list[Req],
+    duration: float,
+    name: str,
+    rate: float,
+    drain_s: float,
+    cpu: Callable[[], dict[str, float]] | None = None,
 ) -> LevelReport:
+    """Send `reqs` on their schedule; tokens/s (and, with `cpu`, the server's CPU seconds per
+    thread) read at the end of the ramp-up and at the end of sending."""
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
@@ -341,9 +386,9 @@ async def drive(
         # the batch fills) and the end of sending: the steady state, not the fill or the drain.
         ramp = 0.3 * duration
 
-        async def counter_at(t: float) -> tuple[float, float]:
+        async def counter_at(t: float) -> tuple[float, float, dict[str, float]]:
             await asyncio.sleep(max(0.0, start + t - time.perf_counter()))
-            return await generated_tokens(client, url), time.perf_counter()
+            return await generated_tokens(client, url), time.perf_counter(), cpu() if cpu else {}
 
         first = asyncio.create_task(counter_at(ramp))
         tasks = []
@@ -352,8 +397,9 @@ async def drive(
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(client, url, req)))
-        (before, t_before), (after, t_after) = await asyncio.gather(first, counter_at(duration))
+        (before, t_before, cpu0), (after, t_after, cpu1) = await asyncio.gather(first, counter_at(duration))
         window = t_after - t_before
+        engine_cpu = max((cpu1[k] - cpu0.get(k, 0.0) for k in cpu1), default=0.0)
         done, pending = await asyncio.wait(tasks, timeout=drain_s)
         for t in pending:
             t.cancel()
@@ -371,6 +417,8 @@ async def drive(
         0.0,
     )
     rep.reject_rate = rep.rejected / max(1, rep.sent)
+    rep.engine_cpu_window_s = engine_cpu
+    rep.tokens_per_engine_cpu_s = (after - before) / engine_cpu if engine_cpu > 0 else 0.0
     for klass in ("interactive", "batch"):
         ok = [r for r in results if r.klass == klass and r.status == 200]
         ttft = [r.ttft for r in ok if r.ttft is not None]
@@ -392,32 +440,39 @@ async def drive(
     return rep
 
 
-def run_levels(name: str, max_seqs: int, rates: list[float], args, port: int) -> list[LevelReport]:
-    proc = start_server(port, args.threads, max_seqs)
+def measure_level(
+    proc: subprocess.Popen, port: int, name: str, rates: tuple[float, float], rep: int, seed: int, args
+) -> LevelReport:
+    """One level of offered load against a running server."""
+    rate_i, rate_b = rates
     url = f"http://127.0.0.1:{port}"
-    try:
-        # Warm-up: a few requests of each class, not measured.
-        asyncio.run(drive(url, workload(3.0, 3.0, 1.0, seed=999), 1.0, "warmup", 6.0, 30))
-        out = []
-        for i, (rate_i, rate_b) in enumerate(rates):
-            rate = rate_i + rate_b
-            reqs = workload(rate_i, rate_b, args.duration, seed=args.seed + i)
-            cpu0, t0 = thread_cpu(proc.pid), time.perf_counter()
-            rep = asyncio.run(drive(url, reqs, args.duration, name, rate, args.drain))
-            cpu1, wall = thread_cpu(proc.pid), time.perf_counter() - t0
-            deltas = [cpu1[t] - cpu0.get(t, 0.0) for t in cpu1]
-            rep.server_cores, rep.engine_cores = sum(deltas) / wall, max(deltas) / wall
-            print(
-                f"  {name:9s} offered {rate:6.1f} req/s: {rep.tokens_per_s:7.0f} tok/s, "
-                f"rejected {rep.reject_rate:5.1%}, interactive p95 TTFT "
-                f"{_fmt(rep.by_class['interactive']['ttft_p95'])}; server used {rep.server_cores:.2f} cores "
-                f"(engine thread {rep.engine_cores:.2f})",
-                flush=True,
-            )
-            out.append(rep)
-        return out
-    finally:
-        stop_server(proc)
+    reqs = workload(rate_i, rate_b, args.duration, seed=seed)
+    cpu0, t0 = thread_cpu(proc.pid), time.perf_counter()
+    level = asyncio.run(
+        drive(url, reqs, args.duration, name, rate_i + rate_b, args.drain, lambda: thread_cpu(proc.pid))
+    )
+    cpu1, wall = thread_cpu(proc.pid), time.perf_counter() - t0
+    deltas = [cpu1[t] - cpu0.get(t, 0.0) for t in cpu1]
+    level.server_cores, level.engine_cores = sum(deltas) / wall, max(deltas) / wall
+    level.repeat = rep
+    print(
+        f"  {name:9s} offered {rate_i + rate_b:6.1f} req/s: {level.tokens_per_s:7.0f} tok/s, "
+        f"rejected {level.reject_rate:5.1%}, interactive p95 TTFT "
+        f"{_fmt(level.by_class['interactive']['ttft_p95'])}; server+engine used "
+        f"{level.server_cores:.2f} cores (engine thread {level.engine_cores:.2f}, "
+        f"{level.tokens_per_engine_cpu_s:.0f} tokens per engine CPU second); "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    return level
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def fmt_spread(values: list[float], digits: int = 0) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def _fmt(v) -> str:
@@ -425,6 +480,7 @@ def _fmt(v) -> str:
 
 
 def plot(levels: list[LevelReport], batch1: list[LevelReport], limit: float, path: Path) -> None:
+    """One repeat's levels (the median one per level is passed in)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -470,21 +526,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of offered load per level")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds of offered load per level")
+    p.add_argument("--loads", default="0.5,1.0,1.25,1.5", help="offered tokens/s as fractions of the limit")
+    p.add_argument("--repeats", type=int, default=3, help="runs of every measurement")
     p.add_argument(
-        "--loads", default="0.25,0.5,0.75,1.0,1.5", help="offered tokens/s as fractions of the limit"
+        "--limit-batches", default="32,64,128", help="batch sizes tried for the raw limit (calibration)"
     )
-    p.add_argument("--repeats", type=int, default=3, help="runs of the raw limit per batch size")
-    p.add_argument("--limit-batches", default="8,16,32,64", help="batch sizes tried for the raw limit")
+    p.add_argument("--limit-requests", type=int, default=256, help="requests of the mix in (a) and (c0)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for every measurement")
     p.add_argument(
-        "--drain", type=float, default=20.0, help="seconds to wait for in-flight requests per level"
+        "--drain", type=float, default=15.0, help="seconds to wait for in-flight requests per level"
     )
     p.add_argument("--max-seqs", type=int, default=0, help="scheduler batch cap (0 = the limit's best batch)")
-    p.add_argument("--offline-requests", type=int, default=200, help="requests in the (c0) in-process run")
     p.add_argument(
-        "--interactive-share", type=float, default=0.1, help="alice's steady load, fraction of limit"
+        "--interactive-share", type=float, default=0.1, help="alice's share of the tokens (of the limit)"
     )
+    p.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: pg-small)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--port", type=int, default=18400)
     p.add_argument("--out", type=Path, default=ROOT / "reports")
@@ -492,91 +549,136 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.loads, args.repeats, args.limit_batches, args.drain = (
-            4.0,
-            "0.5,1.5",
+            6.0,
+            "1.0,1.5",
             1,
-            "32",
+            "64",
             10.0,
         )
-        args.offline_requests = 60
+        args.limit_requests = 128
     loads = [float(x) for x in args.loads.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
 
-    prompt_len, out_len = mean_shape(args.seed)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model, tok = load_model(args.model)
+    mix = limit_mix(args.limit_requests, args.interactive_share, args.seed)
+    requests = [(tok.encode(r.prompt), r.max_tokens) for r in mix]
     print(
-        f"workload mean shape: prompt {prompt_len} tokens, output {out_len} tokens; "
-        f"torch threads {args.threads}"
+        f"mix: {len(requests)} requests, prompts {min(len(q) for q, _ in requests)}-"
+        f"{max(len(q) for q, _ in requests)} tokens, outputs {sum(n for _, n in requests)} tokens; "
+        f"torch threads {args.threads}; load average {os.getloadavg()[0]:.1f}"
     )
-    print("(a) raw model, static batches, no server:", flush=True)
-    limit_runs: dict[int, list[float]] = {}
-    raw_limit(8, prompt_len, out_len, args.threads)  # warm-up
-    for b in [int(x) for x in args.limit_batches.split(",")]:
-        limit_runs[b] = [raw_limit(b, prompt_len, out_len, args.threads) for _ in range(args.repeats)]
-        runs = limit_runs[b]
-        print(
-            f"  batch {b:3d}: {statistics.median(runs):7.0f} tok/s (min {min(runs):.0f}, max {max(runs):.0f})"
-        )
-    best_batch = max(limit_runs, key=lambda b: statistics.median(limit_runs[b]))
-    limit = statistics.median(limit_runs[best_batch])
-    capacity_rps = limit / out_len
+    # Calibration (after a warm-up): the batch size of the limit, and the limit that sets the
+    # offered loads. The measured figures are the repeats below.
+    raw_limit(model, requests[:32], 32)
+    calib = {int(b): raw_limit(model, requests, int(b))[0] for b in args.limit_batches.split(",")}
+    best_batch = max(calib, key=lambda b: calib[b])
+    print(
+        "calibration, raw model on the mix: "
+        + ", ".join(f"batch {b}: {v:.0f} tok/s" for b, v in calib.items()),
+        flush=True,
+    )
+    max_seqs = args.max_seqs or best_batch
     # Alice steady at --interactive-share of the limit (tokens/s); bob fills the rest of each
     # level's offered load: the sweep is bob flooding while alice stays put.
     mean_i, mean_b = statistics.mean(INTERACTIVE_OUT), statistics.mean(BATCH_OUT)
-    rate_i = args.interactive_share * limit / mean_i
-    rates = [(rate_i, max(0.0, f - args.interactive_share) * limit / mean_b) for f in loads]
-    print(
-        f"limit {limit:.0f} tok/s at batch {best_batch} = {capacity_rps:.1f} req/s of the mean shape",
-        flush=True,
-    )
+    rate_i = args.interactive_share * calib[best_batch] / mean_i
+    rates = [(rate_i, max(0.0, f - args.interactive_share) * calib[best_batch] / mean_b) for f in loads]
+    b1_rates = [rates[0], rates[-1]]
 
-    max_seqs = args.max_seqs or best_batch
-    offline_reqs = workload(25.0, 75.0, args.offline_requests / 80, args.seed)[: args.offline_requests]
-    offline = [engine_offline(max_seqs, offline_reqs, args.threads) for _ in range(args.repeats)]
-    print(
-        f"(c0) engine in-process, no HTTP, {len(offline_reqs)} requests of the mix at once: "
-        f"{statistics.median(offline):.0f} tok/s (min {min(offline):.0f}, max {max(offline):.0f})",
-        flush=True,
-    )
-    print(f"(c) this scheduler (continuous batching, max_seqs {max_seqs}):", flush=True)
-    levels = run_levels("scheduler", max_seqs, rates, args, args.port)
-    print("(b) batch-size-1 serving (max_seqs 1):", flush=True)
-    batch1 = run_levels("batch-1", 1, [rates[0], rates[-1]], args, args.port + 1)
+    # Every repeat measures everything, in the same order: (a), (c0), (c) levels, (b) levels, so
+    # the neighbours' load drifts over all of them alike. Both servers stay up (idle between).
+    servers = [start_server(args.port, args.threads, max_seqs, args.model)]
+    limit_runs: list[float] = []
+    limit_cpu: list[float] = []  # tokens per CPU second of the raw model
+    offline: list[float] = []
+    levels: list[list[LevelReport]] = [[] for _ in rates]
+    batch1: list[list[LevelReport]] = [[] for _ in b1_rates]
+    try:
+        servers.append(start_server(args.port + 1, args.threads, 1, args.model))
+        for port in (args.port, args.port + 1):  # warm-up: a few requests of each class
+            url = f"http://127.0.0.1:{port}"
+            asyncio.run(drive(url, workload(3.0, 3.0, 2.0, seed=999), 2.0, "warmup", 6.0, 30))
+        for rep in range(args.repeats):
+            print(f"repeat {rep + 1}/{args.repeats}:", flush=True)
+            tps_a, outputs, cpu_a = raw_limit(model, requests, best_batch)
+            limit_runs.append(tps_a)
+            limit_cpu.append(cpu_a)
+            tps_c0, outs = engine_offline(model, requests, max_seqs)
+            offline.append(tps_c0)
+            if outs != outputs:
+                raise SystemExit("(c0) engine generations differ from the raw model's batched by length")
+            print(
+                f"  (a) raw limit {tps_a:.0f} tok/s ({cpu_a:.0f} per CPU second), (c0) engine "
+                f"in-process {tps_c0:.0f} tok/s; load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+            for i, r in enumerate(rates):
+                seed = args.seed + 100 * rep + i
+                levels[i].append(measure_level(servers[0], args.port, "scheduler", r, rep, seed, args))
+            for i, r in enumerate(b1_rates):
+                seed = args.seed + 100 * rep + (0 if i == 0 else len(rates) - 1)
+                batch1[i].append(measure_level(servers[1], args.port + 1, "batch-1", r, rep, seed, args))
+    finally:
+        for proc in servers:
+            stop_server(proc)
+    limit = statistics.median(limit_runs)
 
-    sat = max(levels, key=lambda r: r.tokens_per_s)
-    b1 = max(batch1, key=lambda r: r.tokens_per_s)
+    def tps(level: list[LevelReport]) -> list[float]:
+        return [r.tokens_per_s for r in level]
+
+    peak_i = max(range(len(levels)), key=lambda i: statistics.median(tps(levels[i])))
+    peak = statistics.median(tps(levels[peak_i]))
+    b1_i = max(range(len(batch1)), key=lambda i: statistics.median(tps(batch1[i])))
+    b1 = statistics.median(tps(batch1[b1_i]))
+    over = statistics.median(tps(levels[-1]))
+    # Per repeat ratios too (same repeat's levels), for the spread.
+    per_rep_limit = [r.tokens_per_s / limit for r in levels[peak_i]]
+    per_rep_over = [
+        levels[-1][k].tokens_per_s / max(lv[k].tokens_per_s for lv in levels) for k in range(args.repeats)
+    ]
     print()
     print(
-        "| system | offered tok/s (x limit) | req/s | tokens/s | vs limit | vs batch-1 | reject "
-        "| inter. TTFT p50/p95/p99 (ms) | inter. latency p95 | batch TTFT p95 | batch latency p95 "
-        "| server cores (engine) |"
+        "| system | offered tok/s (x limit) | tokens/s median (min-max) | vs limit | vs batch-1 | reject "
+        "| inter. TTFT p50/p95/p99 (ms) | batch TTFT p95 | batch latency p95 | cores (engine) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     print(
-        f"| (a) raw limit, batch {best_batch} | - | - | {limit:.0f} | 1.00 | "
-        f"{limit / b1.tokens_per_s:.1f}x | - | - | - | - | - | - |"
+        f"| (a) raw limit, batch {best_batch} | - | {fmt_spread(limit_runs)} | 1.00 | "
+        f"{limit / b1:.1f}x | - | - | - | - | - |"
     )
     print(
-        f"| (c0) engine, no HTTP | - | - | {statistics.median(offline):.0f} | "
-        f"{statistics.median(offline) / limit:.2f} | {statistics.median(offline) / b1.tokens_per_s:.1f}x "
-        "| - | - | - | - | - | - |"
+        f"| (c0) engine, no HTTP | - | {fmt_spread(offline)} | {statistics.median(offline) / limit:.2f} | "
+        f"{statistics.median(offline) / b1:.1f}x | - | - | - | - | - |"
     )
-    for r in [*levels, *batch1]:
-        ic, bc = r.by_class["interactive"], r.by_class["batch"]
+    for level in [*levels, *batch1]:
+        mid = sorted(level, key=lambda r: r.tokens_per_s)[len(level) // 2]  # the median repeat
+        ic, bc = mid.by_class["interactive"], mid.by_class["batch"]
         ttft = "/".join(_fmt(ic[k]).replace(" ms", "") for k in ("ttft_p50", "ttft_p95", "ttft_p99"))
+        med = statistics.median(tps(level))
         print(
-            f"| {r.name} | {r.offered_tokens_per_s:.0f} ({r.offered_tokens_per_s / limit:.2f}) | "
-            f"{r.offered_rps:.1f} | {r.tokens_per_s:.0f} | {r.tokens_per_s / limit:.2f} | "
-            f"{r.tokens_per_s / b1.tokens_per_s:.1f}x | {r.reject_rate:.1%} | {ttft} | "
-            f"{_fmt(ic['latency_p95'])} | {_fmt(bc['ttft_p95'])} | {_fmt(bc['latency_p95'])} | "
-            f"{r.server_cores:.2f} ({r.engine_cores:.2f}) |"
+            f"| ({'c' if mid.name == 'scheduler' else 'b'}) {mid.name} | {mid.offered_tokens_per_s:.0f} "
+            f"({mid.offered_tokens_per_s / limit:.2f}) | {fmt_spread(tps(level))} | {med / limit:.2f} | "
+            f"{med / b1:.1f}x | {statistics.median(r.reject_rate for r in level):.1%} | {ttft} | "
+            f"{_fmt(bc['ttft_p95'])} | {_fmt(bc['latency_p95'])} | "
+            f"{statistics.median(r.server_cores for r in level):.2f} "
+            f"({statistics.median(r.engine_cores for r in level):.2f}) |"
         )
-    ratio_limit = sat.tokens_per_s / limit
-    ratio_b1 = sat.tokens_per_s / b1.tokens_per_s
-    slo_ok = all((r.by_class["interactive"]["ttft_p95"] or 0) <= INTERACTIVE_SLO_TTFT_S for r in levels)
+    ratio_limit, ratio_b1, ratio_over = peak / limit, peak / b1, over / peak
+    peak_cpu = statistics.median(r.tokens_per_engine_cpu_s for r in levels[peak_i])
+    ratio_cpu = peak_cpu / statistics.median(limit_cpu)
     print(
-        f"\nsaturation: scheduler {sat.tokens_per_s:.0f} tok/s = {ratio_limit:.0%} of the limit, "
-        f"{ratio_b1:.1f}x batch-1; interactive p95 TTFT within {INTERACTIVE_SLO_TTFT_S * 1000:.0f} ms "
-        f"at every load: {slo_ok}"
+        f"\npeak: {peak:.0f} tok/s at {loads[peak_i]}x = {ratio_limit:.2f} of the limit (aim 0.85; "
+        f"per repeat "
+        f"{min(per_rep_limit):.2f}-{max(per_rep_limit):.2f}), {ratio_b1:.1f}x batch-1's {b1:.0f} (aim 5x); "
+        f"at {loads[-1]}x: {over:.0f} tok/s = {ratio_over:.2f} of the peak (aim 0.95; per repeat "
+        f"{min(per_rep_over):.2f}-{max(per_rep_over):.2f}); load average {os.getloadavg()}"
+    )
+    print(
+        f"per CPU second: the engine at the peak {peak_cpu:.0f} tokens per engine-thread CPU second, "
+        f"the raw model {statistics.median(limit_cpu):.0f} per CPU second: {ratio_cpu:.2f}"
     )
 
     report = {
@@ -586,25 +688,36 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
         "torch_threads": args.threads,
-        "mean_shape": {"prompt_tokens": prompt_len, "output_tokens": out_len},
+        "model": str(args.model or "pg-small"),
+        "mix_requests": len(requests),
         "limit": {
             "best_batch": best_batch,
             "tokens_per_s": limit,
-            "runs": {str(b): v for b, v in limit_runs.items()},
+            "runs": limit_runs,
+            "tokens_per_cpu_s": limit_cpu,
+            "calibration": calib,
         },
-        "engine_offline": {"max_seqs": max_seqs, "requests": len(offline_reqs), "runs": offline},
-        "scheduler": [asdict(r) for r in levels],
-        "batch1": [asdict(r) for r in batch1],
+        "engine_offline": {"max_seqs": max_seqs, "runs": offline},
+        "scheduler": [[asdict(r) for r in level] for level in levels],
+        "batch1": [[asdict(r) for r in level] for level in batch1],
         "summary": {
-            "scheduler_saturation_tokens_per_s": sat.tokens_per_s,
-            "fraction_of_limit": ratio_limit,
-            "speedup_vs_batch1": ratio_b1,
-            "interactive_slo_ttft_s": INTERACTIVE_SLO_TTFT_S,
-            "interactive_slo_met_all_loads": slo_ok,
+            "peak_tokens_per_s": spread(tps(levels[peak_i])),
+            "peak_load": loads[peak_i],
+            "limit_tokens_per_s": spread(limit_runs),
+            "batch1_tokens_per_s": spread(tps(batch1[b1_i])),
+            "overload_tokens_per_s": spread(tps(levels[-1])),
+            "peak_over_limit": ratio_limit,
+            "peak_over_batch1": ratio_b1,
+            "overload_over_peak": ratio_over,
+            "peak_tokens_per_engine_cpu_s_over_limit_per_cpu_s": ratio_cpu,
+            "per_repeat_peak_over_limit": per_rep_limit,
+            "per_repeat_overload_over_peak": per_rep_over,
         },
     }
     (args.out / "bench_inference.json").write_text(json.dumps(report, indent=2))
-    plot(levels, batch1, limit, args.out / "bench_inference.png")
+    medians = [sorted(level, key=lambda r: r.tokens_per_s)[len(level) // 2] for level in levels]
+    b1_medians = [sorted(level, key=lambda r: r.tokens_per_s)[len(level) // 2] for level in batch1]
+    plot(medians, b1_medians, limit, args.out / "bench_inference.png")
     print(f"wrote {args.out / 'bench_inference.json'} and {args.out / 'bench_inference.png'}")
     return 0
 

@@ -1,5 +1,6 @@
 """Where the engine's time goes at saturation: the served model (pg-small unless --model) in an
-in-process engine, the serving benchmark's request mix all submitted at once, under py-spy.
+in-process engine, the serving benchmark's request mix (bench_inference.limit_mix) all submitted
+at once, under py-spy.
 
     .venv/bin/py-spy record --format raw -r 200 -o /tmp/prof.txt -- \
         .venv/bin/python benchmarks/bench_inference_profile.py --requests 300
@@ -21,19 +22,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# (category, substrings of a frame) checked from the innermost frame outwards.
+# (category, substrings of a frame): a sample goes to the first category matching its innermost
+# frame in our code or torch.nn.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("KV gather / write (index_select, index_copy)", ("index_select", "index_copy", "_gather_kv")),
-    ("attention math (matmul, softmax, mask)", ("attention (", "stable_softmax", "attend")),
-    ("linear layers", ("linear", "Linear", "addmm", "forward (torch/nn/modules/linear")),
+    ("KV gather (index_select of the groups' slots)", ("_gather_kv",)),
+    ("KV write (index_copy_ of the new tokens)", ("_write_kv",)),
+    ("attention math (baddbmm, softmax, bmm, scatter)", ("paged_attention", "attention.py")),
+    ("linear layers", ("linear.py", "Linear.", "Conv1D")),
     (
-        "norms, rope, activations",
-        ("RMSNorm", "_rope", "rms", "silu", "gelu", "forward (services/inference/model/hf.py"),
+        "norms, rope, activations, embedding",
+        (
+            "RMSNorm",
+            "_rope",
+            "_rotate_half",
+            "MLP",
+            "finish",
+            "qkv (",
+            "_embed",
+            "_head",
+            "functional.py",
+            "sparse.py",
+        ),
     ),
-    ("step tensors (runner.build, addressing)", ("build (", "_paged", "slots (", "pack", "plan_")),
-    ("sampling", ("sample (", "sampling.py")),
-    ("scheduler", ("scheduler.py",)),
-    ("engine loop, events", ("engine.py",)),
+    ("step tensors (runner.build, attention groups)", ("build (", "_group (", "plan_groups")),
+    ("sampling", ("sampling.py",)),
+    ("scheduler", ("scheduler.py", "fairness.py", "kv_cache.py")),
+    ("model step, other", ("forward_step", "runner.py")),
+    ("engine loop, events, idle", ("engine.py", "threading.py")),
 ]
 
 
@@ -49,6 +64,8 @@ def summarize(path: Path) -> None:
             continue  # other threads (the driver waiting)
         total += int(n)
         for frame in reversed(frames):
+            if "(services/" not in frame and "torch/nn" not in frame and "threading.py" not in frame:
+                continue
             cat = next((c for c, pats in CATEGORIES if any(p in frame for p in pats)), None)
             if cat:
                 counts[cat] += int(n)
@@ -63,7 +80,7 @@ def summarize(path: Path) -> None:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from benchmarks.bench_inference import load_model, workload
+    from benchmarks.bench_inference import limit_mix, load_model
     from services.inference.engine import Engine
     from services.inference.model.kv_cache import KVCache
     from services.inference.scheduler import SchedulerConfig
@@ -77,7 +94,7 @@ def run(args: argparse.Namespace) -> None:
         model, cache, SchedulerConfig(max_seqs=args.max_seqs, max_step_tokens=512, prefill_chunk=256)
     )
     engine.start()
-    reqs = workload(25.0, 75.0, args.requests / 80, args.seed)[: args.requests]
+    reqs = limit_mix(args.requests, 0.1, args.seed)
     seqs = [
         Sequence(
             str(i), r.tenant, tok.encode(r.prompt), max_tokens=r.max_tokens, klass=r.klass, stop_at_eos=False

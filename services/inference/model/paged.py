@@ -69,9 +69,7 @@ def paged_attention(
     h, d = q.shape[1:]
     hkv = k.shape[1]
     per_kv = h // hkv
-    # index_copy_/index_select rather than advanced indexing: several times faster on CPU.
-    k_pool.index_copy_(1, step.write_slots, k.transpose(0, 1).to(k_pool.dtype))
-    v_pool.index_copy_(1, step.write_slots, v.transpose(0, 1).to(v_pool.dtype))
+    _write_kv(k, v, k_pool, v_pool, step.write_slots)
     out = torch.empty_like(q)
     scale = 1.0 / math.sqrt(d)
     for g in step.groups:
@@ -79,8 +77,7 @@ def paged_attention(
         # is query head kv * per_kv + j at token t; K/V are read once per KV head.
         qg = q.index_select(0, g.q_index).view(g.rows, g.width, hkv, per_kv, d)
         qg = qg.permute(2, 0, 1, 3, 4).reshape(hkv * g.rows, g.width * per_kv, d).float()
-        keys = k_pool.index_select(1, g.read_slots).view(hkv * g.rows, g.ctx, d).float()
-        values = v_pool.index_select(1, g.read_slots).view(hkv * g.rows, g.ctx, d).float()
+        keys, values = _gather_kv(k_pool, v_pool, g)
         # Scores, mask and scale in one call; float32 whatever the weights' dtype (attention.py).
         scores = torch.baddbmm(g.bias, qg, keys.transpose(1, 2), alpha=scale)
         o = torch.bmm(torch.softmax(scores, dim=-1), values).to(q.dtype)
@@ -89,6 +86,22 @@ def paged_attention(
             o = o.index_select(0, g.out_src)
         out.index_copy_(0, g.out_dst, o)
     return out
+
+
+def _write_kv(
+    k: torch.Tensor, v: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor
+) -> None:
+    # index_copy_/index_select rather than advanced indexing: several times faster on CPU.
+    k_pool.index_copy_(1, slots, k.transpose(0, 1).to(k_pool.dtype))
+    v_pool.index_copy_(1, slots, v.transpose(0, 1).to(v_pool.dtype))
+
+
+def _gather_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, g: AttnGroup) -> tuple[torch.Tensor, torch.Tensor]:
+    """The group's contexts, [Hkv * rows, ctx, D] float32 (a heads-first pool lands them so)."""
+    hkv, _, d = k_pool.shape
+    keys = k_pool.index_select(1, g.read_slots).view(hkv * g.rows, g.ctx, d).float()
+    values = v_pool.index_select(1, g.read_slots).view(hkv * g.rows, g.ctx, d).float()
+    return keys, values
 
 
 def plan_groups(ctx: list[int], width: list[int], overhead: float) -> list[list[int]]:
