@@ -105,19 +105,20 @@ def admin(port: int, path: str, method: str = "GET") -> bytes:
         return resp.read()
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float, int]:
-    """Run a command; return (wall seconds, peak RSS MiB, exit status) from wait4."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_measured(cmd: list[str], root: Path = ROOT) -> tuple[float, float, int, float]:
+    """Run a command (in `root`, on its code); return (wall seconds, peak RSS MiB, exit status,
+    CPU seconds) from wait4."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child must never block
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=root)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
             sys.stderr.write(err.read().decode(errors="replace")[-2000:])
-    return wall, usage.ru_maxrss / 1024, proc.returncode
+    return wall, usage.ru_maxrss / 1024, proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 def judge(sim: WebSim, entries: list[dict[str, Any]], delay: float) -> dict[str, Any]:
@@ -197,6 +198,8 @@ KEYS = [
     "robots_violations",
     "duplicate_fetches",
     "peak_rss_mib",
+    "cpu_s",
+    "cpu_ms_per_page",
     "bound_fraction",
     "critical_path_fraction",
     "coverage_of_truth",
@@ -216,6 +219,8 @@ def run_scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, warm
         [sys.executable, "-c", WEBSIM, knobs, str(port)], env=env, stdout=subprocess.DEVNULL
     )
     results: dict[str, list[dict[str, Any]]] = {"crawler": [], "scrapy": []}
+    if args.baseline:
+        results["baseline"] = []
     try:
         wait_for_port(port, timeout=60)
         with tempfile.TemporaryDirectory() as tmp:
@@ -279,13 +284,24 @@ def run_scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, warm
 
             rounds = ([("warmup", -1)] if warmup else []) + [("measure", i) for i in range(args.repeats)]
             for phase, i in rounds:
-                for who, cmd in (("crawler", ours(i + 1)), ("scrapy", scrapy())):
-                    if who not in args.who:
+                runs = [("crawler", ours(i + 1)), ("scrapy", scrapy())]
+                if args.baseline:  # the same crawler command on another checkout's code
+                    runs.insert(1, ("baseline", ours(i + 1001)))
+                for who, cmd in runs:
+                    if who not in [*args.who, "baseline"]:
                         continue
                     admin(port, "/reset", "POST")
-                    wall, rss, rc = run_measured(cmd)
+                    root = Path(args.baseline).resolve() if who == "baseline" else ROOT
+                    wall, rss, rc, cpu = run_measured(cmd, root)
                     entries = [json.loads(line) for line in admin(port, "/log").splitlines() if line.strip()]
-                    row = {"wall_s": wall, "peak_rss_mib": rss, "exit": rc, **judge(sim, entries, delay)}
+                    row = {
+                        "wall_s": wall,
+                        "peak_rss_mib": rss,
+                        "exit": rc,
+                        "cpu_s": cpu,
+                        **judge(sim, entries, delay),
+                    }
+                    row["cpu_ms_per_page"] = 1000 * cpu / max(1, row["pages"])
                     row["pages_per_s"] = row["pages"] / wall
                     row["requests_per_s"] = row["requests"] / wall
                     row["bound_fraction"] = row["requests_per_s"] / (hosts / delay)
@@ -320,15 +336,24 @@ def run_scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, warm
         f" delay {delay}s; politeness bound hosts/delay = {hosts / delay:.0f} requests/s;"
         f" {args.repeats} repeats, median [min-max]"
     )
-    print(f"{'metric':<24}{'crawler':>26}{'scrapy':>26}{'ratio':>9}")
+
+    def cell(d: dict[str, float]) -> str:
+        return f"{d['median']:.3g} [{d['min']:.3g}-{d['max']:.3g}]"
+
+    def ratio(a: dict[str, float], b: dict[str, float]) -> float:
+        return a["median"] / b["median"] if b["median"] == b["median"] and b["median"] else float("nan")
+
+    base = "baseline" in summary
+    print(
+        f"{'metric':<24}{'crawler':>26}{'scrapy':>26}{'ratio':>9}"
+        + (f"{'baseline':>26}{'vs base':>9}" if base else "")
+    )
     for k in KEYS:
         a, b = summary["crawler"][k], summary["scrapy"][k]
-        ratio = a["median"] / b["median"] if b["median"] == b["median"] and b["median"] else float("nan")
-
-        def cell(d: dict[str, float]) -> str:
-            return f"{d['median']:.3g} [{d['min']:.3g}-{d['max']:.3g}]"
-
-        print(f"{k:<24}{cell(a):>26}{cell(b):>26}{ratio:>9.2f}")
+        line = f"{k:<24}{cell(a):>26}{cell(b):>26}{ratio(a, b):>9.2f}"
+        if base:
+            line += f"{cell(summary['baseline'][k]):>26}{ratio(a, summary['baseline'][k]):>9.2f}"
+        print(line)
     return {
         "hosts": hosts,
         "delay": delay,
@@ -380,6 +405,12 @@ def main() -> int:
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="reports/bench_crawler.json")
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        metavar="ROOT",
+        help="also run the crawler of this checkout (side by side)",
+    )
     ap.add_argument("--who", nargs="+", choices=["crawler", "scrapy"], default=["crawler", "scrapy"])
     ap.add_argument("--py-spy", default=None, metavar="PREFIX", help="profile our crawler to PREFIX.*.txt")
     args = ap.parse_args()

@@ -22,6 +22,8 @@ workers  N = 1, 2, 4 worker processes (`python -m services.crawler worker --redi
          Plot: reports/bench_crawler_scale.png.
 bloom    The Redis store's optional Bloom filter in front of its exact seen-set: time to add N new
          URLs then the same N again, with and without it; its memory and counted false positives.
+store-ops The SQLite store's work per page of a wide crawl (claim, start, content hash, finish
+         with links), CPU and wall, the store of `--store-baseline` against this one.
 sqlite   The SQLite store's crawl-wide questions (URLs per state, hosts with ready URLs) at 1M
          URLs: counters and an indexed lookup, against the full-table queries they replaced.
 memory   Redis used_memory per URL for a smaller count, extrapolated linearly to 1M URLs:
@@ -215,7 +217,7 @@ def part_bound(args: argparse.Namespace) -> dict[str, Any]:
                         "--min-delay", str(delay), "--no-progress",
                         "--retry-base", "0.2", "--retry-cap", "2",
                     ]  # fmt: skip
-                    wall, rss, rc = run_measured(cmd)
+                    wall, rss, rc, _cpu = run_measured(cmd)
                     entries = log_entries(port)
                     b = politeness_bound(sim, entries, delay)
                     pages = fetched_pages(entries)
@@ -543,6 +545,111 @@ def part_sqlite(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _store_pages(store: Any, pages: int, hosts: int, concurrent: bool) -> None:
+    """The store's share of a wide crawl: per page claim, start, first_with_content and finish
+    with 4 links (2 new); one host turn at a time per host, 64 pages in flight when concurrent
+    (the engine's path: the a* methods), else one after the other (the sync methods)."""
+    import asyncio
+
+    def links(url_id: int, host: str) -> list[NewURL]:
+        return [NewURL(f"http://{host}/p/{url_id}/{k}", host, 1) for k in range(2)] + [
+            NewURL(f"http://{host}/", host, 1),
+            NewURL(f"http://{host}/p/{url_id}/0", host, 1),
+        ]
+
+    hostnames = [f"h{i}.sim.test" for i in range(hosts)]
+    store.add([NewURL(f"http://{h}/", h, 0) for h in hostnames], now=0)
+
+    def outcome(url_id: int) -> Outcome:
+        return Outcome(URLState.FETCHED, status=200, content_sha256=f"{url_id:064x}", fetched_at=1.0)
+
+    if not concurrent:
+        done = 0
+        for i in itertools.count():
+            host = hostnames[i % hosts]
+            rec = store.claim(host, "w", 60, now=1)
+            if rec is None:
+                continue
+            store.start(rec.id, "w", 60, now=1)
+            store.first_with_content(f"{rec.id:064x}", rec.id)
+            store.finish(rec.id, outcome(rec.id), links(rec.id, host), now=1)
+            done += 1
+            if done >= pages:
+                return
+
+    async def worker(k: int) -> int:
+        done = 0
+        for i in itertools.count(k, 64):
+            if done >= pages // 64:
+                return done
+            host = hostnames[i % hosts]
+            rec = await store.aclaim(host, "w", 60, now=1)
+            if rec is None:
+                continue
+            await store.astart(rec.id, "w", 60, now=1)
+            await store.afirst_with_content(f"{rec.id:064x}", rec.id)
+            await store.afinish(rec.id, outcome(rec.id), links(rec.id, host), now=1)
+            done += 1
+        return done
+
+    async def main() -> None:
+        await asyncio.gather(*(worker(k) for k in range(64)))
+
+    asyncio.run(main())
+
+
+def part_store_ops(args: argparse.Namespace) -> dict[str, Any]:
+    """CPU and wall time of the store's work per page, the SQLite store of `--store-baseline`
+    (a commit, default the one before the store moved to its thread) against this one."""
+    import importlib.util
+    import resource
+
+    rev = args.store_baseline
+    source = subprocess.run(
+        ["git", "show", f"{rev}:services/crawler/store_sqlite.py"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    pages = args.store_pages
+    times: dict[str, list[tuple[float, float]]] = {"before": [], "now": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        old_path = Path(tmp) / "store_sqlite_before.py"
+        old_path.write_bytes(source)
+        spec = importlib.util.spec_from_file_location("store_sqlite_before", old_path)
+        assert spec is not None and spec.loader is not None
+        old = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old)
+        from services.crawler.store_sqlite import SQLiteStore
+
+        for rep in range(args.repeats + 1):
+            for name in ("before", "now"):
+                path = Path(tmp) / f"{name}{rep}.sqlite"
+                store = old.SQLiteStore(path) if name == "before" else SQLiteStore(path)
+
+                def cpu() -> float:
+                    r = resource.getrusage(resource.RUSAGE_SELF)  # every thread of the process
+                    return r.ru_utime + r.ru_stime
+
+                c0, t0 = cpu(), time.perf_counter()
+                _store_pages(store, pages, 2000, concurrent=name == "now")
+                store.close()
+                if rep:
+                    times[name].append((cpu() - c0, time.perf_counter() - t0))
+    out: dict[str, Any] = {"pages": pages, "baseline": rev}
+    for name, rows in times.items():
+        out[name] = {
+            "cpu_ms_per_page": median_spread([1000 * c / pages for c, _ in rows]),
+            "pages_per_s": median_spread([pages / w for _, w in rows]),
+        }
+    print(
+        f"\n[store-ops] {pages} pages (claim, start, first_with_content, finish + 4 links), median [min-max]"
+    )
+    for name in ("before", "now"):
+        print(
+            f"{name:<8} CPU ms/page {cell(out[name]['cpu_ms_per_page'])}"
+            f"   store pages/s {cell(out[name]['pages_per_s'])}"
+        )
+    return out
+
+
 def part_memory(args: argparse.Namespace) -> dict[str, Any]:
     n_new, n_fetched = args.memory_urls, args.memory_fetched
     port = free_port()
@@ -644,10 +751,14 @@ def plot(workers: dict[str, Any], path: Path) -> Path | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["bound", "workers", "memory", "bloom", "sqlite", "all"], default="all")
+    ap.add_argument(
+        "--part", choices=["bound", "workers", "memory", "bloom", "sqlite", "store-ops", "all"], default="all"
+    )
     ap.add_argument(
         "--webs", nargs="+", choices=list(BOUND_WEBS), default=None, help="bound part: these webs"
     )
+    ap.add_argument("--store-pages", type=int, default=20_000, help="pages in the store-ops part")
+    ap.add_argument("--store-baseline", default="462cb98~1", help="the commit store-ops compares with")
     ap.add_argument("--sqlite-urls", type=int, default=1_000_000, help="URLs in the sqlite part's table")
     ap.add_argument("--bloom-urls", type=int, default=40_000, help="URLs added in the bloom part")
     ap.add_argument("--bloom-capacity", type=int, default=50_000, help="the Bloom filter's capacity")
@@ -664,6 +775,7 @@ def main() -> int:
         "memory": part_memory,
         "bloom": part_bloom,
         "sqlite": part_sqlite,
+        "store-ops": part_store_ops,
     }
     report = {p: run[p](args) for p in parts}
     out = (ROOT / args.out).resolve()

@@ -27,16 +27,14 @@ not_before from a partial index of ready URLs (no scan of the URL table).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
 import os
+import queue
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -140,14 +138,43 @@ def _timed(op: str) -> Callable[[_F], _F]:
     return wrap
 
 
-@dataclass
 class _Op:
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    durable: bool  # answered only once the commit that holds it is done
-    urgent: bool  # a blocked caller: commit as soon as the queue is empty
-    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+    """One operation for the store thread. Its answer goes to `waiter`: a threading one for a
+    blocked caller, an asyncio future for the event loop (answered in batches, one wake-up)."""
+
+    __slots__ = ("args", "durable", "error", "fn", "kwargs", "result", "waiter")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        durable: bool,
+        waiter: asyncio.Future[Any] | threading.Event,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.durable = durable  # answered only once the commit that holds it is done
+        self.waiter = waiter
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def _answer_all(ops: list[_Op]) -> None:
+    """On the event loop: hand the store thread's answers to their futures."""
+    for op in ops:
+        fut = op.waiter
+        assert isinstance(fut, asyncio.Future)
+        if fut.cancelled():
+            continue
+        if op.error is not None:
+            fut.set_exception(op.error)
+        else:
+            fut.set_result(op.result)
+
+
+_CLOSE = object()
 
 
 class StoreClosed(sqlite3.ProgrammingError):
@@ -182,8 +209,8 @@ class SQLiteStore(FrontierStore):
                 self.bloom.add(key)
         self.commits = 0  # transactions committed by the store thread (group commits)
         self.ops_committed = 0  # operations they held
-        self._cv = threading.Condition()
-        self._queue: deque[_Op] = deque()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # _Op, [_Op, ...] or _CLOSE
+        self._outgoing: list[_Op] = []  # the event loop's operations of this turn (_hand_over)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"sqlite-store:{self.path.name}", daemon=True)
         self._thread.start()
@@ -205,75 +232,90 @@ class SQLiteStore(FrontierStore):
                     self._db.execute(stmt + "END;")
 
     # -- the store thread ----------------------------------------------------------------------
-    def _submit(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        durable: bool,
-        urgent: bool,
-    ) -> concurrent.futures.Future[Any]:
-        op = _Op(fn, args, kwargs, durable, urgent)
-        with self._cv:
-            if self._closing:
-                raise StoreClosed(f"store {self.path} is closed")
-            self._queue.append(op)
-            self._cv.notify()
-        return op.future
-
     def _call(self, fn: Callable[..., Any], *args: Any, durable: bool = False, **kwargs: Any) -> Any:
-        """Run `fn` on the store thread and wait for it (committed first when durable)."""
+        """Run `fn` on the store thread and wait for it (committed first when durable); a blocked
+        caller is answered as soon as the queue is empty, without the group-commit window."""
         if threading.current_thread() is self._thread:
             return fn(*args, **kwargs)
-        return self._submit(fn, args, kwargs, durable=durable, urgent=True).result()
+        if self._closing:
+            raise StoreClosed(f"store {self.path} is closed")
+        op = _Op(fn, args, kwargs, durable, threading.Event())
+        self._queue.put(op)
+        assert isinstance(op.waiter, threading.Event)
+        op.waiter.wait()
+        if op.error is not None:
+            raise op.error
+        return op.result
 
-    async def _acall(self, fn: Callable[..., Any], *args: Any, durable: bool = False, **kwargs: Any) -> Any:
-        """The same from the event loop: it waits for the thread's answer without blocking."""
-        return await asyncio.wrap_future(self._submit(fn, args, kwargs, durable=durable, urgent=False))
+    def _acall(
+        self, fn: Callable[..., Any], *args: Any, durable: bool = False, **kwargs: Any
+    ) -> asyncio.Future[Any]:
+        """The same from the event loop: a future the thread answers (never blocks the loop)."""
+        if self._closing:
+            raise StoreClosed(f"store {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        # Handed over once per turn of the loop, all together: one wake-up of the store thread
+        # (and one GIL hand-off) for every operation this turn produced.
+        if not self._outgoing:
+            loop.call_soon(self._hand_over)
+        self._outgoing.append(_Op(fn, args, kwargs, durable, fut))
+        return fut
+
+    def _hand_over(self) -> None:
+        ops, self._outgoing = self._outgoing, []
+        self._queue.put(ops)
 
     def _run(self) -> None:
         db = self._db
+        q = self._queue
         in_txn = False
         began = 0.0
         ops = 0
-        urgent = False
-        held: list[tuple[concurrent.futures.Future[Any], Any]] = []  # durable answers awaiting the commit
+        urgent = False  # a blocked caller waits on this transaction: commit when the queue is empty
+        held: list[_Op] = []  # durable operations awaiting the commit
+        done: list[_Op] = []  # answers to hand back after this round
 
         def fail_held(exc: BaseException) -> None:
             nonlocal held
-            for fut, _ in held:
-                fut.set_exception(exc)
+            for op in held:
+                op.error = exc
+            done.extend(held)
             held = []
 
-        while True:
-            with self._cv:
-                while not self._queue and not self._closing:
-                    if not in_txn:
-                        self._cv.wait()
-                        continue
-                    if urgent:
-                        break
-                    left = began + self.flush_interval - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cv.wait(left)
-                batch = list(self._queue)
-                self._queue.clear()
-                closing = self._closing and not batch
+        closing = False
+        while not closing:
+            batch: list[Any] = []
+            try:
+                if not in_txn:
+                    item = q.get()
+                elif urgent:
+                    item = q.get_nowait()
+                else:
+                    item = q.get(timeout=max(0.0, began + self.flush_interval - time.monotonic()))
+                while True:
+                    if isinstance(item, list):
+                        batch.extend(item)
+                    else:
+                        batch.append(item)
+                    item = q.get_nowait()
+            except queue.Empty:
+                pass
             for op in batch:
-                if not op.future.set_running_or_notify_cancel():
+                if op is _CLOSE:
+                    closing = True
                     continue
                 if not in_txn:
                     try:
                         db.execute("BEGIN IMMEDIATE")
                     except BaseException as exc:
-                        op.future.set_exception(exc)
+                        op.error = exc
+                        done.append(op)
                         continue
                     in_txn, began, ops, urgent = True, time.monotonic(), 0, False
                 try:
                     db.execute("SAVEPOINT op")
-                    result = op.fn(*op.args, **op.kwargs)
+                    op.result = op.fn(*op.args, **op.kwargs)
                 except BaseException as exc:
                     if db.in_transaction:
                         with contextlib.suppress(sqlite3.Error):
@@ -282,19 +324,17 @@ class SQLiteStore(FrontierStore):
                     if not db.in_transaction:  # SQLite rolled the whole transaction back (e.g. disk full)
                         in_txn = False
                         fail_held(exc)
-                    op.future.set_exception(exc)
+                    op.error = exc
+                    done.append(op)
                     continue
                 db.execute("RELEASE op")
                 ops += 1
-                urgent = urgent or op.urgent
-                if op.durable:
-                    held.append((op.future, result))
-                else:
-                    op.future.set_result(result)
+                urgent = urgent or isinstance(op.waiter, threading.Event)
+                (held if op.durable else done).append(op)
             if in_txn and (
                 closing
                 or ops >= _MAX_OPS_PER_COMMIT
-                or (urgent and not self._queue)
+                or (urgent and q.empty())
                 or time.monotonic() - began >= self.flush_interval
             ):
                 in_txn = False
@@ -307,12 +347,23 @@ class SQLiteStore(FrontierStore):
                 else:
                     self.commits += 1
                     self.ops_committed += ops
-                    for fut, res in held:
-                        fut.set_result(res)
+                    done.extend(held)
                     held = []
-            if closing:
-                db.close()
-                return
+            self._hand_back(done)
+            done = []
+        db.close()
+
+    @staticmethod
+    def _hand_back(ops: list[_Op]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
+        for op in ops:
+            if isinstance(op.waiter, threading.Event):
+                op.waiter.set()
+            else:
+                by_loop.setdefault(op.waiter.get_loop(), []).append(op)
+        for loop, answers in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_answer_all, answers)
 
     # -- helpers (on the store thread, inside its transaction) --------------------------------
     def _insert(
@@ -617,11 +668,12 @@ class SQLiteStore(FrontierStore):
 
     def close(self) -> None:
         """Commit what is pending, then close the connection (the store thread ends)."""
-        with self._cv:
-            if self._closing:
-                return
-            self._closing = True
-            self._cv.notify()
+        if self._closing:
+            return
+        self._closing = True
+        if self._outgoing:  # (called on the loop that produced them, after the crawl)
+            self._hand_over()
+        self._queue.put(_CLOSE)
         self._thread.join()
 
     # -- FrontierStore (the event loop: the store thread's answer, awaited) -------------------
