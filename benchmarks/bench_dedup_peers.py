@@ -47,6 +47,7 @@ from benchmarks.bench_dedup import child_env, ensure_tree, warm_page_cache  # no
 from libs.testkit import dedup_peers as peers  # noqa: E402
 
 PEERS = ("jdupes", "rdfind", "fdupes", "rmlint")
+SELECTED: set[str] = set(PEERS)  # --only
 RUN_LIMIT_S = 600.0  # a run past this is killed and shown with rc -9 (see --limit)
 
 
@@ -182,7 +183,7 @@ def bench_tree(label: str, root: Path, manifest: dict[str, Any], args: argparse.
 def _bench_tree(
     label: str, root: Path, manifest: dict[str, Any], args: argparse.Namespace, work: Path
 ) -> dict[str, Any]:
-    cmds = commands(root, work)
+    cmds = {n: c for n, c in commands(root, work).items() if n not in PEERS or n in SELECTED}
     (work / "empty").mkdir()
     names = list(cmds)
     print(f"\n== {label}: {root}", file=sys.stderr)
@@ -279,12 +280,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tree-dir", default=os.path.join(tempfile.gettempdir(), "pg-dedup-bench"))
     ap.add_argument("--json", default=str(REPO / "reports" / "bench_dedup_peers.json"))
     ap.add_argument("--limit", type=float, default=RUN_LIMIT_S, help="seconds a run may take")
+    ap.add_argument(
+        "--only",
+        default=",".join(PEERS),
+        help="comma-separated peers to run beside the engine (default: all four)",
+    )
     args = ap.parse_args(argv)
     globals()["RUN_LIMIT_S"] = args.limit
     if args.runs < 1 or args.cold_runs < 0:
         print("error: --runs must be >= 1 and --cold-runs >= 0", file=sys.stderr)
         return 2
-    missing = [t for t in PEERS if shutil.which(t) is None]
+    only = [t for t in args.only.split(",") if t]
+    if not only or any(t not in PEERS for t in only):
+        print(f"error: --only takes peers out of {', '.join(PEERS)}", file=sys.stderr)
+        return 2
+    globals()["SELECTED"] = set(only)
+    missing = [t for t in only if shutil.which(t) is None]
     if missing:
         print(f"error: not installed: {', '.join(missing)} (make setup)", file=sys.stderr)
         return 2
@@ -316,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "versions": {t: _version(t) for t in PEERS},
+        "versions": {t: _version(t) for t in sorted(SELECTED)},
         "trees": trees,
     }
     os.makedirs(os.path.dirname(args.json), exist_ok=True)

@@ -82,16 +82,20 @@ def scan(
     walked = walk(list(roots), walk_options or WalkOptions())
     ctx = ScanContext(config=config or ScanConfig(), cache=cache, progress=progress or NoProgress())
     hits_before = cache.counters.hits if cache is not None else 0
-    groups = find_duplicates(walked.files, ctx)
+    files, walked.files = walked.files, []
+    hard_linked = [f for f in files if f.links]
+    files_scanned = len(files)
+    # The list is emptied once sizes are grouped: entries of a unique size go then.
+    groups = find_duplicates(files, ctx, consume=True)
     return ScanResult(
         groups=groups,
-        hard_linked=[f for f in walked.files if f.links],
+        hard_linked=hard_linked,
         errors=walked.errors + ctx.errors,
         walk_stats=walked.stats,
         stages=ctx.stages,
         config=ctx.config,
         seconds=time.perf_counter() - t0,
-        files_scanned=len(walked.files),
+        files_scanned=files_scanned,
         cache_hits=(cache.counters.hits - hits_before) if cache is not None else 0,
     )
 

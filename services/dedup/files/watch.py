@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from services.dedup.files.scanner import ScanOptions, ScanResult
-from services.dedup.files.stages import Group, ScanContext, StageStats, find_duplicates
+from services.dedup.files.stages import Group, ScanContext, StageStats, find_duplicates, sort_groups
 from services.dedup.files.walk import FileEntry, WalkError, WalkStats, walk
 
 if TYPE_CHECKING:
@@ -453,7 +453,7 @@ class WatchIndex:
     # -- output -----------------------------------------------------------------------
     def result(self, seconds: float) -> ScanResult:
         groups = [g for gs in self.groups.values() for g in gs]
-        groups.sort(key=lambda g: (g.size, g.files[0].path))
+        sort_groups(groups)
         hard_linked = [f for g in groups for f in g.files if f.links]
         return ScanResult(
             groups=groups,

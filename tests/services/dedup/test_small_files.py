@@ -164,11 +164,11 @@ def test_entries_share_one_empty_links_tuple(tmp_path: Path) -> None:
     assert by_name[b"a"].links == [os.fsencode(tmp_path / "a2")]
 
 
-@pytest.mark.parametrize("per_write", [1, 2, 512])
+@pytest.mark.parametrize("per_write", [1, 2, 5, 1024])
 def test_the_streamed_report_is_json_dumps_indent2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_write: int
 ) -> None:
-    monkeypatch.setattr(report, "GROUPS_PER_WRITE", per_write)
+    monkeypatch.setattr(report, "FILES_PER_WRITE", per_write)
     for i in range(7):
         write(tmp_path / f"a{i}", b"x" * (i % 3 + 1))
         write(tmp_path / f"b{i}", b"x" * (i % 3 + 1))

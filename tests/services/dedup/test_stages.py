@@ -265,3 +265,43 @@ def test_a_file_written_while_it_is_being_compared_is_reported(
     assert _group_names(result) == [["a", "c"]]
     assert [os.path.basename(e.path) for e in result.errors] == [b"b"]
     assert "changed during scan" in result.errors[0].error
+
+
+def test_file_entry_keeps_inode_and_times_exactly() -> None:
+    from services.dedup.files.walk import FileEntry
+
+    for ino in (0, 1, 3_048_630, 2**64 - 1):
+        for mtime in (-(2**63), -1, 0, 1_600_000_000_123_456_789, 2**63 - 1):
+            for ctime in (mtime, mtime + 1 if mtime < 2**63 - 1 else 0):
+                e = FileEntry(b"/x/y", 7, ino, 123, mtime, ctime)
+                assert (e.ino, e.mtime_ns, e.ctime_ns, e.key) == (ino, mtime, ctime, (7, ino))
+
+
+def test_sort_groups_orders_by_size_then_first_path() -> None:
+    import random
+
+    from services.dedup.files.stages import Group, sort_groups
+    from services.dedup.files.walk import FileEntry
+
+    rng = random.Random(4)
+    names = [b"a/b", b"a/b-x", b"a/b/c", b"a/z", b"b", b"a/b/c/d", b"\xff", b"a/\xc3\x28"]
+    groups = []
+    for i in range(200):
+        path = rng.choice(names) + b"/" + str(i).encode()
+        groups.append(Group(rng.choice([1, 2, 3, 4096]), [FileEntry(path, 1, i, 1, 0, 0)]))
+    expected = sorted(groups, key=lambda g: (g.size, g.files[0].path))
+    assert sort_groups(list(groups)) == expected
+
+
+def test_find_duplicates_leaves_the_callers_list_alone_unless_it_is_given_away(tmp_path: Path) -> None:
+    from services.dedup.files.walk import walk
+
+    for i in range(6):
+        (tmp_path / f"f{i}").write_bytes(b"same" if i % 2 else b"other" * (i + 1))
+    files = walk([tmp_path]).files
+    before = list(files)
+    groups = find_duplicates(files, ScanContext(config=ScanConfig(workers=1)))
+    assert files == before and len(groups) == 1
+    again = find_duplicates(files, ScanContext(config=ScanConfig(workers=1)), consume=True)
+    assert files == []
+    assert [[f.path for f in g.files] for g in again] == [[f.path for f in g.files] for g in groups]
