@@ -11,9 +11,12 @@ The two errors below are what the standard library lacks in Python 3.11.
 
 from __future__ import annotations
 
-from asyncio import QueueEmpty, QueueFull
 from collections.abc import Sequence
 from queue import Empty, Full
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from asyncio import QueueEmpty, QueueFull
 
 __all__ = ["Closed", "Empty", "Full", "PoolError", "QueueEmpty", "QueueFull"]
 
@@ -39,3 +42,13 @@ class PoolError(ExceptionGroup[Exception]):
         # split()/subgroup() build their parts through derive(); keep the class so that
         # `except* SomeError as eg` still hands out PoolError instances.
         return PoolError(self.message, excs)
+
+
+def __getattr__(name: str) -> Any:
+    """asyncio's QueueEmpty / QueueFull, imported on first use: importing asyncio costs tens of
+    milliseconds, which a program using only the thread queues should not pay at start-up."""
+    if name in ("QueueEmpty", "QueueFull"):
+        import asyncio
+
+        return getattr(asyncio, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
