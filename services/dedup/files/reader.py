@@ -15,7 +15,7 @@ from typing import Protocol
 
 import blake3
 
-from services.dedup.files.walk import FileEntry
+from services.dedup.files.walk import MTIME_BIAS, FileEntry
 
 CHUNK_SIZE = 256 << 10  # small enough to stay in L2 between the copy and the hash
 
@@ -69,6 +69,13 @@ class ByteCounter:
 def _check_same(entry: FileEntry, st: os.stat_result, when: str) -> None:
     # (device, inode) is also what keeps a confined scan confined: the file opened must be the
     # inode the walk admitted, even if a directory on its path became a symlink meanwhile.
+    # The common case in one comparison of the packed (inode, mtime) int (see FileEntry).
+    if (
+        st.st_dev == entry.dev
+        and st.st_size == entry.size
+        and ((st.st_ino << 64) | (st.st_mtime_ns + MTIME_BIAS)) == entry._im
+    ):
+        return
     if st.st_ino != entry.ino or st.st_dev != entry.dev:
         raise FileChanged(f"changed during scan ({when}): no longer the file the walk saw (other inode)")
     if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:

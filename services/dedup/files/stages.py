@@ -195,7 +195,7 @@ class ScanContext:
 
     def ordered(self, items: list[tuple[int, FileEntry]]) -> list[tuple[int, FileEntry]]:
         if self.config.order == "inode":
-            return sorted(items, key=lambda it: (it[1].dev, it[1].ino))
+            return sorted(items, key=_inode_order)
         return items
 
 
@@ -205,6 +205,11 @@ SMALL_MAX = 4096
 # small_stage holds the bytes of one class representative per distinct content of the groups
 # it is reading; it reads groups in runs of about this many files to bound that memory.
 SMALL_RUN = 1024
+
+
+def _inode_order(item: tuple[int, FileEntry]) -> tuple[int, int]:
+    f = item[1]
+    return (f.dev, f._im)  # (inode << 64 | mtime): inode order without the property call
 
 
 def _second(item: tuple[int, FileEntry]) -> FileEntry:

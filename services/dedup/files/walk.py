@@ -33,7 +33,7 @@ _S_IFMT, _S_IFDIR, _S_IFREG = 0o170000, stat.S_IFDIR, stat.S_IFREG
 
 
 _M64 = (1 << 64) - 1
-_MTIME_BIAS = 1 << 63  # st_mtime_ns is a signed 64-bit count: biased, it packs as unsigned
+MTIME_BIAS = 1 << 63  # st_mtime_ns is a signed 64-bit count: biased, it packs as unsigned
 
 
 class FileEntry:
@@ -62,7 +62,7 @@ class FileEntry:
         self._dir = b""
         self._name = path
         self.dev = dev
-        self._im = (ino << 64) | (mtime_ns + _MTIME_BIAS)
+        self._im = (ino << 64) | (mtime_ns + MTIME_BIAS)
         self.size = size
         self._ctime = None if ctime_ns == mtime_ns else ctime_ns
         # Other names of this inode; a shared empty tuple until there is one (an empty list
@@ -75,12 +75,12 @@ class FileEntry:
 
     @property
     def mtime_ns(self) -> int:
-        return (self._im & _M64) - _MTIME_BIAS
+        return (self._im & _M64) - MTIME_BIAS
 
     @property
     def ctime_ns(self) -> int:
         c = self._ctime
-        return (self._im & _M64) - _MTIME_BIAS if c is None else c
+        return (self._im & _M64) - MTIME_BIAS if c is None else c
 
     @classmethod
     def in_dir(
@@ -295,6 +295,7 @@ def iter_files(
             dir_path, root_dev, dir_key = stack.pop()
             stats.dirs += 1
             entries: list[Any]  # os.DirEntry[bytes], or _Checked when confined: same surface
+            dfd = -1  # unconfined: the directory's descriptor, for stats by name (fstatat)
             if conf is None:
                 try:
                     with os.scandir(dir_path) as it:
@@ -303,6 +304,19 @@ def iter_files(
                     stats.errors += 1
                     yield WalkError(dir_path, _error_text(exc))
                     continue
+                # DirEntry.stat() lstat()s the whole path (the kernel resolves every component
+                # again); fstatat through the directory's descriptor resolves one name: ~1.9x
+                # cheaper per file. Only when the descriptor is the directory just listed.
+                try:
+                    dfd = os.open(dir_path, _O_DIR)
+                    dst = os.fstat(dfd)
+                    if (dst.st_dev, dst.st_ino) != dir_key:
+                        os.close(dfd)
+                        dfd = -1
+                except OSError:
+                    if dfd >= 0:
+                        os.close(dfd)
+                    dfd = -1
             else:
                 error = None
                 try:
@@ -334,64 +348,70 @@ def iter_files(
             subdirs: list[tuple[bytes, int, tuple[int, int]]] = []
             # The per-entry loop is the warm re-scan's floor (one lstat per file, nothing
             # read): type tests on st_mode bits and a plain file built inline, no calls.
-            for de in entries:
-                path = de.path
-                if has_exclude and flt.excluded(path, de.name):
-                    stats.filtered += 1
-                    continue
-                try:
-                    if de.is_symlink():
-                        if not follow:
-                            stats.symlinks_skipped += 1
+            try:
+                for de in entries:
+                    path = de.path
+                    if has_exclude and flt.excluded(path, de.name):
+                        stats.filtered += 1
+                        continue
+                    try:
+                        if de.is_symlink():
+                            if not follow:
+                                stats.symlinks_skipped += 1
+                                continue
+                            st = de.stat()
+                        elif dfd >= 0:
+                            st = os.stat(de.name, dir_fd=dfd, follow_symlinks=False)
+                        else:
+                            st = de.stat(follow_symlinks=False)
+                    except OSError as exc:
+                        # A dangling symlink we were asked to follow, an entry that vanished, or
+                        # (confined) a symlink that leads outside the allowed roots.
+                        stats.errors += 1
+                        yield WalkError(path, _error_text(exc))
+                        continue
+                    kind = st.st_mode & _S_IFMT
+                    if kind == _S_IFREG:
+                        if one_fs and st.st_dev != root_dev:
+                            stats.filtered += 1
                             continue
-                        st = de.stat()
-                    else:
-                        st = de.stat(follow_symlinks=False)
-                except OSError as exc:
-                    # A dangling symlink we were asked to follow, an entry that vanished, or
-                    # (confined) a symlink that leads outside the allowed roots.
-                    stats.errors += 1
-                    yield WalkError(path, _error_text(exc))
-                    continue
-                kind = st.st_mode & _S_IFMT
-                if kind == _S_IFREG:
-                    if one_fs and st.st_dev != root_dev:
-                        stats.filtered += 1
-                        continue
-                    stats.files_seen += 1
-                    size = st.st_size
-                    if plain and st.st_nlink == 1 and not track_all and min_size <= size <= max_size:
-                        # One name, one directory listed once: this inode cannot be met again,
-                        # so it needs no entry in seen_files (~100 bytes a file). The device
-                        # number is shared with the directory's (one int object, not one each).
-                        # ctime equal to mtime (a file written once) is stored as None.
-                        dev = st.st_dev
-                        entry = FileEntry.in_dir(
-                            prefix,
-                            de.name,
-                            root_dev if dev == root_dev else dev,
-                            st.st_ino,
-                            sizes.setdefault(size, size),  # one int object per distinct size
-                            st.st_mtime_ns,
-                            st.st_ctime_ns,
-                        )
-                        stats.files_kept += 1
-                        yield entry
-                    else:
-                        entry = _consider_file(path, de.name, st, flt, seen_files, stats)
-                        if entry is not None:
+                        stats.files_seen += 1
+                        size = st.st_size
+                        if plain and st.st_nlink == 1 and not track_all and min_size <= size <= max_size:
+                            # One name, one directory listed once: this inode cannot be met again,
+                            # so it needs no entry in seen_files (~100 bytes a file). The device
+                            # number is shared with the directory's (one int object, not one each).
+                            # ctime equal to mtime (a file written once) is stored as None.
+                            dev = st.st_dev
+                            entry = FileEntry.in_dir(
+                                prefix,
+                                de.name,
+                                root_dev if dev == root_dev else dev,
+                                st.st_ino,
+                                sizes.setdefault(size, size),  # one int object per distinct size
+                                st.st_mtime_ns,
+                                st.st_ctime_ns,
+                            )
+                            stats.files_kept += 1
                             yield entry
-                elif kind == _S_IFDIR:
-                    if one_fs and st.st_dev != root_dev:
-                        stats.filtered += 1
-                        continue
-                    key = (st.st_dev, st.st_ino)
-                    if key in seen_dirs:
-                        continue  # symlink cycle or a second route to the same directory
-                    seen_dirs.add(key)
-                    subdirs.append((path, root_dev, key))
-                else:
-                    stats.special_skipped += 1  # FIFOs, sockets, devices: never read
+                        else:
+                            entry = _consider_file(path, de.name, st, flt, seen_files, stats)
+                            if entry is not None:
+                                yield entry
+                    elif kind == _S_IFDIR:
+                        if one_fs and st.st_dev != root_dev:
+                            stats.filtered += 1
+                            continue
+                        key = (st.st_dev, st.st_ino)
+                        if key in seen_dirs:
+                            continue  # symlink cycle or a second route to the same directory
+                        seen_dirs.add(key)
+                        subdirs.append((path, root_dev, key))
+                    else:
+                        stats.special_skipped += 1  # FIFOs, sockets, devices: never read
+            finally:
+                if dfd >= 0:
+                    os.close(dfd)
             # Reversed so that popping visits subdirectories in name order (depth first).
             stack.extend(reversed(subdirs))
 

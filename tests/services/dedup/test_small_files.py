@@ -181,3 +181,43 @@ def test_the_streamed_report_is_json_dumps_indent2(
     out = io.StringIO()
     report.write_json(empty, out)
     assert out.getvalue() == json.dumps(report.to_dict(empty), indent=2) + "\n"
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_scan_leaves_no_descriptor_open(tmp_path: Path, workers: int) -> None:
+    for d in range(4):
+        (tmp_path / f"d{d}").mkdir()
+        for i in range(5):
+            write(tmp_path / f"d{d}" / f"f{i}", b"same" if i % 2 else f"own {d} {i}".encode())
+    fds_before = set(os.listdir("/proc/self/fd"))
+    result = scan([tmp_path], config=ScanConfig(workers=workers))
+    assert set(os.listdir("/proc/self/fd")) == fds_before
+    assert [len(g.files) for g in result.groups] == [8]
+    assert result.bytes_read == sum(p.stat().st_size for p in tmp_path.rglob("f*"))
+
+
+def test_the_direct_group_text_is_the_generic_encoding(tmp_path: Path) -> None:
+    from services.dedup.files.hashcache import HashCache
+
+    root = tmp_path / "t"
+    root.mkdir()
+    for i in range(3):
+        write(root / f"plain{i}", b"plain" * 10)
+        write(root / f"big{i}", b"B" * (SMALL_MAX + 10))
+        write(os.fsencode(root) + b"/odd-\xff" + str(i).encode(), b"odd bytes")
+    write(root / 'quote"and\\back\u00e9', b"plain" * 10)
+    os.link(root / "big0", root / "big0-alias")
+    for cache_dir in (None, tmp_path / "cache"):
+        if cache_dir is None:
+            result = scan([root], config=ScanConfig(workers=1))
+        else:
+            with HashCache(cache_dir, [root]) as cache:
+                result = scan([root], config=ScanConfig(workers=1), cache=cache)
+        texts = [report._group_text(g) for g in result.groups]
+        assert any(t is not None for t in texts) and any(t is None for t in texts)  # both paths ran
+        for g, t in zip(result.groups, texts, strict=True):
+            assert t is None or t == report.encode_at(report._group_json(g), 2)
+        out = io.StringIO()
+        report.write_json(result, out)
+        assert out.getvalue() == json.dumps(report.to_dict(result), indent=2) + "\n"
+        assert any(g.digest for g in result.groups) == (cache_dir is not None)
