@@ -22,9 +22,9 @@ from services.inference.sequence import Sequence
 # in every vocabulary (the byte model's PAD, 258, does not).
 PAD_ID = 0
 
-# Fixed cost of one more attention group, in query x key x head-dim units (a few small tensor
-# calls a layer), set against the padding it saves: see model/paged.py:plan_groups.
-GROUP_OVERHEAD = 150_000
+# Working set of one attention group (gathered K/V and scores), bytes: about a core's L2 cache
+# less what the weights and activations keep there (model/paged.py:plan_groups).
+GROUP_BYTES = 768 * 1024
 
 
 class ModelRunner:
@@ -35,7 +35,10 @@ class ModelRunner:
         cfg = model.cfg
         self.n_kv_heads = cfg.n_kv_heads
         self.q_per_kv = cfg.n_heads // cfg.n_kv_heads
-        self.group_overhead = GROUP_OVERHEAD / (cfg.n_heads * cfg.head_dim)
+        # Bytes per key of a group: its K and V gathered in float32; per query x key: a score.
+        self.group_bytes = GROUP_BYTES
+        self.per_key = 2 * cfg.n_kv_heads * cfg.head_dim * 4
+        self.per_score = cfg.n_heads * 4
 
     def build(self, chunks: list[tuple[Sequence, int]], logits_for: list[int] | None = None) -> StepBatch:
         """The step's tensors from flat Python lists, each by a few whole-batch torch calls (no
@@ -72,7 +75,13 @@ class ModelRunner:
         decode = [i for i, n in enumerate(lens) if n == 1]
         prefill = [i for i, n in enumerate(lens) if n > 1]
         for part in (decode, prefill):
-            plan = plan_groups([ctx[i] for i in part], [lens[i] for i in part], self.group_overhead)
+            plan = plan_groups(
+                [ctx[i] for i in part],
+                [lens[i] for i in part],
+                self.group_bytes,
+                self.per_key,
+                self.per_score,
+            )
             for members in plan:
                 rows = [part[i] for i in members]
                 width, longest = max(lens[i] for i in rows), max(ctx[i] for i in rows)

@@ -45,10 +45,10 @@ class _Model(torch.nn.Module):
     rows=st.lists(st.tuples(st.integers(0, 70), st.integers(1, 24)), min_size=1, max_size=10),
     heads=st.sampled_from([(4, 4), (4, 2), (4, 1), (2, 2)]),
     block=st.sampled_from([1, 4, 16]),
-    overhead=st.sampled_from([0.0, 30.0, 1e12]),
+    budget=st.sampled_from([1, 2000, 30_000, 10**12]),
     seed=st.integers(0, 2**16),
 )
-def test_paged_attention_equals_per_sequence_full_attention(rows, heads, block, overhead, seed) -> None:
+def test_paged_attention_equals_per_sequence_full_attention(rows, heads, block, budget, seed) -> None:
     h, hkv = heads
     d = 8
     gen = torch.Generator().manual_seed(seed)
@@ -60,7 +60,7 @@ def test_paged_attention_equals_per_sequence_full_attention(rows, heads, block, 
     cache.k.normal_(generator=gen)
     cache.v.normal_(generator=gen)
     runner = ModelRunner(_Model(_Cfg(h, hkv, d)), cache)  # type: ignore[arg-type]
-    runner.group_overhead = overhead
+    runner.group_bytes = budget  # 1: a group per row; 10**12: one group of all decodes
     chunks, full_k, full_v = [], [], []
     for i, (cached, n) in enumerate(rows):
         seq = Sequence(f"s{i}", "t", [1] * (cached + n), max_tokens=1)

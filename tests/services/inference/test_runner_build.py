@@ -16,13 +16,13 @@ from services.inference.runner import ModelRunner
 from services.inference.sequence import Sequence
 
 
-def _runner(block: int, q_per_kv: int, overhead: float) -> ModelRunner:
+def _runner(block: int, q_per_kv: int, budget: int) -> ModelRunner:
     runner = ModelRunner.__new__(ModelRunner)
     runner.device = torch.device("cpu")
     runner.cache = SimpleNamespace(block_size=block)  # type: ignore[assignment]
     runner.q_per_kv = q_per_kv
     runner.n_kv_heads = 2
-    runner.group_overhead = overhead
+    runner.group_bytes, runner.per_key, runner.per_score = budget, 64, 8
     return runner
 
 
@@ -39,10 +39,10 @@ def _slot(seq: Sequence, pos: int, block: int) -> int:
     ),
     block=st.sampled_from([1, 4, 16]),
     q_per_kv=st.sampled_from([1, 2]),
-    overhead=st.sampled_from([0.0, 50.0, 1e12]),
+    budget=st.sampled_from([1, 5000, 10**12]),
     data=st.data(),
 )
-def test_packed_build_equals_row_by_row(rows, block, q_per_kv, overhead, data) -> None:
+def test_packed_build_equals_row_by_row(rows, block, q_per_kv, budget, data) -> None:
     chunks = []
     next_block = 7
     for i, (prompt_len, out_len, computed, n) in enumerate(rows):
@@ -55,7 +55,7 @@ def test_packed_build_equals_row_by_row(rows, block, q_per_kv, overhead, data) -
         next_block += blocks
         chunks.append((seq, n))
     wanted = sorted(data.draw(st.sets(st.integers(0, len(chunks) - 1))))
-    step = _runner(block, q_per_kv, overhead).build(chunks, wanted)
+    step = _runner(block, q_per_kv, budget).build(chunks, wanted)
 
     # Row by row: packed tokens, positions, slots; logits at each wanted row's last token.
     tokens, positions, slots, where = [], [], [], {}
@@ -101,21 +101,28 @@ def test_packed_build_equals_row_by_row(rows, block, q_per_kv, overhead, data) -
 @settings(max_examples=300, deadline=None)
 @given(
     ctx=st.lists(st.integers(1, 500), min_size=0, max_size=70),
-    overhead=st.floats(0, 1e6),
+    budget=st.integers(1, 10**6),
+    per_key=st.integers(1, 512),
+    per_score=st.integers(1, 64),
     data=st.data(),
 )
-def test_plan_groups_partitions_rows_in_context_order(ctx, overhead, data) -> None:
+def test_plan_groups_partitions_rows_in_context_order_within_budget(
+    ctx, budget, per_key, per_score, data
+) -> None:
     width = data.draw(st.lists(st.integers(1, 8), min_size=len(ctx), max_size=len(ctx)))
-    groups = plan_groups(ctx, width, overhead)
+    groups = plan_groups(ctx, width, budget, per_key, per_score)
     assert sorted(i for g in groups for i in g) == list(range(len(ctx)))
     assert all(groups)
-    assert len(groups) <= 16
-    # Contiguous in context order: no group's shortest context is below the previous longest.
+
+    def size(g: list[int]) -> int:
+        return len(g) * max(ctx[i] for i in g) * (per_key + max(width[i] for i in g) * per_score)
+
+    for g in groups:
+        assert len(g) == 1 or size(g) <= budget  # only a row alone may exceed it
     for a, b in itertools.pairwise(groups):
+        # Contiguous in context order, and each cut was needed: the next row did not fit.
         assert max(ctx[i] for i in a) <= min(ctx[i] for i in b)
-    one = overhead + len(ctx) * max(ctx, default=0) * max(width, default=0)
-    cost = sum(overhead + len(g) * max(ctx[i] for i in g) * max(width[i] for i in g) for g in groups)
-    assert cost <= one + 1e-6  # never worse than a single padded group
+        assert size([*a, b[0]]) > budget
 
 
 def test_token_slice_equals_tokens_slice() -> None:
