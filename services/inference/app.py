@@ -30,7 +30,7 @@ from services.inference.model.hf import HFConfig, PagedLM, load_hf_model, read_c
 from services.inference.model.kv_cache import KVCache
 from services.inference.model.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 from services.inference.model.transformer import ModelConfig, Transformer
-from services.inference.model.weights import build_model
+from services.inference.model.weights import WeightsError, build_model
 from services.inference.scheduler import SchedulerConfig
 from services.inference.settings import DEFAULT_MODEL_NAME, InferenceSettings
 
@@ -168,6 +168,8 @@ def build_runtime(s: InferenceSettings) -> Runtime:
     if s.engine_process:
         from services.inference.engine_process import ProcessEngine
 
+        if s.weights is not None and not s.weights.is_file():  # said here (exit 2), not in the child
+            raise WeightsError(f"weights file not found: {s.weights}")
         cfg: Any = model_config(s)
         engine = ProcessEngine(s, cfg, eos_ids=tokenizer.eos_ids)
     else:

@@ -318,6 +318,8 @@ def _child_main(conn: Connection, settings: InferenceSettings, eos_ids: frozense
     """The engine process: build the model and the engine from the settings, then serve."""
     # Ctrl-C reaches the whole process group: the server stops us through the pipe instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if settings.engine_nice:
+        os.nice(settings.engine_nice)
     from libs.service.logging import configure_logging
 
     configure_logging(service="inference", level=settings.log_level)

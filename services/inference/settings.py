@@ -48,6 +48,13 @@ class InferenceSettings(ServiceSettings):
         description="run the engine (scheduler, KV cache, model steps) in its own process, so model "
         "steps never hold the HTTP/gRPC server's GIL; off: a thread of the server's process",
     )
+    engine_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="niceness the engine process adds to its own (Linux): under CPU contention the "
+        "server's answers (admission, streams, health) get the CPU first",
+    )
     # Model
     d_model: int = Field(128, ge=1, description="model width")
     n_layers: int = Field(4, ge=1, description="transformer layers")

@@ -234,8 +234,24 @@ def _open_streams(stack: contextlib.ExitStack, c: httpx.Client, n: int, key: str
     return out
 
 
-def test_cancels_disconnects_and_kill_switch_leave_no_backlog(server: LiveServer) -> None:
+def test_cancels_disconnects_and_kill_switch_leave_no_backlog(
+    server: LiveServer, client: openai.OpenAI
+) -> None:
+    # the official client closes a stream after two chunks
+    stream = client.completions.create(
+        model="pg-byte-tiny", prompt="hold on", max_tokens=200, stream=True, extra_body={"ignore_eos": True}
+    )
+    for _, _chunk in zip(range(2), stream, strict=False):
+        pass
+    assert _eng(server).stats().running + _eng(server).stats().waiting > 0
+    stream.close()
+    _wait_idle(server)
     with httpx.Client(base_url=server.url, timeout=60) as c:
+        # a job cancelled while it runs
+        job = c.post("/v1/jobs", json=HOLD, headers=auth("k-g1")).json()["id"]
+        _until(lambda: _eng(server).stats().running > 0, what="job running")
+        assert c.post(f"/v1/jobs/{job}/cancel", headers=auth("k-g1")).status_code == 200
+        _wait_idle(server)
         # clients that go away mid-stream
         with contextlib.ExitStack() as stack:
             streams = _open_streams(stack, c, 2, "k-g1") + _open_streams(stack, c, 1, "k-g2")
@@ -309,3 +325,27 @@ def test_kill_9_of_the_engine_process(server: LiveServer) -> None:
         what="restart counted",
     )
     _wait_idle(server)
+
+
+def test_engine_process_niceness_and_clean_stop() -> None:
+    """--engine-nice lowers the engine's CPU priority only; stop() ends the process."""
+    from services.inference.app import model_config
+    from services.inference.settings import InferenceSettings
+
+    s = InferenceSettings(
+        d_model=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=256, kv_cache_tokens=1024, embeddings=False,
+        grpc_port=-1, torch_threads=1, engine_nice=3,
+    )  # fmt: skip
+    eng = ProcessEngine(s, model_config(s), eos_ids=frozenset({257}))
+    eng.start()
+    try:
+        assert eng.pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, eng.pid) == os.getpriority(os.PRIO_PROCESS, 0) + 3
+        seq = Sequence("n1", "alice", [1, 2, 3], 4)
+        eng.run_to_completion([seq], timeout=60)
+        assert len(seq.output) == 4 and seq.finish_reason == "length"
+    finally:
+        eng.stop()
+    assert not eng.alive
+    with pytest.raises(ProcessLookupError):
+        os.kill(eng.pid, 0)
