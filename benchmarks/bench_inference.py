@@ -547,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "reports")
     p.add_argument("--quick", action="store_true", help="short smoke run")
     args = p.parse_args(argv)
+    # SIGTERM: unwind (the finally blocks stop the servers) rather than leave them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         args.duration, args.loads, args.repeats, args.limit_batches, args.drain = (
             6.0,

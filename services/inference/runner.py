@@ -71,30 +71,20 @@ class ModelRunner:
         logit_index = ends - 1
         if logits_for is not None:
             logit_index = logit_index[torch.tensor(logits_for, dtype=torch.long)]
-        groups = []
         decode = [i for i, n in enumerate(lens) if n == 1]
         prefill = [i for i, n in enumerate(lens) if n > 1]
-        for part in (decode, prefill):
-            plan = plan_groups(
-                [ctx[i] for i in part],
-                [lens[i] for i in part],
-                self.group_bytes,
-                self.per_key,
-                self.per_score,
-            )
-            for members in plan:
-                rows = [part[i] for i in members]
-                width, longest = max(lens[i] for i in rows), max(ctx[i] for i in rows)
-                groups.append(self._group(rows, width, longest, lens_t, starts_t, ctx_t, offsets, tables))
+        plan = plan_groups([ctx[i] for i in decode], [1] * len(decode), *self._budget)
+        groups = self._decode_groups([[decode[i] for i in g] for g in plan], ctx, ctx_t, offsets, tables)
+        for members in plan_groups([ctx[i] for i in prefill], [lens[i] for i in prefill], *self._budget):
+            rows = [prefill[i] for i in members]
+            width, longest = max(lens[i] for i in rows), max(ctx[i] for i in rows)
+            groups.append(self._group(rows, width, longest, lens_t, starts_t, ctx_t, offsets, tables))
         dev = self.device
-        for g in groups:
-            g.q_index, g.out_dst, g.read_slots, g.bias = (
-                g.q_index.to(dev),
-                g.out_dst.to(dev),
-                g.read_slots.to(dev),
-                g.bias.to(dev),
-            )
-            g.out_src = None if g.out_src is None else g.out_src.to(dev)
+        if dev.type != "cpu":
+            for g in groups:
+                g.q_index, g.out_dst = g.q_index.to(dev), g.out_dst.to(dev)
+                g.read_slots, g.bias = g.read_slots.to(dev), g.bias.to(dev)
+                g.out_src = None if g.out_src is None else g.out_src.to(dev)
         return StepBatch(
             torch.tensor(flat_tokens, dtype=torch.long).to(dev),
             positions.to(dev),
@@ -102,6 +92,51 @@ class ModelRunner:
             logit_index.to(dev),
             groups,
         )
+
+    @property
+    def _budget(self) -> tuple[int, int, int]:
+        return self.group_bytes, self.per_key, self.per_score
+
+    def _decode_groups(
+        self,
+        plan: list[list[int]],
+        ctx: list[int],
+        ctx_t: torch.Tensor,
+        offsets: torch.Tensor,
+        tables: torch.Tensor,
+    ) -> list[AttnGroup]:
+        """Every decode group's indices and mask at once (one query per row, so the causal mask
+        is just "key inside the context"): whole-step torch calls, then split per group."""
+        if not plan:
+            return []
+        rows = [r for g in plan for r in g]
+        longest = [max(ctx[r] for r in g) for g in plan]
+        padded = torch.tensor([n for g, n in zip(plan, longest, strict=True) for _ in g], dtype=torch.long)
+        sizes = [len(g) * n for g, n in zip(plan, longest, strict=True)]
+        total, bs = sum(sizes), self.cache.block_size
+        r = torch.tensor(rows, dtype=torch.long)
+        row_of = torch.repeat_interleave(r, padded, output_size=total)  # each (row, key position)
+        first = torch.repeat_interleave(torch.cumsum(padded, 0) - padded, padded, output_size=total)
+        j = torch.arange(total) - first  # key position within its row
+        cx = ctx_t.index_select(0, row_of)
+        # Past the row's context: its last slot (a real one, masked out).
+        jj = torch.minimum(j, cx - 1)
+        read = tables[row_of, jj // bs] * bs + jj % bs
+        bias = torch.zeros(total).masked_fill_(j >= cx, float("-inf"))
+        q_index = offsets.index_select(0, r)
+        out = []
+        hkv, per_kv = self.n_kv_heads, self.q_per_kv
+        for g, n, rd, bi, qi in zip(
+            plan,
+            longest,
+            read.split(sizes),
+            bias.split(sizes),
+            q_index.split([len(g) for g in plan]),
+            strict=True,
+        ):
+            b = bi.view(1, len(g), 1, n).expand(hkv, len(g), per_kv, n).reshape(hkv * len(g), per_kv, n)
+            out.append(AttnGroup(len(g), 1, n, qi, None, qi, rd, b))
+        return out
 
     def _group(
         self,
