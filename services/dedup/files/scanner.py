@@ -42,6 +42,9 @@ class ScanResult:
     cache_hits: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Sums kept up to date by their producer (the watcher), else computed from the groups.
+    known_wasted_bytes: int | None = None
+    known_duplicate_files: int | None = None
 
     @property
     def bytes_read(self) -> int:
@@ -49,10 +52,14 @@ class ScanResult:
 
     @property
     def wasted_bytes(self) -> int:
+        if self.known_wasted_bytes is not None:
+            return self.known_wasted_bytes
         return sum(g.wasted_bytes for g in self.groups)
 
     @property
     def duplicate_files(self) -> int:
+        if self.known_duplicate_files is not None:
+            return self.known_duplicate_files
         return sum(len(g.files) for g in self.groups)
 
     def totals(self) -> dict[str, Any]:

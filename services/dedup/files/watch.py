@@ -22,6 +22,7 @@ leads out of them is an error entry, never a reported file.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import fnmatch
 import gc
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from services.dedup.files.scanner import ScanOptions, ScanResult
-from services.dedup.files.stages import Group, ScanContext, StageStats, find_duplicates, sort_groups
+from services.dedup.files.stages import Group, ScanContext, StageStats, _first_path, find_duplicates
 from services.dedup.files.walk import FileEntry, WalkError, WalkStats, walk
 
 if TYPE_CHECKING:
@@ -137,6 +138,15 @@ class WatchIndex:
         self._names: dict[tuple[int, int], int] = {}  # (dev, ino) -> names in the index
         self._real_dirs: dict[bytes, bool] = {}  # this batch: directory -> resolves outside
         self.full_scans = 0
+        # The answer kept up to date per size (only the sizes a batch re-verified are redone):
+        # sizes with groups in order, per size (groups, files, wasted bytes, hard-linked
+        # entries), the totals, and each size's JSON text (made when a JSON report asks).
+        self._dirty: set[int] = set()  # sizes whose groups changed since the last result()
+        self._sizes: list[int] = []
+        self._agg: dict[int, tuple[int, int, int, list[FileEntry]]] = {}
+        self._n_files = 0
+        self._wasted = 0
+        self._texts: dict[int, bytes] = {}  # size -> its groups' JSON text (see json_chunks)
 
     # -- index maintenance -------------------------------------------------------------
     def _add(self, path: bytes, st: Stamp, force: bool = False) -> set[int]:
@@ -236,6 +246,11 @@ class WatchIndex:
         self.by_dir.clear()
         self.groups.clear()
         self.errors.clear()
+        self._dirty.clear()
+        self._sizes.clear()
+        self._agg.clear()
+        self._texts.clear()
+        self._n_files = self._wasted = 0
         walked = walk(self.roots, self.wopts)
         self.walk_stats = walked.stats
         for f in walked.files:
@@ -264,6 +279,7 @@ class WatchIndex:
         kept: list[Group] = []  # groups whose representative the pipeline must place
         previous: dict[int, Group] = {}  # id(first member) -> its group in the last answer
         for size in sizes:
+            self._dirty.add(size)
             old = self.groups.pop(size, [])
             previous.update((id(g.files[0]), g) for g in old)
             bucket = self.by_size.get(size)
@@ -451,10 +467,58 @@ class WatchIndex:
         return path == root or path.startswith(root.rstrip(b"/") + b"/")
 
     # -- output -----------------------------------------------------------------------
+    def _refresh(self) -> None:
+        """Bring the kept order, sums and texts up to date for the sizes changed since."""
+        dirty, self._dirty = self._dirty, set()
+        for size in dirty:
+            self._texts.pop(size, None)
+            old = self._agg.pop(size, None)
+            if old is not None:
+                self._n_files -= old[1]
+                self._wasted -= old[2]
+            gs = self.groups.get(size)
+            i = bisect.bisect_left(self._sizes, size)
+            listed = i < len(self._sizes) and self._sizes[i] == size
+            if not gs:
+                if listed:
+                    del self._sizes[i]
+                continue
+            if not listed:
+                self._sizes.insert(i, size)
+            gs.sort(key=_first_path)  # the report's order: (size, first path), see sort_groups
+            n_files = sum(len(g.files) for g in gs)
+            wasted = sum(g.wasted_bytes for g in gs)
+            linked = [f for g in gs for f in g.files if f.links]
+            self._agg[size] = (len(gs), n_files, wasted, linked)
+            self._n_files += n_files
+            self._wasted += wasted
+
+    def json_chunks(self) -> list[bytes]:
+        """The JSON text of the groups (as report.write_json writes them; ASCII: strings are
+        escaped), one chunk per size in order; only sizes changed since are encoded again."""
+        from services.dedup.files import report
+        from services.dedup.files.indented_json import encode_at
+
+        self._refresh()
+        texts = self._texts
+        out = []
+        for size in self._sizes:
+            text = texts.get(size)
+            if text is None:
+                parts = []
+                for g in self.groups[size]:
+                    t = report._group_text(g)
+                    parts.append(t if t is not None else encode_at(report._group_json(g), 2))
+                text = texts[size] = ",\n    ".join(parts).encode("ascii")
+            out.append(text)
+        return out
+
     def result(self, seconds: float) -> ScanResult:
-        groups = [g for gs in self.groups.values() for g in gs]
-        sort_groups(groups)
-        hard_linked = [f for g in groups for f in g.files if f.links]
+        """The answer now: kept per size, so a batch costs in proportion to what it changed
+        (the groups' order, totals and hard-linked list are not recomputed over the tree)."""
+        self._refresh()
+        groups = [g for size in self._sizes for g in self.groups[size]]
+        hard_linked = [f for size in self._sizes for f in self._agg[size][3]]
         return ScanResult(
             groups=groups,
             hard_linked=hard_linked,
@@ -465,6 +529,9 @@ class WatchIndex:
             seconds=seconds,
             files_scanned=len(self._names),
             warnings=list(self.warnings) + (list(self.cache.warnings) if self.cache is not None else []),
+            extra={"watch_index": self},
+            known_wasted_bytes=self._wasted,
+            known_duplicate_files=self._n_files,
         )
 
     def close(self) -> None:
@@ -474,34 +541,65 @@ class WatchIndex:
 
 
 class JsonReport:
-    """report.write_json's text, with each group's encoding kept while the group lives: a batch
-    re-encodes only the groups it re-verified (test_watch checks the text is the scan's)."""
+    """report.write_json's text. For a watcher's answer the groups' text is kept per size by
+    the index (json_chunks: a batch encodes only the sizes it re-verified) and written as
+    bytes with writev, not joined; otherwise each group's encoding is kept while the group
+    lives. test_watch checks the text is the scan's."""
 
     def __init__(self) -> None:
         self._texts: dict[int, tuple[Group, str]] = {}
 
-    def write(self, result: ScanResult, out: TextIO) -> None:
+    def _parts(self, result: ScanResult) -> list[bytes]:
+        """The report as ASCII byte strings, in order."""
         import json
 
         from services.dedup.files import report
         from services.dedup.files.indented_json import encode_at
 
-        texts = {}
-        for g in result.groups:
-            known = self._texts.get(id(g))
-            if known is None or known[0] is not g:
-                known = (g, encode_at(report._group_json(g), 2))
-            texts[id(g)] = known
-        self._texts = texts  # groups gone are dropped (their ids may be reused)
+        index = result.extra.get("watch_index")
+        chunks: list[bytes]
+        if isinstance(index, WatchIndex) and not index._dirty:
+            chunks = index.json_chunks()  # this very answer's groups, kept per size
+        else:
+            texts = {}
+            for g in result.groups:
+                known = self._texts.get(id(g))
+                if known is None or known[0] is not g:
+                    known = (g, encode_at(report._group_json(g), 2))
+                texts[id(g)] = known
+            self._texts = texts  # groups gone are dropped (their ids may be reused)
+            chunks = [texts[id(g)][1].encode("ascii") for g in result.groups]
         head = report.to_dict(result, groups=False)
-        out.write("{")
+        parts = [b"{"]
         for i, (key, value) in enumerate(head.items()):
-            out.write(("\n  " if i == 0 else ",\n  ") + json.dumps(key) + ": ")
+            parts.append((("\n  " if i == 0 else ",\n  ") + json.dumps(key) + ": ").encode("ascii"))
             if key != "groups" or not result.groups:
-                out.write(encode_at(value, 1))
+                parts.append(encode_at(value, 1).encode("ascii"))
                 continue
-            out.write("[\n    " + ",\n    ".join([texts[id(g)][1] for g in result.groups]) + "\n  ]")
-        out.write("\n}\n")
+            parts.append(b"[\n    ")
+            for k, chunk in enumerate(chunks):
+                if k:
+                    parts.append(b",\n    ")
+                parts.append(chunk)
+            parts.append(b"\n  ]")
+        parts.append(b"\n}\n")
+        return parts
+
+    def write(self, result: ScanResult, out: TextIO) -> None:
+        out.write(b"".join(self._parts(result)).decode("ascii"))
+
+    def write_fd(self, result: ScanResult, fd: int) -> None:
+        """To a file descriptor, the parts as they are (writev, IOV_MAX at a time)."""
+        parts = self._parts(result)
+        step = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 1024
+        for start in range(0, len(parts), step):
+            batch = parts[start : start + step]
+            want = sum(len(p) for p in batch)
+            done = os.writev(fd, batch)
+            if done < want:  # a short write (a full disk reports an error instead): the rest
+                rest = b"".join(batch)[done:]
+                while rest:
+                    rest = rest[os.write(fd, rest) :]
 
 
 def write_report(
@@ -525,8 +623,14 @@ def write_report(
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".dedup-report-", dir=directory)
     try:
-        with open(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as out:
-            writer(result, out)
+        if fmt == "json" and json_report is not None:
+            try:
+                json_report.write_fd(result, fd)
+            finally:
+                os.close(fd)
+        else:
+            with open(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as out:
+                writer(result, out)
         os.replace(tmp, path)
     except BaseException:
         try:

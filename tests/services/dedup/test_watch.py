@@ -269,12 +269,17 @@ def _group_sets(groups) -> set[frozenset[bytes]]:
 def test_incremental_groups_equal_a_fresh_scan(tmp_path: Path) -> None:
     """Random batches of copies, edits, deletions and renames applied to the index give the
     groups a fresh scan of the tree gives (no notifications: the batches are handed over)."""
+    import io
     import random
 
+    from services.dedup.files import report
     from services.dedup.files.scanner import run_scan
+    from services.dedup.files.stages import sort_groups
     from services.dedup.files.treegen import generate_tree
-    from services.dedup.files.watch import ADDED, DELETED, MODIFIED, WatchIndex
+    from services.dedup.files.watch import ADDED, DELETED, MODIFIED, JsonReport, WatchIndex, write_report
 
+    report_file = tmp_path / "report.json"
+    jr = JsonReport()
     root = tmp_path / "tree"
     generate_tree(root, files=400, total_bytes=24 << 20, seed=3)
     opts = ScanOptions(cache_dir=str(tmp_path / "cache"))
@@ -309,7 +314,19 @@ def test_incremental_groups_equal_a_fresh_scan(tmp_path: Path) -> None:
             index.apply(changes)
             fresh = run_scan([str(root)], ScanOptions())
             assert len(fresh.groups) > 10
-            assert _group_sets(index.result(0.0).groups) == _group_sets(fresh.groups), batch
-            assert index.result(0.0).files_scanned == fresh.files_scanned, batch
+            res = index.result(0.0)
+            assert _group_sets(res.groups) == _group_sets(fresh.groups), batch
+            assert res.files_scanned == fresh.files_scanned, batch
+            # The answer kept per size is the answer computed whole: order, totals, report text.
+            whole = [g for gs in index.groups.values() for g in gs]
+            sort_groups(whole)
+            assert res.groups == whole, batch
+            assert res.wasted_bytes == sum(g.wasted_bytes for g in whole), batch
+            assert res.duplicate_files == sum(len(g.files) for g in whole), batch
+            assert res.hard_linked == [f for g in whole for f in g.files if f.links], batch
+            write_report(res, "json", str(report_file), json_report=jr)
+            expected = io.StringIO()
+            report.write_json(res, expected)
+            assert report_file.read_text() == expected.getvalue(), batch
     finally:
         index.close()
