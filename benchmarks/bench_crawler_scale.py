@@ -281,11 +281,28 @@ def wait_until(what: str, cond: Any, timeout: float, procs: list[subprocess.Pope
     raise RuntimeError(f"timed out waiting for {what}")
 
 
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def workers_run(
-    n: int, seeds: list[str], web_port: int, redis_url: str, tmp: str, tag: str
+    n: int,
+    seeds: list[str],
+    web_port: int,
+    redis_url: str,
+    tmp: str,
+    tag: str,
+    *,
+    sim: WebSim | None = None,
+    others: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """`others`: name -> pid of the bench's other processes (websim, redis) whose CPU is counted."""
     client = connect(redis_url)
     client.flushall()
+    others = others or {}
+    other0 = {name: proc_cpu_s(pid) for name, pid in others.items()}
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     admin(web_port, "/reset", "POST")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -325,6 +342,7 @@ def workers_run(
         register_crawl(client, "bench", config.model_dump_json(), urls, config.max_depth)
         wait_until("the crawl to finish", lambda: crawl_state(client, "bench") == "finished", 300, procs)
         wall = time.perf_counter() - t0
+        other_cpu = {name: proc_cpu_s(pid) - other0[name] for name, pid in others.items()}
         used = int(client.info("memory")["used_memory"])
         counts = RedisStore(client, "bench").counts()
     finally:
@@ -341,9 +359,21 @@ def workers_run(
     cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     entries = log_entries(web_port)
     pages = fetched_pages(entries)
+    # Is the crawl bound by a host's own chain of requests (each waits the host's gap)? The
+    # busiest host's least time by politeness, against the crawl's span in websim's log.
+    chain = politeness_bound(sim, entries, WORKER_DELAY) if sim is not None else {}
+    busy = cpu + sum(other_cpu.values())
     return {
         "workers": n,
         "workers_cpu_s": cpu,
+        **{f"{name}_cpu_s": v for name, v in other_cpu.items()},
+        # CPU of workers + websim + redis over the crawl, in cores (the box has os.cpu_count())
+        "bench_cores_used": busy / wall,
+        "cpu_count": os.cpu_count(),
+        "chain_bound_s": chain.get("bound_s"),
+        "span_s": chain.get("span_s"),
+        "chain_over_wall": chain["bound_s"] / wall if chain else None,
+        "busiest_host_requests": chain.get("busiest", {}).get("requests"),
         "loadavg_1m": os.getloadavg()[0],
         "wall_s": wall,
         "pages": len(pages),
@@ -356,6 +386,8 @@ def workers_run(
 
 def part_workers(args: argparse.Namespace) -> dict[str, Any]:
     knobs = {"hosts": WORKER_HOSTS, "seed": args.seed, **WORKER_WEB}
+    if args.worker_pages:  # a web deeper per host (pages per host), the rest alike
+        knobs.update(min_pages=args.worker_pages, max_pages=args.worker_pages)
     sim = WebSim(SimConfig(**knobs))
     seeds = sim.seeds(WORKER_HOSTS)
     truth = sim.ground_truth(seeds, max_depth=DEPTH)
@@ -369,12 +401,20 @@ def part_workers(args: argparse.Namespace) -> dict[str, Any]:
             workers_run(2, seeds, web_port, url, tmp, "warmup")
             for r in range(args.repeats):  # interleaved: a slow patch of the box hits every N alike
                 for n in WORKER_COUNTS:
-                    row = workers_run(n, seeds, web_port, url, tmp, f"r{r}n{n}")
+                    row = workers_run(
+                        n, seeds, web_port, url, tmp, f"r{r}n{n}", sim=sim,
+                        others={"websim": web.pid, "redis": redis.pid},
+                    )  # fmt: skip
                     row["coverage"] = row["pages"] / len(truth)
                     results[n].append(row)
                     print(
                         f"workers {n} repeat {r}: {row['pages']} pages in {row['wall_s']:.1f}s"
                         f" = {row['pages_per_s']:.1f} pages/s; workers' CPU {row['workers_cpu_s']:.1f}s,"
+                        f" websim {row['websim_cpu_s']:.1f}s, redis {row['redis_cpu_s']:.1f}s"
+                        f" ({row['bench_cores_used']:.2f} of {row['cpu_count']} cores),"
+                        f" busiest host's chain {row['chain_bound_s']:.1f}s"
+                        f" ({row['busiest_host_requests']} requests)"
+                        f" = {row['chain_over_wall']:.2f} of the wall,"
                         f" box load {row['loadavg_1m']:.1f}",
                         file=sys.stderr,
                     )
@@ -392,6 +432,10 @@ def part_workers(args: argparse.Namespace) -> dict[str, Any]:
             "coverage": median_spread([r["coverage"] for r in rows]),
             "efficiency": median_spread([r["pages_per_s"] / (n * base) for r in rows]),
             "workers_cpu_s": median_spread([r["workers_cpu_s"] for r in rows]),
+            "websim_cpu_s": median_spread([r["websim_cpu_s"] for r in rows]),
+            "redis_cpu_s": median_spread([r["redis_cpu_s"] for r in rows]),
+            "bench_cores_used": median_spread([r["bench_cores_used"] for r in rows]),
+            "chain_over_wall": median_spread([r["chain_over_wall"] for r in rows]),
             "loadavg_1m": median_spread([r["loadavg_1m"] for r in rows]),
         }
     print(
@@ -399,10 +443,12 @@ def part_workers(args: argparse.Namespace) -> dict[str, Any]:
         f" (politeness bound {WORKER_HOSTS / WORKER_DELAY:.0f} requests/s), {WORKER_CONCURRENCY} in flight"
         f" per worker; {args.repeats} repeats, median [min-max]"
     )
-    print(f"{'workers':<10}{'pages/s':>22}{'wall s':>22}{'coverage':>14}{'efficiency':>22}{'CPU s':>20}")
+    print(f"{'workers':<10}{'pages/s':>22}{'wall s':>22}{'coverage':>14}{'efficiency':>22}{'CPU s':>20}"
+          f"{'cores used':>20}{'chain/wall':>20}")  # fmt: skip
     for n, s in summary.items():
         print(f"{n:<10}{cell(s['pages_per_s']):>22}{cell(s['wall_s']):>22}{cell(s['coverage']):>14}"
-              f"{cell(s['efficiency']):>22}{cell(s['workers_cpu_s']):>20}")  # fmt: skip
+              f"{cell(s['efficiency']):>22}{cell(s['workers_cpu_s']):>20}{cell(s['bench_cores_used']):>20}"
+              f"{cell(s['chain_over_wall']):>20}")  # fmt: skip
     return {"hosts": WORKER_HOSTS, "delay": WORKER_DELAY, "concurrency": WORKER_CONCURRENCY,
             "truth_pages": len(truth), "runs": results, "summary": summary}  # fmt: skip
 
@@ -757,6 +803,7 @@ def main() -> int:
     ap.add_argument(
         "--webs", nargs="+", choices=list(BOUND_WEBS), default=None, help="bound part: these webs"
     )
+    ap.add_argument("--worker-pages", type=int, default=None, help="workers part: pages per host (default 2)")
     ap.add_argument("--store-pages", type=int, default=20_000, help="pages in the store-ops part")
     ap.add_argument("--store-baseline", default="462cb98~1", help="the commit store-ops compares with")
     ap.add_argument("--sqlite-urls", type=int, default=1_000_000, help="URLs in the sqlite part's table")

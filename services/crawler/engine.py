@@ -99,6 +99,15 @@ def crawl_owner_id(crawl_id: str) -> str:
     return f"{socket.gethostname()}-crawl-{crawl_id}"
 
 
+class _HostTurn:
+    """One host turn handed out by the frontier; `ended` once it was handed back."""
+
+    __slots__ = ("ended",)
+
+    def __init__(self) -> None:
+        self.ended = False
+
+
 class Crawl:
     def __init__(
         self,
@@ -142,6 +151,10 @@ class Crawl:
         self.robots_fetch = RobotsFetch(ROBOTS_TOKEN)  # hops and retries of robots.txt, per host
         self._gated: dict[str, tuple[float, float]] = {}  # host -> (monotonic gate time, its delay)
         self._fetches_in_flight = 0
+        # URL ids this crawl is fetching or still recording: a claim that hands one back (its
+        # first claim was lost with a failed group commit, or its lease ran out meanwhile) is left
+        # alone, so this process never fetches a URL twice at once.
+        self._fetching_ids: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._resume = asyncio.Event()
         self._resume.set()
@@ -381,8 +394,9 @@ class Crawl:
     # -- one host turn -----------------------------------------------------------------------
     async def _work(self, host: str) -> None:
         slot = self.frontier.slot(host)
+        turn = _HostTurn()
         try:
-            await self._turn(host, slot)
+            await self._turn(host, slot, turn)
         except Fenced as exc:
             # Another worker owns the host's partition now: nothing was written; its turn is over.
             self.stats.count("fenced")
@@ -391,9 +405,19 @@ class Crawl:
             self.frontier.schedule(host)
             raise
         finally:
+            if not turn.ended:
+                self.frontier.end_turn(host)
+
+    def _release_host(self, host: str, turn: _HostTurn) -> None:
+        """The host's request has ended: the host competes again from its next eligible time while
+        this task still records the response (parse, WARC, store). Its next request waits for the
+        politeness gap only, not for that work; links it finds reach the frontier when stored."""
+        if not turn.ended:
+            turn.ended = True
+            self.frontier.after_fetch(host)
             self.frontier.end_turn(host)
 
-    async def _turn(self, host: str, slot: HostSlot) -> None:
+    async def _turn(self, host: str, slot: HostSlot, turn: _HostTurn) -> None:
         if host in self.parking.dropped:
             self.robots_fetch.forget(host)  # no more requests, robots.txt hops included
         owed = self.robots_fetch.owed(host)
@@ -410,6 +434,8 @@ class Crawl:
                 self.frontier.schedule(host)
                 return
             rec = await self.store.aclaim(host, self.owner, self.config.lease_seconds, time.time())
+            if rec is not None and rec.id in self._fetching_ids:
+                continue  # ours in flight: its own task finishes it (the new lease only covers it)
             if rec is None:
                 ready_at = await self.store.anext_ready_at(host)
                 if ready_at is not None:  # waiting URLs only (Retry-After): back at the first one
@@ -446,7 +472,7 @@ class Crawl:
                 return
             try:
                 started = await self.store.astart(rec.id, self.owner, self.config.lease_seconds, time.time())
-            except Fenced:
+            except Exception:  # fenced, or a commit refused (full disk): no request, the unit back
                 self.store.unreserve_page()
                 self._cancel_gate(host, slot)
                 raise
@@ -454,8 +480,8 @@ class Crawl:
                 self.store.unreserve_page()
                 self._cancel_gate(host, slot)
                 continue  # lease lost to the reaper in between: someone else owns it now
-            await self._fetch_page(rec, slot)
-            self.frontier.after_fetch(host)
+            await self._fetch_page(rec, slot, turn)
+            self._release_host(host, turn)
             return
         self.frontier.schedule(host)
 
@@ -586,13 +612,14 @@ class Crawl:
         metrics.ROBOTS_FETCHES.labels(policy.mode.value).inc()
         self._end_request(slot, t0, status, retry_after)
 
-    async def _fetch_page(self, rec: URLRecord, slot: HostSlot) -> None:
+    async def _fetch_page(self, rec: URLRecord, slot: HostSlot, turn: _HostTurn) -> None:
         attempts_made = rec.attempts + 1
         try:
             self._check_lease(rec.host, slot)
         except Fenced:
             self.store.unreserve_page()
             raise
+        self._fetching_ids.add(rec.id)
         self._fetches_in_flight += 1
         t0 = self._begin_request(rec.host, slot)
         counted = False
@@ -602,6 +629,7 @@ class Crawl:
                     result = await self.fetcher.fetch(rec.url)
             except FetchError as exc:
                 self._end_request(slot, t0, None, None)
+                self._release_host(rec.host, turn)
                 self.stats.response(type(exc).__name__)
                 await self._retry_or_fail(
                     rec, attempts_made, type(exc).__name__, None, None, exc.retryable, str(exc)
@@ -611,8 +639,10 @@ class Crawl:
             retry_after = self._asked_wait(rec.host, result.status, asked)
             asked_host = retry_after if is_retryable_status(result.status) else None
             self._end_request(slot, t0, result.status, asked_host)
+            self._release_host(rec.host, turn)
             counted = await self._handle_response(rec, result, attempts_made, retry_after)
         finally:
+            self._fetching_ids.discard(rec.id)
             self._fetches_in_flight -= 1
             if not counted:
                 self.store.unreserve_page()  # not a fetched page (retry, failure, fenced)

@@ -4,16 +4,20 @@ WAL with synchronous=NORMAL: every committed transaction survives a killed proce
 an OS crash or power loss can drop the last few.
 
 Off the event loop, in batches: one thread of its own owns the connection and runs every store
-operation, in order, inside one open transaction that it commits at most `flush_interval` (20 ms)
-after it began (group commit: several pages' claims, starts and finishes share one commit, where
-each was a transaction of its own). Each operation runs under a SAVEPOINT, so one that fails is
-undone alone. A *durable* operation (finish, retry, add, set_meta) returns only after the commit
-that holds it, so a page counts as finished only once its outcome is on disk; the others (claim,
-start, release, reads) return at once and see every write before them. Losing uncommitted claims
-and starts in a crash is what a restart does anyway: `release_owner` hands the dead run's leases
-back. A commit that fails (a full disk) fails every durable operation it held (their writers try
-again, engine._durable) and drops the claims and starts that rode with it: those URLs are ready
-again, a later `start` of them answers False.
+operation, in order, inside one open transaction (group commit: several pages' claims, starts
+and finishes share one commit, where each was a transaction of its own). The event loop hands
+its operations over once per turn of the loop, and gets the answers back in one wake-up. Each
+operation runs under a SAVEPOINT, so one that fails is undone alone. A *durable* operation
+(start, finish, retry, add, set_meta) is answered only after the commit that holds it: a page
+counts as finished only once its outcome is on disk, and a request leaves only once its lease is,
+with everything before it in the transaction (the finish that found its URL), so no fetch rests
+on a write a failed commit could still take back. A start (or a blocked caller) commits as soon
+as the queue is empty; finishes and the rest wait at most `flush_interval` (20 ms) for company.
+Claims and releases return at once (their effect shows to every later operation); losing them
+in a crash is what a restart does anyway (`release_owner` hands a dead run's leases back). A
+commit that fails (a full disk) fails every durable operation it held (their writers try again,
+engine._durable; a start refused so sends no request) and the claims with them are gone: those
+URLs are ready again.
 
 The engine awaits the `a*` methods (the future of the thread's answer); the plain methods submit
 the same work and block for it (tests, the control API, start-up) and commit at once.
@@ -142,7 +146,7 @@ class _Op:
     """One operation for the store thread. Its answer goes to `waiter`: a threading one for a
     blocked caller, an asyncio future for the event loop (answered in batches, one wake-up)."""
 
-    __slots__ = ("args", "durable", "error", "fn", "kwargs", "result", "waiter")
+    __slots__ = ("args", "durable", "error", "fn", "kwargs", "result", "urgent", "waiter")
 
     def __init__(
         self,
@@ -151,12 +155,16 @@ class _Op:
         kwargs: dict[str, Any],
         durable: bool,
         waiter: asyncio.Future[Any] | threading.Event,
+        urgent: bool = False,
     ) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
         self.durable = durable  # answered only once the commit that holds it is done
         self.waiter = waiter
+        # commit as soon as the queue is empty (no window): a blocked caller, or a request
+        # that may not leave before its lease is on disk
+        self.urgent = urgent or isinstance(waiter, threading.Event)
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -248,7 +256,7 @@ class SQLiteStore(FrontierStore):
         return op.result
 
     def _acall(
-        self, fn: Callable[..., Any], *args: Any, durable: bool = False, **kwargs: Any
+        self, fn: Callable[..., Any], *args: Any, durable: bool = False, urgent: bool = False, **kwargs: Any
     ) -> asyncio.Future[Any]:
         """The same from the event loop: a future the thread answers (never blocks the loop)."""
         if self._closing:
@@ -259,7 +267,7 @@ class SQLiteStore(FrontierStore):
         # (and one GIL hand-off) for every operation this turn produced.
         if not self._outgoing:
             loop.call_soon(self._hand_over)
-        self._outgoing.append(_Op(fn, args, kwargs, durable, fut))
+        self._outgoing.append(_Op(fn, args, kwargs, durable, fut, urgent))
         return fut
 
     def _hand_over(self) -> None:
@@ -329,7 +337,7 @@ class SQLiteStore(FrontierStore):
                     continue
                 db.execute("RELEASE op")
                 ops += 1
-                urgent = urgent or isinstance(op.waiter, threading.Event)
+                urgent = urgent or op.urgent
                 (held if op.durable else done).append(op)
             if in_txn and (
                 closing
@@ -682,7 +690,12 @@ class SQLiteStore(FrontierStore):
         return rec
 
     async def astart(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
-        return bool(await self._acall(self._start, url_id, owner, lease_seconds, now))
+        # The request leaves only once its lease is on disk, and with it everything before it in
+        # the transaction (the finish that found this URL): no fetch rests on a write that a
+        # failed commit could still take back. Committed at once, with whatever waits with it.
+        return bool(
+            await self._acall(self._start, url_id, owner, lease_seconds, now, durable=True, urgent=True)
+        )
 
     async def afinish(
         self,
