@@ -48,3 +48,18 @@ def test_the_asyncio_parts_of_libs_queues_still_import_on_use() -> None:
         "assert AsyncBoundedQueue(1).maxsize == 1\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def test_the_lazy_module_hooks_name_what_they_lack() -> None:
+    import asyncio
+
+    import pytest
+
+    from libs import queues
+    from libs.queues import errors
+
+    assert queues.__getattr__("QueueFull") is asyncio.QueueFull
+    assert errors.__getattr__("QueueEmpty") is asyncio.QueueEmpty
+    for module in (queues, errors):
+        with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+            module.__getattr__("Nope")
