@@ -12,6 +12,8 @@ import pytest
 from services.crawler.partitions import PartitionManager
 from services.crawler.store import NewURL
 
+from .test_workers_redis import redis_cluster_url  # noqa: F401  (the 3-master cluster fixture)
+
 
 def _u(i: int, host: str) -> NewURL:
     return NewURL(f"http://{host}/page/{i}", host, 1)
@@ -41,16 +43,16 @@ def _store(client: object, mgr: PartitionManager, crawl: str) -> Any:
     return RedisStore(client, crawl, mgr)
 
 
-def test_the_redis_bloom_filter_never_changes_an_answer_and_reports_its_false_positive_rate(
-    client: object, mgr: PartitionManager
-) -> None:
+def _bloom_never_changes_an_answer(client: object, mgr: PartitionManager, partitions: int) -> float:
+    """4,000 URLs into a filter sized for them (1%), then 20,000 fresh ones looked up: return the
+    false-positive rate the filter counted there."""
     from services.crawler.bloom import BloomFilter
     from services.crawler.store_redis import configure_bloom
 
     hosts = [f"h{i}.test" for i in range(300)]  # many hosts: the partitions fill evenly
     urls = [_u(i, hosts[i % len(hosts)]) for i in range(4000)]
     plain, bloomed = _store(client, mgr, "plain"), _store(client, mgr, "bloomed")
-    assert configure_bloom(client, "bloomed", capacity=4000, error_rate=0.01) == 4  # partitions
+    assert configure_bloom(client, "bloomed", capacity=4000, error_rate=0.01) == partitions
     assert plain.bloom_stats() is None
     for start in range(0, 4000, 500):  # 4000 new URLs, in batches, each batch with repeats
         batch = urls[start : start + 500] + urls[start : start + 50] + urls[: start // 10]
@@ -69,12 +71,36 @@ def test_the_redis_bloom_filter_never_changes_an_answer_and_reports_its_false_po
     assert after["skips"] + after["false_positives"] - before == 20_000 and after["added"] == 4000
     rate = (after["false_positives"] - stats["false_positives"]) / 20_000
     print(f"redis bloom at capacity: {after}, false-positive rate over 20,000 fresh URLs {rate:.4f}")
-    # Sized for 1% at 4000 URLs (1000 a partition; 300 hosts fill the 4 partitions about evenly).
+    # Sized for 1% at 4000 URLs (4000/P a partition; 300 hosts fill the partitions about evenly).
     assert 0.002 < rate < 0.02, (rate, after)
-    per_partition = BloomFilter(1000, 0.01)
-    assert after["bits"] == 4 * per_partition.bits and after["hashes"] == per_partition.hashes == 7
+    per_partition = BloomFilter(4000 // partitions, 0.01)
+    assert after["bits"] == partitions * per_partition.bits and after["hashes"] == per_partition.hashes == 7
     # Repeats are all found (no false negatives): adding everything again adds nothing.
     assert bloomed.add(urls[:4000], now=0) == 0
+    return rate
+
+
+def test_the_redis_bloom_filter_never_changes_an_answer_and_reports_its_false_positive_rate(
+    client: object, mgr: PartitionManager
+) -> None:
+    _bloom_never_changes_an_answer(client, mgr, partitions=4)
+
+
+def test_the_bloom_filter_on_a_real_three_master_redis_cluster(redis_cluster_url: str) -> None:  # noqa: F811
+    """The same on a cluster: each partition's bitfield sits in its {pN} slot, the partitions
+    spread over the three masters, and the add script keeps filter and seen-set in one slot."""
+    from services.crawler.store_redis import connect
+
+    client = connect(redis_cluster_url)
+    try:
+        mgr = PartitionManager(client, "w-bloom", partitions=8, lease_seconds=600)
+        mgr.tick()
+        assert len(mgr.owned) == 8
+        _bloom_never_changes_an_answer(client, mgr, partitions=8)
+        per_node = [int(client.dbsize(target_nodes=node)) for node in client.get_primaries()]
+        assert len(per_node) == 3 and all(n > 0 for n in per_node), per_node
+    finally:
+        client.close()
 
 
 def test_a_bloom_filter_cannot_be_put_in_front_of_urls_already_added(
