@@ -1,8 +1,8 @@
 """Inference serving at the limit: the server under open-loop load vs the raw model on the same
 request mix vs batch-size-1 serving, side by side in one run.
 
-    .venv/bin/python benchmarks/bench_inference.py            # default run, about 12 minutes
-    .venv/bin/python benchmarks/bench_inference.py --quick    # smoke run, about 3 minutes
+    .venv/bin/python benchmarks/bench_inference.py            # default run, about 10 minutes
+    .venv/bin/python benchmarks/bench_inference.py --quick    # smoke run, about 2 minutes
 
 The served model (the shipped pg-small unless --model), float32 on CPU, --threads torch threads
 everywhere. The request mix: two tenants and two classes, prompts of 16-192 characters, outputs
@@ -18,10 +18,15 @@ tokens (bob, batch, non-streaming), ignore_eos so output lengths are exact; alic
   (c) `python -m services.inference` (continuous batching, --max-seqs = the limit's best B),
       open-loop Poisson arrivals at --loads x the limit (alice steady, bob filling the rest);
   (b) the same server with --max-seqs 1 (batch-1 serving), at the lowest and highest load.
-Every measurement is repeated --repeats times after a warm-up; server levels run round-robin
-(level after level, then again) so a busy neighbour hurts all levels alike. Reported: median
-and min-max per measurement and the ratios asked of the engine: peak serving tokens/s / limit
-(aim >= 0.85), / batch-1 serving (aim >= 5), throughput at 1.5x / peak (aim >= 0.95).
+Every measurement is repeated --repeats times after a warm-up, in the same order each repeat:
+(a), (c0), the (c) levels, the (b) levels; a repeat's offered loads are fractions of its own
+(a), and its ratios use its own (a), batch-1 and peak: on a shared machine the limit moves by
+2x over minutes, so only ratios within a repeat are fair. Reported: median and min-max over the
+repeats of tokens/s and of the ratios asked of the engine: peak serving tokens/s / limit (aim
+>= 0.85), / batch-1 serving (aim >= 5), throughput at 1.5x / peak (aim >= 0.95); plus, per
+level, the CPU the server and engine processes and this load generator got (all on the same
+cores), and tokens per engine-thread CPU second, which against the raw model's tokens per CPU
+second factors the neighbours out.
 
 Tokens/s of a server level is its own counter (inference_generated_tokens_total) between the
 end of a ramp-up (30% of the window) and the end of sending, so the fill and the drain are not
@@ -93,6 +98,9 @@ class LevelReport:
     # such second: throughput with the CPU the neighbours left the engine factored out.
     engine_cpu_window_s: float = 0.0
     tokens_per_engine_cpu_s: float = 0.0
+    client_cores: float = 0.0  # this load generator's CPU seconds / wall seconds in the window
+    load: float = 0.0  # offered tokens/s as a fraction of the repeat's own limit
+    limit_tokens_per_s: float = 0.0  # that limit
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -388,7 +396,9 @@ async def drive(
 
         async def counter_at(t: float) -> tuple[float, float, dict[str, float]]:
             await asyncio.sleep(max(0.0, start + t - time.perf_counter()))
-            return await generated_tokens(client, url), time.perf_counter(), cpu() if cpu else {}
+            cpus = cpu() if cpu else {}
+            cpus["client"] = time.process_time()
+            return await generated_tokens(client, url), time.perf_counter(), cpus
 
         first = asyncio.create_task(counter_at(ramp))
         tasks = []
@@ -399,6 +409,7 @@ async def drive(
             tasks.append(asyncio.create_task(one(client, url, req)))
         (before, t_before, cpu0), (after, t_after, cpu1) = await asyncio.gather(first, counter_at(duration))
         window = t_after - t_before
+        client_cpu = cpu1.pop("client") - cpu0.pop("client")
         engine_cpu = max((cpu1[k] - cpu0.get(k, 0.0) for k in cpu1), default=0.0)
         done, pending = await asyncio.wait(tasks, timeout=drain_s)
         for t in pending:
@@ -418,6 +429,7 @@ async def drive(
     )
     rep.reject_rate = rep.rejected / max(1, rep.sent)
     rep.engine_cpu_window_s = engine_cpu
+    rep.client_cores = client_cpu / window
     rep.tokens_per_engine_cpu_s = (after - before) / engine_cpu if engine_cpu > 0 else 0.0
     for klass in ("interactive", "batch"):
         ok = [r for r in results if r.klass == klass and r.status == 200]
@@ -587,12 +599,15 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     max_seqs = args.max_seqs or best_batch
-    # Alice steady at --interactive-share of the limit (tokens/s); bob fills the rest of each
-    # level's offered load: the sweep is bob flooding while alice stays put.
     mean_i, mean_b = statistics.mean(INTERACTIVE_OUT), statistics.mean(BATCH_OUT)
-    rate_i = args.interactive_share * calib[best_batch] / mean_i
-    rates = [(rate_i, max(0.0, f - args.interactive_share) * calib[best_batch] / mean_b) for f in loads]
-    b1_rates = [rates[0], rates[-1]]
+
+    def level_rates(limit_now: float) -> list[tuple[float, float]]:
+        """Alice steady at --interactive-share of the limit (tokens/s); bob fills the rest of each
+        level's offered load: the sweep is bob flooding while alice stays put."""
+        rate_i = args.interactive_share * limit_now / mean_i
+        return [(rate_i, max(0.0, f - args.interactive_share) * limit_now / mean_b) for f in loads]
+
+    b1_loads = [0, len(loads) - 1]  # batch-1 at the lowest and the highest load
 
     # Every repeat measures everything, in the same order: (a), (c0), (c) levels, (b) levels, so
     # the neighbours' load drifts over all of them alike. Both servers stay up (idle between).
@@ -600,8 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     limit_runs: list[float] = []
     limit_cpu: list[float] = []  # tokens per CPU second of the raw model
     offline: list[float] = []
-    levels: list[list[LevelReport]] = [[] for _ in rates]
-    batch1: list[list[LevelReport]] = [[] for _ in b1_rates]
+    levels: list[list[LevelReport]] = [[] for _ in loads]
+    batch1: list[list[LevelReport]] = [[] for _ in b1_loads]
     try:
         servers.append(start_server(args.port + 1, args.threads, 1, args.model))
         for port in (args.port, args.port + 1):  # warm-up: a few requests of each class
@@ -621,12 +636,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"in-process {tps_c0:.0f} tok/s; load average {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
+            # This repeat's loads are fractions of this repeat's limit: the neighbours' load moves
+            # the limit by 2x over minutes here, and a ratio is only fair within one repeat.
+            rates = level_rates(tps_a)
             for i, r in enumerate(rates):
                 seed = args.seed + 100 * rep + i
-                levels[i].append(measure_level(servers[0], args.port, "scheduler", r, rep, seed, args))
-            for i, r in enumerate(b1_rates):
-                seed = args.seed + 100 * rep + (0 if i == 0 else len(rates) - 1)
-                batch1[i].append(measure_level(servers[1], args.port + 1, "batch-1", r, rep, seed, args))
+                level = measure_level(servers[0], args.port, "scheduler", r, rep, seed, args)
+                level.load, level.limit_tokens_per_s = loads[i], tps_a
+                levels[i].append(level)
+            for i, li in enumerate(b1_loads):
+                seed = args.seed + 100 * rep + li
+                level = measure_level(servers[1], args.port + 1, "batch-1", rates[li], rep, seed, args)
+                level.load, level.limit_tokens_per_s = loads[li], tps_a
+                batch1[i].append(level)
     finally:
         for proc in servers:
             stop_server(proc)
@@ -635,56 +657,52 @@ def main(argv: list[str] | None = None) -> int:
     def tps(level: list[LevelReport]) -> list[float]:
         return [r.tokens_per_s for r in level]
 
-    peak_i = max(range(len(levels)), key=lambda i: statistics.median(tps(levels[i])))
-    peak = statistics.median(tps(levels[peak_i]))
-    b1_i = max(range(len(batch1)), key=lambda i: statistics.median(tps(batch1[i])))
-    b1 = statistics.median(tps(batch1[b1_i]))
-    over = statistics.median(tps(levels[-1]))
-    # Per repeat ratios too (same repeat's levels), for the spread.
-    per_rep_limit = [r.tokens_per_s / limit for r in levels[peak_i]]
-    per_rep_over = [
-        levels[-1][k].tokens_per_s / max(lv[k].tokens_per_s for lv in levels) for k in range(args.repeats)
-    ]
+    # Ratios within each repeat (its own limit, its own batch-1, its own peak), then medians.
+    reps = range(args.repeats)
+    peak_r = [max(lv[k].tokens_per_s for lv in levels) for k in reps]
+    b1_r = [max(lv[k].tokens_per_s for lv in batch1) for k in reps]
+    r_limit = [peak_r[k] / limit_runs[k] for k in reps]
+    r_b1 = [peak_r[k] / b1_r[k] for k in reps]
+    r_over = [levels[-1][k].tokens_per_s / peak_r[k] for k in reps]
+    peak_level = [max((lv[k] for lv in levels), key=lambda r: r.tokens_per_s) for k in reps]
+    r_cpu = [peak_level[k].tokens_per_engine_cpu_s / limit_cpu[k] for k in reps]
     print()
     print(
-        "| system | offered tok/s (x limit) | tokens/s median (min-max) | vs limit | vs batch-1 | reject "
-        "| inter. TTFT p50/p95/p99 (ms) | batch TTFT p95 | batch latency p95 | cores (engine) |"
+        "| system | load (x limit) | tokens/s median (min-max) | / limit | / batch-1 | reject "
+        "| inter. TTFT p50/p95/p99 (ms) | batch TTFT p95 | batch latency p95 | cores: server+engine "
+        "(engine thread), client | tokens per engine CPU s |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     print(
         f"| (a) raw limit, batch {best_batch} | - | {fmt_spread(limit_runs)} | 1.00 | "
-        f"{limit / b1:.1f}x | - | - | - | - | - |"
+        f"{fmt_spread([limit_runs[k] / b1_r[k] for k in reps], 1)} | - | - | - | - | - | "
+        f"{fmt_spread(limit_cpu)} (per CPU s) |"
     )
     print(
-        f"| (c0) engine, no HTTP | - | {fmt_spread(offline)} | {statistics.median(offline) / limit:.2f} | "
-        f"{statistics.median(offline) / b1:.1f}x | - | - | - | - | - |"
+        f"| (c0) engine, no HTTP | - | {fmt_spread(offline)} | "
+        f"{fmt_spread([offline[k] / limit_runs[k] for k in reps], 2)} | - | - | - | - | - | - | - |"
     )
     for level in [*levels, *batch1]:
         mid = sorted(level, key=lambda r: r.tokens_per_s)[len(level) // 2]  # the median repeat
         ic, bc = mid.by_class["interactive"], mid.by_class["batch"]
         ttft = "/".join(_fmt(ic[k]).replace(" ms", "") for k in ("ttft_p50", "ttft_p95", "ttft_p99"))
-        med = statistics.median(tps(level))
         print(
-            f"| ({'c' if mid.name == 'scheduler' else 'b'}) {mid.name} | {mid.offered_tokens_per_s:.0f} "
-            f"({mid.offered_tokens_per_s / limit:.2f}) | {fmt_spread(tps(level))} | {med / limit:.2f} | "
-            f"{med / b1:.1f}x | {statistics.median(r.reject_rate for r in level):.1%} | {ttft} | "
+            f"| ({'c' if mid.name == 'scheduler' else 'b'}) {mid.name} | {mid.load:.2f} | "
+            f"{fmt_spread(tps(level))} | "
+            f"{fmt_spread([r.tokens_per_s / r.limit_tokens_per_s for r in level], 2)} | "
+            f"{fmt_spread([r.tokens_per_s / b1_r[r.repeat] for r in level], 1)} | "
+            f"{statistics.median(r.reject_rate for r in level):.1%} | {ttft} | "
             f"{_fmt(bc['ttft_p95'])} | {_fmt(bc['latency_p95'])} | "
             f"{statistics.median(r.server_cores for r in level):.2f} "
-            f"({statistics.median(r.engine_cores for r in level):.2f}) |"
+            f"({statistics.median(r.engine_cores for r in level):.2f}), "
+            f"{statistics.median(r.client_cores for r in level):.2f} | "
+            f"{statistics.median(r.tokens_per_engine_cpu_s for r in level):.0f} |"
         )
-    ratio_limit, ratio_b1, ratio_over = peak / limit, peak / b1, over / peak
-    peak_cpu = statistics.median(r.tokens_per_engine_cpu_s for r in levels[peak_i])
-    ratio_cpu = peak_cpu / statistics.median(limit_cpu)
     print(
-        f"\npeak: {peak:.0f} tok/s at {loads[peak_i]}x = {ratio_limit:.2f} of the limit (aim 0.85; "
-        f"per repeat "
-        f"{min(per_rep_limit):.2f}-{max(per_rep_limit):.2f}), {ratio_b1:.1f}x batch-1's {b1:.0f} (aim 5x); "
-        f"at {loads[-1]}x: {over:.0f} tok/s = {ratio_over:.2f} of the peak (aim 0.95; per repeat "
-        f"{min(per_rep_over):.2f}-{max(per_rep_over):.2f}); load average {os.getloadavg()}"
-    )
-    print(
-        f"per CPU second: the engine at the peak {peak_cpu:.0f} tokens per engine-thread CPU second, "
-        f"the raw model {statistics.median(limit_cpu):.0f} per CPU second: {ratio_cpu:.2f}"
+        f"\nper repeat (median, min-max): peak / limit {fmt_spread(r_limit, 2)} (aim >= 0.85); "
+        f"peak / batch-1 {fmt_spread(r_b1, 1)} (aim >= 5); {loads[-1]}x / peak {fmt_spread(r_over, 2)} "
+        f"(aim >= 0.95); engine tokens per engine-thread CPU second at the peak / raw model's per "
+        f"CPU second {fmt_spread(r_cpu, 2)}; load average {os.getloadavg()}"
     )
 
     report = {
@@ -707,17 +725,18 @@ def main(argv: list[str] | None = None) -> int:
         "scheduler": [[asdict(r) for r in level] for level in levels],
         "batch1": [[asdict(r) for r in level] for level in batch1],
         "summary": {
-            "peak_tokens_per_s": spread(tps(levels[peak_i])),
-            "peak_load": loads[peak_i],
             "limit_tokens_per_s": spread(limit_runs),
-            "batch1_tokens_per_s": spread(tps(batch1[b1_i])),
-            "overload_tokens_per_s": spread(tps(levels[-1])),
-            "peak_over_limit": ratio_limit,
-            "peak_over_batch1": ratio_b1,
-            "overload_over_peak": ratio_over,
-            "peak_tokens_per_engine_cpu_s_over_limit_per_cpu_s": ratio_cpu,
-            "per_repeat_peak_over_limit": per_rep_limit,
-            "per_repeat_overload_over_peak": per_rep_over,
+            "peak_tokens_per_s": spread(peak_r),
+            "batch1_tokens_per_s": spread(b1_r),
+            "peak_over_limit": spread(r_limit),
+            "peak_over_batch1": spread(r_b1),
+            "overload_over_peak": spread(r_over),
+            "peak_tokens_per_engine_cpu_s_over_limit_per_cpu_s": spread(r_cpu),
+            "per_repeat": {
+                "peak_over_limit": r_limit,
+                "peak_over_batch1": r_b1,
+                "overload_over_peak": r_over,
+            },
         },
     }
     (args.out / "bench_inference.json").write_text(json.dumps(report, indent=2))
