@@ -47,9 +47,9 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from services.dedup.files.actions import ACTIONS, KEEP_RULES
     from services.dedup.files.reader import HASHERS
     from services.dedup.files.scanner import ScanOptions
+    from services.dedup.files.sizes import ACTIONS, KEEP_RULE_NAMES
 
     d = ScanOptions()  # the defaults the service's scan jobs use too
 
@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--progress", action="store_true", default=None, help="force the progress bar on stderr")
     s.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
     s.add_argument("--action", choices=sorted(ACTIONS), default=None, help="what to do with each duplicate")
-    s.add_argument("--keep", choices=sorted(KEEP_RULES), default="oldest", help="which file of a group stays")
+    s.add_argument(
+        "--keep", choices=sorted(KEEP_RULE_NAMES), default="oldest", help="which file of a group stays"
+    )
     s.add_argument("--apply", action="store_true", help="really act (without it, a dry run is printed)")
     s.add_argument("--dry-run", action="store_true", help="show what the action would do (the default)")
     s.add_argument("--quarantine-dir", metavar="DIR", help="where --action quarantine moves duplicates")

@@ -67,10 +67,10 @@ from typing import Any, TextIO
 
 from services.dedup.files.compare import files_equal
 from services.dedup.files.scanner import ScanResult
+from services.dedup.files.sizes import ACTIONS, KEEP_RULE_NAMES
 from services.dedup.files.walk import FileEntry
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
-ACTIONS = ("hardlink", "reflink", "symlink", "delete", "quarantine")
 
 KEEP_RULES: dict[str, Callable[[Sequence[FileEntry]], FileEntry]] = {
     "oldest": lambda fs: min(fs, key=lambda f: (f.mtime_ns, f.path)),
@@ -79,6 +79,7 @@ KEEP_RULES: dict[str, Callable[[Sequence[FileEntry]], FileEntry]] = {
     "shortest-path": lambda fs: min(fs, key=lambda f: (len(f.path), f.path)),
     "longest-path": lambda fs: min(fs, key=lambda f: (-len(f.path), f.path)),
 }
+assert tuple(KEEP_RULES) == KEEP_RULE_NAMES  # the names the CLI offers (sizes.py)
 
 TMP_PREFIX = b".dedup-tmp-"
 # Fault injection for the crash tests: "POINT:SEQ" sends SIGKILL to this process at that point

@@ -37,6 +37,9 @@ def test_a_scan_with_reader_threads_does_not_import_asyncio(tmp_path: Path) -> N
     assert "libs.queues.pool" in modules  # the readers ran on threads
     assert "asyncio" not in modules
     assert "libs.queues.async_bounded" not in modules
+    # Nor what only other commands or options use: actions, the hash cache, the worker.
+    for unused in ("services.dedup.files.actions", "sqlite3", "services.dedup.worker", "fastapi"):
+        assert unused not in modules, unused
 
 
 def test_the_asyncio_parts_of_libs_queues_still_import_on_use() -> None:
