@@ -37,8 +37,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from libs.testkit.net import free_port  # noqa: E402
 from loadtests.drills.actions import _calibrate, _overload  # noqa: E402  (the drill's own load)
-from tests.conftest import free_port  # noqa: E402
 
 _GEN = re.compile(r"^inference_generated_tokens_total\{[^}]*\} ([0-9.e+]+)$", re.M)
 
