@@ -39,13 +39,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from services.inference.app import build_app
+    from services.inference.engine_process import EngineStartError, ProcessEngine
     from services.inference.model.hf import CheckpointError
     from services.inference.model.tokenizer import TokenizerError
     from services.inference.model.weights import WeightsError
 
     try:
-        app, _runtime = build_app(settings)
-    except (CheckpointError, TokenizerError, WeightsError) as exc:
+        app, runtime = build_app(settings)
+        if isinstance(runtime.engine, ProcessEngine):
+            # Load the model in the engine process now, not in the app's start-up, so a
+            # checkpoint only the child finds broken is one line and exit 2, not a traceback.
+            runtime.engine.start()  # idempotent: the app's lifespan start is then a no-op
+    except (CheckpointError, TokenizerError, WeightsError, EngineStartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return serve(app, settings.host, settings.port, drain_timeout=settings.drain_timeout)
