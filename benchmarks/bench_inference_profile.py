@@ -44,7 +44,10 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
             "sparse.py",
         ),
     ),
-    ("step tensors (runner.build, attention groups)", ("build (", "_group (", "plan_groups")),
+    (
+        "step tensors (runner.build, attention groups)",
+        ("build (", "_group (", "_decode_groups", "plan_groups"),
+    ),
     ("sampling", ("sampling.py",)),
     ("scheduler", ("scheduler.py", "fairness.py", "kv_cache.py")),
     ("model step, other", ("forward_step", "runner.py")),
