@@ -69,3 +69,5 @@ _.pid_of  # loadtests/drills/stack.py, called by the drills' actions
 # -- stats fields serialised whole (dataclasses.asdict) and file-protocol methods -----------------
 _.leases_reclaimed  # services/crawler/engine.py CrawlStats, reported in the crawl status
 _.writable  # io protocol method of the test's disk-full file wrapper
+_.offered_rps  # benchmarks/bench_inference.py LevelReport, written whole as JSON (asdict)
+_.engine_cpu_window_s
