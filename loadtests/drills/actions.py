@@ -598,7 +598,11 @@ def inference_overload(
         probe.kill()
         probed = {}
     heads = probed.get("heads", [])
-    probe_rejected = [took for status, took in heads if status in (429, 503)]
+    # Every rejection the probe timed: the doomed half (deadline 1 ms, always refused) and any
+    # plain request the overload shed (latency_probe.py)
+    probe_rejected = [took for status, took, _ in heads if status in (429, 503)]
+    shed = [took for status, took, doomed in heads if status in (429, 503) and not doomed]
+    doomed_admitted = sum(1 for status, _, doomed in heads if doomed and status not in (429, 503))
     results = out["results"]
     statuses = Counter(status for _, status, *_ in results)
     rejected = [r for r in results if r[1] in (429, 503)]
@@ -620,6 +624,9 @@ def inference_overload(
         "probe_errors": probed.get("errors", "no answer from the probe"),
         "reject_p99_ms": round(1000 * (_pct(probe_rejected, 0.99) or 0.0), 1),
         "reject_p50_ms": round(1000 * (_pct(probe_rejected, 0.50) or 0.0), 1),
+        "probe_shed": len(shed),  # plain probe requests the overload shed, and the largest wait
+        "probe_shed_max_ms": round(1000 * max(shed, default=0.0), 1),
+        "probe_doomed_admitted": doomed_admitted,  # deadline 1 ms yet admitted: should be 0
         "loadgen_reject_p99_ms": round(1000 * (_pct([r[2] for r in rejected], 0.99) or 0.0), 1),
         "client_ttft_p95_s": round(_pct(admitted_ttft, 0.95) or 0.0, 3),
         "interactive_ttft_p95_s": _server_ttft_p95(RECORD.marks["fault_start"], configuration),

@@ -6,6 +6,12 @@ at tens of seconds. This probe sends a sparse, steady stream of interactive requ
 separate process (its own interpreter and GIL) and times each answer's head: what a user whose
 request arrives during the overload sees. Prints one JSON object on stdout.
 
+Every other request carries `deadline_ms: 1`, which admission's wait estimate always exceeds:
+the server takes it through the whole path of any rejection (parse, tokenise, estimate, 503 with
+Retry-After), so the rejection p99 rests on hundreds of answers. The requests without it are
+rejected only when the overload sheds them (a few dozen in a minute), too few for a p99: their
+tail is the largest of them. Each head is reported with whether it was such a doomed request.
+
     python -m loadtests.drills.latency_probe URL SECONDS [RATE] [KEY]
 """
 
@@ -19,9 +25,10 @@ import httpx
 
 
 def probe(base: str, seconds: float, rate: float, key: str) -> dict:
-    heads: list[tuple[int, float]] = []
+    heads: list[tuple[int, float, bool]] = []  # status, seconds to the head, doomed (deadline 1 ms)
     errors = 0
-    body = {"prompt": "a probe", "max_tokens": 4, "ignore_eos": True, "stream": True}
+    plain = {"prompt": "a probe", "max_tokens": 4, "ignore_eos": True, "stream": True}
+    doomed = {**plain, "deadline_ms": 1}
     headers = {"Authorization": f"Bearer {key}"}
     start = time.perf_counter()
     n = int(seconds * rate)
@@ -30,11 +37,12 @@ def probe(base: str, seconds: float, rate: float, key: str) -> dict:
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
+            body = doomed if i % 2 else plain
             t0 = time.perf_counter()
             try:
                 # the head is the admission decision; the stream is closed at once after it
                 with http.stream("POST", "/v1/completions", json=body, headers=headers) as r:
-                    heads.append((r.status_code, time.perf_counter() - t0))
+                    heads.append((r.status_code, time.perf_counter() - t0, body is doomed))
             except httpx.HTTPError:
                 errors += 1
     return {"heads": heads, "errors": errors}

@@ -536,8 +536,10 @@ def overload_within_bounds(
         problems.append("nothing was rejected: the load did not overload the server")
     if f.get("reject_p99_ms", 0) > reject_p99_ms:
         problems.append(f"rejections p99 {f['reject_p99_ms']} ms > {reject_p99_ms} ms")
-    if f.get("rejected") and not f.get("probe_rejected"):
-        problems.append("the latency probe saw no rejection: how fast rejections are is unmeasured")
+    if f.get("probe_rejected", 0) < 100:
+        problems.append(f"the latency probe timed {f.get('probe_rejected', 0)} rejections: too few for a p99")
+    if f.get("probe_doomed_admitted"):
+        problems.append(f"{f['probe_doomed_admitted']} probe requests with a 1 ms deadline were admitted")
     if f.get("rejected_without_retry_after"):
         problems.append(f"{f['rejected_without_retry_after']} rejections without Retry-After")
     if f.get("server_errors_5xx"):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from fastapi import FastAPI
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deploy.topology import ROOT
@@ -16,11 +17,11 @@ from tests.libs.service.conftest import serve_in_thread
 
 def test_the_probe_times_every_answer_and_reports_json():
     app = FastAPI()
-    seen: list[str] = []
+    seen: list[int | None] = []
 
     @app.post("/v1/completions")
-    async def shed() -> JSONResponse:
-        seen.append("x")
+    async def shed(request: Request) -> JSONResponse:
+        seen.append((await request.json()).get("deadline_ms"))
         body = {"error": {"message": "overloaded"}}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
@@ -36,7 +37,10 @@ def test_the_probe_times_every_answer_and_reports_json():
     out = json.loads(done.stdout)
     assert out["errors"] == 0
     assert len(out["heads"]) == 10 == len(seen)
-    assert all(status == 503 and 0 <= took < 30 for status, took in out["heads"])
+    assert all(status == 503 and 0 <= took < 30 for status, took, _ in out["heads"])
+    # every other request is doomed (deadline 1 ms: admission always refuses it), and says so
+    assert seen == [None, 1] * 5
+    assert [doomed for *_, doomed in out["heads"]] == [False, True] * 5
 
 
 def test_bad_arguments_are_exit_2_with_one_line():
