@@ -49,7 +49,7 @@ class InferenceSettings(ServiceSettings):
         "steps never hold the HTTP/gRPC server's GIL; off: a thread of the server's process",
     )
     engine_nice: int = Field(
-        0,
+        10,
         ge=0,
         le=19,
         description="niceness the engine process adds to its own (Linux): under CPU contention the "
