@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from services.dedup.files.scanner import ScanOptions
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+# Set by a `scan` that ran to its end: __main__ may then leave without the interpreter's
+# teardown (nothing else is running; the report is written and flushed first).
+FAST_EXIT = False
 
 
 def _workers(text: str) -> int:
@@ -207,10 +210,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
     # report dicts) that reference counting frees; the cyclic collector's repeated passes
     # over them find nothing and cost ~10% of a warm re-scan. Off for this command only (the
     # worker's scans keep it on); by the time it is back on, the scan's objects are gone.
+    global FAST_EXIT
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _scan_command(args)
+        code = _scan_command(args)
+        FAST_EXIT = not args.action  # an action's files are its own business: a normal exit
+        return code
     finally:
         if was_enabled:
             gc.enable()

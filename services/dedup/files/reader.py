@@ -173,6 +173,45 @@ def read_small(entry: FileEntry, counter: ByteCounter) -> bytes:
     return data
 
 
+def read_small_many(entries: list[FileEntry], counter: ByteCounter) -> list[bytes | OSError]:
+    """`read_small` of each entry in one loop, on one thread: the bytes, or the OSError
+    (FileChanged included) that reading it raised, in the order given.
+
+    The same system calls and checks as `read_small` (open, fstat, one pread of size + 1
+    bytes, close), written out flat because this loop is a warm scan of tiny files: no call,
+    lock or tuple per file, the byte count added once (at 200k tiny files the per-file Python
+    around the four system calls was most of the scan's user time)."""
+    out: list[bytes | OSError] = []
+    append = out.append
+    total = 0
+    op, fstat, pread, close, flags, bias = os.open, os.fstat, os.pread, os.close, _OPEN_FLAGS, MTIME_BIAS
+    for e in entries:
+        d = e._dir
+        try:
+            fd = op(d + e._name if d else e._name, flags)
+            try:
+                st = fstat(fd)
+                if (
+                    st.st_dev != e.dev
+                    or st.st_size != e.size
+                    or ((st.st_ino << 64) | (st.st_mtime_ns + bias)) != e._im
+                ):
+                    _check_same(e, st, "before read")
+                data = pread(fd, e.size + 1, 0)
+            finally:
+                close(fd)
+        except OSError as exc:
+            append(exc)
+            continue
+        total += len(data)
+        if len(data) != e.size:
+            append(FileChanged(f"changed during scan: read {len(data)} bytes, expected {e.size}"))
+        else:
+            append(data)
+    counter.add(total)
+    return out
+
+
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)
 
 

@@ -19,6 +19,9 @@ cryptographic digest, and whose inode is unchanged since (see hashcache).
 
 from __future__ import annotations
 
+import marshal
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ from services.dedup.files.reader import (
     in_page_cache,
     partial_digest,
     read_small,
+    read_small_many,
 )
 from services.dedup.files.walk import FileEntry, WalkError
 
@@ -156,6 +160,21 @@ class ScanContext:
             segment = items[start : start + SEGMENT]
             yield from self._map_with(func, segment, self._workers_for(segment, entry_of))
 
+    def readers_for(self, items: list[T], entry_of: Callable[[T], FileEntry]) -> int:
+        """The readers for these items (at most about a SEGMENT): the fixed count, else the
+        adaptive choice (probed), as `map` makes it per segment."""
+        if self.config.workers:
+            return self.config.workers
+        if len(items) <= 1:
+            return 1
+        return self._workers_for(items, entry_of)
+
+    def map_with(
+        self, func: Callable[[T], R], items: list[T], workers: int
+    ) -> Iterator[tuple[T, R | None, BaseException | None]]:
+        """`map` with the reader count already chosen (see readers_for)."""
+        return self._map_with(func, items, workers)
+
     def _workers_for(self, segment: list[T], entry_of: Callable[[T], FileEntry]) -> int:
         step = max(1, len(segment) // PROBES)
         cached = [in_page_cache(entry_of(item)) for item in segment[::step][:PROBES]]
@@ -214,6 +233,15 @@ def _inode_order(item: tuple[int, FileEntry]) -> tuple[int, int]:
 
 def _second(item: tuple[int, FileEntry]) -> FileEntry:
     return item[1]
+
+
+def _third(item: tuple[int, int, FileEntry]) -> FileEntry:
+    return item[2]
+
+
+def _inode_order3(item: tuple[int, int, FileEntry]) -> tuple[int, int]:
+    f = item[2]
+    return (f.dev, f._im)
 
 
 def _first_file(group: Group) -> FileEntry:
@@ -460,12 +488,26 @@ def verify_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
                 ctx.progress.advance(len(group.files))
             else:
                 todo.append(group)
-    for group, result, exc in ctx.map(verify, todo, _first_file):
-        ctx.progress.advance(len(group.files))
-        if exc is not None or result is None:
-            raise exc if exc is not None else RuntimeError("no result")
-        out.extend(result[0])
-        stats.cache_hits += result[1]
+
+    def here(groups: list[Group]) -> None:
+        for group, result, exc in ctx.map(verify, groups, _first_file):
+            ctx.progress.advance(len(group.files))
+            if exc is not None or result is None:
+                raise exc if exc is not None else RuntimeError("no result")
+            out.extend(result[0])
+            stats.cache_hits += result[1]
+
+    def copy_work(groups: list[Group]) -> Found:
+        found: Found = []
+        for gi, group in enumerate(groups):
+            classes, _ = verify(group)
+            if classes:
+                index = {id(f): k for k, f in enumerate(group.files)}
+                found.append((gi, [([index[id(f)] for f in c.files], c.digest) for c in classes]))
+        return found
+
+    if ctx.cache is not None or not _forked(list(todo), ctx, copy_work, here, out):
+        here(todo)
     sort_groups(out)
     return out
 
@@ -524,53 +566,262 @@ def small_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
             else:
                 todo.append(g)
 
-    def read(item: tuple[int, FileEntry]) -> bytes:
-        return read_small(item[1], ctx.counter)
+    def read(item: tuple[int, int, FileEntry]) -> bytes:
+        return read_small(item[2], ctx.counter)
 
-    run: list[Group] = []
-    run_files = 0
-    run_start = 0
-    for i, g in enumerate(todo):
-        assert g is not None
-        run.append(g)
-        run_files += len(g.files)
-        if run_files < SMALL_RUN and i + 1 < len(todo):
-            continue
-        items = ctx.ordered([(gi, f) for gi, grp in enumerate(run) for f in grp.files])
-        # (group index, bytes) -> members, in the order they were read
-        classes: dict[tuple[int, bytes], list[FileEntry]] = {}
-        for (gi, entry), data, exc in ctx.map(read, items, _second):
-            ctx.progress.advance()
-            if exc is not None or data is None:
-                if isinstance(exc, OSError):
-                    ctx.report_error(entry, exc)
+    def classes_of(run: list[Group]) -> Iterator[tuple[Group, dict[bytes, list[int]]]]:
+        """Read a run of groups: per group, the indices of its files by their bytes (in walk
+        order)."""
+        # (group index, index in the group, file): read in read order, bytes put back in place
+        items = [(gi, k, f) for gi, grp in enumerate(run) for k, f in enumerate(grp.files)]
+        if ctx.config.order == "inode":
+            items.sort(key=_inode_order3)
+        slots: list[list[bytes | None]] = [[None] * len(grp.files) for grp in run]
+        readers = ctx.readers_for(items, _third)
+        if readers == 1:
+            # One reader (a warm page cache, or --workers 1): one flat loop, see read_small_many.
+            results = read_small_many([item[2] for item in items], ctx.counter)
+            for (gi, k, entry), got in zip(items, results, strict=True):
+                if isinstance(got, bytes):
+                    slots[gi][k] = got
+                else:
+                    ctx.report_error(entry, got)
+            ctx.progress.advance(len(items))
+        else:
+            for (gi, k, entry), data, exc in ctx.map_with(read, items, readers):
+                ctx.progress.advance()
+                if exc is not None or data is None:
+                    if isinstance(exc, OSError):
+                        ctx.report_error(entry, exc)
+                        continue
+                    raise exc if exc is not None else RuntimeError("no result")
+                slots[gi][k] = data
+        del items
+        for grp, datas_of in zip(run, slots, strict=True):
+            # bytes -> members, in the group's (walk) order: equal keys are equal bytes
+            classes: dict[bytes, list[int]] = {}
+            for k, content in enumerate(datas_of):
+                if content is not None:
+                    members = classes.get(content)
+                    if members is None:
+                        classes[content] = [k]
+                    else:
+                        members.append(k)
+            yield grp, classes
+
+    def settle(run: list[Group]) -> None:
+        for grp, classes in classes_of(run):
+            files = grp.files
+            for data, ks in classes.items():
+                if len(ks) < 2 and cache is None:
                     continue
-                raise exc if exc is not None else RuntimeError("no result")
-            classes.setdefault((gi, data), []).append(entry)
-        order = {id(f): k for grp in run for k, f in enumerate(grp.files)}
-        for (gi, data), members in classes.items():
-            size = run[gi].size
-            if len(members) < 2 and cache is None:
+                members = [files[k] for k in ks]
+                digest = None  # without a cache to keep it, as in verify: the bytes are the proof
+                if cache is not None:
+                    hasher = new_hasher()
+                    hasher.update(data)
+                    digest = hasher.digest()
+                    # Singletons keep their digest too: the next scan tells them apart unread.
+                    proven = {"verified": digest} if trusted and len(members) > 1 else {}
+                    for f in members:
+                        cache.update(f, **{full_field: digest}, **proven)
+                if len(members) > 1:
+                    out.append(Group(grp.size, members, digest))
+
+    def settle_all(todo: list[Group | None]) -> None:
+        run: list[Group] = []
+        run_files = 0
+        run_start = 0
+        for i, g in enumerate(todo):
+            assert g is not None
+            run.append(g)
+            run_files += len(g.files)
+            if run_files < SMALL_RUN and i + 1 < len(todo):
                 continue
-            digest = None  # without a cache to keep it, as in verify: the bytes are the proof
+            settle(run)
+            run, run_files = [], 0
+            todo[run_start : i + 1] = [None] * (i + 1 - run_start)  # this run's input goes now
+            run_start = i + 1
             if cache is not None:
-                hasher = new_hasher()
-                hasher.update(data)
-                digest = hasher.digest()
-                # Singletons keep their digest too: the next scan tells them apart unread.
-                proven = {"verified": digest} if trusted and len(members) > 1 else {}
-                for f in members:
-                    cache.update(f, **{full_field: digest}, **proven)
-            if len(members) > 1:
-                members.sort(key=lambda f: order[id(f)])
-                out.append(Group(size, members, digest))
-        run, run_files = [], 0
-        todo[run_start : i + 1] = [None] * (i + 1 - run_start)  # this run's input goes now
-        run_start = i + 1
-        if cache is not None:
-            cache.flush()  # this run's rows written and forgotten: memory stays one run's worth
+                cache.flush()  # this run's rows written and forgotten: memory stays one run's worth
+
+    def copy_work(groups: list[Group]) -> Found:
+        index = {id(g): gi for gi, g in enumerate(groups)}
+        found: Found = []
+        run: list[Group] = []
+        run_files = 0
+        for i, g in enumerate(groups):
+            run.append(g)
+            run_files += len(g.files)
+            if run_files < SMALL_RUN and i + 1 < len(groups):
+                continue
+            for grp, classes in classes_of(run):
+                many: list[tuple[list[int], bytes | None]] = [
+                    (ks, None) for ks in classes.values() if len(ks) > 1
+                ]
+                if many:
+                    found.append((index[id(grp)], many))
+            run, run_files = [], 0
+        return found
+
+    if cache is not None or not _forked(todo, ctx, copy_work, settle_all, out):  # type: ignore[arg-type]
+        settle_all(todo)
     sort_groups(out)
     return out
+
+
+# A warm scan of many small files is CPU-bound (four system calls per file and the
+# interpreter around them; no read waits on the disk), and one process uses one core. With a
+# second core free to this process, a forked copy settles part of the small groups while
+# this process settles the rest: only from the CLI's one-shot scans (a process with no other
+# thread: forking a threaded server could copy a lock held by another thread), only without
+# a hash cache (the copy's rows would be lost), only with adaptive readers and a warm page
+# cache (cold, reader threads already overlap the waits), only for this much work or more
+# (files, or 64 KiB, each ~10 us warm; a fork and the hand-back cost a few milliseconds).
+FORK_MIN_WORK = 4096
+# The copy's share of the files: this process also merges the copy's answer afterwards.
+FORK_SHARE = 0.5
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _fork_split(todo: list[Group], ctx: ScanContext) -> int:
+    """Where the groups the copy takes begin (0: no copy; see FORK_MIN_WORK)."""
+    if ctx.config.workers or not hasattr(os, "fork") or threading.active_count() != 1 or _cores() < 2:
+        return 0
+    counts = [len(g.files) * (1 + (g.size >> 16)) for g in todo]  # a file, or 64 KiB: alike
+    total = sum(counts)
+    if total < FORK_MIN_WORK:
+        return 0
+    # Warm? A few files of the copy's part probed, as the adaptive readers do.
+    sample = [g.files[0] for g in todo[len(todo) // 2 :: max(1, len(todo) // 16)]]
+    if ctx._workers_for(sample, _itself) != 1:
+        return 0
+    mine, seen = total * (1 - FORK_SHARE), 0
+    for i, n in enumerate(counts):
+        seen += n
+        if seen >= mine:
+            return i + 1 if i + 1 < len(counts) else 0
+    return 0
+
+
+def _itself(f: FileEntry) -> FileEntry:
+    return f
+
+
+# Per group handed to the copy: (its index, its classes of two or more files as (indices
+# into the group, content digest or None)).
+Found = list[tuple[int, list[tuple[list[int], bytes | None]]]]
+
+
+class _Helper:
+    """The forked copy that settles the groups handed to it: `work(groups)` runs there and
+    its classes come back as indices into each group, with the copy's errors as (path, text)
+    and the bytes it read, marshalled through a pipe; then the copy exits (os._exit: no
+    clean-up of the copied interpreter). `join` returns False when the copy failed to
+    answer: its groups are then settled by this process."""
+
+    def __init__(self, ctx: ScanContext) -> None:
+        self.ctx = ctx
+        self.pid = -1
+        self.rfd = -1
+
+    def start(self, groups: list[Group], work: Callable[[list[Group]], Found]) -> None:
+        ctx = self.ctx
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the copy
+            code = 70
+            try:
+                os.close(rfd)
+                ctx.progress = NoProgress()  # the parent's bar is the parent's
+                errors_before, read_before = len(ctx.errors), ctx.counter.total
+                segments_before, cold_before = ctx.segments, ctx.segments_cold
+                found = work(groups)
+                payload = marshal.dumps(
+                    (
+                        found,
+                        [(e.path, e.error) for e in ctx.errors[errors_before:]],
+                        ctx.counter.total - read_before,
+                        ctx.segments - segments_before,
+                        ctx.segments_cold - cold_before,
+                    )
+                )
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(wfd, view) :]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        self.pid, self.rfd = pid, rfd
+
+    def abandon(self) -> None:
+        """This process failed: the copy is stopped and reaped, its answer left unread."""
+        os.close(self.rfd)
+        try:
+            os.kill(self.pid, 9)  # SIGKILL
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
+
+    def join(self, groups: list[Group], out: list[Group]) -> bool:
+        ctx = self.ctx
+        chunks = []
+        try:
+            while True:
+                chunk = os.read(self.rfd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(self.rfd)
+            _, status = os.waitpid(self.pid, 0)
+        if status != 0 or not chunks:
+            return False
+        found, errors, read, segments, segments_cold = marshal.loads(b"".join(chunks))
+        for gi, classes in found:
+            g = groups[gi]
+            files = g.files
+            out.extend(Group(g.size, [files[k] for k in ks], digest) for ks, digest in classes)
+        ctx.errors.extend(WalkError(path, text) for path, text in errors)
+        ctx.counter.add(read)
+        ctx.segments += segments
+        ctx.segments_cold += segments_cold
+        ctx.progress.advance(sum(len(g.files) for g in groups))
+        return True
+
+
+def _forked(
+    groups: list[Group],
+    ctx: ScanContext,
+    work: Callable[[list[Group]], Found],
+    here: Callable[[list[Group]], None],
+    out: list[Group],
+) -> bool:
+    """Settle `groups` in two processes when that pays (_fork_split): the copy runs `work` on
+    the second part, `here` the first part in this process; the copy's classes go to `out`.
+    False (nothing done, `groups` untouched) when it does not pay."""
+    split = _fork_split(groups, ctx)
+    if not split:
+        return False
+    theirs = groups[split:]
+    del groups[split:]
+    helper = _Helper(ctx)
+    helper.start(theirs, work)
+    try:
+        here(groups)
+    except BaseException:
+        helper.abandon()
+        raise
+    if not helper.join(theirs, out):
+        here(theirs)  # the copy failed (it reported nothing): settled here instead
+    return True
 
 
 PIPELINE: list[tuple[str, Stage]] = [
