@@ -80,6 +80,12 @@ def _kept_cache_class() -> type:
         def forget(self, entries: Iterable[FileEntry]) -> None:
             pass
 
+        def known(self, key: tuple[int, int], field: str) -> bytes | None:
+            """`field` of the inode's row if it is in memory (checked against the file's
+            stamp when it was fetched; changed inodes are invalidated), else None: no query."""
+            value = self._work.get(key)
+            return None if value is None else value.get(field)
+
         def invalidate(self, keys: Iterable[tuple[int, int]]) -> None:
             with self._lock:
                 for key in keys:
@@ -102,6 +108,10 @@ def _kept_cache_class() -> type:
             super().close()
 
     return KeptCache
+
+
+def _entry_path(f: FileEntry) -> bytes:
+    return f.path
 
 
 class WatchIndex:
@@ -147,6 +157,7 @@ class WatchIndex:
         self._n_files = 0
         self._wasted = 0
         self._texts: dict[int, bytes] = {}  # size -> its groups' JSON text (see json_chunks)
+        self._group_texts: dict[int, dict[int, tuple[Group, str]]] = {}  # size -> id -> text
 
     # -- index maintenance -------------------------------------------------------------
     def _add(self, path: bytes, st: Stamp, force: bool = False) -> set[int]:
@@ -194,7 +205,10 @@ class WatchIndex:
 
     def _remove_tree(self, path: bytes) -> set[int]:
         """Every indexed file at or under `path` (a file, or a directory that went away)."""
+        was_file = path in self.files
         touched = self._remove(path)
+        if was_file:
+            return touched  # a file, not a directory: nothing indexed under it (no scan of by_dir)
         prefix = path.rstrip(b"/") + b"/"
         for d in [d for d in self.by_dir if d == path or d.startswith(prefix)]:
             for f in list(self.by_dir.get(d, ())):
@@ -250,6 +264,7 @@ class WatchIndex:
         self._sizes.clear()
         self._agg.clear()
         self._texts.clear()
+        self._group_texts.clear()
         self._n_files = self._wasted = 0
         walked = walk(self.roots, self.wopts)
         self.walk_stats = walked.stats
@@ -278,6 +293,12 @@ class WatchIndex:
         followers: dict[int, list[FileEntry]] = {}  # id(representative) -> the others
         kept: list[Group] = []  # groups whose representative the pipeline must place
         previous: dict[int, Group] = {}  # id(first member) -> its group in the last answer
+        # Groups no change touched whose digest is their content's full digest: one joins the
+        # pipeline only when a changed file has that (size, digest) (see _candidates), else
+        # it stays as it is, unread and not looked up in the cache.
+        intact: list[Group] = []
+        full = self.cache is not None
+        partial = self.config.partial_size
         for size in sizes:
             self._dirty.add(size)
             old = self.groups.pop(size, [])
@@ -287,12 +308,18 @@ class WatchIndex:
                 continue
             covered: set[bytes] = set()
             for g in old:
-                survivors = [
-                    f
-                    for f in g.files
-                    if all(p not in changed and p in self.files for p in (f.path, *f.links))
-                ]
+                # (a name no longer indexed was removed, so it is in `changed` too)
+                survivors = [f for f in g.files if f.path not in changed and changed.isdisjoint(f.links)]
                 if not survivors:
+                    continue
+                if (
+                    full
+                    and len(survivors) == len(g.files)
+                    and g.digest is not None
+                    and not partial < size <= 2 * partial  # head + tail digests there, maybe
+                ):
+                    intact.append(g)
+                    covered.update(p for f in survivors for p in (f.path, *f.links))
                     continue
                 reps.append(survivors[0])
                 followers[id(survivors[0])] = survivors[1:]
@@ -303,6 +330,8 @@ class WatchIndex:
             self.cache.invalidate(self._invalidate)  # type: ignore[attr-defined]
         self._invalidate.clear()
         if not paths and not reps:
+            for g in intact:
+                self.groups.setdefault(g.size, []).append(g)
             self.stages = []
             return 0
         paths.sort()
@@ -311,17 +340,51 @@ class WatchIndex:
         # so a file changed since it was indexed is an error entry, never a wrong group.
         fresh: list[FileEntry] = []
         by_inode: dict[tuple[int, int], FileEntry] = {}
-        for p in paths:
-            self.errors.pop(p, None)
+        fresh_changed: set[int] = set()  # id() of the fresh entries with a changed name
+        # Unchanged ungrouped files whose full digest is in memory: an entry only if a changed
+        # file has their (size, digest), known once the changed files are hashed (below).
+        lone: list[tuple[bytes, int, bytes]] = []
+        known = self.cache.known if self.cache is not None else None  # type: ignore[attr-defined]
+        field = f"full:{self.config.algorithm}"
+
+        def entry_for(p: bytes) -> FileEntry:
             dev, ino, mtime_ns, size, ctime_ns = self.files[p]
-            known = by_inode.get((dev, ino))
-            if known is None:
+            entry = by_inode.get((dev, ino))
+            if entry is None:
                 by_inode[(dev, ino)] = entry = FileEntry(p, dev, ino, size, mtime_ns, ctime_ns)
                 fresh.append(entry)
             else:
-                known.links = [*known.links, p]
+                entry.links = [*entry.links, p]
+            return entry
+
+        for p in paths:
+            self.errors.pop(p, None)
+            if known is not None and p not in changed:
+                st = self.files[p]
+                if (st[0], st[1]) not in by_inode:
+                    digest = known((st[0], st[1]), field)
+                    if digest is not None:
+                        lone.append((p, st[3], digest))
+                        continue
+            entry = entry_for(p)
+            if p in changed:
+                fresh_changed.add(id(entry))
         ctx = ScanContext(config=self.config, cache=self.cache)
-        entries = self._candidates(reps, fresh, changed, ctx)
+        wanted = self._changed_digests([f for f in fresh if id(f) in fresh_changed], ctx)
+        if lone:
+            matched = [p for p, size, digest in lone if (size, digest) in wanted]
+            if matched:
+                for p in matched:
+                    entry_for(p)
+                fresh.sort(key=_entry_path)  # paths' order, as if none had been set aside
+        entries = self._candidates(reps, fresh, fresh_changed, wanted)
+        for g in intact:
+            if (g.size, g.digest) in wanted:  # a changed file may join it: the pipeline decides
+                entries.append(g.files[0])
+                followers[id(g.files[0])] = g.files[1:]
+                kept.append(g)
+            else:
+                self.groups.setdefault(g.size, []).append(g)
         placed: set[int] = set()
         for g in find_duplicates(entries, ctx):
             members = []
@@ -346,23 +409,17 @@ class WatchIndex:
         self.stages = ctx.stages
         return len(entries)
 
-    def _candidates(
-        self, reps: list[FileEntry], fresh: list[FileEntry], changed: set[bytes], ctx: ScanContext
-    ) -> list[FileEntry]:
-        """What the pipeline must see. Unchanged files (representatives, ungrouped files) whose
-        full digest the cache holds can join a group only with a changed file of that digest:
-        the changed files' digests go to the cache first (one read each, which the pipeline
-        then uses), and an unchanged file no changed file matches stays out."""
+    def _changed_digests(self, changed_entries: list[FileEntry], ctx: ScanContext) -> set[tuple[int, bytes]]:
+        """The (size, full digest) of the changed files: their digests go to the cache first
+        (one read each, which the pipeline then uses). Empty without a cache."""
         cache = self.cache
+        wanted: set[tuple[int, bytes]] = set()
         if cache is None:
-            return reps + fresh
+            return wanted
         from services.dedup.files.reader import full_digest
 
         field = f"full:{self.config.algorithm}"
-        changed_entries = [f for f in fresh if any(p in changed for p in (f.path, *f.links))]
-        unchanged = reps + [f for f in fresh if not any(p in changed for p in (f.path, *f.links))]
-        wanted: set[tuple[int, bytes]] = set()
-        out = list(changed_entries)
+        cache.prefetch(changed_entries)  # one query for the rows not in memory, not one each
         for f in changed_entries:
             digest = cache.peek(f, field)
             if digest is None:
@@ -372,6 +429,24 @@ class WatchIndex:
                     continue  # the pipeline meets the same error and reports it
                 cache.update(f, **{field: digest})
             wanted.add((f.size, digest))
+        return wanted
+
+    def _candidates(
+        self,
+        reps: list[FileEntry],
+        fresh: list[FileEntry],
+        changed: set[int],
+        wanted: set[tuple[int, bytes]],
+    ) -> list[FileEntry]:
+        """What the pipeline must see. Unchanged files (representatives, ungrouped files) whose
+        full digest the cache holds can join a group only with a changed file of that digest
+        (`wanted`, see _changed_digests): an unchanged file no changed file matches stays out."""
+        cache = self.cache
+        if cache is None:
+            return reps + fresh
+        field = f"full:{self.config.algorithm}"
+        out = [f for f in fresh if id(f) in changed]
+        unchanged = reps + [f for f in fresh if id(f) not in changed]
         for f, digest in zip(unchanged, cache.get_many(unchanged, field), strict=True):
             if digest is None or (f.size, digest) in wanted:
                 out.append(f)
@@ -382,8 +457,9 @@ class WatchIndex:
         if self.cache is not None:
             self.cache.persist()
 
-    def apply(self, changes: Iterable[tuple[int, str]]) -> dict[str, Any]:
-        """One batch of changes; returns what it did (for the log)."""
+    def apply(self, changes: Iterable[tuple[int, str]], *, persist: bool = True) -> dict[str, Any]:
+        """One batch of changes; returns what it did (for the log). `persist=False`: the new
+        digests are written by the caller's flush_cache (after the report, which waits less)."""
         t0 = time.perf_counter()
         changes = list(changes)
         self.batches += 1
@@ -442,7 +518,8 @@ class WatchIndex:
                 else:
                     touched |= self._remove_tree(path)  # symlink (not followed), FIFO, socket...
         verified = 0 if rescan else self._verify(touched)
-        self.flush_cache()
+        if persist:
+            self.flush_cache()
         return {
             "changes": len(changes),
             "full_rescan": bool(rescan),
@@ -482,6 +559,7 @@ class WatchIndex:
             if not gs:
                 if listed:
                     del self._sizes[i]
+                self._group_texts.pop(size, None)
                 continue
             if not listed:
                 self._sizes.insert(i, size)
@@ -505,10 +583,19 @@ class WatchIndex:
         for size in self._sizes:
             text = texts.get(size)
             if text is None:
+                # Groups a batch left as they were (the same objects) keep their text.
+                before = self._group_texts.get(size, {})
+                now: dict[int, tuple[Group, str]] = {}
                 parts = []
                 for g in self.groups[size]:
-                    t = report._group_text(g)
-                    parts.append(t if t is not None else encode_at(report._group_json(g), 2))
+                    hit = before.get(id(g))
+                    if hit is not None and hit[0] is g:
+                        t = hit[1]
+                    else:
+                        t = report._group_text(g) or encode_at(report._group_json(g), 2)
+                    now[id(g)] = (g, t)
+                    parts.append(t)
+                self._group_texts[size] = now
                 text = texts[size] = ",\n    ".join(parts).encode("ascii")
             out.append(text)
         return out
@@ -700,7 +787,7 @@ def run_watch(
                 continue
             assert isinstance(got, set)
             t0 = time.perf_counter()
-            info = index.apply(got)
+            info = index.apply(got, persist=False)
             res = index.result(info["seconds"])
             write_report(res, fmt, report_path, stream, json_report)
             info["seconds_with_report"] = time.perf_counter() - t0
@@ -710,6 +797,7 @@ def run_watch(
                 f"{', full re-scan' if info['full_rescan'] else ''}; {len(res.groups)} groups"
                 f" ({info['seconds_with_report'] * 1000:.1f} ms with the report)"
             )
+            index.flush_cache()  # the batch's digests, once the answer is out
             if on_batch is not None:
                 on_batch(info)
     finally:
