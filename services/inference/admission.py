@@ -177,6 +177,9 @@ class WaitEstimate:
     # its wait is a step or two and the scheduler's patience before it preempts for it, which
     # shedding it would not shorten (on a slow machine that alone can pass the cap).
     queued: bool = True
+    own_waiting: int = 0  # this tenant's requests of this class not yet started
+    own_running: int = 0  # this tenant's running sequences
+    share_slots: int = 0  # its weighted share of the batch's slots (0: unknown)
 
 
 @dataclass
@@ -210,6 +213,44 @@ class _Calibration:
             "error_p50_s": q(0.5),
             "error_p95_s": q(0.95),
         }
+
+
+_DECISION_FIELDS = (
+    "seconds",
+    "raw_s",
+    "floor_s",
+    "margin_s",
+    "ahead_steps",
+    "own_waiting",
+    "own_running",
+    "share_slots",
+)
+
+
+@dataclass
+class _Decisions:
+    """Admission's answers to one tenant at one class, and the mean estimate behind each kind of
+    answer (admin state: why a tenant was shed, not only how often)."""
+
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    sums: dict[str, dict[str, float]] = field(default_factory=dict)  # outcome -> field -> sum
+    estimated: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def record(self, outcome: str, est: WaitEstimate | None) -> None:
+        self.counts[outcome] += 1
+        if est is None:
+            return
+        self.estimated[outcome] += 1
+        sums = self.sums.setdefault(outcome, dict.fromkeys(_DECISION_FIELDS, 0.0))
+        for name in _DECISION_FIELDS:
+            sums[name] += float(getattr(est, name))
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(sorted(self.counts.items()))
+        for outcome, sums in sorted(self.sums.items()):
+            n = max(self.estimated[outcome], 1)
+            out[f"{outcome}_mean"] = {k: round(v / n, 4) for k, v in sums.items()}
+        return out
 
 
 class WaitModel:
@@ -282,6 +323,37 @@ class WaitModel:
         steps_per_token = sum(w.steps for w in waiting.values()) / all_tokens if all_tokens else 1.0
         higher = sum(w.steps for (_, k), w in waiting.items() if k in CLASS_ORDER[:rank])
         mine = waiting.get((tenant, klass), Work())
+        running = running or {}
+        cal = self._cal(klass)
+        share = self._share(tenant, waiting, view, running)
+        own_running = len(running.get(tenant, []))
+        # Running sequences the engine counts but no ticket names (one turn apart) are taken
+        # as this tenant's: a slot it cannot prove another tenant holds is not one it can take.
+        unknown = max(0, view.running - sum(len(r) for r in running.values()))
+        own_waiting = sum(w.seqs for (u, _), w in waiting.items() if u == tenant)
+        if share and not higher and own_running + unknown + own_waiting < share:
+            # Under its weighted share of the batch's slots, counting its own requests that
+            # wait: this one gets a slot as soon as one frees, or takes back one lent to a
+            # tenant over its share after the scheduler's patience (fair_preempt_after_steps).
+            # The work queued ahead does not delay it (its own waiting requests start side by
+            # side with it, the others' wait behind it), so it is not shed: shedding it would
+            # not shorten its wait. Counted as queued work, a steady tenant's requests still in
+            # flight to the engine process (a step or two) made it look backlogged, and with
+            # equal weights it was shed while it held 23 of its 32 slots (inference_rejections
+            # by tenant; the per-tenant decisions in /v1/admin/state).
+            full = view.running + sum(w.seqs for w in waiting.values()) >= view.max_seqs
+            floor = view.step_s * (1 + (self.SLOT_STEPS if full else 0))
+            return WaitEstimate(
+                floor,
+                0.0,
+                floor,
+                0.0,
+                self._margin(cal),
+                queued=False,
+                own_waiting=mine.seqs,
+                own_running=own_running,
+                share_slots=share,
+            )
         backlogged = any(w.tokens for (u, _), w in waiting.items() if u == tenant)
         v_start = view.vtime.get(tenant, 0.0)
         if not backlogged:  # an idle tenant restarts at the queue's clock (no credit saved up)
@@ -307,12 +379,35 @@ class WaitModel:
             raw = ahead * view.step_s / max(1, view.running if serving is None else serving)
         else:  # no step measured yet: tokens over the prior throughput
             raw = ahead / steps_per_token / max(view.tokens_per_s, 1e-6)
-        slot_wait, at_share = self._slot_wait(tenant, waiting, view, running or {})
+        slot_wait, at_share = self._slot_wait(tenant, waiting, view, running)
         floor = view.step_s + slot_wait
-        cal = self._cal(klass)
         factor = cal.factors.get(tenant, 1.0)
         queued = ahead > 0 or at_share
-        return WaitEstimate(floor + factor * raw, raw, floor, ahead, self._margin(cal), queued)
+        return WaitEstimate(
+            floor + factor * raw,
+            raw,
+            floor,
+            ahead,
+            self._margin(cal),
+            queued,
+            own_waiting=mine.seqs,
+            own_running=own_running,
+            share_slots=share,
+        )
+
+    def _share(
+        self,
+        tenant: str,
+        waiting: dict[tuple[str, str], Work],
+        view: EngineView,
+        running: dict[str, list[int]],
+    ) -> int:
+        """Its weighted share of the batch's slots among tenants running or waiting, as the
+        scheduler counts it (0: the batch size is unknown)."""
+        if not view.max_seqs:
+            return 0
+        active = set(running) | {u for (u, _), w in waiting.items() if w.tokens} | {tenant}
+        return max(1, int(view.max_seqs * self.weight(tenant) / sum(self.weight(u) for u in active)))
 
     def _margin(self, cal: _Calibration) -> float:
         errs = sorted(cal.recent)
@@ -335,8 +430,7 @@ class WaitModel:
         steps."""
         if not view.max_seqs:
             return 0.0, False
-        active = set(running) | {u for (u, _), w in waiting.items() if w.tokens} | {tenant}
-        share = max(1, int(view.max_seqs * self.weight(tenant) / sum(self.weight(u) for u in active)))
+        share = self._share(tenant, waiting, view, running)
         mine = running.get(tenant, [])
         others_waiting = any(w.tokens for (u, _), w in waiting.items() if u != tenant)
         full = view.running >= view.max_seqs
@@ -439,6 +533,7 @@ class Admission:
         self._req = {t.name: TokenBucket(t.requests_per_s, t.burst_requests, now) for t in tenants}
         self._tok = {t.name: TokenBucket(t.tokens_per_s, t.burst_tokens, now) for t in tenants}
         self._in_flight = dict.fromkeys(self.tenants, 0)
+        self._decisions: dict[tuple[str, str], _Decisions] = {}
         self.draining = False
         self.killed = False
 
@@ -536,52 +631,75 @@ class Admission:
                 reason="request_too_large",
             )
         with self._lock:
-            now = self._clock()
-            if self._in_flight[tenant.name] >= tenant.max_in_flight:
-                raise RateLimited(
-                    f"tenant {tenant.name} has {tenant.max_in_flight} requests in flight (its limit)",
-                    "in_flight",
-                    1,
+            decisions = self._decisions.setdefault((tenant.name, klass), _Decisions())
+            try:
+                ticket = self._admit_locked(tenant, klass, prompt_tokens, cost, deadline_s, queued, decisions)
+            except RateLimited as exc:
+                decisions.record(exc.reason, None)
+                raise
+            decisions.record("admitted", ticket.estimate)
+        return ticket
+
+    def _admit_locked(
+        self,
+        tenant: TenantConfig,
+        klass: str,
+        prompt_tokens: int,
+        cost: int,
+        deadline_s: float | None,
+        queued: bool,
+        decisions: _Decisions,
+    ) -> Ticket:
+        now = self._clock()
+        if self._in_flight[tenant.name] >= tenant.max_in_flight:
+            raise RateLimited(
+                f"tenant {tenant.name} has {tenant.max_in_flight} requests in flight (its limit)",
+                "in_flight",
+                1,
+            )
+        wait = self._req[tenant.name].wait_for(1, now)
+        if wait > 0:
+            raise RateLimited(
+                f"tenant {tenant.name} is over {tenant.requests_per_s} requests/s", "rate_requests", wait
+            )
+        wait = self._tok[tenant.name].wait_for(cost, now)
+        if wait > 0:
+            raise RateLimited(
+                f"tenant {tenant.name} is over {tenant.tokens_per_s} tokens/s",
+                "rate_tokens",
+                wait if wait != float("inf") else 60,
+            )
+        estimate = None
+        if queued:
+            estimate = self.estimate(tenant.name, klass)
+            cap = self.limits.queue_wait_limit(klass)
+            est = estimate.seconds + min(estimate.margin_s, cap / 2)
+            shed = None
+            if deadline_s is not None and est > deadline_s:
+                shed = Overloaded(
+                    f"estimated queue wait {est:.2f}s exceeds the request deadline {deadline_s:.2f}s",
+                    "deadline",
+                    est - deadline_s,
                 )
-            wait = self._req[tenant.name].wait_for(1, now)
-            if wait > 0:
-                raise RateLimited(
-                    f"tenant {tenant.name} is over {tenant.requests_per_s} requests/s", "rate_requests", wait
+            elif est > cap and estimate.queued:
+                shed = Overloaded(
+                    f"estimated queue wait {est:.2f}s for tenant {tenant.name} exceeds the"
+                    f" {klass} class's {cap:g}s ({estimate.ahead_steps:.0f} slot-steps of work"
+                    " ahead): overloaded",
+                    "overloaded",
+                    est - cap,
                 )
-            wait = self._tok[tenant.name].wait_for(cost, now)
-            if wait > 0:
-                raise RateLimited(
-                    f"tenant {tenant.name} is over {tenant.tokens_per_s} tokens/s",
-                    "rate_tokens",
-                    wait if wait != float("inf") else 60,
-                )
-            estimate = None
-            if queued:
-                estimate = self.estimate(tenant.name, klass)
-                cap = self.limits.queue_wait_limit(klass)
-                est = estimate.seconds + min(estimate.margin_s, cap / 2)
-                if deadline_s is not None and est > deadline_s:
-                    raise Overloaded(
-                        f"estimated queue wait {est:.2f}s exceeds the request deadline {deadline_s:.2f}s",
-                        "deadline",
-                        est - deadline_s,
-                    )
-                if est > cap and estimate.queued:
-                    raise Overloaded(
-                        f"estimated queue wait {est:.2f}s for tenant {tenant.name} exceeds the"
-                        f" {klass} class's {cap:g}s ({estimate.ahead_steps:.0f} slot-steps of work"
-                        " ahead): overloaded",
-                        "overloaded",
-                        est - cap,
-                    )
-                if self._waiting_count() >= self.limits.max_waiting:
-                    raise Overloaded("too many requests waiting", "queue_full", 1)
-            self._req[tenant.name].take(1, now)
-            self._tok[tenant.name].take(cost, now)
-            self._in_flight[tenant.name] += 1
-            ticket = Ticket(self, tenant.name, klass, cost, estimate, prompt_tokens)
-            if queued:
-                self._live[id(ticket)] = ticket
+            elif self._waiting_count() >= self.limits.max_waiting:
+                shed = Overloaded("too many requests waiting", "queue_full", 1)
+            if shed is not None:
+                decisions.record(shed.reason, estimate)
+                raise shed
+        self._req[tenant.name].take(1, now)
+        self._tok[tenant.name].take(cost, now)
+        self._in_flight[tenant.name] += 1
+        ticket = Ticket(self, tenant.name, klass, cost, estimate, prompt_tokens)
+        if queued:
+            self._live[id(ticket)] = ticket
         return ticket
 
     # -- the wait estimate -----------------------------------------------------------------------
@@ -614,7 +732,10 @@ class Admission:
         """Estimated against real waits so far, by class (admin state, experiments)."""
         with self._lock:
             self._observe(list(self._live.values()))
-            return {k: c.summary() for k, c in self.wait_model.calibration.items()}
+            out = {k: c.summary() for k, c in self.wait_model.calibration.items()}
+            for (tenant, klass), d in sorted(self._decisions.items()):
+                out.setdefault(klass, {}).setdefault("decisions", {})[tenant] = d.summary()
+            return out
 
     def _release(self, ticket: Ticket) -> None:
         with self._lock:

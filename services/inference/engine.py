@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -92,6 +92,9 @@ class EngineStats:
     tokens_per_s: float
     backlog_tokens: dict[str, int]  # by class
     steps: int
+    # Sequences each tenant had in the steps so far (slot-steps): its share of the batch over
+    # a window is the difference of two readings (admin state; the fairness experiment).
+    slot_steps: dict[str, int] = field(default_factory=dict)
 
 
 class EngineAPI(Protocol):
@@ -169,6 +172,7 @@ class Engine:
         self._recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=64)
         self._prior_tps = prior_tokens_per_s
         self._backlog: dict[str, int] = dict.fromkeys(CLASSES, 0)
+        self._slot_steps: collections.Counter[str] = collections.Counter()
         self._submitted_since: dict[str, int] = dict.fromkeys(CLASSES, 0)
         self._dirty = False  # the live set changed since the backlog and gauges were computed
         self.kv_high_water = 0
@@ -257,6 +261,7 @@ class Engine:
             tokens_per_s=self.tokens_per_s,
             backlog_tokens={c: self.backlog_tokens(c) for c in CLASSES},
             steps=self.step_no,
+            slot_steps=dict(self._slot_steps),
         )
 
     def view(self) -> EngineView:
@@ -433,6 +438,7 @@ class Engine:
         now = time.monotonic()
         done = self.scheduler.commit(plan, sampled, self.eos_ids)
         for (seq, _), tok in zip(plan.chunks, sampled, strict=True):
+            self._slot_steps[seq.tenant] += 1
             if tok is None:
                 continue
             m.GENERATED_TOKENS.labels(seq.tenant, seq.klass).inc()

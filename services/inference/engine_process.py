@@ -599,6 +599,7 @@ class ProcessEngine:
             tokens_per_s=st.tokens_per_s,
             backlog_tokens=backlog,
             steps=st.steps,
+            slot_steps=st.slot_steps,
         )
 
     def view(self) -> EngineView:

@@ -237,12 +237,15 @@ class Scheduler:
                 return
             if self._can_admit(seq):
                 return  # it will be admitted normally
+            waited = self.steps - seq.queued_step
+            if waited < min(self.cfg.preempt_after_steps, self.cfg.fair_preempt_after_steps):
+                return  # no victim could be taken yet: skip the search (every step, full batch)
             victim = self._victim_for(seq)
             if victim is None:
                 return
             priority = _rank(victim) > _rank(seq)
             patience = self.cfg.preempt_after_steps if priority else self.cfg.fair_preempt_after_steps
-            if self.steps - seq.queued_step < patience:
+            if waited < patience:
                 return  # give the normal turnover of the batch a chance first
             self._preempt(victim, "priority" if priority else "fairness", plan)
 
