@@ -158,6 +158,7 @@ class WatchIndex:
         self._wasted = 0
         self._texts: dict[int, bytes] = {}  # size -> its groups' JSON text (see json_chunks)
         self._group_texts: dict[int, dict[int, tuple[Group, str]]] = {}  # size -> id -> text
+        self._group_names: dict[int, tuple[Group, frozenset[bytes]]] = {}  # id -> its names
 
     # -- index maintenance -------------------------------------------------------------
     def _add(self, path: bytes, st: Stamp, force: bool = False) -> set[int]:
@@ -265,6 +266,7 @@ class WatchIndex:
         self._agg.clear()
         self._texts.clear()
         self._group_texts.clear()
+        self._group_names.clear()
         self._n_files = self._wasted = 0
         walked = walk(self.roots, self.wopts)
         self.walk_stats = walked.stats
@@ -297,6 +299,7 @@ class WatchIndex:
         # pipeline only when a changed file has that (size, digest) (see _candidates), else
         # it stays as it is, unread and not looked up in the cache.
         intact: list[Group] = []
+        names_of = self._group_names
         full = self.cache is not None
         partial = self.config.partial_size
         for size in sizes:
@@ -308,8 +311,18 @@ class WatchIndex:
                 continue
             covered: set[bytes] = set()
             for g in old:
+                # Every name of the group, kept while the group object lives (a group no
+                # change touches is checked in one set operation, not name by name).
+                hit = names_of.pop(id(g), None)
+                if hit is not None and hit[0] is g:
+                    names = hit[1]
+                else:
+                    names = frozenset(p for f in g.files for p in (f.path, *f.links))
                 # (a name no longer indexed was removed, so it is in `changed` too)
-                survivors = [f for f in g.files if f.path not in changed and changed.isdisjoint(f.links)]
+                if changed.isdisjoint(names):
+                    survivors = g.files
+                else:
+                    survivors = [f for f in g.files if f.path not in changed and changed.isdisjoint(f.links)]
                 if not survivors:
                     continue
                 if (
@@ -319,7 +332,8 @@ class WatchIndex:
                     and not partial < size <= 2 * partial  # head + tail digests there, maybe
                 ):
                     intact.append(g)
-                    covered.update(p for f in survivors for p in (f.path, *f.links))
+                    names_of[id(g)] = (g, names)
+                    covered |= names
                     continue
                 reps.append(survivors[0])
                 followers[id(survivors[0])] = survivors[1:]
@@ -334,18 +348,35 @@ class WatchIndex:
                 self.groups.setdefault(g.size, []).append(g)
             self.stages = []
             return 0
-        paths.sort()
         # Entries from the index, one per inode (other names as its links, as the walk gives
         # them): nothing re-stat'ed. The reader checks (dev, ino, size, mtime) after each open,
         # so a file changed since it was indexed is an error entry, never a wrong group.
         fresh: list[FileEntry] = []
         by_inode: dict[tuple[int, int], FileEntry] = {}
         fresh_changed: set[int] = set()  # id() of the fresh entries with a changed name
-        # Unchanged ungrouped files whose full digest is in memory: an entry only if a changed
-        # file has their (size, digest), known once the changed files are hashed (below).
+        # Unchanged ungrouped files whose full digest is in memory (KeptCache.known: no query):
+        # an entry only if a changed file has their (size, digest), known once the changed
+        # files are hashed (below). Every name of an inode one of whose names changed was
+        # invalidated above, so the names of one inode are all set aside or none.
         lone: list[tuple[bytes, int, bytes]] = []
         known = self.cache.known if self.cache is not None else None  # type: ignore[attr-defined]
         field = f"full:{self.config.algorithm}"
+        files = self.files
+        if self.errors:
+            for p in paths:
+                self.errors.pop(p, None)
+        if known is not None:
+            pending = []
+            for p in paths:
+                if p not in changed:
+                    st = files[p]
+                    digest = known((st[0], st[1]), field)
+                    if digest is not None:
+                        lone.append((p, st[3], digest))
+                        continue
+                pending.append(p)
+            paths = pending
+        paths.sort()
 
         def entry_for(p: bytes) -> FileEntry:
             dev, ino, mtime_ns, size, ctime_ns = self.files[p]
@@ -358,21 +389,13 @@ class WatchIndex:
             return entry
 
         for p in paths:
-            self.errors.pop(p, None)
-            if known is not None and p not in changed:
-                st = self.files[p]
-                if (st[0], st[1]) not in by_inode:
-                    digest = known((st[0], st[1]), field)
-                    if digest is not None:
-                        lone.append((p, st[3], digest))
-                        continue
             entry = entry_for(p)
             if p in changed:
                 fresh_changed.add(id(entry))
         ctx = ScanContext(config=self.config, cache=self.cache)
         wanted = self._changed_digests([f for f in fresh if id(f) in fresh_changed], ctx)
         if lone:
-            matched = [p for p, size, digest in lone if (size, digest) in wanted]
+            matched = sorted(p for p, size, digest in lone if (size, digest) in wanted)
             if matched:
                 for p in matched:
                     entry_for(p)

@@ -330,3 +330,48 @@ def test_incremental_groups_equal_a_fresh_scan(tmp_path: Path) -> None:
             assert report_file.read_text() == expected.getvalue(), batch
     finally:
         index.close()
+
+
+def test_changes_meet_untouched_groups_and_lone_files_through_their_digest(tmp_path: Path) -> None:
+    """Groups and ungrouped files no change touched stay out of the pipeline unless a changed
+    file has their (size, digest): a copy of a lone file, a copy into a group, and an edit
+    that makes a file equal to a lone one are each found; a group of the same size with
+    another digest is kept as it was (the same object)."""
+    from services.dedup.files.watch import ADDED, MODIFIED, WatchIndex
+
+    root = tmp_path / "root"
+    root.mkdir()
+    size = 10_000  # > 2 x partial_size: the groups' digests are full digests
+    bodies = [bytes([k]) * (size - 1) + b"!" for k in range(6)]
+    write(root / "g1", bodies[0])
+    write(root / "g2", bodies[0])
+    write(root / "h1", bodies[1])
+    write(root / "h2", bodies[1])
+    for k in (2, 3, 4):
+        write(root / f"lone{k}", bodies[k])
+    write(root / "edited", bodies[5])
+    index = WatchIndex([str(root)], ScanOptions(cache_dir=str(tmp_path / "cache")))
+    try:
+        index.full_scan()
+        (h_group,) = [g for g in index.groups[size] if g.files[0].path.endswith(b"/h1")]
+        write(root / "copy-of-lone2", bodies[2])
+        write(root / "copy-of-g", bodies[0])
+        write(root / "edited", bodies[3])  # same size, now equal to lone3
+        index.apply(
+            {
+                (ADDED, str(root / "copy-of-lone2")),
+                (ADDED, str(root / "copy-of-g")),
+                (MODIFIED, str(root / "edited")),
+            }
+        )
+        res = index.result(0.0)
+        names = sorted(sorted(os.path.basename(os.fsdecode(f.path)) for f in g.files) for g in res.groups)
+        assert names == [
+            ["copy-of-g", "g1", "g2"],
+            ["copy-of-lone2", "lone2"],
+            ["edited", "lone3"],
+            ["h1", "h2"],
+        ]
+        assert any(g is h_group for g in index.groups[size])  # untouched: not rebuilt
+    finally:
+        index.close()
