@@ -2,7 +2,9 @@
 
 Policy lives in the frontier and the host slots; mechanism in the fetcher; I/O in store, WARC and
 sink. The engine's loop is the one backpressure predicate: a host is pulled from the frontier only
-when a fetch slot (of `concurrency`) is free.
+when a fetch slot (of `concurrency`) is free. A slot covers a host turn up to the end of its
+response; the page is then recorded (WARC, parse, store) under a recording permit (`concurrency`
+of them), so the store's commit and the parse never hold a request back.
 
 Per host, a worker does exactly one of:
 - fetch robots.txt (the host's first request, and again when the cached policy expires);
@@ -21,6 +23,7 @@ write refused for a stale epoch (`Fenced`) ends the host turn: another worker ow
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fnmatch
 import functools
@@ -32,7 +35,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
@@ -100,12 +103,22 @@ def crawl_owner_id(crawl_id: str) -> str:
 
 
 class _HostTurn:
-    """One host turn handed out by the frontier; `ended` once it was handed back."""
+    """One host turn handed out by the frontier; `ended` once it was handed back.
 
-    __slots__ = ("ended",)
+    It holds one of the crawl's fetch slots (`concurrency`) until `free_slot`: when its request
+    has ended (the page is then recorded under a recording permit of its own), else when the
+    turn's task ends."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_free", "ended")
+
+    def __init__(self, free: Callable[[], None] | None = None) -> None:
         self.ended = False
+        self._free = free
+
+    def free_slot(self) -> None:
+        free, self._free = self._free, None
+        if free is not None:
+            free()
 
 
 class Crawl:
@@ -156,6 +169,10 @@ class Crawl:
         # alone, so this process never fetches a URL twice at once.
         self._fetching_ids: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Pages whose request has ended and that are being recorded (WARC, parse, store), each
+        # out of its fetch slot: at most `concurrency` at once, so a slow store or disk holds the
+        # fetch slots back (backpressure) instead of piling up responses.
+        self._recorders = asyncio.Semaphore(config.concurrency)
         self._resume = asyncio.Event()
         self._resume.set()
         self._wake = asyncio.Event()
@@ -250,9 +267,10 @@ class Crawl:
                     if not self._tasks and self.frontier.idle and await self.store.aquiescent():
                         break  # nothing queued, nothing running, nothing leased: the crawl is complete
                     continue
-                task = asyncio.create_task(self._work(host))
+                turn = _HostTurn(slots.release)
+                task = asyncio.create_task(self._work(host, turn))
                 self._tasks.add(task)
-                task.add_done_callback(functools.partial(self._task_done, slots=slots))
+                task.add_done_callback(functools.partial(self._task_done, turn=turn))
         except Exception as exc:
             self.state = CrawlState.FAILED
             self.error = f"{type(exc).__name__}: {exc}"
@@ -282,9 +300,9 @@ class Crawl:
                 self.on_progress(self)
         return self.stats
 
-    def _task_done(self, task: asyncio.Task[None], slots: asyncio.Semaphore) -> None:
+    def _task_done(self, task: asyncio.Task[None], turn: _HostTurn) -> None:
         self._tasks.discard(task)
-        slots.release()
+        turn.free_slot()
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
@@ -392,9 +410,8 @@ class Crawl:
                 log.warning("crawl %s: polling the store for new work failed", self.crawl_id, exc_info=True)
 
     # -- one host turn -----------------------------------------------------------------------
-    async def _work(self, host: str) -> None:
+    async def _work(self, host: str, turn: _HostTurn) -> None:
         slot = self.frontier.slot(host)
-        turn = _HostTurn()
         try:
             await self._turn(host, slot, turn)
         except Fenced as exc:
@@ -436,7 +453,10 @@ class Crawl:
             rec = await self.store.aclaim(host, self.owner, self.config.lease_seconds, time.time())
             if rec is not None and rec.id in self._fetching_ids:
                 continue  # ours in flight: its own task finishes it (the new lease only covers it)
+            if rec is not None:
+                self.frontier.note_work(host, rec.left)  # ranks the host among eligible ones
             if rec is None:
+                self.frontier.note_work(host, 0)
                 ready_at = await self.store.anext_ready_at(host)
                 if ready_at is not None:  # waiting URLs only (Retry-After): back at the first one
                     self.frontier.schedule(host, ready_at)
@@ -631,16 +651,18 @@ class Crawl:
                 self._end_request(slot, t0, None, None)
                 self._release_host(rec.host, turn)
                 self.stats.response(type(exc).__name__)
-                await self._retry_or_fail(
-                    rec, attempts_made, type(exc).__name__, None, None, exc.retryable, str(exc)
-                )
+                async with self._recording(turn):
+                    await self._retry_or_fail(
+                        rec, attempts_made, type(exc).__name__, None, None, exc.retryable, str(exc)
+                    )
                 return
             asked = parse_retry_after(result.header("Retry-After"))
             retry_after = self._asked_wait(rec.host, result.status, asked)
             asked_host = retry_after if is_retryable_status(result.status) else None
             self._end_request(slot, t0, result.status, asked_host)
             self._release_host(rec.host, turn)
-            counted = await self._handle_response(rec, result, attempts_made, retry_after)
+            async with self._recording(turn):
+                counted = await self._handle_response(rec, result, attempts_made, retry_after)
         finally:
             self._fetching_ids.discard(rec.id)
             self._fetches_in_flight -= 1
@@ -648,6 +670,14 @@ class Crawl:
                 self.store.unreserve_page()  # not a fetched page (retry, failure, fenced)
             if self.on_progress:
                 self.on_progress(self)
+
+    @contextlib.asynccontextmanager
+    async def _recording(self, turn: _HostTurn) -> AsyncIterator[None]:
+        """Record a page whose request has ended outside the fetch slot: the slot goes to the
+        next host turn as soon as a recording permit is held (waiting for one keeps the slot)."""
+        async with self._recorders:
+            turn.free_slot()
+            yield
 
     async def _retry_or_fail(
         self,
@@ -729,7 +759,8 @@ class Crawl:
         self.stats.count("fetched")
         if new:
             self.stats.count("discovered", new)
-            for host in {u.host for u in new_urls}:
+            for host, links in collections.Counter(u.host for u in new_urls).items():
+                self.frontier.note_work(host, min(links, new), add=True)  # at most the new ones
                 self.frontier.schedule(host)
         return True
 

@@ -217,7 +217,9 @@ class Fetcher:
             self._session = None
 
     def _guard_literal(self, url: URL) -> None:
-        host = url.host or ""
+        host = url.raw_host or ""  # (no IDNA decoding: an IP literal reads the same either way)
+        if not host or not (host[0].isdigit() or ":" in host):
+            return  # a name (IPv4 literals start with a digit, IPv6 ones hold a colon)
         try:
             ip = ipaddress.ip_address(host.strip("[]"))
         except ValueError:

@@ -453,7 +453,10 @@ class SQLiteStore(FrontierStore):
             "UPDATE urls SET state=?, lease_owner=?, lease_until=? WHERE id=?",
             (int(URLState.SCHEDULED), owner, now + lease_seconds, row[0]),
         )
-        return URLRecord(row[0], row[1], row[2], row[3], row[4], row[5], URLState.SCHEDULED, row[7])
+        left = self._db.execute("SELECT n FROM host_ready WHERE host=?", (host,)).fetchone()
+        return URLRecord(
+            row[0], row[1], row[2], row[3], row[4], row[5], URLState.SCHEDULED, row[7], left[0] if left else 0
+        )
 
     @_timed("start")
     def _start(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
