@@ -572,34 +572,50 @@ def small_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
     def classes_of(run: list[Group]) -> Iterator[tuple[Group, dict[bytes, list[int]]]]:
         """Read a run of groups: per group, the indices of its files by their bytes (in walk
         order)."""
+        flat = [f for grp in run for f in grp.files]
+        readers = ctx.readers_for(flat, _itself)
+        if readers == 1:
+            # One reader (a warm page cache, or --workers 1): one flat loop in the groups' own
+            # order (see read_small_many). No inode order here: with nothing to wait for on
+            # the device, the order changes nothing but the cost of sorting.
+            results = read_small_many(flat, ctx.counter)
+            del flat
+            at = 0
+            for grp in run:
+                classes: dict[bytes, list[int]] = {}
+                files = grp.files
+                for k in range(len(files)):
+                    got = results[at + k]
+                    if isinstance(got, bytes):
+                        members = classes.get(got)
+                        if members is None:
+                            classes[got] = [k]
+                        else:
+                            members.append(k)
+                    else:
+                        ctx.report_error(files[k], got)
+                at += len(files)
+                yield grp, classes
+            ctx.progress.advance(at)
+            return
+        del flat
         # (group index, index in the group, file): read in read order, bytes put back in place
         items = [(gi, k, f) for gi, grp in enumerate(run) for k, f in enumerate(grp.files)]
         if ctx.config.order == "inode":
             items.sort(key=_inode_order3)
         slots: list[list[bytes | None]] = [[None] * len(grp.files) for grp in run]
-        readers = ctx.readers_for(items, _third)
-        if readers == 1:
-            # One reader (a warm page cache, or --workers 1): one flat loop, see read_small_many.
-            results = read_small_many([item[2] for item in items], ctx.counter)
-            for (gi, k, entry), got in zip(items, results, strict=True):
-                if isinstance(got, bytes):
-                    slots[gi][k] = got
-                else:
-                    ctx.report_error(entry, got)
-            ctx.progress.advance(len(items))
-        else:
-            for (gi, k, entry), data, exc in ctx.map_with(read, items, readers):
-                ctx.progress.advance()
-                if exc is not None or data is None:
-                    if isinstance(exc, OSError):
-                        ctx.report_error(entry, exc)
-                        continue
-                    raise exc if exc is not None else RuntimeError("no result")
-                slots[gi][k] = data
+        for (gi, k, entry), data, exc in ctx.map_with(read, items, readers):
+            ctx.progress.advance()
+            if exc is not None or data is None:
+                if isinstance(exc, OSError):
+                    ctx.report_error(entry, exc)
+                    continue
+                raise exc if exc is not None else RuntimeError("no result")
+            slots[gi][k] = data
         del items
         for grp, datas_of in zip(run, slots, strict=True):
             # bytes -> members, in the group's (walk) order: equal keys are equal bytes
-            classes: dict[bytes, list[int]] = {}
+            classes = {}
             for k, content in enumerate(datas_of):
                 if content is not None:
                     members = classes.get(content)
@@ -680,7 +696,7 @@ def small_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
 # (files, or 64 KiB, each ~10 us warm; a fork and the hand-back cost a few milliseconds).
 FORK_MIN_WORK = 4096
 # The copy's share of the files: this process also merges the copy's answer afterwards.
-FORK_SHARE = 0.5
+FORK_SHARE = 0.55
 
 
 def _cores() -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import operator
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
@@ -161,6 +162,9 @@ class WalkResult:
     stats: WalkStats
 
 
+_name = operator.attrgetter("name")
+
+
 def _error_text(exc: OSError) -> str:
     name = type(exc).__name__
     return f"{name}: {exc.strerror or exc}" if exc.strerror else f"{name}: {exc}"
@@ -228,11 +232,12 @@ def walk(roots: Iterable[str | bytes | os.PathLike], options: WalkOptions | None
     files: list[FileEntry] = []
     errors: list[WalkError] = []
     stats = WalkStats()
+    add_file, add_error = files.append, errors.append
     for entry_or_error in iter_files(roots, options, stats):
-        if isinstance(entry_or_error, WalkError):
-            errors.append(entry_or_error)
+        if entry_or_error.__class__ is FileEntry:
+            add_file(entry_or_error)
         else:
-            files.append(entry_or_error)
+            add_error(entry_or_error)  # type: ignore[arg-type]
     return WalkResult(files=files, errors=errors, stats=stats)
 
 
@@ -343,7 +348,7 @@ def iter_files(
                     yield error
                     continue
             # Sorted so that output and the "first name met" of a hard-linked inode are stable.
-            entries.sort(key=lambda e: e.name)
+            entries.sort(key=_name)
             prefix = os.path.join(dir_path, b"")  # shared by the entries of this directory's files
             subdirs: list[tuple[bytes, int, tuple[int, int]]] = []
             # The per-entry loop is the warm re-scan's floor (one lstat per file, nothing
