@@ -307,9 +307,12 @@ def run_scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, warm
                     row["bound_fraction"] = row["requests_per_s"] / (hosts / delay)
                     row["critical_path_fraction"] = row["critical_path_s"] / wall
                     row["coverage_of_truth"] = row["pages"] / len(truth)
+                    row["loadavg_1m"] = os.getloadavg()[0]  # the box's, at the run's end
                     print(
                         f"{name} {phase} {who}: {row['pages']} pages, {row['requests']} requests,"
-                        f" {wall:.1f}s",
+                        f" {wall:.1f}s, {row['pages_per_s']:.1f} pages/s,"
+                        f" {row['politeness_violations']} politeness violations, CPU {cpu:.1f}s,"
+                        f" load {row['loadavg_1m']:.1f}",
                         file=sys.stderr,
                     )
                     if phase == "measure":
@@ -421,10 +424,10 @@ def main() -> int:
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "scenarios": report}, indent=2))
-    print(f"\nJSON: {out.relative_to(ROOT)}")
+    print(f"\nJSON: {out}")
     png = plot(report, out.with_suffix(".png"))
     if png is not None:
-        print(f"PNG:  {png.relative_to(ROOT)}")
+        print(f"PNG:  {png}")
     return 0
 
 

@@ -22,8 +22,9 @@ it has had plus the URLs it has ready as far as known (`work[host]`: the store's
 last claim, plus links found since). An eligible host is ranked by (eligible since - head start),
 the head start HEAD_START_PER_URL_S for each, at most MAX_HEAD_START_S: the bigger host goes
 first, and a small host waits at most that long behind bigger ones. A host of unknown size (fewer
-than two requests: robots.txt and a first page) gets the full head start, as the biggest do: its
-size is learnt early. Politeness is untouched: a host still gets at most one turn per delay.
+than two requests: robots.txt and a first page) is ranked as the mean size of the hosts known so
+far: behind the bigger ones (their chains are the crawl's end), ahead of the smaller ones.
+Politeness is untouched: a host still gets at most one turn per delay.
 Memory: O(hosts) here; URLs stay on disk in the store. Backpressure: the engine pulls the next host
 only when it has a free fetch slot, so nothing upstream of the fetcher accumulates.
 """
@@ -66,6 +67,8 @@ class Frontier:
         self._heap: list[tuple[float, int, str]] = []  # (next eligible, seq, host): not yet eligible
         self._ready: list[tuple[float, int, str]] = []  # (eligible since - head start, seq, host)
         self.work: dict[str, int] = {}  # host -> ready URLs as far as known (the head start)
+        self._sizes: dict[str, int] = {}  # explored host -> requests + ready at its last note
+        self._sizes_total = 0
         self._queued: set[str] = set()  # hosts in either heap
         self._waiting: set[str] = set()  # hosts whose slot was busy (another turn): back on end_turn
         self._seq = itertools.count()
@@ -127,12 +130,19 @@ class Frontier:
 
     def note_work(self, host: str, ready: int, *, add: bool = False) -> None:
         """What the host has left to fetch: the store's count at a claim, or `add` links found."""
-        self.work[host] = max(0, (self.work.get(host, 0) if add else 0) + ready)
+        work = self.work[host] = max(0, (self.work.get(host, 0) if add else 0) + ready)
+        slot = self.slots.get(host)
+        if slot is not None and slot.requests >= 2:  # explored: counts towards the mean size
+            size = slot.requests + work
+            self._sizes_total += size - self._sizes.get(host, 0)
+            self._sizes[host] = size
 
     def _head_start(self, host: str, slot: HostSlot) -> float:
         if slot.requests < 2:  # size unknown until robots.txt and a first page are in
-            return MAX_HEAD_START_S
-        return min(MAX_HEAD_START_S, (slot.requests + self.work.get(host, 0)) * HEAD_START_PER_URL_S)
+            size = self._sizes_total / len(self._sizes) if self._sizes else 0.0
+        else:
+            size = slot.requests + self.work.get(host, 0)
+        return min(MAX_HEAD_START_S, size * HEAD_START_PER_URL_S)
 
     def after_fetch(self, host: str) -> None:
         """A host's request finished: it competes again from its next eligible time."""

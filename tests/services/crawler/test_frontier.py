@@ -58,17 +58,24 @@ def test_bigger_host_first_among_eligible() -> None:
     assert [_pop(f) for _ in range(3)] == ["big.test", "mid.test", "small.test"]
 
 
-def test_unknown_size_ranks_with_the_biggest_fifo_among_equals() -> None:
+def test_unknown_size_ranks_as_the_mean_known_size() -> None:
     clock = _Clock()
     f = _frontier(clock)
-    _explored(f, "mid.test", requests=4, ready=4)
-    _eligible_now(f, clock, "mid.test")
-    clock.now += 1
-    _explored(f, "capped.test", requests=10, ready=20)  # past the largest head start
-    _eligible_now(f, clock, "capped.test")
-    clock.now += 1
-    _eligible_now(f, clock, "new.test")  # no request yet: its size is learnt first
-    assert [_pop(f) for _ in range(3)] == ["capped.test", "new.test", "mid.test"]
+    _explored(f, "small.test", requests=2, ready=0)  # size 2
+    _explored(f, "big.test", requests=2, ready=8)  # size 10: the mean is 6
+    for host in ("small.test", "big.test", "new.test"):  # new.test: no request yet
+        _eligible_now(f, clock, host)
+        clock.now += 0.001
+    assert [_pop(f) for _ in range(3)] == ["big.test", "new.test", "small.test"]
+
+
+def test_unknown_sizes_fifo_before_anything_is_known() -> None:
+    clock = _Clock()
+    f = _frontier(clock)
+    for host in ("a.test", "b.test", "c.test"):
+        _eligible_now(f, clock, host)
+        clock.now += 0.001
+    assert [_pop(f) for _ in range(3)] == ["a.test", "b.test", "c.test"]
 
 
 def test_links_found_add_work() -> None:
