@@ -235,10 +235,6 @@ def _second(item: tuple[int, FileEntry]) -> FileEntry:
     return item[1]
 
 
-def _third(item: tuple[int, int, FileEntry]) -> FileEntry:
-    return item[2]
-
-
 def _inode_order3(item: tuple[int, int, FileEntry]) -> tuple[int, int]:
     f = item[2]
     return (f.dev, f._im)
