@@ -138,7 +138,45 @@ class _Beat(Protocol):
     def stop(self) -> None: ...
 
 
-class Engine:
+class EngineConsumers:
+    """How callers consume an engine, whichever runs it (this thread, or the child process of
+    engine_process.ProcessEngine): both only need `submit` and `cancel`."""
+
+    def submit(self, seq: Sequence) -> None:
+        raise NotImplementedError
+
+    def cancel(self, seq: Sequence, reason: str = "cancelled") -> None:
+        raise NotImplementedError
+
+    async def stream(self, seq: Sequence) -> AsyncIterator[SeqEvent]:
+        """Submit `seq` and yield its events on the calling event loop; cancels on exit."""
+        bridge = _LoopBridge.for_running_loop()
+        queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
+        seq.on_event = lambda ev: bridge.push(queue, ev)
+        self.submit(seq)
+        try:
+            while True:
+                ev = await queue.get()
+                yield ev
+                if ev.kind == "finish":
+                    return
+        finally:
+            if seq.status is not SeqStatus.FINISHED:
+                self.cancel(seq)  # consumer went away (disconnect, error): free it next step
+
+    def run_to_completion(self, seqs: list[Sequence], timeout: float = 120.0) -> None:
+        """Blocking helper for tests and benchmarks."""
+        done = threading.Semaphore(0)
+        for seq in seqs:
+            seq.on_event = lambda ev: done.release() if ev.kind == "finish" else None
+            self.submit(seq)
+        deadline = time.monotonic() + timeout
+        for _ in seqs:
+            if not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("sequences did not finish in time")
+
+
+class Engine(EngineConsumers):
     def __init__(
         self,
         model: Transformer | PagedLM,
@@ -287,34 +325,6 @@ class Engine:
     def waiting_count(self) -> int:
         """Sequences waiting for a slot in the batch."""
         return len(self.fair)
-
-    # -- consumers -----------------------------------------------------------------------------
-    async def stream(self, seq: Sequence) -> AsyncIterator[SeqEvent]:
-        """Submit `seq` and yield its events on the calling event loop; cancels on exit."""
-        bridge = _LoopBridge.for_running_loop()
-        queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
-        seq.on_event = lambda ev: bridge.push(queue, ev)
-        self.submit(seq)
-        try:
-            while True:
-                ev = await queue.get()
-                yield ev
-                if ev.kind == "finish":
-                    return
-        finally:
-            if seq.status is not SeqStatus.FINISHED:
-                self.cancel(seq)  # consumer went away (disconnect, error): free it next step
-
-    def run_to_completion(self, seqs: list[Sequence], timeout: float = 120.0) -> None:
-        """Blocking helper for tests and benchmarks."""
-        done = threading.Semaphore(0)
-        for seq in seqs:
-            seq.on_event = lambda ev: done.release() if ev.kind == "finish" else None
-            self.submit(seq)
-        deadline = time.monotonic() + timeout
-        for _ in seqs:
-            if not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                raise TimeoutError("sequences did not finish in time")
 
     # -- the loop ------------------------------------------------------------------------------
     def _apply_commands(self) -> list[tuple[Callable[[ModelRunner], Any], concurrent.futures.Future]]:

@@ -29,7 +29,6 @@ the embedding model (about 10 s to load), the jobs and admission's state all sta
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import functools
@@ -38,7 +37,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
@@ -47,7 +46,7 @@ from libs.service.heartbeat import HEARTBEAT
 from libs.service.logging import get_logger
 from services.inference import metrics as m
 from services.inference.admission import EngineView
-from services.inference.engine import Engine, EngineStats, _LoopBridge
+from services.inference.engine import Engine, EngineConsumers, EngineStats
 from services.inference.errors import Overloaded
 from services.inference.model.sampling import SamplingParams
 from services.inference.scheduler import StepPlan
@@ -368,7 +367,7 @@ def _empty_snapshot(
     )
 
 
-class ProcessEngine:
+class ProcessEngine(EngineConsumers):
     """`Engine`'s interface, with the Engine running in a child process (see the module doc)."""
 
     def __init__(
@@ -610,34 +609,6 @@ class ProcessEngine:
 
     def _metric_families(self) -> Iterable[Metric]:
         return self._families
-
-    # -- consumers -----------------------------------------------------------------------------
-    async def stream(self, seq: Sequence) -> AsyncIterator[SeqEvent]:
-        """Submit `seq` and yield its events on the calling event loop; cancels on exit."""
-        bridge = _LoopBridge.for_running_loop()
-        queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
-        seq.on_event = lambda ev: bridge.push(queue, ev)
-        self.submit(seq)
-        try:
-            while True:
-                ev = await queue.get()
-                yield ev
-                if ev.kind == "finish":
-                    return
-        finally:
-            if seq.status is not SeqStatus.FINISHED:
-                self.cancel(seq)
-
-    def run_to_completion(self, seqs: list[Sequence], timeout: float = 120.0) -> None:
-        """Blocking helper for tests and benchmarks."""
-        done = threading.Semaphore(0)
-        for seq in seqs:
-            seq.on_event = lambda ev: done.release() if ev.kind == "finish" else None
-            self.submit(seq)
-        deadline = time.monotonic() + timeout
-        for _ in seqs:
-            if not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                raise TimeoutError("sequences did not finish in time")
 
     # -- the reader / supervisor thread --------------------------------------------------------
     def _supervise(self) -> None:
