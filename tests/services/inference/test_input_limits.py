@@ -390,7 +390,7 @@ async def test_tokenising_past_the_pending_bound_is_a_503() -> None:
         Admission([], Limits()),
         model_name=MODEL,
         tokenizer=HeldTokenizer(),
-        input_limits=InputLimits(tokenize_threads=1, tokenize_max_pending=1),
+        input_limits=InputLimits(tokenize_threads=1, tokenize_max_pending=1, tokenize_inline_chars=0),
     )
     held = CompletionParams(prompt="held")
     first = asyncio.create_task(gateway.tokenize([held]))
@@ -406,6 +406,48 @@ async def test_tokenising_past_the_pending_bound_is_a_503() -> None:
     after = CompletionParams(prompt="after")
     await gateway.tokenize([after])  # the bound is free again
     assert after.encoded == ByteTokenizer().encode("after")
+
+
+async def test_short_prompts_are_tokenised_on_the_loop_long_ones_on_the_pool() -> None:
+    """A short prompt never queues for the pool (not even behind a busy one, not a 503): the
+    hop costs more than the tokenising; one past tokenize_inline_chars goes to the pool."""
+    from services.inference.admission import Admission, Limits
+    from services.inference.errors import Overloaded
+    from services.inference.gateway import CompletionParams, Gateway, InputLimits
+    from services.inference.model.tokenizer import ByteTokenizer
+
+    started, release = threading.Event(), threading.Event()
+    threads: dict[str, str] = {}
+
+    class HeldTokenizer(ByteTokenizer):
+        def encode(self, text: str, *, add_bos: bool = True) -> list[int]:
+            threads[text] = threading.current_thread().name
+            if text.startswith("held"):
+                started.set()
+                assert release.wait(WAIT_S)
+            return super().encode(text, add_bos=add_bos)
+
+    gateway = Gateway(
+        None,  # type: ignore[arg-type]  # tokenising needs no engine
+        Admission([], Limits()),
+        model_name=MODEL,
+        tokenizer=HeldTokenizer(),
+        input_limits=InputLimits(tokenize_threads=1, tokenize_max_pending=1, tokenize_inline_chars=8),
+    )
+    held = CompletionParams(prompt="held" * 3)  # 12 characters: the pool
+    first = asyncio.create_task(gateway.tokenize([held]))
+    try:
+        assert await asyncio.to_thread(started.wait, WAIT_S)
+        short = [CompletionParams(prompt="abcd"), CompletionParams(prompt="efgh")]  # 8 together
+        await gateway.tokenize(short)  # the pool is full, yet no 503 and no wait
+        assert [p.encoded for p in short] == [ByteTokenizer().encode("abcd"), ByteTokenizer().encode("efgh")]
+        assert threads["abcd"] == threads["efgh"] == threading.current_thread().name
+        with pytest.raises(Overloaded):  # 9 characters together: the pool, which is full
+            await gateway.tokenize([CompletionParams(prompt="abcd"), CompletionParams(prompt="efghi")])
+    finally:
+        release.set()
+    await asyncio.wait_for(first, WAIT_S)
+    assert threads["heldheldheld"].startswith("tokenize")
 
 
 async def test_batches_follow_the_tenants_weights() -> None:
