@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, TokenizerError, WeightsError, EngineStartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from services.inference.app import freeze_startup_objects
+
+    freeze_startup_objects()  # full collections stop walking start-up's objects (app.py)
     return serve(app, settings.host, settings.port, drain_timeout=settings.drain_timeout)
 
 
