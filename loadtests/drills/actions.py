@@ -458,22 +458,35 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 async def _completion(
-    http: httpx.AsyncClient, key: str, *, stream: bool, max_tokens: int, prompt: str = "the crawler"
+    http: httpx.AsyncClient,
+    key: str,
+    *,
+    stream: bool,
+    max_tokens: int,
+    prompt: str = "the crawler",
+    progress: dict[str, Any] | None = None,
 ) -> tuple[int, float, float | None, bool]:
-    """(status, seconds to the answer's head or whole body, TTFT for streams, Retry-After present)."""
+    """(status, seconds to the answer's head or whole body, TTFT for streams, Retry-After present).
+
+    `progress` (optional) gets `head` (status) once the answer's head is in, `chunks` counted
+    after it: where a transport error struck."""
     body = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": stream}
     if not stream:
         body["priority"] = "batch"
     headers = {"Authorization": f"Bearer {key}"}
+    progress = {} if progress is None else progress
     start = time.perf_counter()
     async with http.stream("POST", "/v1/completions", json=body, headers=headers) as r:
         head = time.perf_counter() - start
+        progress["head"] = r.status_code
+        progress["chunks"] = 0
         retry_after = "retry-after" in r.headers
         if r.status_code != 200:
             await r.aread()
             return r.status_code, head, None, retry_after
         ttft = None
         async for chunk in r.aiter_bytes():
+            progress["chunks"] += 1
             if ttft is None and b"data:" in chunk:
                 ttft = time.perf_counter() - start
         return r.status_code, time.perf_counter() - start, ttft, retry_after
@@ -499,26 +512,45 @@ async def _calibrate(base: str, seconds: float, concurrency: int, max_tokens: in
 async def _overload(base: str, rate: float, seconds: float, max_tokens: int, pid: int | None) -> dict:
     results: list[tuple[bool, int, float, float | None, bool]] = []
     errors: Counter[str] = Counter()
+    error_details: list[str] = []
     rss: list[float] = []
     proc = psutil.Process(pid) if pid else None
     # At most MAX_OUTSTANDING requests open at once: beyond that the client itself (httpcore's
     # pool) becomes the bottleneck on a small machine. An arrival that finds them all open is
     # not sent and counted (`not_sent`): the server is answering slower than the offered rate.
-    limits = httpx.Limits(max_connections=MAX_OUTSTANDING, max_keepalive_connections=MAX_OUTSTANDING)
+    # One connection per request, none kept alive: this client falls seconds behind its own
+    # sockets (hundreds of streams in one Python process on a small box), so it read a
+    # response's end, pooled the connection and sent the next request on it just as uvicorn's
+    # keep-alive timer (5 s from the server's last write) closed it: the server's kernel reset
+    # it and httpx raised ReadError before the head (1-4 a run, expiring pooled connections
+    # after 1 s did not help: the client's idle clock starts late). A real client retries such
+    # a request; this one would count a transport error against the server.
+    limits = httpx.Limits(max_connections=MAX_OUTSTANDING, max_keepalive_connections=0)
     outstanding = 0
     async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(60.0), limits=limits) as http:
 
         async def one(i: int) -> None:
             nonlocal outstanding
             interactive = i % 2 == 0
-            outstanding += 1
+            progress: dict[str, Any] = {}
+            sent = time.perf_counter()
             try:
                 status, took, ttft, retry = await _completion(
-                    http, KEYS[(i // 2) % 2], stream=interactive, max_tokens=max_tokens
+                    http, KEYS[(i // 2) % 2], stream=interactive, max_tokens=max_tokens, progress=progress
                 )
                 results.append((interactive, status, took, ttft, retry))
             except httpx.HTTPError as exc:
                 errors[type(exc).__name__] += 1
+                where = (
+                    f"after the head ({progress['head']}) and {progress['chunks']} chunks"
+                    if "head" in progress
+                    else "before the head"
+                )
+                kind = "stream" if interactive else "batch"
+                error_details.append(
+                    f"{type(exc).__name__} {exc!r:.80} on a {kind} request {where},"
+                    f" {time.perf_counter() - sent:.1f} s after it started, {outstanding} open"
+                )
             finally:
                 outstanding -= 1
 
@@ -534,6 +566,7 @@ async def _overload(base: str, rate: float, seconds: float, max_tokens: int, pid
             if outstanding >= MAX_OUTSTANDING:
                 not_sent += 1
             else:
+                outstanding += 1  # counted when created: tasks start only at the next await
                 tasks.append(asyncio.create_task(one(i)))
             if proc is not None and time.perf_counter() >= next_rss:
                 rss.append(proc.memory_info().rss / 2**20)
@@ -544,6 +577,7 @@ async def _overload(base: str, rate: float, seconds: float, max_tokens: int, pid
     return {
         "results": results,
         "errors": errors,
+        "error_details": error_details,
         "rss_mb": rss,
         "offered_s": offered_s,
         "n": n,
@@ -590,6 +624,11 @@ def inference_overload(
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
+        # Its own session, so its own scheduling group (Linux autogroup): in the drill's group
+        # it shared the CPU with the load generator, and every answer it timed carried its own
+        # wait for a turn on the CPU (5.4 s of 30 s waiting runnable, measured from schedstat).
+        # A client of a real deployment does not share a machine with the load.
+        start_new_session=True,
     )
     out = asyncio.run(_overload(base, rate, seconds, max_tokens, pid))
     try:
@@ -600,9 +639,9 @@ def inference_overload(
     heads = probed.get("heads", [])
     # Every rejection the probe timed: the doomed half (deadline 1 ms, always refused) and any
     # plain request the overload shed (latency_probe.py)
-    probe_rejected = [took for status, took, _ in heads if status in (429, 503)]
-    shed = [took for status, took, doomed in heads if status in (429, 503) and not doomed]
-    doomed_admitted = sum(1 for status, _, doomed in heads if doomed and status not in (429, 503))
+    probe_rejected = [took for status, took, *_ in heads if status in (429, 503)]
+    shed = [took for status, took, doomed, *_ in heads if status in (429, 503) and not doomed]
+    doomed_admitted = sum(1 for status, _, doomed, *_ in heads if doomed and status not in (429, 503))
     results = out["results"]
     statuses = Counter(status for _, status, *_ in results)
     rejected = [r for r in results if r[1] in (429, 503)]
@@ -617,6 +656,7 @@ def inference_overload(
         "rejected_without_retry_after": sum(1 for r in rejected if not r[4]),
         "server_errors_5xx": sum(n for s, n in statuses.items() if s >= 500 and s != 503),
         "client_errors": dict(out["errors"]),
+        "client_error_details": out["error_details"][:5],
         # Rejections timed by the probe in its own process (what the verdict uses) and by the
         # load generator, whose own backlog of open streams inflates every figure it takes.
         "probe_requests": len(heads),

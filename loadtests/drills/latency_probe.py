@@ -25,11 +25,14 @@ import httpx
 
 
 def probe(base: str, seconds: float, rate: float, key: str) -> dict:
-    heads: list[tuple[int, float, bool]] = []  # status, seconds to the head, doomed (deadline 1 ms)
+    # status, seconds to the head, doomed (deadline 1 ms), request id (the server's access log
+    # line for it carries the same id and the server's own duration)
+    heads: list[tuple[int, float, bool, str]] = []
     errors = 0
     plain = {"prompt": "a probe", "max_tokens": 4, "ignore_eos": True, "stream": True}
     doomed = {**plain, "deadline_ms": 1}
-    headers = {"Authorization": f"Bearer {key}"}
+    auth = {"Authorization": f"Bearer {key}"}
+    run = f"probe-{int(time.time())}"
     start = time.perf_counter()
     n = int(seconds * rate)
     with httpx.Client(base_url=base, timeout=httpx.Timeout(30.0)) as http:
@@ -38,11 +41,13 @@ def probe(base: str, seconds: float, rate: float, key: str) -> dict:
             if delay > 0:
                 time.sleep(delay)
             body = doomed if i % 2 else plain
+            rid = f"{run}-{i}"
+            headers = {**auth, "X-Request-ID": rid}
             t0 = time.perf_counter()
             try:
                 # the head is the admission decision; the stream is closed at once after it
                 with http.stream("POST", "/v1/completions", json=body, headers=headers) as r:
-                    heads.append((r.status_code, time.perf_counter() - t0, body is doomed))
+                    heads.append((r.status_code, time.perf_counter() - t0, body is doomed, rid))
             except httpx.HTTPError:
                 errors += 1
     return {"heads": heads, "errors": errors}
