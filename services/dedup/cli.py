@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_workers,
         default=d.workers,
         help="parallel readers: auto (default: 1 while files are in the page cache, 4 while reads"
-        " wait on the disk) or a fixed count",
+        " wait on the disk; warm, without a cache, a forked copy takes part of the groups on a"
+        " second core) or a fixed count (never a copy)",
     )
     s.add_argument(
         "--order",
