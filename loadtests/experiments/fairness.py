@@ -446,6 +446,8 @@ def _conclude(report: rp.Report) -> None:
         alice_p95_ttft_shared_httpx_pool_ms=httpx_pool["a_ttft_p95_ms"],
         wait_estimate_mean_error_s=cal.get("mean_error_s"),
         wait_estimate_error_p95_s=cal.get("error_p95_s"),
+        interactive_wait_p95_s=cal.get("wait_p95_s"),
+        interactive_wait_max_s=cal.get("wait_max_s"),
     )
 
     def held(ok: bool) -> str:
@@ -465,7 +467,8 @@ def _conclude(report: rp.Report) -> None:
         f"{httpx_pool['a_ttft_p95_ms']} ms (up to {httpx_pool['waiting_for_a_free_connection']} "
         f"requests waiting for a connection while fewer than {POOL // 2} were in use). Interactive "
         f"wait estimate: mean error {cal.get('mean_error_s')} s, p95 {cal.get('error_p95_s')} s over "
-        f"{cal.get('observed')} requests.",
+        f"{cal.get('observed')} requests; their real waits (arrival to first token) p95 "
+        f"{cal.get('wait_p95_s')} s, max {cal.get('wait_max_s')} s (cap 0.35 s, dropped at 5 s).",
         "Rate limits cap what a tenant may send; only the queueing discipline decides who waits once the "
         "server is saturated. Without WFQ a single tenant's burst becomes every tenant's latency. A "
         "client's own pool can add more wait than the server: measure at the client, with more than one.",

@@ -194,6 +194,7 @@ class _Calibration:
     sum_est: float = 0.0
     sum_actual: float = 0.0
     errors: list[float] = field(default_factory=list)  # the last few, for quantiles
+    actuals: list[float] = field(default_factory=list)  # the same requests' real waits
 
     def summary(self) -> dict[str, Any]:
         errs = sorted(self.errors)
@@ -202,6 +203,7 @@ class _Calibration:
             return round(errs[min(len(errs) - 1, int(p * len(errs)))], 4) if errs else 0.0
 
         n = max(self.n, 1)
+        waits = sorted(self.actuals)
         return {
             "observed": self.n,
             "factor": {t: round(f, 3) for t, f in sorted(self.factors.items())},
@@ -212,6 +214,9 @@ class _Calibration:
             "error_p05_s": q(0.05),
             "error_p50_s": q(0.5),
             "error_p95_s": q(0.95),
+            # The real waits themselves (arrival to first token), against the class's cap.
+            "wait_p95_s": round(waits[min(len(waits) - 1, int(0.95 * len(waits)))], 4) if waits else 0.0,
+            "wait_max_s": round(waits[-1], 4) if waits else 0.0,
         }
 
 
@@ -454,9 +459,11 @@ class WaitModel:
         cal.sum_est += est.seconds
         cal.sum_actual += actual
         cal.errors.append(err)
+        cal.actuals.append(actual)
         cal.recent.append(err)
         if len(cal.errors) > self.KEEP_ERRORS:
             del cal.errors[: len(cal.errors) - self.KEEP_ERRORS]
+            del cal.actuals[: len(cal.actuals) - self.KEEP_ERRORS]
         m.WAIT_ESTIMATE_ERROR.labels(klass).observe(err)
         # Learn only from requests that really queued: for the rest the floor is all there is.
         if est.raw_s >= max(est.floor_s, 0.005):

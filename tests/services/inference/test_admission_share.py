@@ -84,3 +84,12 @@ def test_admission_reports_each_tenants_decisions_and_the_estimates_behind_them(
     assert decisions["admitted_mean"]["share_slots"] == 64.0
     assert decisions["admitted_mean"]["own_waiting"] == 1.0  # 0, 1, 2 before each
     assert "in_flight_mean" not in decisions  # refused before any estimate
+
+
+def test_calibration_reports_the_real_waits_against_the_cap() -> None:
+    model = WaitModel({"a": 1.0})
+    est = model.estimate("a", "interactive", {}, FULL, {"a": [5] * 10})
+    for actual in [0.1] * 19 + [0.9]:
+        model.observe("a", "interactive", est, actual)
+    summary = model.calibration["interactive"].summary()
+    assert (summary["observed"], summary["wait_p95_s"], summary["wait_max_s"]) == (20, 0.9, 0.9)
