@@ -23,7 +23,6 @@ write refused for a stale epoch (`Fenced`) ends the host turn: another worker ow
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import fnmatch
 import functools
@@ -264,8 +263,11 @@ class Crawl:
                 host = await self.frontier.next_host(timeout=0.25)
                 if host is None:
                     slots.release()
-                    if not self._tasks and self.frontier.idle and await self.store.aquiescent():
-                        break  # nothing queued, nothing running, nothing leased: the crawl is complete
+                    if not self._tasks and self.frontier.idle:
+                        for changed, not_before in self.store.changed_hosts():  # (what _watch polls)
+                            self.frontier.schedule(changed, not_before)
+                        if self.frontier.idle and await self.store.aquiescent():
+                            break  # nothing queued, nothing running, nothing leased: the crawl is complete
                     continue
                 turn = _HostTurn(slots.release)
                 task = asyncio.create_task(self._work(host, turn))
@@ -453,10 +455,7 @@ class Crawl:
             rec = await self.store.aclaim(host, self.owner, self.config.lease_seconds, time.time())
             if rec is not None and rec.id in self._fetching_ids:
                 continue  # ours in flight: its own task finishes it (the new lease only covers it)
-            if rec is not None:
-                self.frontier.note_work(host, rec.left)  # ranks the host among eligible ones
             if rec is None:
-                self.frontier.note_work(host, 0)
                 ready_at = await self.store.anext_ready_at(host)
                 if ready_at is not None:  # waiting URLs only (Retry-After): back at the first one
                     self.frontier.schedule(host, ready_at)
@@ -759,8 +758,7 @@ class Crawl:
         self.stats.count("fetched")
         if new:
             self.stats.count("discovered", new)
-            for host, links in collections.Counter(u.host for u in new_urls).items():
-                self.frontier.note_work(host, min(links, new), add=True)  # at most the new ones
+            for host in {u.host for u in new_urls}:
                 self.frontier.schedule(host)
         return True
 

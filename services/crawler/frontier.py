@@ -11,20 +11,6 @@ Structure (Mercator-style "back queues"):
 
 Fairness: a host re-enters the heap only after its request finished, keyed by its own next eligible
 time, so one huge host gets one turn per delay like every other host and cannot starve the rest.
-
-Order among hosts eligible at once (more eligible hosts than free fetch slots): the longest
-remaining chain first. A host's requests are a chain, each one a delay after the last, so the
-crawl cannot end before its deepest host's chain does; serving hosts only in the order they
-became eligible leaves the deep ones waiting for slots early and alone at the end (list
-scheduling, longest chain first). The remaining chain is not known (a redirect's target, a page's
-links, show up one response at a time), so the host's size so far stands for it: the requests
-it has had plus the URLs it has ready as far as known (`work[host]`: the store's count at its
-last claim, plus links found since). An eligible host is ranked by (eligible since - head start),
-the head start HEAD_START_PER_URL_S for each, at most MAX_HEAD_START_S: the bigger host goes
-first, and a small host waits at most that long behind bigger ones. A host of unknown size (fewer
-than two requests: robots.txt and a first page) is ranked as the mean size of the hosts known so
-far: behind the bigger ones (their chains are the crawl's end), ahead of the smaller ones.
-Politeness is untouched: a host still gets at most one turn per delay.
 Memory: O(hosts) here; URLs stay on disk in the store. Backpressure: the engine pulls the next host
 only when it has a free fetch slot, so nothing upstream of the fetcher accumulates.
 """
@@ -41,11 +27,6 @@ from services.crawler import metrics
 from services.crawler.politeness import HostSlot
 from services.crawler.settings import PolitenessConfig
 from services.crawler.store import FrontierStore
-
-#: How far each request made and URL ready moves a host ahead of hosts eligible before it (s) ...
-HEAD_START_PER_URL_S = 2.0
-#: ... and at most (so no host waits longer than this behind deeper ones).
-MAX_HEAD_START_S = 60.0
 
 
 class Frontier:
@@ -64,12 +45,8 @@ class Frontier:
         self.wall = wall
         self.slots: dict[str, HostSlot] = {} if slots is None else slots
         self.seen: set[str] = set()  # hosts this crawl has scheduled (its host view)
-        self._heap: list[tuple[float, int, str]] = []  # (next eligible, seq, host): not yet eligible
-        self._ready: list[tuple[float, int, str]] = []  # (eligible since - head start, seq, host)
-        self.work: dict[str, int] = {}  # host -> ready URLs as far as known (the head start)
-        self._sizes: dict[str, int] = {}  # explored host -> requests + ready at its last note
-        self._sizes_total = 0
-        self._queued: set[str] = set()  # hosts in either heap
+        self._heap: list[tuple[float, int, str]] = []
+        self._queued: set[str] = set()
         self._waiting: set[str] = set()  # hosts whose slot was busy (another turn): back on end_turn
         self._seq = itertools.count()
         self._changed = asyncio.Event()
@@ -128,22 +105,6 @@ class Frontier:
             self.schedule(host, not_before)
         return len(hosts)
 
-    def note_work(self, host: str, ready: int, *, add: bool = False) -> None:
-        """What the host has left to fetch: the store's count at a claim, or `add` links found."""
-        work = self.work[host] = max(0, (self.work.get(host, 0) if add else 0) + ready)
-        slot = self.slots.get(host)
-        if slot is not None and slot.requests >= 2:  # explored: counts towards the mean size
-            size = slot.requests + work
-            self._sizes_total += size - self._sizes.get(host, 0)
-            self._sizes[host] = size
-
-    def _head_start(self, host: str, slot: HostSlot) -> float:
-        if slot.requests < 2:  # size unknown until robots.txt and a first page are in
-            size = self._sizes_total / len(self._sizes) if self._sizes else 0.0
-        else:
-            size = slot.requests + self.work.get(host, 0)
-        return min(MAX_HEAD_START_S, size * HEAD_START_PER_URL_S)
-
     def after_fetch(self, host: str) -> None:
         """A host's request finished: it competes again from its next eligible time."""
         self.schedule(host)
@@ -155,10 +116,10 @@ class Frontier:
     @property
     def idle(self) -> bool:
         """Nothing queued and no host waiting for another turn (of this crawl or another) to end."""
-        return not self._heap and not self._ready and not self._waiting
+        return not self._heap and not self._waiting
 
     def __len__(self) -> int:
-        return len(self._heap) + len(self._ready)
+        return len(self._heap)
 
     async def next_host(self, timeout: float | None = None) -> str | None:
         """Wait for the host with the earliest eligible time to become eligible, and pop it.
@@ -169,26 +130,23 @@ class Frontier:
         deadline = None if timeout is None else self.clock() + timeout
         while True:
             now = self.clock()
-            while self._heap and self._heap[0][0] <= now:  # eligible now: ranked in _ready
-                at, seq, host = heapq.heappop(self._heap)
-                slot = self.slot(host)
-                if slot.next_eligible > now:  # its slot moved on (e.g. Retry-After): re-key it
-                    heapq.heappush(self._heap, (slot.next_eligible, next(self._seq), host))
-                    continue
-                at = max(at, slot.next_eligible)
-                heapq.heappush(self._ready, (at - self._head_start(host, slot), seq, host))
-            while self._ready:
-                _, _, host = heapq.heappop(self._ready)
+            while self._heap:
+                at, _, host = self._heap[0]
                 slot = self.slot(host)
                 if slot.turns >= self.politeness.max_in_flight_per_host:
                     # Busy (this crawl's turn or another's): requeued when that turn ends.
+                    heapq.heappop(self._heap)
                     self._queued.discard(host)
                     self._waiting.add(host)
                     slot.waiters.add(self)
                     continue
-                if slot.next_eligible > now:  # moved on since it became eligible
-                    heapq.heappush(self._heap, (slot.next_eligible, next(self._seq), host))
-                    continue
+                at = max(at, slot.next_eligible)
+                if at > now:
+                    if at != self._heap[0][0]:  # its slot moved on (e.g. Retry-After): re-key it
+                        heapq.heapreplace(self._heap, (at, next(self._seq), host))
+                        continue
+                    break
+                heapq.heappop(self._heap)
                 self._queued.discard(host)
                 metrics.FRONTIER_HOSTS.set(len(self._queued))
                 slot.turns += 1  # reserved until end_turn(host)

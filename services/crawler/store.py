@@ -68,9 +68,6 @@ class URLRecord:
     via: str | None
     state: URLState
     attempts: int
-    # A claim's hint for the frontier: URLs of the host still ready after this one was taken
-    # (what the host's chain of requests has left; 0 where the store does not say).
-    left: int = 0
 
 
 @dataclass(frozen=True)

@@ -220,7 +220,7 @@ setcount(host, s, 1)
 refresh(host)
 audit()
 local f = redis.call('HMGET', rk, 'u', 'h', 'd', 'r', 'v', 'a')
-return {id, f[1], f[2], f[3], f[4], f[5], f[6], redis.call('ZCARD', KP .. 'q:' .. host)}
+return {id, f[1], f[2], f[3], f[4], f[5], f[6]}
 """
 )
 
@@ -576,7 +576,7 @@ class RedisStore(FrontierStore):
         self._claims[url_id] = (p, epoch)
         return URLRecord(
             url_id, _s(res[1]), _s(res[2]), int(res[3]), int(res[4]), _s(res[5]) or None,
-            URLState.SCHEDULED, int(res[6]), int(res[7]),
+            URLState.SCHEDULED, int(res[6]),
         )  # fmt: skip
 
     def start(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:

@@ -219,6 +219,10 @@ class SQLiteStore(FrontierStore):
         self.ops_committed = 0  # operations they held
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # _Op, [_Op, ...] or _CLOSE
         self._outgoing: list[_Op] = []  # the event loop's operations of this turn (_hand_over)
+        # Hosts given URLs by a depth re-derivation since the last changed_hosts() (written on
+        # the store thread): a descendant admitted through a shorter path may be of any host.
+        self._changed: dict[str, float] = {}
+        self._changed_lock = threading.Lock()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"sqlite-store:{self.path.name}", daemon=True)
         self._thread.start()
@@ -388,7 +392,7 @@ class SQLiteStore(FrontierStore):
                 seen = cur.execute("SELECT id, depth FROM urls WHERE url_key=?", (key,)).fetchone()
             if seen is not None:
                 if u.depth < seen[1]:
-                    self._lower_depth(seen[0], u.depth, max_per_host, now, max_depth)
+                    new += self._lower_depth(seen[0], u.depth, max_per_host, now, max_depth)
                 continue
             if max_depth is not None and u.depth > max_depth:
                 continue
@@ -413,11 +417,12 @@ class SQLiteStore(FrontierStore):
 
     def _lower_depth(
         self, url_id: int, depth: int, max_per_host: int | None, now: float, max_depth: int | None
-    ) -> None:
+    ) -> int:
         """A URL was reached by a shorter path: lower its depth and, if it was already fetched,
         its descendants' (links once cut by max_depth may now be admitted). Hosts are crawled in
         parallel, so discovery order is not BFS order; this keeps max_depth meaning BFS depth."""
         stack = [(url_id, depth)]
+        new = 0  # descendants admitted now (returned: they count as discovered)
         while stack:
             uid, d = stack.pop()
             row = self._db.execute("SELECT depth, state FROM urls WHERE id=?", (uid,)).fetchone()
@@ -432,8 +437,13 @@ class SQLiteStore(FrontierStore):
                 child = self._db.execute("SELECT id FROM urls WHERE url_key=?", (url_key(url),)).fetchone()
                 if child is not None:
                     stack.append((child[0], d + delta))
-                else:
-                    self._insert([NewURL(url, host, d + delta, redirects, via)], max_per_host, now, max_depth)
+                elif self._insert(
+                    [NewURL(url, host, d + delta, redirects, via)], max_per_host, now, max_depth
+                ):
+                    new += 1
+                    with self._changed_lock:  # a host the caller's links may not name
+                        self._changed[host] = 0.0
+        return new
 
     @_timed("add")
     def _add(self, urls: list[NewURL], max_per_host: int | None, now: float, max_depth: int | None) -> int:
@@ -453,10 +463,7 @@ class SQLiteStore(FrontierStore):
             "UPDATE urls SET state=?, lease_owner=?, lease_until=? WHERE id=?",
             (int(URLState.SCHEDULED), owner, now + lease_seconds, row[0]),
         )
-        left = self._db.execute("SELECT n FROM host_ready WHERE host=?", (host,)).fetchone()
-        return URLRecord(
-            row[0], row[1], row[2], row[3], row[4], row[5], URLState.SCHEDULED, row[7], left[0] if left else 0
-        )
+        return URLRecord(row[0], row[1], row[2], row[3], row[4], row[5], URLState.SCHEDULED, row[7])
 
     @_timed("start")
     def _start(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
@@ -646,6 +653,14 @@ class SQLiteStore(FrontierStore):
 
     def release_owner(self, owner: str) -> int:
         return int(self._call(self._release_owner, owner))
+
+    def changed_hosts(self) -> list[tuple[str, float]]:
+        """Hosts given URLs by a depth re-derivation since the last call (the engine schedules
+        the hosts of a page's own links itself); one whose insert a failed commit took back is
+        only scheduled for nothing."""
+        with self._changed_lock:
+            changed, self._changed = self._changed, {}
+        return list(changed.items())
 
     def pending_hosts(self) -> list[tuple[str, float]]:
         hosts: list[tuple[str, float]] = self._call(self._pending_hosts)

@@ -172,6 +172,23 @@ def test_a_shorter_path_found_later_lowers_depths_and_admits_cut_links(tmp_path:
     assert store._db.execute("SELECT depth FROM urls WHERE url='http://a.test/far'").fetchone() == (1,)
 
 
+def test_a_link_admitted_by_a_shorter_path_names_its_host_to_the_engine(tmp_path: Path) -> None:
+    """The cut link re-admitted by a depth lowering may be of a host none of the new page's links
+    name: the store counts it as new and names its host in changed_hosts (the engine schedules
+    those), else the crawl could end with it ready and never fetched."""
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    store.add([_u("/far", depth=3)], now=0, max_depth=3)
+    rec = store.claim("a.test", "w", 10, now=0)
+    assert rec is not None and store.start(rec.id, "w", 10, now=0)
+    links = [_u("/child", host="x.test", depth=4)]  # over the limit: cut, its edge kept
+    assert store.finish(rec.id, Outcome(URLState.FETCHED, status=200), links, max_depth=3, now=0) == 0
+    assert store.changed_hosts() == []
+    assert store.add([_u("/far", depth=1)], now=0, max_depth=3) == 1  # /child of x.test, depth 2
+    assert store.changed_hosts() == [("x.test", 0.0)]
+    assert store.changed_hosts() == []  # drained
+    assert store.pending_hosts() == [("x.test", 0.0)]
+
+
 # Several pages at once through the engine's path (the store thread, group commits): claims and
 # starts ride uncommitted with the finishes, some URLs are retried, some fail. A line is printed
 # only once the finish (or retry) that it reports has returned, i.e. was committed.
