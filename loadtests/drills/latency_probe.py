@@ -3,8 +3,11 @@
 The overload generator keeps hundreds of streams open in one Python process on the same small
 machine; its own event loop falls behind, and a 429 that left the server in 10 ms is timed by it
 at tens of seconds. This probe sends a sparse, steady stream of interactive requests from a
-separate process (its own interpreter and GIL) and times each answer's head: what a user whose
-request arrives during the overload sees. Prints one JSON object on stdout.
+separate process (its own interpreter and GIL; the drill starts it in its own session, so its
+own scheduling group) and times each answer's head: what a user whose request arrives during
+the overload sees. Each request carries X-Request-ID `probe-<start>-<i>`, reported with its head,
+so the server's access log gives the server's own time for the same request. Prints one JSON
+object on stdout.
 
 Every other request carries `deadline_ms: 1`, which admission's wait estimate always exceeds:
 the server takes it through the whole path of any rejection (parse, tokenise, estimate, 503 with
