@@ -29,6 +29,7 @@ the embedding model (about 10 s to load), the jobs and admission's state all sta
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import functools
@@ -37,7 +38,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
@@ -394,6 +395,9 @@ class ProcessEngine(EngineConsumers):
         self._out_cv = threading.Condition(self._lock)
         self._outbox: list[tuple[Any, ...]] = []
         self._seqs: dict[str, Sequence] = {}  # submitted to the current child, not finished
+        # seq_id -> (loop, queue) of the `stream` consuming it: the reader hands each turn's
+        # updates for them to their loop in one call, which applies them there (see _read)
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._call_ids = itertools.count()
         self._submits = 0
@@ -546,6 +550,45 @@ class ProcessEngine(EngineConsumers):
             self._put(("score", call_id, prompt, candidates))
         return fut
 
+    async def stream(self, seq: Sequence) -> AsyncIterator[SeqEvent]:
+        """`EngineConsumers.stream`, fed in batches: the reader thread hands each turn's updates
+        for this loop's streams over in one call_soon_threadsafe, and they are applied here, on
+        the loop; the queue carries one item per sequence per turn (a list of new tokens, or an
+        event), not one per token."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[list[int] | SeqEvent] = asyncio.Queue()
+
+        def from_thread(ev: SeqEvent) -> None:  # _fail_all (the child died), from the reader
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, ev)
+            except RuntimeError:  # the loop is closed: its consumer is gone
+                pass
+
+        seq.on_event = from_thread
+        with self._lock:
+            self._streams[seq.seq_id] = (loop, queue)
+        try:
+            self.submit(seq)
+        except BaseException:
+            with self._lock:
+                self._streams.pop(seq.seq_id, None)
+            raise
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, list):
+                    for tok in item:
+                        yield SeqEvent("token", token=tok, seq=seq)
+                    continue
+                yield item
+                if item.kind == "finish":
+                    return
+        finally:
+            with self._lock:
+                self._streams.pop(seq.seq_id, None)
+            if seq.status is not SeqStatus.FINISHED:
+                self.cancel(seq)  # consumer went away (disconnect, error): free it next step
+
     def _send_loop(self) -> None:
         while True:
             with self._out_cv:
@@ -656,8 +699,7 @@ class ProcessEngine(EngineConsumers):
                 return
             kind = msg[0]
             if kind == "turn":
-                for u in msg[1]:
-                    self._apply(u)
+                self._turn(msg[1])
                 if msg[2] is not None:
                     view, stats, received = msg[2]
                     with self._lock:
@@ -676,9 +718,79 @@ class ProcessEngine(EngineConsumers):
                     else:
                         fut.set_exception(RuntimeError(msg[3]))
 
-    def _apply(self, u: tuple[Any, ...]) -> None:
+    def _turn(self, updates: list[tuple[Any, ...]]) -> None:
+        """One turn's updates: those of `stream` consumers go to their loop in one call per loop
+        (applied there, so the reader holds the GIL only to sort them); the rest apply here."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, asyncio.Queue, tuple[Any, ...]]]] = {}
+        with self._lock:
+            seqs, streams = self._seqs, self._streams
+            here = []
+            for u in updates:
+                sid = u[0]
+                seq = seqs.get(sid)
+                if seq is None:
+                    continue
+                if u[11] is not None:  # its last update: the child has forgotten it
+                    del seqs[sid]
+                target = streams.get(sid)
+                if target is None:
+                    here.append((seq, u))
+                else:
+                    loop, queue = target
+                    batch = batches.get(loop)
+                    if batch is None:
+                        batch = batches[loop] = []
+                    batch.append((seq, queue, u))
+        for loop, batch in batches.items():
+            try:
+                loop.call_soon_threadsafe(self._apply_on_loop, batch)
+            except RuntimeError:  # the loop is closed: its consumers are gone
+                pass
+        for seq, u in here:
+            self._apply(seq, u)
+
+    @staticmethod
+    def _apply_on_loop(batch: list[tuple[Sequence, asyncio.Queue, tuple[Any, ...]]]) -> None:
+        for seq, queue, u in batch:
+            if seq.status is SeqStatus.FINISHED:  # ended here already (_fail_all: the child died)
+                continue
+            (
+                _,
+                toks,
+                rec,
+                status,
+                computed,
+                cached,
+                preempted,
+                first_sched,
+                first_tok,
+                fin_at,
+                fin_step,
+                reason,
+            ) = u
+            if toks:
+                seq.output.extend(toks)
+            if rec:
+                seq.sampling.recorded.extend(rec)
+            seq.num_computed = computed
+            seq.cached_tokens = cached
+            seq.preemptions = preempted
+            seq.first_scheduled = first_sched
+            seq.first_token_at = first_tok
+            if toks and seq.emit_tokens:
+                queue.put_nowait(toks)
+            if reason is None:
+                seq.status = SeqStatus(status)
+                continue
+            seq.finish_reason = reason
+            seq.finish_step = fin_step
+            seq.finished_at = fin_at
+            seq.status = SeqStatus.FINISHED
+            queue.put_nowait(SeqEvent("finish", finish_reason=reason, seq=seq))
+
+    def _apply(self, seq: Sequence, u: tuple[Any, ...]) -> None:
         (
-            sid,
+            _sid,
             toks,
             rec,
             status,
@@ -691,9 +803,6 @@ class ProcessEngine(EngineConsumers):
             fin_step,
             reason,
         ) = u
-        seq = self._seqs.get(sid)
-        if seq is None:
-            return
         if toks:
             seq.output.extend(toks)
         if rec:
@@ -709,8 +818,6 @@ class ProcessEngine(EngineConsumers):
                 for tok in toks:
                     seq.emit(SeqEvent("token", token=tok))
             return
-        with self._lock:
-            self._seqs.pop(sid, None)
         seq.finish_reason = reason
         seq.finish_step = fin_step
         seq.finished_at = fin_at

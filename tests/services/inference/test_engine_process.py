@@ -349,3 +349,67 @@ def test_engine_process_niceness_and_clean_stop() -> None:
     assert not eng.alive
     with pytest.raises(ProcessLookupError):
         os.kill(eng.pid, 0)
+
+
+def test_a_turn_reaches_the_streams_of_a_loop_in_one_call() -> None:
+    """The reader hands one turn's updates for a loop's streams over in one call; each stream
+    still sees its tokens in order, then one finish, and the Sequence holds the child's state."""
+    import asyncio
+    import threading
+
+    from services.inference.app import model_config
+    from services.inference.settings import InferenceSettings
+
+    s = InferenceSettings(
+        d_model=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=256, kv_cache_tokens=1024, embeddings=False,
+        grpc_port=-1, torch_threads=1,
+    )  # fmt: skip
+    eng = ProcessEngine(s, model_config(s), eos_ids=frozenset({257}))  # never started: no child
+    eng._ready = True  # submissions go to the outbox, which nobody sends
+
+    def upd(sid: str, toks: list[int], reason: str | None) -> tuple[Any, ...]:
+        status = "running" if reason is None else "finished"
+        return (sid, toks, [], status, 3 + len(toks), 0, 0, 1.0, 2.0, 3.0 if reason else None, 7, reason)
+
+    async def main() -> tuple[dict[str, list[Any]], int]:
+        loop = asyncio.get_running_loop()
+        calls = 0
+        real = loop.call_soon_threadsafe
+
+        def counting(*args: Any, **kw: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return real(*args, **kw)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
+        seqs = [Sequence(f"t{i}", "alice", [1, 2, 3], 4) for i in range(2)]
+        got: dict[str, list[Any]] = {}
+
+        async def consume(seq: Sequence) -> None:
+            async for ev in eng.stream(seq):
+                got.setdefault(seq.seq_id, []).append(ev.token if ev.kind == "token" else ev.finish_reason)
+
+        tasks = [asyncio.create_task(consume(seq)) for seq in seqs]
+        await asyncio.sleep(0)  # both registered and submitted
+        turns = [
+            [upd("t0", [10], None), upd("t1", [20], None), upd("gone", [1], None)],
+            [upd("t0", [11, 12], "length"), upd("t1", [21], None)],
+            [upd("t1", [], "stop")],
+        ]
+
+        def read() -> None:
+            for t in turns:
+                eng._turn(t)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        await asyncio.gather(*tasks)
+        reader.join()
+        assert seqs[0].output == [10, 11, 12] and seqs[0].num_computed == 5 and seqs[0].finish_step == 7
+        assert seqs[1].output == [20, 21] and seqs[1].finish_reason == "stop"
+        return got, calls
+
+    got, calls = asyncio.run(main())
+    assert got == {"t0": [10, 11, 12, "length"], "t1": [20, 21, "stop"]}
+    assert calls == 3  # one per turn, not one per token or per sequence
+    assert not eng._seqs and not eng._streams
