@@ -750,45 +750,9 @@ class ProcessEngine(EngineConsumers):
             self._apply(seq, u)
 
     @staticmethod
-    def _apply_on_loop(batch: list[tuple[Sequence, asyncio.Queue, tuple[Any, ...]]]) -> None:
-        for seq, queue, u in batch:
-            if seq.status is SeqStatus.FINISHED:  # ended here already (_fail_all: the child died)
-                continue
-            (
-                _,
-                toks,
-                rec,
-                status,
-                computed,
-                cached,
-                preempted,
-                first_sched,
-                first_tok,
-                fin_at,
-                fin_step,
-                reason,
-            ) = u
-            if toks:
-                seq.output.extend(toks)
-            if rec:
-                seq.sampling.recorded.extend(rec)
-            seq.num_computed = computed
-            seq.cached_tokens = cached
-            seq.preemptions = preempted
-            seq.first_scheduled = first_sched
-            seq.first_token_at = first_tok
-            if toks and seq.emit_tokens:
-                queue.put_nowait(toks)
-            if reason is None:
-                seq.status = SeqStatus(status)
-                continue
-            seq.finish_reason = reason
-            seq.finish_step = fin_step
-            seq.finished_at = fin_at
-            seq.status = SeqStatus.FINISHED
-            queue.put_nowait(SeqEvent("finish", finish_reason=reason, seq=seq))
-
-    def _apply(self, seq: Sequence, u: tuple[Any, ...]) -> None:
+    def _copy_state(seq: Sequence, u: tuple[Any, ...]) -> tuple[list[int], str | None]:
+        """Copy one step's update from the child into `seq`, all but a finish's status; return
+        the new tokens and the finish reason (None while it runs)."""
         (
             _sid,
             toks,
@@ -814,18 +778,33 @@ class ProcessEngine(EngineConsumers):
         seq.first_token_at = first_tok
         if reason is None:
             seq.status = SeqStatus(status)
-            if seq.emit_tokens:
-                for tok in toks:
-                    seq.emit(SeqEvent("token", token=tok))
-            return
-        seq.finish_reason = reason
-        seq.finish_step = fin_step
-        seq.finished_at = fin_at
-        seq.status = SeqStatus.FINISHED
+        else:
+            seq.finish_reason = reason
+            seq.finish_step = fin_step
+            seq.finished_at = fin_at
+        return toks, reason
+
+    @staticmethod
+    def _apply_on_loop(batch: list[tuple[Sequence, asyncio.Queue, tuple[Any, ...]]]) -> None:
+        for seq, queue, u in batch:
+            if seq.status is SeqStatus.FINISHED:  # ended here already (_fail_all: the child died)
+                continue
+            toks, reason = ProcessEngine._copy_state(seq, u)
+            if toks and seq.emit_tokens:
+                queue.put_nowait(toks)
+            if reason is not None:
+                seq.status = SeqStatus.FINISHED
+                queue.put_nowait(SeqEvent("finish", finish_reason=reason, seq=seq))
+
+    def _apply(self, seq: Sequence, u: tuple[Any, ...]) -> None:
+        toks, reason = self._copy_state(seq, u)
+        if reason is not None:
+            seq.status = SeqStatus.FINISHED
         if seq.emit_tokens:
             for tok in toks:
                 seq.emit(SeqEvent("token", token=tok))
-        seq.emit(SeqEvent("finish", finish_reason=reason))
+        if reason is not None:
+            seq.emit(SeqEvent("finish", finish_reason=reason))
 
     def _fail_all(self, reason: str) -> None:
         """The engine process is gone: end what it held, fail its calls, forget its state."""
