@@ -370,84 +370,82 @@ async def test_round_robin_takes_turns_and_keeps_the_token_budget() -> None:
 
 
 # -- the tokeniser pool is bounded ---------------------------------------------------------------
+class _HeldPool:
+    """A gateway whose tokeniser holds any prompt starting with "held" until released, and
+    records the thread each prompt was tokenised on."""
+
+    def __init__(self, *, inline_chars: int) -> None:
+        from services.inference.admission import Admission, Limits
+        from services.inference.gateway import Gateway, InputLimits
+        from services.inference.model.tokenizer import ByteTokenizer
+
+        self.started, self.release = threading.Event(), threading.Event()
+        self.threads: dict[str, str] = {}
+        pool = self
+
+        class HeldTokenizer(ByteTokenizer):
+            def encode(self, text: str, *, add_bos: bool = True) -> list[int]:
+                pool.threads[text] = threading.current_thread().name
+                if text.startswith("held"):
+                    pool.started.set()
+                    assert pool.release.wait(WAIT_S)
+                return super().encode(text, add_bos=add_bos)
+
+        self.gateway = Gateway(
+            None,  # type: ignore[arg-type]  # tokenising needs no engine
+            Admission([], Limits()),
+            model_name=MODEL,
+            tokenizer=HeldTokenizer(),
+            input_limits=InputLimits(
+                tokenize_threads=1, tokenize_max_pending=1, tokenize_inline_chars=inline_chars
+            ),
+        )
+
+
 async def test_tokenising_past_the_pending_bound_is_a_503() -> None:
-    from services.inference.admission import Admission, Limits
     from services.inference.errors import Overloaded
-    from services.inference.gateway import CompletionParams, Gateway, InputLimits
+    from services.inference.gateway import CompletionParams
     from services.inference.model.tokenizer import ByteTokenizer
 
-    started, release = threading.Event(), threading.Event()
-
-    class HeldTokenizer(ByteTokenizer):
-        def encode(self, text: str, *, add_bos: bool = True) -> list[int]:
-            if text == "held":
-                started.set()
-                assert release.wait(WAIT_S)
-            return super().encode(text, add_bos=add_bos)
-
-    gateway = Gateway(
-        None,  # type: ignore[arg-type]  # tokenising needs no engine
-        Admission([], Limits()),
-        model_name=MODEL,
-        tokenizer=HeldTokenizer(),
-        input_limits=InputLimits(tokenize_threads=1, tokenize_max_pending=1, tokenize_inline_chars=0),
-    )
+    pool = _HeldPool(inline_chars=0)
     held = CompletionParams(prompt="held")
-    first = asyncio.create_task(gateway.tokenize([held]))
+    first = asyncio.create_task(pool.gateway.tokenize([held]))
     try:
-        assert await asyncio.to_thread(started.wait, WAIT_S)
+        assert await asyncio.to_thread(pool.started.wait, WAIT_S)
         with pytest.raises(Overloaded) as busy:
-            await gateway.tokenize([CompletionParams(prompt="next")])
+            await pool.gateway.tokenize([CompletionParams(prompt="next")])
         assert busy.value.status == 503 and busy.value.retry_after
     finally:
-        release.set()
+        pool.release.set()
     await asyncio.wait_for(first, WAIT_S)
     assert held.encoded == ByteTokenizer().encode("held")
     after = CompletionParams(prompt="after")
-    await gateway.tokenize([after])  # the bound is free again
+    await pool.gateway.tokenize([after])  # the bound is free again
     assert after.encoded == ByteTokenizer().encode("after")
 
 
 async def test_short_prompts_are_tokenised_on_the_loop_long_ones_on_the_pool() -> None:
     """A short prompt never queues for the pool (not even behind a busy one, not a 503): the
     hop costs more than the tokenising; one past tokenize_inline_chars goes to the pool."""
-    from services.inference.admission import Admission, Limits
     from services.inference.errors import Overloaded
-    from services.inference.gateway import CompletionParams, Gateway, InputLimits
+    from services.inference.gateway import CompletionParams
     from services.inference.model.tokenizer import ByteTokenizer
 
-    started, release = threading.Event(), threading.Event()
-    threads: dict[str, str] = {}
-
-    class HeldTokenizer(ByteTokenizer):
-        def encode(self, text: str, *, add_bos: bool = True) -> list[int]:
-            threads[text] = threading.current_thread().name
-            if text.startswith("held"):
-                started.set()
-                assert release.wait(WAIT_S)
-            return super().encode(text, add_bos=add_bos)
-
-    gateway = Gateway(
-        None,  # type: ignore[arg-type]  # tokenising needs no engine
-        Admission([], Limits()),
-        model_name=MODEL,
-        tokenizer=HeldTokenizer(),
-        input_limits=InputLimits(tokenize_threads=1, tokenize_max_pending=1, tokenize_inline_chars=8),
-    )
+    pool = _HeldPool(inline_chars=8)
     held = CompletionParams(prompt="held" * 3)  # 12 characters: the pool
-    first = asyncio.create_task(gateway.tokenize([held]))
+    first = asyncio.create_task(pool.gateway.tokenize([held]))
     try:
-        assert await asyncio.to_thread(started.wait, WAIT_S)
+        assert await asyncio.to_thread(pool.started.wait, WAIT_S)
         short = [CompletionParams(prompt="abcd"), CompletionParams(prompt="efgh")]  # 8 together
-        await gateway.tokenize(short)  # the pool is full, yet no 503 and no wait
+        await pool.gateway.tokenize(short)  # the pool is full, yet no 503 and no wait
         assert [p.encoded for p in short] == [ByteTokenizer().encode("abcd"), ByteTokenizer().encode("efgh")]
-        assert threads["abcd"] == threads["efgh"] == threading.current_thread().name
+        assert pool.threads["abcd"] == pool.threads["efgh"] == threading.current_thread().name
         with pytest.raises(Overloaded):  # 9 characters together: the pool, which is full
-            await gateway.tokenize([CompletionParams(prompt="abcd"), CompletionParams(prompt="efghi")])
+            await pool.gateway.tokenize([CompletionParams(prompt="abcd"), CompletionParams(prompt="efghi")])
     finally:
-        release.set()
+        pool.release.set()
     await asyncio.wait_for(first, WAIT_S)
-    assert threads["heldheldheld"].startswith("tokenize")
+    assert pool.threads["heldheldheld"].startswith("tokenize")
 
 
 async def test_batches_follow_the_tenants_weights() -> None:
