@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 import yaml
 from warcio.archiveiterator import ArchiveIterator
@@ -29,6 +28,7 @@ from deploy.grafana import build as dashboards
 from deploy.topology import ROOT, load_compose, local_services
 from libs.testkit.net import free_port_offset
 from tests.conftest import need_binary
+from tests.launched import launched
 
 pytestmark = pytest.mark.slow
 
@@ -53,35 +53,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     need_binary("prometheus")
     var_dir = tmp_path_factory.mktemp("stack-var")
     offset = free_offset()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.launch", "--port-offset", str(offset), "--var-dir", str(var_dir)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: list[str] = []
-    deadline = time.monotonic() + 240
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        output.append(line)
-        if "stack up" in line:
-            break
-    if not any("stack up" in line for line in output):
-        proc.kill()
-        pytest.fail("the stack did not come up:\n" + "".join(output))
-    children = psutil.Process(proc.pid).children(recursive=True)
-    yield Stack(proc, offset, var_dir, output)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    _, alive = psutil.wait_procs(children, timeout=10)
-    for p in alive:
-        p.kill()
-    assert not alive, f"left running after Ctrl-C: {alive}"
+    with launched(["--port-offset", str(offset), "--var-dir", str(var_dir)]) as run:
+        yield Stack(run.proc, offset, var_dir, run.output)
 
 
 def test_every_service_of_ours_started(stack: Stack):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 from deploy.topology import ROOT, local_services
 from libs.testkit.net import free_port_offset
 from tests.conftest import need_binary
+from tests.launched import launched
 
 pytestmark = pytest.mark.slow
 
@@ -41,30 +41,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, bool]
     var_dir = tmp_path_factory.mktemp("experiments-stack")
     offset = _free_offset()
     only = ("redis," if redis else "") + SERVICES
-    argv = [sys.executable, "-m", "deploy.launch", "--only", only, "--port-offset", str(offset)]
+    argv = ["--only", only, "--port-offset", str(offset)]
     argv += ["--var-dir", str(var_dir)] + (["--redis"] if redis else [])
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output: list[str] = []
-    deadline = time.monotonic() + 240
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        output.append(line)
-        if "stack up" in line:
-            break
-    if not any("stack up" in line for line in output):
-        proc.kill()
-        pytest.fail("the stack did not come up:\n" + "".join(output))
-    children = psutil.Process(proc.pid).children(recursive=True)
-    yield offset, redis
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
-    _, alive = psutil.wait_procs(children, timeout=10)
-    for p in alive:
-        p.kill()
-    assert not alive, f"left running after Ctrl-C: {alive}"
+    with launched(argv):
+        yield offset, redis
 
 
 EXPERIMENTS = [

@@ -11,20 +11,16 @@ while every invariant held. The rules' logic is proven by `promtool test rules`.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
-from deploy.topology import ROOT, local_services
+from deploy.topology import local_services
 from libs.testkit.net import free_port_offset
 from loadtests.drills import runner
 from tests.conftest import free_port, need_binary
+from tests.launched import launched
 
 pytestmark = pytest.mark.slow
 
@@ -42,34 +38,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     var_dir = tmp_path_factory.mktemp("drill-stack")
     offset = free_offset()
     args = ["--redis", "--only", SERVICES, "--port-offset", str(offset), "--metrics-port", str(free_port())]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.launch", *args, "--var-dir", str(var_dir)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: list[str] = []
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        output.append(line)
-        if "stack up" in line:
-            break
-    if not any("stack up" in line for line in output):
-        proc.kill()
-        pytest.fail("the stack did not come up:\n" + "".join(output))
-    children = psutil.Process(proc.pid).children(recursive=True)
-    yield {"port_offset": offset, "var_dir": str(var_dir)}
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=90)
-    _, alive = psutil.wait_procs(children, timeout=10)
-    for p in alive:
-        p.kill()
-    assert not alive, f"left running after Ctrl-C: {alive}"
+    with launched([*args, "--var-dir", str(var_dir)], stop_within_s=90):
+        yield {"port_offset": offset, "var_dir": str(var_dir)}
 
 
 @pytest.mark.parametrize("name", ["crawler-kill", "dedup-kill", "redis-down"])
