@@ -388,7 +388,15 @@ def tail_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
     For files of at most 2 x partial_size, head and tail digests together identify the content.
     """
     n, alg = ctx.config.partial_size, ctx.config.algorithm
-    covered = [g for g in groups if g.size <= n or _direct(g)]
+    # A group the head split small enough to go straight to verification keeps no digest:
+    # a head digest of a file longer than the head is no content digest (verification hashes
+    # the content while it compares, when a cache keeps it; the watcher relies on a group's
+    # digest being its content's).
+    covered = [
+        g if g.size <= n or g.digest is None else Group(g.size, g.files, None)
+        for g in groups
+        if g.size <= n or _direct(g)
+    ]
     rest = [g for g in groups if g.size > n and not _direct(g)]
     return covered + _refine(
         rest,

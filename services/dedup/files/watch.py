@@ -7,7 +7,9 @@ up to date from filesystem change notifications (inotify, through watchfiles/Rus
                                                           the scan's pipeline, on index entries
     each change batch ─> lstat only the changed paths     added/modified/deleted files; a directory
                                                           that appears (created, renamed in) is walked,
-                                                          one that disappears is dropped
+                                                          one that disappears is dropped; the other
+                                                          names of a changed inode (hard links get no
+                                                          event of their own) are lstat'ed too
                        ─> stages.find_duplicates(members of the size buckets that changed)
                        ─> the report (same format as `scan`), `--report PATH` replaced atomically
 
@@ -87,9 +89,12 @@ def _kept_cache_class() -> type:
             return None if value is None else value.get(field)
 
         def invalidate(self, keys: Iterable[tuple[int, int]]) -> None:
+            """No row of these inodes is trusted again: not the one in memory, nor the one in
+            the file (None = looked up, none valid), whose stamp a write within one timestamp
+            tick leaves as it was; a digest computed from now on replaces it."""
             with self._lock:
                 for key in keys:
-                    self._work.pop(key, None)
+                    self._work[key] = None
                     self._stamp.pop(key, None)
                     self._dirty.discard(key)
 
@@ -145,15 +150,19 @@ class WatchIndex:
         self.batches = 0
         self._invalidate: set[tuple[int, int]] = set()  # inodes whose cached rows may be stale
         self._changed: set[bytes] = set()  # paths added, changed or removed since the last verify
-        self._names: dict[tuple[int, int], int] = {}  # (dev, ino) -> names in the index
+        # (dev, ino) -> its names in the index: the path itself while it has one (the same
+        # bytes object as the key of `files`: no memory of its own), a set from the second.
+        self._names: dict[tuple[int, int], bytes | set[bytes]] = {}
+        self._linked: list[FileEntry] | None = None  # inodes with 2+ names (None: to redo)
+        self._inodes_touched: set[tuple[int, int]] = set()  # this batch: 2+ names, one changed
         self._real_dirs: dict[bytes, bool] = {}  # this batch: directory -> resolves outside
         self.full_scans = 0
         # The answer kept up to date per size (only the sizes a batch re-verified are redone):
-        # sizes with groups in order, per size (groups, files, wasted bytes, hard-linked
-        # entries), the totals, and each size's JSON text (made when a JSON report asks).
+        # sizes with groups in order, per size (groups, files, wasted bytes), the totals,
+        # and each size's JSON text (made when a JSON report asks).
         self._dirty: set[int] = set()  # sizes whose groups changed since the last result()
         self._sizes: list[int] = []
-        self._agg: dict[int, tuple[int, int, int, list[FileEntry]]] = {}
+        self._agg: dict[int, tuple[int, int, int]] = {}
         self._n_files = 0
         self._wasted = 0
         self._texts: dict[int, bytes] = {}  # size -> its groups' JSON text (see json_chunks)
@@ -166,15 +175,29 @@ class WatchIndex:
         it, so it is re-verified even when its stamp looks the same (a write within one
         timestamp tick leaves mtime as it was)."""
         old = self.files.get(path)
+        key = st[:2]
         if force:
-            self._invalidate.add(st[:2])
+            self._invalidate.add(key)
             self._changed.add(path)
         if old == st:
+            if force and isinstance(self._names.get(key), set):
+                self._inodes_touched.add(key)  # its other names changed with it
             return {st[3]} if force else set()
         touched = self._remove(path)
         self.files[path] = st
         self._changed.add(path)
-        self._names[st[:2]] = self._names.get(st[:2], 0) + 1
+        names = self._names.get(key)
+        if names is None:
+            self._names[key] = path
+        else:
+            # Another name of an indexed inode (a hard link): inotify says nothing of the
+            # others (link(2) changed their ctime, a write through this name their content).
+            self._inodes_touched.add(key)
+            self._linked = None
+            if isinstance(names, set):
+                names.add(path)
+            else:
+                self._names[key] = {names, path}
         self.by_size.setdefault(st[3], set()).add(path)
         self.by_dir.setdefault(os.path.dirname(path), set()).add(path)
         touched.add(st[3])
@@ -187,11 +210,17 @@ class WatchIndex:
             return set()
         self._invalidate.add(old[:2])
         self._changed.add(path)
-        left = self._names[old[:2]] - 1
-        if left:
-            self._names[old[:2]] = left
+        key = old[:2]
+        names = self._names[key]
+        if isinstance(names, set):
+            # Its other names stay, with a link count (and ctime) unlink(2) changed silently.
+            self._inodes_touched.add(key)
+            self._linked = None
+            names.discard(path)
+            if len(names) == 1:
+                self._names[key] = names.pop()
         else:
-            del self._names[old[:2]]
+            del self._names[key]
         bucket = self.by_size.get(old[3])
         if bucket is not None:
             bucket.discard(path)
@@ -257,6 +286,7 @@ class WatchIndex:
         t0 = time.perf_counter()
         self.files.clear()
         self._names.clear()
+        self._linked = None
         self.by_size.clear()
         self.by_dir.clear()
         self.groups.clear()
@@ -505,41 +535,34 @@ class WatchIndex:
             # Each path is looked at once, as it is now (a path deleted and re-created in one
             # batch is simply there).
             added = {os.fsencode(p) for k, p in changes if k == ADDED}
-            for path in sorted({os.fsencode(p) for _k, p in changes}):
-                if self._excluded(path):
-                    continue
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    touched |= self._remove_tree(path)
-                    continue
-                mode = st.st_mode
-                if stat.S_ISLNK(mode) and self.options.follow_symlinks:
-                    touched |= self._remove_tree(path)
-                    touched |= self._walk_into([path])  # confined: a link out is an error entry
-                    subtrees += 1
-                elif stat.S_ISREG(mode):
-                    if self.options.one_file_system and not any(
-                        os.lstat(r).st_dev == st.st_dev for r in self.roots if self._under(path, r)
-                    ):
-                        touched |= self._remove(path)
-                    elif self._escapes(path):
-                        touched |= self._remove(path)
-                        self.errors[path] = WalkError(path, "outside the allowed scan roots; skipped")
-                    elif self._wanted(os.path.basename(path), st.st_size):
-                        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
-                        touched |= self._add(path, stamp, True)
-                    else:
-                        touched |= self._remove(path)
-                elif stat.S_ISDIR(mode):
-                    # A directory created or renamed in: its files may have come without events.
-                    if path in added:
-                        self.log(f"re-scanning subtree {os.fsdecode(path)}")
-                        touched |= self._remove_tree(path)
-                        touched |= self._walk_into([path])
-                        subtrees += 1
-                else:
-                    touched |= self._remove_tree(path)  # symlink (not followed), FIFO, socket...
+            looked = {os.fsencode(p) for _k, p in changes}
+            self._inodes_touched.clear()
+            for path in sorted(looked):
+                t, walked = self._look(path, path in added)
+                touched |= t
+                subtrees += walked
+            # Hard links: an event comes for the name a change went through only (link(2),
+            # unlink(2) and a write give none for the inode's other names, and IN_ATTRIB on a
+            # link count goes to the inode's own watches, not to its directory's). Every other
+            # indexed name of an inode whose names or stamp changed is looked at too.
+            # A name looked at may now be another inode's (replaced), whose names follow: each
+            # round looks at names not looked at yet, so the rounds end.
+            for _round in range(len(self.files) + 2):
+                more: set[bytes] = set()
+                for key in self._inodes_touched:
+                    names = self._names.get(key)
+                    if isinstance(names, set):
+                        more.update(n for n in names if n not in looked)
+                    elif names is not None and names not in looked:
+                        more.add(names)
+                self._inodes_touched.clear()
+                if not more:
+                    break
+                looked |= more
+                for path in sorted(more):
+                    t, walked = self._look(path, False)
+                    touched |= t
+                    subtrees += walked
         verified = 0 if rescan else self._verify(touched)
         if persist:
             self.flush_cache()
@@ -551,6 +574,43 @@ class WatchIndex:
             "files_verified": verified,
             "seconds": time.perf_counter() - t0,
         }
+
+    def _look(self, path: bytes, added: bool) -> tuple[set[int], int]:
+        """Index `path` as it is now; the sizes this touches and the subtrees walked (0/1)."""
+        touched: set[int] = set()
+        if self._excluded(path):
+            return touched, 0
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return self._remove_tree(path), 0
+        mode = st.st_mode
+        if stat.S_ISLNK(mode) and self.options.follow_symlinks:
+            touched |= self._remove_tree(path)
+            touched |= self._walk_into([path])  # confined: a link out is an error entry
+            return touched, 1
+        if stat.S_ISREG(mode):
+            if self.options.one_file_system and not any(
+                os.lstat(r).st_dev == st.st_dev for r in self.roots if self._under(path, r)
+            ):
+                return self._remove(path), 0
+            if self._escapes(path):
+                touched = self._remove(path)
+                self.errors[path] = WalkError(path, "outside the allowed scan roots; skipped")
+                return touched, 0
+            if self._wanted(os.path.basename(path), st.st_size):
+                stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+                return self._add(path, stamp, True), 0
+            return self._remove(path), 0
+        if stat.S_ISDIR(mode):
+            # A directory created or renamed in: its files may have come without events.
+            if added:
+                self.log(f"re-scanning subtree {os.fsdecode(path)}")
+                touched |= self._remove_tree(path)
+                touched |= self._walk_into([path])
+                return touched, 1
+            return touched, 0
+        return self._remove_tree(path), 0  # symlink (not followed), FIFO, socket...
 
     def _escapes(self, path: bytes) -> bool:
         """Whether the directory of `path` resolves outside the roots (a symlink above it)."""
@@ -589,10 +649,23 @@ class WatchIndex:
             gs.sort(key=_first_path)  # the report's order: (size, first path), see sort_groups
             n_files = sum(len(g.files) for g in gs)
             wasted = sum(g.wasted_bytes for g in gs)
-            linked = [f for g in gs for f in g.files if f.links]
-            self._agg[size] = (len(gs), n_files, wasted, linked)
+            self._agg[size] = (len(gs), n_files, wasted)
             self._n_files += n_files
             self._wasted += wasted
+
+    def hard_linked(self) -> list[FileEntry]:
+        """Every indexed inode with two or more names, grouped or not (as a scan reports them),
+        by its first name; kept until a name of one is added or removed."""
+        if self._linked is None:
+            linked = []
+            for names in self._names.values():
+                if isinstance(names, set):
+                    first, *others = sorted(names)
+                    dev, ino, mtime_ns, size, ctime_ns = self.files[first]
+                    linked.append(FileEntry(first, dev, ino, size, mtime_ns, ctime_ns, others))
+            linked.sort(key=_entry_path)
+            self._linked = linked
+        return self._linked
 
     def json_chunks(self) -> list[bytes]:
         """The JSON text of the groups (as report.write_json writes them; ASCII: strings are
@@ -628,7 +701,7 @@ class WatchIndex:
         (the groups' order, totals and hard-linked list are not recomputed over the tree)."""
         self._refresh()
         groups = [g for size in self._sizes for g in self.groups[size]]
-        hard_linked = [f for size in self._sizes for f in self._agg[size][3]]
+        hard_linked = self.hard_linked()
         return ScanResult(
             groups=groups,
             hard_linked=hard_linked,

@@ -323,7 +323,9 @@ def test_incremental_groups_equal_a_fresh_scan(tmp_path: Path) -> None:
             assert res.groups == whole, batch
             assert res.wasted_bytes == sum(g.wasted_bytes for g in whole), batch
             assert res.duplicate_files == sum(len(g.files) for g in whole), batch
-            assert res.hard_linked == [f for g in whole for f in g.files if f.links], batch
+            d, fresh_d = report.to_dict(res), report.to_dict(fresh)
+            want = _canonical(fresh_d["groups"], fresh_d["hard_linked"])
+            assert _canonical(d["groups"], d["hard_linked"]) == want, batch
             write_report(res, "json", str(report_file), json_report=jr)
             expected = io.StringIO()
             report.write_json(res, expected)
@@ -373,5 +375,142 @@ def test_changes_meet_untouched_groups_and_lone_files_through_their_digest(tmp_p
             ["h1", "h2"],
         ]
         assert any(g is h_group for g in index.groups[size])  # untouched: not rebuilt
+    finally:
+        index.close()
+
+
+def _canonical(groups: list[dict], hard_linked: list[dict]) -> tuple[list, list]:
+    """A report's groups and hard-linked inodes in a form that does not depend on which name
+    of an inode the walk met first: per group its size, wasted bytes and per inode (dev, ino,
+    mtime, every name); the digest is left out (a scan without a cache has none)."""
+
+    def inode(f: dict) -> tuple:
+        names = sorted([f["path"], *(x["path"] for x in f.get("links", []))])
+        return (f["dev"], f["ino"], f["mtime_ns"], names)
+
+    gs = sorted((g["size"], g["wasted_bytes"], sorted(inode(f) for f in g["files"])) for g in groups)
+    return gs, sorted(inode(f) for f in hard_linked)
+
+
+def _fresh(root: Path) -> tuple[list, list]:
+    from services.dedup.files import report
+    from services.dedup.files.scanner import run_scan
+
+    d = report.to_dict(run_scan([str(root)], ScanOptions()))
+    return _canonical(d["groups"], d["hard_linked"])
+
+
+def test_hard_links_made_while_watching_match_a_fresh_scan(tmp_path: Path) -> None:
+    """inotify tells only the name a change went through: link(2), unlink(2) and a write
+    through one name give no event for the inode's other names. After each step (a marker
+    pair written after it says its batch is in) the watch's groups are a fresh scan's."""
+    root = tmp_path / "root"
+    (root / "s1").mkdir(parents=True)
+    (root / "s2").mkdir()
+    big_x, big_y = b"x" * 9000 + b"1", b"y" * 9000 + b"1"
+    write(root / "s1" / "a", big_x)
+    write(root / "s1" / "c", big_x)
+    write(root / "s2" / "lone", b"lone" * 3000)
+    write(root / "s1" / "small", b"tiny one")
+    write(root / "s2" / "small2", b"tiny one")
+    report = tmp_path / "report.json"
+    w = Watcher(root, report, tmp_path)
+
+    def check(step: str, n: int) -> None:
+        marker = b"marker %d " % n * 40
+        write(root / f"m{n}a", marker)
+        write(root / f"m{n}b", marker)
+        wait_for(report, lambda g: [f"m{n}a", f"m{n}b"] in g, f"{step}: marker")
+        data = json.loads(report.read_text())
+        assert _canonical(data["groups"], data["hard_linked"]) == _fresh(root), step
+        assert data["errors"] == [], step
+
+    def rewrite(path: Path, data: bytes) -> None:  # in place, through this name
+        with open(path, "r+b") as f:
+            f.write(data)
+
+    try:
+        check("first scan", 0)
+        write(root / "s1" / "new", big_y)
+        check("created while watching", 1)
+        os.link(root / "s1" / "new", root / "s2" / "new-link")
+        check("link of a file made while watching", 2)
+        rewrite(root / "s2" / "new-link", b"X" * 9000)  # now equal to a and c
+        check("written through its new name", 3)
+        os.link(root / "s1" / "a", root / "s2" / "a-link")  # a is indexed and in a group
+        check("link of an indexed, grouped file", 4)
+        rewrite(root / "s2" / "a-link", b"Z")  # a too: no longer c's copy
+        check("written through the link", 5)
+        os.unlink(root / "s2" / "a-link")  # a's link count drops: no event for a
+        check("one name unlinked", 6)
+        os.link(root / "s2" / "lone", root / "s1" / "lone-link")
+        os.link(root / "s1" / "small", root / "s2" / "small-link")
+        check("links of a lone and a small file", 7)
+        write(tmp_path / "other", b"other" * 10)
+        os.rename(tmp_path / "other", root / "s1" / "lone-link")  # replaces one name
+        os.unlink(root / "s1" / "small")
+        check("a name replaced, a small file's first name unlinked", 8)
+        rewrite(root / "s2" / "lone", b"LONE")
+        write(root / "s2" / "lone-copy", b"LONE" + b"lone" * 2999)
+        check("its last name written, and copied", 9)
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_hard_link_batches_equal_a_fresh_scan(tmp_path: Path, seed: int) -> None:
+    """Random batches of links, writes through one name, unlinks and names replaced by a
+    rename, each handed over with the one event inotify gives (for the name used only):
+    after each batch the groups and hard-linked inodes are a fresh scan's."""
+    import random
+
+    from services.dedup.files import report
+    from services.dedup.files.scanner import run_scan
+    from services.dedup.files.watch import ADDED, DELETED, MODIFIED, WatchIndex
+
+    root = tmp_path / "root"
+    for d in ("s1", "s2", "s3"):
+        (root / d).mkdir(parents=True)
+    rng = random.Random(seed)
+    bodies = [bytes([65 + k]) * rng.choice((7, 300, 5000, 9000)) for k in range(8)]
+    for i in range(40):
+        write(root / f"s{i % 3 + 1}" / f"f{i}", rng.choice(bodies))
+    index = WatchIndex([str(root)], ScanOptions(cache_dir=str(tmp_path / "cache")))
+    try:
+        index.full_scan()
+        for batch in range(8):
+            names = sorted(p for p in index.files)
+            changes: set[tuple[int, str]] = set()
+            for n in range(rng.randint(1, 4)):
+                src = os.fsdecode(rng.choice(names))
+                if not os.path.exists(src):
+                    continue
+                op = rng.choice(("link", "link", "write", "unlink", "replace", "copy"))
+                dst = str(root / f"s{rng.randint(1, 3)}" / f"n{batch}-{n}")
+                if op == "link":
+                    os.link(src, dst)
+                    changes.add((ADDED, dst))
+                elif op == "write":  # through this name only; sometimes the same size
+                    data = rng.choice(bodies)
+                    with open(src, "r+b") as f:
+                        f.write(data[: os.path.getsize(src)] if rng.random() < 0.5 else data)
+                    changes.add((MODIFIED, src))
+                elif op == "unlink":
+                    os.unlink(src)
+                    changes.add((DELETED, src))
+                elif op == "replace":
+                    write(dst, rng.choice(bodies))
+                    os.rename(dst, src)
+                    changes.add((ADDED, src))
+                else:
+                    write(dst, Path(src).read_bytes())
+                    changes.add((ADDED, dst))
+            index.apply(changes)
+            res, fresh = index.result(0.0), run_scan([str(root)], ScanOptions())
+            d, fresh_d = report.to_dict(res), report.to_dict(fresh)
+            got = _canonical(d["groups"], d["hard_linked"])
+            assert got == _canonical(fresh_d["groups"], fresh_d["hard_linked"]), (seed, batch)
+            assert res.files_scanned == fresh.files_scanned, (seed, batch)
+            assert d["errors"] == [], (seed, batch)
     finally:
         index.close()
