@@ -20,8 +20,10 @@ setup: $(BIN)/python  ## venv with the project (editable, all extras, dev tools)
 	$(BIN)/pip install -q -e '.[all]'
 	bash scripts/install-system-deps.sh
 
-# `make run REDIS=1` adds redis-server; `make run DIRECT=1` skips the fault proxy (every hop direct);
-# `make run WORKERS=3` runs the crawler as a control API and 3 workers on Redis (implies REDIS=1).
+# `make run` starts redis-server too when it is installed (`make setup` installs it), as compose
+# always does; `make run REDIS=` runs without it. `make run DIRECT=1` skips the fault proxy (every
+# hop direct); `make run WORKERS=3` runs the crawler as a control API and 3 workers on Redis.
+REDIS ?= $(if $(shell command -v redis-server 2>/dev/null),1,)
 run: $(BIN)/python  ## start the whole stack as local processes, supervised (Ctrl-C stops it)
 	$(BIN)/python -m deploy.launch $(if $(REDIS),--redis,) $(if $(WORKERS),--workers $(WORKERS),) $(if $(DIRECT),--direct,)
 

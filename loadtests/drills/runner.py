@@ -90,7 +90,7 @@ def missing_needs(needs: list[str], configuration: dict[str, Any]) -> list[str]:
     missing = []
     for need in needs:
         if need == "redis" and not probes.service_healthy("redis", configuration):
-            missing.append("redis (start the stack with `make run REDIS=1`)")
+            missing.append("redis (install redis-server with `make setup`, then `make run` starts it)")
         elif need == "faultproxy":
             try:
                 httpx.get(f"{actions.toxiproxy_url(configuration)}/proxies", timeout=2).raise_for_status()

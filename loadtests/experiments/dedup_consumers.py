@@ -1,6 +1,6 @@
 """Experiment 7: dedup worker throughput against the number of consumers in a Redis consumer group.
 
-Needs Redis (`make run REDIS=1`). The experiment leaves the stack's own stream (pg:pages) and
+Needs Redis (`make run`). The experiment leaves the stack's own stream (pg:pages) and
 its index alone: for each consumer count k it starts k side dedup workers (`python -m
 services.dedup worker --redis URL --stream S --group G`) on a private stream of the stack's
 Redis, XADDs a burst of N page events (docs/formats/page-event.schema.json; a third near
@@ -40,7 +40,7 @@ TITLE = "Dedup worker: page events/s against consumers in the Redis consumer gro
 QUESTION = (
     "How does the dedup worker's throughput scale with consumers, and how fast does a burst's lag drain?"
 )
-NEEDS: tuple[str, ...] = ()  # the stack's Redis (`make run REDIS=1`), else a redis-server of its own
+NEEDS: tuple[str, ...] = ()  # the stack's Redis (`make run`), else a redis-server of its own
 GROUP = "experiment"
 
 
@@ -141,8 +141,8 @@ def backlog(client: redis.Redis, stream: str) -> int:
 
 @contextlib.contextmanager
 def redis_for(ctx: Any) -> Iterator[str]:
-    """The stack's Redis when it answers; else a redis-server of our own on a free port (plain
-    `make run` has no Redis), stopped afterwards."""
+    """The stack's Redis when it answers; else a redis-server of our own on a free port (a stack
+    started with `make run REDIS=` has no Redis), stopped afterwards."""
     url = ctx.target.url("redis")
     try:
         redis.Redis.from_url(url, socket_timeout=2).ping()
@@ -152,7 +152,7 @@ def redis_for(ctx: Any) -> Iterator[str]:
         pass
     binary = shutil.which("redis-server")
     if binary is None:
-        raise StackDown(f"no Redis at {url} and no redis-server to start; `make run REDIS=1`")
+        raise StackDown(f"no Redis at {url} and no redis-server to start (`make setup` installs it)")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="pg-experiment-redis-") as tmp:
         argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]

@@ -70,7 +70,7 @@ def _require_redis(service: str, url: str) -> None:
         redis.Redis.from_url(url, socket_timeout=5).ping()
     except redis.RedisError as exc:
         raise StackDown(
-            f"{service} does not answer at {url} ({type(exc).__name__}); start `make run REDIS=1`"
+            f"{service} does not answer at {url} ({type(exc).__name__}); start `make run`"
         ) from None
 
 

@@ -192,7 +192,7 @@ def test_a_stack_that_is_not_up_is_one_line_and_exit_1(tmp_path: Path) -> None:
 
 
 def test_dedup_experiment_without_a_stack_redis_runs_its_own(tmp_path: Path) -> None:
-    """Plain `make run` has no Redis: experiment 7 starts a redis-server of its own and says so."""
+    """`make run REDIS=` has no Redis: experiment 7 starts a redis-server of its own and says so."""
     need_binary("redis-server")
     result = subprocess.run(
         [
