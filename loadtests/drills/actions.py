@@ -34,6 +34,8 @@ Configuration = dict[str, Any]
 TIMEOUT = httpx.Timeout(10.0)
 KEYS = ("dev-alice-key", "dev-bob-key")
 MAX_OUTSTANDING = 400  # overload client: open requests at most
+# What a plain-socket request can raise (_raw_completion): refused, reset, cut short, timed out.
+RAW_ERRORS = (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -509,15 +511,64 @@ async def _calibrate(base: str, seconds: float, concurrency: int, max_tokens: in
         return done / (time.perf_counter() - started)
 
 
+async def _raw_completion(
+    host: str,
+    port: int,
+    key: str,
+    *,
+    stream: bool,
+    max_tokens: int,
+    prompt: str = "the crawler",
+    progress: dict[str, Any] | None = None,
+) -> tuple[int, float, float | None, bool]:
+    """`_completion` over a plain socket: one request, `Connection: close`, the answer read to
+    its end as it arrives (every chunk of every stream), the same figures.
+
+    The overload generator keeps hundreds of answers open at once on the machine under test;
+    through httpx each chunk of each stream cost it tens of microseconds of Python (httpcore,
+    h11, anyio), as much CPU as the server's own event loop spent (drill 5). Here a chunk is
+    one StreamReader.read."""
+    body: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": stream}
+    if not stream:
+        body["priority"] = "batch"
+    payload = json.dumps(body).encode()
+    request = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+    ).encode() + payload
+    progress = {} if progress is None else progress
+    start = time.perf_counter()
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        took = time.perf_counter() - start
+        status = int(head[9:12])
+        progress["head"] = status
+        progress["chunks"] = 0
+        retry_after = b"\r\nretry-after:" in head.lower()
+        if status != 200:
+            await reader.read()
+            return status, took, None, retry_after
+        ttft = None
+        while chunk := await reader.read(65536):
+            progress["chunks"] += 1
+            if ttft is None and b"data:" in chunk:
+                ttft = time.perf_counter() - start
+        return status, time.perf_counter() - start, ttft, retry_after
+    finally:
+        writer.close()
+
+
 async def _overload(base: str, rate: float, seconds: float, max_tokens: int, pid: int | None) -> dict:
     results: list[tuple[bool, int, float, float | None, bool]] = []
     errors: Counter[str] = Counter()
     error_details: list[str] = []
     rss: list[float] = []
     proc = psutil.Process(pid) if pid else None
-    # At most MAX_OUTSTANDING requests open at once: beyond that the client itself (httpcore's
-    # pool) becomes the bottleneck on a small machine. An arrival that finds them all open is
-    # not sent and counted (`not_sent`): the server is answering slower than the offered rate.
+    # At most MAX_OUTSTANDING requests open at once: beyond that the client itself becomes the
+    # bottleneck on a small machine. An arrival that finds them all open is not sent and
+    # counted (`not_sent`): the server is answering slower than the offered rate.
     # One connection per request, none kept alive: this client falls seconds behind its own
     # sockets (hundreds of streams in one Python process on a small box), so it read a
     # response's end, pooled the connection and sent the next request on it just as uvicorn's
@@ -525,55 +576,69 @@ async def _overload(base: str, rate: float, seconds: float, max_tokens: int, pid
     # it and httpx raised ReadError before the head (1-4 a run, expiring pooled connections
     # after 1 s did not help: the client's idle clock starts late). A real client retries such
     # a request; this one would count a transport error against the server.
-    limits = httpx.Limits(max_connections=MAX_OUTSTANDING, max_keepalive_connections=0)
+    # Each request goes over a plain socket (_raw_completion), not httpx: the generator's CPU
+    # is taken from the server under test on a two-core machine.
+    url = httpx.URL(base)
+    host, port = url.host, url.port or 80
     outstanding = 0
-    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(60.0), limits=limits) as http:
 
-        async def one(i: int) -> None:
-            nonlocal outstanding
-            interactive = i % 2 == 0
-            progress: dict[str, Any] = {}
-            sent = time.perf_counter()
-            try:
-                status, took, ttft, retry = await _completion(
-                    http, KEYS[(i // 2) % 2], stream=interactive, max_tokens=max_tokens, progress=progress
+    async def one(i: int) -> None:
+        nonlocal outstanding
+        interactive = i % 2 == 0
+        progress: dict[str, Any] = {}
+        sent = time.perf_counter()
+        try:
+            async with asyncio.timeout(60.0):
+                status, took, ttft, retry = await _raw_completion(
+                    host,
+                    port,
+                    KEYS[(i // 2) % 2],
+                    stream=interactive,
+                    max_tokens=max_tokens,
+                    progress=progress,
                 )
-                results.append((interactive, status, took, ttft, retry))
-            except httpx.HTTPError as exc:
-                errors[type(exc).__name__] += 1
-                where = (
-                    f"after the head ({progress['head']}) and {progress['chunks']} chunks"
-                    if "head" in progress
-                    else "before the head"
-                )
-                kind = "stream" if interactive else "batch"
-                error_details.append(
-                    f"{type(exc).__name__} {exc!r:.80} on a {kind} request {where},"
-                    f" {time.perf_counter() - sent:.1f} s after it started, {outstanding} open"
-                )
-            finally:
-                outstanding -= 1
+            results.append((interactive, status, took, ttft, retry))
+        except (
+            OSError,
+            TimeoutError,
+            ValueError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ) as exc:
+            errors[type(exc).__name__] += 1
+            where = (
+                f"after the head ({progress['head']}) and {progress['chunks']} chunks"
+                if "head" in progress
+                else "before the head"
+            )
+            kind = "stream" if interactive else "batch"
+            error_details.append(
+                f"{type(exc).__name__} {exc!r:.80} on a {kind} request {where},"
+                f" {time.perf_counter() - sent:.1f} s after it started, {outstanding} open"
+            )
+        finally:
+            outstanding -= 1
 
-        tasks = []
-        not_sent = 0
-        start = time.perf_counter()
-        n = int(rate * seconds)
-        next_rss = 0.0
-        for i in range(n):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if outstanding >= MAX_OUTSTANDING:
-                not_sent += 1
-            else:
-                outstanding += 1  # counted when created: tasks start only at the next await
-                tasks.append(asyncio.create_task(one(i)))
-            if proc is not None and time.perf_counter() >= next_rss:
-                rss.append(proc.memory_info().rss / 2**20)
-                next_rss = time.perf_counter() + 1.0
-        offered_s = time.perf_counter() - start
-        mark("fault_end")  # the overload ends when the offering stops; answers still drain
-        await asyncio.gather(*tasks)
+    tasks = []
+    not_sent = 0
+    start = time.perf_counter()
+    n = int(rate * seconds)
+    next_rss = 0.0
+    for i in range(n):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if outstanding >= MAX_OUTSTANDING:
+            not_sent += 1
+        else:
+            outstanding += 1  # counted when created: tasks start only at the next await
+            tasks.append(asyncio.create_task(one(i)))
+        if proc is not None and time.perf_counter() >= next_rss:
+            rss.append(proc.memory_info().rss / 2**20)
+            next_rss = time.perf_counter() + 1.0
+    offered_s = time.perf_counter() - start
+    mark("fault_end")  # the overload ends when the offering stops; answers still drain
+    await asyncio.gather(*tasks)
     return {
         "results": results,
         "errors": errors,
