@@ -728,6 +728,8 @@ def _conclude(report: rp.Report) -> None:
     def flood(name: str) -> str:
         r = floods[name]
         how = "VOID: " + r["void"] if r["void"] else held(flood_ok[name])
+        if r["ratio_steady"] is None:
+            return f"no steady state ({how}; whole window {r['ratio_whole']}:1)"
         return (
             f"{r['ratio_steady']}:1 in the steady state from {r['ramp_s']} s ({how}; whole window "
             f"{r['ratio_whole']}:1; offered {r['strength_alice']}x / {r['strength_bob']}x their shares, "
