@@ -61,26 +61,59 @@ def child(argv: list[str], out: str) -> int:
     timed(engine.Crawl, "_parse")
     timed(engine.Crawl, "_handle_response")  # a page's recording (WARC, hash, parse, finish)
 
+    # Depth re-derivations (a page reached later by a shorter path) and URL inserts, on the
+    # store thread: how many and how long (the crawl's order among hosts changes both).
+    def counted(cls: Any, name: str) -> None:
+        orig = getattr(cls, name)
+
+        @functools.wraps(orig)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.monotonic()
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                times["store:" + name].append(time.monotonic() - t0)
+
+        setattr(cls, name, wrapper)
+
+    for name in ("_lower_depth", "_claim", "_start", "_finish", "_first_with_content"):
+        counted(store_sqlite.SQLiteStore, name)
+
     async def lag() -> None:
         while True:
             t0 = time.monotonic()
             await asyncio.sleep(0.01)
             times["event_loop_lag"].append(time.monotonic() - t0 - 0.01)
 
+    series: list[list[float]] = []  # every 0.2 s: t, heap, tasks, recording, store queue, fetching
+
+    async def sample(crawl: Any) -> None:
+        t_start = time.time()
+        while True:
+            await asyncio.sleep(0.2)
+            fr = crawl.frontier
+            series.append([
+                round(time.time() - t_start, 1), len(fr), len(fr._waiting), len(crawl._tasks),
+                crawl.config.concurrency - crawl._recorders._value, crawl.store._queue.qsize(),
+                crawl._fetches_in_flight,
+            ])  # fmt: skip
+
     run = engine.Crawl.run
 
     async def run_with_lag(self: Any) -> Any:
         task = asyncio.create_task(lag())
+        sampler = asyncio.create_task(sample(self))
         try:
             return await run(self)
         finally:
             task.cancel()
+            sampler.cancel()
 
     engine.Crawl.run = run_with_lag  # type: ignore[method-assign]
     try:
         return main(argv)
     finally:
-        Path(out).write_text(json.dumps(times))
+        Path(out).write_text(json.dumps({**times, "series": series}))
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -123,6 +156,7 @@ def main() -> int:
             t0 = time.time()
             wall, _rss, rc, cpu = bc.run_measured(cmd)
             times = json.loads(Path(out).read_text())
+            series = times.pop("series", [])
         entries = [json.loads(line) for line in bc.admin(port, "/log").splitlines() if line.strip()]
     finally:
         server.terminate()
@@ -133,6 +167,9 @@ def main() -> int:
         s = summary(values)
         print(f"{name:22s} n={s['n']:6d} mean {s['mean_ms']:7.1f} ms  p50 {s['p50_ms']:7.1f}"
               f"  p90 {s['p90_ms']:7.1f}  p99 {s['p99_ms']:7.1f}")  # fmt: skip
+    print("every 1 s: t, hosts queued, hosts waiting, turn tasks, recording, store queue, in flight")
+    for row in series[4::5]:
+        print("  ", row)
     per_s = collections.Counter(int(e["ts"] - t0) for e in entries)
     print("requests per second:", [per_s[i] for i in range(int(max(per_s)) + 1)])
     by_host: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
