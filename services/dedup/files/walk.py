@@ -263,6 +263,7 @@ def iter_files(
     max_size = options.max_size if options.max_size is not None else float("inf")
     conf = Confinement(options.confine) if options.confine else None
     sizes: dict[int, int] = {}  # interned sizes: files worth comparing share theirs
+    new_entry = FileEntry.__new__
     # A file with one link is met once when no symlink is followed and every directory is
     # listed once (seen_dirs): only then may it skip seen_files. Roots that are files are
     # always recorded (a root may also lie inside another root).
@@ -387,16 +388,18 @@ def iter_files(
                             # so it needs no entry in seen_files (~100 bytes a file). The device
                             # number is shared with the directory's (one int object, not one each).
                             # ctime equal to mtime (a file written once) is stored as None.
+                            # FileEntry.in_dir's fields, set here (two calls less a file:
+                            # ~0.3 us of the walk's ~5 us at 200k tiny files).
                             dev = st.st_dev
-                            entry = FileEntry.in_dir(
-                                prefix,
-                                de.name,
-                                root_dev if dev == root_dev else dev,
-                                st.st_ino,
-                                sizes.setdefault(size, size),  # one int object per distinct size
-                                st.st_mtime_ns,
-                                st.st_ctime_ns,
-                            )
+                            mtime_ns, ctime_ns = st.st_mtime_ns, st.st_ctime_ns
+                            entry = new_entry(FileEntry)
+                            entry._dir = prefix
+                            entry._name = de.name
+                            entry.dev = root_dev if dev == root_dev else dev
+                            entry._im = (st.st_ino << 64) | (mtime_ns + MTIME_BIAS)
+                            entry.size = sizes.setdefault(size, size)  # one int object per size
+                            entry._ctime = None if ctime_ns == mtime_ns else ctime_ns
+                            entry.links = ()
                             stats.files_kept += 1
                             yield entry
                         else:

@@ -153,7 +153,8 @@ class WatchIndex:
         # (dev, ino) -> its names in the index: the path itself while it has one (the same
         # bytes object as the key of `files`: no memory of its own), a set from the second.
         self._names: dict[tuple[int, int], bytes | set[bytes]] = {}
-        self._linked: list[FileEntry] | None = None  # inodes with 2+ names (None: to redo)
+        self._multi: set[tuple[int, int]] = set()  # the inodes with 2+ names
+        self._linked: list[FileEntry] | None = None  # their entries (None: to redo)
         self._inodes_touched: set[tuple[int, int]] = set()  # this batch: 2+ names, one changed
         self._real_dirs: dict[bytes, bool] = {}  # this batch: directory -> resolves outside
         self.full_scans = 0
@@ -198,6 +199,7 @@ class WatchIndex:
                 names.add(path)
             else:
                 self._names[key] = {names, path}
+                self._multi.add(key)
         self.by_size.setdefault(st[3], set()).add(path)
         self.by_dir.setdefault(os.path.dirname(path), set()).add(path)
         touched.add(st[3])
@@ -219,6 +221,7 @@ class WatchIndex:
             names.discard(path)
             if len(names) == 1:
                 self._names[key] = names.pop()
+                self._multi.discard(key)
         else:
             del self._names[key]
         bucket = self.by_size.get(old[3])
@@ -286,6 +289,7 @@ class WatchIndex:
         t0 = time.perf_counter()
         self.files.clear()
         self._names.clear()
+        self._multi.clear()
         self._linked = None
         self.by_size.clear()
         self.by_dir.clear()
@@ -658,11 +662,12 @@ class WatchIndex:
         by its first name; kept until a name of one is added or removed."""
         if self._linked is None:
             linked = []
-            for names in self._names.values():
-                if isinstance(names, set):
-                    first, *others = sorted(names)
-                    dev, ino, mtime_ns, size, ctime_ns = self.files[first]
-                    linked.append(FileEntry(first, dev, ino, size, mtime_ns, ctime_ns, others))
+            for key in self._multi:
+                names = self._names[key]
+                assert isinstance(names, set)
+                first, *others = sorted(names)
+                dev, ino, mtime_ns, size, ctime_ns = self.files[first]
+                linked.append(FileEntry(first, dev, ino, size, mtime_ns, ctime_ns, others))
             linked.sort(key=_entry_path)
             self._linked = linked
         return self._linked
