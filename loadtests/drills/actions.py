@@ -702,6 +702,13 @@ def inference_overload(
         probe.kill()
         probed = {}
     heads = probed.get("heads", [])
+    own_wait = probed.get("own_wait_s", [])
+    # The probe's own wait for a CPU while each rejection was out (its schedstat): the part of
+    # the head's time that was the probe not running, not the server answering late.
+    rejected_wait = [w for (status, *_), w in zip(heads, own_wait, strict=False) if status in (429, 503)]
+    less_wait = [
+        took - w for (status, took, *_), w in zip(heads, own_wait, strict=False) if status in (429, 503)
+    ]
     # Every rejection the probe timed: the doomed half (deadline 1 ms, always refused) and any
     # plain request the overload shed (latency_probe.py)
     probe_rejected = [took for status, took, *_ in heads if status in (429, 503)]
@@ -729,6 +736,9 @@ def inference_overload(
         "probe_errors": probed.get("errors", "no answer from the probe"),
         "reject_p99_ms": round(1000 * (_pct(probe_rejected, 0.99) or 0.0), 1),
         "reject_p50_ms": round(1000 * (_pct(probe_rejected, 0.50) or 0.0), 1),
+        "probe_autogroup_nice": probed.get("autogroup_nice"),  # None: the probe could not take it
+        "probe_own_wait_p99_ms": round(1000 * (_pct(rejected_wait, 0.99) or 0.0), 1),
+        "reject_p99_less_own_wait_ms": round(1000 * (_pct(less_wait, 0.99) or 0.0), 1),
         "probe_shed": len(shed),  # plain probe requests the overload shed, and the largest wait
         "probe_shed_max_ms": round(1000 * max(shed, default=0.0), 1),
         "probe_doomed_admitted": doomed_admitted,  # deadline 1 ms yet admitted: should be 0
