@@ -259,7 +259,10 @@ _AUTH: dict[int | str, dict[str, Any]] = {
 _LIMITED: dict[int | str, dict[str, Any]] = {
     **_AUTH,
     429: _err("tenant rate or concurrency limit (Retry-After)"),
-    503: _err("overloaded, draining or kill switch (Retry-After)"),
+    503: _err(
+        "overloaded (shed at arrival on the estimated wait; or admitted and still waiting for a first"
+        " step at the class's cap: queue_timeout), draining or kill switch (Retry-After)"
+    ),
 }
 _GENERATE: dict[int | str, dict[str, Any]] = {
     **_LIMITED,

@@ -215,6 +215,7 @@ class Engine(EngineConsumers):
         self._dirty = False  # the live set changed since the backlog and gauges were computed
         self.kv_high_water = 0
         self.step_observer: Callable[[StepPlan], None] | None = None  # tests: per-step evidence
+        self.clock: Callable[[], float] = time.monotonic  # what deadlines are read against (tests)
         # Called on the engine thread at the end of every turn of the loop that did something
         # (commands applied, a step run), with the step's plan (None: no step): the process
         # engine publishes the turn's events and a state snapshot from here.
@@ -379,12 +380,24 @@ class Engine(EngineConsumers):
         seq.emit(SeqEvent("finish", finish_reason=seq.finish_reason))
 
     def _expire_deadlines(self) -> None:
-        now = time.monotonic()
+        """Before each step: drop what waits past its deadline; and what has waited for its
+        first step past its queue deadline (its class cap, Limits.queue_timeout), counted in
+        inference_queue_timeouts_total. Checked before each step is planned, so a request
+        either is in a step planned by its queue deadline (first token within the cap plus
+        that step) or ends at the first turn after it (within the step then running). One that
+        has had its first step is never dropped for it (back in the queue after a preemption,
+        it keeps its place to finish)."""
+        now = self.clock()
         expired = [s for s in self.fair if s.deadline is not None and s.deadline < now]
         for seq in expired:
             self._end(seq, "deadline")
-        timed_out = [s for s in self.fair if s.queue_deadline is not None and s.queue_deadline < now]
+        timed_out = [
+            s
+            for s in self.fair
+            if s.queue_deadline is not None and s.queue_deadline < now and s.first_scheduled is None
+        ]
         for seq in timed_out:
+            m.QUEUE_TIMEOUTS.labels(seq.tenant, seq.klass).inc()
             self._end(seq, "queue_timeout")
 
     def _loop(self) -> None:

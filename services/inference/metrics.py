@@ -131,6 +131,13 @@ FINISHED = Counter(
     ["tenant", "reason"],
     registry=ENGINE_REGISTRY,
 )
+QUEUE_TIMEOUTS = Counter(
+    "inference_queue_timeouts_total",
+    "Admitted requests dropped (503 queue_timeout) still waiting for their first step at their "
+    "class's cap: the requests admission's wait estimate let in too late (its error, as a rate).",
+    ["tenant", "class"],
+    registry=ENGINE_REGISTRY,
+)
 ENGINE_RESTARTS = Counter(
     "inference_engine_restarts_total",
     "Engine processes the server started again after one died (--engine-process).",

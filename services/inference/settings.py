@@ -115,11 +115,22 @@ class InferenceSettings(ServiceSettings):
     max_waiting: int = Field(2048, ge=1, description="requests waiting for the batch before 503")
     max_queue_wait_interactive: float = Field(
         DEFAULT_QUEUE_WAIT_S["interactive"],
-        description="503 when the tenant's estimated wait for a first step exceeds it (s); the "
-        "0.5 s time-to-first-token objective less a margin",
+        description="503 at arrival when the tenant's estimated wait for a first step exceeds it, and "
+        "503 queue_timeout for an admitted request still waiting at it (s; --queue-timeout-factor); "
+        "the 0.5 s time-to-first-token objective less a margin",
     )
     max_queue_wait_batch: float = Field(
         DEFAULT_QUEUE_WAIT_S["batch"], description="same, for the batch class (s)"
+    )
+    queue_timeout_factor: float = Field(
+        1.0,
+        gt=0,
+        description="an admitted request still waiting for its first step after max(--queue-timeout-min, "
+        "this x its class's max queue wait) is dropped with 503 queue_timeout + Retry-After; 1: the "
+        "class cap is enforced, not only estimated (the old bound: 2.5 with --queue-timeout-min 5)",
+    )
+    queue_timeout_min: float = Field(
+        0.0, ge=0, description="floor of that queue timeout (s); see --queue-timeout-factor"
     )
     tenants: dict[str, dict[str, Any]] | None = Field(
         None, description="tenants as JSON (default: dev alice/bob)"
@@ -180,4 +191,6 @@ class InferenceSettings(ServiceSettings):
                 "interactive": self.max_queue_wait_interactive,
                 "batch": self.max_queue_wait_batch,
             },
+            queue_timeout_factor=self.queue_timeout_factor,
+            queue_timeout_min_s=self.queue_timeout_min,
         )

@@ -22,10 +22,15 @@ TENANTS = {"q1": {"key_sha256": hash_key("k-q1")}}
 AUTH = {"Authorization": "Bearer k-q1"}
 
 
-def test_the_default_timeout_is_a_multiple_of_the_class_cap_with_a_floor():
+def test_the_timeout_is_a_multiple_of_the_class_cap_with_a_floor():
     limits = Limits(max_queue_wait_s={"interactive": 0.35, "batch": 8.0})
-    assert limits.queue_timeout("interactive") == 5.0
-    assert limits.queue_timeout("batch") == 20.0
+    assert (limits.queue_timeout("interactive"), limits.queue_timeout("batch")) == (0.35, 8.0)  # the caps
+    old = Limits(
+        max_queue_wait_s={"interactive": 0.35, "batch": 8.0},
+        queue_timeout_factor=2.5,
+        queue_timeout_min_s=5.0,
+    )
+    assert (old.queue_timeout("interactive"), old.queue_timeout("batch")) == (5.0, 20.0)
 
 
 @pytest.fixture(scope="module")

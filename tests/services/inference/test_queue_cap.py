@@ -1,0 +1,232 @@
+"""The class cap is a promise the server keeps: an admitted request has its first step within its
+class's cap (its first token within the cap plus that step), or gets 503 queue_timeout with
+Retry-After at the cap, counted in inference_queue_timeouts_total{tenant, class}.
+
+Deterministic: the engine's deadline clock is the test's (Engine.clock) and every engine step
+is held until the test lets it go, so "before the cap" and "past the cap" are clock readings
+the test sets between two steps, never real time.
+
+The fairness experiment found admitted interactive requests waiting up to 3.2 s for their first
+token against the 0.35 s cap (the wait estimate's p95 error is as large as the cap), while the
+engine only dropped them after max(5 s, 2.5 x the cap).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from services.inference.admission import Limits, hash_key
+from services.inference.engine import Engine
+from services.inference.model.kv_cache import KVCache
+from services.inference.model.tokenizer import ByteTokenizer
+from services.inference.scheduler import SchedulerConfig, StepPlan
+from services.inference.sequence import SeqEvent, SeqStatus, Sequence
+from services.inference.settings import InferenceSettings
+
+from .conftest import LiveServer
+
+TOK = ByteTokenizer()
+CAP = 0.35
+T0 = 1000.0
+
+
+class HeldSteps:
+    """An engine step observer: each step waits until the test lets it go (bounded), and the
+    test can wait until the engine has reached step n (so it has run that turn's deadline
+    check and planned that step)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.reached = 0
+        self.allowed = 0
+
+    def __call__(self, plan: StepPlan) -> None:
+        with self.cond:
+            self.reached += 1
+            self.cond.notify_all()
+            if not self.cond.wait_for(lambda: self.allowed >= self.reached, timeout=60):
+                raise TimeoutError("the test never let this step go")
+
+    def wait_reached(self, n: int) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.reached >= n, timeout=60), f"step {n} never came"
+
+    def release(self, n: int = 1) -> None:
+        with self.cond:
+            self.allowed += n
+            self.cond.notify_all()
+
+    def release_all(self) -> None:
+        self.release(10**9)
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _timeouts(tenant: str, klass: str) -> float:
+    value = REGISTRY.get_sample_value("inference_queue_timeouts_total", {"tenant": tenant, "class": klass})
+    return value or 0.0
+
+
+def _seq(
+    name: str, tenant: str, max_tokens: int, klass: str = "interactive", queue_deadline: float | None = None
+) -> tuple[Sequence, threading.Event]:
+    """A sequence, and an event set when it finishes."""
+    prompt = TOK.encode(f"{tenant} {name}")
+    seq = Sequence(name, tenant, prompt, max_tokens, klass=klass, stop_at_eos=False)
+    seq.queue_deadline = queue_deadline
+    finished = threading.Event()
+
+    def on_event(ev: SeqEvent) -> None:
+        if ev.kind == "finish":
+            finished.set()
+
+    seq.on_event = on_event
+    return seq, finished
+
+
+@pytest.fixture
+def engine(tiny_model) -> Iterator[tuple[Engine, HeldSteps, Clock]]:
+    cfg = tiny_model.cfg
+    cache = KVCache(n_layers=cfg.n_layers, n_heads=cfg.n_heads, head_dim=cfg.head_dim, num_tokens=2048)
+    eng = Engine(tiny_model, cache, SchedulerConfig(max_seqs=1, max_step_tokens=64))
+    held, clock = HeldSteps(), Clock(T0)
+    eng.step_observer = held
+    eng.clock = clock
+    eng.start()
+    try:
+        yield eng, held, clock
+    finally:
+        held.release_all()
+        eng.stop()
+
+
+def test_the_default_queue_timeout_is_the_class_cap() -> None:
+    limits = InferenceSettings().limits()
+    assert limits.queue_timeout("interactive") == limits.queue_wait_limit("interactive") == CAP
+    assert limits.queue_timeout("batch") == limits.queue_wait_limit("batch") == 8.0
+    old = InferenceSettings(queue_timeout_factor=2.5, queue_timeout_min=5.0).limits()
+    assert (old.queue_timeout("interactive"), old.queue_timeout("batch")) == (5.0, 20.0)
+    assert Limits(queue_timeout_factor=2.0).queue_timeout("interactive") == 2 * CAP
+
+
+def test_a_request_still_waiting_at_its_cap_is_dropped_then_and_counted(engine) -> None:
+    eng, held, clock = engine
+    before = _timeouts("w", "interactive")
+    hog, hog_done = _seq("hog", "h", 40)
+    eng.submit(hog)
+    held.wait_reached(1)  # the hog holds the one slot
+    waiter, waiter_done = _seq("waiter", "w", 4, queue_deadline=T0 + CAP)
+    eng.submit(waiter)
+    # At the cap exactly: still waiting, not dropped.
+    clock.now = T0 + CAP
+    held.release()
+    held.wait_reached(2)  # that turn took the waiter in and checked its deadline
+    assert waiter.status is SeqStatus.WAITING and waiter.finish_reason is None
+    assert _timeouts("w", "interactive") == before
+    # Past it: dropped at the next turn, before the next step, with nothing generated.
+    clock.now = T0 + CAP + 1e-6
+    held.release()
+    held.wait_reached(3)
+    assert waiter_done.wait(10)
+    assert waiter.finish_reason == "queue_timeout"
+    assert waiter.output == [] and waiter.first_scheduled is None
+    assert _timeouts("w", "interactive") == before + 1
+    assert _timeouts("h", "interactive") == 0
+    assert hog.status is SeqStatus.RUNNING  # the hog, past its own cap long ago, runs on
+    held.release_all()
+    assert hog_done.wait(30)
+    assert hog.finish_reason == "length"
+
+
+def test_a_request_started_by_its_cap_is_never_dropped_for_it(engine) -> None:
+    """Even when it is preempted back into the queue after its cap (priority): it keeps its
+    place and finishes."""
+    eng, held, clock = engine
+    before = _timeouts("b", "batch")
+    batch, batch_done = _seq("batch", "b", 12, klass="batch", queue_deadline=T0 + CAP)
+    eng.submit(batch)
+    held.wait_reached(1)  # its first step, planned at T0: in time
+    assert batch.first_scheduled is not None
+    clock.now = T0 + 100 * CAP  # every later turn reads a clock far past its cap
+    urgent, urgent_done = _seq("urgent", "i", 3)
+    eng.submit(urgent)
+    held.release_all()
+    assert urgent_done.wait(30)
+    assert batch_done.wait(30)
+    assert batch.preemptions >= 1  # it did wait in the queue again, past its cap
+    assert (urgent.finish_reason, batch.finish_reason) == ("length", "length")
+    assert len(batch.output) == 12
+    assert _timeouts("b", "batch") == before
+
+
+TENANTS = {"qc": {"key_sha256": hash_key("k-qc")}}
+AUTH = {"Authorization": "Bearer k-qc"}
+SERVER_CAP = 60.0  # far above any real wait in this test: only the engine's skewed clock passes it
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    s = LiveServer(tenants=TENANTS, max_seqs=1, max_queue_wait_interactive=SERVER_CAP)
+    yield s
+    s.stop()
+
+
+def test_over_http_the_request_gets_503_queue_timeout_at_its_cap(server: LiveServer) -> None:
+    eng = server.runtime.engine
+    assert isinstance(eng, Engine)
+    skew = [0.0]
+    held = HeldSteps()
+    eng.clock = lambda: time.monotonic() + skew[0]
+    eng.step_observer = held
+    before = _timeouts("qc", "interactive")
+    answer: list[httpx.Response] = []
+    hold = {"prompt": "hold on", "max_tokens": 30, "ignore_eos": True}
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            hogger = threading.Thread(target=lambda: c.post("/v1/completions", json=hold, headers=AUTH))
+            hogger.start()
+            held.wait_reached(1)  # the one slot is taken
+            body = {"prompt": "x", "max_tokens": 4}
+            sender = threading.Thread(
+                target=lambda: answer.append(c.post("/v1/completions", json=body, headers=AUTH))
+            )
+            sender.start()
+            deadline = time.monotonic() + 30
+            while eng.waiting_count() + len(eng._commands) == 0:  # admitted, handed to the engine
+                assert time.monotonic() < deadline, "the request never reached the engine"
+                time.sleep(0.005)
+            # Half the cap later (by the engine's clock): it waits on.
+            skew[0] = SERVER_CAP / 2
+            n = held.reached
+            held.release()
+            held.wait_reached(n + 1)
+            assert not answer and eng.waiting_count() == 1
+            # Past the cap: 503 queue_timeout at the next turn.
+            skew[0] = SERVER_CAP + 1
+            held.release_all()
+            sender.join(30)
+            hogger.join(30)
+    finally:
+        held.release_all()
+        eng.step_observer = None
+        eng.clock = time.monotonic
+    assert answer, "no answer"
+    r = answer[0]
+    assert r.status_code == 503, r.text
+    assert "queue timeout" in r.json()["error"]["message"]
+    assert "retry-after" in r.headers
+    assert _timeouts("qc", "interactive") == before + 1
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'inference_queue_timeouts_total{class="interactive",tenant="qc"}' in metrics
