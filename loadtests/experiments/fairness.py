@@ -519,6 +519,22 @@ def _tail(waits: list[float], past: list[tuple[float, float]], cap: float) -> di
     }
 
 
+def late_drops(delta: Snapshot, klass: str) -> dict[str, Any]:
+    """Admitted requests of `klass` the engine dropped at their class cap before a first step
+    (503 queue_timeout: the wait estimate let them in too late), by tenant, and as a share of
+    those admitted, over `delta` (sending window to drained)."""
+    out: dict[str, Any] = {}
+    admitted = delta.value("inference_admissions_total", **{"class": klass})
+    dropped = delta.value("inference_queue_timeouts_total", **{"class": klass})
+    out["late_drops"] = int(dropped)
+    out["late_drop_pct"] = round(100.0 * dropped / admitted, 2) if admitted else None
+    for tenant, n in sorted(
+        delta.by_label("inference_queue_timeouts_total", "tenant", **{"class": klass}).items()
+    ):
+        out[f"late_drops_{tenant}"] = int(n)
+    return out
+
+
 def _s(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
 
@@ -568,6 +584,7 @@ def _run_floods(
             "b_answers": json.dumps(_answers(before, after, "bob")),
             "tokens_per_s": round(step.tokens_per_s(), 1),
             **wait_tail(step.outcomes, klass),
+            **late_drops(step.delta, klass),
             "step_p95_s": _s(w.quantile("inference_step_duration_seconds", 0.95)),
             "estimate_error_p95_s": _s(
                 w.quantile("inference_wait_estimate_error_seconds", 0.95, **{"class": klass})
@@ -582,7 +599,8 @@ def _run_floods(
             f"{row['strength_alice']}x bob {row['strength_bob']}x; turned away in steady state alice "
             f"{row['turned_away_alice_steady']} bob {row['turned_away_bob_steady']}; admitted {klass} "
             f"waits p95/p99/max {row['wait_p95_s']}/{row['wait_p99_s']}/{row['wait_max_s']} s "
-            f"(cap {CLASS_CAP_S[klass]:g}){'; VOID: ' + row['void'] if row['void'] else ''}",
+            f"(cap {CLASS_CAP_S[klass]:g}), dropped at the cap {row['late_drops']} "
+            f"({row['late_drop_pct']}% of admitted){'; VOID: ' + row['void'] if row['void'] else ''}",
             flush=True,
         )
         if not row["void"]:
@@ -632,8 +650,12 @@ def _run_weighted(ctx: Any, report: rp.Report, capacity: float, window: float) -
         calls += [flood_call(rng, t, 3, "bob") for t in poisson(1.5 * cal / FLOOD_MEAN_TOKENS, window, rng)]
         calls.sort(key=lambda c: c.at)
         wait_idle(url)
+        before = Snapshot.take(url)
+        pooled = asyncio.run(_pooled(url, calls, 300.0))
+        wait_idle(url)
         row = {
-            **_pool_row("pool", asyncio.run(_pooled(url, calls, 300.0))),
+            **_pool_row("pool", pooled),
+            **late_drops(Snapshot.take(url) - before, "interactive"),
             "calibrated_tok_s": round(cal, 1),
         }
         report.rows.append(row)
@@ -641,7 +663,8 @@ def _run_weighted(ctx: Any, report: rp.Report, capacity: float, window: float) -
             f"   weighted pool: alice TTFT p95 {row['a_ttft_p95_ms']} ms at the shared-pool client; "
             f"admitted interactive waits p95/p99/max {row['wait_p95_s']}/{row['wait_p99_s']}/"
             f"{row['wait_max_s']} s (alice {row['alice_wait_p95_s']}/{row['alice_wait_p99_s']}/"
-            f"{row['alice_wait_max_s']})",
+            f"{row['alice_wait_max_s']}); dropped at the cap {row['late_drops']} ({row['late_drop_pct']}%"
+            " of admitted)",
             flush=True,
         )
         wait_idle(url)
@@ -717,8 +740,10 @@ def _conclude(report: rp.Report) -> None:
                 f"strength_{key}": [r["strength_alice"], r["strength_bob"]],
                 f"void_{key}": r["void"],
                 f"admitted_wait_p95_p99_max_s_{key}": [r["wait_p95_s"], r["wait_p99_s"], r["wait_max_s"]],
+                f"late_drop_pct_{key}": r["late_drop_pct"],
             }
         )
+    report.measured["late_drop_pct_pool"] = pool["late_drop_pct"]
     report.measured["admitted_wait_p95_p99_max_s_pool"] = [
         pool["wait_p95_s"],
         pool["wait_p99_s"],
@@ -739,7 +764,8 @@ def _conclude(report: rp.Report) -> None:
     def waits(r: dict[str, Any], klass: str = "interactive") -> str:
         return (
             f"p95 {r['wait_p95_s']} / p99 {r['wait_p99_s']} / max {r['wait_max_s']} s, {r['past_cap']} of "
-            f"{r['admitted_waits']} past the {CLASS_CAP_S[klass]:g} s cap"
+            f"{r['admitted_waits']} past the {CLASS_CAP_S[klass]:g} s cap, {r['late_drops']} dropped at it"
+            f" ({r['late_drop_pct']}% of admitted)"
         )
 
     waits_ok = all(
