@@ -514,3 +514,33 @@ def test_random_hard_link_batches_equal_a_fresh_scan(tmp_path: Path, seed: int) 
             assert d["errors"] == [], (seed, batch)
     finally:
         index.close()
+
+
+def test_replaced_report_is_kept_open_for_the_caller(tmp_path: Path) -> None:
+    """write_report(keep_old=...): the old report's descriptor is handed over (its pages are
+    freed when the caller closes it, after the answer is out); the path has the new text."""
+    from services.dedup.files.watch import WatchIndex, write_report
+
+    root = tmp_path / "root"
+    root.mkdir()
+    write(root / "a", b"same" * 100)
+    write(root / "b", b"same" * 100)
+    index = WatchIndex([str(root)], ScanOptions(cache_dir=str(tmp_path / "cache")))
+    report = tmp_path / "r.json"
+    try:
+        index.full_scan()
+        kept: list[int] = []
+        write_report(index.result(0.0), "json", str(report), keep_old=kept)
+        assert kept == []  # nothing to replace the first time
+        first = report.read_bytes()
+        write(root / "c", b"same" * 100)
+        index.apply({(1, str(root / "c"))})
+        write_report(index.result(0.0), "json", str(report), keep_old=kept)
+        assert len(kept) == 1
+        try:
+            assert os.pread(kept[0], len(first) + 1, 0) == first
+        finally:
+            os.close(kept[0])
+        assert _groups(report) == [["a", "b", "c"]]
+    finally:
+        index.close()
