@@ -384,9 +384,12 @@ class Engine(EngineConsumers):
         first step past its queue deadline (its class cap, Limits.queue_timeout), counted in
         inference_queue_timeouts_total. Checked before each step is planned, so a request
         either is in a step planned by its queue deadline (first token within the cap plus
-        that step) or ends at the first turn after it (within the step then running). One that
-        has had its first step is never dropped for it (back in the queue after a preemption,
-        it keeps its place to finish)."""
+        that step, or the few steps of a prompt longer than one step prefills) or ends at the
+        first turn after it (within the step then running). One preempted back into the queue
+        before its first token is dropped too (nothing was sent: under 3:1 weights, fairness
+        preemption took back just-started requests and their first token came up to 0.2 s past
+        the cap); one that has had its first token is never dropped for it, it keeps its place
+        to finish."""
         now = self.clock()
         expired = [s for s in self.fair if s.deadline is not None and s.deadline < now]
         for seq in expired:
@@ -394,7 +397,7 @@ class Engine(EngineConsumers):
         timed_out = [
             s
             for s in self.fair
-            if s.queue_deadline is not None and s.queue_deadline < now and s.first_scheduled is None
+            if s.queue_deadline is not None and s.queue_deadline < now and s.first_token_at is None
         ]
         for seq in timed_out:
             m.QUEUE_TIMEOUTS.labels(seq.tenant, seq.klass).inc()

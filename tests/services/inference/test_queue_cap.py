@@ -13,6 +13,7 @@ engine only dropped them after max(5 s, 2.5 x the cap).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -96,11 +97,11 @@ def _seq(
     return seq, finished
 
 
-@pytest.fixture
-def engine(tiny_model) -> Iterator[tuple[Engine, HeldSteps, Clock]]:
-    cfg = tiny_model.cfg
+@contextlib.contextmanager
+def _held_engine(model, max_step_tokens: int) -> Iterator[tuple[Engine, HeldSteps, Clock]]:
+    cfg = model.cfg
     cache = KVCache(n_layers=cfg.n_layers, n_heads=cfg.n_heads, head_dim=cfg.head_dim, num_tokens=2048)
-    eng = Engine(tiny_model, cache, SchedulerConfig(max_seqs=1, max_step_tokens=64))
+    eng = Engine(model, cache, SchedulerConfig(max_seqs=1, max_step_tokens=max_step_tokens))
     held, clock = HeldSteps(), Clock(T0)
     eng.step_observer = held
     eng.clock = clock
@@ -110,6 +111,12 @@ def engine(tiny_model) -> Iterator[tuple[Engine, HeldSteps, Clock]]:
     finally:
         held.release_all()
         eng.stop()
+
+
+@pytest.fixture
+def engine(tiny_model) -> Iterator[tuple[Engine, HeldSteps, Clock]]:
+    with _held_engine(tiny_model, 64) as held:
+        yield held
 
 
 def test_the_default_queue_timeout_is_the_class_cap() -> None:
@@ -150,7 +157,7 @@ def test_a_request_still_waiting_at_its_cap_is_dropped_then_and_counted(engine) 
     assert hog.finish_reason == "length"
 
 
-def test_a_request_started_by_its_cap_is_never_dropped_for_it(engine) -> None:
+def test_a_request_with_its_first_token_is_never_dropped_for_its_cap(engine) -> None:
     """Even when it is preempted back into the queue after its cap (priority): it keeps its
     place and finishes."""
     eng, held, clock = engine
@@ -169,6 +176,27 @@ def test_a_request_started_by_its_cap_is_never_dropped_for_it(engine) -> None:
     assert (urgent.finish_reason, batch.finish_reason) == ("length", "length")
     assert len(batch.output) == 12
     assert _timeouts("b", "batch") == before
+
+
+def test_a_request_preempted_before_its_first_token_is_dropped_past_its_cap(tiny_model) -> None:
+    """Its first step came in time, but its prompt takes several steps (16 tokens a step) and
+    a higher class takes its slot before its first token: back in the queue past its cap, it
+    is dropped (nothing was sent)."""
+    with _held_engine(tiny_model, 16) as (eng, held, clock):
+        before = _timeouts("lp", "batch")
+        long, long_done = _seq("long " + "x" * 150, "lp", 4, klass="batch", queue_deadline=T0 + CAP)
+        eng.submit(long)
+        held.wait_reached(1)  # its first prefill chunk, planned in time
+        assert long.first_scheduled is not None
+        clock.now = T0 + 10 * CAP
+        urgent, urgent_done = _seq("urgent", "i", 3)
+        eng.submit(urgent)
+        held.release_all()
+        assert long_done.wait(30)
+        assert urgent_done.wait(30)
+        assert long.preemptions == 1 and long.output == []
+        assert (long.finish_reason, urgent.finish_reason) == ("queue_timeout", "length")
+        assert _timeouts("lp", "batch") == before + 1
 
 
 TENANTS = {"qc": {"key_sha256": hash_key("k-qc")}}
