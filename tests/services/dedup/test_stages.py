@@ -305,3 +305,15 @@ def test_find_duplicates_leaves_the_callers_list_alone_unless_it_is_given_away(t
     again = find_duplicates(files, ScanContext(config=ScanConfig(workers=1)), consume=True)
     assert files == []
     assert [[f.path for f in g.files] for g in again] == [[f.path for f in g.files] for g in groups]
+
+
+def test_small_and_larger_groups_come_out_in_the_reports_order(tree: Path) -> None:
+    """find_duplicates joins the small stage's groups and the pipeline's without sorting again:
+    each list is sorted and every small size is below every other."""
+    from services.dedup.files.stages import SMALL_MAX, sort_groups
+
+    for workers in (0, 1):
+        result = scan([tree], config=ScanConfig(workers=workers))
+        sizes = {g.size <= SMALL_MAX for g in result.groups}
+        assert sizes == {True, False}  # both kinds present
+        assert result.groups == sort_groups(list(result.groups))
