@@ -18,6 +18,7 @@ _.derive  # ExceptionGroup.split()/subgroup() build their parts with it (libs/qu
 _.do_GET  # http.server request handler (deploy/launch.py, tests)
 _.log_message
 _.daemon_threads  # socketserver.ThreadingMixIn option
+_.LAST_RESULT  # dedup cli: held, never read, so a one-shot scan exits without freeing it
 _.handle_starttag  # html.parser.HTMLParser callback (tests)
 _.forward  # torch nn.Module.__call__ (services/inference/model/transformer.py)
 _.teardown  # hypothesis RuleBasedStateMachine hook (tests)
