@@ -18,7 +18,10 @@ workers  N = 1, 2, 4 worker processes (`python -m services.crawler worker --redi
          requests in flight): one worker is capacity-bound, four stay under the web's politeness
          bound (1600 requests/s; the busiest host's own chain of requests is a few seconds).
          Wall = crawl registered to crawl finished (workers started and holding their partitions
-         before); scaling efficiency = pages/s at N / (N x pages/s at 1).
+         before); scaling efficiency = pages/s at N / (N x pages/s at 1), printed beside the
+         efficiency the politeness bound allows (no N workers beat the busiest host's own chain nor
+         1/N of one worker's wall) and the workers' time runnable but waiting for a CPU
+         (/proc/PID/task/*/schedstat: whether the run was CPU-bound on this box).
          Plot: reports/bench_crawler_scale.png.
 bloom    The Redis store's optional Bloom filter in front of its exact seen-set: time to add N new
          URLs then the same N again, with and without it; its memory and counted false positives.
@@ -287,6 +290,21 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sched_s(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of a running process, all its
+    threads, from /proc/PID/task/*/schedstat: the wait is the time the box's CPUs were busy
+    with something else while the process had work (threads that ended are not counted)."""
+    run = wait = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            on_cpu, queued, _ = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue
+        run += int(on_cpu)
+        wait += int(queued)
+    return run / 1e9, wait / 1e9
+
+
 def workers_run(
     n: int,
     seeds: list[str],
@@ -297,6 +315,7 @@ def workers_run(
     *,
     sim: WebSim | None = None,
     others: dict[str, int] | None = None,
+    py_spy: str | None = None,
 ) -> dict[str, Any]:
     """`others`: name -> pid of the bench's other processes (websim, redis) whose CPU is counted."""
     client = connect(redis_url)
@@ -314,6 +333,7 @@ def workers_run(
             "--resolve", f"*.sim.test=127.0.0.1:{web_port}", "--data-dir", f"{tmp}/{tag}-w{k}",
         ]  # fmt: skip
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    spy: subprocess.Popen[bytes] | None = None
     try:
         share = math.ceil(16 / n)
 
@@ -327,6 +347,12 @@ def workers_run(
             return alive == n and sum(owners.values()) == 16 and max(owners.values()) <= share
 
         wait_until(f"{n} workers holding 16 partitions fairly", balanced, 60, procs)
+        if py_spy:  # sample worker 0 (100 Hz, raw folded stacks) until it exits
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(procs[0].pid),
+                 "-r", "100", "--nonblocking", "-f", "raw", "-o", f"{py_spy}.{tag}.txt"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         config = CrawlConfig.model_validate(
             {
                 "seeds": seeds,
@@ -338,10 +364,13 @@ def workers_run(
             }
         )
         urls = [NewURL(u, host_of(u), 0) for u in (normalize(s) for s in seeds)]
+        watched = {**{f"w{k}": p.pid for k, p in enumerate(procs)}, **others}
+        sched0 = {name: sched_s(pid) for name, pid in watched.items()}
         t0 = time.perf_counter()
         register_crawl(client, "bench", config.model_dump_json(), urls, config.max_depth)
         wait_until("the crawl to finish", lambda: crawl_state(client, "bench") == "finished", 300, procs)
         wall = time.perf_counter() - t0
+        sched1 = {name: sched_s(pid) for name, pid in watched.items()}
         other_cpu = {name: proc_cpu_s(pid) - other0[name] for name, pid in others.items()}
         used = int(client.info("memory")["used_memory"])
         counts = RedisStore(client, "bench").counts()
@@ -354,6 +383,8 @@ def workers_run(
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if spy is not None:
+            spy.wait(30)
         client.close()
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, reaped above
     cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
@@ -363,7 +394,18 @@ def workers_run(
     # busiest host's least time by politeness, against the crawl's span in websim's log.
     chain = politeness_bound(sim, entries, WORKER_DELAY) if sim is not None else {}
     busy = cpu + sum(other_cpu.values())
+    ran = {name: sched1[name][0] - sched0[name][0] for name in watched}
+    waited = {name: sched1[name][1] - sched0[name][1] for name in watched}
+    w_ran = sum(v for k, v in ran.items() if k not in others)
+    w_waited = sum(v for k, v in waited.items() if k not in others)
     return {
+        # Waiting for a CPU while runnable (schedstat), over the crawl: the workers' share of
+        # their runnable time spent waiting says whether the run was CPU-bound (the box's 2
+        # cores busy) rather than bound by politeness or by the workers' 4 requests in flight.
+        "workers_on_cpu_s": w_ran,
+        "workers_cpu_wait_s": w_waited,
+        "workers_cpu_wait_fraction": w_waited / (w_ran + w_waited) if w_ran + w_waited else 0.0,
+        **{f"{name}_cpu_wait_s": waited[name] for name in others},
         "workers": n,
         "workers_cpu_s": cpu,
         **{f"{name}_cpu_s": v for name, v in other_cpu.items()},
@@ -403,7 +445,7 @@ def part_workers(args: argparse.Namespace) -> dict[str, Any]:
                 for n in WORKER_COUNTS:
                     row = workers_run(
                         n, seeds, web_port, url, tmp, f"r{r}n{n}", sim=sim,
-                        others={"websim": web.pid, "redis": redis.pid},
+                        others={"websim": web.pid, "redis": redis.pid}, py_spy=args.py_spy,
                     )  # fmt: skip
                     row["coverage"] = row["pages"] / len(truth)
                     results[n].append(row)
@@ -415,6 +457,9 @@ def part_workers(args: argparse.Namespace) -> dict[str, Any]:
                         f" busiest host's chain {row['chain_bound_s']:.1f}s"
                         f" ({row['busiest_host_requests']} requests)"
                         f" = {row['chain_over_wall']:.2f} of the wall,"
+                        f" workers waited for a CPU {row['workers_cpu_wait_s']:.1f}s"
+                        f" ({row['workers_cpu_wait_fraction']:.0%} of their runnable time),"
+                        f" websim {row['websim_cpu_wait_s']:.1f}s, redis {row['redis_cpu_wait_s']:.1f}s,"
                         f" box load {row['loadavg_1m']:.1f}",
                         file=sys.stderr,
                     )
@@ -437,6 +482,17 @@ def part_workers(args: argparse.Namespace) -> dict[str, Any]:
             "bench_cores_used": median_spread([r["bench_cores_used"] for r in rows]),
             "chain_over_wall": median_spread([r["chain_over_wall"] for r in rows]),
             "loadavg_1m": median_spread([r["loadavg_1m"] for r in rows]),
+            "workers_cpu_wait_fraction": median_spread([r["workers_cpu_wait_fraction"] for r in rows]),
+            "chain_bound_s": median_spread([r["chain_bound_s"] for r in rows]),
+            # The bound the efficiency is compared to: no N workers can beat the busiest host's
+            # own chain (politeness) nor 1/N of one worker's wall; its efficiency is 1 unless the
+            # chain binds (each repeat against its own 1-worker run).
+            "bound_efficiency": median_spread(
+                [
+                    r1["wall_s"] / (n * max(r["chain_bound_s"], r1["wall_s"] / n))
+                    for r, r1 in zip(rows, results[1], strict=True)
+                ]
+            ),
         }
     print(
         f"\n[workers] websim {WORKER_HOSTS} hosts, truth {len(truth)} pages, delay {WORKER_DELAY}s"
@@ -444,11 +500,16 @@ def part_workers(args: argparse.Namespace) -> dict[str, Any]:
         f" per worker; {args.repeats} repeats, median [min-max]"
     )
     print(f"{'workers':<10}{'pages/s':>22}{'wall s':>22}{'coverage':>14}{'efficiency':>22}{'CPU s':>20}"
-          f"{'cores used':>20}{'chain/wall':>20}")  # fmt: skip
+          f"{'cores used':>20}{'chain/wall':>20}{'bound eff.':>20}{'CPU wait':>20}")  # fmt: skip
     for n, s in summary.items():
         print(f"{n:<10}{cell(s['pages_per_s']):>22}{cell(s['wall_s']):>22}{cell(s['coverage']):>14}"
               f"{cell(s['efficiency']):>22}{cell(s['workers_cpu_s']):>20}{cell(s['bench_cores_used']):>20}"
-              f"{cell(s['chain_over_wall']):>20}")  # fmt: skip
+              f"{cell(s['chain_over_wall']):>20}{cell(s['bound_efficiency']):>20}"
+              f"{cell(s['workers_cpu_wait_fraction']):>20}")  # fmt: skip
+    print(
+        "bound eff.: the efficiency the politeness bound allows, wall(1) / (N x max(busiest host's"
+        " chain, wall(1)/N)); CPU wait: the workers' runnable time spent waiting for a CPU"
+    )
     return {"hosts": WORKER_HOSTS, "delay": WORKER_DELAY, "concurrency": WORKER_CONCURRENCY,
             "truth_pages": len(truth), "runs": results, "summary": summary}  # fmt: skip
 
@@ -810,6 +871,12 @@ def main() -> int:
     ap.add_argument("--bloom-urls", type=int, default=40_000, help="URLs added in the bloom part")
     ap.add_argument("--bloom-capacity", type=int, default=50_000, help="the Bloom filter's capacity")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--py-spy",
+        default=None,
+        metavar="PREFIX",
+        help="workers part: profile worker 0 (diagnostic: py-spy's own CPU counts in the workers' CPU)",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-urls", type=int, default=100_000, help="DISCOVERED URLs measured")
     ap.add_argument("--memory-fetched", type=int, default=10_000, help="URLs taken to FETCHED")
