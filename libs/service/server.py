@@ -127,9 +127,14 @@ def serve(
     drain_timeout: float = 10.0,
     on_shutdown: Iterable[Hook] = (),
     drain_delay: float = 0.0,
+    loop: str = "asyncio",
     **uvicorn_options: Any,
 ) -> int:
     """Serve `app` until SIGTERM/SIGINT, drain, run `on_shutdown`; returns the exit status.
+
+    `loop="uvloop"` runs it on uvloop's event loop (libuv, in C), as uvicorn's own runner does
+    when uvloop is installed; this function runs the loop itself, so uvicorn's `loop` option would
+    not. HTTP is parsed by httptools (C) when it is installed, uvicorn's choice (`http="auto"`).
 
     `health` defaults to `app.state.health` (what create_app made). `drain_delay` keeps
     accepting for that long after the signal while /readyz says 503, so a load balancer can
@@ -163,5 +168,13 @@ def serve(
         log.info("stopped", extra={"hooks_ok": hooks_ok})
         return hooks_ok
 
-    hooks_ok = asyncio.run(main())
+    loop_factory = None
+    if loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    elif loop != "asyncio":
+        raise ValueError(f"loop must be asyncio or uvloop, not {loop!r}")
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        hooks_ok = runner.run(main())
     return 0 if hooks_ok else 1

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     from services.inference.app import freeze_startup_objects
 
     freeze_startup_objects()  # full collections stop walking start-up's objects (app.py)
-    return serve(app, settings.host, settings.port, drain_timeout=settings.drain_timeout)
+    return serve(
+        app, settings.host, settings.port, drain_timeout=settings.drain_timeout, loop=settings.event_loop
+    )
 
 
 if __name__ == "__main__":

@@ -55,6 +55,11 @@ class InferenceSettings(ServiceSettings):
         description="niceness the engine process adds to its own (Linux): under CPU contention the "
         "server's answers (admission, streams, health) get the CPU first",
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="the server's event loop: uvloop (libuv, in C) cuts its CPU per request, which "
+        "decides how soon an answer gets a core on a busy machine; asyncio: the standard library's",
+    )
     # Model
     d_model: int = Field(128, ge=1, description="model width")
     n_layers: int = Field(4, ge=1, description="transformer layers")

@@ -31,8 +31,9 @@ SERVICE = textwrap.dedent(
     from libs.service.logging import configure_logging
     from libs.service.server import serve
 
-    port, events, slow_s, drain_timeout, drain_delay = (
-        int(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
+    port, events, slow_s, drain_timeout, drain_delay, loop = (
+        int(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]),
+        sys.argv[6])
     configure_logging("slowsvc", "INFO")
     health = Health()
     app = create_app("slowsvc", health=health)
@@ -40,6 +41,10 @@ SERVICE = textwrap.dedent(
     def note(what):
         with events.open("a") as f:
             f.write(what + "\\n")
+
+    @app.get("/loop")
+    async def which_loop():
+        return {"loop": type(asyncio.get_running_loop()).__module__}
 
     @app.get("/slow")
     async def slow():
@@ -53,7 +58,7 @@ SERVICE = textwrap.dedent(
 
     health.set_ready(True)
     sys.exit(serve(app, "127.0.0.1", port, health=health, drain_timeout=drain_timeout,
-                   drain_delay=drain_delay, on_shutdown=[flush]))
+                   drain_delay=drain_delay, on_shutdown=[flush], loop=loop))
     """
 )
 
@@ -97,7 +102,7 @@ def service(
     tmp_path: Path, *, slow_s: float, drain_timeout: float, drain_delay: float = 0.0, kind: str = "fastapi"
 ) -> Iterator[tuple]:
     script = tmp_path / "slowsvc.py"
-    script.write_text(SERVICE if kind == "fastapi" else AIOHTTP_SERVICE)
+    script.write_text(AIOHTTP_SERVICE if kind == "aiohttp" else SERVICE)
     events = tmp_path / "events.txt"
     events.touch()
     port = free_port()
@@ -110,6 +115,7 @@ def service(
             str(slow_s),
             str(drain_timeout),
             str(drain_delay),
+            "uvloop" if kind == "fastapi-uvloop" else "asyncio",
         ],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -164,13 +170,22 @@ def fire(url: str, result: dict) -> threading.Thread:
 
 
 @pytest.mark.parametrize(
-    ("kind", "sig"), [("fastapi", signal.SIGTERM), ("fastapi", signal.SIGINT), ("aiohttp", signal.SIGTERM)]
+    ("kind", "sig"),
+    [
+        ("fastapi", signal.SIGTERM),
+        ("fastapi", signal.SIGINT),
+        ("fastapi-uvloop", signal.SIGTERM),  # serve(loop="uvloop"): the inference server's loop
+        ("aiohttp", signal.SIGTERM),
+    ],
 )
 def test_signal_mid_request_finishes_it_refuses_new_connections_and_exits_0(
     tmp_path: Path, kind: str, sig: int
 ) -> None:
     with service(tmp_path, slow_s=1.5, drain_timeout=20, kind=kind) as (proc, port, events):
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+        if kind.startswith("fastapi"):
+            loop = httpx.get(f"http://127.0.0.1:{port}/loop").json()["loop"]
+            assert loop == ("uvloop" if kind == "fastapi-uvloop" else "asyncio.unix_events"), loop
         result: dict = {}
         t = fire(f"http://127.0.0.1:{port}/slow", result)
         wait_for_line(events, "started")
