@@ -131,6 +131,9 @@ def test_wait_tail_counts_admitted_requests_of_the_class_against_its_cap() -> No
     assert tail["past_cap_queue_p50_s"] == pytest.approx(0.3)  # (0.1 + 0.5) / 2
     assert tail["past_cap_first_step_p50_s"] == pytest.approx(0.25)  # (0.4 + 0.1) / 2
     assert tail["past_cap_alice"] == 2
+    # What the engine enforces, and the experiment checks: the queue part within the cap (the
+    # wait is that plus the step that starts it).
+    assert tail["queue_max_s"] == 0.5
     assert wait_tail(outcomes, "batch")["past_cap"] == 0
 
 
