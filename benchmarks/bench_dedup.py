@@ -480,7 +480,7 @@ def _rows(contenders: dict[str, Contender], ref: float) -> list[dict[str, Any]]:
                 "time_vs_engine": round(statistics.median(secs) / ref, 2),
                 "rchar_mib": round(c.median("rchar") / 2**20, 1),
                 "content_read_mib": (
-                    round(statistics.median(s.content_bytes for s in c.samples) / 2**20, 1)
+                    round(statistics.median(s.content_bytes or 0 for s in c.samples) / 2**20, 1)
                     if c.samples[0].content_bytes is not None
                     else None
                 ),

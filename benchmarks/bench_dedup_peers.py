@@ -15,6 +15,9 @@ Per tree, side by side in one run (so load on the shared machine hits every tool
   inodes: the walk is cold too). That needs root; otherwise the cold rows say "not measured".
 * engine with a warm hash cache (`--cache`, filled once untimed): the re-scan of an
   unchanged tree.
+* --engine-ref REV (repeatable): the engine as it was at git revision REV (`git archive` of
+  services/ and libs/ into a temporary directory), a contender beside the working tree's, so
+  a change is measured before/after in the same run as the peers (its groups must equal too).
 
 Each run: wall time of the process (interpreter start-up included), its peak RSS
 (ru_maxrss from wait4), and its duplicate groups as sets of (device, inode), which must equal
@@ -56,6 +59,7 @@ class Run:
     seconds: float
     max_rss_kib: int
     rc: int
+    cpu_s: float = -1.0  # user + system of the process and its children (time's %U + %S)
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Contender:
             "min_s": round(min(secs), 3),
             "max_s": round(max(secs), 3),
             "stdev_s": round(statistics.stdev(secs), 3) if len(secs) > 1 else 0.0,
+            "cpu_median_s": round(statistics.median(r.cpu_s for r in self.runs), 3),
             "vs_engine": round(self.median() / ref, 2) if ref else None,
             "peak_rss_mib": round(max(r.max_rss_kib for r in self.runs) / 1024, 1),
             "groups": self.groups,
@@ -97,7 +102,7 @@ def run_measured(cmd: list[str], cwd: str, stdout_path: str | None) -> Run:
     try:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            ["/usr/bin/time", "-f", "%M", "-o", rss_file, *cmd],
+            ["/usr/bin/time", "-f", "%M %U %S", "-o", rss_file, *cmd],
             cwd=cwd,
             stdout=out,
             stderr=subprocess.DEVNULL,
@@ -112,12 +117,15 @@ def run_measured(cmd: list[str], cwd: str, stdout_path: str | None) -> Run:
             rc = -9
         seconds = time.perf_counter() - t0
         text = Path(rss_file).read_text().strip().splitlines()
-        rss = int(text[-1]) if text and text[-1].isdigit() else -1
+        fields = text[-1].split() if text else []
+        rss, cpu = -1, -1.0
+        if len(fields) == 3 and fields[0].isdigit():
+            rss, cpu = int(fields[0]), float(fields[1]) + float(fields[2])
     finally:
         os.unlink(rss_file)
         if stdout_path:
             out.close()  # type: ignore[union-attr]
-    return Run(seconds, rss, rc)
+    return Run(seconds, rss, rc, cpu)
 
 
 def can_drop_caches() -> bool:
@@ -134,12 +142,33 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+ENGINE_REFS: dict[str, Path] = {}  # --engine-ref: revision -> its sources' directory
+
+
+def export_revision(rev: str, into: Path) -> Path:
+    """services/ and libs/ of git revision `rev`, extracted under `into` (the repo untouched)."""
+    dest = into / f"engine-{rev}"
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", rev, "services", "libs"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
 def commands(root: Path, work: Path) -> dict[str, tuple[list[str], str | None, str]]:
     """name -> (argv, stdout file, cwd)."""
     py = sys.executable
     engine = [py, "-m", "services.dedup", "scan", "--no-progress", "--format", "json"]
+    refs = {
+        f"engine@{rev}": ([*engine, "--no-cache", str(root)], str(work / f"engine@{rev}.json"), str(src))
+        for rev, src in ENGINE_REFS.items()
+    }
     return {
         "engine": ([*engine, "--no-cache", str(root)], str(work / "engine.json"), str(REPO)),
+        **refs,
         "jdupes": (peers.jdupes_command([str(root)]), str(work / "jdupes.txt"), str(work)),
         "rdfind": (peers.rdfind_command([str(root)], str(work / "rdfind.txt")), None, str(work)),
         "fdupes": (peers.fdupes_command([str(root)]), str(work / "fdupes.txt"), str(work)),
@@ -164,6 +193,8 @@ def commands(root: Path, work: Path) -> dict[str, tuple[list[str], str | None, s
 def groups_of(name: str, work: Path) -> peers.Groups | None:
     if "empty" in name:
         return None
+    if name.startswith("engine@"):
+        return peers.engine_groups_from_json(json.loads((work / f"{name}.json").read_text()))
     if name.startswith("engine"):
         out = "engine.json" if name == "engine" else "engine-cached.json"
         return peers.engine_groups_from_json(json.loads((work / out).read_text()))
@@ -251,8 +282,11 @@ def print_tables(result: dict[str, Any]) -> None:
             if rows is None:
                 print(tree["cold_note"])
                 continue
-            print("| contender | median s | min-max s | time / engine | peak RSS MiB | groups equal |")
-            print("|---|---:|---:|---:|---:|---|")
+            print(
+                "| contender | median s | min-max s | time / engine | CPU s (median) | peak RSS MiB "
+                "| groups equal |"
+            )
+            print("|---|---:|---:|---:|---:|---:|---|")
             for r in rows:
                 name = f"**{r['contender']}**" if r["contender"].startswith("engine") else r["contender"]
                 if -9 in r["exit_codes"]:
@@ -260,7 +294,7 @@ def print_tables(result: dict[str, Any]) -> None:
                     continue
                 print(
                     f"| {name} | {r['median_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | "
-                    f"{r['vs_engine']:.2f} | {r['peak_rss_mib']:.1f} | "
+                    f"{r['vs_engine']:.2f} | {r['cpu_median_s']:.2f} | {r['peak_rss_mib']:.1f} | "
                     f"{_equal(r['groups_equal_engine'])} |"
                 )
         print(f"\nload average during {tree['tree']}: {tree['load_average']}")
@@ -285,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(PEERS),
         help="comma-separated peers to run beside the engine (default: all four)",
     )
+    ap.add_argument(
+        "--engine-ref",
+        action="append",
+        default=[],
+        metavar="REV",
+        help="also run the engine as of git revision REV (before/after in one run; repeatable)",
+    )
     args = ap.parse_args(argv)
     globals()["RUN_LIMIT_S"] = args.limit
     if args.runs < 1 or args.cold_runs < 0:
@@ -308,6 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-dedup-env-"))
     # The engine from cached bytecode, as an installed package runs (see bench_dedup.child_env).
     CHILD_ENV = child_env("cached", work)
+    for rev in args.engine_ref:
+        try:
+            ENGINE_REFS[rev] = export_revision(rev, work)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            print(f"error: --engine-ref {rev}: {exc}", file=sys.stderr)
+            return 2
     trees = []
     try:
         for label in args.trees.split(","):

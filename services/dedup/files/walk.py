@@ -132,6 +132,9 @@ class WalkOptions:
     include: tuple[str, ...] = ()  # globs on the base name; empty = everything
     exclude: tuple[str, ...] = ()  # globs on the base name or the whole path
     confine: tuple[str, ...] = ()  # allowed directories (symlinks resolved); empty = no confinement
+    # Threads listing and stat'ing directories: 0 = adaptive (2 while a core is idle, see
+    # walk_threads), 1 = serial; the result is the same either way.
+    threads: int = 0
 
 
 @dataclass(slots=True)
@@ -220,6 +223,12 @@ class _Filter:
 def walk(roots: Iterable[str | bytes | os.PathLike], options: WalkOptions | None = None) -> WalkResult:
     """Walk every root and return the regular files, one entry per inode, plus per-path errors."""
     options = options or WalkOptions()
+    roots = list(roots)
+    threads = options.threads or walk_threads()
+    if threads > 1:
+        done = _walk_parallel(roots, options, threads)
+        if done is not None:
+            return done
     files: list[FileEntry] = []
     errors: list[WalkError] = []
     stats = WalkStats()
@@ -496,3 +505,234 @@ def _consider_file(
     seen_files[key] = entry
     stats.files_kept += 1
     return entry
+
+
+def walk_threads() -> int:
+    """The adaptive thread count of a walk: 2 while this process may use 2 cores and one of
+    them is idle (the run-queue now and the 1-minute load average both leave a core free), else
+    1. Never more than 2: the per-entry Python holds the GIL, so only the system calls of one
+    thread overlap another's Python; on a busy machine a second thread only adds GIL hand-offs
+    (a thread preempted while holding it stalls the other)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    if cores < 2:
+        return 1
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            fields = f.read().split()
+        load1, running = float(fields[0]), int(fields[3].split(b"/")[0]) - 1  # less this thread
+    except (OSError, ValueError, IndexError):
+        return 1
+    return 2 if max(load1 - 1.0, running) <= cores - 2 else 1
+
+
+class _Dir:
+    """One directory of a parallel walk: what listing it gave, in the serial walk's order."""
+
+    __slots__ = ("children", "items", "key", "path", "plain", "root_dev")
+
+    def __init__(self, path: bytes, root_dev: int, key: tuple[int, int]) -> None:
+        self.path, self.root_dev, self.key = path, root_dev, key
+        # FileEntry (one link, kept), WalkError, or (path, name, stat) for _consider_file
+        self.items: list[Any] = []
+        self.plain = True  # items are FileEntry only
+        self.children: list[_Dir] = []
+
+
+class _SecondRoute(Exception):
+    """A directory met twice (a bind mount, nested roots): the serial walk decides which
+    route enters it, in its order; the parallel walk gives up and the serial one runs."""
+
+
+def _walk_parallel(roots: list[Any], options: WalkOptions, threads: int) -> WalkResult | None:
+    """The walk of `iter_files` with `threads` threads listing and stat'ing directories (the
+    system calls release the GIL, so one thread's getdents/fstatat overlap another's Python),
+    the same result in the same order: each directory's entries are kept in its own record and
+    the records are read depth first in name order afterwards, where hard-linked and filtered
+    files go through `_consider_file` (first name met = the serial walk's). Only for the plain
+    case: unconfined, no symlinks followed, every root a directory; None when it does not apply
+    or a directory is met twice (the serial walk then runs)."""
+    if options.confine or options.follow_symlinks:
+        return None
+    import threading
+
+    root_list = [os.fsencode(r) for r in roots]
+    flt = _Filter(options)
+    stats = WalkStats()
+    errors: list[WalkError] = []
+    top: list[_Dir] = []
+    seen_dirs: dict[tuple[int, int], bytes] = {}
+    for root_b in root_list:
+        try:
+            st = os.stat(root_b)
+        except OSError:
+            return None  # the serial walk reports it, in its place
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:
+            return None
+        seen_dirs[key] = root_b
+        top.append(_Dir(root_b, st.st_dev, key))
+
+    has_exclude = bool(flt.exclude)
+    one_fs = options.one_filesystem
+    plain = not flt.include
+    min_size = options.min_size
+    max_size = options.max_size if options.max_size is not None else float("inf")
+    sizes: dict[int, int] = {}
+    new_entry = FileEntry.__new__
+    setdefault = seen_dirs.setdefault
+
+    def list_dir(node: _Dir, st_: WalkStats) -> None:
+        dir_path, root_dev = node.path, node.root_dev
+        items = node.items
+        add = items.append
+        st_.dirs += 1
+        try:
+            with os.scandir(dir_path) as it:
+                entries = list(it)
+        except OSError as exc:
+            st_.errors += 1
+            add(WalkError(dir_path, _error_text(exc)))
+            node.plain = False
+            return
+        dfd = -1
+        try:
+            dfd = os.open(dir_path, _O_DIR)
+            dst = os.fstat(dfd)
+            if (dst.st_dev, dst.st_ino) != node.key:
+                os.close(dfd)
+                dfd = -1
+        except OSError:
+            if dfd >= 0:
+                os.close(dfd)
+            dfd = -1
+        entries.sort(key=_name)
+        prefix = os.path.join(dir_path, b"")
+        children = node.children
+        try:
+            for de in entries:
+                path = de.path
+                if has_exclude and flt.excluded(path, de.name):
+                    st_.filtered += 1
+                    continue
+                try:
+                    if de.is_symlink():
+                        st_.symlinks_skipped += 1
+                        continue
+                    if dfd >= 0:
+                        st = os.stat(de.name, dir_fd=dfd, follow_symlinks=False)
+                    else:
+                        st = de.stat(follow_symlinks=False)
+                except OSError as exc:
+                    st_.errors += 1
+                    add(WalkError(path, _error_text(exc)))
+                    node.plain = False
+                    continue
+                kind = st.st_mode & _S_IFMT
+                if kind == _S_IFREG:
+                    if one_fs and st.st_dev != root_dev:
+                        st_.filtered += 1
+                        continue
+                    st_.files_seen += 1
+                    size = st.st_size
+                    if plain and st.st_nlink == 1 and min_size <= size <= max_size:
+                        dev = st.st_dev
+                        mtime_ns, ctime_ns = st.st_mtime_ns, st.st_ctime_ns
+                        entry = new_entry(FileEntry)
+                        entry._dir = prefix
+                        entry._name = de.name
+                        entry.dev = root_dev if dev == root_dev else dev
+                        entry._im = (st.st_ino << 64) | (mtime_ns + MTIME_BIAS)
+                        entry.size = sizes.setdefault(size, size)
+                        entry._ctime = None if ctime_ns == mtime_ns else ctime_ns
+                        entry.links = ()
+                        st_.files_kept += 1
+                        add(entry)
+                    else:
+                        add((path, de.name, st))  # hard links, include globs: serial, later
+                        node.plain = False
+                elif kind == _S_IFDIR:
+                    if one_fs and st.st_dev != root_dev:
+                        st_.filtered += 1
+                        continue
+                    key = (st.st_dev, st.st_ino)
+                    if setdefault(key, path) is not path:  # atomic: one thread wins a key
+                        raise _SecondRoute
+                    children.append(_Dir(path, root_dev, key))
+                else:
+                    st_.special_skipped += 1
+        finally:
+            if dfd >= 0:
+                os.close(dfd)
+
+    todo = list(reversed(top))
+    cv = threading.Condition()
+    busy = [0]
+    failed: list[BaseException] = []
+    per_thread: list[WalkStats] = []
+
+    def run() -> None:
+        st_ = WalkStats()
+        per_thread.append(st_)
+        try:
+            while True:
+                with cv:
+                    while not todo and busy[0] and not failed:
+                        cv.wait()
+                    if failed or not todo:
+                        cv.notify_all()
+                        return
+                    node = todo.pop()
+                    busy[0] += 1
+                try:
+                    list_dir(node, st_)
+                finally:
+                    with cv:
+                        busy[0] -= 1
+                        todo.extend(reversed(node.children))
+                        cv.notify_all()
+        except BaseException as exc:  # a second route, or anything unexpected: re-raised below
+            with cv:
+                failed.append(exc)
+                cv.notify_all()
+
+    helpers = [threading.Thread(target=run, name=f"walk-{i}", daemon=True) for i in range(threads - 1)]
+    for t in helpers:
+        t.start()
+    run()
+    for t in helpers:
+        t.join()
+    if failed:
+        if isinstance(failed[0], _SecondRoute):
+            return None
+        raise failed[0]
+
+    for s in per_thread:
+        for k in WalkStats.__slots__:
+            setattr(stats, k, getattr(stats, k) + getattr(s, k))
+    files: list[FileEntry] = []
+    add_file, add_error = files.append, errors.append
+    seen_files: dict[tuple[int, int], FileEntry] = {}
+    stack = list(reversed(top))
+    while stack:
+        node = stack.pop()
+        if node.plain:
+            files.extend(node.items)
+        else:
+            for item in node.items:
+                cls = item.__class__
+                if cls is FileEntry:
+                    add_file(item)
+                elif cls is WalkError:
+                    add_error(item)
+                else:
+                    entry = _consider_file(item[0], item[1], item[2], flt, seen_files, stats)
+                    if entry is not None:
+                        add_file(entry)
+        node.items = []
+        stack.extend(reversed(node.children))
+    return WalkResult(files=files, errors=errors, stats=stats)

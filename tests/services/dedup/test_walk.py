@@ -188,3 +188,86 @@ def test_a_directory_swapped_for_a_symlink_after_the_walk_is_not_read(tmp_path: 
         scanner_mod.walk = original  # type: ignore[assignment]
     assert not result.groups
     assert len(result.errors) == 2 and all("other inode" in e.error for e in result.errors)
+
+
+def _mixed_tree(root: Path, seed: int) -> None:
+    """Nested directories with files of a few sizes (empty ones too), hard links within and
+    across directories, symlinks, a FIFO and names that globs pick out."""
+    import random
+
+    rnd = random.Random(seed)
+    dirs = [root]
+    for i in range(12):
+        d = rnd.choice(dirs) / f"d{i:02}"
+        d.mkdir()
+        dirs.append(d)
+    made: list[Path] = []
+    for i in range(150):
+        d = rnd.choice(dirs)
+        p = d / f"f{i:03}{rnd.choice(['.txt', '.log', '.bin'])}"
+        if made and rnd.random() < 0.15:
+            os.link(rnd.choice(made), p)  # a further name of an earlier inode
+        else:
+            write(p, bytes([rnd.randrange(3)]) * rnd.choice([0, 1, 7, 64, 5000]))
+            made.append(p)
+    os.symlink(made[0], dirs[-1] / "link-to-file")
+    os.symlink(root, dirs[-1] / "link-to-root")
+    os.mkfifo(dirs[1] / "fifo")
+
+
+def _same(a, b) -> None:
+    assert a.files == b.files  # paths, inodes, sizes, times and every further name, in order
+    assert [(os.path.basename(e.path), e.error) for e in a.errors] == [
+        (os.path.basename(e.path), e.error) for e in b.errors
+    ]
+    assert a.stats == b.stats
+
+
+def test_a_parallel_walk_gives_the_serial_walks_result_in_its_order(tmp_path: Path) -> None:
+    from services.dedup.files import walk as walk_mod
+
+    option_sets = [
+        {},
+        {"min_size": 0},
+        {"min_size": 2, "max_size": 100},
+        {"include": ("*.txt",)},
+        {"exclude": ("*.log", "d03")},
+        {"one_filesystem": True},
+    ]
+    for seed in range(3):
+        root = tmp_path / f"t{seed}"
+        root.mkdir()
+        _mixed_tree(root, seed)
+        for extra in option_sets:
+            serial = walk([root], WalkOptions(threads=1, **extra))
+            parallel = walk_mod._walk_parallel([root], WalkOptions(threads=2, **extra), 2)
+            assert parallel is not None  # the plain case: the parallel walk ran
+            _same(serial, parallel)
+            _same(serial, walk([root], WalkOptions(threads=2, **extra)))
+            assert serial.files or extra
+
+
+def test_a_parallel_walk_leaves_what_it_cannot_order_to_the_serial_walk(tmp_path: Path) -> None:
+    """A directory met twice (a root inside another root), a root that is a file or missing,
+    followed symlinks and confinement: the serial walk runs, with its result."""
+    from services.dedup.files import walk as walk_mod
+
+    _mixed_tree(tmp_path, 7)
+    inner = tmp_path / "d00"
+    cases = [
+        ([tmp_path, inner], {}),
+        ([inner, tmp_path], {}),
+        ([tmp_path / "nope", tmp_path], {}),
+        ([next(p for p in tmp_path.iterdir() if p.is_file()), tmp_path], {}),
+        ([tmp_path], {"follow_symlinks": True}),
+        ([tmp_path], {"confine": (str(tmp_path),)}),
+    ]
+    for roots, extra in cases:
+        assert walk_mod._walk_parallel(roots, WalkOptions(threads=2, **extra), 2) is None, roots
+        _same(walk(roots, WalkOptions(threads=1, **extra)), walk(roots, WalkOptions(threads=2, **extra)))
+
+
+def test_the_adaptive_walk_uses_at_most_two_threads() -> None:
+    from services.dedup.files.walk import walk_threads
+
+    assert walk_threads() in (1, 2)
