@@ -15,6 +15,7 @@ Per tree, side by side in one run (so load on the shared machine hits every tool
   inodes: the walk is cold too). That needs root; otherwise the cold rows say "not measured".
 * engine with a warm hash cache (`--cache`, filled once untimed): the re-scan of an
   unchanged tree.
+* --engine-args FLAGS (repeatable): the engine with these scan flags, another contender.
 * --engine-ref REV (repeatable): the engine as it was at git revision REV (`git archive` of
   services/ and libs/ into a temporary directory), a contender beside the working tree's, so
   a change is measured before/after in the same run as the peers (its groups must equal too).
@@ -143,6 +144,7 @@ def load() -> list[float]:
 
 
 ENGINE_REFS: dict[str, Path] = {}  # --engine-ref: revision -> its sources' directory
+ENGINE_EXTRA: list[str] = []  # --engine-args: further engine contenders with these flags
 
 
 def export_revision(rev: str, into: Path) -> Path:
@@ -166,6 +168,13 @@ def commands(root: Path, work: Path) -> dict[str, tuple[list[str], str | None, s
         f"engine@{rev}": ([*engine, "--no-cache", str(root)], str(work / f"engine@{rev}.json"), str(src))
         for rev, src in ENGINE_REFS.items()
     }
+    for extra in ENGINE_EXTRA:
+        flags = extra.split()
+        refs[f"engine {extra}"] = (
+            [*engine, *flags, "--no-cache", str(root)],
+            str(work / f"engine-{'_'.join(flags)}.json"),
+            str(REPO),
+        )
     return {
         "engine": ([*engine, "--no-cache", str(root)], str(work / "engine.json"), str(REPO)),
         **refs,
@@ -195,6 +204,9 @@ def groups_of(name: str, work: Path) -> peers.Groups | None:
         return None
     if name.startswith("engine@"):
         return peers.engine_groups_from_json(json.loads((work / f"{name}.json").read_text()))
+    if name.startswith("engine --"):
+        out = f"engine-{'_'.join(name.split()[1:])}.json"
+        return peers.engine_groups_from_json(json.loads((work / out).read_text()))
     if name.startswith("engine"):
         out = "engine.json" if name == "engine" else "engine-cached.json"
         return peers.engine_groups_from_json(json.loads((work / out).read_text()))
@@ -326,8 +338,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="REV",
         help="also run the engine as of git revision REV (before/after in one run; repeatable)",
     )
+    ap.add_argument(
+        "--engine-args",
+        action="append",
+        default=[],
+        metavar="FLAGS",
+        help="also run the engine with these scan flags, e.g. '--walk-threads 2' (repeatable)",
+    )
     args = ap.parse_args(argv)
     globals()["RUN_LIMIT_S"] = args.limit
+    ENGINE_EXTRA[:] = [a.strip() for a in args.engine_args if a.strip()]
     if args.runs < 1 or args.cold_runs < 0:
         print("error: --runs must be >= 1 and --cold-runs >= 0", file=sys.stderr)
         return 2

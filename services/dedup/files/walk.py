@@ -509,10 +509,12 @@ def _consider_file(
 
 def walk_threads() -> int:
     """The adaptive thread count of a walk: 2 while this process may use 2 cores and one of
-    them is idle (the run-queue now and the 1-minute load average both leave a core free), else
-    1. Never more than 2: the per-entry Python holds the GIL, so only the system calls of one
+    them is idle (no other thread runnable now, and a 1-minute load average under the core
+    count: a benchmark's own back-to-back runs keep it near 1 on a quiet machine), else 1.
+    Never more than 2: the per-entry Python holds the GIL, so only the system calls of one
     thread overlap another's Python; on a busy machine a second thread only adds GIL hand-offs
-    (a thread preempted while holding it stalls the other)."""
+    (a thread preempted while holding it stalls the other), and with autogroup scheduling
+    (one share per session) it cannot win this process a larger share of the CPU."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -525,7 +527,7 @@ def walk_threads() -> int:
         load1, running = float(fields[0]), int(fields[3].split(b"/")[0]) - 1  # less this thread
     except (OSError, ValueError, IndexError):
         return 1
-    return 2 if max(load1 - 1.0, running) <= cores - 2 else 1
+    return 2 if running <= cores - 2 and load1 < cores else 1
 
 
 class _Dir:
