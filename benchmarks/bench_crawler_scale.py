@@ -305,6 +305,74 @@ def sched_s(pid: int) -> tuple[float, float]:
     return run / 1e9, wait / 1e9
 
 
+# Round trips to Redis, counted inside each worker process (any checkout: nothing in the crawler
+# changes): a sitecustomize on the workers' PYTHONPATH wraps redis-py's Connection so that every
+# send_packed_command (one per command, one per pipeline; each is followed by a read) is counted,
+# and send_command records the command's name (EVALSHA with its script's SHA1); written as JSON
+# at the process's exit. The count spans the worker's life: the crawl plus the second or two
+# before (partitions balancing) and after it (until SIGTERM).
+_RT_SITECUSTOMIZE = """
+import atexit, collections, json, os
+import redis.connection as _rc
+_calls = collections.Counter()
+_sent = [0]
+_spc, _sc = _rc.AbstractConnection.send_packed_command, _rc.AbstractConnection.send_command
+def _send_packed_command(self, command, check_health=True):
+    _sent[0] += 1
+    return _spc(self, command, check_health)
+def _send_command(self, *args, **kwargs):
+    name = str(args[0]).upper() if args else "?"
+    if name == "EVALSHA":
+        name += ":" + str(args[1])
+    _calls[name] += 1
+    return _sc(self, *args, **kwargs)
+_rc.AbstractConnection.send_packed_command = _send_packed_command
+_rc.AbstractConnection.send_command = _send_command
+@atexit.register
+def _dump():
+    out = os.environ.get("PG_BENCH_RT_OUT")
+    if out:
+        calls = dict(_calls)
+        calls["(pipelines)"] = _sent[0] - sum(_calls.values())
+        with open(f"{out}.{os.getpid()}.json", "w") as f:
+            json.dump({"round_trips": _sent[0], "calls": calls}, f)
+"""
+
+# The names of the Lua scripts of a checkout, by SHA1 (to name EVALSHA in the counts).
+_SCRIPT_NAMES = """
+import hashlib, json
+from services.crawler import partitions, store_redis
+out = {}
+for mod in (partitions, store_redis):
+    for name, v in vars(mod).items():
+        if isinstance(v, str) and "redis.call" in v:
+            out[hashlib.sha1(v.encode()).hexdigest()] = name
+print(json.dumps(out))
+"""
+
+
+def script_names(code_root: Path) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(code_root)}
+    raw = subprocess.run(
+        [sys.executable, "-c", _SCRIPT_NAMES], env=env, cwd=code_root, capture_output=True, check=True
+    ).stdout
+    return json.loads(raw)
+
+
+def read_round_trips(prefix: str, names: dict[str, str]) -> dict[str, Any]:
+    total = 0
+    calls: dict[str, int] = defaultdict(int)
+    for f in sorted(Path(prefix).parent.glob(Path(prefix).name + ".*.json")):
+        d = json.loads(f.read_text())
+        total += d["round_trips"]
+        for k, v in d["calls"].items():
+            if k.startswith("EVALSHA:"):
+                k = "EVALSHA " + names.get(k.split(":", 1)[1], k.split(":", 1)[1][:8])
+            calls[k] += v
+        f.unlink()
+    return {"round_trips": total, "calls": dict(sorted(calls.items(), key=lambda kv: -kv[1]))}
+
+
 def workers_run(
     n: int,
     seeds: list[str],
@@ -316,15 +384,22 @@ def workers_run(
     sim: WebSim | None = None,
     others: dict[str, int] | None = None,
     py_spy: str | None = None,
+    code_root: Path = ROOT,
+    names: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """`others`: name -> pid of the bench's other processes (websim, redis) whose CPU is counted."""
+    """`others`: name -> pid of the bench's other processes (websim, redis) whose CPU is counted.
+    `code_root`: the checkout the workers run from (a baseline beside this one)."""
     client = connect(redis_url)
     client.flushall()
     others = others or {}
     other0 = {name: proc_cpu_s(pid) for name, pid in others.items()}
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     admin(web_port, "/reset", "POST")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    site = Path(tmp) / "rtcount"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_RT_SITECUSTOMIZE)
+    rt_prefix = str(site / f"rt-{tag}")
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{code_root}", "PG_BENCH_RT_OUT": rt_prefix}
     procs = []
     for k in range(n):
         cmd = [
@@ -332,7 +407,11 @@ def workers_run(
             "--worker-id", f"w{k}", "--partitions", "16", "--partition-lease", "2",
             "--resolve", f"*.sim.test=127.0.0.1:{web_port}", "--data-dir", f"{tmp}/{tag}-w{k}",
         ]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, cwd=code_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
     spy: subprocess.Popen[bytes] | None = None
     try:
         share = math.ceil(16 / n)
@@ -388,6 +467,7 @@ def workers_run(
         client.close()
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, reaped above
     cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    rts = read_round_trips(rt_prefix, names or {})
     entries = log_entries(web_port)
     pages = fetched_pages(entries)
     # Is the crawl bound by a host's own chain of requests (each waits the host's gap)? The
@@ -423,6 +503,10 @@ def workers_run(
         "requests": len(entries),
         "pages_per_s": len(pages) / wall,
         "redis_used_memory": used,
+        "workers_cpu_ms_per_page": 1000 * cpu / max(1, len(pages)),
+        "round_trips": rts["round_trips"],
+        "round_trips_per_page": rts["round_trips"] / max(1, len(pages)),
+        "redis_calls": rts["calls"],
     }
 
 
@@ -435,23 +519,38 @@ def part_workers(args: argparse.Namespace) -> dict[str, Any]:
     truth = sim.ground_truth(seeds, max_depth=DEPTH)
     web, web_port = start_websim(knobs)
     redis_port = free_port()
-    results: dict[int, list[dict[str, Any]]] = {n: [] for n in WORKER_COUNTS}
+    # variant name -> checkout: this one, and any --worker-code NAME=DIR run side by side with it
+    variants = {"this": ROOT, **{v.split("=", 1)[0]: Path(v.split("=", 1)[1]) for v in args.worker_code}}
+    names = {v: script_names(root) for v, root in variants.items()}
+    by_variant: dict[str, dict[int, list[dict[str, Any]]]] = {
+        v: {n: [] for n in WORKER_COUNTS} for v in variants
+    }
+    results = by_variant["this"]
+    counts = [int(c) for c in args.worker_counts.split(",")] if args.worker_counts else list(WORKER_COUNTS)
     with tempfile.TemporaryDirectory() as tmp:
         redis = start_redis(redis_port, tmp)
         url = f"redis://127.0.0.1:{redis_port}/0"
         try:
             workers_run(2, seeds, web_port, url, tmp, "warmup")
             for r in range(args.repeats):  # interleaved: a slow patch of the box hits every N alike
-                for n in WORKER_COUNTS:
+                for n, (variant, root) in itertools.product(counts, variants.items()):
                     row = workers_run(
-                        n, seeds, web_port, url, tmp, f"r{r}n{n}", sim=sim,
+                        n, seeds, web_port, url, tmp, f"r{r}n{n}{variant}", sim=sim,
                         others={"websim": web.pid, "redis": redis.pid}, py_spy=args.py_spy,
+                        code_root=root, names=names[variant],
                     )  # fmt: skip
                     row["coverage"] = row["pages"] / len(truth)
-                    results[n].append(row)
+                    row["variant"] = variant
+                    by_variant[variant][n].append(row)
+                    top = ", ".join(
+                        f"{k} {v / max(1, row['pages']):.2f}" for k, v in list(row["redis_calls"].items())[:8]
+                    )
                     print(
-                        f"workers {n} repeat {r}: {row['pages']} pages in {row['wall_s']:.1f}s"
-                        f" = {row['pages_per_s']:.1f} pages/s; workers' CPU {row['workers_cpu_s']:.1f}s,"
+                        f"[{variant}] workers {n} repeat {r}: {row['pages']} pages in {row['wall_s']:.1f}s"
+                        f" = {row['pages_per_s']:.1f} pages/s;"
+                        f" Redis round trips {row['round_trips_per_page']:.2f}"
+                        f" a page ({top}); workers' CPU {row['workers_cpu_ms_per_page']:.2f} ms a page;"
+                        f" workers' CPU {row['workers_cpu_s']:.1f}s,"
                         f" websim {row['websim_cpu_s']:.1f}s, redis {row['redis_cpu_s']:.1f}s"
                         f" ({row['bench_cores_used']:.2f} of {row['cpu_count']} cores),"
                         f" busiest host's chain {row['chain_bound_s']:.1f}s"
@@ -468,10 +567,36 @@ def part_workers(args: argparse.Namespace) -> dict[str, Any]:
             redis.wait(10)
             web.terminate()
             web.wait(10)
+    summaries = {v: summarize_workers(res) for v, res in by_variant.items()}
+    summary = summaries["this"]
+    print(
+        f"\n[workers] websim {WORKER_HOSTS} hosts, truth {len(truth)} pages, delay {WORKER_DELAY}s"
+        f" (politeness bound {WORKER_HOSTS / WORKER_DELAY:.0f} requests/s), {WORKER_CONCURRENCY} in flight"
+        f" per worker; {args.repeats} repeats, median [min-max]"
+    )
+    for v, summ in summaries.items():
+        print(f"\n-- workers from {variants[v]} ({v})")
+        print_workers(summ)
+    print(
+        "bound eff.: the efficiency the politeness bound allows, wall(1) / (N x max(busiest host's"
+        " chain, wall(1)/N)); CPU wait: the workers' runnable time spent waiting for a CPU;"
+        " RT/page: Redis round trips a page (all workers); CPU ms/page: the workers' CPU a page"
+    )
+    return {"hosts": WORKER_HOSTS, "delay": WORKER_DELAY, "concurrency": WORKER_CONCURRENCY,
+            "truth_pages": len(truth), "runs": results, "summary": summary,
+            "variants": {v: str(root) for v, root in variants.items()},
+            "by_variant": {v: {"runs": by_variant[v], "summary": summaries[v]}
+                           for v in variants}}  # fmt: skip
+
+
+def summarize_workers(results: dict[int, list[dict[str, Any]]]) -> dict[int, dict[str, Any]]:
+    results = {n: rows for n, rows in results.items() if rows}
     base = statistics.median(r["pages_per_s"] for r in results[1])
     summary = {}
     for n, rows in results.items():
         summary[n] = {
+            "round_trips_per_page": median_spread([r["round_trips_per_page"] for r in rows]),
+            "workers_cpu_ms_per_page": median_spread([r["workers_cpu_ms_per_page"] for r in rows]),
             "pages_per_s": median_spread([r["pages_per_s"] for r in rows]),
             "wall_s": median_spread([r["wall_s"] for r in rows]),
             "coverage": median_spread([r["coverage"] for r in rows]),
@@ -494,24 +619,19 @@ def part_workers(args: argparse.Namespace) -> dict[str, Any]:
                 ]
             ),
         }
-    print(
-        f"\n[workers] websim {WORKER_HOSTS} hosts, truth {len(truth)} pages, delay {WORKER_DELAY}s"
-        f" (politeness bound {WORKER_HOSTS / WORKER_DELAY:.0f} requests/s), {WORKER_CONCURRENCY} in flight"
-        f" per worker; {args.repeats} repeats, median [min-max]"
-    )
+    return summary
+
+
+def print_workers(summary: dict[int, dict[str, Any]]) -> None:
     print(f"{'workers':<10}{'pages/s':>22}{'wall s':>22}{'coverage':>14}{'efficiency':>22}{'CPU s':>20}"
-          f"{'cores used':>20}{'chain/wall':>20}{'bound eff.':>20}{'CPU wait':>20}")  # fmt: skip
+          f"{'cores used':>20}{'chain/wall':>20}{'bound eff.':>20}{'CPU wait':>20}{'RT/page':>20}"
+          f"{'CPU ms/page':>20}{'load':>16}")  # fmt: skip
     for n, s in summary.items():
         print(f"{n:<10}{cell(s['pages_per_s']):>22}{cell(s['wall_s']):>22}{cell(s['coverage']):>14}"
               f"{cell(s['efficiency']):>22}{cell(s['workers_cpu_s']):>20}{cell(s['bench_cores_used']):>20}"
               f"{cell(s['chain_over_wall']):>20}{cell(s['bound_efficiency']):>20}"
-              f"{cell(s['workers_cpu_wait_fraction']):>20}")  # fmt: skip
-    print(
-        "bound eff.: the efficiency the politeness bound allows, wall(1) / (N x max(busiest host's"
-        " chain, wall(1)/N)); CPU wait: the workers' runnable time spent waiting for a CPU"
-    )
-    return {"hosts": WORKER_HOSTS, "delay": WORKER_DELAY, "concurrency": WORKER_CONCURRENCY,
-            "truth_pages": len(truth), "runs": results, "summary": summary}  # fmt: skip
+              f"{cell(s['workers_cpu_wait_fraction']):>20}{cell(s['round_trips_per_page']):>20}"
+              f"{cell(s['workers_cpu_ms_per_page']):>20}{cell(s['loadavg_1m'], '.2g'):>16}")  # fmt: skip
 
 
 # -- (c) Redis memory per URL -----------------------------------------------------------------
@@ -865,6 +985,15 @@ def main() -> int:
         "--webs", nargs="+", choices=list(BOUND_WEBS), default=None, help="bound part: these webs"
     )
     ap.add_argument("--worker-pages", type=int, default=None, help="workers part: pages per host (default 2)")
+    ap.add_argument(
+        "--worker-code",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="workers part: also run the workers from checkout DIR (e.g. `git archive` of a baseline),"
+        " alternated with this one's in every repeat",
+    )
+    ap.add_argument("--worker-counts", default=None, help="workers part: e.g. 1,4 (default 1,2,4)")
     ap.add_argument("--store-pages", type=int, default=20_000, help="pages in the store-ops part")
     ap.add_argument("--store-baseline", default="462cb98~1", help="the commit store-ops compares with")
     ap.add_argument("--sqlite-urls", type=int, default=1_000_000, help="URLs in the sqlite part's table")

@@ -480,21 +480,16 @@ class Crawl:
                 await self.store.arelease(rec.id)  # the budget is spent (by this worker or another)
                 self.frontier.schedule(host)
                 return
-            try:
-                passed = self._gate(host, slot)
-            except Fenced:
+            try:  # the politeness gate and SCHEDULED -> FETCHING (one step on a shared store)
+                passed, started = await self._gate_start(host, slot, rec)
+            except Exception:  # fenced, or a commit refused (full disk): no request, the unit back
                 self.store.unreserve_page()
+                self._cancel_gate(host, slot)
                 raise
             if not passed:
                 self.store.unreserve_page()
                 await self.store.arelease(rec.id)
                 return
-            try:
-                started = await self.store.astart(rec.id, self.owner, self.config.lease_seconds, time.time())
-            except Exception:  # fenced, or a commit refused (full disk): no request, the unit back
-                self.store.unreserve_page()
-                self._cancel_gate(host, slot)
-                raise
             if not started:
                 self.store.unreserve_page()
                 self._cancel_gate(host, slot)
@@ -516,6 +511,23 @@ class Crawl:
         if robots:
             delay = max(delay, _UNKNOWN_ROBOTS_DELAY)
         wait_until = self.store.gate_host(host, now_wall, slot.record(now_wall + delay + _GATE_MARGIN))
+        return self._gated_or_held(host, slot, delay, wait_until)
+
+    async def _gate_start(self, host: str, slot: HostSlot, rec: URLRecord) -> tuple[bool, bool]:
+        """_gate and the claimed URL's start together (store.agate_start): (passed, started)."""
+        now_wall = time.time()
+        delay = slot.delay_for(self.config.politeness)
+        wait_until, started = await self.store.agate_start(
+            host,
+            now_wall,
+            slot.record(now_wall + delay + _GATE_MARGIN),
+            rec.id,
+            self.owner,
+            self.config.lease_seconds,
+        )
+        return self._gated_or_held(host, slot, delay, wait_until), started
+
+    def _gated_or_held(self, host: str, slot: HostSlot, delay: float, wait_until: float | None) -> bool:
         if wait_until is None:
             self._gated[host] = (time.monotonic(), delay)
             return True

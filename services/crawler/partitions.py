@@ -144,6 +144,11 @@ class PartitionManager:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        from redis.cluster import RedisCluster
+
+        self._cluster = isinstance(client, RedisCluster)  # one slot per call: no pipelined renewals
+        if not self._cluster:
+            client.script_load(_RENEW)  # renewals are pipelined by its SHA (_renew_all)
         self._left = False
         self.lock = threading.RLock()
 
@@ -203,14 +208,18 @@ class PartitionManager:
             return [], []
         ttl_ms = int(self.lease_seconds * 1000)
         t0 = self.clock()
-        self.redis.zadd(WORKERS_KEY, {self.worker_id: int(time.time() * 1000) + ttl_ms})
-        workers = self.live_workers()
+        now_ms = int(time.time() * 1000)
+        pipe = self.redis.pipeline(transaction=False)  # one slot ({workers}): one round trip
+        pipe.zadd(WORKERS_KEY, {self.worker_id: now_ms + ttl_ms})
+        pipe.zremrangebyscore(WORKERS_KEY, "-inf", now_ms)
+        pipe.zrange(WORKERS_KEY, 0, -1)
+        workers = [w.decode() if isinstance(w, bytes) else w for w in pipe.execute()[-1]]
         share = self.fair_share(len(workers))
         lost: list[int] = []
+        held = [(p, own) for p, own in self.owned.items() if t0 < own.valid_until]
+        renewed = self._renew_all(held, ttl_ms)
         for p, own in list(self.owned.items()):
-            if t0 >= own.valid_until or not self._renew(
-                keys=[lease_key(p), epoch_key(p)], args=[self.worker_id, own.epoch, ttl_ms]
-            ):
+            if not renewed.get(p, False):
                 self._lose(p)
                 lost.append(p)
             else:
@@ -245,6 +254,32 @@ class PartitionManager:
             for cb in self.on_gain:
                 cb(p, self.owned[p].epoch)
         return gained, lost
+
+    def _renew_all(self, held: list[tuple[int, Ownership]], ttl_ms: int) -> dict[int, bool]:
+        """Renew these leases: partition -> renewed. On one Redis in one round trip (a pipeline;
+        each renewal is its own fenced script), on a Cluster one by one (one slot per call)."""
+        if self._cluster or len(held) <= 1:
+            return {
+                p: bool(
+                    self._renew(keys=[lease_key(p), epoch_key(p)], args=[self.worker_id, own.epoch, ttl_ms])
+                )
+                for p, own in held
+            }
+        import redis
+
+        for attempt in (0, 1):
+            pipe = self.redis.pipeline(transaction=False)
+            for p, own in held:
+                pipe.evalsha(
+                    self._renew.sha, 2, lease_key(p), epoch_key(p), self.worker_id, own.epoch, ttl_ms
+                )
+            try:
+                return {p: bool(r) for (p, _), r in zip(held, pipe.execute(), strict=True)}
+            except redis.exceptions.NoScriptError:  # a restarted Redis (renewing twice is harmless)
+                if attempt:
+                    raise
+                self.redis.script_load(_RENEW)
+        raise AssertionError("unreachable")
 
     def _lose(self, p: int) -> None:
         own = self.owned.pop(p, None)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import time
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -186,6 +187,24 @@ class FrontierStore(abc.ABC):
     async def aretry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
         self.retry(url_id, not_before, error, status)
 
+    async def agate_start(
+        self,
+        host: str,
+        now: float,
+        record: dict[str, float | None],
+        url_id: int,
+        owner: str,
+        lease_seconds: float,
+    ) -> tuple[float | None, bool]:
+        """Pass the host's politeness gate (gate_host) and, only if it passes, start the claimed
+        URL (start): (None, started), or (the wall time the host becomes eligible, False). A
+        shared store does both in one step (one round trip, nothing written unless both can
+        be). Passed but not started: the caller gives the gate back (no request is sent)."""
+        wait = self.gate_host(host, now, record)
+        if wait is not None:
+            return wait, False
+        return None, await self.astart(url_id, owner, lease_seconds, time.time())
+
     async def arelease(self, url_id: int) -> None:
         self.release(url_id)
 
@@ -229,6 +248,9 @@ class FrontierStore(abc.ABC):
             self._pages = max(0, self._pages - 1)
 
     def pages_reserved(self) -> int:
+        """Units of the page budget taken. On a shared store it may be what this process last saw
+        while that was below the limit (others may have taken more since): the loop asks it every
+        turn, reserve_page decides."""
         if self._pages is None:
             self._pages = self.counts()["FETCHED"]
         return self._pages

@@ -8,6 +8,13 @@ partition's lease under the epoch the URL was claimed with. `add` is not fenced:
 add links to any partition (the seen-set makes it idempotent), and the owner learns about new
 hosts from the partition's inbox set.
 
+Round trips (each one a wait on the worker's event loop): the politeness gate and the URL's start
+are one script (gate_start); a finish adds the page's links of its own partition in its own script,
+and on one Redis the adds for other partitions go in the same pipeline (one round trip a page;
+on a Cluster one per slot); an empty claim answers the next_ready_at after it; the page budget is
+not read before every turn (pages_reserved); lease expiry, inbox polls and lease renewals take
+one pipeline for all partitions (tests/services/crawler/test_store_redis_round_trips.py).
+
 Keys of crawl C, partition p (KP = "pg:c:C:{pN}:"):
     KP seq         INCR: URL ids are seq * 1024 + p (the id names its partition)
     KP seen        HASH url_key (16 raw bytes) -> id: the exact URL set
@@ -105,29 +112,23 @@ def _fenced_script(body: str, helpers: str = "") -> str:
     return FENCE_LUA + helpers + "if fenced() then return -1 end\n" + body
 
 
-def _partition_script(body: str) -> str:
+def _partition_script(body: str, extra: str = "") -> str:
     """A fenced script over one partition's keys (called through `RedisStore._on_partition`):
     KEYS[4] KP..'n'; ARGV[3] KP (set for _HELPERS), the script's own from ARGV[4]."""
-    return _fenced_script("KP = ARGV[3]\n" + body, _HELPERS)
+    return _fenced_script("KP = ARGV[3]\n" + body, _HELPERS + extra)
 
 
-def _url_script(body: str) -> str:
+def _url_script(body: str, extra: str = "") -> str:
     """A fenced partition script about one URL: ARGV[4] its id; `id` and its record key `rk` set."""
-    return _partition_script("local id = ARGV[4]\nlocal rk = KP .. 'u:' .. id\n" + body)
+    return _partition_script("local id = ARGV[4]\nlocal rk = KP .. 'u:' .. id\n" + body, extra)
 
 
-# KEYS[1] KP..'n' (routes the call); ARGV: KP, now, max_per_host, max_depth, p, then 6-tuples
-# (key, url, host, depth, redirects, via). Returns {new, id1, depth1, ...}: FETCHED URLs whose
-# depth was lowered (their descendants' depths are re-derived by the caller).
-_ADD = (
-    _HELPERS
-    + """
-KP = ARGV[1]
-local now = tonumber(ARGV[2])
-local maxph = tonumber(ARGV[3])
-local maxd = tonumber(ARGV[4])
-local p = tonumber(ARGV[5])
-local out = {0}
+# add_urls(A, first, p, now, maxph, maxd, out): the 6-tuples (key, url, host, depth, redirects,
+# via) of A from index `first`, all of partition p (KP set). Counts the new URLs in out[1] and
+# appends (depth, edges JSON) of FETCHED URLs whose depth was lowered and whose links were kept
+# (their descendants' depths are re-derived by the caller).
+_ADD_FN = """
+local function add_urls(A, first, p, now, maxph, maxd, out)
 -- The Bloom filter (configure_bloom), kept here so every writer keeps it: positions by double
 -- hashing over the key's first 8 bytes (two 32-bit halves; exact in Lua's doubles).
 local bfc = redis.call('HMGET', KP .. 'bfc', 'm', 'k')
@@ -141,9 +142,9 @@ local function bf_positions(key)
   for j = 0, bfk - 1 do pos[#pos + 1] = (h1 + j * h2) % bfm end
   return pos
 end
-for i = 6, #ARGV, 6 do
-  local key, url, host = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local depth = tonumber(ARGV[i + 3])
+for i = first, #A, 6 do
+  local key, url, host = A[i], A[i + 1], A[i + 2]
+  local depth = tonumber(A[i + 3])
   local pos, maybe = nil, true
   if bfm then
     pos = bf_positions(key)
@@ -166,8 +167,11 @@ for i = 6, #ARGV, 6 do
       if s == 0 or s == 5 then
         redis.call('ZADD', KP .. 'q:' .. host, 'XX', score(depth, f[3]), id)
       elseif s == 3 then
-        table.insert(out, id)
-        table.insert(out, depth)
+        local edges = redis.call('GET', KP .. 'e:' .. id)
+        if edges then
+          table.insert(out, depth)
+          table.insert(out, edges)
+        end
       end
     end
   elseif (not maxd or depth <= maxd)
@@ -180,7 +184,7 @@ for i = 6, #ARGV, 6 do
       for _, b in ipairs(pos) do redis.call('SETBIT', KP .. 'bf', b, 1) end
       redis.call('HINCRBY', KP .. 'bfs', 'added', 1)
     end
-    redis.call('HSET', rk, 'u', url, 'h', host, 'd', depth, 'r', ARGV[i + 4], 'v', ARGV[i + 5],
+    redis.call('HSET', rk, 'u', url, 'h', host, 'd', depth, 'r', A[i + 4], 'v', A[i + 5],
                's', 0, 'a', 0, 'nb', 0, 'sq', sq, 'da', now)
     redis.call('ZADD', KP .. 'q:' .. host, score(depth, sq), id)
     redis.call('HINCRBY', KP .. 'adm', host, 1)
@@ -191,6 +195,18 @@ for i = 6, #ARGV, 6 do
     out[1] = out[1] + 1
   end
 end
+end
+"""
+
+# KEYS[1] KP..'n' (routes the call); ARGV: KP, now, max_per_host, max_depth, p, then 6-tuples
+# (key, url, host, depth, redirects, via). Returns {new, depth1, edges1, ...} (add_urls).
+_ADD = (
+    _HELPERS
+    + _ADD_FN
+    + """
+KP = ARGV[1]
+local out = {0}
+add_urls(ARGV, 6, tonumber(ARGV[5]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), out)
 return out
 """
 )
@@ -208,7 +224,7 @@ end
 local top = redis.call('ZRANGE', KP .. 'q:' .. host, 0, 0)
 if #top == 0 then
   refresh(host)
-  return 0
+  return {0, redis.call('ZSCORE', KP .. 'ready', host) or ''}  -- nothing ready: when it will be
 end
 local id = top[1]
 local rk = KP .. 'u:' .. id
@@ -238,9 +254,12 @@ return 1
 """
 )
 
-# ARGV ..., id, state, status, sha, err, fetched_at, edges JSON ('' = none).
-# Returns 0 (already final) or 1 + the URL's depth now (a shorter path may have lowered it while
-# it was being fetched: the caller then re-adds its links at the lower depth).
+# ARGV ..., id, state, status, sha, err, fetched_at, edges JSON ('' = none), now, max_per_host,
+# max_depth, p, then the page's links of this same partition as _ADD's 6-tuples (added in the same
+# step: one round trip for the outcome and the links that stay in the partition).
+# Returns 0 (already final: nothing written, no link added) or {1 + the URL's depth now, new,
+# lowered depth, edges, ...} (a shorter path may have lowered the URL's depth while it was being
+# fetched: the caller then re-adds its links at the lower depth; lowered: as _ADD's).
 _FINISH = _url_script(
     """
 local f = redis.call('HMGET', rk, 's', 'h')
@@ -248,6 +267,8 @@ if not f[1] then return 0 end
 local s = tonumber(f[1])
 if s == 3 or s == 4 then return 0 end
 local host = f[2]
+local out = {0}
+add_urls(ARGV, 15, tonumber(ARGV[14]), tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), out)
 redis.call('HSET', rk, 's', ARGV[5], 'st', ARGV[6], 'sha', ARGV[7], 'err', ARGV[8], 'fa', ARGV[9])
 redis.call('HDEL', rk, 'lo', 'lu')
 redis.call('ZREM', KP .. 'leases', id)
@@ -257,8 +278,11 @@ if ARGV[10] ~= '' then redis.call('SET', KP .. 'e:' .. id, ARGV[10]) end
 setcount(host, s, tonumber(ARGV[5]))
 refresh(host)
 audit()
-return 1 + tonumber(redis.call('HGET', rk, 'd'))
-"""
+local res = {1 + tonumber(redis.call('HGET', rk, 'd'))}
+for i = 1, #out do res[#res + 1] = out[i] end
+return res
+""",
+    _ADD_FN,
 )
 
 # ARGV ..., id, not_before, error, status, now
@@ -291,6 +315,17 @@ if n > 0 then audit() end
 return n
 """
 )
+
+# KEYS inbox, ready (one partition); ARGV count -> {host, ready time, ...}: hosts given work
+# since the last call, each with its earliest not_before (hosts with nothing ready left out)
+_INBOX = """
+local out = {}
+for _, h in ipairs(redis.call('SPOP', KEYS[1], ARGV[1])) do
+  local t = redis.call('ZSCORE', KEYS[2], h)
+  if t then out[#out + 1] = h; out[#out + 1] = t end
+end
+return out
+"""
 
 # KEYS lease, epoch, writes, record; ARGV owner, epoch, ttl_ms ('' = none), field/value pairs
 _HSET_FENCED = _fenced_script(
@@ -328,6 +363,40 @@ return 0
 """
 )
 
+# The gate (_HOST's 'gate' mode) and the claimed URL's start (_START) in one step, both in
+# partition N's slot. KEYS lease, epoch, writes, host record; ARGV owner, epoch, KP, id, lease
+# until, URL lease owner, next_in, retry_in, then other field/value pairs of the record.
+# Returns the seconds left (a string) when the host is not eligible yet, 0 when the URL can no
+# longer be started (nothing written: its lease was lost), 1 when the gate passed (the record
+# written) and the URL is FETCHING.
+_GATE_START = _fenced_script(
+    """
+KP = ARGV[3]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local f = redis.call('HMGET', KEYS[4], 'next', 'retry_until')
+local at = math.max(tonumber(f[1]) or 0, tonumber(f[2]) or 0)
+if at > now then return tostring(at - now) end
+local id, until_ = ARGV[4], ARGV[5]
+local rk = KP .. 'u:' .. id
+local u = redis.call('HMGET', rk, 's', 'lo', 'h')
+if tonumber(u[1]) ~= 1 or u[2] ~= ARGV[6] then return 0 end
+redis.call('HSET', rk, 's', 2, 'lu', until_)
+redis.call('HINCRBY', rk, 'a', 1)
+redis.call('ZADD', KP .. 'leases', until_, id)
+setcount(u[3], 1, 2)
+local kv = {}
+if ARGV[7] ~= '' then kv[#kv + 1] = 'next'; kv[#kv + 1] = tostring(now + tonumber(ARGV[7])) end
+kv[#kv + 1] = 'retry_until'
+if ARGV[8] ~= '' then kv[#kv + 1] = tostring(now + tonumber(ARGV[8])) else kv[#kv + 1] = '' end
+for i = 9, #ARGV do kv[#kv + 1] = ARGV[i] end
+redis.call('HSET', KEYS[4], unpack(kv))
+audit()
+return 1
+""",
+    _HELPERS,
+)
+
 # KEYS host record -> {server seconds, microseconds, field, value, ...} (one slot: runs on a cluster)
 _HOST_READ = """
 local t = redis.call('TIME')
@@ -336,10 +405,11 @@ for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
 return out
 """
 
+# KEYS budget; ARGV limit -> {1 reserved | 0 spent, the counter now}
 _RESERVE = """
-if tonumber(redis.call('GET', KEYS[1]) or 0) >= tonumber(ARGV[1]) then return 0 end
-redis.call('INCR', KEYS[1])
-return 1
+local n = tonumber(redis.call('GET', KEYS[1]) or 0)
+if n >= tonumber(ARGV[1]) then return {0, n} end
+return {1, redis.call('INCR', KEYS[1])}
 """
 
 
@@ -391,6 +461,12 @@ def connect(url: str, *, timeout: float = 10.0) -> Any:
     return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
+def _is_cluster(client: Any) -> bool:
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
 def _s(v: Any) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
@@ -421,11 +497,22 @@ class RedisStore(FrontierStore):
         self._requests: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
         self._expired_on_gain = 0
         self.fenced = 0  # writes this store refused to make or the server refused
+        self._budget_seen: int | None = None  # the page budget's counter as last seen, and the
+        self._budget_limit: int | None = None  # limit of the last reservation (pages_reserved)
+        self._empty_claim: tuple[str, float | None] | None = None  # (host, its ready time)
+        self._cluster = _is_cluster(client)  # one slot per call there: no multi-partition pipelines
         run = client.register_script
         self._add, self._reserve_s, self._host_read_s = run(_ADD), run(_RESERVE), run(_HOST_READ)
         self._claim_s, self._start_s, self._finish_s = run(_CLAIM), run(_START), run(_FINISH)
-        self._retry_s, self._unlease_s = run(_RETRY), run(_UNLEASE)
-        self._hset_s, self._host_s = run(_HSET_FENCED), run(_HOST)
+        self._retry_s, self._unlease_s, self._inbox_s = run(_RETRY), run(_UNLEASE), run(_INBOX)
+        self._hset_s, self._host_s, self._gate_start_s = run(_HSET_FENCED), run(_HOST), run(_GATE_START)
+        if not self._cluster:  # loaded before their first use (some are pipelined by SHA: _run_all)
+            pipe = client.pipeline(transaction=False)
+            for script in (self._add, self._reserve_s, self._host_read_s, self._claim_s, self._start_s,
+                           self._finish_s, self._retry_s, self._unlease_s, self._hset_s, self._host_s,
+                           self._inbox_s, self._gate_start_s):  # fmt: skip
+                pipe.script_load(script.script)
+            pipe.execute()
         if partitions is not None:
             partitions.on_gain.append(self._on_gain)
             for p in partitions.owned:
@@ -507,7 +594,11 @@ class RedisStore(FrontierStore):
                     for h, t in self.redis.zrange(self._kp(p) + "ready", 0, -1, withscores=True)
                 ]
         owned = list(self.mgr.owned)
-        if owned:
+        if owned and not self._cluster:  # one round trip: each partition's inbox and ready times
+            calls = [(self._inbox_s, [self._kp(p) + "inbox", self._kp(p) + "ready"], [1000]) for p in owned]
+            for pairs in self._run_all(calls):
+                out += [(_s(h), float(t)) for h, t in zip(pairs[0::2], pairs[1::2], strict=True)]
+        elif owned:
             pipe = self.redis.pipeline(transaction=False)
             for p in owned:
                 pipe.spop(self._kp(p) + "inbox", 1000)
@@ -529,25 +620,71 @@ class RedisStore(FrontierStore):
         todo = list(urls)
         steps = 0
         while todo and steps < _MAX_CASCADE:
-            groups: dict[int, list[NewURL]] = defaultdict(list)
-            for u in todo:
-                groups[self.partition(u.host)].append(u)
-            todo = []
-            for p, group in groups.items():
-                kp = self._kp(p)
-                args: list[Any] = [kp, now, max_per_host or "", "" if max_depth is None else max_depth, p]
-                for u in group:
-                    args += [url_key(u.url), u.url, u.host, u.depth, u.redirects, u.via or ""]
-                res = self._add(keys=[kp + "n"], args=args)
-                new += int(res[0])
-                lowered = res[1:]
-                for i in range(0, len(lowered), 2):
-                    steps += 1
-                    todo += self._children(p, int(lowered[i]), int(lowered[i + 1]))
+            groups = self._by_partition(todo)
+            calls = [(self._add, [self._kp(p) + "n"], self._add_args(p, g, now, max_per_host, max_depth))
+                     for p, g in groups.items()]  # fmt: skip
+            got, todo, steps = self._added(self._run_all(calls), steps)
+            new += got
         return new
 
-    def _children(self, p: int, url_id: int, depth: int) -> list[NewURL]:
-        raw = self.redis.get(self._kp(p) + f"e:{url_id}")
+    def _by_partition(self, urls: list[NewURL]) -> dict[int, list[NewURL]]:
+        groups: dict[int, list[NewURL]] = defaultdict(list)
+        for u in urls:
+            groups[self.partition(u.host)].append(u)
+        return groups
+
+    def _add_args(
+        self, p: int, urls: list[NewURL], now: float, max_per_host: int | None, max_depth: int | None
+    ) -> list[Any]:
+        args: list[Any] = [self._kp(p), now, max_per_host or "", "" if max_depth is None else max_depth, p]
+        return args + self._url_tuples(urls)
+
+    @staticmethod
+    def _url_tuples(urls: list[NewURL]) -> list[Any]:
+        out: list[Any] = []
+        for u in urls:
+            out += [url_key(u.url), u.url, u.host, u.depth, u.redirects, u.via or ""]
+        return out
+
+    def _added(self, results: list[Any], steps: int) -> tuple[int, list[NewURL], int]:
+        """Add scripts' answers ({new, lowered depth, edges, ...}, one per partition) -> new URLs,
+        the links of the lowered FETCHED URLs to add again at their lower depth, steps taken."""
+        new = 0
+        todo: list[NewURL] = []
+        for res in results:
+            new += int(res[0])
+            lowered = res[1:]
+            for i in range(0, len(lowered), 2):
+                steps += 1
+                todo += self._children(lowered[i + 1], int(lowered[i]))
+        return new, todo, steps
+
+    def _run_all(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """Run (script, keys, args) calls in order; on one Redis in one round trip (a pipeline,
+        executed in this order), on a Cluster one by one (their keys are in different slots)."""
+        if len(calls) <= 1 or self._cluster:
+            return [script(keys=keys, args=args) for script, keys, args in calls]
+        import redis
+
+        for attempt in (0, 1):
+            pipe = self.redis.pipeline(transaction=False)
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                return list(pipe.execute())
+            except redis.exceptions.NoScriptError:
+                # A Redis restarted or flushed since the store loaded them: load and go again
+                # (every call here is idempotent: an add adds nothing twice, a second finish of
+                # a URL already final writes nothing).
+                if attempt:
+                    raise
+                for script, _, _ in calls:
+                    self.redis.script_load(script.script)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _children(raw: Any, depth: int) -> list[NewURL]:
+        """The links a FETCHED page kept (its edges JSON), at its depth now."""
         if not raw:
             return []
         return [
@@ -556,6 +693,7 @@ class RedisStore(FrontierStore):
         ]
 
     def claim(self, host: str, owner: str, lease_seconds: float, now: float) -> URLRecord | None:
+        self._empty_claim = None
         if self.mgr is None:
             return None
         p = self.partition(host)
@@ -568,9 +706,11 @@ class RedisStore(FrontierStore):
         try:
             res = self._on_partition(self._claim_s, p, epoch, host, now, now + lease_seconds, owner)
         finally:
-            if not res:
+            if not res or int(res[0]) == 0:
                 self.mgr.done(p, epoch)
-        if not res:
+        if not res or int(res[0]) == 0:
+            # The answer to the next_ready_at(host) that follows an empty claim (the engine's turn)
+            self._empty_claim = (host, float(res[1]) if res and _s(res[1]) != "" else None)
             return None
         url_id = int(res[0])
         self._claims[url_id] = (p, epoch)
@@ -596,35 +736,49 @@ class RedisStore(FrontierStore):
     ) -> int:
         assert outcome.state in (URLState.FETCHED, URLState.FAILED)
         p, epoch = self._claim_epoch(url_id)  # checked before anything is written
+        assert self.mgr is not None
         kp = self._kp(p)
-        new = 0
         edges = ""
-        state, depth_raw = self.redis.hmget(kp + f"u:{url_id}", "s", "d")
-        depth_now = int(depth_raw or 0)
-        if state is None or int(state) in (URLState.FETCHED, URLState.FAILED):
-            self._end_claim(url_id)
-            return 0  # already final: a second finish (at-least-once fetch) changes nothing
-        if new_urls:
-            # Links first (idempotent adds, any partition), then the fenced outcome: a crash in
-            # between refetches the page and adds nothing twice.
-            base = depth_now if parent_depth is None else parent_depth
-            rebased = [
-                NewURL(u.url, u.host, depth_now + u.depth - base, u.redirects, u.via) for u in new_urls
-            ]
-            new = self.add(rebased, max_per_host=max_per_host, now=now, max_depth=max_depth)
-            if max_depth is not None:
-                edges = json.dumps(
-                    [[u.url, u.host, u.depth - base, u.redirects, u.via or ""] for u in new_urls]
-                )
+        if new_urls and parent_depth is None:
+            state, depth_raw = self.redis.hmget(kp + f"u:{url_id}", "s", "d")
+            if state is None or int(state) in (URLState.FETCHED, URLState.FAILED):
+                self._end_claim(url_id)
+                return 0  # already final: a second finish (at-least-once fetch) changes nothing
+            depth_now = base = int(depth_raw or 0)
+        else:  # the depth the caller claimed it at; the script says if it was lowered since
+            depth_now = base = parent_depth or 0
+        if new_urls and max_depth is not None:
+            edges = json.dumps([[u.url, u.host, u.depth - base, u.redirects, u.via or ""] for u in new_urls])
+        # Links first, then the fenced outcome, in this order: a crash in between refetches the
+        # page and adds nothing twice. Links to other partitions go by their own add scripts
+        # (idempotent, unfenced, any partition); the links of the page's own partition are added
+        # by the finish script itself. On one Redis all of it is one pipeline: one round trip.
+        groups = self._by_partition(new_urls)
+        own = groups.pop(p, [])
         o = outcome
-        res = self._on_partition(
-            self._finish_s, p, epoch, url_id, int(o.state), o.status or "",
-            o.content_sha256 or "", o.error or "", o.fetched_at or "", edges,
-        )  # fmt: skip
+        fin_args = [kp, url_id, int(o.state), o.status or "", o.content_sha256 or "", o.error or "",
+                    o.fetched_at or "", edges, now, max_per_host or "",
+                    "" if max_depth is None else max_depth, p, *self._url_tuples(own)]  # fmt: skip
+        calls = [(self._add, [self._kp(q) + "n"], self._add_args(q, g, now, max_per_host, max_depth))
+                 for q, g in groups.items()]  # fmt: skip
+        fence = [*self.mgr.fence_keys(p), kp + "n"]
+        calls.append((self._finish_s, fence, [self.mgr.worker_id, epoch, *fin_args]))
+        results = self._run_all(calls)
+        res = results.pop()
         self._end_claim(url_id)
-        if edges and res and int(res) - 1 < depth_now:
-            new += self.add(self._children(p, url_id, int(res) - 1), max_per_host=max_per_host,
-                            now=now, max_depth=max_depth)  # fmt: skip
+        new, todo, steps = self._added(results, 0)
+        if isinstance(res, int) and res == -1:
+            self.fenced += 1
+            raise self.mgr.refused(p, epoch)
+        if res and not isinstance(res, int):  # 0: it was final already (nothing written here)
+            depth = int(res[0]) - 1
+            got, more, steps = self._added([res[1:]], steps)
+            new += got
+            todo += more
+            if depth < depth_now:  # a shorter path was found meanwhile: its links again, lower
+                todo += [NewURL(u.url, u.host, depth + u.depth - base, u.redirects, u.via) for u in new_urls]
+        if todo:
+            new += self.add(todo, max_per_host=max_per_host, now=now, max_depth=max_depth)
         return new
 
     def retry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
@@ -641,11 +795,27 @@ class RedisStore(FrontierStore):
         n, self._expired_on_gain = self._expired_on_gain, 0
         if self.mgr is None:
             return n
+        calls, parts = [], []
         for p in list(self.mgr.owned):
             try:
-                n += self._on_partition(self._unlease_s, p, self.mgr.write_epoch(p), now, "*")
+                epoch = self.mgr.write_epoch(p)
             except Fenced:
                 continue
+            kp = self._kp(p)
+            calls.append(
+                (
+                    self._unlease_s,
+                    [*self.mgr.fence_keys(p), kp + "n"],
+                    [self.mgr.worker_id, epoch, kp, now, "*"],
+                )
+            )
+            parts.append((p, epoch))
+        for (p, epoch), res in zip(parts, self._run_all(calls), strict=True):  # one round trip
+            if int(res) == -1:
+                self.fenced += 1
+                self.mgr.refused(p, epoch)  # lost meanwhile: its new owner hands them back
+            else:
+                n += int(res)
         return n
 
     def pending_hosts(self) -> list[tuple[str, float]]:
@@ -657,6 +827,9 @@ class RedisStore(FrontierStore):
         return out
 
     def next_ready_at(self, host: str) -> float | None:
+        empty, self._empty_claim = self._empty_claim, None
+        if empty is not None and empty[0] == host:
+            return empty[1]  # what the empty claim just read in the same script: no round trip
         p = self.partition(host)
         if self.mgr is None or self.mgr.claim_epoch(p) is None:
             return None
@@ -740,13 +913,22 @@ class RedisStore(FrontierStore):
         self.redis.hset(crawl_key(self.crawl_id, "meta"), key, value)
 
     def reserve_page(self, limit: int) -> bool:
-        return bool(self._reserve_s(keys=[crawl_key(self.crawl_id, "budget")], args=[limit]))
+        ok, n = self._reserve_s(keys=[crawl_key(self.crawl_id, "budget")], args=[limit])
+        self._budget_seen, self._budget_limit = int(n), limit
+        return bool(ok)
 
     def unreserve_page(self) -> None:
-        self.redis.decr(crawl_key(self.crawl_id, "budget"))
+        self._budget_seen = int(self.redis.decr(crawl_key(self.crawl_id, "budget")))
 
     def pages_reserved(self) -> int:
-        return int(self.redis.get(crawl_key(self.crawl_id, "budget")) or 0)
+        """The counter as this store last saw it while that was below the limit of its last
+        reservation (other workers may have taken more since: reserve_page decides, and a refused
+        reservation updates it); read from Redis otherwise. No round trip per turn of the loop."""
+        seen, limit = self._budget_seen, self._budget_limit
+        if seen is not None and limit is not None and seen < limit:
+            return seen
+        self._budget_seen = int(self.redis.get(crawl_key(self.crawl_id, "budget")) or 0)
+        return self._budget_seen
 
     # -- per-host records (politeness, robots), shared by every crawl --------------------------
     def _host_write(self, kind: str, host: str, fields: dict[str, Any], ttl_ms: int | None = None) -> None:
@@ -797,6 +979,49 @@ class RedisStore(FrontierStore):
             return now + float(res)
         self._requests[host].append((p, epoch))
         return None
+
+    async def agate_start(
+        self,
+        host: str,
+        now: float,
+        record: dict[str, float | None],
+        url_id: int,
+        owner: str,
+        lease_seconds: float,
+    ) -> tuple[float | None, bool]:
+        return self.gate_start(host, now, record, url_id, owner, lease_seconds)
+
+    def gate_start(
+        self,
+        host: str,
+        now: float,
+        record: dict[str, float | None],
+        url_id: int,
+        owner: str,
+        lease_seconds: float,
+    ) -> tuple[float | None, bool]:
+        """gate_host and start in one fenced script (one round trip), under the epoch the URL was
+        claimed with (Fenced if the partition changed hands since)."""
+        assert self.mgr is not None
+        p, key = self._host_key("host", host)
+        up, epoch = self._claim_epoch(url_id)
+        assert up == p, "a URL lives in its host's partition"
+        with self.mgr.lock:  # a request in flight: a draining partition waits for its end (save_host)
+            self.mgr.inflight[(p, epoch)] += 1
+        res: Any = None
+        try:
+            args = [self._kp(p), url_id, time.time() + lease_seconds, owner,
+                    *self._host_args("gate", now, record)[1:]]  # fmt: skip
+            res = self._fenced_call(self._gate_start_s, p, epoch, key, args)
+        finally:
+            if res != 1:
+                self.mgr.done(p, epoch)
+        if res == 1:
+            self._requests[host].append((p, epoch))
+            return None, True
+        if res == 0:
+            return None, False
+        return now + float(res), False
 
     def load_host(self, host: str) -> dict[str, float | None] | None:
         """The record with its times in this process's wall clock."""
