@@ -13,7 +13,9 @@ The wait is estimated per tenant, from its own weighted share of capacity (WaitM
 tenant that floods sees its own estimate grow and is shed early, while a tenant with nothing
 queued is admitted at once; under equal floods each tenant's admitted work follows its weight.
 Each admitted request's estimate is compared with the wait it then had (Ticket.bind), which
-both calibrates the estimate and is exported (inference_wait_estimate_error_seconds).
+both calibrates the estimate and is exported (inference_wait_estimate_error_seconds); one
+dropped at its class cap before a first token calibrates it as a wait of at least the cap
+(WaitModel.observe_dropped), so the estimate learns from the requests it got most wrong too.
 
 API keys are stored as SHA-256 digests and compared in constant time.
 """
@@ -204,6 +206,9 @@ class _Calibration:
     errors: list[float] = field(default_factory=list)  # the last few, for quantiles
     actuals: list[float] = field(default_factory=list)  # the same requests' real waits
     margin: float | None = None  # WaitModel._margin of `recent`; None: to compute again
+    # Requests dropped at the class cap before a first token (503 queue_timeout): censored
+    # observations, each a wait of at least what it had waited (WaitModel.observe_dropped).
+    dropped: int = 0
 
     def summary(self) -> dict[str, Any]:
         errs = sorted(self.errors)
@@ -215,6 +220,7 @@ class _Calibration:
         waits = sorted(self.actuals)
         return {
             "observed": self.n,
+            "dropped": self.dropped,
             "factor": {t: round(f, 3) for t, f in sorted(self.factors.items())},
             "mean_estimate_s": round(self.sum_est / n, 4),
             "mean_actual_s": round(self.sum_actual / n, 4),
@@ -488,6 +494,28 @@ class WaitModel:
             factor = cal.factors[tenant] = min(hi, max(lo, factor + self.ALPHA * (ratio - factor)))
             m.WAIT_ESTIMATE_FACTOR.labels(tenant, klass).set(factor)
 
+    def observe_dropped(self, tenant: str, klass: str, est: WaitEstimate, waited: float) -> None:
+        """One admitted request dropped at its class cap before its first token (503
+        queue_timeout): its real wait is not known, only that it was at least `waited` (a
+        censored observation). Left out, the calibration learnt only from the requests the
+        estimate got right enough to start in time, and ran low on exactly those it got
+        wrong. So the lower bound of its error goes into the class's recent errors (the
+        margin's p95: every drop is one of the largest errors, at least the cap less its
+        estimate), and the factor moves towards the lower bound of its ratio when that is
+        above the factor (below it, the drop says nothing the factor does not already hold).
+        Not in the reported error and wait figures, which are of known waits."""
+        cal = self._cal(klass)
+        cal.dropped += 1
+        cal.recent.append(waited - est.seconds)
+        cal.margin = None
+        if est.raw_s >= max(est.floor_s, 0.005):
+            ratio = max(waited - est.floor_s, 0.0) / est.raw_s
+            lo, hi = self.FACTOR_RANGE
+            factor = cal.factors.get(tenant, 1.0)
+            if ratio > factor:
+                factor = cal.factors[tenant] = min(hi, max(lo, factor + self.ALPHA * (ratio - factor)))
+                m.WAIT_ESTIMATE_FACTOR.labels(tenant, klass).set(factor)
+
 
 def running_left(tickets: Iterable[Ticket]) -> dict[str, list[int]]:
     """Output tokens (so steps) each running sequence has left at most, by tenant."""
@@ -758,9 +786,8 @@ class Admission:
                 prompt = t.prompt_tokens
                 out = t.cost - prompt
             else:
-                if not t.observed and seq.first_token_at is not None and t.estimate is not None:
-                    t.observed = True
-                    self.wait_model.observe(t.tenant, t.klass, t.estimate, seq.first_token_at - seq.arrival)
+                if not t.observed and (seq.first_token_at is not None or seq.finish_reason is not None):
+                    self._observe_one(t, seq)
                 status = seq.status
                 if status is waiting_status:
                     prompt = seq.pending
@@ -790,13 +817,40 @@ class Admission:
         return waiting, running, (serving if below is not None else None)
 
     def _observe(self, tickets: Iterable[Ticket]) -> None:
-        """Calibrate on every admitted request that has had its first token since last time."""
+        """Calibrate on every admitted request that has had its first token, or was dropped at
+        its class cap before one, since last time."""
         for t in tickets:
             seq = t.seq
-            if t.observed or seq is None or seq.first_token_at is None or t.estimate is None:
-                continue
+            if not t.observed and seq is not None:
+                self._observe_one(t, seq)
+
+    def _observe_one(self, t: Ticket, seq: Sequence) -> None:
+        """Calibrate on `t` if its wait is known (a first token) or bounded below (dropped at its
+        class cap: it waited at least to its queue deadline, whichever clock dropped it)."""
+        if t.estimate is None:
+            return
+        if seq.first_token_at is not None:
             t.observed = True
             self.wait_model.observe(t.tenant, t.klass, t.estimate, seq.first_token_at - seq.arrival)
+        elif seq.finish_reason == "queue_timeout":
+            t.observed = True
+            waited = max(
+                (seq.finished_at or 0.0) - seq.arrival,
+                (seq.queue_deadline or 0.0) - seq.arrival,
+                self.limits.queue_timeout(t.klass),
+            )
+            self.wait_model.observe_dropped(t.tenant, t.klass, t.estimate, waited)
+
+    def queue_timeout_retry_after(self, ticket: Ticket) -> float:
+        """Retry-After for a request dropped at its class cap (503 queue_timeout): how long until
+        a retry's estimated wait is back under the cap, from its tenant's estimate now, with
+        the drop already in the calibration, as for a request shed on arrival (0: now; the
+        header says at least 1 s)."""
+        with self._lock:
+            self._observe([ticket])
+            est = self.estimate(ticket.tenant, ticket.klass)
+            cap = self.limits.queue_wait_limit(ticket.klass)
+            return max(0.0, est.seconds + min(est.margin_s, cap / 2) - cap)
 
     def calibration(self) -> dict[str, dict[str, Any]]:
         """Estimated against real waits so far, by class (admin state, experiments)."""

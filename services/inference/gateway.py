@@ -549,6 +549,13 @@ class Gateway:
                     continue
                 reason = ev.finish_reason or "error"
                 if not seq.output:
+                    if reason == "queue_timeout":
+                        raise Overloaded(
+                            "the request waited past the queue timeout for its first step"
+                            f" ({self.admission.limits.queue_timeout(seq.klass):g}s for {seq.klass})",
+                            reason,
+                            self.admission.queue_timeout_retry_after(ticket),
+                        )
                     self._raise_for(reason)
                 if not seq.emit_tokens and state.matcher is None and seq.sampling.logprobs is None:
                     # The common case: the whole text at once.
@@ -592,8 +599,6 @@ class Gateway:
             raise InferenceError(
                 504, "deadline_exceeded", "the request's deadline passed while it waited", reason="deadline"
             )
-        if reason == "queue_timeout":
-            raise Overloaded("the request waited past the queue timeout for its first step", reason, 5)
         if reason in ("aborted", "kill_switch", "shutdown"):
             raise Overloaded(f"request aborted ({reason})", reason, 30)
         if reason == "error":

@@ -2,10 +2,10 @@
 
 `Admission.live_work` reads every admitted request once per estimate (waiting work, running
 sequences' steps left, the slots a lower class can take) and calibrates on those with a first
-token. Whatever the requests went through (admitted, handed to the engine, started,
-preempted, stepped, finished, cancelled, released), it must give what the reference functions
-(`waiting_work`, `running_left`, a count of the running) give from the same live set, and
-calibrate on each request exactly once.
+token, or dropped at its class cap before one. Whatever the requests went through (admitted,
+handed to the engine, started, preempted, stepped, finished, cancelled, dropped at the cap,
+released), it must give what the reference functions (`waiting_work`, `running_left`, a count
+of the running) give from the same live set, and calibrate on each request exactly once.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _reference(adm: Admission, chunk: int, klass: str) -> tuple[dict, dict, int 
 
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["admit", "bind", "start", "step", "preempt", "finish", "cancel", "release"]),
+        st.sampled_from(["admit", "bind", "start", "step", "preempt", "finish", "cancel", "drop", "release"]),
         st.integers(0, 1000),  # which request (modulo the live ones), or the tenant to admit for
         st.integers(1, 40),  # prompt tokens / tokens to step
     ),
@@ -57,6 +57,7 @@ def test_one_pass_equals_the_recomputation_from_the_live_set(ops, chunk) -> None
     adm = Admission(TENANTS, Limits(max_waiting=10**6), engine_view=lambda: VIEW)
     tickets: list[Ticket] = []
     observed: list[Ticket] = []
+    dropped: list[Ticket] = []
     clock = [0.0]
     for op, i, n in ops:
         clock[0] += 0.01
@@ -93,13 +94,19 @@ def test_one_pass_equals_the_recomputation_from_the_live_set(ops, chunk) -> None
         elif op in ("finish", "cancel") and seq.status is not SeqStatus.FINISHED:
             seq.cancelled = op == "cancel"
             seq.status = SeqStatus.FINISHED
+        elif op == "drop" and seq.status is not SeqStatus.FINISHED and seq.first_token_at is None:
+            seq.status, seq.finish_reason, seq.finished_at = SeqStatus.FINISHED, "queue_timeout", clock[0]
+            if t.estimate is not None:
+                dropped.append(t)
         elif op == "release":
             t.release()
         for klass in CLASS_ORDER:
             expected = _reference(adm, chunk, klass)
             assert adm.live_work(chunk, klass) == expected
-    # Each request with a first token and an estimate went into the calibration once.
+    # Each request with a first token or dropped at its cap, and an estimate, went into the
+    # calibration once.
     adm.estimate("a", "interactive")
     for t in tickets:
-        assert t.observed == (t in observed)
+        assert t.observed == (t in observed or t in dropped)
     assert sum(c.n for c in adm.wait_model.calibration.values()) == len(observed)
+    assert sum(c.dropped for c in adm.wait_model.calibration.values()) == len(dropped)

@@ -14,6 +14,7 @@ engine only dropped them after max(5 s, 2.5 x the cap).
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from services.inference.admission import Limits, hash_key
+from services.inference.admission import EngineView, Limits, hash_key
 from services.inference.engine import Engine
 from services.inference.model.kv_cache import KVCache
 from services.inference.model.tokenizer import ByteTokenizer
@@ -258,3 +259,61 @@ def test_over_http_the_request_gets_503_queue_timeout_at_its_cap(server: LiveSer
     assert _timeouts("qc", "interactive") == before + 1
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'inference_queue_timeouts_total{class="interactive",tenant="qc"}' in metrics
+
+
+STEP_S = 10.0  # the pinned engine view's step time once the request is admitted
+
+
+def test_the_queue_timeout_answer_says_when_the_estimate_is_back_under_the_cap(server: LiveServer) -> None:
+    """Retry-After for queue_timeout is the tenant's estimate now (the drop in its calibration)
+    past the cap, as for a request shed on arrival, not a fixed 5 s. The engine is held on the
+    step after the drop while the answer is made and read, so the hog's steps left are fixed:
+    at its share of the one slot, a retry waits for the hog to finish, (1 + left) steps."""
+    eng = server.runtime.engine
+    adm = server.runtime.admission
+    assert isinstance(eng, Engine)
+    skew = [0.0]
+    held = HeldSteps()
+    eng.clock = lambda: time.monotonic() + skew[0]
+    eng.step_observer = held
+    real_view = adm.engine_view
+    answer: list[httpx.Response] = []
+    hold = {"prompt": "hold on", "max_tokens": 30, "ignore_eos": True}
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            hogger = threading.Thread(target=lambda: c.post("/v1/completions", json=hold, headers=AUTH))
+            hogger.start()
+            held.wait_reached(1)  # the one slot is taken
+            body = {"prompt": "x", "max_tokens": 4}
+            sender = threading.Thread(
+                target=lambda: answer.append(c.post("/v1/completions", json=body, headers=AUTH))
+            )
+            sender.start()
+            deadline = time.monotonic() + 30
+            while eng.waiting_count() + len(eng._commands) == 0:  # admitted, handed to the engine
+                assert time.monotonic() < deadline, "the request never reached the engine"
+                time.sleep(0.005)
+            view = EngineView(tokens_per_s=1000.0, step_s=STEP_S, max_seqs=1, running=1)
+            adm.engine_view = lambda: view
+            skew[0] = SERVER_CAP + 1
+            held.release()  # the step under way ends; the next turn drops it, then its step waits
+            sender.join(30)
+            assert answer, "no answer"
+            (hog,) = eng._live.values()
+            left = hog.max_tokens - len(hog.output)
+            cal = adm.wait_model.calibration["interactive"]
+            assert cal.dropped >= 1
+            margin = min(adm.wait_model._margin(cal), SERVER_CAP / 2)
+            held.release_all()
+            hogger.join(30)
+    finally:
+        held.release_all()
+        eng.step_observer = None
+        eng.clock = time.monotonic
+        adm.engine_view = real_view
+    r = answer[0]
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "queue_timeout"
+    expected = STEP_S * (1 + left) + margin - SERVER_CAP
+    assert expected > 5  # the old fixed figure
+    assert r.headers["retry-after"] == str(math.ceil(expected))
