@@ -53,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, TokenizerError, WeightsError, EngineStartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from services.inference.app import freeze_startup_objects
+    from services.inference.app import freeze_startup_objects, raise_sched_group_priority
 
     freeze_startup_objects()  # full collections stop walking start-up's objects (app.py)
+    raise_sched_group_priority(settings.sched_group_nice)  # the CPU first on a shared machine
     return serve(
         app, settings.host, settings.port, drain_timeout=settings.drain_timeout, loop=settings.event_loop
     )

@@ -55,6 +55,15 @@ class InferenceSettings(ServiceSettings):
         description="niceness the engine process adds to its own (Linux): under CPU contention the "
         "server's answers (admission, streams, health) get the CPU first",
     )
+    sched_group_nice: int = Field(
+        -10,
+        ge=-20,
+        le=19,
+        description="niceness of the server's scheduling group (Linux autogroup: its session, the "
+        "engine included) when it leads its session, as make run starts it: on a machine shared "
+        "with other work its answers get a CPU first; negative needs CAP_SYS_NICE (else left "
+        "alone); 0 leaves it alone",
+    )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop",
         description="the server's event loop: uvloop (libuv, in C) cuts its CPU per request, which "
