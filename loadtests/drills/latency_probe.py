@@ -101,20 +101,26 @@ def probe(base: str, seconds: float, rate: float, key: str) -> dict:
     return {"heads": heads, "own_wait_s": own_wait, "errors": errors}
 
 
+PROBE_GROUP_NICE = -20  # the probe's scheduling group (see _first_in_line)
+
+
 def _first_in_line() -> int | None:
     """Give this process's scheduling group (Linux autogroup: the drill starts the probe in a
     session of its own) the CPU before the others on the machine when it wakes: a client of a
     real deployment does not share its machine with the load, and on this two-core box, loaded
     by the overload's generator, the engine and anything else running, the probe otherwise
     timed its own wait for a CPU (p99 130 ms of it while a rejection was out, at load 4-5).
-    Its CPU is a few requests a second. Returns the group's nice value, None where it cannot
+    Its CPU is a few requests a second. -20, above the server's own group (-10 by default,
+    --sched-group-nice): at -10 beside it, the probe's own wait for a CPU while a refusal was
+    out rose to p99 10-57 ms in five runs at load 8-12 (18-30 ms before the server's group
+    was raised). Returns the group's nice value, None where it cannot
     be set (not Linux, not permitted) or is not this process's alone (not a session leader:
     the group is its caller's too)."""
     try:
         if os.getsid(0) != os.getpid():
             return None
         with open("/proc/self/autogroup", "w") as fh:
-            fh.write("-10")
+            fh.write(str(PROBE_GROUP_NICE))
         with open("/proc/self/autogroup") as fh:
             return int(fh.read().split("nice")[1])
     except (OSError, IndexError, ValueError):
