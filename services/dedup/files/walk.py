@@ -523,11 +523,20 @@ def walk_threads() -> int:
         return 1
     try:
         with open("/proc/loadavg", "rb") as f:
-            fields = f.read().split()
-        load1, running = float(fields[0]), int(fields[3].split(b"/")[0]) - 1  # less this thread
-    except (OSError, ValueError, IndexError):
+            return threads_for(cores, f.read())
+    except OSError:
         return 1
-    return 2 if running <= cores - 2 and load1 < cores else 1
+
+
+def threads_for(cores: int, loadavg: bytes) -> int:
+    """walk_threads' rule on the text of /proc/loadavg (`load1 load5 load15 running/all ...`):
+    2 when no thread but this one is runnable and the 1-minute load is under `cores`."""
+    try:
+        fields = loadavg.split()
+        load1, running = float(fields[0]), int(fields[3].split(b"/")[0]) - 1  # less this thread
+    except (ValueError, IndexError):
+        return 1
+    return 2 if cores >= 2 and running <= cores - 2 and load1 < cores else 1
 
 
 class _Dir:
