@@ -212,45 +212,63 @@ def server() -> Iterator[LiveServer]:
     s.stop()
 
 
-def test_over_http_the_request_gets_503_queue_timeout_at_its_cap(server: LiveServer) -> None:
+_Queued = tuple[Engine, HeldSteps, list[float], list[httpx.Response]]
+
+
+@contextlib.contextmanager
+def _queued_behind_a_hog(server: LiveServer) -> Iterator[_Queued]:
+    """A long request (the hog) takes the engine's one slot, held step by step; a short one is
+    admitted and waits for a first step. Yields the engine, its held steps, the skew of the
+    engine's clock (seconds to add) and the short request's answer once it comes; on leaving,
+    every step is released, both requests end and the engine's clock and observer are reset."""
     eng = server.runtime.engine
     assert isinstance(eng, Engine)
     skew = [0.0]
     held = HeldSteps()
     eng.clock = lambda: time.monotonic() + skew[0]
     eng.step_observer = held
-    before = _timeouts("qc", "interactive")
     answer: list[httpx.Response] = []
     hold = {"prompt": "hold on", "max_tokens": 30, "ignore_eos": True}
+    threads: list[threading.Thread] = []
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c:
             hogger = threading.Thread(target=lambda: c.post("/v1/completions", json=hold, headers=AUTH))
+            threads.append(hogger)
             hogger.start()
             held.wait_reached(1)  # the one slot is taken
             body = {"prompt": "x", "max_tokens": 4}
             sender = threading.Thread(
                 target=lambda: answer.append(c.post("/v1/completions", json=body, headers=AUTH))
             )
+            threads.append(sender)
             sender.start()
             deadline = time.monotonic() + 30
             while eng.waiting_count() + len(eng._commands) == 0:  # admitted, handed to the engine
                 assert time.monotonic() < deadline, "the request never reached the engine"
                 time.sleep(0.005)
-            # Half the cap later (by the engine's clock): it waits on.
-            skew[0] = SERVER_CAP / 2
-            n = held.reached
-            held.release()
-            held.wait_reached(n + 1)
-            assert not answer and eng.waiting_count() == 1
-            # Past the cap: 503 queue_timeout at the next turn.
-            skew[0] = SERVER_CAP + 1
-            held.release_all()
-            sender.join(30)
-            hogger.join(30)
+            try:
+                yield eng, held, skew, answer
+            finally:
+                held.release_all()
+                for t in reversed(threads):
+                    t.join(30)
     finally:
         held.release_all()
         eng.step_observer = None
         eng.clock = time.monotonic
+
+
+def test_over_http_the_request_gets_503_queue_timeout_at_its_cap(server: LiveServer) -> None:
+    before = _timeouts("qc", "interactive")
+    with _queued_behind_a_hog(server) as (eng, held, skew, answer):
+        # Half the cap later (by the engine's clock): it waits on.
+        skew[0] = SERVER_CAP / 2
+        n = held.reached
+        held.release()
+        held.wait_reached(n + 1)
+        assert not answer and eng.waiting_count() == 1
+        # Past the cap: 503 queue_timeout at the next turn.
+        skew[0] = SERVER_CAP + 1
     assert answer, "no answer"
     r = answer[0]
     assert r.status_code == 503, r.text
@@ -269,47 +287,24 @@ def test_the_queue_timeout_answer_says_when_the_estimate_is_back_under_the_cap(s
     past the cap, as for a request shed on arrival, not a fixed 5 s. The engine is held on the
     step after the drop while the answer is made and read, so the hog's steps left are fixed:
     at its share of the one slot, a retry waits for the hog to finish, (1 + left) steps."""
-    eng = server.runtime.engine
     adm = server.runtime.admission
-    assert isinstance(eng, Engine)
-    skew = [0.0]
-    held = HeldSteps()
-    eng.clock = lambda: time.monotonic() + skew[0]
-    eng.step_observer = held
     real_view = adm.engine_view
-    answer: list[httpx.Response] = []
-    hold = {"prompt": "hold on", "max_tokens": 30, "ignore_eos": True}
     try:
-        with httpx.Client(base_url=server.url, timeout=60) as c:
-            hogger = threading.Thread(target=lambda: c.post("/v1/completions", json=hold, headers=AUTH))
-            hogger.start()
-            held.wait_reached(1)  # the one slot is taken
-            body = {"prompt": "x", "max_tokens": 4}
-            sender = threading.Thread(
-                target=lambda: answer.append(c.post("/v1/completions", json=body, headers=AUTH))
-            )
-            sender.start()
-            deadline = time.monotonic() + 30
-            while eng.waiting_count() + len(eng._commands) == 0:  # admitted, handed to the engine
-                assert time.monotonic() < deadline, "the request never reached the engine"
-                time.sleep(0.005)
+        with _queued_behind_a_hog(server) as (eng, held, skew, answer):
             view = EngineView(tokens_per_s=1000.0, step_s=STEP_S, max_seqs=1, running=1)
             adm.engine_view = lambda: view
             skew[0] = SERVER_CAP + 1
             held.release()  # the step under way ends; the next turn drops it, then its step waits
-            sender.join(30)
-            assert answer, "no answer"
+            deadline = time.monotonic() + 30
+            while not answer:
+                assert time.monotonic() < deadline, "no answer"
+                time.sleep(0.005)
             (hog,) = eng._live.values()
             left = hog.max_tokens - len(hog.output)
             cal = adm.wait_model.calibration["interactive"]
             assert cal.dropped >= 1
             margin = min(adm.wait_model._margin(cal), SERVER_CAP / 2)
-            held.release_all()
-            hogger.join(30)
     finally:
-        held.release_all()
-        eng.step_observer = None
-        eng.clock = time.monotonic
         adm.engine_view = real_view
     r = answer[0]
     assert r.status_code == 503, r.text
