@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--walk-threads",
         type=_walk_threads,
         default=d.walk_threads,
-        help="threads listing directories: auto (2 while a core is idle, else 1) or 1 or 2",
+        help="threads listing directories: auto (= 1: the split walk measured no faster) or 1 or 2",
     )
     s.add_argument(
         "--order",

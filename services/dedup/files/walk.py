@@ -132,8 +132,8 @@ class WalkOptions:
     include: tuple[str, ...] = ()  # globs on the base name; empty = everything
     exclude: tuple[str, ...] = ()  # globs on the base name or the whole path
     confine: tuple[str, ...] = ()  # allowed directories (symlinks resolved); empty = no confinement
-    # Threads listing and stat'ing directories: 0 = adaptive (2 while a core is idle, see
-    # walk_threads), 1 = serial; the result is the same either way.
+    # Threads listing and stat'ing directories: 0 = auto (serial, see walk_threads), 1 =
+    # serial, 2 = the split walk; the result is the same either way.
     threads: int = 0
 
 
@@ -508,35 +508,14 @@ def _consider_file(
 
 
 def walk_threads() -> int:
-    """The adaptive thread count of a walk: 2 while this process may use 2 cores and one of
-    them is idle (no other thread runnable now, and a 1-minute load average under the core
-    count: a benchmark's own back-to-back runs keep it near 1 on a quiet machine), else 1.
-    Never more than 2: the per-entry Python holds the GIL, so only the system calls of one
-    thread overlap another's Python; on a busy machine a second thread only adds GIL hand-offs
-    (a thread preempted while holding it stalls the other), and with autogroup scheduling
-    (one share per session) it cannot win this process a larger share of the CPU."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    if cores < 2:
-        return 1
-    try:
-        with open("/proc/loadavg", "rb") as f:
-            return threads_for(cores, f.read())
-    except OSError:
-        return 1
-
-
-def threads_for(cores: int, loadavg: bytes) -> int:
-    """walk_threads' rule on the text of /proc/loadavg (`load1 load5 load15 running/all ...`):
-    2 when no thread but this one is runnable and the 1-minute load is under `cores`."""
-    try:
-        fields = loadavg.split()
-        load1, running = float(fields[0]), int(fields[3].split(b"/")[0]) - 1  # less this thread
-    except (ValueError, IndexError):
-        return 1
-    return 2 if cores >= 2 and running <= cores - 2 and load1 < cores else 1
+    """The walk's thread count when `threads` is 0 (auto): 1, the serial walk. The split walk
+    (`_walk_parallel`, `--walk-threads 2`) was measured and does not pay on 2 cores: on the
+    200k tiny tree, warm, at load 1.6-2.2 it took 1.48-1.50 s against 1.22-1.37 s serial and
+    14-36% more CPU (GIL hand-offs at every system call), at load 9-12 level in wall and +9%
+    CPU (docs/bench/dedup.md, sixth session). Kept for measuring (a cold walk waits on the
+    disk, which threads could overlap); not chosen by auto until a case where it pays is
+    shown."""
+    return 1
 
 
 class _Dir:
