@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--walk-threads",
         type=_walk_threads,
         default=d.walk_threads,
-        help="threads listing directories: auto (= 1: the split walk measured no faster) or 1 or 2",
+        help="threads listing directories: auto (= 0, the default: 1, as the split walk measured"
+        " no faster on 2 cores, docs/benchmarks.md) or 1 or 2",
     )
     s.add_argument(
         "--order",
