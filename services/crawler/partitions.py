@@ -190,11 +190,6 @@ class PartitionManager:
         return Fenced(f"partition {p}: epoch {epoch} is stale")
 
     # -- membership and rebalancing ----------------------------------------------------------
-    def live_workers(self) -> list[str]:
-        now_ms = int(time.time() * 1000)
-        self.redis.zremrangebyscore(WORKERS_KEY, "-inf", now_ms)
-        return [w.decode() if isinstance(w, bytes) else w for w in self.redis.zrange(WORKERS_KEY, 0, -1)]
-
     def fair_share(self, n_workers: int) -> int:
         return math.ceil(self.partitions / max(1, n_workers))
 
