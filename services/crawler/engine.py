@@ -61,7 +61,7 @@ from services.crawler.settings import ROBOTS_TOKEN, CrawlConfig
 from services.crawler.sinks import PageSink
 from services.crawler.stats import CrawlStats
 from services.crawler.storage import full_path, is_disk_full
-from services.crawler.store import FrontierStore, NewURL, Outcome, URLRecord, URLState
+from services.crawler.store import ClaimRule, FrontierStore, NewURL, Outcome, URLRecord, URLState
 from services.crawler.traps import PATTERN_BUDGET, TrapGuard
 from services.crawler.urlnorm import InvalidURL, host_of, normalize
 from services.crawler.warc import WarcOutput
@@ -79,6 +79,11 @@ _UNKNOWN_ROBOTS_DELAY = 1.0
 # goes by the record alone. If more than half of it passed before the request leaves, the record
 # is pushed again (fenced) first.
 _GATE_MARGIN = 0.25
+
+
+def _give_back(rec: URLRecord) -> None:
+    """A claim rule: the URL goes back at once (robots.txt first; its scheme is what was wanted)."""
+    return None
 
 
 class CrawlState(StrEnum):
@@ -452,21 +457,39 @@ class Crawl:
             if self.state is CrawlState.CANCELLING or not self._budget_left():
                 self.frontier.schedule(host)
                 return
-            rec = await self.store.aclaim(host, self.owner, self.config.lease_seconds, time.time())
-            if rec is not None and rec.id in self._fetching_ids:
-                continue  # ours in flight: its own task finishes it (the new lease only covers it)
+            rule, reserved = self._claim_rule(host)
+            try:
+                claimed = await self.store.aclaim_start(
+                    host, self.owner, self.config.lease_seconds, time.time(), rule
+                )
+            except Exception:  # a commit refused (full disk): no request, the unit back
+                if reserved:
+                    self.store.unreserve_page()
+                raise
+            rec = claimed.rec
+            if reserved and not claimed.started:
+                self.store.unreserve_page()
             if rec is None:
-                ready_at = await self.store.anext_ready_at(host)
-                if ready_at is not None:  # waiting URLs only (Retry-After): back at the first one
-                    self.frontier.schedule(host, ready_at)
+                if claimed.ready_at is not None:  # waiting URLs only (Retry-After): back at the first one
+                    self.frontier.schedule(host, claimed.ready_at)
                 return
+            if claimed.started:  # claimed and started in one step: this process's gate is the only one
+                self._gated_or_held(host, slot, slot.delay_for(self.config.politeness), None)
+                await self._fetch_page(rec, slot, turn)
+                self._release_host(host, turn)
+                return
+            if rec.id in self._fetching_ids:
+                continue  # ours in flight: its own task finishes it (the new lease only covers it)
             policy = self._robots_policy(host)  # (a shared answer may drop the host: Crawl-delay)
+            if claimed.released and policy is not None:
+                continue  # given back for robots.txt, but a shared answer came meanwhile: claim again
             if host in self.parking.dropped:
                 await self._drop(rec)
                 continue
             if policy is None:
                 # First request to this host (or the cached policy expired): robots.txt first.
-                await self.store.arelease(rec.id)
+                if not claimed.released:
+                    await self.store.arelease(rec.id)
                 if not self._gate(host, slot, robots=True):
                     return
                 scheme = urlsplit(rec.url).scheme
@@ -498,6 +521,27 @@ class Crawl:
             self._release_host(host, turn)
             return
         self.frontier.schedule(host)
+
+    def _claim_rule(self, host: str) -> tuple[ClaimRule | None, bool]:
+        """What the store may do with the host's next URL in the claim's own step (a store that
+        `claim_starts`: its politeness gate is this process's slot, passed by this turn): start
+        it when robots allows it, a page of the budget is reserved for it and it is not ours in
+        flight already; give it back when robots.txt comes first (only its scheme was wanted).
+        Else (None) the claim only, and the steps below it one by one. Also: whether a page of
+        the budget was reserved (the caller gives it back unless the URL started)."""
+        if not self.store.claim_starts or host in self.parking.dropped:
+            return None, False
+        policy = self.robots.get(host)
+        if policy is None:
+            return _give_back, False
+        if not self.store.reserve_page(self.config.max_pages):
+            return None, False
+        fetching = self._fetching_ids
+
+        def rule(rec: URLRecord) -> bool:  # on the store's own thread: reads only
+            return rec.id not in fetching and policy.allows(rec.url)
+
+        return rule, True
 
     def _gate(self, host: str, slot: HostSlot, *, robots: bool = False) -> bool:
         """Pass the host's shared politeness record before a request (a no-op on a store one

@@ -27,9 +27,10 @@ from __future__ import annotations
 import abc
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class URLState(IntEnum):
@@ -69,6 +70,23 @@ class URLRecord:
     via: str | None
     state: URLState
     attempts: int
+
+
+class Claimed(NamedTuple):
+    """What `aclaim_start` did. `rec` None: the host had no ready URL (`ready_at`: its earliest
+    waiting one, None when it has none). `started`: the claimed URL is FETCHING, committed
+    (durable) before this answer; `released`: it was given back at once (the rule asked only to
+    see it); neither: it is SCHEDULED under the caller's lease, as after `claim`."""
+
+    rec: URLRecord | None
+    started: bool = False
+    released: bool = False
+    ready_at: float | None = None
+
+
+#: Decides, for the URL just claimed, in the claim's own step: True = start it, False = keep it
+#: claimed (the caller deals with it), None = give it back.
+ClaimRule = Callable[[URLRecord], bool | None]
 
 
 @dataclass(frozen=True)
@@ -204,6 +222,23 @@ class FrontierStore(abc.ABC):
         if wait is not None:
             return wait, False
         return None, await self.astart(url_id, owner, lease_seconds, time.time())
+
+    #: Whether `aclaim_start` applies its rule (claim and start in one step). Only a store whose
+    #: politeness gate is this process's own (gate_host the default no-op) may say so: a started
+    #: URL passed no shared gate.
+    claim_starts = False
+
+    async def aclaim_start(
+        self, host: str, owner: str, lease_seconds: float, now: float, rule: ClaimRule | None = None
+    ) -> Claimed:
+        """Claim the host's best ready URL and, where `claim_starts`, apply `rule` to it in the
+        same step (one round trip to the store for a claim and its start). The default claims
+        only (the rule is not applied: the caller passes the shared gate with agate_start) and
+        asks an empty host's next_ready_at."""
+        rec = await self.aclaim(host, owner, lease_seconds, now)
+        if rec is None:
+            return Claimed(None, ready_at=await self.anext_ready_at(host))
+        return Claimed(rec)
 
     async def arelease(self, url_id: int) -> None:
         self.release(url_id)

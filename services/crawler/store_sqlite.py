@@ -47,6 +47,8 @@ from services.crawler.bloom import BloomFilter
 from services.crawler.store import (
     LEASED_STATES,
     READY_STATES,
+    Claimed,
+    ClaimRule,
     FrontierStore,
     NewURL,
     Outcome,
@@ -153,14 +155,15 @@ class _Op:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        durable: bool,
+        durable: bool | Callable[[Any], bool],
         waiter: asyncio.Future[Any] | threading.Event,
         urgent: bool = False,
     ) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
-        self.durable = durable  # answered only once the commit that holds it is done
+        # answered only once the commit that holds it is done (a function: asked of the result)
+        self.durable = durable
         self.waiter = waiter
         # commit as soon as the queue is empty (no window): a blocked caller, or a request
         # that may not leave before its lease is on disk
@@ -180,6 +183,10 @@ def _answer_all(ops: list[_Op]) -> None:
             fut.set_exception(op.error)
         else:
             fut.set_result(op.result)
+
+
+def _started(claimed: Claimed) -> bool:
+    return claimed.started
 
 
 _CLOSE = object()
@@ -260,7 +267,12 @@ class SQLiteStore(FrontierStore):
         return op.result
 
     def _acall(
-        self, fn: Callable[..., Any], *args: Any, durable: bool = False, urgent: bool = False, **kwargs: Any
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        durable: bool | Callable[[Any], bool] = False,
+        urgent: bool = False,
+        **kwargs: Any,
     ) -> asyncio.Future[Any]:
         """The same from the event loop: a future the thread answers (never blocks the loop)."""
         if self._closing:
@@ -341,8 +353,13 @@ class SQLiteStore(FrontierStore):
                     continue
                 db.execute("RELEASE op")
                 ops += 1
-                urgent = urgent or op.urgent
-                (held if op.durable else done).append(op)
+                if isinstance(op.durable, bool):
+                    durable = op.durable
+                    urgent = urgent or op.urgent
+                else:  # durable (and urgent) depending on what it did
+                    durable = op.durable(op.result)
+                    urgent = urgent or (op.urgent and durable)
+                (held if durable else done).append(op)
             if in_txn and (
                 closing
                 or ops >= _MAX_OPS_PER_COMMIT
@@ -464,6 +481,21 @@ class SQLiteStore(FrontierStore):
             (int(URLState.SCHEDULED), owner, now + lease_seconds, row[0]),
         )
         return URLRecord(row[0], row[1], row[2], row[3], row[4], row[5], URLState.SCHEDULED, row[7])
+
+    def _claim_start(
+        self, host: str, owner: str, lease_seconds: float, now: float, rule: ClaimRule | None
+    ) -> Claimed:
+        """claim, then the rule's choice for the URL claimed, in one operation (aclaim_start)."""
+        rec = self._claim(host, owner, lease_seconds, now)
+        if rec is None:
+            return Claimed(None, ready_at=self._next_ready_at(host))
+        go = rule(rec) if rule is not None else False
+        if go is None:
+            self._release(rec.id)
+            return Claimed(rec, released=True)
+        if go:
+            return Claimed(rec, started=self._start(rec.id, owner, lease_seconds, now))
+        return Claimed(rec)
 
     @_timed("start")
     def _start(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
@@ -706,6 +738,18 @@ class SQLiteStore(FrontierStore):
     async def aclaim(self, host: str, owner: str, lease_seconds: float, now: float) -> URLRecord | None:
         rec: URLRecord | None = await self._acall(self._claim, host, owner, lease_seconds, now)
         return rec
+
+    claim_starts = True  # the politeness gate is the engine's own (gate_host: the no-op default)
+
+    async def aclaim_start(
+        self, host: str, owner: str, lease_seconds: float, now: float, rule: ClaimRule | None = None
+    ) -> Claimed:
+        # One round trip for the claim and its start. A start is durable before its request
+        # leaves, as astart's: then the answer waits for the commit, made at once (urgent).
+        claimed: Claimed = await self._acall(
+            self._claim_start, host, owner, lease_seconds, now, rule, durable=_started, urgent=True
+        )
+        return claimed
 
     async def astart(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
         # The request leaves only once its lease is on disk, and with it everything before it in
