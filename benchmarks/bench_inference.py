@@ -47,6 +47,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -293,23 +294,30 @@ def start_server(port: int, threads: int, max_seqs: int, model: Path | None = No
         json.dumps(tenants),
         *(["--model", str(model)] if model else []),
     ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("inference server did not become ready")
+    # stderr goes to an unlinked temporary file (the child keeps its own descriptor): silent while
+    # the server works, quoted when it does not start
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        deadline = time.monotonic() + 120  # a loaded 2-core box took over 60 s to load torch and the model
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        why = f"exited with {proc.returncode}" if proc.poll() is not None else "was not ready after 120 s"
+        proc.kill()
+        proc.wait()
+        errors.seek(0)
+        tail = errors.read().decode(errors="replace").strip().splitlines()[-5:]
+    raise RuntimeError(f"inference server on port {port} {why}: " + " | ".join(tail))
 
 
 def stop_server(proc: subprocess.Popen) -> None:
