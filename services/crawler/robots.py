@@ -5,8 +5,13 @@ Outcome of fetching /robots.txt -> policy (RFC 9309 section 2.3.1):
   dropped; most specific rule wins, Allow wins ties (protego implements the matching);
 - 4xx ("unavailable"): allow everything - except 429, which says "slow down", so it is treated
   like 5xx here, as Google does;
-- 5xx, timeouts, connection errors ("unreachable"): disallow everything, for `robots_error_ttl`
-  seconds, then fetch again;
+- 5xx, timeouts, connection errors ("unreachable"): disallow everything *for now* (section
+  2.3.1.4): no page of the host is requested, but its URLs are not failed either; robots.txt is
+  asked again (with backoff) and the URLs are crawled once it is had. Only a host still failing
+  after ROBOTS_ATTEMPTS tries (and, when it gave no answer at all, ROBOTS_PATIENCE seconds)
+  gets the final disallow-all answer (kept `robots_error_ttl` seconds), and then its URLs end
+  FAILED: a host that stays away must not keep the crawl from ending, a moment of overload
+  (ours or its own: a timeout) must not cost its pages;
 - redirects are followed: up to 5 hops, to other authorities too (RFC 9309 section 2.3.1.2);
   the file found applies to the host first asked.
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -31,7 +37,9 @@ from services.crawler.urlnorm import InvalidURL, normalize
 
 MAX_ROBOTS_BYTES = 500 * 1024
 MAX_ROBOTS_REDIRECTS = 5
-ROBOTS_ATTEMPTS = 3  # transient robots.txt failures (5xx, 429, timeouts) asked again before disallow-all
+ROBOTS_ATTEMPTS = 3  # transient robots.txt failures (5xx, 429, timeouts): tries before disallow-all,
+ROBOTS_PATIENCE = 30.0  # and seconds they must span from the first failure (a timeout is often ours)
+ROBOTS_MAX_ATTEMPTS = 30  # the bound on tries however fast they fail
 
 
 class RobotsMode(StrEnum):
@@ -135,17 +143,47 @@ class RobotsStep:
 class RobotsFetch:
     """The robots.txt fetch protocol of a crawl, per host (RFC 9309 2.3.1): the first request is
     /robots.txt; a 3xx with a usable Location is followed on the host's next turn (up to
-    MAX_ROBOTS_REDIRECTS hops, other authorities too); a timeout, connection error, 429 or 5xx is
-    asked again (the same hop) up to ROBOTS_ATTEMPTS times in all; then the answer is final.
+    MAX_ROBOTS_REDIRECTS hops, other authorities too); a 429 or 5xx is asked again (the same hop)
+    until `attempts` tries were made, a timeout or connection error until `attempts` tries
+    spanning at least `patience` seconds from the first failure (`max_attempts` at most); then
+    the answer is final.
+
+    Until the answer is final the host has no policy: the engine requests none of its pages and
+    leaves its URLs in the frontier (it claims one, finds no policy, hands it back and asks for
+    robots.txt again after the backoff of the retry step).
 
     Invariant: a host is in `_next` only while a hop or a retry of a hop is owed, and in
-    `_attempts` only between a transient failure and its final answer."""
+    `_attempts` (and `_since`) only between a transient failure and its final answer."""
 
-    def __init__(self, token: str, *, attempts: int = ROBOTS_ATTEMPTS) -> None:
+    def __init__(
+        self,
+        token: str,
+        *,
+        attempts: int = ROBOTS_ATTEMPTS,
+        patience: float = ROBOTS_PATIENCE,
+        max_attempts: int = ROBOTS_MAX_ATTEMPTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.token = token
         self.attempts = attempts
+        self.patience = patience
+        self.max_attempts = max(attempts, max_attempts)
+        self.clock = clock
         self._next: dict[str, tuple[str, int]] = {}  # host -> (URL to ask, hops made to reach it)
         self._attempts: Counter[str] = Counter()
+        self._since: dict[str, float] = {}  # host -> clock() at its first transient failure
+
+    def _again(self, host: str, *, patient: bool) -> bool:
+        """One more transient failure of the host: ask again (True) or give up (False)? An
+        answered 429/5xx is the server's own word: `attempts` tries. No answer at all (a timeout,
+        a connection error) may be a moment of overload on either side: `attempts` tries and
+        `patience` seconds from the first failure, whichever is longer."""
+        self._attempts[host] += 1
+        first = self._since.setdefault(host, self.clock())
+        n = self._attempts[host]
+        if n >= self.max_attempts:
+            return False
+        return n < self.attempts or (patient and self.clock() - first < self.patience)
 
     def owed(self, host: str) -> tuple[str, int] | None:
         """The hop (URL, hops) the host's next turn must ask, if one is owed."""
@@ -159,6 +197,7 @@ class RobotsFetch:
         """No more robots.txt requests to this host (it was dropped from the crawl)."""
         self._next.pop(host, None)
         self._attempts.pop(host, None)
+        self._since.pop(host, None)
 
     def _retry(self, host: str, url: str, hops: int) -> RobotsStep:
         if hops > 0:  # a redirect target is asked again as such, not from /robots.txt once more
@@ -167,13 +206,13 @@ class RobotsFetch:
 
     def _final(self, host: str, policy: RobotsPolicy, shared: dict[str, Any]) -> RobotsStep:
         self._attempts.pop(host, None)
+        self._since.pop(host, None)
         shared["fetched_at"] = time.time()
         return RobotsStep(policy=policy, shared=shared)
 
     def failed(self, host: str, url: str, hops: int, error: str, *, retryable: bool) -> RobotsStep:
         """The request got no response (timeout, connection error, refused by the SSRF guard)."""
-        self._attempts[host] += 1
-        if retryable and self._attempts[host] < self.attempts:
+        if retryable and self._again(host, patient=True):
             return self._retry(host, url, hops)
         policy = policy_from_response(None, b"", self.token, error=error)
         return self._final(host, policy, {"status": "", "body": b"", "error": error})
@@ -190,8 +229,7 @@ class RobotsFetch:
             if target:  # across authorities too (RFC 9309 2.3.1.2); the rules apply to `host`
                 self._next[host] = (target, hops + 1)
                 return RobotsStep(redirect=True)
-        if (status == 429 or status >= 500) and self._attempts[host] + 1 < self.attempts:
-            self._attempts[host] += 1
+        if (status == 429 or status >= 500) and self._again(host, patient=False):
             return self._retry(host, url, hops)
         policy = policy_from_response(status, body, self.token)
         return self._final(host, policy, {"status": status, "body": body[:MAX_ROBOTS_BYTES], "error": ""})

@@ -168,3 +168,46 @@ def test_robots_fetch_final_answer_is_shared_and_reads_back_the_same() -> None:
     assert again.allows("http://h/private/ok") and not again.allows("http://h/private/x")
     failed = proto.failed("h", "http://h/robots.txt", 0, "refused", retryable=False)
     assert failed.shared is not None and policy_from_shared(failed.shared, TOKEN).is_error
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_robots_fetch_waits_out_a_host_that_does_not_answer_for_its_patience() -> None:
+    """RFC 9309 2.3.1.4: unreachable means disallow-all *for now*. No answer (a timeout, often our
+    own overload) is asked again past ROBOTS_ATTEMPTS until `patience` seconds have passed since
+    the first failure; only then is disallow-all final (and the host's URLs fail)."""
+    clock = _Clock()
+    proto = RobotsFetch(TOKEN, patience=30.0, clock=clock)
+    for attempt in range(1, ROBOTS_ATTEMPTS + 5):
+        step = proto.failed("h", "http://h/robots.txt", 0, "ReadTimeout", retryable=True)
+        assert step.policy is None and step.retry_attempt == attempt  # no answer yet: URLs wait
+        clock.t += 3.0
+    clock.t = 100.0 + 30.0
+    step = proto.failed("h", "http://h/robots.txt", 0, "ReadTimeout", retryable=True)
+    assert step.policy is not None and step.policy.is_error and step.shared is not None
+    # the count and the patience start over for the next failure of the host
+    step = proto.failed("h", "http://h/robots.txt", 0, "ReadTimeout", retryable=True)
+    assert step.retry_attempt == 1
+
+
+def test_robots_fetch_answer_after_timeouts_is_the_file_and_attempts_stay_bounded() -> None:
+    clock = _Clock()
+    proto = RobotsFetch(TOKEN, patience=30.0, clock=clock)
+    for _ in range(ROBOTS_ATTEMPTS + 1):  # more than the attempts an answered 5xx gets
+        assert proto.failed("h", "http://h/robots.txt", 0, "ReadTimeout", retryable=True).policy is None
+    step = proto.answered("h", "http://h/robots.txt", 0, 200, None, RULES)
+    assert step.policy is not None and step.policy.mode is RobotsMode.RULES
+    # an answered 5xx is the server's own word: ROBOTS_ATTEMPTS tries, no patience
+    for _ in range(ROBOTS_ATTEMPTS - 1):
+        assert proto.answered("s", "http://s/robots.txt", 0, 503, None, b"").policy is None
+    assert proto.answered("s", "http://s/robots.txt", 0, 503, None, b"").policy is not None
+    # however fast failures come, max_attempts bounds the tries within the patience
+    fast = RobotsFetch(TOKEN, patience=1e9, max_attempts=7, clock=clock)
+    steps = [fast.failed("f", "http://f/robots.txt", 0, "refused", retryable=True) for _ in range(7)]
+    assert [s.policy is None for s in steps] == [True] * 6 + [False]
