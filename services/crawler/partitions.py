@@ -139,6 +139,9 @@ class PartitionManager:
         self.inflight: Counter[tuple[int, int]] = Counter()
         self.on_gain: list[Callable[[int, int], None]] = []  # (partition, epoch)
         self.on_lose: list[Callable[[int], None]] = []
+        # (partition, epoch): trusted again after a late renewal found the lease still ours
+        self.on_resume: list[Callable[[int, int], None]] = []
+        self.resumed = 0  # renewals that found the lease ours after local trust had run out
         self.fenced_refusals = 0
         self.adopted = 0
         self._acquire = client.register_script(_ACQUIRE)
@@ -211,13 +214,21 @@ class PartitionManager:
         workers = [w.decode() if isinstance(w, bytes) else w for w in pipe.execute()[-1]]
         share = self.fair_share(len(workers))
         lost: list[int] = []
-        held = [(p, own) for p, own in self.owned.items() if t0 < own.valid_until]
+        # Every owned partition, trusted locally or not: a renewal late past `valid_until` (a
+        # starved process) that still finds the lease under our id and epoch proves nobody took
+        # it over meanwhile (a new owner would have changed both), so the same epoch goes on.
+        # Losing and re-acquiring it instead would bump the epoch and hand back our own URLs in
+        # flight, whose finishes the store then refuses: pages fetched twice.
+        held = list(self.owned.items())
         renewed = self._renew_all(held, ttl_ms)
+        resumed: list[tuple[int, int]] = []
         for p, own in list(self.owned.items()):
             if not renewed.get(p, False):
                 self._lose(p)
                 lost.append(p)
             else:
+                if t0 >= own.valid_until:
+                    resumed.append((p, own.epoch))
                 own.valid_until = t0 + self.lease_seconds * 0.8
         active = [p for p, o in self.owned.items() if not o.draining]
         for p in sorted(active, reverse=True)[: max(0, len(active) - share)]:
@@ -232,12 +243,10 @@ class PartitionManager:
         if want > 0:
             rank = workers.index(self.worker_id) if self.worker_id in workers else 0
             start = (rank * self.partitions) // max(1, len(workers))
-            for i in range(self.partitions):
+            order = [(start + i) % self.partitions for i in range(self.partitions)]
+            for p in self._takeable([p for p in order if p not in self.owned]):
                 if want <= 0:
                     break
-                p = (start + i) % self.partitions
-                if p in self.owned:
-                    continue
                 epoch = int(self._acquire(keys=[lease_key(p), epoch_key(p)], args=[self.worker_id, ttl_ms]))
                 if epoch:
                     self.owned[p] = Ownership(epoch, t0 + self.lease_seconds * 0.8)
@@ -248,7 +257,27 @@ class PartitionManager:
             log.info("worker %s owns partition %d (epoch %d)", self.worker_id, p, self.owned[p].epoch)
             for cb in self.on_gain:
                 cb(p, self.owned[p].epoch)
+        for p, epoch in resumed:
+            if p in self.owned:  # its hosts' turns in the gap ended Fenced: they compete again
+                self.resumed += 1
+                log.info("worker %s trusts partition %d again (epoch %d)", self.worker_id, p, epoch)
+                for resume in self.on_resume:
+                    resume(p, epoch)
         return gained, lost
+
+    def _takeable(self, candidates: list[int]) -> list[int]:
+        """The candidates whose lease is free or our own, in order: one pipeline of GETs (on a
+        Cluster one round trip per node), so a worker below its share does not try every held
+        partition in a round trip of its own on every tick (a tick must stay well inside the
+        lease: it renews it)."""
+        if not candidates:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for p in candidates:
+            pipe.get(lease_key(p))
+        owners = pipe.execute()
+        mine = (self.worker_id, self.worker_id.encode())
+        return [p for p, o in zip(candidates, owners, strict=True) if o is None or o in mine]
 
     def _renew_all(self, held: list[tuple[int, Ownership]], ttl_ms: int) -> dict[int, bool]:
         """Renew these leases: partition -> renewed. On one Redis in one round trip (a pipeline;

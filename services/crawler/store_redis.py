@@ -39,6 +39,7 @@ and pg:c:C:sha:<sha256> (content hash -> first id; untagged so they spread over 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import defaultdict
@@ -58,6 +59,7 @@ from services.crawler.store import FrontierStore, NewURL, Outcome, URLRecord, UR
 ID_STRIDE = 1024  # id = seq * ID_STRIDE + partition
 CRAWLS_KEY = "pg:crawls"
 _MAX_CASCADE = 100_000  # depth-lowering steps per call (bounded)
+_TRUST_POLL_S = 0.05  # a write waiting for a late lease renewal looks again this often
 
 _HELPERS = """
 local KP
@@ -515,6 +517,7 @@ class RedisStore(FrontierStore):
             pipe.execute()
         if partitions is not None:
             partitions.on_gain.append(self._on_gain)
+            partitions.on_resume.append(self._on_resume)
             for p in partitions.owned:
                 self._gained.append(p)
 
@@ -579,6 +582,55 @@ class RedisStore(FrontierStore):
         except Fenced:
             return
         self._gained.append(p)
+
+    def _on_resume(self, p: int, epoch: int) -> None:
+        # Trusted again under the same epoch (partitions.py): the turns its hosts took while the
+        # lease was not trusted ended Fenced and dropped them; they are scheduled again.
+        self._gained.append(p)
+
+    async def _until_trusted(self, url_id: int) -> None:
+        """Before writing a claimed URL's outcome: while its partition is still ours under the
+        claim's epoch but not trusted locally (the renewal is late: a starved process), wait
+        for the ticker's renewal (it renews every lease/3) or the loss, at most one lease,
+        instead of refusing the write at once. A refusal would lose the response in hand and
+        the page would be fetched again; the store still fences the write by its epoch."""
+        mgr = self.mgr
+        claimed = self._claims.get(url_id)
+        if mgr is None or claimed is None:
+            return
+        p, epoch = claimed
+        deadline = time.monotonic() + mgr.lease_seconds
+        while time.monotonic() < deadline:
+            own = mgr.owned.get(p)
+            if own is None or own.epoch != epoch or mgr.clock() < own.valid_until:
+                return
+            await asyncio.sleep(_TRUST_POLL_S)
+
+    async def afinish(
+        self,
+        url_id: int,
+        outcome: Outcome,
+        new_urls: list[NewURL],
+        *,
+        max_per_host: int | None = None,
+        max_depth: int | None = None,
+        parent_depth: int | None = None,
+        now: float,
+    ) -> int:
+        await self._until_trusted(url_id)
+        return self.finish(
+            url_id,
+            outcome,
+            new_urls,
+            max_per_host=max_per_host,
+            max_depth=max_depth,
+            parent_depth=parent_depth,
+            now=now,
+        )
+
+    async def aretry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
+        await self._until_trusted(url_id)
+        self.retry(url_id, not_before, error, status)
 
     def changed_hosts(self) -> list[tuple[str, float]]:
         """Hosts to (re)schedule: every ready host of partitions adopted since the last call and
@@ -1063,6 +1115,8 @@ class RedisStore(FrontierStore):
     def close(self) -> None:
         if self.mgr is not None and self._on_gain in self.mgr.on_gain:
             self.mgr.on_gain.remove(self._on_gain)
+        if self.mgr is not None and self._on_resume in self.mgr.on_resume:
+            self.mgr.on_resume.remove(self._on_resume)
 
 
 def register_crawl(

@@ -99,7 +99,11 @@ class Worker:
         a slow store call) does not cost the worker its partitions. A frozen process (SIGSTOP)
         stops this thread too, and then fencing makes its late writes harmless."""
         interval = self.args.partition_lease / 3
-        while not self._stop_ticker.wait(interval):
+        last = time.monotonic()
+        # At a fixed rate from each tick's start: a slow tick (a starved process, a Cluster's
+        # round trips) does not push the next renewal later by its own length.
+        while not self._stop_ticker.wait(max(0.0, last + interval - time.monotonic())):
+            last = time.monotonic()
             try:
                 self.mgr.tick()
             except Exception:
@@ -196,6 +200,7 @@ class Worker:
             "worker": self.worker_id,
             "crawls": self.done,
             "partitions_adopted": self.mgr.adopted,
+            "partitions_resumed": self.mgr.resumed,  # renewed late, the lease still ours (same epoch)
             "fenced_refusals": self.mgr.fenced_refusals,
         }
 

@@ -26,7 +26,7 @@ import pytest
 from services.crawler.partitions import cluster_view, writes_key
 from services.crawler.settings import CrawlConfig
 from services.crawler.store import NewURL, url_key
-from services.crawler.store_redis import RedisStore, connect, crawl_state, register_crawl
+from services.crawler.store_redis import RedisStore, connect, crawl_state, list_crawls, register_crawl
 from services.crawler.urlnorm import host_of, normalize
 from services.websim import SimConfig, WebSim, run_in_thread
 from tests.conftest import free_port, need_binary, wait_for_port
@@ -92,7 +92,8 @@ class Cluster:
         register_crawl(self.client, crawl_id, config.model_dump_json(), seeds, config.max_depth)
 
     def wait_until(self, what: str, cond: Callable[[], bool], timeout: float = DEADLINE) -> None:
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
         while time.monotonic() < deadline:
             if cond():
                 return
@@ -100,7 +101,22 @@ class Cluster:
                 if proc.poll() not in (None, -signal.SIGKILL):
                     raise AssertionError(f"worker {name} exited {proc.returncode}: {self.stderr(name)}")
             time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}")
+        waited = time.monotonic() - start
+        raise AssertionError(f"timed out waiting for {what} after {waited:.0f} s: {self.where()}")
+
+    def where(self) -> dict[str, Any]:
+        """Where every crawl stands (for a failure message): its counters and the partition owners."""
+        import redis
+
+        try:
+            out: dict[str, Any] = {
+                cid: RedisStore(self.client, cid).counts() for cid in list_crawls(self.client)
+            }
+            out["owners"] = [(p["owner"], p["epoch"]) for p in cluster_view(self.client)["partition_owners"]]
+        except redis.RedisError as exc:
+            return {"redis": str(exc)}
+        out["stderr"] = {name: self.stderr(name)[-600:] for name in self.procs}
+        return out
 
     def stderr(self, name: str) -> str:
         return (self.tmp / f"{name}.err").read_text()[-3000:]
