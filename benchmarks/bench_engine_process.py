@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -261,7 +262,7 @@ def main() -> int:
     ap.add_argument("--window-s", type=float, default=10.0, help="paired mode: seconds per window")
     args = ap.parse_args()
     if args.pairs:
-        report = {"args": {k: str(v) for k, v in vars(args).items()}, "paired": paired(args)}
+        report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "paired": paired(args)}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
         shown = {k: v for k, v in report["paired"].items() if k not in ("reject_ms", "tokens_per_s")}

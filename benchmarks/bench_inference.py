@@ -690,21 +690,21 @@ def main(argv: list[str] | None = None) -> int:
         f"| (c0) engine, no HTTP | - | {fmt_spread(offline)} | "
         f"{fmt_spread([offline[k] / limit_runs[k] for k in reps], 2)} | - | - | - | - | - | - | - |"
     )
-    for level in [*levels, *batch1]:
-        mid = sorted(level, key=lambda r: r.tokens_per_s)[len(level) // 2]  # the median repeat
+    for runs in [*levels, *batch1]:
+        mid = sorted(runs, key=lambda r: r.tokens_per_s)[len(runs) // 2]  # the median repeat
         ic, bc = mid.by_class["interactive"], mid.by_class["batch"]
         ttft = "/".join(_fmt(ic[k]).replace(" ms", "") for k in ("ttft_p50", "ttft_p95", "ttft_p99"))
         print(
             f"| ({'c' if mid.name == 'scheduler' else 'b'}) {mid.name} | {mid.load:.2f} | "
-            f"{fmt_spread(tps(level))} | "
-            f"{fmt_spread([r.tokens_per_s / r.limit_tokens_per_s for r in level], 2)} | "
-            f"{fmt_spread([r.tokens_per_s / b1_r[r.repeat] for r in level], 1)} | "
-            f"{statistics.median(r.reject_rate for r in level):.1%} | {ttft} | "
+            f"{fmt_spread(tps(runs))} | "
+            f"{fmt_spread([r.tokens_per_s / r.limit_tokens_per_s for r in runs], 2)} | "
+            f"{fmt_spread([r.tokens_per_s / b1_r[r.repeat] for r in runs], 1)} | "
+            f"{statistics.median(r.reject_rate for r in runs):.1%} | {ttft} | "
             f"{_fmt(bc['ttft_p95'])} | {_fmt(bc['latency_p95'])} | "
-            f"{statistics.median(r.server_cores for r in level):.2f} "
-            f"({statistics.median(r.engine_cores for r in level):.2f}), "
-            f"{statistics.median(r.client_cores for r in level):.2f} | "
-            f"{statistics.median(r.tokens_per_engine_cpu_s for r in level):.0f} |"
+            f"{statistics.median(r.server_cores for r in runs):.2f} "
+            f"({statistics.median(r.engine_cores for r in runs):.2f}), "
+            f"{statistics.median(r.client_cores for r in runs):.2f} | "
+            f"{statistics.median(r.tokens_per_engine_cpu_s for r in runs):.0f} |"
         )
     print(
         f"\nper repeat (median, min-max): peak / limit {fmt_spread(r_limit, 2)} (aim >= 0.85); "

@@ -59,22 +59,22 @@ def summarize(path: Path) -> None:
     counts: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
             continue
         frames = stack.split(";")
         if not any("engine.py" in f or "runner.py" in f for f in frames):
             continue  # other threads (the driver waiting)
-        total += int(n)
+        total += int(count)
         for frame in reversed(frames):
             if "(services/" not in frame and "torch/nn" not in frame and "threading.py" not in frame:
                 continue
             cat = next((c for c, pats in CATEGORIES if any(p in frame for p in pats)), None)
             if cat:
-                counts[cat] += int(n)
+                counts[cat] += int(count)
                 break
         else:
-            counts["other"] += int(n)
+            counts["other"] += int(count)
     print(f"{total} engine-thread samples")
     for cat, n in counts.most_common():
         print(f"  {n / total:6.1%}  {cat}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -35,11 +36,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastapi import FastAPI, Request
-from starlette.middleware.base import BaseHTTPMiddleware
+from fastapi import FastAPI, Request, Response
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from libs.service.app import create_app
 from libs.service.logging import configure_logging, request_id_var
@@ -74,7 +76,7 @@ def peer_app() -> FastAPI:
     metrics = http_metrics()
 
     class RequestId(BaseHTTPMiddleware):
-        async def dispatch(self, request: Request, call_next):  # type: ignore[no-untyped-def]
+        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
             rid = request.headers.get("x-request-id") or uuid.uuid4().hex
             token = request_id_var.set(rid)
             try:
@@ -85,7 +87,7 @@ def peer_app() -> FastAPI:
             return response
 
     class Metrics(BaseHTTPMiddleware):
-        async def dispatch(self, request: Request, call_next):  # type: ignore[no-untyped-def]
+        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
             started = time.perf_counter()
             response = await call_next(request)
             route = getattr(request.scope.get("route"), "path", "<unmatched>")
@@ -99,7 +101,11 @@ def peer_app() -> FastAPI:
     return add_item_route(app)
 
 
-async def drive(app: Callable, n: int) -> None:  # type: ignore[type-arg]
+def run_app(loop: asyncio.AbstractEventLoop, app: Callable[..., Any], n: int) -> None:
+    loop.run_until_complete(drive(app, n))
+
+
+async def drive(app: Callable[..., Any], n: int) -> None:
     body = {"type": "http.request", "body": b"", "more_body": False}
 
     async def receive() -> dict:
@@ -150,8 +156,8 @@ def bench_requests(n: int, runs: int) -> list[tuple[str, list[float]]]:
     }
     loop = asyncio.new_event_loop()
     try:
-        runs_by_name = {
-            name: (lambda app=app: loop.run_until_complete(drive(app, n))) for name, app in apps.items()
+        runs_by_name: dict[str, Callable[[], None]] = {
+            name: functools.partial(run_app, loop, app, n) for name, app in apps.items()
         }
         return interleaved(runs_by_name, n, runs)
     finally:

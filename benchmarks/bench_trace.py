@@ -38,6 +38,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -252,7 +253,7 @@ def main() -> None:
     check_collapsed(stacks)
     print("peers agree with libs.trace; timing ...", flush=True)
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for workload, events, lines, ours, peer, peer_name in (
         ("start/end log", len(startend), startend, trace_startend, leetcode_exclusive, "LeetCode dict+stack"),
         ("collapsed stacks", stack_events, stacks, trace_collapsed, naive_collapsed, "naive prefix dict"),
