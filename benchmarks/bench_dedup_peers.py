@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="FLAGS",
-        help="also run the engine with these scan flags, e.g. '--walk-threads 2' (repeatable)",
+        help="also run the engine with these scan flags, e.g. '--workers 1' (repeatable)",
     )
     args = ap.parse_args(argv)
     globals()["RUN_LIMIT_S"] = args.limit

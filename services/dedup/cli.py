@@ -43,15 +43,6 @@ def _workers(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _walk_threads(text: str) -> int:
-    """`auto` (0: adaptive, see walk.walk_threads), 1 or 2."""
-    if text.strip() == "auto":
-        return 0
-    if text.strip() in ("1", "2"):
-        return int(text)
-    raise argparse.ArgumentTypeError(f"expected auto, 1 or 2, got {text!r}")
-
-
 def _positive_int(text: str) -> int:
     try:
         n = int(text)
@@ -92,13 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="parallel readers: auto (default: 1 while files are in the page cache, 4 while reads"
         " wait on the disk; warm, without a cache, a forked copy takes part of the groups on a"
         " second core) or a fixed count (never a copy)",
-    )
-    s.add_argument(
-        "--walk-threads",
-        type=_walk_threads,
-        default=d.walk_threads,
-        help="threads listing directories: auto (= 0, the default: 1, as the split walk measured"
-        " no faster on 2 cores, docs/benchmarks.md) or 1 or 2",
     )
     s.add_argument(
         "--order",
@@ -309,7 +293,6 @@ def _scan_options(args: argparse.Namespace) -> ScanOptions:
         algorithm=args.algorithm,
         partial_size=args.partial_size,
         workers=args.workers,
-        walk_threads=getattr(args, "walk_threads", 0),  # scan's flag; watch: adaptive
         order=args.order,
         follow_symlinks=args.follow_symlinks,
         one_file_system=args.one_file_system,

@@ -134,7 +134,6 @@ class ScanOptions:
     partial_size: int = 4096
     workers: int = 0  # 0: adaptive (1 reader on a warm page cache, more while reads wait on disk)
     order: str = "inode"  # read in (device, inode) order: close to on-disk order
-    walk_threads: int = 0  # 0: auto (serial, see walk.walk_threads), 1, or 2 (split walk)
     follow_symlinks: bool = False
     one_file_system: bool = False
     min_size: int = 1  # 0: empty files are reported as duplicates of each other too
@@ -154,7 +153,6 @@ class ScanOptions:
             include=tuple(self.include),
             exclude=tuple(self.exclude),
             confine=tuple(self.confine),
-            threads=self.walk_threads,
         )
 
     def scan_config(self) -> ScanConfig:

@@ -45,7 +45,6 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
         ("scan", str(tmp_path), "--hash", "md5"),
         ("scan", str(tmp_path), "--workers", "33"),
         ("scan", str(tmp_path), "--workers", "-1"),
-        ("scan", str(tmp_path), "--walk-threads", "3"),
         ("scan", str(tmp_path), "--min-size", "lots"),
         ("scan", str(tmp_path), "--min-size", "10K", "--max-size", "1K"),
         ("scan", str(tmp_path), "--apply"),
@@ -118,14 +117,3 @@ def test_dry_run_is_the_default_and_changes_nothing(tmp_path: Path) -> None:
     assert proc.stdout.count(b"would hardlink") == 2
     assert b"dry run: 2 hardlink steps planned" in proc.stdout
     assert {p: os.stat(p).st_ino for p in (tmp_path / "t").iterdir()} == before
-
-
-def test_walk_threads_give_the_same_report(tree: Path) -> None:
-    from tests.services.dedup.conftest import scan_json
-
-    reports = [scan_json(str(tree), "--walk-threads", n) for n in ("1", "2", "auto")]
-    for r in reports:
-        r["totals"].pop("seconds")
-        r.pop("stages")
-    assert reports[0] == reports[1] == reports[2]
-    assert reports[0]["groups"]
