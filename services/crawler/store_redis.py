@@ -497,6 +497,9 @@ class RedisStore(FrontierStore):
         self._gained: list[int] = []  # partitions adopted since the last changed_hosts()
         # host -> (partition, epoch) of each request in flight to it
         self._requests: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+        # hosts whose last gate_start raised or did not start its URL: the engine gives that gate
+        # back at once (its _cancel_gate: save_host, end=True), and there is nothing to give back
+        self._untaken: set[str] = set()
         self._expired_on_gain = 0
         self.fenced = 0  # writes this store refused to make or the server refused
         self._budget_seen: int | None = None  # the page budget's counter as last seen, and the
@@ -1017,6 +1020,7 @@ class RedisStore(FrontierStore):
 
     def gate_host(self, host: str, now: float, record: dict[str, float | None]) -> float | None:
         assert self.mgr is not None
+        self._untaken.discard(host)
         p, key = self._host_key("host", host)
         with self.mgr.lock:  # a request in flight: a draining partition waits for its end (save_host)
             epoch = self.mgr.write_epoch(p)
@@ -1056,7 +1060,12 @@ class RedisStore(FrontierStore):
         claimed with (Fenced if the partition changed hands since)."""
         assert self.mgr is not None
         p, key = self._host_key("host", host)
-        up, epoch = self._claim_epoch(url_id)
+        self._untaken.discard(host)
+        try:
+            up, epoch = self._claim_epoch(url_id)
+        except Fenced:
+            self._untaken.add(host)
+            raise
         assert up == p, "a URL lives in its host's partition"
         with self.mgr.lock:  # a request in flight: a draining partition waits for its end (save_host)
             self.mgr.inflight[(p, epoch)] += 1
@@ -1068,6 +1077,8 @@ class RedisStore(FrontierStore):
         finally:
             if res != 1:
                 self.mgr.done(p, epoch)
+            if res is None or res == 0:  # raised, or the gate passed no URL: nothing was taken
+                self._untaken.add(host)
         if res == 1:
             self._requests[host].append((p, epoch))
             return None, True
@@ -1091,17 +1102,31 @@ class RedisStore(FrontierStore):
 
     def save_host(self, host: str, record: dict[str, float | None], *, end: bool = True) -> None:
         """Write the host's politeness record; `end`: the request it was for has ended (no
-        longer in flight)."""
+        longer in flight), or its gate is given back unused (the engine's _cancel_gate).
+
+        With `end`, only a gate this store took (gate_host, gate_start) is ended, and its record
+        is written under that gate's epoch: refused (Fenced) if the partition changed hands
+        since, even if it came back to this worker (the record may hold another owner's gap).
+        The give-back of a gate that was not taken (the last gate_start raised or started no
+        URL) writes nothing and ends no other request in flight."""
+        assert self.mgr is not None
         pending = self._requests.get(host)
+        if end and host in self._untaken:
+            self._untaken.discard(host)
+            return
         request = pending.pop(0) if pending and end else None
         try:
-            assert self.mgr is not None
             p, key = self._host_key("host", host)
             epoch = self.mgr.write_epoch(p)
+            if request is not None and request[1] != epoch:
+                self.fenced += 1
+                raise Fenced(f"partition {p}: the gate was taken under epoch {request[1]}, now {epoch}")
             self._fenced_call(self._host_s, p, epoch, key, self._host_args("save", time.time(), record))
         finally:
-            if request is not None and self.mgr is not None:
+            if request is not None:
                 self.mgr.done(*request)
+            if pending is not None and not pending:
+                self._requests.pop(host, None)
 
     def load_robots(self, host: str) -> dict[str, Any] | None:
         raw = self.redis.hgetall(self._host_key("robots", host)[1])
