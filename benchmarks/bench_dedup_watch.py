@@ -18,8 +18,13 @@ one under /tmp/pg-dedup-bench) is generated under --tree-dir once. Then:
   last batch those changes caused (the watcher's log line for a batch, read from its stderr
   pipe, comes right after its report is replaced; a round ends once the watcher is quiet
   for --quiet seconds). The watcher's own per-batch time (apply +
-  report, from its log) is listed too. That time includes the --step-ms quiet period the
-  notification batching waits for (10 ms here; the CLI default is 50).
+  report, from its log) is listed too, wall and CPU (its thread's). The time to the report
+  includes the --step-ms quiet period the notification batching waits for (10 ms here; the
+  CLI default is 50).
+
+CPU (user + system; the CLI's from getrusage of the child, in-process every thread's) is
+given beside wall: on a loaded box the first scan's CPU against the watcher's own CPU per
+batch is the ratio the load moves least.
 
 Writes reports/bench_dedup_watch.json.
 """
@@ -31,6 +36,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -53,32 +59,42 @@ def _stats(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def warm_scan_cli(tree: Path, runs: int) -> list[float]:
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def warm_scan_cli(tree: Path, runs: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU (user + system of the process) seconds of each warm CLI scan."""
     cmd = [PY, "-m", "services.dedup", "scan", str(tree), "--no-cache", "--format", "json", "-o", os.devnull]
-    out = []
+    out, cpu = [], []
     for i in range(runs + 1):
-        t0 = time.perf_counter()
+        c0, t0 = _children_cpu(), time.perf_counter()
         subprocess.run(cmd, cwd=REPO, check=False, capture_output=True)
         if i:  # the first run warms the page cache
             out.append(time.perf_counter() - t0)
-    return out
+            cpu.append(_children_cpu() - c0)
+    return out, cpu
 
 
-def warm_scan_inprocess(tree: Path, runs: int) -> list[float]:
+def warm_scan_inprocess(tree: Path, runs: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds (every thread of this process; a forked copy's too) in-process."""
     import gc
 
     from services.dedup.files.scanner import ScanOptions, run_scan
 
-    out = []
+    out, cpu = [], []
     for i in range(runs + 1):
         gc.disable()  # as cmd_scan does
-        t0 = time.perf_counter()
+        c0, k0, t0 = time.process_time(), _children_cpu(), time.perf_counter()
         run_scan([str(tree)], ScanOptions())
         dt = time.perf_counter() - t0
+        dc = time.process_time() - c0 + _children_cpu() - k0
         gc.enable()
         if i:
             out.append(dt)
-    return out
+            cpu.append(dc)
+    return out, cpu
 
 
 class LogReader(threading.Thread):
@@ -173,6 +189,7 @@ def watch_rounds(tree: Path, work: Path, runs: int, fraction: float, step_ms: in
             # that moment (a pipe's latency late at most; no busy poll beside the watcher).
             replaced = [t for t, line in log.lines[log_before:] if " batch " in f" {line}"]
             batch_ms = [float(m.group(1)) for line in new_lines if (m := re.search(r"\(([\d.]+) ms", line))]
+            cpu_ms = [float(m.group(1)) for line in new_lines if (m := re.search(r"([\d.]+) ms CPU\)", line))]
             r = {
                 "round": rnd,
                 "changed_files": changed,
@@ -180,6 +197,7 @@ def watch_rounds(tree: Path, work: Path, runs: int, fraction: float, step_ms: in
                 "seconds_to_report": (max(replaced) - t_last_write) if replaced else None,
                 "batches": len(new_lines),
                 "watcher_ms": batch_ms,
+                "watcher_cpu_ms": cpu_ms,
                 "log": new_lines,
             }
             if rnd:  # round 0 is the warm-up
@@ -191,6 +209,7 @@ def watch_rounds(tree: Path, work: Path, runs: int, fraction: float, step_ms: in
         shutil.rmtree(bench_dir, ignore_errors=True)
     to_report = [r["seconds_to_report"] for r in rounds if r["seconds_to_report"] is not None]
     watcher = [sum(r["watcher_ms"]) / 1000 for r in rounds]
+    watcher_cpu = [sum(r["watcher_cpu_ms"]) / 1000 for r in rounds]
     return {
         "files": n_files,
         "changed_per_round": n_change,
@@ -198,6 +217,7 @@ def watch_rounds(tree: Path, work: Path, runs: int, fraction: float, step_ms: in
         "first_scan_log": first_line,
         "seconds_to_report": _stats(to_report),
         "watcher_seconds": _stats(watcher),
+        "watcher_cpu_seconds": _stats(watcher_cpu),
         "exit_code_on_sigterm": rc,
         "rounds": rounds,
     }
@@ -220,19 +240,29 @@ def main() -> int:
     tree = work / f"tree-{args.files}-{args.bytes}-1"
     if not tree.exists():
         generate_tree(str(tree), files=args.files, total_bytes=args.bytes, seed=1)
-    cli = warm_scan_cli(tree, args.runs)
-    inproc = warm_scan_inprocess(tree, args.runs)
+    load_start = os.getloadavg()
+    cli, cli_cpu = warm_scan_cli(tree, args.runs)
+    inproc, inproc_cpu = warm_scan_inprocess(tree, args.runs)
     watch = watch_rounds(tree, work, args.runs, args.change_fraction, args.step_ms, args.quiet)
     result = {
         "tree": str(tree),
+        "load_average_start": load_start,
         "load_average": os.getloadavg(),
         "warm_first_scan_cli": _stats(cli),
         "warm_first_scan_inprocess": _stats(inproc),
+        "warm_first_scan_cli_cpu": _stats(cli_cpu),
+        "warm_first_scan_inprocess_cpu": _stats(inproc_cpu),
         "watch": watch,
     }
     med = watch["seconds_to_report"]["median"]
     result["speedup_vs_cli"] = result["warm_first_scan_cli"]["median"] / med
     result["speedup_vs_inprocess"] = result["warm_first_scan_inprocess"]["median"] / med
+    # CPU: the first scan's against the watcher's own per batch (apply + report; the wait
+    # for inotify's quiet step costs no CPU): the figure the box's load moves least.
+    batch_cpu = watch["watcher_cpu_seconds"]["median"]
+    if batch_cpu:
+        result["cpu_ratio_vs_cli"] = result["warm_first_scan_cli_cpu"]["median"] / batch_cpu
+        result["cpu_ratio_vs_inprocess"] = result["warm_first_scan_inprocess_cpu"]["median"] / batch_cpu
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "watch"}, indent=2))

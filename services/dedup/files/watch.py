@@ -28,6 +28,7 @@ import bisect
 import dataclasses
 import fnmatch
 import gc
+import itertools
 import os
 import stat
 import sys
@@ -38,7 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from services.dedup.files.scanner import ScanOptions, ScanResult
-from services.dedup.files.stages import Group, ScanContext, StageStats, _first_path, find_duplicates
+from services.dedup.files.stages import SEGMENT, Group, ScanContext, StageStats, _first_path, find_duplicates
 from services.dedup.files.walk import FileEntry, WalkError, WalkStats, walk
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ ADDED, MODIFIED, DELETED = 1, 2, 3
 RESCAN_OVER = 20000
 
 Stamp = tuple[int, int, int, int, int]  # (dev, ino, mtime_ns, size, ctime_ns)
+_SEP_TEXT = ",\n    "  # between two groups in the JSON report (indent 2, in a list)
+_SEP = _SEP_TEXT.encode("ascii")
 
 
 def open_kept_cache(
@@ -119,6 +122,27 @@ def _entry_path(f: FileEntry) -> bytes:
     return f.path
 
 
+def _lone_set(
+    by_name: dict[bytes, bytes], by_digest: dict[bytes, set[bytes]], name: bytes, digest: bytes
+) -> None:
+    old = by_name.get(name)
+    if old == digest:
+        return
+    if old is not None:
+        _lone_drop(by_name, by_digest, name)
+    by_name[name] = digest
+    by_digest.setdefault(digest, set()).add(name)
+
+
+def _lone_drop(by_name: dict[bytes, bytes], by_digest: dict[bytes, set[bytes]], name: bytes) -> None:
+    digest = by_name.pop(name, None)
+    if digest is not None:
+        names = by_digest[digest]
+        names.discard(name)
+        if not names:
+            del by_digest[digest]
+
+
 class WatchIndex:
     """The index of the watched roots and their current duplicate groups."""
 
@@ -166,9 +190,18 @@ class WatchIndex:
         self._agg: dict[int, tuple[int, int, int]] = {}
         self._n_files = 0
         self._wasted = 0
-        self._texts: dict[int, bytes] = {}  # size -> its groups' JSON text (see json_chunks)
+        # Each listed size's groups as JSON text, preceded by the separator (_SEP), in the
+        # order of _sizes (None: to encode; see json_chunks), and the sizes to encode.
+        self._chunks: list[bytes | None] = []
+        self._unencoded: set[int] = set()
         self._group_texts: dict[int, dict[int, tuple[Group, str]]] = {}  # size -> id -> text
         self._group_names: dict[int, tuple[Group, frozenset[bytes]]] = {}  # id -> its names
+        # With a cache: per size, the names no group holds whose full digest is in memory
+        # ("lone": each joins the pipeline only when a changed file has its digest), as the
+        # last verify of that size left them: name -> digest, digest -> names. A batch then
+        # sets them aside with set operations and looks up only the changed files' digests,
+        # instead of a Python loop over every ungrouped name of every size it touches.
+        self._lone: dict[int, tuple[dict[bytes, bytes], dict[bytes, set[bytes]]]] = {}
 
     # -- index maintenance -------------------------------------------------------------
     def _add(self, path: bytes, st: Stamp, force: bool = False) -> set[int]:
@@ -298,9 +331,11 @@ class WatchIndex:
         self._dirty.clear()
         self._sizes.clear()
         self._agg.clear()
-        self._texts.clear()
+        self._chunks.clear()
+        self._unencoded.clear()
         self._group_texts.clear()
         self._group_names.clear()
+        self._lone.clear()
         self._n_files = self._wasted = 0
         walked = walk(self.roots, self.wopts)
         self.walk_stats = walked.stats
@@ -315,7 +350,7 @@ class WatchIndex:
         self.flush_cache()
         self.last_seconds = time.perf_counter() - t0
 
-    def _verify(self, sizes: Iterable[int]) -> int:
+    def _verify(self, sizes: Iterable[int], batch: bool = False) -> int:
         """Re-verify the groups of these sizes through the scan pipeline; returns files scanned.
 
         Members of a group of the last answer whose names all kept their stamps stay proven:
@@ -335,6 +370,8 @@ class WatchIndex:
         intact: list[Group] = []
         names_of = self._group_names
         full = self.cache is not None
+        lone_recs = self._lone
+        held: list[tuple[int, dict[bytes, bytes], dict[bytes, set[bytes]]]] = []  # (size, lone)
         partial = self.config.partial_size
         for size in sizes:
             self._dirty.add(size)
@@ -342,6 +379,7 @@ class WatchIndex:
             previous.update((id(g.files[0]), g) for g in old)
             bucket = self.by_size.get(size)
             if bucket is None or len(bucket) < 2:
+                lone_recs.pop(size, None)
                 continue
             covered: set[bytes] = set()
             for g in old:
@@ -373,11 +411,19 @@ class WatchIndex:
                 followers[id(survivors[0])] = survivors[1:]
                 kept.append(g if len(survivors) == len(g.files) else Group(g.size, survivors, g.digest))
                 covered.update(p for f in survivors for p in (f.path, *f.links))
-            paths.extend(p for p in bucket if p not in covered)
+            rest = bucket - covered if covered else set(bucket)  # set operations: no Python loop
+            rec = lone_recs.get(size) if full else None
+            if rec is not None:
+                by_name, by_digest = rec
+                for p in by_name.keys() & changed:  # changed names: their rows were invalidated
+                    _lone_drop(by_name, by_digest, p)
+                rest.difference_update(by_name)  # set aside, as in the loop below
+                held.append((size, by_name, by_digest))
+            paths.extend(rest)
         if self._invalidate and self.cache is not None:
             self.cache.invalidate(self._invalidate)  # type: ignore[attr-defined]
         self._invalidate.clear()
-        if not paths and not reps:
+        if not paths and not reps and not held:
             for g in intact:
                 self.groups.setdefault(g.size, []).append(g)
             self.stages = []
@@ -431,21 +477,36 @@ class WatchIndex:
                 fresh_changed.add(id(entry))
         ctx = ScanContext(config=self.config, cache=self.cache)
         wanted = self._changed_digests([f for f in fresh if id(f) in fresh_changed], ctx)
-        if lone:
-            matched = sorted(p for p, size, digest in lone if (size, digest) in wanted)
-            if matched:
-                for p in matched:
-                    entry_for(p)
-                fresh.sort(key=_entry_path)  # paths' order, as if none had been set aside
+        matched = [p for p, size, digest in lone if (size, digest) in wanted]
+        if held:
+            wanted_of: dict[int, list[bytes]] = {}
+            for size, digest in wanted:
+                wanted_of.setdefault(size, []).append(digest)
+            for size, _by_name, by_digest in held:
+                for digest in wanted_of.get(size, ()):
+                    matched.extend(by_digest.get(digest, ()))
+        if matched:
+            for p in sorted(matched):
+                entry_for(p)
+            fresh.sort(key=_entry_path)  # paths' order, as if none had been set aside
         entries = self._candidates(reps, fresh, fresh_changed, wanted)
+        if batch and not self.config.workers and len(entries) + len(intact) < SEGMENT:
+            # A batch's few hundred files were mostly just written or hashed (in the page
+            # cache): one reader, without the adaptive probe's opens (8 per map call).
+            ctx.config = dataclasses.replace(self.config, workers=1)
+        group_digest: dict[int, bytes] = {}  # id() of an intact group's representative -> digest
         for g in intact:
             if (g.size, g.digest) in wanted:  # a changed file may join it: the pipeline decides
                 entries.append(g.files[0])
                 followers[id(g.files[0])] = g.files[1:]
                 kept.append(g)
+                group_digest[id(g.files[0])] = g.digest  # type: ignore[assignment]  # intact: set
             else:
                 self.groups.setdefault(g.size, []).append(g)
+        if full:
+            entries = self._without_singletons(entries, group_digest, field)
         placed: set[int] = set()
+        grouped: set[int] = set()  # id() of the pipeline's files now in a group
         for g in find_duplicates(entries, ctx):
             members = []
             for f in g.files:
@@ -455,6 +516,7 @@ class WatchIndex:
                     members.extend(followers[id(f)])
             if len(members) > len(g.files):
                 members.sort(key=lambda f: f.path)
+            grouped.update(id(f) for f in g.files)
             same = previous.get(id(members[0]))
             if same is not None and same.files == members and same.digest == g.digest:
                 g = same  # unchanged: the report keeps its encoded text
@@ -464,10 +526,70 @@ class WatchIndex:
         for g in kept:  # a representative in no group: the others are still equal to each other
             if id(g.files[0]) not in placed and len(g.files) > 1:
                 self.groups.setdefault(g.size, []).append(g)
+                grouped.add(id(g.files[0]))
+        if full:
+            self._update_lone(lone, fresh + reps, grouped, field)
         for e in ctx.errors:
             self.errors[e.path] = e
         self.stages = ctx.stages
         return len(entries)
+
+    def _without_singletons(
+        self, entries: list[FileEntry], group_digest: dict[int, bytes], field: str
+    ) -> list[FileEntry]:
+        """The entries less those whose full digest (in memory: a changed file's was just
+        computed, an unchanged one's checked against its stamp when fetched) no other entry
+        of its size has, where every entry of that size has one: such a file can be in no
+        group (different digests, different bytes), so the pipeline need not read it. An
+        edited file and its old group's representative mostly end here, unread. Digests only
+        split, as the pipeline's own full stage does; files are joined on their bytes only."""
+        work: dict[tuple[int, int], dict[str, bytes] | None] = self.cache._work  # type: ignore[union-attr]
+        digests: list[bytes | None] = []
+        count: dict[tuple[int, bytes], int] = {}
+        unknown: set[int] = set()  # sizes with an entry of no known digest: the pipeline decides
+        for f in entries:
+            digest = group_digest.get(id(f))
+            if digest is None:
+                value = work.get((f.dev, f.ino))
+                digest = None if value is None else value.get(field)
+            digests.append(digest)
+            if digest is None:
+                unknown.add(f.size)
+            else:
+                key = (f.size, digest)
+                count[key] = count.get(key, 0) + 1
+        return [
+            f
+            for f, digest in zip(entries, digests, strict=True)
+            if digest is None or f.size in unknown or count[(f.size, digest)] > 1
+        ]
+
+    def _update_lone(
+        self, lone: list[tuple[bytes, int, bytes]], seen: list[FileEntry], grouped: set[int], field: str
+    ) -> None:
+        """Bring the lone records up to date after a verify: the names the loop classified
+        lone (and no changed file matched) join their size's record; every name of an entry
+        the pipeline saw (or `_candidates` left out) joins it when its inode is in no group
+        and has a full digest in memory, else leaves it. A record may miss lone names (they
+        take the loop), never hold a name that is grouped, changed or without that digest."""
+        recs = self._lone
+        for p, size, digest in lone:
+            rec = recs.get(size)
+            if rec is None:
+                rec = recs[size] = ({}, {})
+            _lone_set(rec[0], rec[1], p, digest)
+        work: dict[tuple[int, int], dict[str, bytes] | None] = self.cache._work  # type: ignore[union-attr]
+        for f in seen:
+            rec = recs.get(f.size)
+            if rec is None:
+                rec = recs[f.size] = ({}, {})
+            value = work.get((f.dev, f.ino))
+            known = None if value is None or id(f) in grouped else value.get(field)
+            for p in (f.path, *f.links):
+                if known is None:
+                    _lone_drop(rec[0], rec[1], p)
+                else:
+                    _lone_set(rec[0], rec[1], p, known)
 
     def _changed_digests(self, changed_entries: list[FileEntry], ctx: ScanContext) -> set[tuple[int, bytes]]:
         """The (size, full digest) of the changed files: their digests go to the cache first
@@ -570,7 +692,7 @@ class WatchIndex:
                     t, walked = self._look(path, False)
                     touched |= t
                     subtrees += walked
-        verified = 0 if rescan else self._verify(touched)
+        verified = 0 if rescan else self._verify(touched, batch=True)
         if persist:
             self.flush_cache()
         return {
@@ -638,7 +760,6 @@ class WatchIndex:
         """Bring the kept order, sums and texts up to date for the sizes changed since."""
         dirty, self._dirty = self._dirty, set()
         for size in dirty:
-            self._texts.pop(size, None)
             old = self._agg.pop(size, None)
             if old is not None:
                 self._n_files -= old[1]
@@ -649,10 +770,16 @@ class WatchIndex:
             if not gs:
                 if listed:
                     del self._sizes[i]
+                    del self._chunks[i]
                 self._group_texts.pop(size, None)
+                self._unencoded.discard(size)
                 continue
             if not listed:
                 self._sizes.insert(i, size)
+                self._chunks.insert(i, None)
+            else:
+                self._chunks[i] = None
+            self._unencoded.add(size)
             gs.sort(key=_first_path)  # the report's order: (size, first path), see sort_groups
             n_files = sum(len(g.files) for g in gs)
             wasted = sum(g.wasted_bytes for g in gs)
@@ -677,38 +804,37 @@ class WatchIndex:
 
     def json_chunks(self) -> list[bytes]:
         """The JSON text of the groups (as report.write_json writes them; ASCII: strings are
-        escaped), one chunk per size in order; only sizes changed since are encoded again."""
+        escaped), one chunk per size in order, each preceded by the separator (_SEP); only
+        the sizes changed since are encoded again (found by bisection: no loop over the
+        sizes). The list is the index's own: not to be changed by the caller."""
         from services.dedup.files import report
         from services.dedup.files.indented_json import encode_at
 
         self._refresh()
-        texts = self._texts
-        out = []
-        for size in self._sizes:
-            text = texts.get(size)
-            if text is None:
-                # Groups a batch left as they were (the same objects) keep their text.
-                before = self._group_texts.get(size, {})
-                now: dict[int, tuple[Group, str]] = {}
-                parts = []
-                for g in self.groups[size]:
-                    hit = before.get(id(g))
-                    if hit is not None and hit[0] is g:
-                        t = hit[1]
-                    else:
-                        t = report._group_text(g) or encode_at(report._group_json(g), 2)
-                    now[id(g)] = (g, t)
-                    parts.append(t)
-                self._group_texts[size] = now
-                text = texts[size] = ",\n    ".join(parts).encode("ascii")
-            out.append(text)
-        return out
+        sizes, chunks = self._sizes, self._chunks
+        for size in self._unencoded:
+            # Groups a batch left as they were (the same objects) keep their text.
+            before = self._group_texts.get(size, {})
+            now: dict[int, tuple[Group, str]] = {}
+            parts = []
+            for g in self.groups[size]:
+                hit = before.get(id(g))
+                if hit is not None and hit[0] is g:
+                    t = hit[1]
+                else:
+                    t = report._group_text(g) or encode_at(report._group_json(g), 2)
+                now[id(g)] = (g, t)
+                parts.append(t)
+            self._group_texts[size] = now
+            chunks[bisect.bisect_left(sizes, size)] = (_SEP_TEXT + _SEP_TEXT.join(parts)).encode("ascii")
+        self._unencoded.clear()
+        return chunks  # type: ignore[return-value]  # every entry encoded now
 
     def result(self, seconds: float) -> ScanResult:
         """The answer now: kept per size, so a batch costs in proportion to what it changed
         (the groups' order, totals and hard-linked list are not recomputed over the tree)."""
         self._refresh()
-        groups = [g for size in self._sizes for g in self.groups[size]]
+        groups = list(itertools.chain.from_iterable(map(self.groups.__getitem__, self._sizes)))
         hard_linked = self.hard_linked()
         return ScanResult(
             groups=groups,
@@ -759,7 +885,7 @@ class JsonReport:
                     known = (g, encode_at(report._group_json(g), 2))
                 texts[id(g)] = known
             self._texts = texts  # groups gone are dropped (their ids may be reused)
-            chunks = [texts[id(g)][1].encode("ascii") for g in result.groups]
+            chunks = [(_SEP_TEXT + texts[id(g)][1]).encode("ascii") for g in result.groups]
         head = report.to_dict(result, groups=False)
         parts = [b"{"]
         for i, (key, value) in enumerate(head.items()):
@@ -768,10 +894,8 @@ class JsonReport:
                 parts.append(encode_at(value, 1).encode("ascii"))
                 continue
             parts.append(b"[\n    ")
-            for k, chunk in enumerate(chunks):
-                if k:
-                    parts.append(b",\n    ")
-                parts.append(chunk)
+            parts.append(chunks[0][len(_SEP) :])  # every chunk starts with the separator
+            parts.extend(itertools.islice(chunks, 1, None))
             parts.append(b"\n  ]")
         parts.append(b"\n}\n")
         return parts
@@ -900,18 +1024,20 @@ def run_watch(
             if got == "timeout":
                 continue
             assert isinstance(got, set)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             info = index.apply(got, persist=False)
             res = index.result(info["seconds"])
             old_reports: list[int] = []
             write_report(res, fmt, report_path, stream, json_report, old_reports)
             info["seconds_with_report"] = time.perf_counter() - t0
+            info["cpu_seconds_with_report"] = time.thread_time() - c0
             try:
                 log(
                     f"batch {index.batches}: {info['changes']} changes, {info['sizes']} sizes,"
                     f" {info['files_verified']} files verified"
                     f"{', full re-scan' if info['full_rescan'] else ''}; {len(res.groups)} groups"
-                    f" ({info['seconds_with_report'] * 1000:.1f} ms with the report)"
+                    f" ({info['seconds_with_report'] * 1000:.1f} ms with the report,"
+                    f" {info['cpu_seconds_with_report'] * 1000:.1f} ms CPU)"
                 )
                 index.flush_cache()  # the batch's digests, once the answer is out
             finally:
