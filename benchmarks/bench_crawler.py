@@ -123,6 +123,7 @@ def run_measured(cmd: list[str], root: Path = ROOT) -> tuple[float, float, int, 
 
 def judge(sim: WebSim, entries: list[dict[str, Any]], delay: float) -> dict[str, Any]:
     by_host: dict[str, list[float]] = defaultdict(list)
+    ends: dict[str, list[float]] = defaultdict(list)  # each request's end (ts + duration)
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     politeness = robots = 0
     for e in entries:
@@ -131,14 +132,19 @@ def judge(sim: WebSim, entries: list[dict[str, Any]], delay: float) -> dict[str,
             path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
         target = canonical_target(path)
         by_host[e["host"]].append(e["ts"])
+        ends[e["host"]].append(e["ts"] + e.get("duration_s", 0.0))
         groups[(e["host"], target)].append(e["status"])
         if e["kind"] != "robots" and not websim_truth.allowed(sim.web, e["host"], target):
             robots += 1
     critical = 0.0
+    slack: list[float] = []  # per host turn: the gap from the previous response's end, past the delay
     for host, stamps in by_host.items():
         required = max(delay, websim_truth.required_delay(sim.web, host) or 0.0)
         politeness += sum(1 for a, b in itertools.pairwise(stamps) if b - a < required - 0.005)
         critical = max(critical, (len(stamps) - 1) * required)
+        slack.extend(b - a - required for a, b in zip(ends[host], stamps[1:], strict=False))
+    slack.sort()
+    pick = lambda q: slack[int(q * (len(slack) - 1))] if slack else float("nan")  # noqa: E731
     duplicates = sum(max(0, sum(1 for s in st if s not in RETRYABLE) - 1) for st in groups.values())
     pages = {e["page_id"] for e in entries if e["status"] == 200 and e["kind"] in ("page", "calendar")}
     return {
@@ -149,6 +155,9 @@ def judge(sim: WebSim, entries: list[dict[str, Any]], delay: float) -> dict[str,
         "duplicate_fetches": duplicates,
         "critical_path_s": critical,
         "hosts_contacted": len(by_host),
+        # how long a host, once eligible, waited for its next request (its turn's slack)
+        "slack_p50_s": pick(0.5),
+        "slack_p90_s": pick(0.9),
     }
 
 
@@ -189,6 +198,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
 }
 KEYS = [
+    "slack_p50_s",
+    "slack_p90_s",
     "wall_s",
     "pages",
     "pages_per_s",
@@ -312,7 +323,8 @@ def run_scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, warm
                         f"{name} {phase} {who}: {row['pages']} pages, {row['requests']} requests,"
                         f" {wall:.1f}s, {row['pages_per_s']:.1f} pages/s,"
                         f" {row['politeness_violations']} politeness violations, CPU {cpu:.1f}s,"
-                        f" load {row['loadavg_1m']:.1f}",
+                        f" {row['cpu_ms_per_page']:.2f} CPU ms/page, slack p50 {row['slack_p50_s']:.3f}"
+                        f" p90 {row['slack_p90_s']:.3f} s, load {row['loadavg_1m']:.1f}",
                         file=sys.stderr,
                     )
                     if phase == "measure":
@@ -357,6 +369,16 @@ def run_scenario(name: str, spec: dict[str, Any], args: argparse.Namespace, warm
         if base:
             line += f"{cell(summary['baseline'][k]):>26}{ratio(a, summary['baseline'][k]):>9.2f}"
         print(line)
+    # side by side: each measured round's ratios (the box's load moves every run; a pair shares it)
+    for other in ("baseline", "scrapy"):
+        pairs = list(zip(results["crawler"], results.get(other, []), strict=False))
+        if pairs:
+            print(
+                f"per round, crawler / {other}: pages/s "
+                + ", ".join(f"{a['pages_per_s'] / b['pages_per_s']:.2f}" for a, b in pairs)
+                + "; CPU ms/page "
+                + ", ".join(f"{a['cpu_ms_per_page'] / b['cpu_ms_per_page']:.2f}" for a, b in pairs)
+            )
     return {
         "hosts": hosts,
         "delay": delay,

@@ -772,10 +772,12 @@ def part_sqlite(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _store_pages(store: Any, pages: int, hosts: int, concurrent: bool) -> None:
+def _store_pages(store: Any, pages: int, hosts: int, concurrent: bool, one_step: bool = False) -> None:
     """The store's share of a wide crawl: per page claim, start, first_with_content and finish
     with 4 links (2 new); one host turn at a time per host, 64 pages in flight when concurrent
-    (the engine's path: the a* methods), else one after the other (the sync methods)."""
+    (the engine's path: the a* methods), else one after the other (the sync methods).
+    `one_step`: the same work in two store steps a page, as the engine does it on SQLite since
+    session 7 (aclaim_start with a starting rule; afinish_page with the content hash)."""
     import asyncio
 
     def links(url_id: int, host: str) -> list[NewURL]:
@@ -810,6 +812,14 @@ def _store_pages(store: Any, pages: int, hosts: int, concurrent: bool) -> None:
             if done >= pages // 64:
                 return done
             host = hostnames[i % hosts]
+            if one_step:
+                claimed = await store.aclaim_start(host, "w", 60, 1, lambda rec: True)
+                rec = claimed.rec
+                if rec is None:
+                    continue
+                await store.afinish_page(rec.id, outcome(rec.id), links(rec.id, host), now=1)
+                done += 1
+                continue
             rec = await store.aclaim(host, "w", 60, now=1)
             if rec is None:
                 continue
@@ -836,7 +846,8 @@ def part_store_ops(args: argparse.Namespace) -> dict[str, Any]:
         ["git", "show", f"{rev}:services/crawler/store_sqlite.py"], cwd=ROOT, capture_output=True, check=True
     ).stdout
     pages = args.store_pages
-    times: dict[str, list[tuple[float, float]]] = {"before": [], "now": []}
+    names = ("before", "now", "now-2-steps")
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         old_path = Path(tmp) / "store_sqlite_before.py"
         old_path.write_bytes(source)
@@ -847,7 +858,7 @@ def part_store_ops(args: argparse.Namespace) -> dict[str, Any]:
         from services.crawler.store_sqlite import SQLiteStore
 
         for rep in range(args.repeats + 1):
-            for name in ("before", "now"):
+            for name in names:
                 path = Path(tmp) / f"{name}{rep}.sqlite"
                 store = old.SQLiteStore(path) if name == "before" else SQLiteStore(path)
 
@@ -856,7 +867,7 @@ def part_store_ops(args: argparse.Namespace) -> dict[str, Any]:
                     return r.ru_utime + r.ru_stime
 
                 c0, t0 = cpu(), time.perf_counter()
-                _store_pages(store, pages, 2000, concurrent=name == "now")
+                _store_pages(store, pages, 2000, concurrent=name != "before", one_step=name == "now-2-steps")
                 store.close()
                 if rep:
                     times[name].append((cpu() - c0, time.perf_counter() - t0))
@@ -867,11 +878,12 @@ def part_store_ops(args: argparse.Namespace) -> dict[str, Any]:
             "pages_per_s": median_spread([pages / w for _, w in rows]),
         }
     print(
-        f"\n[store-ops] {pages} pages (claim, start, first_with_content, finish + 4 links), median [min-max]"
+        f"\n[store-ops] {pages} pages (claim, start, first_with_content, finish + 4 links), median [min-max];"
+        " now-2-steps: the same in two store steps a page (aclaim_start, afinish_page)"
     )
-    for name in ("before", "now"):
+    for name in names:
         print(
-            f"{name:<8} CPU ms/page {cell(out[name]['cpu_ms_per_page'])}"
+            f"{name:<12} CPU ms/page {cell(out[name]['cpu_ms_per_page'])}"
             f"   store pages/s {cell(out[name]['pages_per_s'])}"
         )
     return out

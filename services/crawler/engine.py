@@ -791,12 +791,14 @@ class Crawl:
         elif 200 <= status < 300 and not result.body_skipped:
             # (A body outside the content-type allow list was never read: nothing to hash or parse.)
             sha = hashlib.sha256(result.body).hexdigest()
-            duplicate = await self.store.afirst_with_content(sha, rec.id) != rec.id
-            if duplicate:
-                self.stats.count("duplicate_content")
+            duplicate = False
+            if self.config.skip_duplicate_content_links:  # asked first: it decides the links
+                duplicate = await self.store.afirst_with_content(sha, rec.id) != rec.id
+                if duplicate:
+                    self.stats.count("duplicate_content")
             with self.spans.span("crawler.parse", bytes=len(result.body)):
                 page = await self._parse(result)
-            if not (duplicate and self.config.skip_duplicate_content_links):
+            if not duplicate:
                 for link in page.links:
                     admitted = self._admit(link, rec.depth + 1)
                     if admitted is not None:
@@ -807,10 +809,12 @@ class Crawl:
                 )
                 await self._durable(lambda: self._emit(rec, result, sha, page, warc_file, now), where)
         with self.spans.span("crawler.store", links=len(new_urls)):
-            new = await self._durable(
+            new, duplicate = await self._durable(
                 lambda: self._finish_fetched(rec, status, sha, new_urls, now),
                 getattr(self.store, "path", None),
             )
+        if duplicate:
+            self.stats.count("duplicate_content")
         self.stats.count("fetched")
         if new:
             self.stats.count("discovered", new)
@@ -820,8 +824,10 @@ class Crawl:
 
     def _finish_fetched(
         self, rec: URLRecord, status: int, sha: str | None, new_urls: list[NewURL], now: float
-    ) -> Awaitable[int]:
-        return self.store.afinish(
+    ) -> Awaitable[tuple[int, bool]]:
+        """The page's outcome and links, and (unless asked before the parse) whether its body
+        was another URL's first: one store step (store.afinish_page)."""
+        return self.store.afinish_page(
             rec.id,
             Outcome(URLState.FETCHED, status=status, content_sha256=sha, fetched_at=now),
             new_urls,
@@ -829,6 +835,7 @@ class Crawl:
             max_depth=self.config.max_depth,
             parent_depth=rec.depth,
             now=now,
+            content_known=self.config.skip_duplicate_content_links,
         )
 
     async def _parse(self, result: FetchResult) -> ParsedPage:

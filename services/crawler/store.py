@@ -202,6 +202,36 @@ class FrontierStore(abc.ABC):
             now=now,
         )
 
+    async def afinish_page(
+        self,
+        url_id: int,
+        outcome: Outcome,
+        new_urls: list[NewURL],
+        *,
+        max_per_host: int | None = None,
+        max_depth: int | None = None,
+        parent_depth: int | None = None,
+        now: float,
+        content_known: bool = False,
+    ) -> tuple[int, bool]:
+        """finish, and first_with_content for the outcome's body hash (unless `content_known`:
+        the caller asked it already): (new URLs, whether another URL had this body first). A
+        store that can does both in one step; the default makes the two calls."""
+        duplicate = False
+        sha = outcome.content_sha256
+        if sha is not None and not content_known:
+            duplicate = await self.afirst_with_content(sha, url_id) != url_id
+        new = await self.afinish(
+            url_id,
+            outcome,
+            new_urls,
+            max_per_host=max_per_host,
+            max_depth=max_depth,
+            parent_depth=parent_depth,
+            now=now,
+        )
+        return new, duplicate
+
     async def aretry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
         self.retry(url_id, not_before, error, status)
 

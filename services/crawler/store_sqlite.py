@@ -550,6 +550,24 @@ class SQLiteStore(FrontierStore):
         )
         return self._insert(rebased, max_per_host, now, max_depth)
 
+    def _finish_page(
+        self,
+        url_id: int,
+        outcome: Outcome,
+        new_urls: list[NewURL],
+        max_per_host: int | None,
+        max_depth: int | None,
+        parent_depth: int | None,
+        now: float,
+        content_known: bool,
+    ) -> tuple[int, bool]:
+        """first_with_content and finish in one operation (afinish_page)."""
+        duplicate = False
+        sha = outcome.content_sha256
+        if sha is not None and not content_known:
+            duplicate = self._first_with_content(sha, url_id) != url_id
+        return self._finish(url_id, outcome, new_urls, max_per_host, max_depth, parent_depth, now), duplicate
+
     @_timed("retry")
     def _retry(self, url_id: int, not_before: float, error: str, status: int | None) -> None:
         self._db.execute(
@@ -783,6 +801,32 @@ class SQLiteStore(FrontierStore):
                 durable=True,
             )
         )
+
+    async def afinish_page(
+        self,
+        url_id: int,
+        outcome: Outcome,
+        new_urls: list[NewURL],
+        *,
+        max_per_host: int | None = None,
+        max_depth: int | None = None,
+        parent_depth: int | None = None,
+        now: float,
+        content_known: bool = False,
+    ) -> tuple[int, bool]:
+        new, duplicate = await self._acall(
+            self._finish_page,
+            url_id,
+            outcome,
+            new_urls,
+            max_per_host,
+            max_depth,
+            parent_depth,
+            now,
+            content_known,
+            durable=True,
+        )
+        return int(new), bool(duplicate)
 
     async def aretry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
         await self._acall(self._retry, url_id, not_before, error, status, durable=True)

@@ -180,3 +180,29 @@ def test_outcome_of_a_started_claim_is_final_as_usual(tmp_path: Path) -> None:
         assert store.counts()["FETCHED"] == 1 and store.counts()["DISCOVERED"] == 1
     finally:
         store.close()
+
+
+async def test_a_page_finishes_with_its_content_hash_in_one_step(tmp_path: Path) -> None:
+    """afinish_page: the outcome, the links and the body's first URL together; the default (a
+    shared store's) makes the two calls and answers the same."""
+    for one_step in (True, False):
+        store = SQLiteStore(tmp_path / f"{one_step}.sqlite")
+        try:
+            store.add([_u("/a"), _u("/b"), _u("/c")], now=0)
+            ids = []
+            for _ in range(3):
+                got = await store.aclaim_start("a.test", "w", 30, 100, lambda rec: True)
+                assert got.rec is not None and got.started
+                ids.append(got.rec.id)
+            finish = SQLiteStore.afinish_page if one_step else FrontierStore.afinish_page
+            same = Outcome(URLState.FETCHED, status=200, content_sha256="ab" * 32)
+            first = await finish(store, ids[0], same, [_u("/d", depth=1)], max_depth=8, now=101)
+            again = await finish(store, ids[1], same, [_u("/d", depth=1)], max_depth=8, now=101)
+            # the caller asked the hash before (it decided the links): not asked again
+            known = await finish(store, ids[2], same, [], now=101, content_known=True)
+            assert (first, again, known) == ((1, False), (0, True), (0, False))
+            assert store.first_with_content("ab" * 32, ids[2]) == ids[0]
+            counts = store.counts()
+            assert counts["FETCHED"] == 3 and counts["DISCOVERED"] == 1
+        finally:
+            store.close()
