@@ -12,6 +12,13 @@ Every 429/503 carries Retry-After. Nothing is charged to a bucket unless the req
 The wait is estimated per tenant, from its own weighted share of capacity (WaitModel): a
 tenant that floods sees its own estimate grow and is shed early, while a tenant with nothing
 queued is admitted at once; under equal floods each tenant's admitted work follows its weight.
+Since session 7 the estimate is a schedule of the tenant's own slots (WaitModel._slot_schedule:
+its weighted share of the batch, each slot free when the sequence in it ends, its waiting
+requests taking them in turn), so a tenant may queue only what its own share starts within
+the class cap, and admission holds that to (1 - admission_headroom) x the cap (the rest for the
+step time drifting over the wait): a request it cannot start in time is refused at once (503
+overloaded, Retry-After how far its estimate is past that) instead of admitted and dropped at
+the cap (the late drops of docs/bench/inference.md).
 Each admitted request's estimate is compared with the wait it then had (Ticket.bind), which
 both calibrates the estimate and is exported (inference_wait_estimate_error_seconds); one
 dropped at its class cap before a first token calibrates it as a wait of at least the cap
@@ -24,7 +31,9 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import heapq
 import hmac
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -67,6 +76,10 @@ class Limits:
     # See queue_timeout() and the note on the class caps: at 1.0 and 0.0 the cap is enforced.
     queue_timeout_factor: float = 1.0
     queue_timeout_min_s: float = 0.0
+    # Admission admits a queued request only while its estimate is within (1 - headroom) x
+    # its class cap: the rest is for the engine's step time drifting over the wait (the
+    # estimate is exact at the step time measured; see WaitModel._slot_schedule).
+    admission_headroom: float = 0.2
 
     def queue_wait_limit(self, klass: str) -> float:
         limits = self.max_queue_wait_s or DEFAULT_QUEUE_WAIT_S
@@ -285,8 +298,11 @@ class WaitModel:
         ahead = higher + b_t + sum_u max(0, w_u * (F_t - V_u)).
 
     Work is counted in slot-steps (one per output token, one per prefill chunk), since the
-    batch's slots are the bottleneck: the running batch does one per sequence per step, so
-    raw = ahead * step_s / running.
+    batch's slots are the bottleneck. With the batch size and a step time known (the server,
+    always), the wait is the tenant's own slot schedule (_slot_schedule): steps until one of
+    its share of the slots is free for it after its own queue, x the step time, plus the
+    waiting work of a higher class over the batch; `ahead` is kept for the report. Without
+    them (no step measured yet): raw = ahead / steps per token / tokens per second.
 
     A tenant with nothing waiting sees only the floor: one step, plus the wait for a slot (at
     its weighted share of the batch, until one of its own sequences finishes; short of it in
@@ -301,9 +317,11 @@ class WaitModel:
     """
 
     ALPHA = 0.05  # weight of one observation in the factor's moving average
-    # Below 1 only a little: an estimate that runs low admits more than the cap allows, one
-    # that runs high only sheds a little early.
-    FACTOR_RANGE = (0.75, 8.0)
+    # Never below 1: the slot schedule is exact at the step time measured, so a factor under
+    # 1 (learnt from requests that started early: a slot lent, a sequence ending sooner than
+    # its max_tokens) only made it admit more than the cap allows (batch late drops 2.9-6.8%
+    # in simulation at 0.75, 0.1-0.2% at 1.0).
+    FACTOR_RANGE = (1.0, 8.0)
     KEEP_ERRORS = 512
     # Admission holds the estimate plus the p95 of how far the class's last 200 real waits ran
     # past their estimates: the estimate is a mean, and the cap is a promise to (nearly) all.
@@ -345,7 +363,7 @@ class WaitModel:
         mine = waiting.get((tenant, klass), Work())
         running = running or {}
         cal = self._cal(klass)
-        share = self._share(tenant, waiting, view, running)
+        share = self._share(tenant, waiting, view, running, klass)
         own_running = len(running.get(tenant, []))
         # Running sequences the engine counts but no ticket names (one turn apart) are taken
         # as this tenant's: a slot it cannot prove another tenant holds is not one it can take.
@@ -388,6 +406,27 @@ class WaitModel:
             if k == klass and u != tenant and w.tokens
         )
         ahead = higher + mine.steps + share_of_others  # slot-steps of work before it starts
+        if view.max_seqs and view.step_s > 0:
+            # Its own slots, scheduled: when one is free for it after its own queue has started
+            # (WaitModel._slot_schedule), in steps; work of a higher class first, shared by the
+            # batch as before.
+            start = self._slot_schedule(tenant, rank, waiting, view, running, share)
+            raw = start * view.step_s
+            if higher:
+                raw += higher * view.step_s / max(1, view.running if serving is None else serving)
+            floor = view.step_s
+            factor = cal.factors.get(tenant, 1.0)
+            return WaitEstimate(
+                floor + factor * raw,
+                raw,
+                floor,
+                ahead,
+                self._margin(cal),
+                start > 0 or higher > 0,
+                own_waiting=mine.seqs,
+                own_running=own_running,
+                share_slots=share,
+            )
         if view.max_seqs and view.running + sum(w.seqs for w in waiting.values()) < view.max_seqs:
             # A slot is free for every request waiting and for this one: they all start in the
             # next step, side by side, not one after another's work. (The disconnect drill's
@@ -421,13 +460,87 @@ class WaitModel:
         waiting: dict[tuple[str, str], Work],
         view: EngineView,
         running: dict[str, list[int]],
+        klass: str = CLASS_ORDER[0],
     ) -> int:
-        """Its weighted share of the batch's slots among tenants running or waiting, as the
-        scheduler counts it (0: the batch size is unknown)."""
+        """Its weighted share of the slots `klass` may fill among tenants running or waiting,
+        as the scheduler counts it (0: the batch size is unknown)."""
         if not view.max_seqs:
             return 0
         active = set(running) | {u for (u, _), w in waiting.items() if w.tokens} | {tenant}
-        return max(1, int(view.max_seqs * self.weight(tenant) / sum(self.weight(u) for u in active)))
+        slots = self.class_slots(klass, view)
+        return max(1, int(slots * self.weight(tenant) / sum(self.weight(u) for u in active)))
+
+    @staticmethod
+    def class_slots(klass: str, view: EngineView) -> int:
+        """Slots `klass` may fill: the batch class leaves the scheduler's interactive reserve
+        (max_seqs // 8, SchedulerConfig's default) free while interactive traffic is about,
+        which the view does not say, so it is taken as always."""
+        return view.max_seqs - view.max_seqs // 8 if klass in CLASS_ORDER[1:] else view.max_seqs
+
+    def _slot_schedule(
+        self,
+        tenant: str,
+        rank: int,
+        waiting: dict[tuple[str, str], Work],
+        view: EngineView,
+        running: dict[str, list[int]],
+        share: int,
+    ) -> int:
+        """Steps until a new request of `tenant` gets a slot in the batch: its own queue (its
+        waiting requests of this class and above, in admission order) list-scheduled on its
+        own slots. While another tenant waits, a tenant has its weighted share of the slots
+        (the scheduler skips it at its share, and takes back a slot lent over it after
+        fair_preempt_after_steps), so each of its slots frees when the sequence in it ends:
+        after its steps left (exact for a request that ignores end-of-sequence, at most for
+        one that may stop early). Each waiting request takes the first slot to free and holds
+        it for its own slot-steps; the new one takes the next. A slot of its share it does not
+        hold is free now if the batch has one no other tenant's waiting request takes first,
+        else after SLOT_STEPS (the scheduler's patience, then a preemption). Sequences it runs
+        over its share are the youngest, taken back (recomputed) before its queue; sequences
+        the engine runs that no ticket names are taken as its own, of average length.
+
+        Deterministic and independent of the other tenants' backlogs: a tenant may queue only
+        as much work as its own share of the batch starts within its cap, whatever the others
+        do; the wait of a request admitted on it does not grow with later arrivals (any
+        tenant's later requests queue behind it or in their own slots). One pass over its own
+        running and waiting requests, a heap of its slots: O((share + waiting) log share)."""
+        mine = running.get(tenant, [])
+        others_waiting = sum(w.seqs for (u, _), w in waiting.items() if u != tenant and w.tokens)
+        jobs: list[int] = []
+        for klass in CLASS_ORDER[: rank + 1]:
+            w = waiting.get((tenant, klass))
+            if w is None or not w.seqs:
+                continue
+            jobs.extend(w.jobs if w.jobs else [-(-w.steps // w.seqs)] * w.seqs)
+        if len(mine) > share:
+            # Over its share (slots lent while nobody else waited): the youngest are taken back
+            # as soon as another tenant waits, and wait again at the front of its queue.
+            jobs = [left + 1 for left in mine[share:]] + jobs
+            mine = mine[:share]
+        free = max(0, self.class_slots(CLASS_ORDER[rank], view) - view.running - others_waiting)
+        pads = share - len(mine)
+        heap = list(mine)
+        if pads > 0:
+            now = min(free, pads)
+            # Running sequences the engine counts but no ticket names (one turn apart) are taken
+            # as its own, at evenly spread points of an average sequence (its waiting requests',
+            # else twice the known running sequences' steps left).
+            untracked = view.running - sum(len(lefts) for lefts in running.values())
+            unknown = min(pads - now, max(0, untracked))
+            if unknown:
+                if jobs:
+                    length = sum(jobs) / len(jobs)
+                else:
+                    lefts = [left for lefts in running.values() for left in lefts]
+                    length = 2 * sum(lefts) / len(lefts) if lefts else self.SLOT_STEPS
+                heap += [math.ceil(length * i / (unknown + 1)) for i in range(1, unknown + 1)]
+            heap += [0] * now + [self.SLOT_STEPS] * (pads - now - unknown)
+        if not heap:
+            heap = [0]
+        heapq.heapify(heap)
+        for job in jobs:
+            heapq.heapreplace(heap, heap[0] + job)
+        return heap[0]
 
     def _margin(self, cal: _Calibration) -> float:
         """The margin, sorted again only when an observation came in since (a sort of 200 per
@@ -488,8 +601,8 @@ class WaitModel:
         m.WAIT_ESTIMATE_ERROR.labels(klass).observe(err)
         # Learn only from requests that really queued: for the rest the floor is all there is.
         if est.raw_s >= max(est.floor_s, 0.005):
-            ratio = max(actual - est.floor_s, 0.0) / est.raw_s
             lo, hi = self.FACTOR_RANGE
+            ratio = min(hi, max(actual - est.floor_s, 0.0) / est.raw_s)
             factor = cal.factors.get(tenant, 1.0)
             factor = cal.factors[tenant] = min(hi, max(lo, factor + self.ALPHA * (ratio - factor)))
             m.WAIT_ESTIMATE_FACTOR.labels(tenant, klass).set(factor)
@@ -509,8 +622,10 @@ class WaitModel:
         cal.recent.append(waited - est.seconds)
         cal.margin = None
         if est.raw_s >= max(est.floor_s, 0.005):
-            ratio = max(waited - est.floor_s, 0.0) / est.raw_s
             lo, hi = self.FACTOR_RANGE
+            # One drop moves it by ALPHA x the range at most (a request admitted on a few
+            # milliseconds' estimate and dropped after the cap alone took it to the top).
+            ratio = min(hi, max(waited - est.floor_s, 0.0) / est.raw_s)
             factor = cal.factors.get(tenant, 1.0)
             if ratio > factor:
                 factor = cal.factors[tenant] = min(hi, max(lo, factor + self.ALPHA * (ratio - factor)))
@@ -535,6 +650,9 @@ class Work:
     tokens: int = 0
     steps: int = 0
     seqs: int = 0  # requests
+    # Each request's slot-steps, in admission order (what WaitModel's slot schedule queues);
+    # empty: `seqs` requests of equal size. Not compared: the totals are the work.
+    jobs: tuple[int, ...] = field(default=(), compare=False)
 
 
 def waiting_work(tickets: Iterable[Ticket], prefill_chunk: int) -> dict[tuple[str, str], Work]:
@@ -731,13 +849,13 @@ class Admission:
                     "deadline",
                     est - deadline_s,
                 )
-            elif est > cap and estimate.queued:
+            elif est > (aim := cap * (1.0 - self.limits.admission_headroom)) and estimate.queued:
                 shed = Overloaded(
                     f"estimated queue wait {est:.2f}s for tenant {tenant.name} exceeds the"
-                    f" {klass} class's {cap:g}s ({estimate.ahead_steps:.0f} slot-steps of work"
-                    " ahead): overloaded",
+                    f" {aim:.3g}s admission holds to under the {klass} class's {cap:g}s cap"
+                    f" ({estimate.ahead_steps:.0f} slot-steps of work ahead): overloaded",
                     "overloaded",
-                    est - cap,
+                    est - aim,
                 )
             elif self._waiting_count() >= self.limits.max_waiting:
                 shed = Overloaded("too many requests waiting", "queue_full", 1)
@@ -776,8 +894,7 @@ class Admission:
         below = CLASS_ORDER[CLASS_ORDER.index(klass) :] if klass in CLASS_ORDER[1:] else None
         serving = 0
         tokens: dict[tuple[str, str], int] = {}
-        steps: dict[tuple[str, str], int] = {}
-        seqs: dict[tuple[str, str], int] = {}
+        jobs: dict[tuple[str, str], list[int]] = {}
         running: dict[str, list[int]] = {}
         waiting_status, running_status = SeqStatus.WAITING, SeqStatus.RUNNING
         for t in tuple(self._live.values()):
@@ -804,16 +921,14 @@ class Admission:
                             serving += 1
                     continue
             key = (t.tenant, t.klass)
-            n = seqs.get(key)
-            if n is None:
+            mine_jobs = jobs.get(key)
+            if mine_jobs is None:
                 tokens[key] = prompt + out
-                steps[key] = out + -(-prompt // chunk)
-                seqs[key] = 1
+                jobs[key] = [out + -(-prompt // chunk)]
             else:
                 tokens[key] += prompt + out
-                steps[key] += out + -(-prompt // chunk)
-                seqs[key] = n + 1
-        waiting = {k: Work(tokens[k], steps[k], seqs[k]) for k in tokens}
+                mine_jobs.append(out + -(-prompt // chunk))
+        waiting = {k: Work(tokens[k], sum(j), len(j), tuple(j)) for k, j in jobs.items()}
         return waiting, running, (serving if below is not None else None)
 
     def _observe(self, tickets: Iterable[Ticket]) -> None:
@@ -843,14 +958,16 @@ class Admission:
 
     def queue_timeout_retry_after(self, ticket: Ticket) -> float:
         """Retry-After for a request dropped at its class cap (503 queue_timeout): how long until
-        a retry's estimated wait is back under the cap, from its tenant's estimate now, with
+        a retry's estimated wait is back where admission admits it (under the cap less the
+        headroom), from its tenant's estimate now, with
         the drop already in the calibration, as for a request shed on arrival (0: now; the
         header says at least 1 s)."""
         with self._lock:
             self._observe([ticket])
             est = self.estimate(ticket.tenant, ticket.klass)
             cap = self.limits.queue_wait_limit(ticket.klass)
-            return max(0.0, est.seconds + min(est.margin_s, cap / 2) - cap)
+            aim = cap * (1.0 - self.limits.admission_headroom)
+            return max(0.0, est.seconds + min(est.margin_s, cap / 2) - aim)
 
     def calibration(self) -> dict[str, dict[str, Any]]:
         """Estimated against real waits so far, by class (admin state, experiments)."""

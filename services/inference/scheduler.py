@@ -93,6 +93,7 @@ class Scheduler:
         self._last_interactive = -(10**9)
         reserve = cfg.interactive_reserve if cfg.interactive_reserve is not None else cfg.max_seqs // 8
         self._reserve = min(reserve, cfg.max_seqs - 1)
+        self._batch_slots = cfg.max_seqs
 
     # -- bookkeeping -------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -128,14 +129,20 @@ class Scheduler:
         self.fair.push(seq, front=True)
         plan.preempted.append((seq, reason))
 
-    def fair_slots(self, tenant: str) -> int:
-        """This tenant's share of `max_seqs` among tenants that are running or waiting."""
+    def fair_slots(self, tenant: str, klass: str | None = None) -> int:
+        """This tenant's share of the slots `klass` may fill (all `max_seqs`, or the batch
+        class's while it leaves the interactive reserve free) among tenants that are running
+        or waiting. Of the batch class's slots, not of `max_seqs`: with the reserve taken from
+        the whole batch, a tenant at its share of 64 (48 at 3:1) left the other 56 - 48 = 8
+        of its 16, and was never under its share to take them back; admission, counting on
+        16, saw that tenant's batch waits run twice its estimate."""
         if not self.cfg.fair_queueing:
             return self.cfg.max_seqs
         active = {s.tenant for s in self.running} | set(self.fair.waiting_by_tenant())
         active.add(tenant)
         total = sum(self.fair.weight(t) for t in active)
-        return max(1, int(self.cfg.max_seqs * self.fair.weight(tenant) / total))
+        slots = self._batch_slots if klass == "batch" else self.cfg.max_seqs
+        return max(1, int(slots * self.fair.weight(tenant) / total))
 
     def _running_of(self, tenant: str) -> int:
         return sum(1 for s in self.running if s.tenant == tenant)
@@ -159,11 +166,12 @@ class Scheduler:
         return self.cfg.max_seqs - (self._reserve if recent else 0)
 
     def _can_admit(self, seq: Sequence) -> bool:
-        cap = self.cfg.max_seqs if seq.klass == "interactive" else self._batch_cap()
+        cap = self.cfg.max_seqs if seq.klass == "interactive" else self._batch_slots
         return len(self.running) < cap and self._fits(seq)
 
     def schedule(self) -> StepPlan:
         self.steps += 1
+        self._batch_slots = self._batch_cap()  # once a step: what fair_slots and _can_admit read
         plan = StepPlan()
         self._preempt_for_waiting(plan)
         budget = self.cfg.max_step_tokens
@@ -225,7 +233,7 @@ class Scheduler:
         waiting = self.fair.waiting_by_tenant()
         for seq in self.fair.candidates():
             others_waiting = any(t != seq.tenant for t in waiting)
-            if others_waiting and self._running_of(seq.tenant) >= self.fair_slots(seq.tenant):
+            if others_waiting and self._running_of(seq.tenant) >= self.fair_slots(seq.tenant, seq.klass):
                 continue
             return seq
         return None
@@ -252,7 +260,7 @@ class Scheduler:
     def _victim_for(self, seq: Sequence) -> Sequence | None:
         lower = [s for s in self.running if _rank(s) > _rank(seq)]
         if not lower:
-            my_share = self.fair_slots(seq.tenant)
+            my_share = self.fair_slots(seq.tenant, seq.klass)
             if self._running_of(seq.tenant) >= my_share:
                 return None
             lower = [
@@ -260,7 +268,7 @@ class Scheduler:
                 for s in self.running
                 if _rank(s) == _rank(seq)
                 and s.tenant != seq.tenant
-                and self._running_of(s.tenant) > self.fair_slots(s.tenant)
+                and self._running_of(s.tenant) > self.fair_slots(s.tenant, seq.klass)
             ]
         # Youngest first: it has the least work to recompute.
         return max(lower, key=lambda s: s.arrival) if lower else None

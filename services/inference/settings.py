@@ -146,6 +146,14 @@ class InferenceSettings(ServiceSettings):
     queue_timeout_min: float = Field(
         0.0, ge=0, description="floor of that queue timeout (s); see --queue-timeout-factor"
     )
+    admission_headroom: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="admission admits a queued request only while its estimated wait is within "
+        "(1 - this) x its class's max queue wait: the rest is for the engine's step time drifting "
+        "over the wait, so an admitted request is not dropped at the cap (503 queue_timeout)",
+    )
     tenants: dict[str, dict[str, Any]] | None = Field(
         None, description="tenants as JSON (default: dev alice/bob)"
     )
@@ -207,4 +215,5 @@ class InferenceSettings(ServiceSettings):
             },
             queue_timeout_factor=self.queue_timeout_factor,
             queue_timeout_min_s=self.queue_timeout_min,
+            admission_headroom=self.admission_headroom,
         )

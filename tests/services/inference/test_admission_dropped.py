@@ -24,16 +24,18 @@ from services.inference.errors import Overloaded
 from services.inference.sequence import SeqStatus, Sequence
 
 CAP = 0.35
-# One slot, taken; each waiting request of 8 prompt tokens and 4 output tokens is 5 slot-steps
-# of 10 ms ahead of the next: estimate 0.03 s (one step and the slot's two) + 0.05 s each.
+# One slot, taken by a sequence no ticket names (so taken as at the middle of an average
+# request: 3 steps left); each waiting request of 8 prompt tokens and 4 output tokens holds it
+# 5 slot-steps of 10 ms: estimate 0.04 s (one step and the 3) + 0.05 s each waiting (0.02 s
+# with none: no request to take the size from, the slot is taken as 1 step from free).
 VIEW = EngineView(tokens_per_s=1000.0, step_s=0.01, max_seqs=1, running=1, prefill_chunk=256)
 TENANT = TenantConfig("a", hash_key("ka"), requests_per_s=1e6, burst_requests=1e6)
 
 
 def _admission() -> Admission:
-    return Admission(
-        [TENANT], Limits(max_queue_wait_s={"interactive": CAP, "batch": 8.0}), engine_view=lambda: VIEW
-    )
+    # No headroom: these tests are of the calibration, on the estimate against the cap itself.
+    limits = Limits(max_queue_wait_s={"interactive": CAP, "batch": 8.0}, admission_headroom=0.0)
+    return Admission([TENANT], limits, engine_view=lambda: VIEW)
 
 
 def _admit_until_shed(adm: Admission) -> list[Ticket]:
@@ -67,7 +69,7 @@ def _end(ticket: Ticket, *, dropped: bool) -> None:
 def test_drops_at_the_cap_raise_the_estimate_so_fewer_are_admitted() -> None:
     control, adm = _admission(), _admission()
     first, in_time = _admit_until_shed(adm), _admit_until_shed(control)
-    assert len(first) == len(in_time) == 7  # 0.03 + 0.05 k <= 0.35
+    assert len(first) == len(in_time) == 7  # 0.02, then 0.04 + 0.05 k <= 0.35
     drops, rounds = 0, []
     while drops < WaitModel.MIN_FOR_MARGIN:
         for t in in_time:
@@ -135,7 +137,7 @@ def test_retry_after_for_a_drop_is_when_the_estimate_is_back_under_the_cap() -> 
         t = Ticket(adm, "a", "interactive", 12, adm.estimate("a", "interactive"), 8)
         adm._live[id(t)] = t
         admitted.append(t)
-    dropped = admitted.pop(6)  # admitted on 0.33 s: 0.03 s and 0.3 s of work ahead (raw)
+    dropped = admitted.pop(6)  # admitted on 0.34 s: 0.01 s and 0.33 s of work ahead (raw)
     _end_without_release(dropped)
     # It says how far past the cap a request sent now would wait (16 waiting, the factor raised
     # by the drop), not a fixed 5 s.

@@ -6,7 +6,9 @@ plus the engine's queue-timeout drop (Engine._expire_deadlines: still waiting fo
 past the class cap) and the step times of a loaded box: each step's cost times a lognormal
 jitter (sigma 0.25), and one step in 20 stalled 2-6x (the engine process waiting for a core).
 Two tenants at weights 3:1 send Poisson floods of the same requests. "without": every drop
-left out of the calibration (WaitModel.observe_dropped a no-op), as before it existed.
+left out of the calibration (WaitModel.observe_dropped a no-op), as before it existed. Since
+session 7 admission schedules each tenant's queue on its own slots (WaitModel._slot_schedule)
+with a headroom under the cap, and late drops here are under 1% with or without it.
 
 The full comparison (both classes, loads 1.5 and 3, six seeds each; a few minutes):
     .venv/bin/python -m tests.services.inference.test_admission_late_drops
@@ -112,14 +114,16 @@ def late_drops(
     }
 
 
-def test_drops_in_the_calibration_mean_fewer_late_drops_at_the_same_weights() -> None:
-    """Batch floods at 3x (where late drops were most frequent in this simulation), two seeds:
-    fewer late drops with the drops calibrating the estimate, the 3:1 split unchanged."""
-    without = [late_drops(s, "batch", 3.0, calibrate=False, steps=1500) for s in (0, 1)]
-    with_ = [late_drops(s, "batch", 3.0, calibrate=True, steps=1500) for s in (0, 1)]
-    assert sum(r["late_drop_pct"] for r in with_) < sum(r["late_drop_pct"] for r in without), (without, with_)
-    for r in (*without, *with_):
-        assert abs(r["ratio"] / 3.0 - 1) <= 0.10, r
+def test_late_drops_stay_under_one_percent_with_noisy_steps_at_the_same_weights() -> None:
+    """Floods at 3x with noisy, stalling steps, two seeds. Batch was where late drops were most
+    frequent here: 3.0-6.3% of admitted without the drops in the calibration, 3.1-3.7% with
+    them (docs/bench/inference.md, session 6). With the slot schedule and its headroom
+    (session 7) they are under 1% either way, and the 3:1 split holds."""
+    for klass, calibrate in (("batch", False), ("batch", True), ("interactive", True)):
+        for seed in (0, 1):
+            r = late_drops(seed, klass, 3.0, calibrate=calibrate, steps=1500)
+            assert r["late_drop_pct"] < 1.0, (klass, calibrate, seed, r)
+            assert abs(r["ratio"] / 3.0 - 1) <= 0.10, (klass, calibrate, seed, r)
 
 
 def main() -> None:

@@ -116,9 +116,13 @@ def test_steady_tenant_keeps_its_first_token_while_another_floods_the_shared_poo
     # Shed early: most flood requests were told no at once (503 with Retry-After), so the
     # flood never held the pool; what it had admitted stayed well under the pool's size.
     assert flood_status.get(503, 0) > flood_status.get(200, 0), flood_status
-    assert max(flood_in_flight) < POOL // 2, max(flood_in_flight)
-    # Each time the steady tenant sent, most connections were free of admitted flood work (with
-    # a 10 s cap the flood's admitted requests fill the pool and hold it ~200 steps a stream).
-    assert max(admitted_flood_when_steady_sent) < POOL // 2, admitted_flood_when_steady_sent
+    # At most its 4 running and one waiting per slot (admission's slot schedule: a waiting
+    # request of ~200 steps starts within the 35-step cap only in a slot ending within it, and
+    # a second one behind it would not), half the pool.
+    assert max(flood_in_flight) <= 2 * 4 == POOL // 2, max(flood_in_flight)
+    # Each time the steady tenant sent, half the connections at least were free of admitted
+    # flood work (with a 10 s cap the flood's admitted requests fill the pool and hold it ~200
+    # steps a stream).
+    assert max(admitted_flood_when_steady_sent) <= POOL // 2, admitted_flood_when_steady_sent
     assert len(steady_started) == 5
     assert max(steady_started.values()) <= 12, steady_started

@@ -203,8 +203,14 @@ def test_three_to_one_weights_and_the_steady_tenant_waits_a_few_steps() -> None:
             steady_admitted += sim.offer("carol", 16, 16)
         sim.step(counting=i >= 300)
     assert steady_admitted == steady_offered  # never shed for the others' flood
+    # Output tokens (what the issue and the fairness experiment measure) follow 3:1 within 10%.
+    # Computed tokens (prefill included) within 20%: with two request sizes, admission takes
+    # whichever of a tenant's requests fits its own slots' schedule (admission.WaitModel.
+    # _slot_schedule), so the tenants' admitted mixes differ (3.46:1 here; 3.27:1 before).
+    ratio = sim.generated["alice"] / sim.generated["bob"]
+    assert 2.7 <= ratio <= 3.3, (ratio, sim.generated)
     ratio = sim.tokens["alice"] / sim.tokens["bob"]
-    assert 2.7 <= ratio <= 3.3, (ratio, sim.tokens)
+    assert 2.4 <= ratio <= 3.6, (ratio, sim.tokens)
     # carol waits for a slot (the scheduler's patience is 4 steps), never behind the queues.
     step_s = sim.view().step_s
     carol = _waits(sim, "carol")

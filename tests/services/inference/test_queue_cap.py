@@ -23,7 +23,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from services.inference.admission import EngineView, Limits, hash_key
+from services.inference.admission import EngineView, Limits, WaitModel, hash_key
 from services.inference.engine import Engine
 from services.inference.model.kv_cache import KVCache
 from services.inference.model.tokenizer import ByteTokenizer
@@ -286,7 +286,9 @@ def test_the_queue_timeout_answer_says_when_the_estimate_is_back_under_the_cap(s
     """Retry-After for queue_timeout is the tenant's estimate now (the drop in its calibration)
     past the cap, as for a request shed on arrival, not a fixed 5 s. The engine is held on the
     step after the drop while the answer is made and read, so the hog's steps left are fixed:
-    at its share of the one slot, a retry waits for the hog to finish, (1 + left) steps."""
+    at its share of the one slot, a retry waits for the hog to finish, (1 + left) steps (its
+    steps left scaled by the tenant's factor, which the drop raised), less where admission
+    aims (the cap less its headroom)."""
     adm = server.runtime.admission
     real_view = adm.engine_view
     try:
@@ -304,11 +306,16 @@ def test_the_queue_timeout_answer_says_when_the_estimate_is_back_under_the_cap(s
             cal = adm.wait_model.calibration["interactive"]
             assert cal.dropped >= 1
             margin = min(adm.wait_model._margin(cal), SERVER_CAP / 2)
+            # The drop raised the tenant's factor (on the hog's steps left), by ALPHA x the
+            # factor's range at most.
+            factor = cal.factors.get("qc", 1.0)
+            assert factor <= 1.0 + WaitModel.ALPHA * WaitModel.FACTOR_RANGE[1]
+            aim = SERVER_CAP * (1 - adm.limits.admission_headroom)
     finally:
         adm.engine_view = real_view
     r = answer[0]
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "queue_timeout"
-    expected = STEP_S * (1 + left) + margin - SERVER_CAP
+    expected = STEP_S * (1 + factor * left) + margin - aim
     assert expected > 5  # the old fixed figure
     assert r.headers["retry-after"] == str(math.ceil(expected))
