@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from services.dedup.files.scanner import ScanOptions, ScanResult
 from services.dedup.files.stages import SEGMENT, Group, ScanContext, StageStats, _first_path, find_duplicates
-from services.dedup.files.walk import FileEntry, WalkError, WalkStats, walk
+from services.dedup.files.walk import _O_CLOEXEC, _O_PATH, Confinement, FileEntry, WalkError, WalkStats, walk
 
 if TYPE_CHECKING:
     from services.dedup.files.hashcache import HashCache
@@ -54,6 +54,7 @@ RESCAN_OVER = 20000
 Stamp = tuple[int, int, int, int, int]  # (dev, ino, mtime_ns, size, ctime_ns)
 _SEP_TEXT = ",\n    "  # between two groups in the JSON report (indent 2, in a list)
 _SEP = _SEP_TEXT.encode("ascii")
+_O_PATH_DIR = _O_PATH | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC
 
 
 def open_kept_cache(
@@ -746,7 +747,18 @@ class WatchIndex:
         directory = os.path.dirname(path)
         out = self._real_dirs.get(directory)
         if out is None:
-            real = os.path.realpath(directory)
+            # Resolved by the kernel (open O_PATH, readlink of /proc/self/fd: 3 system calls)
+            # rather than os.path.realpath (an lstat and Python per component: ~20 us a
+            # directory, ~130 directories in a batch of 199 changes on the 20k tree).
+            try:
+                fd = os.open(directory, _O_PATH_DIR)
+            except OSError:
+                real = os.path.realpath(directory)
+            else:
+                try:
+                    real = Confinement.resolved(fd, directory)
+                finally:
+                    os.close(fd)
             out = not any(self._under(real, os.fsencode(r)) for r in self.options.confine)
             self._real_dirs[directory] = out
         return out
