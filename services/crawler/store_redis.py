@@ -340,29 +340,46 @@ return 1
 )
 
 # The per-host politeness record, in Redis server time (TIME), so workers on machines whose clocks
-# disagree still keep every gap. KEYS lease, epoch, writes, host record; ARGV owner, epoch, mode,
-# next_in, retry_in (seconds from now, '' = none), then other field/value pairs.
-# mode 'gate': go (0) only when the stored next-eligible and Retry-After times have passed, else
-# the seconds left; the new record is written in the same step, so two requests never pass one gap.
+# disagree still keep every gap: the one fragment both scripts that gate a host are built from
+# (_HOST, _GATE_START; each stays one script, one atomic step). KEYS[4] the host record.
+_HOST_RECORD = """
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+-- seconds before the host may be asked (the stored next-eligible and Retry-After times)
+local function host_wait(now)
+  local f = redis.call('HMGET', KEYS[4], 'next', 'retry_until')
+  return math.max(tonumber(f[1]) or 0, tonumber(f[2]) or 0) - now
+end
+-- write the record from ARGV[i]: next_in, retry_in (seconds from now, '' = none), then the
+-- other field/value pairs
+local function host_write(now, i)
+  local kv = {}
+  if ARGV[i] ~= '' then kv[#kv + 1] = 'next'; kv[#kv + 1] = tostring(now + tonumber(ARGV[i])) end
+  kv[#kv + 1] = 'retry_until'
+  if ARGV[i + 1] ~= '' then kv[#kv + 1] = tostring(now + tonumber(ARGV[i + 1])) else kv[#kv + 1] = '' end
+  for j = i + 2, #ARGV do kv[#kv + 1] = ARGV[j] end
+  redis.call('HSET', KEYS[4], unpack(kv))
+end
+"""
+
+# KEYS lease, epoch, writes, host record; ARGV owner, epoch, mode, next_in, retry_in, then other
+# field/value pairs. mode 'gate': go (0) only when host_wait has run out, else the seconds left;
+# the new record is written in the same step, so two requests never pass one gap.
 # mode 'save': write the record (the end of a request).
 _HOST = _fenced_script(
     """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = server_now()
 if ARGV[3] == 'gate' then
-  local f = redis.call('HMGET', KEYS[4], 'next', 'retry_until')
-  local at = math.max(tonumber(f[1]) or 0, tonumber(f[2]) or 0)
-  if at > now then return tostring(at - now) end
+  local wait = host_wait(now)
+  if wait > 0 then return tostring(wait) end
 end
-local kv = {}
-if ARGV[4] ~= '' then kv[#kv + 1] = 'next'; kv[#kv + 1] = tostring(now + tonumber(ARGV[4])) end
-kv[#kv + 1] = 'retry_until'
-if ARGV[5] ~= '' then kv[#kv + 1] = tostring(now + tonumber(ARGV[5])) else kv[#kv + 1] = '' end
-for i = 6, #ARGV do kv[#kv + 1] = ARGV[i] end
-redis.call('HSET', KEYS[4], unpack(kv))
+host_write(now, 4)
 audit()
 return 0
-"""
+""",
+    _HOST_RECORD,
 )
 
 # The gate (_HOST's 'gate' mode) and the claimed URL's start (_START) in one step, both in
@@ -374,11 +391,9 @@ return 0
 _GATE_START = _fenced_script(
     """
 KP = ARGV[3]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local f = redis.call('HMGET', KEYS[4], 'next', 'retry_until')
-local at = math.max(tonumber(f[1]) or 0, tonumber(f[2]) or 0)
-if at > now then return tostring(at - now) end
+local now = server_now()
+local wait = host_wait(now)
+if wait > 0 then return tostring(wait) end
 local id, until_ = ARGV[4], ARGV[5]
 local rk = KP .. 'u:' .. id
 local u = redis.call('HMGET', rk, 's', 'lo', 'h')
@@ -387,16 +402,11 @@ redis.call('HSET', rk, 's', 2, 'lu', until_)
 redis.call('HINCRBY', rk, 'a', 1)
 redis.call('ZADD', KP .. 'leases', until_, id)
 setcount(u[3], 1, 2)
-local kv = {}
-if ARGV[7] ~= '' then kv[#kv + 1] = 'next'; kv[#kv + 1] = tostring(now + tonumber(ARGV[7])) end
-kv[#kv + 1] = 'retry_until'
-if ARGV[8] ~= '' then kv[#kv + 1] = tostring(now + tonumber(ARGV[8])) else kv[#kv + 1] = '' end
-for i = 9, #ARGV do kv[#kv + 1] = ARGV[i] end
-redis.call('HSET', KEYS[4], unpack(kv))
+host_write(now, 7)
 audit()
 return 1
 """,
-    _HELPERS,
+    _HELPERS + _HOST_RECORD,
 )
 
 # KEYS host record -> {server seconds, microseconds, field, value, ...} (one slot: runs on a cluster)
@@ -469,6 +479,11 @@ def _is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
+def _final_answer(status: int | None) -> bool:
+    """An answer that ends a URL for the server too (websim's judge: 2xx-4xx but 408/425/429)."""
+    return status is not None and 200 <= status < 500 and status not in (408, 425, 429)
+
+
 def _s(v: Any) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
@@ -502,6 +517,13 @@ class RedisStore(FrontierStore):
         self._untaken: set[str] = set()
         self._expired_on_gain = 0
         self.fenced = 0  # writes this store refused to make or the server refused
+        # Requests this worker made that the server may count twice (websim's duplicate fetches):
+        # a final answer (2xx-4xx but 408/425/429) whose outcome could not be recorded (fenced:
+        # the partition's new owner asks again; or another worker had recorded it first), and
+        # retries after no answer at all (a timeout: the server may have answered too late).
+        self.answers_lost = 0
+        self.unanswered_retries = 0
+        self._already_final = 0  # finishes that found the URL final already
         self._budget_seen: int | None = None  # the page budget's counter as last seen, and the
         self._budget_limit: int | None = None  # limit of the last reservation (pages_reserved)
         self._empty_claim: tuple[str, float | None] | None = None  # (host, its ready time)
@@ -609,30 +631,24 @@ class RedisStore(FrontierStore):
                 return
             await asyncio.sleep(_TRUST_POLL_S)
 
-    async def afinish(
-        self,
-        url_id: int,
-        outcome: Outcome,
-        new_urls: list[NewURL],
-        *,
-        max_per_host: int | None = None,
-        max_depth: int | None = None,
-        parent_depth: int | None = None,
-        now: float,
-    ) -> int:
+    async def afinish(self, url_id: int, outcome: Outcome, new_urls: list[NewURL], **kw: Any) -> int:
+        """`finish` (its keywords), once the URL's partition is trusted (_until_trusted)."""
         await self._until_trusted(url_id)
-        return self.finish(
-            url_id,
-            outcome,
-            new_urls,
-            max_per_host=max_per_host,
-            max_depth=max_depth,
-            parent_depth=parent_depth,
-            now=now,
-        )
+        final = _final_answer(outcome.status)
+        already = self._already_final
+        try:
+            return self.finish(url_id, outcome, new_urls, **kw)
+        except Fenced:
+            self.answers_lost += final  # the partition's new owner asks the page again
+            raise
+        finally:
+            if final and self._already_final > already:
+                self.answers_lost += 1  # another worker had finished it: we asked a second time
 
     async def aretry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
         await self._until_trusted(url_id)
+        if status is None:
+            self.unanswered_retries += 1  # the server may have answered after we gave up
         self.retry(url_id, not_before, error, status)
 
     def changed_hosts(self) -> list[tuple[str, float]]:
@@ -798,6 +814,7 @@ class RedisStore(FrontierStore):
             state, depth_raw = self.redis.hmget(kp + f"u:{url_id}", "s", "d")
             if state is None or int(state) in (URLState.FETCHED, URLState.FAILED):
                 self._end_claim(url_id)
+                self._already_final += state is not None
                 return 0  # already final: a second finish (at-least-once fetch) changes nothing
             depth_now = base = int(depth_raw or 0)
         else:  # the depth the caller claimed it at; the script says if it was lowered since
@@ -825,6 +842,8 @@ class RedisStore(FrontierStore):
         if isinstance(res, int) and res == -1:
             self.fenced += 1
             raise self.mgr.refused(p, epoch)
+        if isinstance(res, int) and res == 0:
+            self._already_final += 1
         if res and not isinstance(res, int):  # 0: it was final already (nothing written here)
             depth = int(res[0]) - 1
             got, more, steps = self._added([res[1:]], steps)

@@ -146,6 +146,9 @@ class Worker:
             "stats": crawl.stats.as_dict(),
             # requests the host's shared record held back (another worker or crawl asked it)
             "held_back": crawl.stats.politeness_waits,
+            # requests the server may have counted twice (store_redis.RedisStore.answers_lost)
+            "answers_lost": getattr(crawl.store, "answers_lost", 0),
+            "unanswered_retries": getattr(crawl.store, "unanswered_retries", 0),
         }
         if crawl.state is CrawlState.FAILED:
             log.error("worker %s: crawl %s failed here: %s", self.worker_id, crawl_id, crawl.error)

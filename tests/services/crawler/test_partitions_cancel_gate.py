@@ -46,12 +46,18 @@ def _record(next_wall: float) -> dict[str, float | None]:
     return {"next": next_wall, "crawl_delay": None, "backoff": 1.0, "retry_until": None}
 
 
-def test_a_cancelled_gate_never_taken_under_a_stale_claim_keeps_the_new_owners_gap(client: Any) -> None:
+def _owner_of_one(client: Any, paths: list[str]) -> tuple[PartitionManager, RedisStore, str]:
+    """Worker "a" owning the one partition (epoch 1), with URLs at these paths of one host."""
     a = PartitionManager(client, "a", partitions=1, lease_seconds=30, clock=FakeClock())
     a.tick()
-    store_a = RedisStore(client, "t", a)
+    store = RedisStore(client, "t", a)
     host = _host_in(0, 1)
-    store_a.add([NewURL(f"http://{host}/x", host, 0)], now=0)
+    store.add([NewURL(f"http://{host}{path}", host, 0) for path in paths], now=0)
+    return a, store, host
+
+
+def test_a_cancelled_gate_never_taken_under_a_stale_claim_keeps_the_new_owners_gap(client: Any) -> None:
+    a, store_a, host = _owner_of_one(client, ["/x"])
     rec = store_a.claim(host, "a", 600, now=1)
     assert rec is not None  # claimed under epoch 1
     # a's lease runs out; b takes the partition (epoch 2), asks the host (30 s gap), and stops
@@ -74,11 +80,7 @@ def test_a_cancelled_gate_never_taken_under_a_stale_claim_keeps_the_new_owners_g
 
 
 def test_a_cancelled_gate_never_taken_does_not_end_another_request_in_flight(client: Any) -> None:
-    a = PartitionManager(client, "a", partitions=1, lease_seconds=30, clock=FakeClock())
-    a.tick()
-    store = RedisStore(client, "t", a)
-    host = _host_in(0, 1)
-    store.add([NewURL(f"http://{host}/x", host, 0), NewURL(f"http://{host}/y", host, 0)], now=0)
+    a, store, host = _owner_of_one(client, ["/x", "/y"])
     now = time.time()
     assert store.gate_host(host, now, _record(now - 1.0)) is None  # a robots.txt request in flight
     assert a.inflight[(0, 1)] == 1
@@ -98,11 +100,7 @@ def test_a_cancelled_gate_never_taken_does_not_end_another_request_in_flight(cli
 
 
 def test_a_cancelled_gate_that_was_taken_is_given_back_under_its_own_epoch(client: Any) -> None:
-    a = PartitionManager(client, "a", partitions=1, lease_seconds=30, clock=FakeClock())
-    a.tick()
-    store = RedisStore(client, "t", a)
-    host = _host_in(0, 1)
-    store.add([NewURL(f"http://{host}/x", host, 0)], now=0)
+    a, store, host = _owner_of_one(client, ["/x"])
     rec = store.claim(host, "a", 600, now=1)
     assert rec is not None
     now = time.time()

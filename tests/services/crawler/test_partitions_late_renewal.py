@@ -100,3 +100,20 @@ async def test_an_outcome_waiting_for_a_renewal_is_refused_when_the_lease_is_los
     with pytest.raises(Fenced):
         await asyncio.wait_for(retry, timeout=10)
     assert store.counts()["FETCHING"] == 1  # as the old owner left it; its new owner hands it back
+
+
+async def test_an_answer_lost_to_fencing_is_counted_as_a_page_the_server_will_see_twice(client: Any) -> None:
+    """The worker's own count of duplicates (the workers e2e compares it with websim's log)."""
+    mgr, clock, store, host = _one(client)
+    recs = [store.claim(host, "a", 600, now=1) for _ in range(2)]
+    assert all(r is not None and store.start(r.id, "a", 600, now=1) for r in recs)
+    first, second = (r.id for r in recs if r is not None)
+    await store.aretry(first, not_before=0, error="ReadTimeout")  # no answer: maybe answered late
+    assert (store.answers_lost, store.unanswered_retries) == (0, 1)
+    clock.t += 40
+    client.delete(lease_key(0))
+    PartitionManager(client, "b", partitions=1, lease_seconds=30).tick()
+    mgr.tick()
+    with pytest.raises(Fenced):  # a 200 in hand, refused: b's worker will ask the page again
+        await store.afinish(second, Outcome(URLState.FETCHED, status=200), [], now=3)
+    assert store.answers_lost == 1

@@ -18,6 +18,8 @@ from services.crawler.robots import (
 )
 from services.crawler.settings import PolitenessConfig, RetryConfig
 
+from .test_partitions import FakeClock
+
 TOKEN = "ProvingGroundBot"
 RULES = b"""User-agent: otherbot
 Disallow: /
@@ -170,25 +172,18 @@ def test_robots_fetch_final_answer_is_shared_and_reads_back_the_same() -> None:
     assert failed.shared is not None and policy_from_shared(failed.shared, TOKEN).is_error
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_robots_fetch_waits_out_a_host_that_does_not_answer_for_its_patience() -> None:
     """RFC 9309 2.3.1.4: unreachable means disallow-all *for now*. No answer (a timeout, often our
     own overload) is asked again past ROBOTS_ATTEMPTS until `patience` seconds have passed since
     the first failure; only then is disallow-all final (and the host's URLs fail)."""
-    clock = _Clock()
+    clock = FakeClock()
+    start = clock.t
     proto = RobotsFetch(TOKEN, patience=30.0, clock=clock)
     for attempt in range(1, ROBOTS_ATTEMPTS + 5):
         step = proto.failed("h", "http://h/robots.txt", 0, "ReadTimeout", retryable=True)
         assert step.policy is None and step.retry_attempt == attempt  # no answer yet: URLs wait
         clock.t += 3.0
-    clock.t = 100.0 + 30.0
+    clock.t = start + 30.0
     step = proto.failed("h", "http://h/robots.txt", 0, "ReadTimeout", retryable=True)
     assert step.policy is not None and step.policy.is_error and step.shared is not None
     # the count and the patience start over for the next failure of the host
@@ -197,7 +192,7 @@ def test_robots_fetch_waits_out_a_host_that_does_not_answer_for_its_patience() -
 
 
 def test_robots_fetch_answer_after_timeouts_is_the_file_and_attempts_stay_bounded() -> None:
-    clock = _Clock()
+    clock = FakeClock()
     proto = RobotsFetch(TOKEN, patience=30.0, clock=clock)
     for _ in range(ROBOTS_ATTEMPTS + 1):  # more than the attempts an answered 5xx gets
         assert proto.failed("h", "http://h/robots.txt", 0, "ReadTimeout", retryable=True).policy is None

@@ -38,7 +38,8 @@ MAX_DEPTH = 3
 MIN_DELAY = 0.05
 PARTITIONS = 16
 LEASE = 2.0  # partition lease (s): short, so adoption after a kill is quick
-DEADLINE = 120.0  # bound on any one crawl here (they take a few seconds to ~40 s)
+DEADLINE = 120.0  # a crawl here without progress this long is stuck (they take ~10-40 s in all)
+MAX_WAIT = 600.0  # and none takes longer than this however loaded the box
 
 
 def _config(seeds: list[str]) -> CrawlConfig:
@@ -92,17 +93,34 @@ class Cluster:
         register_crawl(self.client, crawl_id, config.model_dump_json(), seeds, config.max_depth)
 
     def wait_until(self, what: str, cond: Callable[[], bool], timeout: float = DEADLINE) -> None:
+        """Until `cond`, failing after `timeout` seconds without progress (no URL of any crawl
+        reached an end) or after MAX_WAIT in all: a stall is caught as soon on a loaded box as
+        on a quiet one, while a crawl that is only slower (a CPU hog beside it) may finish."""
         start = time.monotonic()
         deadline = start + timeout
-        while time.monotonic() < deadline:
+        done, seen_at = self.progress(), start
+        while time.monotonic() < min(deadline, start + MAX_WAIT):
             if cond():
                 return
+            if time.monotonic() - seen_at >= 1.0:
+                seen_at = time.monotonic()
+                now_done = self.progress()
+                if now_done != done:
+                    done, deadline = now_done, seen_at + timeout
             for name, proc in self.procs.items():
                 if proc.poll() not in (None, -signal.SIGKILL):
                     raise AssertionError(f"worker {name} exited {proc.returncode}: {self.stderr(name)}")
             time.sleep(0.05)
         waited = time.monotonic() - start
         raise AssertionError(f"timed out waiting for {what} after {waited:.0f} s: {self.where()}")
+
+    def progress(self) -> int:
+        """URLs of every crawl that reached an end (FETCHED or FAILED)."""
+        total = 0
+        for cid in list_crawls(self.client):
+            counts = RedisStore(self.client, cid).counts()
+            total += counts["FETCHED"] + counts["FAILED"]
+        return total
 
     def where(self) -> dict[str, Any]:
         """Where every crawl stands (for a failure message): its counters and the partition owners."""
@@ -113,6 +131,14 @@ class Cluster:
                 cid: RedisStore(self.client, cid).counts() for cid in list_crawls(self.client)
             }
             out["owners"] = [(p["owner"], p["epoch"]) for p in cluster_view(self.client)["partition_owners"]]
+            leased = []  # the URLs still leased: which worker holds them, until when, how often tried
+            for cid in list_crawls(self.client):
+                for p in range(PARTITIONS):
+                    kp = f"pg:c:{cid}:{{p{p}}}:"
+                    for uid, until in self.client.zrange(kp + "leases", 0, 4, withscores=True):
+                        rec = self.client.hmget(kp + f"u:{int(uid)}", "u", "s", "lo", "a")
+                        leased.append((p, round(until - time.time(), 1), *rec))
+            out["leased"] = leased[:5]
         except redis.RedisError as exc:
             return {"redis": str(exc)}
         out["stderr"] = {name: self.stderr(name)[-600:] for name in self.procs}
@@ -191,7 +217,7 @@ def _explain_missing(sim: WebSim, seeds: list[str], store: RedisStore, client: A
                 return (u, None)
             raw = client.hgetall(kp + f"u:{int(uid)}")
             edges = client.get(kp + f"e:{int(uid)}")
-            return (u, int(uid), {k: raw.get(k.encode()) for k in ("s", "d", "st", "a")}, edges)
+            return (u, int(uid), {k: raw.get(k.encode()) for k in ("s", "d", "st", "a", "err")}, edges)
 
         for pid in sorted(missing)[:2]:
             chain = []
@@ -201,6 +227,12 @@ def _explain_missing(sim: WebSim, seeds: list[str], store: RedisStore, client: A
                 chain.append((cur, d, rec(via)))
                 cur = par
             debug[pid] = chain
+            robots = [
+                (round(e["ts"] % 1000, 3), e["status"], e["duration_s"])
+                for e in sim.entries(host=pid.split("/")[0] + ".sim.test")
+                if e["path"].startswith("/robots")
+            ]
+            debug[pid + " robots"] = robots[:12]
             parent = chain[1][2][0] if len(chain) > 1 else ""
             debug[pid + " log"] = [
                 (e["seq"], round(e["ts"] % 1000, 3), e["path"], e["status"], e["page_id"])
@@ -321,18 +353,24 @@ def _three_workers(redis_url: str, tmp_path: Path, sim_and_truth: tuple[WebSim, 
     assert report["politeness_violations"] == 0, sim.politeness_violations(min_delay=MIN_DELAY)[:3]
     assert len(truth) > 500
     assert _fetched(sim) == truth
-    dups = sim.duplicate_fetches()
     firsts = {
         d["page_id"]: [
             (e["seq"], round(e["ts"] % 1000, 3), e["path"], e["status"], e["kind"])
             for e in sim.entries()
             if e.get("page_id") == d["page_id"]
         ]
-        for d in dups[:6]
+        for d in sim.duplicate_fetches()[:6]
     }
     expired = {w: s["crawls"]["c3"]["stats"]["leases_expired"] for w, s in summaries.items()}
     fenced = {w: s["fenced_refusals"] for w, s in summaries.items()}
-    assert report["duplicate_fetches"] == 0, (report, expired, fenced, firsts)
+    # A page is asked twice only when the crawler says so: a final answer it could not record
+    # (its partition changed hands: the lease ran out on a starved box; the new owner asks again)
+    # is one duplicate each, exactly; a retry after no answer (a timeout) may be one more (the
+    # server may have answered after the client gave up). On a quiet box both are 0.
+    lost = sum(s["crawls"]["c3"]["answers_lost"] for s in summaries.values())
+    unanswered = sum(s["crawls"]["c3"]["unanswered_retries"] for s in summaries.values())
+    dups = report["duplicate_fetches"]
+    assert lost <= dups <= lost + unanswered, (report, lost, unanswered, expired, fenced, firsts)
     assert counts["DISCOVERED"] == counts["SCHEDULED"] == counts["FETCHING"] == counts["RETRYABLE"] == 0
     # all three shared the work and the partitions (fair share: ceil(16/3) = 6 at most each)
     owners = [p["owner"] for p in view["partition_owners"]]
