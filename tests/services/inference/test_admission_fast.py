@@ -29,7 +29,10 @@ def auth(key: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server():
-    s = LiveServer(tenants=TENANTS, max_seqs=4)
+    # The admitted request waits while the test holds the engine (a call, a step), as long as
+    # the box takes to answer the rejections: a cap of 60 s, not 0.35 s, so it is not dropped
+    # with 503 queue_timeout meanwhile (it was, on a loaded box, before and after session 7).
+    s = LiveServer(tenants=TENANTS, max_seqs=4, max_queue_wait_interactive=60.0)
     yield s
     s.stop()
 
