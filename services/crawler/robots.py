@@ -8,10 +8,10 @@ Outcome of fetching /robots.txt -> policy (RFC 9309 section 2.3.1):
 - 5xx, timeouts, connection errors ("unreachable"): disallow everything *for now* (section
   2.3.1.4): no page of the host is requested, but its URLs are not failed either; robots.txt is
   asked again (with backoff) and the URLs are crawled once it is had. Only a host still failing
-  after ROBOTS_ATTEMPTS tries (and, when it gave no answer at all, ROBOTS_PATIENCE seconds)
-  gets the final disallow-all answer (kept `robots_error_ttl` seconds), and then its URLs end
-  FAILED: a host that stays away must not keep the crawl from ending, a moment of overload
-  (ours or its own: a timeout) must not cost its pages;
+  after ROBOTS_ATTEMPTS tries (and, when it timed out, ROBOTS_PATIENCE seconds) gets the final
+  disallow-all answer (kept `robots_error_ttl` seconds), and then its URLs end FAILED: a host
+  that stays away must not keep the crawl from ending, a moment of overload (ours or its own:
+  a timeout) must not cost its pages;
 - redirects are followed: up to 5 hops, to other authorities too (RFC 9309 section 2.3.1.2);
   the file found applies to the host first asked.
 
@@ -38,7 +38,7 @@ from services.crawler.urlnorm import InvalidURL, normalize
 MAX_ROBOTS_BYTES = 500 * 1024
 MAX_ROBOTS_REDIRECTS = 5
 ROBOTS_ATTEMPTS = 3  # transient robots.txt failures (5xx, 429, timeouts): tries before disallow-all,
-ROBOTS_PATIENCE = 30.0  # and seconds they must span from the first failure (a timeout is often ours)
+ROBOTS_PATIENCE = 30.0  # and seconds timeouts must span from the first one (a timeout may be ours)
 ROBOTS_MAX_ATTEMPTS = 30  # the bound on tries however fast they fail
 
 
@@ -143,8 +143,8 @@ class RobotsStep:
 class RobotsFetch:
     """The robots.txt fetch protocol of a crawl, per host (RFC 9309 2.3.1): the first request is
     /robots.txt; a 3xx with a usable Location is followed on the host's next turn (up to
-    MAX_ROBOTS_REDIRECTS hops, other authorities too); a 429 or 5xx is asked again (the same hop)
-    until `attempts` tries were made, a timeout or connection error until `attempts` tries
+    MAX_ROBOTS_REDIRECTS hops, other authorities too); a 429, 5xx or connection error is asked
+    again (the same hop) until `attempts` tries were made, a timeout until `attempts` tries
     spanning at least `patience` seconds from the first failure (`max_attempts` at most); then
     the answer is final.
 
@@ -175,9 +175,9 @@ class RobotsFetch:
 
     def _again(self, host: str, *, patient: bool) -> bool:
         """One more transient failure of the host: ask again (True) or give up (False)? An
-        answered 429/5xx is the server's own word: `attempts` tries. No answer at all (a timeout,
-        a connection error) may be a moment of overload on either side: `attempts` tries and
-        `patience` seconds from the first failure, whichever is longer."""
+        answered 429/5xx or a refused or dropped connection is the server's own doing: `attempts`
+        tries. A timeout may be a moment of overload on either side (a loaded crawler's too):
+        `attempts` tries and `patience` seconds from the first failure, whichever is longer."""
         self._attempts[host] += 1
         first = self._since.setdefault(host, self.clock())
         n = self._attempts[host]
@@ -210,9 +210,15 @@ class RobotsFetch:
         shared["fetched_at"] = time.time()
         return RobotsStep(policy=policy, shared=shared)
 
-    def failed(self, host: str, url: str, hops: int, error: str, *, retryable: bool) -> RobotsStep:
-        """The request got no response (timeout, connection error, refused by the SSRF guard)."""
-        if retryable and self._again(host, patient=True):
+    def failed(
+        self, host: str, url: str, hops: int, error: str, *, retryable: bool, timeout: bool | None = None
+    ) -> RobotsStep:
+        """The request got no response (timeout, connection error, refused by the SSRF guard).
+        `timeout`: it timed out (fetcher.TimeoutException); None: told by `error`, which the
+        fetcher starts with the exception's class name."""
+        if timeout is None:
+            timeout = "Timeout" in error.split(":", 1)[0]
+        if retryable and self._again(host, patient=timeout):
             return self._retry(host, url, hops)
         policy = policy_from_response(None, b"", self.token, error=error)
         return self._final(host, policy, {"status": "", "body": b"", "error": error})

@@ -180,14 +180,14 @@ def test_robots_fetch_waits_out_a_host_that_does_not_answer_for_its_patience() -
     start = clock.t
     proto = RobotsFetch(TOKEN, patience=30.0, clock=clock)
     for attempt in range(1, ROBOTS_ATTEMPTS + 5):
-        step = proto.failed("h", "http://h/robots.txt", 0, "ReadTimeout", retryable=True)
+        step = proto.failed("h", "http://h/robots.txt", 0, "TimeoutError: ", retryable=True)
         assert step.policy is None and step.retry_attempt == attempt  # no answer yet: URLs wait
         clock.t += 3.0
     clock.t = start + 30.0
-    step = proto.failed("h", "http://h/robots.txt", 0, "ReadTimeout", retryable=True)
+    step = proto.failed("h", "http://h/robots.txt", 0, "TimeoutError: ", retryable=True)
     assert step.policy is not None and step.policy.is_error and step.shared is not None
     # the count and the patience start over for the next failure of the host
-    step = proto.failed("h", "http://h/robots.txt", 0, "ReadTimeout", retryable=True)
+    step = proto.failed("h", "http://h/robots.txt", 0, "TimeoutError: ", retryable=True)
     assert step.retry_attempt == 1
 
 
@@ -195,7 +195,7 @@ def test_robots_fetch_answer_after_timeouts_is_the_file_and_attempts_stay_bounde
     clock = FakeClock()
     proto = RobotsFetch(TOKEN, patience=30.0, clock=clock)
     for _ in range(ROBOTS_ATTEMPTS + 1):  # more than the attempts an answered 5xx gets
-        assert proto.failed("h", "http://h/robots.txt", 0, "ReadTimeout", retryable=True).policy is None
+        assert proto.failed("h", "http://h/robots.txt", 0, "x", retryable=True, timeout=True).policy is None
     step = proto.answered("h", "http://h/robots.txt", 0, 200, None, RULES)
     assert step.policy is not None and step.policy.mode is RobotsMode.RULES
     # an answered 5xx is the server's own word: ROBOTS_ATTEMPTS tries, no patience
@@ -204,5 +204,18 @@ def test_robots_fetch_answer_after_timeouts_is_the_file_and_attempts_stay_bounde
     assert proto.answered("s", "http://s/robots.txt", 0, 503, None, b"").policy is not None
     # however fast failures come, max_attempts bounds the tries within the patience
     fast = RobotsFetch(TOKEN, patience=1e9, max_attempts=7, clock=clock)
-    steps = [fast.failed("f", "http://f/robots.txt", 0, "refused", retryable=True) for _ in range(7)]
+    steps = [fast.failed("f", "http://f/robots.txt", 0, "x", retryable=True, timeout=True) for _ in range(7)]
     assert [s.policy is None for s in steps] == [True] * 6 + [False]
+
+
+def test_robots_fetch_tells_a_timeout_from_a_refused_connection() -> None:
+    """A refused or dropped connection is the host's own doing: ROBOTS_ATTEMPTS tries, no patience
+    (the engine passes `timeout`, or the fetcher's error text starts with the exception's class)."""
+    proto = RobotsFetch(TOKEN, patience=1e9, clock=FakeClock())
+    for host, error in [("d", "ConnectionDropped: closed"), ("r", "ClientConnectorError: refused")]:
+        steps = [proto.failed(host, f"http://{host}/robots.txt", 0, error, retryable=True) for _ in range(3)]
+        assert [s.policy is None for s in steps] == [True] * (ROBOTS_ATTEMPTS - 1) + [False]
+    for error in ("TimeoutError: ", "ConnectionTimeoutError: connect", "SocketTimeoutError: read"):
+        steps = [proto.failed("t", "http://t/robots.txt", 0, error, retryable=True) for _ in range(5)]
+        assert all(s.policy is None for s in steps), error
+        proto.forget("t")
