@@ -124,7 +124,9 @@ def _files(tree: Path) -> list[Path]:
     return out
 
 
-def watch_rounds(tree: Path, work: Path, runs: int, fraction: float, step_ms: int, quiet: float) -> dict:
+def watch_rounds(
+    tree: Path, work: Path, runs: int, fraction: float, step_ms: int, quiet: float
+) -> dict[str, Any]:
     report = work / "report.json"
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
@@ -150,7 +152,7 @@ def watch_rounds(tree: Path, work: Path, runs: int, fraction: float, step_ms: in
     first_scan = time.perf_counter() - t_start
     first_line = next(line for _t, line in log.lines if "first scan" in line)
     prev_copies: list[Path] = []
-    rounds = []
+    rounds: list[dict[str, Any]] = []
     try:
         for rnd in range(runs + 1):
             third = n_change // 3
@@ -167,11 +169,11 @@ def watch_rounds(tree: Path, work: Path, runs: int, fraction: float, step_ms: in
                 with open(dst, "wb") as f:
                     f.write(data)
             for p in edits:
-                with open(p, "r+b") as f:
-                    f.seek(p.stat().st_size // 2)
-                    b = f.read(1)
-                    f.seek(-1, os.SEEK_CUR)
-                    f.write(bytes([(b[0] + 1) % 256]) if b else b"x")
+                with open(p, "r+b") as g:
+                    g.seek(p.stat().st_size // 2)
+                    b = g.read(1)
+                    g.seek(-1, os.SEEK_CUR)
+                    g.write(bytes([(b[0] + 1) % 256]) if b else b"x")
             for p in prev_copies[:third]:
                 p.unlink()
             t_last_write = time.perf_counter()
@@ -190,7 +192,7 @@ def watch_rounds(tree: Path, work: Path, runs: int, fraction: float, step_ms: in
             replaced = [t for t, line in log.lines[log_before:] if " batch " in f" {line}"]
             batch_ms = [float(m.group(1)) for line in new_lines if (m := re.search(r"\(([\d.]+) ms", line))]
             cpu_ms = [float(m.group(1)) for line in new_lines if (m := re.search(r"([\d.]+) ms CPU\)", line))]
-            r = {
+            r: dict[str, Any] = {
                 "round": rnd,
                 "changed_files": changed,
                 "write_seconds": t_last_write - t0,
@@ -244,7 +246,7 @@ def main() -> int:
     cli, cli_cpu = warm_scan_cli(tree, args.runs)
     inproc, inproc_cpu = warm_scan_inprocess(tree, args.runs)
     watch = watch_rounds(tree, work, args.runs, args.change_fraction, args.step_ms, args.quiet)
-    result = {
+    result: dict[str, Any] = {
         "tree": str(tree),
         "load_average_start": load_start,
         "load_average": os.getloadavg(),
