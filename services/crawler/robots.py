@@ -8,7 +8,8 @@ Outcome of fetching /robots.txt -> policy (RFC 9309 section 2.3.1):
 - 5xx, timeouts, connection errors ("unreachable"): disallow everything *for now* (section
   2.3.1.4): no page of the host is requested, but its URLs are not failed either; robots.txt is
   asked again (with backoff) and the URLs are crawled once it is had. Only a host still failing
-  after ROBOTS_ATTEMPTS tries (and, when it timed out, ROBOTS_PATIENCE seconds) gets the final
+  after ROBOTS_ATTEMPTS tries (when it timed out: ROBOTS_TIMEOUT_ATTEMPTS tries and ROBOTS_PATIENCE
+  seconds) gets the final
   disallow-all answer (kept `robots_error_ttl` seconds), and then its URLs end FAILED: a host
   that stays away must not keep the crawl from ending, a moment of overload (ours or its own:
   a timeout) must not cost its pages;
@@ -38,7 +39,8 @@ from services.crawler.urlnorm import InvalidURL, normalize
 MAX_ROBOTS_BYTES = 500 * 1024
 MAX_ROBOTS_REDIRECTS = 5
 ROBOTS_ATTEMPTS = 3  # transient robots.txt failures (5xx, 429, timeouts): tries before disallow-all,
-ROBOTS_PATIENCE = 30.0  # and seconds timeouts must span from the first one (a timeout may be ours)
+ROBOTS_PATIENCE = 30.0  # and seconds timeouts must span from the first one (a timeout may be ours),
+ROBOTS_TIMEOUT_ATTEMPTS = 8  # and tries in all: a starved crawler's own loop spaced 3 tries 34 s apart
 ROBOTS_MAX_ATTEMPTS = 30  # the bound on tries however fast they fail
 
 
@@ -144,7 +146,7 @@ class RobotsFetch:
     """The robots.txt fetch protocol of a crawl, per host (RFC 9309 2.3.1): the first request is
     /robots.txt; a 3xx with a usable Location is followed on the host's next turn (up to
     MAX_ROBOTS_REDIRECTS hops, other authorities too); a 429, 5xx or connection error is asked
-    again (the same hop) until `attempts` tries were made, a timeout until `attempts` tries
+    again (the same hop) until `attempts` tries were made, a timeout until `timeout_attempts` tries
     spanning at least `patience` seconds from the first failure (`max_attempts` at most); then
     the answer is final.
 
@@ -160,14 +162,16 @@ class RobotsFetch:
         token: str,
         *,
         attempts: int = ROBOTS_ATTEMPTS,
+        timeout_attempts: int = ROBOTS_TIMEOUT_ATTEMPTS,
         patience: float = ROBOTS_PATIENCE,
         max_attempts: int = ROBOTS_MAX_ATTEMPTS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.token = token
         self.attempts = attempts
+        self.timeout_attempts = max(attempts, timeout_attempts)
         self.patience = patience
-        self.max_attempts = max(attempts, max_attempts)
+        self.max_attempts = max(self.timeout_attempts, max_attempts)
         self.clock = clock
         self._next: dict[str, tuple[str, int]] = {}  # host -> (URL to ask, hops made to reach it)
         self._attempts: Counter[str] = Counter()
@@ -176,14 +180,17 @@ class RobotsFetch:
     def _again(self, host: str, *, patient: bool) -> bool:
         """One more transient failure of the host: ask again (True) or give up (False)? An
         answered 429/5xx or a refused or dropped connection is the server's own doing: `attempts`
-        tries. A timeout may be a moment of overload on either side (a loaded crawler's too):
-        `attempts` tries and `patience` seconds from the first failure, whichever is longer."""
+        tries. A timeout may be a moment of overload on either side (a loaded crawler's own event
+        loop too: the answer came, the crawler did not read it in time): `timeout_attempts` tries
+        and `patience` seconds from the first failure, whichever is longer."""
         self._attempts[host] += 1
         first = self._since.setdefault(host, self.clock())
         n = self._attempts[host]
         if n >= self.max_attempts:
             return False
-        return n < self.attempts or (patient and self.clock() - first < self.patience)
+        if not patient:
+            return n < self.attempts
+        return n < self.timeout_attempts or self.clock() - first < self.patience
 
     def owed(self, host: str) -> tuple[str, int] | None:
         """The hop (URL, hops) the host's next turn must ask, if one is owed."""

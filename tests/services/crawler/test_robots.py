@@ -10,6 +10,7 @@ from services.crawler.robots import (
     MAX_ROBOTS_BYTES,
     MAX_ROBOTS_REDIRECTS,
     ROBOTS_ATTEMPTS,
+    ROBOTS_TIMEOUT_ATTEMPTS,
     RobotsCache,
     RobotsFetch,
     RobotsMode,
@@ -179,10 +180,10 @@ def test_robots_fetch_waits_out_a_host_that_does_not_answer_for_its_patience() -
     clock = FakeClock()
     start = clock.t
     proto = RobotsFetch(TOKEN, patience=30.0, clock=clock)
-    for attempt in range(1, ROBOTS_ATTEMPTS + 5):
+    for attempt in range(1, ROBOTS_TIMEOUT_ATTEMPTS + 2):  # tries enough, the patience not yet
         step = proto.failed("h", "http://h/robots.txt", 0, "TimeoutError: ", retryable=True)
         assert step.policy is None and step.retry_attempt == attempt  # no answer yet: URLs wait
-        clock.t += 3.0
+        clock.t += 2.0
     clock.t = start + 30.0
     step = proto.failed("h", "http://h/robots.txt", 0, "TimeoutError: ", retryable=True)
     assert step.policy is not None and step.policy.is_error and step.shared is not None
@@ -203,7 +204,7 @@ def test_robots_fetch_answer_after_timeouts_is_the_file_and_attempts_stay_bounde
         assert proto.answered("s", "http://s/robots.txt", 0, 503, None, b"").policy is None
     assert proto.answered("s", "http://s/robots.txt", 0, 503, None, b"").policy is not None
     # however fast failures come, max_attempts bounds the tries within the patience
-    fast = RobotsFetch(TOKEN, patience=1e9, max_attempts=7, clock=clock)
+    fast = RobotsFetch(TOKEN, timeout_attempts=3, patience=1e9, max_attempts=7, clock=clock)
     steps = [fast.failed("f", "http://f/robots.txt", 0, "x", retryable=True, timeout=True) for _ in range(7)]
     assert [s.policy is None for s in steps] == [True] * 6 + [False]
 
@@ -216,6 +217,6 @@ def test_robots_fetch_tells_a_timeout_from_a_refused_connection() -> None:
         steps = [proto.failed(host, f"http://{host}/robots.txt", 0, error, retryable=True) for _ in range(3)]
         assert [s.policy is None for s in steps] == [True] * (ROBOTS_ATTEMPTS - 1) + [False]
     for error in ("TimeoutError: ", "ConnectionTimeoutError: connect", "SocketTimeoutError: read"):
-        steps = [proto.failed("t", "http://t/robots.txt", 0, error, retryable=True) for _ in range(5)]
+        steps = [proto.failed("t", "http://t/robots.txt", 0, error, retryable=True) for _ in range(9)]
         assert all(s.policy is None for s in steps), error
         proto.forget("t")
