@@ -409,9 +409,13 @@ def test_a_killed_worker_is_replaced_and_the_crawl_completes(
     owners = {p["partition"]: p["owner"] for p in after["partition_owners"]}
     assert all(owners[p] in ("w1", "w3") for p in held)
     assert "w2" not in {w["worker"] for w in after["workers"] if w["alive"]}
-    # a page fetched twice was one w2 had in flight when it died (its lease handed back)
+    # a page fetched twice was one w2 had in flight when it died (its lease handed back), or one
+    # the survivors say they may have asked twice (as in the test above: a lost answer, a retry
+    # after a timeout)
     expired = sum(s["crawls"]["ck"]["stats"]["leases_expired"] for s in summaries.values())
-    assert report["duplicate_fetches"] <= expired, (report, expired)
+    lost = sum(s["crawls"]["ck"]["answers_lost"] for s in summaries.values())
+    unanswered = sum(s["crawls"]["ck"]["unanswered_retries"] for s in summaries.values())
+    assert report["duplicate_fetches"] <= expired + lost + unanswered, (report, expired, lost, unanswered)
 
 
 def test_a_worker_frozen_past_its_lease_writes_nothing_when_it_wakes(
