@@ -639,17 +639,24 @@ class RedisStore(FrontierStore):
         try:
             return self.finish(url_id, outcome, new_urls, **kw)
         except Fenced:
-            self.answers_lost += final  # the partition's new owner asks the page again
+            if final:
+                self._asked_twice("answers_lost")  # the partition's new owner asks the page again
             raise
         finally:
             if final and self._already_final > already:
-                self.answers_lost += 1  # another worker had finished it: we asked a second time
+                self._asked_twice("answers_lost")  # another worker had finished it: asked again
 
     async def aretry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
         await self._until_trusted(url_id)
         if status is None:
-            self.unanswered_retries += 1  # the server may have answered after we gave up
+            self._asked_twice("unanswered_retries")  # the server may have answered after we gave up
         self.retry(url_id, not_before, error, status)
+
+    def _asked_twice(self, what: str) -> None:
+        """Count a request the server may see twice, here and in the crawl's hash in Redis
+        (asked_twice_counts: the counts of every worker, a killed one's too)."""
+        setattr(self, what, getattr(self, what) + 1)
+        self.redis.hincrby(crawl_key(self.crawl_id, "asked_twice"), what, 1)
 
     def changed_hosts(self) -> list[tuple[str, float]]:
         """Hosts to (re)schedule: every ready host of partitions adopted since the last call and
@@ -1185,6 +1192,15 @@ def register_crawl(
     )
     client.sadd(CRAWLS_KEY, crawl_id)
     return new
+
+
+def asked_twice_counts(client: Any, crawl_id: str) -> dict[str, int]:
+    """What every worker of the crawl counted as requests the server may see twice
+    (RedisStore.answers_lost, unanswered_retries), kept in Redis so a killed worker's count stays."""
+    raw = client.hgetall(crawl_key(crawl_id, "asked_twice"))
+    counts = {"answers_lost": 0, "unanswered_retries": 0}
+    counts.update({_s(k): int(v) for k, v in raw.items()})
+    return counts
 
 
 def crawl_state(client: Any, crawl_id: str) -> str | None:

@@ -18,7 +18,7 @@ import pytest
 
 from services.crawler.partitions import Fenced, PartitionManager, lease_key
 from services.crawler.store import NewURL, Outcome, URLState
-from services.crawler.store_redis import RedisStore
+from services.crawler.store_redis import RedisStore, asked_twice_counts
 
 from .test_partitions import FakeClock, _host_in
 
@@ -117,3 +117,4 @@ async def test_an_answer_lost_to_fencing_is_counted_as_a_page_the_server_will_se
     with pytest.raises(Fenced):  # a 200 in hand, refused: b's worker will ask the page again
         await store.afinish(second, Outcome(URLState.FETCHED, status=200), [], now=3)
     assert store.answers_lost == 1
+    assert asked_twice_counts(client, "t") == {"answers_lost": 1, "unanswered_retries": 1}  # kept in Redis
