@@ -154,6 +154,39 @@ def partial_digest(entry: FileEntry, counter: ByteCounter, where: str, length: i
     return hasher.digest()
 
 
+def head_and_tail_digests(
+    entry: FileEntry, counter: ByteCounter, length: int, algorithm: str
+) -> tuple[bytes, bytes]:
+    """The head and the tail digest of a file longer than `length`, from one open: what
+    `partial_digest` 'head' then 'tail' give, in 5 system calls instead of 8 (open, fstat,
+    pread, pread, close; one pread when both fit in `2 * length` bytes, which are then read
+    whole). The head stage takes both, and the tail stage uses the tail digest kept for the
+    file (see stages.head_stage). The same check before the read as partial_digest; change
+    after it is the verify stage's to catch, as for any partial digest."""
+    size = entry.size
+    fd = os.open(entry.path, _OPEN_FLAGS)
+    try:
+        _check_same(entry, os.fstat(fd), "before read")
+        if size <= 2 * length:
+            data = os.pread(fd, size, 0)
+            n = len(data)
+            head, tail = data[:length], data[max(0, size - length) :]
+        else:
+            head = os.pread(fd, length, 0)
+            tail = os.pread(fd, length, size - length)
+            n = len(head) + len(tail)
+    finally:
+        os.close(fd)
+    counter.add(n)
+    if len(head) != min(length, size) or len(tail) != min(length, size) or (size <= 2 * length and n != size):
+        raise FileChanged(f"changed during scan: short read of {entry.size} bytes")
+    new = HASHERS[algorithm]
+    h, t = new(), new()
+    h.update(head)
+    t.update(tail)
+    return h.digest(), t.digest()
+
+
 def read_small(entry: FileEntry, counter: ByteCounter) -> bytes:
     """The whole content of a small file, in one read: the bytes themselves are compared.
 

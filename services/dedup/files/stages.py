@@ -33,6 +33,7 @@ from services.dedup.files.reader import (
     HASHERS,
     ByteCounter,
     full_digest,
+    head_and_tail_digests,
     in_page_cache,
     partial_digest,
     read_small,
@@ -131,6 +132,9 @@ class ScanContext:
     errors: list[WalkError] = field(default_factory=list)
     stages: list[StageStats] = field(default_factory=list)
     segments: int = 0  # adaptive map: segments decided, and how many of them read cold
+    # Tail digests the head stage read along with the heads (one open per file, not two):
+    # id(entry) -> (entry, digest), taken (and the rest dropped) by the tail stage.
+    tails: dict[int, tuple[FileEntry, bytes]] = field(default_factory=dict)
     segments_cold: int = 0
 
     def report_error(self, entry: FileEntry, exc: OSError) -> None:
@@ -373,13 +377,19 @@ def head_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
     n, alg = ctx.config.partial_size, ctx.config.algorithm
     direct = [g for g in groups if _direct(g)]
     rest = [g for g in groups if not _direct(g)]
-    return direct + _refine(
-        rest,
-        ctx,
-        f"head{n}:{alg}",
-        lambda e: partial_digest(e, ctx.counter, "head", n, alg),
-        lambda g, d: d,
-    )
+    tails = ctx.tails
+
+    def head(e: FileEntry) -> bytes:
+        # A file longer than the head has its tail read too, through the same descriptor: the
+        # tail stage then needs no second open, fstat and close (most files that reach the
+        # head stage reach the tail stage).
+        if e.size <= n:
+            return partial_digest(e, ctx.counter, "head", n, alg)
+        h, t = head_and_tail_digests(e, ctx.counter, n, alg)
+        tails[id(e)] = (e, t)
+        return h
+
+    return direct + _refine(rest, ctx, f"head{n}:{alg}", head, lambda g, d: d)
 
 
 def tail_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
@@ -398,13 +408,24 @@ def tail_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:
         if g.size <= n or _direct(g)
     ]
     rest = [g for g in groups if g.size > n and not _direct(g)]
-    return covered + _refine(
-        rest,
-        ctx,
-        f"tail{n}:{alg}",
-        lambda e: partial_digest(e, ctx.counter, "tail", n, alg),
-        lambda g, d: (g.digest or b"") + d if g.size <= 2 * n else None,
-    )
+    tails = ctx.tails
+
+    def tail(e: FileEntry) -> bytes:
+        kept = tails.pop(id(e), None)
+        if kept is not None and kept[0] is e:
+            return kept[1]
+        return partial_digest(e, ctx.counter, "tail", n, alg)
+
+    try:
+        return covered + _refine(
+            rest,
+            ctx,
+            f"tail{n}:{alg}",
+            tail,
+            lambda g, d: (g.digest or b"") + d if g.size <= 2 * n else None,
+        )
+    finally:
+        tails.clear()  # those of files the head stage already set apart
 
 
 def full_stage(groups: list[Group], ctx: ScanContext) -> list[Group]:

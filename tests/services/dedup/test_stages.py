@@ -53,7 +53,10 @@ def test_each_stage_prunes_what_it_can_see(tmp_path: Path) -> None:
     # A group this small skips the full hash: verify hashes while comparing, one read per byte.
     assert (by_name["full"].files_in, by_name["full"].files_out, by_name["full"].bytes_read) == (3, 3, 0)
     assert (by_name["verify"].files_in, by_name["verify"].files_out) == (3, 2)
-    assert by_name["head"].bytes_read == 5 * 4096
+    # The head stage reads each file's tail through the same descriptor as its head (one open
+    # per file for both digests): the tail stage reads nothing more.
+    assert by_name["head"].bytes_read == 5 * 2 * 4096
+    assert by_name["tail"].bytes_read == 0
     assert by_name["verify"].bytes_read == 3 * len(base)
     # Without a cache to keep it, no digest is computed: the byte compare is the proof.
     assert result.groups[0].digest is None
@@ -317,3 +320,38 @@ def test_small_and_larger_groups_come_out_in_the_reports_order(tree: Path) -> No
         sizes = {g.size <= SMALL_MAX for g in result.groups}
         assert sizes == {True, False}  # both kinds present
         assert result.groups == sort_groups(list(result.groups))
+
+
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 6000, 8191, 8192, 8193, 20_000])
+def test_head_and_tail_from_one_open_equal_the_two_partial_digests(tmp_path: Path, size: int) -> None:
+    from services.dedup.files.reader import ByteCounter, head_and_tail_digests, partial_digest
+
+    write(tmp_path / "f", random.Random(size).randbytes(size))
+    (entry,) = walk([tmp_path]).files
+    counter = ByteCounter()
+    head, tail = head_and_tail_digests(entry, counter, 4096, "blake3")
+    assert head == partial_digest(entry, ByteCounter(), "head", 4096, "blake3")
+    assert tail == partial_digest(entry, ByteCounter(), "tail", 4096, "blake3")
+    assert counter.total == (size if size <= 2 * 4096 else 2 * 4096)
+
+
+def test_a_file_changed_after_the_head_stage_read_its_tail_is_still_caught(tmp_path: Path) -> None:
+    """The tail digest comes from the head stage's read: a change between the two stages is
+    the verify stage's to catch (it checks every file before and after reading it)."""
+    from services.dedup.files.stages import StageStats
+
+    data = random.Random(3).randbytes(100_000)
+    for name in ("x", "y", "z"):
+        write(tmp_path / name, data)
+    ctx = ScanContext(config=ScanConfig(workers=1))
+    groups = size_groups(walk([tmp_path]).files)
+    ctx.stages.append(StageStats("head"))
+    groups = head_stage(groups, ctx)
+    with open(tmp_path / "y", "ab") as f:  # grown (an mtime may not move within a tick)
+        f.write(b"grown")
+    for name, stage in (("tail", tail_stage), ("full", full_stage), ("verify", verify_stage)):
+        ctx.stages.append(StageStats(name))
+        groups = stage(groups, ctx)
+    assert not ctx.tails
+    assert [sorted(os.path.basename(f.path) for f in g.files) for g in groups] == [[b"x", b"z"]]
+    assert [os.path.basename(e.path) for e in ctx.errors] == [b"y"]
