@@ -221,3 +221,30 @@ def test_the_direct_group_text_is_the_generic_encoding(tmp_path: Path) -> None:
         report.write_json(result, out)
         assert out.getvalue() == json.dumps(report.to_dict(result), indent=2) + "\n"
         assert any(g.digest for g in result.groups) == (cache_dir is not None)
+
+
+def test_the_page_cache_probe_asks_twice_before_it_says_cold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached page may refuse the first RWF_NOWAIT read and serve the next: one refusal
+    is not "cold" (it would put a warm segment on IO_WORKERS threads); two are."""
+    from services.dedup.files import reader
+
+    if getattr(os, "RWF_NOWAIT", None) is None:
+        pytest.skip("no RWF_NOWAIT here")
+    write(tmp_path / "f", b"x" * 100)
+    (entry,) = walk([tmp_path]).files
+    real = os.preadv
+    refusals = {"left": 0}
+
+    def preadv(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+        if flags and refusals["left"]:
+            refusals["left"] -= 1
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(reader.os, "preadv", preadv)
+    refusals["left"] = 1
+    assert in_page_cache(entry) is True
+    refusals["left"] = 2
+    assert in_page_cache(entry) is False
