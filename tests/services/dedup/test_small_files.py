@@ -129,8 +129,13 @@ def test_the_page_cache_probe_tells_cached_from_evicted(tmp_path: Path) -> None:
             os.pread(fd, 20_000, 0)
             cached = cached or in_page_cache(entry) is True
         assert cached
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        if in_page_cache(entry) is not False:
+        # The probe asks twice; the first ask starts the read, which a fast virtual disk can
+        # finish before the second (about 1 in 3 here): a few tries, each evict-then-probe.
+        for _ in range(5):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            if in_page_cache(entry) is False:
+                break
+        else:
             pytest.skip("this filesystem keeps the pages (tmpfs?): nothing is ever cold")
     finally:
         os.close(fd)
