@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 from libs.service.heartbeat import Heartbeat
 from libs.service.spans import SpanLog
 from services.crawler import metrics
-from services.crawler.fetcher import Fetcher, FetchError, FetchResult
+from services.crawler.fetcher import Fetcher, FetchError, FetchResult, TimeoutException
 from services.crawler.frontier import Frontier
 from services.crawler.parking import HostParking
 from services.crawler.parser import ParsedPage, decode_body, parse_html
@@ -390,15 +390,18 @@ class Crawl:
                 continue  # our own waiting writes hold leases: none is handed back meanwhile
             try:
                 expired = await self.store.aexpire_leases(time.time())
+                if expired:
+                    self._count_expired(expired)
+                    self.frontier.load_pending()
+                counts = await self.store.acounts()
             except Exception as exc:
-                if not is_disk_full(exc):
-                    raise
-                self._storage_full(exc, getattr(self.store, "path", None))
+                if is_disk_full(exc):
+                    self._storage_full(exc, getattr(self.store, "path", None))
+                else:  # the store is away for a moment (a Redis failover): try again next tick.
+                    # Raising would end the reaper for the rest of the crawl, and a URL whose
+                    # lease then runs out would never come back: the crawl would never finish.
+                    log.warning("crawl %s: handing back expired leases failed", self.crawl_id, exc_info=True)
                 continue
-            if expired:
-                self._count_expired(expired)
-                self.frontier.load_pending()
-            counts = await self.store.acounts()
             metrics.FRONTIER_SIZE.set(counts["DISCOVERED"] + counts["RETRYABLE"])
 
     async def _watch(self) -> None:
@@ -661,7 +664,9 @@ class Crawl:
             result = await self.fetcher.fetch(url, max_body_bytes=MAX_ROBOTS_BYTES, allowed_types=["*"])
         except FetchError as exc:
             self.stats.response(type(exc).__name__)
-            step = self.robots_fetch.failed(host, url, hops, str(exc), retryable=exc.retryable)
+            step = self.robots_fetch.failed(
+                host, url, hops, str(exc), retryable=exc.retryable, timeout=isinstance(exc, TimeoutException)
+            )
         else:
             status = result.status
             if self.warc is not None:
