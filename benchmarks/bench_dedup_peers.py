@@ -276,12 +276,17 @@ def _bench_tree(
             loads.append(load())
             print(f"  cold round {r + 1}/{args.cold_runs}, load {loads[-1]}", file=sys.stderr)
     ref_w = warm["engine"].median()
+    cold_note = None
+    if not cold and args.cold_runs:
+        cold_note = "not measured (needs root for /proc/sys/vm/drop_caches)"
+    elif not cold:
+        cold_note = "not asked (--cold-runs 0)"
     return {
         "tree": label,
         "manifest": manifest,
         "warm": [c.row(ref_w) for c in warm.values()],
         "cold": [c.row(cold["engine"].median()) for c in cold.values()] if cold else None,
-        "cold_note": None if cold else "not measured (needs root for /proc/sys/vm/drop_caches)",
+        "cold_note": cold_note,
         "load_average": loads,
     }
 
