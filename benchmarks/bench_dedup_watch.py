@@ -2,29 +2,38 @@
 up to date?
 
     .venv/bin/python benchmarks/bench_dedup_watch.py [--files 20000] [--bytes 1.5G] [--runs 7]
+        [--compare OTHER_CHECKOUT] [--blocks 2]
 
 A private deterministic tree (treegen, seed 1; changed by this benchmark, so not the shared
 one under /tmp/pg-dedup-bench) is generated under --tree-dir once. Then:
 
 * warm first scan: `python -m services.dedup scan TREE --no-cache --format json -o /dev/null`
   (one warm-up, then --runs), wall time of the process, and the same scan in-process
-  (scanner.run_scan without start-up), both as medians with min-max;
+  (scanner.run_scan without start-up), both as medians with min-max; half of the runs before
+  the watch rounds and half after, so a change of the box's load in between hits both sides;
 * watch: `python -m services.dedup watch TREE --report R --step-ms S --cache C` started once
   and left to finish its first scan; then --runs rounds (after one warm-up round) each change
   `--change-fraction` of the files (default 1%: a third copies of existing files, which join
   groups; a third in-place one-byte edits of files in groups, which leave them; a third
   deletions of the copies of the round before, or more copies in the first round) as fast as
   Python writes them, and time from the last write to the report being replaced after the
-  last batch those changes caused (the watcher's log line for a batch, read from its stderr
-  pipe, comes right after its report is replaced; a round ends once the watcher is quiet
-  for --quiet seconds). The watcher's own per-batch time (apply +
+  last batch those changes caused (the watcher logs a batch right after its report is
+  replaced: the line's arrival on its stderr pipe is that moment or later, so the figure is
+  an upper bound; a round ends once the watcher is quiet for --quiet seconds). The report is
+  then read back: every copy of the round must be in a group and no deleted file anywhere,
+  else the round counts as stale (the bench fails). The watcher's own per-batch time (apply +
   report, from its log) is listed too, wall and CPU (its thread's). The time to the report
-  includes the --step-ms quiet period the notification batching waits for (10 ms here; the
-  CLI default is 50).
+  includes the watcher's wait for the changes to stop (--step-ms: the idle step and the
+  longest quiet window; the CLI default is 50).
+* --compare DIR: another checkout's watcher (e.g. `git archive OLD | tar -x -C DIR`) runs the
+  same rounds in alternating blocks (this checkout, DIR, this, DIR... --blocks each), so the
+  two are measured side by side in one run; each block starts a fresh watcher.
 
-CPU (user + system; the CLI's from getrusage of the child, in-process every thread's) is
-given beside wall: on a loaded box the first scan's CPU against the watcher's own CPU per
-batch is the ratio the load moves least.
+Each round's ratio is the warm first scan's median (CLI, in-process) over that round's time
+to the report; the ratios are given as median [min-max] over the rounds. CPU (user + system;
+the CLI's from getrusage of the child, in-process every thread's) is given beside wall: on a
+loaded box the first scan's CPU against the watcher's own CPU per batch is the ratio the
+load moves least.
 
 Writes reports/bench_dedup_watch.json.
 """
@@ -124,8 +133,17 @@ def _files(tree: Path) -> list[Path]:
     return out
 
 
+def _report_paths(report: Path) -> set[str] | None:
+    """Every path in the report's groups (None: unreadable)."""
+    try:
+        data = json.loads(report.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return {f["path"] for g in data["groups"] for f in g["files"]}
+
+
 def watch_rounds(
-    tree: Path, work: Path, runs: int, fraction: float, step_ms: int, quiet: float
+    tree: Path, work: Path, runs: int, fraction: float, step_ms: int, quiet: float, repo: Path = REPO
 ) -> dict[str, Any]:
     report = work / "report.json"
     cache = work / "cache"
@@ -141,7 +159,7 @@ def watch_rounds(
     cmd = [PY, "-m", "services.dedup", "watch", str(tree), "--report", str(report), "--cache", str(cache)]
     cmd += ["--step-ms", str(step_ms)]
     t_start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = LogReader(proc.stderr)
     log.start()
     deadline = time.monotonic() + 600
@@ -178,6 +196,7 @@ def watch_rounds(
                 p.unlink()
             t_last_write = time.perf_counter()
             changed = len(copies) + len(edits) + min(third, len(prev_copies))
+            deleted = prev_copies[:third]
             prev_copies = prev_copies[third:] + copies
             # Wait until the watcher has logged a batch and then stayed quiet for `quiet` s.
             end = time.monotonic() + 120
@@ -192,8 +211,19 @@ def watch_rounds(
             replaced = [t for t, line in log.lines[log_before:] if " batch " in f" {line}"]
             batch_ms = [float(m.group(1)) for line in new_lines if (m := re.search(r"\(([\d.]+) ms", line))]
             cpu_ms = [float(m.group(1)) for line in new_lines if (m := re.search(r"([\d.]+) ms CPU\)", line))]
+            # The answer must hold this round's changes: each copy of a file this round did
+            # not edit is in a group (its source has its bytes), no deleted file is anywhere.
+            in_report = _report_paths(report)
+            edited = set(edits)
+            kept = [c for c, src in zip(copies, sources, strict=True) if src not in edited]
+            stale = (
+                None
+                if in_report is None
+                else sum(str(c) not in in_report for c in kept) + sum(str(d) in in_report for d in deleted)
+            )
             r: dict[str, Any] = {
                 "round": rnd,
+                "stale_paths": stale,
                 "changed_files": changed,
                 "write_seconds": t_last_write - t0,
                 "seconds_to_report": (max(replaced) - t_last_write) if replaced else None,
@@ -209,20 +239,35 @@ def watch_rounds(
         proc.terminate()
         rc = proc.wait(timeout=60)
         shutil.rmtree(bench_dir, ignore_errors=True)
-    to_report = [r["seconds_to_report"] for r in rounds if r["seconds_to_report"] is not None]
+    bad = [r["round"] for r in rounds if r["stale_paths"] != 0 or r["seconds_to_report"] is None]
+    if bad:
+        raise SystemExit(f"rounds {bad}: the report did not hold the round's changes ({repo})")
+    to_report = [r["seconds_to_report"] for r in rounds]
     watcher = [sum(r["watcher_ms"]) / 1000 for r in rounds]
     watcher_cpu = [sum(r["watcher_cpu_ms"]) / 1000 for r in rounds]
     return {
+        "repo": str(repo),
         "files": n_files,
         "changed_per_round": n_change,
         "first_scan_seconds_incl_startup": first_scan,
         "first_scan_log": first_line,
         "seconds_to_report": _stats(to_report),
+        "seconds_to_report_each": to_report,
+        "batches_per_round": _stats([r["batches"] for r in rounds]),
         "watcher_seconds": _stats(watcher),
         "watcher_cpu_seconds": _stats(watcher_cpu),
         "exit_code_on_sigterm": rc,
         "rounds": rounds,
     }
+
+
+def _ratios(scan_median: float, times: list[float]) -> dict[str, float]:
+    return _stats([scan_median / t for t in times])
+
+
+def _fmt(st: dict[str, float], scale: float = 1.0, unit: str = "", digits: int = 1) -> str:
+    med, lo, hi = (f"{st[k] * scale:.{digits}f}" for k in ("median", "min", "max"))
+    return f"{med}{unit} [{lo}-{hi}]"
 
 
 def main() -> int:
@@ -234,6 +279,8 @@ def main() -> int:
     ap.add_argument("--step-ms", type=int, default=10)
     ap.add_argument("--quiet", type=float, default=1.0, help="seconds without a batch that end a round")
     ap.add_argument("--tree-dir", default="/tmp/pg-dedup-watch-bench")
+    ap.add_argument("--compare", metavar="DIR", help="another checkout whose watcher runs the same rounds")
+    ap.add_argument("--blocks", type=int, default=2, help="with --compare: blocks of --runs rounds each")
     ap.add_argument("--out", default=str(REPO / "reports" / "bench_dedup_watch.json"))
     args = ap.parse_args()
 
@@ -243,9 +290,22 @@ def main() -> int:
     if not tree.exists():
         generate_tree(str(tree), files=args.files, total_bytes=args.bytes, seed=1)
     load_start = os.getloadavg()
-    cli, cli_cpu = warm_scan_cli(tree, args.runs)
-    inproc, inproc_cpu = warm_scan_inprocess(tree, args.runs)
-    watch = watch_rounds(tree, work, args.runs, args.change_fraction, args.step_ms, args.quiet)
+    before = args.runs // 2 + 1  # the other half after the watch rounds
+    cli, cli_cpu = warm_scan_cli(tree, before)
+    inproc, inproc_cpu = warm_scan_inprocess(tree, before)
+    repos = [("this", REPO)]
+    if args.compare:
+        repos += [("compare", Path(args.compare).resolve())]
+    blocks: dict[str, list[dict[str, Any]]] = {name: [] for name, _r in repos}
+    for _b in range(args.blocks if args.compare else 1):
+        for name, repo in repos:
+            blocks[name].append(
+                watch_rounds(tree, work, args.runs, args.change_fraction, args.step_ms, args.quiet, repo)
+            )
+    more = warm_scan_cli(tree, args.runs - before + 1)
+    cli, cli_cpu = cli + more[0], cli_cpu + more[1]
+    more = warm_scan_inprocess(tree, args.runs - before + 1)
+    inproc, inproc_cpu = inproc + more[0], inproc_cpu + more[1]
     result: dict[str, Any] = {
         "tree": str(tree),
         "load_average_start": load_start,
@@ -254,21 +314,48 @@ def main() -> int:
         "warm_first_scan_inprocess": _stats(inproc),
         "warm_first_scan_cli_cpu": _stats(cli_cpu),
         "warm_first_scan_inprocess_cpu": _stats(inproc_cpu),
-        "watch": watch,
     }
-    med = watch["seconds_to_report"]["median"]
+    lines = [
+        f"load average {load_start[0]:.1f} -> {result['load_average'][0]:.1f};"
+        f" warm first scan: CLI {_fmt(result['warm_first_scan_cli'], digits=3)} s (CPU"
+        f" {_fmt(result['warm_first_scan_cli_cpu'], digits=3)}), in-process"
+        f" {_fmt(result['warm_first_scan_inprocess'], digits=3)} s (CPU"
+        f" {_fmt(result['warm_first_scan_inprocess_cpu'], digits=3)})"
+    ]
+    for name, repo in repos:
+        times = [t for w in blocks[name] for t in w["seconds_to_report_each"]]
+        cpu = [sum(r["watcher_cpu_ms"]) / 1000 for w in blocks[name] for r in w["rounds"]]
+        own = [sum(r["watcher_ms"]) / 1000 for w in blocks[name] for r in w["rounds"]]
+        nb = [r["batches"] for w in blocks[name] for r in w["rounds"]]
+        side: dict[str, Any] = {
+            "repo": str(repo),
+            "seconds_to_report": _stats(times),
+            "watcher_seconds": _stats(own),
+            "watcher_cpu_seconds": _stats(cpu),
+            "batches_per_round": _stats(nb),
+            "ratio_vs_cli": _ratios(result["warm_first_scan_cli"]["median"], times),
+            "ratio_vs_inprocess": _ratios(result["warm_first_scan_inprocess"]["median"], times),
+            "cpu_ratio_vs_cli": _ratios(result["warm_first_scan_cli_cpu"]["median"], cpu),
+            "cpu_ratio_vs_inprocess": _ratios(result["warm_first_scan_inprocess_cpu"]["median"], cpu),
+            "blocks": blocks[name],
+        }
+        result["watch" if name == "this" else "watch_compare"] = side
+        ms = {k: _fmt(side[k], 1000, " ms") for k in side if k.endswith("seconds") or k.endswith("report")}
+        x = {k: _fmt(side[k], unit="x") for k in side if "ratio" in k}
+        lines.append(
+            f"{name} ({repo}): {len(times)} rounds, last write -> report {ms['seconds_to_report']};"
+            f" watcher's own {ms['watcher_seconds']}, CPU {ms['watcher_cpu_seconds']};"
+            f" batches a round {_fmt(side['batches_per_round'], digits=0)}\n"
+            f"    vs in-process first scan {x['ratio_vs_inprocess']} (CPU {x['cpu_ratio_vs_inprocess']});"
+            f" vs CLI {x['ratio_vs_cli']} (CPU {x['cpu_ratio_vs_cli']})"
+        )
+    # the headline figures, as before: this checkout's medians
+    med = result["watch"]["seconds_to_report"]["median"]
     result["speedup_vs_cli"] = result["warm_first_scan_cli"]["median"] / med
     result["speedup_vs_inprocess"] = result["warm_first_scan_inprocess"]["median"] / med
-    # CPU: the first scan's against the watcher's own per batch (apply + report; the wait
-    # for inotify's quiet step costs no CPU): the figure the box's load moves least.
-    batch_cpu = watch["watcher_cpu_seconds"]["median"]
-    if batch_cpu:
-        result["cpu_ratio_vs_cli"] = result["warm_first_scan_cli_cpu"]["median"] / batch_cpu
-        result["cpu_ratio_vs_inprocess"] = result["warm_first_scan_inprocess_cpu"]["median"] / batch_cpu
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "watch"}, indent=2))
-    print(json.dumps({k: v for k, v in watch.items() if k != "rounds"}, indent=2))
+    print("\n".join(lines))
     return 0
 
 

@@ -29,6 +29,7 @@ import dataclasses
 import fnmatch
 import gc
 import itertools
+import math
 import os
 import stat
 import sys
@@ -36,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from services.dedup.files.scanner import ScanOptions, ScanResult
 from services.dedup.files.stages import SEGMENT, Group, ScanContext, StageStats, _first_path, find_duplicates
@@ -50,6 +51,11 @@ ADDED, MODIFIED, DELETED = 1, 2, 3
 # A batch with more changes than this is handled as a full re-scan (cheaper than per-path
 # work by then, and what an overflowed inotify queue looks like).
 RESCAN_OVER = 20000
+# Once changes come, the batch ends after a quiet window measured from the last change seen:
+# QUIET_MIN_MS, or twice the longest gap seen between changes of this burst, at most step_ms.
+# The event set is looked at every FINE_STEP_MS meanwhile (every step_ms while idle).
+QUIET_MIN_MS = 2
+FINE_STEP_MS = 1
 
 Stamp = tuple[int, int, int, int, int]  # (dev, ino, mtime_ns, size, ctime_ns)
 _SEP_TEXT = ",\n    "  # between two groups in the JSON report (indent 2, in a list)
@@ -977,6 +983,59 @@ def write_report(
         raise
 
 
+class _Notify(Protocol):
+    def watch(
+        self, debounce_ms: int, step_ms: int, timeout_ms: int, stop_event: Any
+    ) -> set[tuple[int, str]] | str: ...
+
+
+def next_batch(
+    notify: _Notify,
+    stop: threading.Event,
+    *,
+    step_ms: int,
+    debounce_ms: int,
+    quiet_min_ms: int = QUIET_MIN_MS,
+    idle_timeout_ms: int = 500,
+    clock: Callable[[], float] = time.monotonic,
+) -> set[tuple[int, str]] | str:
+    """The next batch of changes, or "timeout" / "stop" / "signal" as RustNotify.watch says.
+
+    Idle, the event set is looked at every `step_ms` (what RustNotify.watch costs while
+    nothing happens: a wake-up a step); the first look that finds changes returns them one
+    step later. From then on it is looked at every FINE_STEP_MS, and the batch ends once no
+    change has come for a quiet window measured from the last one seen: `quiet_min_ms`, or
+    twice the longest gap seen between two changes of this burst (a writer that pauses now
+    and then is waited for), never more than `step_ms`; or `debounce_ms` after the first
+    change, whatever comes. A fixed step waited one to two steps after the last change
+    (10-20 ms at 10). A burst cut short by a longer pause comes as two batches, each
+    answered in full: the cut costs time, never a change (the events of the pause stay in
+    RustNotify's set for the next call)."""
+    got = notify.watch(1, step_ms, idle_timeout_ms, stop)
+    if not isinstance(got, set):
+        return got
+    changes = set(got)
+    first = last = clock()
+    longest = 0.0
+    quiet_max = max(step_ms, quiet_min_ms) / 1000
+    while True:
+        quiet = min(max(quiet_min_ms / 1000, 2 * longest), quiet_max)
+        now = clock()
+        left = quiet - (now - last)
+        if left <= 0 or now - first >= debounce_ms / 1000:
+            return changes
+        more = notify.watch(1, FINE_STEP_MS, max(1, math.ceil(round(left * 1000, 3))), stop)
+        if more == "timeout":
+            return changes
+        if not isinstance(more, set):
+            return more  # stop or signal: the run ends, the batch with it
+        now = clock()
+        # RustNotify returns a step after the look that found the change: the gap ended then.
+        longest = max(longest, now - last - FINE_STEP_MS / 1000)
+        last = now
+        changes |= more
+
+
 def run_watch(
     roots: Sequence[str],
     options: ScanOptions,
@@ -1019,7 +1078,7 @@ def run_watch(
         )
         while not stop.is_set():
             try:
-                got = notify.watch(debounce_ms, step_ms, 500, stop)
+                got = next_batch(notify, stop, step_ms=step_ms, debounce_ms=debounce_ms)
             except WatchfilesRustInternalError as exc:
                 # watchfiles 1.2.0 cannot hand over a path that is not UTF-8 (an event for
                 # one, a read included, fails the whole batch, and every batch after it):

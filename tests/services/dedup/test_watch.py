@@ -45,18 +45,30 @@ def wait_for(report: Path, want: Callable[[list[list[str]]], bool], what: str) -
 
 
 class Watcher:
-    def __init__(self, root: Path, report: Path, tmp: Path, **kw) -> None:
+    """run_watch in a thread. `hold`: the watcher waits for this event after its first scan,
+    before it looks for changes, so the changes made meanwhile come in its first batch
+    whatever the machine's speed (they wait in the armed notifier)."""
+
+    def __init__(self, root: Path, report: Path, tmp: Path, hold: threading.Event | None = None, **kw):
         self.stop = threading.Event()
         self.logs: list[str] = []
         self.batches: list[dict] = []
+        self.held = threading.Event()
         opts = ScanOptions(cache_dir=str(tmp / "cache"), **kw.pop("options", {}))
+
+        def log(message: str) -> None:
+            self.logs.append(message)
+            if hold is not None and message.startswith("first scan"):
+                self.held.set()
+                hold.wait(DEADLINE)
+
         self.thread = threading.Thread(
             target=run_watch,
             args=([str(root)], opts),
             kwargs=dict(
                 report_path=str(report),
                 stop=self.stop,
-                log=self.logs.append,
+                log=log,
                 step_ms=20,
                 on_batch=self.batches.append,
                 **kw,
@@ -135,10 +147,13 @@ def test_big_batch_is_a_full_rescan(tmp_path: Path) -> None:
     root.mkdir()
     write(root / "a", b"one" * 1000)
     report = tmp_path / "report.json"
-    w = Watcher(root, report, tmp_path, rescan_over=3)  # stands in for an inotify overflow
+    hold = threading.Event()
+    w = Watcher(root, report, tmp_path, hold=hold, rescan_over=3)  # stands in for an inotify overflow
     try:
+        assert w.held.wait(DEADLINE)
         for i in range(6):
             write(root / f"n{i}", b"one" * 1000)
+        hold.set()  # the 6 changes are one batch: more than rescan_over
         wait_for(report, lambda g: g == [["a", "n0", "n1", "n2", "n3", "n4", "n5"]], "after the burst")
         assert any("full re-scan" in m for m in w.logs), w.logs
     finally:
