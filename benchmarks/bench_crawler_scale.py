@@ -65,7 +65,7 @@ from bench_crawler import WEBSIM, admin, run_measured  # noqa: E402
 from libs.testkit.net import free_port, wait_for_port  # noqa: E402
 from services.crawler.partitions import PartitionManager, cluster_view  # noqa: E402
 from services.crawler.settings import CrawlConfig  # noqa: E402
-from services.crawler.store import NewURL, Outcome, URLState  # noqa: E402
+from services.crawler.store import Finish, NewURL, Outcome, URLState  # noqa: E402
 from services.crawler.store_redis import (  # noqa: E402
     RedisStore,
     configure_bloom,
@@ -801,7 +801,7 @@ def _store_pages(store: Any, pages: int, hosts: int, concurrent: bool, one_step:
                 continue
             store.start(rec.id, "w", 60, now=1)
             store.first_with_content(f"{rec.id:064x}", rec.id)
-            store.finish(rec.id, outcome(rec.id), links(rec.id, host), now=1)
+            store.finish(Finish(rec.id, outcome(rec.id), links(rec.id, host), now=1))
             done += 1
             if done >= pages:
                 return
@@ -817,7 +817,7 @@ def _store_pages(store: Any, pages: int, hosts: int, concurrent: bool, one_step:
                 rec = claimed.rec
                 if rec is None:
                     continue
-                await store.afinish_page(rec.id, outcome(rec.id), links(rec.id, host), now=1)
+                await store.afinish_page(Finish(rec.id, outcome(rec.id), links(rec.id, host), now=1))
                 done += 1
                 continue
             rec = await store.aclaim(host, "w", 60, now=1)
@@ -825,7 +825,7 @@ def _store_pages(store: Any, pages: int, hosts: int, concurrent: bool, one_step:
                 continue
             await store.astart(rec.id, "w", 60, now=1)
             await store.afirst_with_content(f"{rec.id:064x}", rec.id)
-            await store.afinish(rec.id, outcome(rec.id), links(rec.id, host), now=1)
+            await store.afinish(Finish(rec.id, outcome(rec.id), links(rec.id, host), now=1))
             done += 1
         return done
 
@@ -936,7 +936,7 @@ def part_memory(args: argparse.Namespace) -> dict[str, Any]:
                     outcome = Outcome(
                         URLState.FETCHED, status=200, content_sha256=sha, fetched_at=time.time()
                     )
-                    store.finish(rec.id, outcome, [], now=time.time())
+                    store.finish(Finish(rec.id, outcome, [], now=time.time()))
                     done += 1
             after = int(client.info("memory")["used_memory"])
             assert done == n_fetched, (done, n_fetched)

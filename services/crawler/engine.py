@@ -61,7 +61,7 @@ from services.crawler.settings import ROBOTS_TOKEN, CrawlConfig
 from services.crawler.sinks import PageSink
 from services.crawler.stats import CrawlStats
 from services.crawler.storage import full_path, is_disk_full
-from services.crawler.store import ClaimRule, FrontierStore, NewURL, Outcome, URLRecord, URLState
+from services.crawler.store import ClaimRule, Finish, FrontierStore, NewURL, Outcome, URLRecord, URLState
 from services.crawler.traps import PATTERN_BUDGET, TrapGuard
 from services.crawler.urlnorm import InvalidURL, host_of, normalize
 from services.crawler.warc import WarcOutput
@@ -607,14 +607,14 @@ class Crawl:
         reason = (
             "robots_disallowed" if policy.mode is RobotsMode.RULES else f"robots_unavailable: {policy.reason}"
         )
-        await self.store.afinish(rec.id, Outcome(URLState.FAILED, error=reason), [], now=time.time())
+        await self.store.afinish(Finish(rec.id, Outcome(URLState.FAILED, error=reason), now=time.time()))
         self.stats.count("robots_denied")
         self.stats.count("failed")
 
     async def _drop(self, rec: URLRecord) -> None:
         """A URL of a dropped host (it asked for a wait past the max host delay): FAILED, no request."""
         reason = f"host_dropped: {self.parking.dropped[rec.host]}"
-        await self.store.afinish(rec.id, Outcome(URLState.FAILED, error=reason), [], now=time.time())
+        await self.store.afinish(Finish(rec.id, Outcome(URLState.FAILED, error=reason), now=time.time()))
         self.stats.count("failed")
 
     def _asked_wait(self, host: str, status: int, seconds: float | None) -> float | None:
@@ -759,7 +759,7 @@ class Crawl:
             self.stats.retry(reason)
             return
         await self.store.afinish(
-            rec.id, Outcome(URLState.FAILED, status=status, error=error, fetched_at=now), [], now=now
+            Finish(rec.id, Outcome(URLState.FAILED, status=status, error=error, fetched_at=now), now=now)
         )
         self.stats.count("failed")
 
@@ -833,13 +833,15 @@ class Crawl:
         """The page's outcome and links, and (unless asked before the parse) whether its body
         was another URL's first: one store step (store.afinish_page)."""
         return self.store.afinish_page(
-            rec.id,
-            Outcome(URLState.FETCHED, status=status, content_sha256=sha, fetched_at=now),
-            new_urls,
-            max_per_host=self.config.max_pages_per_host,
-            max_depth=self.config.max_depth,
-            parent_depth=rec.depth,
-            now=now,
+            Finish(
+                rec.id,
+                Outcome(URLState.FETCHED, status=status, content_sha256=sha, fetched_at=now),
+                new_urls,
+                max_per_host=self.config.max_pages_per_host,
+                max_depth=self.config.max_depth,
+                parent_depth=rec.depth,
+                now=now,
+            ),
             content_known=self.config.skip_duplicate_content_links,
         )
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
@@ -98,6 +98,23 @@ class Outcome:
     fetched_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """One URL's finish (`FrontierStore.finish`): its final outcome, the links found on it and
+    how they are admitted. `max_per_host`: URLs admitted per host; `max_depth`: the BFS depth
+    limit (links are then remembered as edges, so a shorter path found later re-derives their
+    depths); `parent_depth`: the depth the URL was claimed at (the links' depths are relative to
+    it; None: the store reads it); `now`: wall seconds, the links' discovery time."""
+
+    url_id: int
+    outcome: Outcome
+    new_urls: Sequence[NewURL] = ()
+    max_per_host: int | None = None
+    max_depth: int | None = None
+    parent_depth: int | None = None
+    now: float = 0.0
+
+
 class FrontierStore(abc.ABC):
     """Durable URL set + per-host ready queues. Times are wall-clock Unix seconds (they outlive a process)."""
 
@@ -117,17 +134,7 @@ class FrontierStore(abc.ABC):
         """SCHEDULED -> FETCHING, counting one attempt; False if the lease was lost."""
 
     @abc.abstractmethod
-    def finish(
-        self,
-        url_id: int,
-        outcome: Outcome,
-        new_urls: list[NewURL],
-        *,
-        max_per_host: int | None = None,
-        max_depth: int | None = None,
-        parent_depth: int | None = None,
-        now: float,
-    ) -> int:
+    def finish(self, f: Finish) -> int:
         """Record a final outcome and the links found, atomically; return the number of new URLs."""
 
     @abc.abstractmethod
@@ -181,56 +188,18 @@ class FrontierStore(abc.ABC):
     async def astart(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
         return self.start(url_id, owner, lease_seconds, now)
 
-    async def afinish(
-        self,
-        url_id: int,
-        outcome: Outcome,
-        new_urls: list[NewURL],
-        *,
-        max_per_host: int | None = None,
-        max_depth: int | None = None,
-        parent_depth: int | None = None,
-        now: float,
-    ) -> int:
-        return self.finish(
-            url_id,
-            outcome,
-            new_urls,
-            max_per_host=max_per_host,
-            max_depth=max_depth,
-            parent_depth=parent_depth,
-            now=now,
-        )
+    async def afinish(self, f: Finish) -> int:
+        return self.finish(f)
 
-    async def afinish_page(
-        self,
-        url_id: int,
-        outcome: Outcome,
-        new_urls: list[NewURL],
-        *,
-        max_per_host: int | None = None,
-        max_depth: int | None = None,
-        parent_depth: int | None = None,
-        now: float,
-        content_known: bool = False,
-    ) -> tuple[int, bool]:
+    async def afinish_page(self, f: Finish, *, content_known: bool = False) -> tuple[int, bool]:
         """finish, and first_with_content for the outcome's body hash (unless `content_known`:
         the caller asked it already): (new URLs, whether another URL had this body first). A
         store that can does both in one step; the default makes the two calls."""
         duplicate = False
-        sha = outcome.content_sha256
+        sha = f.outcome.content_sha256
         if sha is not None and not content_known:
-            duplicate = await self.afirst_with_content(sha, url_id) != url_id
-        new = await self.afinish(
-            url_id,
-            outcome,
-            new_urls,
-            max_per_host=max_per_host,
-            max_depth=max_depth,
-            parent_depth=parent_depth,
-            now=now,
-        )
-        return new, duplicate
+            duplicate = await self.afirst_with_content(sha, f.url_id) != f.url_id
+        return await self.afinish(f), duplicate
 
     async def aretry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
         self.retry(url_id, not_before, error, status)

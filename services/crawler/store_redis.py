@@ -43,6 +43,7 @@ import asyncio
 import json
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from services.crawler.partitions import (
@@ -54,7 +55,7 @@ from services.crawler.partitions import (
     partition_of,
     tag,
 )
-from services.crawler.store import FrontierStore, NewURL, Outcome, URLRecord, URLState, url_key
+from services.crawler.store import Finish, FrontierStore, NewURL, URLRecord, URLState, url_key
 
 ID_STRIDE = 1024  # id = seq * ID_STRIDE + partition
 CRAWLS_KEY = "pg:crawls"
@@ -631,13 +632,13 @@ class RedisStore(FrontierStore):
                 return
             await asyncio.sleep(_TRUST_POLL_S)
 
-    async def afinish(self, url_id: int, outcome: Outcome, new_urls: list[NewURL], **kw: Any) -> int:
-        """`finish` (its keywords), once the URL's partition is trusted (_until_trusted)."""
-        await self._until_trusted(url_id)
-        final = _final_answer(outcome.status)
+    async def afinish(self, f: Finish) -> int:
+        """`finish`, once the URL's partition is trusted (_until_trusted)."""
+        await self._until_trusted(f.url_id)
+        final = _final_answer(f.outcome.status)
         already = self._already_final
         try:
-            return self.finish(url_id, outcome, new_urls, **kw)
+            return self.finish(f)
         except Fenced:
             if final:
                 self._asked_twice("answers_lost")  # the partition's new owner asks the page again
@@ -705,7 +706,7 @@ class RedisStore(FrontierStore):
             new += got
         return new
 
-    def _by_partition(self, urls: list[NewURL]) -> dict[int, list[NewURL]]:
+    def _by_partition(self, urls: Sequence[NewURL]) -> dict[int, list[NewURL]]:
         groups: dict[int, list[NewURL]] = defaultdict(list)
         for u in urls:
             groups[self.partition(u.host)].append(u)
@@ -801,50 +802,42 @@ class RedisStore(FrontierStore):
         p, epoch = self._claim_epoch(url_id)
         return bool(self._on_partition(self._start_s, p, epoch, url_id, now + lease_seconds, owner))
 
-    def finish(
-        self,
-        url_id: int,
-        outcome: Outcome,
-        new_urls: list[NewURL],
-        *,
-        max_per_host: int | None = None,
-        max_depth: int | None = None,
-        parent_depth: int | None = None,
-        now: float,
-    ) -> int:
-        assert outcome.state in (URLState.FETCHED, URLState.FAILED)
-        p, epoch = self._claim_epoch(url_id)  # checked before anything is written
+    def finish(self, f: Finish) -> int:
+        assert f.outcome.state in (URLState.FETCHED, URLState.FAILED)
+        p, epoch = self._claim_epoch(f.url_id)  # checked before anything is written
         assert self.mgr is not None
         kp = self._kp(p)
         edges = ""
-        if new_urls and parent_depth is None:
-            state, depth_raw = self.redis.hmget(kp + f"u:{url_id}", "s", "d")
+        if f.new_urls and f.parent_depth is None:
+            state, depth_raw = self.redis.hmget(kp + f"u:{f.url_id}", "s", "d")
             if state is None or int(state) in (URLState.FETCHED, URLState.FAILED):
-                self._end_claim(url_id)
+                self._end_claim(f.url_id)
                 self._already_final += state is not None
                 return 0  # already final: a second finish (at-least-once fetch) changes nothing
             depth_now = base = int(depth_raw or 0)
         else:  # the depth the caller claimed it at; the script says if it was lowered since
-            depth_now = base = parent_depth or 0
-        if new_urls and max_depth is not None:
-            edges = json.dumps([[u.url, u.host, u.depth - base, u.redirects, u.via or ""] for u in new_urls])
+            depth_now = base = f.parent_depth or 0
+        if f.new_urls and f.max_depth is not None:
+            edges = json.dumps(
+                [[u.url, u.host, u.depth - base, u.redirects, u.via or ""] for u in f.new_urls]
+            )
         # Links first, then the fenced outcome, in this order: a crash in between refetches the
         # page and adds nothing twice. Links to other partitions go by their own add scripts
         # (idempotent, unfenced, any partition); the links of the page's own partition are added
         # by the finish script itself. On one Redis all of it is one pipeline: one round trip.
-        groups = self._by_partition(new_urls)
+        groups = self._by_partition(f.new_urls)
         own = groups.pop(p, [])
-        o = outcome
-        fin_args = [kp, url_id, int(o.state), o.status or "", o.content_sha256 or "", o.error or "",
-                    o.fetched_at or "", edges, now, max_per_host or "",
-                    "" if max_depth is None else max_depth, p, *self._url_tuples(own)]  # fmt: skip
-        calls = [(self._add, [self._kp(q) + "n"], self._add_args(q, g, now, max_per_host, max_depth))
+        o = f.outcome
+        fin_args = [kp, f.url_id, int(o.state), o.status or "", o.content_sha256 or "", o.error or "",
+                    o.fetched_at or "", edges, f.now, f.max_per_host or "",
+                    "" if f.max_depth is None else f.max_depth, p, *self._url_tuples(own)]  # fmt: skip
+        calls = [(self._add, [self._kp(q) + "n"], self._add_args(q, g, f.now, f.max_per_host, f.max_depth))
                  for q, g in groups.items()]  # fmt: skip
         fence = [*self.mgr.fence_keys(p), kp + "n"]
         calls.append((self._finish_s, fence, [self.mgr.worker_id, epoch, *fin_args]))
         results = self._run_all(calls)
         res = results.pop()
-        self._end_claim(url_id)
+        self._end_claim(f.url_id)
         new, todo, steps = self._added(results, 0)
         if isinstance(res, int) and res == -1:
             self.fenced += 1
@@ -857,9 +850,11 @@ class RedisStore(FrontierStore):
             new += got
             todo += more
             if depth < depth_now:  # a shorter path was found meanwhile: its links again, lower
-                todo += [NewURL(u.url, u.host, depth + u.depth - base, u.redirects, u.via) for u in new_urls]
+                todo += [
+                    NewURL(u.url, u.host, depth + u.depth - base, u.redirects, u.via) for u in f.new_urls
+                ]
         if todo:
-            new += self.add(todo, max_per_host=max_per_host, now=now, max_depth=max_depth)
+            new += self.add(todo, max_per_host=f.max_per_host, now=f.now, max_depth=f.max_depth)
         return new
 
     def retry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:

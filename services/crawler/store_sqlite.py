@@ -38,7 +38,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,9 +49,9 @@ from services.crawler.store import (
     READY_STATES,
     Claimed,
     ClaimRule,
+    Finish,
     FrontierStore,
     NewURL,
-    Outcome,
     URLRecord,
     URLState,
     url_key,
@@ -396,7 +396,7 @@ class SQLiteStore(FrontierStore):
 
     # -- helpers (on the store thread, inside its transaction) --------------------------------
     def _insert(
-        self, urls: list[NewURL], max_per_host: int | None, now: float, max_depth: int | None = None
+        self, urls: Sequence[NewURL], max_per_host: int | None, now: float, max_depth: int | None = None
     ) -> int:
         new = 0
         cur = self._db.cursor()
@@ -507,66 +507,47 @@ class SQLiteStore(FrontierStore):
         return cur.rowcount == 1
 
     @_timed("finish")
-    def _finish(
-        self,
-        url_id: int,
-        outcome: Outcome,
-        new_urls: list[NewURL],
-        max_per_host: int | None,
-        max_depth: int | None,
-        parent_depth: int | None,
-        now: float,
-    ) -> int:
-        assert outcome.state in (URLState.FETCHED, URLState.FAILED)
-        row = self._db.execute("SELECT state FROM urls WHERE id=?", (url_id,)).fetchone()
+    def _finish(self, f: Finish) -> int:
+        assert f.outcome.state in (URLState.FETCHED, URLState.FAILED)
+        row = self._db.execute("SELECT state FROM urls WHERE id=?", (f.url_id,)).fetchone()
         if row is None or row[0] in (int(URLState.FETCHED), int(URLState.FAILED)):
             return 0  # already final: a second finish (at-least-once fetch) changes nothing
         self._db.execute(
             "UPDATE urls SET state=?, status=?, content_sha256=?, error=?, fetched_at=?,"
             " lease_owner=NULL, lease_until=NULL WHERE id=?",
             (
-                int(outcome.state),
-                outcome.status,
-                outcome.content_sha256,
-                outcome.error,
-                outcome.fetched_at,
-                url_id,
+                int(f.outcome.state),
+                f.outcome.status,
+                f.outcome.content_sha256,
+                f.outcome.error,
+                f.outcome.fetched_at,
+                f.url_id,
             ),
         )
-        if max_depth is None:
-            return self._insert(new_urls, max_per_host, now)
+        if f.max_depth is None:
+            return self._insert(f.new_urls, f.max_per_host, f.now)
         # With a depth limit, remember every edge (even the ones cut by the limit) so that a
         # later, shorter path to this page can re-derive its descendants' depths.
-        depth_now = self._db.execute("SELECT depth FROM urls WHERE id=?", (url_id,)).fetchone()[0]
-        base = depth_now if parent_depth is None else parent_depth
+        depth_now = self._db.execute("SELECT depth FROM urls WHERE id=?", (f.url_id,)).fetchone()[0]
+        base = depth_now if f.parent_depth is None else f.parent_depth
         rebased = []
         edges = []
-        for u in new_urls:
+        for u in f.new_urls:
             delta = u.depth - base
-            edges.append((url_id, u.url, u.host, delta, u.redirects, u.via))
+            edges.append((f.url_id, u.url, u.host, delta, u.redirects, u.via))
             rebased.append(NewURL(u.url, u.host, depth_now + delta, u.redirects, u.via))
         self._db.executemany(
             "INSERT INTO edges (src, url, host, delta, redirects, via) VALUES (?,?,?,?,?,?)", edges
         )
-        return self._insert(rebased, max_per_host, now, max_depth)
+        return self._insert(rebased, f.max_per_host, f.now, f.max_depth)
 
-    def _finish_page(
-        self,
-        url_id: int,
-        outcome: Outcome,
-        new_urls: list[NewURL],
-        max_per_host: int | None,
-        max_depth: int | None,
-        parent_depth: int | None,
-        now: float,
-        content_known: bool,
-    ) -> tuple[int, bool]:
+    def _finish_page(self, f: Finish, content_known: bool) -> tuple[int, bool]:
         """first_with_content and finish in one operation (afinish_page)."""
         duplicate = False
-        sha = outcome.content_sha256
+        sha = f.outcome.content_sha256
         if sha is not None and not content_known:
-            duplicate = self._first_with_content(sha, url_id) != url_id
-        return self._finish(url_id, outcome, new_urls, max_per_host, max_depth, parent_depth, now), duplicate
+            duplicate = self._first_with_content(sha, f.url_id) != f.url_id
+        return self._finish(f), duplicate
 
     @_timed("retry")
     def _retry(self, url_id: int, not_before: float, error: str, status: int | None) -> None:
@@ -667,30 +648,8 @@ class SQLiteStore(FrontierStore):
     def start(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
         return bool(self._call(self._start, url_id, owner, lease_seconds, now))
 
-    def finish(
-        self,
-        url_id: int,
-        outcome: Outcome,
-        new_urls: list[NewURL],
-        *,
-        max_per_host: int | None = None,
-        max_depth: int | None = None,
-        parent_depth: int | None = None,
-        now: float,
-    ) -> int:
-        return int(
-            self._call(
-                self._finish,
-                url_id,
-                outcome,
-                new_urls,
-                max_per_host,
-                max_depth,
-                parent_depth,
-                now,
-                durable=True,
-            )
-        )
+    def finish(self, f: Finish) -> int:
+        return int(self._call(self._finish, f, durable=True))
 
     def retry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:
         self._call(self._retry, url_id, not_before, error, status, durable=True)
@@ -777,55 +736,11 @@ class SQLiteStore(FrontierStore):
             await self._acall(self._start, url_id, owner, lease_seconds, now, durable=True, urgent=True)
         )
 
-    async def afinish(
-        self,
-        url_id: int,
-        outcome: Outcome,
-        new_urls: list[NewURL],
-        *,
-        max_per_host: int | None = None,
-        max_depth: int | None = None,
-        parent_depth: int | None = None,
-        now: float,
-    ) -> int:
-        return int(
-            await self._acall(
-                self._finish,
-                url_id,
-                outcome,
-                new_urls,
-                max_per_host,
-                max_depth,
-                parent_depth,
-                now,
-                durable=True,
-            )
-        )
+    async def afinish(self, f: Finish) -> int:
+        return int(await self._acall(self._finish, f, durable=True))
 
-    async def afinish_page(
-        self,
-        url_id: int,
-        outcome: Outcome,
-        new_urls: list[NewURL],
-        *,
-        max_per_host: int | None = None,
-        max_depth: int | None = None,
-        parent_depth: int | None = None,
-        now: float,
-        content_known: bool = False,
-    ) -> tuple[int, bool]:
-        new, duplicate = await self._acall(
-            self._finish_page,
-            url_id,
-            outcome,
-            new_urls,
-            max_per_host,
-            max_depth,
-            parent_depth,
-            now,
-            content_known,
-            durable=True,
-        )
+    async def afinish_page(self, f: Finish, *, content_known: bool = False) -> tuple[int, bool]:
+        new, duplicate = await self._acall(self._finish_page, f, content_known, durable=True)
         return int(new), bool(duplicate)
 
     async def aretry(self, url_id: int, not_before: float, error: str, status: int | None = None) -> None:

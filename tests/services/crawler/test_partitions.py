@@ -21,7 +21,7 @@ from services.crawler.partitions import (
     partition_of,
     writes_key,
 )
-from services.crawler.store import NewURL, Outcome, URLState
+from services.crawler.store import Finish, NewURL, Outcome, URLState
 from services.crawler.store_redis import RedisStore
 
 
@@ -99,7 +99,7 @@ def test_a_draining_partition_is_released_only_when_its_claims_ended(client: Any
     b.tick()
     assert 1 not in b.owned
     assert store.start(rec.id, "a", 60, now=1)  # but the claim in hand may finish
-    store.finish(rec.id, Outcome(URLState.FETCHED, status=200), [], now=2)
+    store.finish(Finish(rec.id, Outcome(URLState.FETCHED, status=200), [], now=2))
     a.tick()
     assert set(a.owned) == {0}
     b.tick()
@@ -152,7 +152,9 @@ def test_a_stale_owner_writes_nothing(client: Any) -> None:
     clock_a.t += 31
     with pytest.raises(Fenced):
         store_a.finish(
-            rec.id, Outcome(URLState.FETCHED, status=200), [NewURL("http://y.test/", "y.test", 1)], now=3
+            Finish(
+                rec.id, Outcome(URLState.FETCHED, status=200), [NewURL("http://y.test/", "y.test", 1)], now=3
+            )
         )
     with pytest.raises(Fenced):
         store_a.save_host("x.test", {"next": 0.0})
@@ -183,7 +185,7 @@ def test_links_to_another_partition_reach_its_owner(client: Any) -> None:
     rec = store_a.claim(ha, "a", 60, now=0)
     assert rec is not None and store_a.start(rec.id, "a", 60, now=0)
     link = NewURL(f"http://{hb}/p", hb, 1)
-    assert store_a.finish(rec.id, Outcome(URLState.FETCHED, status=200), [link], now=1) == 1
+    assert store_a.finish(Finish(rec.id, Outcome(URLState.FETCHED, status=200), [link], now=1)) == 1
     assert store_b.changed_hosts() == [(hb, 0.0)]
     assert store_a.pending_hosts() == []  # a does not see b's hosts
     assert store_a.claim(hb, "a", 60, now=1) is None  # nor can it claim them
@@ -210,7 +212,7 @@ def test_a_restarted_worker_takes_its_own_partitions_back_at_once(client: Any) -
     got = store2.claim(host, "a", 60, now=2)
     assert got is not None and got.id == rec.id
     with pytest.raises(Fenced):  # the dead run's epoch is stale
-        store.finish(rec.id, Outcome(URLState.FETCHED, status=200), [], now=3)
+        store.finish(Finish(rec.id, Outcome(URLState.FETCHED, status=200), [], now=3))
 
 
 def test_the_politeness_gate_lets_one_request_through_per_gap(client: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from services.crawler.partitions import Fenced, PartitionManager, lease_key
-from services.crawler.store import NewURL, Outcome, URLState
+from services.crawler.store import Finish, NewURL, Outcome, URLState
 from services.crawler.store_redis import RedisStore, asked_twice_counts
 
 from .test_partitions import FakeClock, _host_in
@@ -55,7 +55,7 @@ def test_a_late_renewal_of_a_live_lease_keeps_the_epoch_and_the_urls_in_flight(c
     assert (gained, lost) == ([], []) and mgr.owned[0].epoch == 1 and mgr.resumed == 1
     assert (host, 0.0) in store.changed_hosts()  # its hosts compete again
     assert store.expire_leases(now=2) == 0  # nothing handed back: the URL in flight is still ours
-    store.finish(rec.id, Outcome(URLState.FETCHED, status=200), [], now=3)  # accepted, same epoch
+    store.finish(Finish(rec.id, Outcome(URLState.FETCHED, status=200), [], now=3))  # accepted, same epoch
     assert store.counts()["FETCHED"] == 1
 
 
@@ -71,7 +71,7 @@ def test_a_late_renewal_of_an_expired_lease_loses_the_partition(client: Any) -> 
     mgr.tick()
     assert 0 not in mgr.owned and mgr.resumed == 0
     with pytest.raises(Fenced):
-        store.finish(rec.id, Outcome(URLState.FETCHED, status=200), [], now=3)
+        store.finish(Finish(rec.id, Outcome(URLState.FETCHED, status=200), [], now=3))
 
 
 async def test_an_outcome_that_arrives_before_the_late_renewal_waits_for_it(client: Any) -> None:
@@ -79,7 +79,9 @@ async def test_an_outcome_that_arrives_before_the_late_renewal_waits_for_it(clie
     rec = store.claim(host, "a", 600, now=1)
     assert rec is not None and store.start(rec.id, "a", 600, now=1)
     clock.t += 25
-    finish = asyncio.create_task(store.afinish(rec.id, Outcome(URLState.FETCHED, status=200), [], now=3))
+    finish = asyncio.create_task(
+        store.afinish(Finish(rec.id, Outcome(URLState.FETCHED, status=200), [], now=3))
+    )
     for _ in range(100):  # bounded: it must still be waiting, not refused
         await asyncio.sleep(0)
     assert not finish.done()
@@ -115,6 +117,6 @@ async def test_an_answer_lost_to_fencing_is_counted_as_a_page_the_server_will_se
     PartitionManager(client, "b", partitions=1, lease_seconds=30).tick()
     mgr.tick()
     with pytest.raises(Fenced):  # a 200 in hand, refused: b's worker will ask the page again
-        await store.afinish(second, Outcome(URLState.FETCHED, status=200), [], now=3)
+        await store.afinish(Finish(second, Outcome(URLState.FETCHED, status=200), [], now=3))
     assert store.answers_lost == 1
     assert asked_twice_counts(client, "t") == {"answers_lost": 1, "unanswered_retries": 1}  # kept in Redis

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from services.crawler.partitions import PartitionManager
-from services.crawler.store import FrontierStore, NewURL, Outcome, URLState
+from services.crawler.store import Finish, FrontierStore, NewURL, Outcome, URLState
 
 
 def _u(path: str, host: str = "a.test", depth: int = 0) -> NewURL:
@@ -60,12 +60,12 @@ def test_claim_orders_by_depth_and_moves_through_states(store: FrontierStore) ->
     assert rec.host == "a.test" and rec.depth == 0 and rec.via is None and rec.attempts == 0
     assert not store.start(rec.id, "w2", 10, now=100)  # another owner cannot start it
     assert store.start(rec.id, "w1", 10, now=100)
-    new = store.finish(rec.id, Outcome(URLState.FETCHED, status=200), [_u("/x", depth=1)], now=101)
+    new = store.finish(Finish(rec.id, Outcome(URLState.FETCHED, status=200), [_u("/x", depth=1)], now=101))
     assert new == 1
     counts = store.counts()
     assert counts["FETCHED"] == 1 and counts["DISCOVERED"] == 3
     # finishing again (an at-least-once refetch) changes nothing and adds nothing
-    assert store.finish(rec.id, Outcome(URLState.FAILED), [_u("/y")], now=102) == 0
+    assert store.finish(Finish(rec.id, Outcome(URLState.FAILED), [_u("/y")], now=102)) == 0
     assert store.counts()["FETCHED"] == 1 and store.counts()["FAILED"] == 0
     assert _state_of(store) == {"FETCHED": 1, "DISCOVERED": 2}
     assert _state_of(store, "b.test") == {"DISCOVERED": 1}
@@ -116,13 +116,13 @@ def test_finished_host_leaves_the_pending_set(store: FrontierStore) -> None:
     assert sorted(store.pending_hosts()) == [("a.test", 0), ("b.test", 0)]
     rec = store.claim("a.test", "w", 5, now=1)
     assert rec is not None and store.start(rec.id, "w", 5, now=1)
-    store.finish(rec.id, Outcome(URLState.FAILED, error="robots_disallowed"), [], now=2)
+    store.finish(Finish(rec.id, Outcome(URLState.FAILED, error="robots_disallowed"), [], now=2))
     assert store.pending_hosts() == [("b.test", 0)]
     assert store.next_ready_at("a.test") is None
     assert store.counts()["FAILED"] == 1
     rec = store.claim("b.test", "w", 5, now=1)
     assert rec is not None and not store.quiescent()
-    store.finish(rec.id, Outcome(URLState.FAILED, error="x"), [], now=2)
+    store.finish(Finish(rec.id, Outcome(URLState.FAILED, error="x"), [], now=2))
     assert store.quiescent() and store.pending_hosts() == []
 
 
@@ -146,7 +146,7 @@ def test_a_shorter_path_found_later_lowers_depths_and_admits_cut_links(store: Fr
     assert rec is not None and store.start(rec.id, "w", 10, now=0)
     links = [_u("/child", depth=4), _u("/c2", host="zz.test", depth=4)]
     new = store.finish(
-        rec.id, Outcome(URLState.FETCHED, status=200), links, max_depth=3, parent_depth=3, now=0
+        Finish(rec.id, Outcome(URLState.FETCHED, status=200), links, max_depth=3, parent_depth=3, now=0)
     )
     assert new == 0 and store.counts()["DISCOVERED"] == 0
     # then a page at depth 0 links to /far: /far is now depth 1, so its links (depth 2) get in

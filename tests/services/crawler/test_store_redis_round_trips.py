@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from services.crawler.partitions import Fenced, PartitionManager, epoch_key, lease_key, partition_of
-from services.crawler.store import NewURL, Outcome, URLState
+from services.crawler.store import Finish, NewURL, Outcome, URLState
 from services.crawler.store_redis import RedisStore
 
 
@@ -78,7 +78,7 @@ def test_a_page_with_links_to_three_partitions_finishes_in_one_round_trip(client
     links.append(NewURL(f"http://{h0}/", h0, 1))  # a link back to itself: seen, not new
     new, trips = _round_trips(
         lambda: store.finish(
-            rec.id, Outcome(URLState.FETCHED, status=200), links, max_depth=5, parent_depth=0, now=1
+            Finish(rec.id, Outcome(URLState.FETCHED, status=200), links, max_depth=5, parent_depth=0, now=1)
         )
     )
     assert (new, trips) == (6, 1)
@@ -88,7 +88,7 @@ def test_a_page_with_links_to_three_partitions_finishes_in_one_round_trip(client
     got = store.claim(h1, "w", 60, now=1)
     assert got is not None and got.depth == 1
     # a second finish (an at-least-once refetch) writes nothing and adds nothing new
-    again = store.finish(rec.id, Outcome(URLState.FAILED), links, max_depth=5, parent_depth=0, now=2)
+    again = store.finish(Finish(rec.id, Outcome(URLState.FAILED), links, max_depth=5, parent_depth=0, now=2))
     assert again == 0 and store.counts()["FETCHED"] == 1 and store.counts()["FAILED"] == 0
 
 
@@ -103,7 +103,7 @@ def test_a_depth_lowered_while_fetching_lowers_its_links(client: Any) -> None:
     store.add([NewURL(f"http://{h0}/far", h0, 1)], now=0, max_depth=3)  # found at depth 1 meanwhile
     links = [NewURL(f"http://{h0}/c", h0, 4), NewURL(f"http://{h1}/c", h1, 4)]
     new = store.finish(
-        rec.id, Outcome(URLState.FETCHED, status=200), links, max_depth=3, parent_depth=3, now=1
+        Finish(rec.id, Outcome(URLState.FETCHED, status=200), links, max_depth=3, parent_depth=3, now=1)
     )
     assert new == 2
     depths = {}
@@ -173,7 +173,7 @@ def test_a_stale_epoch_refused_by_the_server_adds_none_of_the_pages_own_links(cl
     assert b._acquire(keys=[lease_key(p), epoch_key(p)], args=["b", 30_000])
     links = [NewURL(f"http://{h0}/own", h0, 1), NewURL(f"http://{h1}/other", h1, 1)]
     with pytest.raises(Fenced):
-        store.finish(rec.id, Outcome(URLState.FETCHED, status=200), links, parent_depth=0, now=1)
+        store.finish(Finish(rec.id, Outcome(URLState.FETCHED, status=200), links, parent_depth=0, now=1))
     assert store.host_counts(h0) == {**{s.name: 0 for s in URLState}, "FETCHING": 1}
     assert store.host_counts(h1)["DISCOVERED"] == 1
     assert p not in mgr.owned  # the refusal made it forget the partition

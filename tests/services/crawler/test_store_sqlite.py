@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from services.crawler.store import NewURL, Outcome, URLState
+from services.crawler.store import Finish, NewURL, Outcome, URLState
 from services.crawler.store_sqlite import SQLiteStore
 
 
@@ -31,12 +31,12 @@ def test_claim_orders_by_depth_and_moves_through_states(tmp_path: Path) -> None:
     assert rec is not None and rec.url.endswith("/shallow") and rec.state is URLState.SCHEDULED
     assert store.start(rec.id, "w1", 10, now=100)
     assert not store.start(rec.id, "w2", 10, now=100)  # another owner cannot start it
-    new = store.finish(rec.id, Outcome(URLState.FETCHED, status=200), [_u("/x", depth=1)], now=101)
+    new = store.finish(Finish(rec.id, Outcome(URLState.FETCHED, status=200), [_u("/x", depth=1)], now=101))
     assert new == 1
     counts = store.counts()
     assert counts["FETCHED"] == 1 and counts["DISCOVERED"] == 3
     # finishing again (an at-least-once refetch) changes nothing and adds nothing
-    assert store.finish(rec.id, Outcome(URLState.FAILED), [_u("/y")], now=102) == 0
+    assert store.finish(Finish(rec.id, Outcome(URLState.FAILED), [_u("/y")], now=102)) == 0
     assert store.counts()["FETCHED"] == 1 and store.counts()["FAILED"] == 0
 
 
@@ -76,7 +76,7 @@ def test_content_dedup_remembers_the_first_url(tmp_path: Path) -> None:
 _WRITER = textwrap.dedent(
     """
     import sys
-    from services.crawler.store import NewURL, Outcome, URLState
+    from services.crawler.store import Finish, NewURL, Outcome, URLState
     from services.crawler.store_sqlite import SQLiteStore
     store = SQLiteStore(sys.argv[1])
     i = 0
@@ -89,7 +89,7 @@ _WRITER = textwrap.dedent(
             continue
         store.start(rec.id, "w", 60, now=0)
         links = [NewURL(f"http://a.test/{rec.id}/{k}", "a.test", 1) for k in range(3)]
-        store.finish(rec.id, Outcome(URLState.FETCHED, status=200), links, now=0)
+        store.finish(Finish(rec.id, Outcome(URLState.FETCHED, status=200), links, now=0))
         print(rec.id, flush=True)
     """
 )
@@ -155,12 +155,14 @@ def test_a_shorter_path_found_later_lowers_depths_and_admits_cut_links(tmp_path:
     # /far is fetched at depth 3: its link to /child (depth 4) is over the limit and not admitted
     assert (
         store.finish(
-            rec.id,
-            Outcome(URLState.FETCHED, status=200),
-            [_u("/child", depth=4)],
-            max_depth=3,
-            parent_depth=3,
-            now=0,
+            Finish(
+                rec.id,
+                Outcome(URLState.FETCHED, status=200),
+                [_u("/child", depth=4)],
+                max_depth=3,
+                parent_depth=3,
+                now=0,
+            )
         )
         == 0
     )
@@ -181,7 +183,7 @@ def test_a_link_admitted_by_a_shorter_path_names_its_host_to_the_engine(tmp_path
     rec = store.claim("a.test", "w", 10, now=0)
     assert rec is not None and store.start(rec.id, "w", 10, now=0)
     links = [_u("/child", host="x.test", depth=4)]  # over the limit: cut, its edge kept
-    assert store.finish(rec.id, Outcome(URLState.FETCHED, status=200), links, max_depth=3, now=0) == 0
+    assert store.finish(Finish(rec.id, Outcome(URLState.FETCHED, status=200), links, max_depth=3, now=0)) == 0
     assert store.changed_hosts() == []
     assert store.add([_u("/far", depth=1)], now=0, max_depth=3) == 1  # /child of x.test, depth 2
     assert store.changed_hosts() == [("x.test", 0.0)]
@@ -195,7 +197,7 @@ def test_a_link_admitted_by_a_shorter_path_names_its_host_to_the_engine(tmp_path
 _GROUP_WRITER = textwrap.dedent(
     """
     import asyncio, sys
-    from services.crawler.store import NewURL, Outcome, URLState
+    from services.crawler.store import Finish, NewURL, Outcome, URLState
     from services.crawler.store_sqlite import SQLiteStore
 
     async def worker(store, w):
@@ -216,7 +218,7 @@ _GROUP_WRITER = textwrap.dedent(
                 continue
             state = URLState.FAILED if rec.id % 5 == 0 else URLState.FETCHED
             links = [NewURL(f"http://{host}/{rec.id}/{k}", host, 1) for k in range(3)]
-            await store.afinish(rec.id, Outcome(state, status=200), links, now=0)
+            await store.afinish(Finish(rec.id, Outcome(state, status=200), links, now=0))
             print("F", rec.id, int(state), flush=True)
 
     async def main():
@@ -291,7 +293,9 @@ async def test_group_commit_holds_many_operations_per_transaction(tmp_path: Path
             rec = await store.aclaim(f"h{i}.test", "w", 60, now=1)
             assert rec is not None and await store.astart(rec.id, "w", 60, now=1)
             return await store.afinish(
-                rec.id, Outcome(URLState.FETCHED, status=200), [_u(f"/{i}/x", host=f"h{i}.test")], now=2
+                Finish(
+                    rec.id, Outcome(URLState.FETCHED, status=200), [_u(f"/{i}/x", host=f"h{i}.test")], now=2
+                )
             )
 
         assert await asyncio.gather(*(page(i) for i in range(200))) == [1] * 200

@@ -12,7 +12,7 @@ from typing import Any
 from services.crawler.engine import Crawl, CrawlState
 from services.crawler.fetcher import Fetcher, ResolverMap, ResolveRule
 from services.crawler.settings import CrawlConfig
-from services.crawler.store import Claimed, FrontierStore, NewURL, Outcome, URLRecord, URLState
+from services.crawler.store import Claimed, Finish, FrontierStore, NewURL, Outcome, URLRecord, URLState
 from services.crawler.store_sqlite import SQLiteStore
 
 from .test_engine import chain_site
@@ -175,8 +175,8 @@ def test_outcome_of_a_started_claim_is_final_as_usual(tmp_path: Path) -> None:
         got = asyncio.run(store.aclaim_start("a.test", "w", 30, 100, lambda rec: True))
         assert got.rec is not None and got.started
         done = Outcome(URLState.FETCHED, status=200)
-        assert store.finish(got.rec.id, done, [_u("/b", depth=1)], now=101) == 1
-        assert store.finish(got.rec.id, Outcome(URLState.FAILED), [], now=102) == 0
+        assert store.finish(Finish(got.rec.id, done, [_u("/b", depth=1)], now=101)) == 1
+        assert store.finish(Finish(got.rec.id, Outcome(URLState.FAILED), [], now=102)) == 0
         assert store.counts()["FETCHED"] == 1 and store.counts()["DISCOVERED"] == 1
     finally:
         store.close()
@@ -196,10 +196,10 @@ async def test_a_page_finishes_with_its_content_hash_in_one_step(tmp_path: Path)
                 ids.append(got.rec.id)
             finish = SQLiteStore.afinish_page if one_step else FrontierStore.afinish_page
             same = Outcome(URLState.FETCHED, status=200, content_sha256="ab" * 32)
-            first = await finish(store, ids[0], same, [_u("/d", depth=1)], max_depth=8, now=101)
-            again = await finish(store, ids[1], same, [_u("/d", depth=1)], max_depth=8, now=101)
+            first = await finish(store, Finish(ids[0], same, [_u("/d", depth=1)], max_depth=8, now=101))
+            again = await finish(store, Finish(ids[1], same, [_u("/d", depth=1)], max_depth=8, now=101))
             # the caller asked the hash before (it decided the links): not asked again
-            known = await finish(store, ids[2], same, [], now=101, content_known=True)
+            known = await finish(store, Finish(ids[2], same, [], now=101), content_known=True)
             assert (first, again, known) == ((1, False), (0, True), (0, False))
             assert store.first_with_content("ab" * 32, ids[2]) == ids[0]
             counts = store.counts()
