@@ -43,6 +43,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -102,6 +103,21 @@ class LevelReport:
     client_cores: float = 0.0  # this load generator's CPU seconds / wall seconds in the window
     load: float = 0.0  # offered tokens/s as a fraction of the repeat's own limit
     limit_tokens_per_s: float = 0.0  # that limit
+    # The engine's own histograms over the same window (inference_batch_size,
+    # inference_step_tokens, inference_step_duration_seconds): mean rows (sequences) per step,
+    # tokens computed per step (prefill + decode), steps per second, and the fraction of the
+    # window the engine spent in steps (below 1: it idled, nothing runnable).
+    mean_rows: float = 0.0
+    step_tokens: float = 0.0
+    steps_per_s: float = 0.0
+    engine_busy: float = 0.0
+    rejected_by_reason: dict[str, float] = field(default_factory=dict)  # server's counter, window
+    preempted_by_reason: dict[str, float] = field(default_factory=dict)  # the engine's, window
+    queue_timeouts: float = 0.0  # admitted, dropped at the class cap (late drops), window
+    # /v1/admin/state's wait_estimate at the end of the window (calibration factors by tenant,
+    # the admission decisions so far with their mean estimates): why admission shed.
+    wait_estimate: dict = field(default_factory=dict)
+    server: str = ""  # which server (its extra arguments) the level ran on
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -255,7 +271,9 @@ def engine_offline(
 
 
 # -- the server under load ---------------------------------------------------------------------
-def start_server(port: int, threads: int, max_seqs: int, model: Path | None = None) -> subprocess.Popen:
+def start_server(
+    port: int, threads: int, max_seqs: int, model: Path | None = None, extra: list[str] | None = None
+) -> subprocess.Popen:
     big = {
         "requests_per_s": 1e6,
         "burst_requests": 1e6,
@@ -293,6 +311,7 @@ def start_server(port: int, threads: int, max_seqs: int, model: Path | None = No
         "--tenants",
         json.dumps(tenants),
         *(["--model", str(model)] if model else []),
+        *(extra or []),
     ]
     # stderr goes to an unlinked temporary file (the child keeps its own descriptor): silent while
     # the server works, quoted when it does not start
@@ -330,13 +349,34 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 KEYS = {"alice": "dev-alice-key", "bob": "dev-bob-key"}
-_COUNTER = re.compile(r"^inference_generated_tokens_total\{[^}]*\} ([0-9.e+]+)$", re.M)
+ADMIN_KEY = "dev-admin-key"  # the server's default admin key (settings.DEV_ADMIN_SHA256)
+_SAMPLE = re.compile(r"^([a-z_]+)(?:\{([^}]*)\})? ([0-9.e+-]+|NaN|\+Inf)$", re.M)
+_SCRAPED = (
+    "inference_generated_tokens_total",
+    "inference_batch_size_sum",
+    "inference_batch_size_count",
+    "inference_step_tokens_sum",
+    "inference_step_duration_seconds_sum",
+    "inference_queue_timeouts_total",
+)
+_REASON = re.compile(r'reason="([^"]*)"')
 
 
-async def generated_tokens(session: aiohttp.ClientSession, url: str) -> float:
+async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The server's counters this benchmark reads, each summed over its labels; rejections as
+    `rejected:<reason>`."""
     async with session.get(f"{url}/metrics") as r:
         text = await r.text()
-    return sum(float(v) for v in _COUNTER.findall(text))
+    out: dict[str, float] = dict.fromkeys(_SCRAPED, 0.0)
+    for name, labels, value in _SAMPLE.findall(text):
+        if name in out:
+            out[name] += float(value)
+        elif name in ("inference_rejections_total", "inference_preemptions_total") and (
+            why := _REASON.search(labels or "")
+        ):
+            key = f"{'rejected' if 'reject' in name else 'preempted'}:{why.group(1)}"
+            out[key] = out.get(key, 0.0) + float(value)
+    return out
 
 
 async def one(session: aiohttp.ClientSession, url: str, req: Req) -> Result:
@@ -402,11 +442,11 @@ async def drive(
         # the batch fills) and the end of sending: the steady state, not the fill or the drain.
         ramp = 0.3 * duration
 
-        async def counter_at(t: float) -> tuple[float, float, dict[str, float]]:
+        async def counter_at(t: float) -> tuple[dict[str, float], float, dict[str, float]]:
             await asyncio.sleep(max(0.0, start + t - time.perf_counter()))
             cpus = cpu() if cpu else {}
             cpus["client"] = time.process_time()
-            return await generated_tokens(client, url), time.perf_counter(), cpus
+            return await scrape(client, url), time.perf_counter(), cpus
 
         first = asyncio.create_task(counter_at(ramp))
         tasks = []
@@ -415,8 +455,13 @@ async def drive(
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(client, url, req)))
-        (before, t_before, cpu0), (after, t_after, cpu1) = await asyncio.gather(first, counter_at(duration))
+        (m0, t_before, cpu0), (m1, t_after, cpu1) = await asyncio.gather(first, counter_at(duration))
         window = t_after - t_before
+        d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with client.get(f"{url}/v1/admin/state", headers=admin) as r:
+            state = await r.json() if r.status == 200 else {}
+        before, after = m0["inference_generated_tokens_total"], m1["inference_generated_tokens_total"]
         client_cpu = cpu1.pop("client") - cpu0.pop("client")
         engine_cpu = max((cpu1[k] - cpu0.get(k, 0.0) for k in cpu1), default=0.0)
         done, pending = await asyncio.wait(tasks, timeout=drain_s)
@@ -439,6 +484,18 @@ async def drive(
     rep.engine_cpu_window_s = engine_cpu
     rep.client_cores = client_cpu / window
     rep.tokens_per_engine_cpu_s = (after - before) / engine_cpu if engine_cpu > 0 else 0.0
+    steps = d["inference_batch_size_count"]
+    if steps > 0:
+        rep.mean_rows = d["inference_batch_size_sum"] / steps
+        rep.step_tokens = d["inference_step_tokens_sum"] / steps
+    rep.steps_per_s = steps / window
+    rep.engine_busy = d["inference_step_duration_seconds_sum"] / window
+    rep.rejected_by_reason, rep.preempted_by_reason = (
+        {k.split(":", 1)[1]: v for k, v in sorted(d.items()) if k.startswith(f"{kind}:") and v}
+        for kind in ("rejected", "preempted")
+    )
+    rep.queue_timeouts = d["inference_queue_timeouts_total"]
+    rep.wait_estimate = state.get("wait_estimate", {})
     for klass in ("interactive", "batch"):
         ok = [r for r in results if r.klass == klass and r.status == 200]
         ttft = [r.ttft for r in ok if r.ttft is not None]
@@ -481,10 +538,29 @@ def measure_level(
         f"{_fmt(level.by_class['interactive']['ttft_p95'])}; server+engine used "
         f"{level.server_cores:.2f} cores (engine thread {level.engine_cores:.2f}, "
         f"{level.tokens_per_engine_cpu_s:.0f} tokens per engine CPU second); "
+        f"{level.mean_rows:.1f} rows/step, {level.step_tokens:.1f} tokens/step, engine busy "
+        f"{level.engine_busy:.2f}; shed {_reasons(level.rejected_by_reason)}; preempted "
+        f"{_reasons(level.preempted_by_reason)}; late drops {level.queue_timeouts:.0f}; "
+        f"factors {_factors(level.wait_estimate)}; "
         f"load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
     return level
+
+
+def _factors(wait_estimate: dict) -> str:
+    """The wait estimate's calibration factors by class and tenant, and the margin admission adds."""
+    return (
+        " ".join(
+            f"{k}:" + ",".join(f"{t}={f}" for t, f in c.get("factor", {}).items())
+            for k, c in wait_estimate.items()
+        )
+        or "-"
+    )
+
+
+def _reasons(counts: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0f}" for k, v in counts.items()) or "nothing"
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -566,6 +642,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=18400)
     p.add_argument("--out", type=Path, default=ROOT / "reports")
     p.add_argument("--quick", action="store_true", help="short smoke run")
+    p.add_argument(
+        "--server-args",
+        default="",
+        help="extra arguments for the scheduler server (c), e.g. '--admission-headroom 0'",
+    )
+    p.add_argument(
+        "--alt-server-args",
+        default=None,
+        help="a second scheduler server (c') with these extra arguments, measured at every level "
+        "side by side with (c) (order alternating by repeat); '' for the defaults",
+    )
+    p.add_argument("--no-batch1", action="store_true", help="skip batch-1 serving (b)")
     args = p.parse_args(argv)
     # SIGTERM: unwind (the finally blocks stop the servers) rather than leave them running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -615,19 +703,30 @@ def main(argv: list[str] | None = None) -> int:
         rate_i = args.interactive_share * limit_now / mean_i
         return [(rate_i, max(0.0, f - args.interactive_share) * limit_now / mean_b) for f in loads]
 
-    b1_loads = [0, len(loads) - 1]  # batch-1 at the lowest and the highest load
+    b1_loads = [] if args.no_batch1 else [0, len(loads) - 1]  # batch-1 at the lowest and highest load
+    variants = [shlex.split(args.server_args)]
+    if args.alt_server_args is not None:
+        variants.append(shlex.split(args.alt_server_args))
+    names = ["scheduler", "sched-alt"][: len(variants)]
 
     # Every repeat measures everything, in the same order: (a), (c0), (c) levels, (b) levels, so
     # the neighbours' load drifts over all of them alike. Both servers stay up (idle between).
-    servers = [start_server(args.port, args.threads, max_seqs, args.model)]
+    # Ports: (c) at --port, (b) at --port + 1, (c') at --port + 2.
+    ports = [args.port, args.port + 2][: len(variants)]
+    servers = [start_server(args.port, args.threads, max_seqs, args.model, variants[0])]
     limit_runs: list[float] = []
     limit_cpu: list[float] = []  # tokens per CPU second of the raw model
     offline: list[float] = []
-    levels: list[list[LevelReport]] = [[] for _ in loads]
+    by_variant: list[list[list[LevelReport]]] = [[[] for _ in loads] for _ in variants]
+    levels = by_variant[0]
     batch1: list[list[LevelReport]] = [[] for _ in b1_loads]
     try:
-        servers.append(start_server(args.port + 1, args.threads, 1, args.model))
-        for port in (args.port, args.port + 1):  # warm-up: a few requests of each class
+        for v in range(1, len(variants)):
+            servers.append(start_server(ports[v], args.threads, max_seqs, args.model, variants[v]))
+        if b1_loads:
+            servers.append(start_server(args.port + 1, args.threads, 1, args.model))
+        warm = [*ports, *([args.port + 1] if b1_loads else [])]
+        for port in warm:  # warm-up: a few requests of each class
             url = f"http://127.0.0.1:{port}"
             asyncio.run(drive(url, workload(3.0, 3.0, 2.0, seed=999), 2.0, "warmup", 6.0, 30))
         for rep in range(args.repeats):
@@ -649,12 +748,19 @@ def main(argv: list[str] | None = None) -> int:
             rates = level_rates(tps_a)
             for i, r in enumerate(rates):
                 seed = args.seed + 100 * rep + i
-                level = measure_level(servers[0], args.port, "scheduler", r, rep, seed, args)
-                level.load, level.limit_tokens_per_s = loads[i], tps_a
-                levels[i].append(level)
+                # Side by side: every variant at this level, the same arrivals, first one
+                # alternating by repeat.
+                order = list(range(len(variants)))
+                if rep % 2:
+                    order.reverse()
+                for v in order:
+                    level = measure_level(servers[v], ports[v], names[v], r, rep, seed, args)
+                    level.load, level.limit_tokens_per_s = loads[i], tps_a
+                    level.server = " ".join(variants[v])
+                    by_variant[v][i].append(level)
             for i, li in enumerate(b1_loads):
                 seed = args.seed + 100 * rep + li
-                level = measure_level(servers[1], args.port + 1, "batch-1", rates[li], rep, seed, args)
+                level = measure_level(servers[-1], args.port + 1, "batch-1", rates[li], rep, seed, args)
                 level.load, level.limit_tokens_per_s = loads[li], tps_a
                 batch1[i].append(level)
     finally:
@@ -667,51 +773,79 @@ def main(argv: list[str] | None = None) -> int:
 
     # Ratios within each repeat (its own limit, its own batch-1, its own peak), then medians.
     reps = range(args.repeats)
-    peak_r = [max(lv[k].tokens_per_s for lv in levels) for k in reps]
-    b1_r = [max(lv[k].tokens_per_s for lv in batch1) for k in reps]
-    r_limit = [peak_r[k] / limit_runs[k] for k in reps]
-    r_b1 = [peak_r[k] / b1_r[k] for k in reps]
-    r_over = [levels[-1][k].tokens_per_s / peak_r[k] for k in reps]
-    peak_level = [max((lv[k] for lv in levels), key=lambda r: r.tokens_per_s) for k in reps]
-    r_cpu = [peak_level[k].tokens_per_engine_cpu_s / limit_cpu[k] for k in reps]
+    b1_r = [max(lv[k].tokens_per_s for lv in batch1) for k in reps] if batch1 else []
+
+    def ratios(lvls: list[list[LevelReport]]) -> dict[str, list[float]]:
+        peak = [max(lv[k].tokens_per_s for lv in lvls) for k in reps]
+        at_peak = [max((lv[k] for lv in lvls), key=lambda r: r.tokens_per_s) for k in reps]
+        return {
+            "peak": peak,
+            "peak_over_limit": [peak[k] / limit_runs[k] for k in reps],
+            "peak_over_batch1": [peak[k] / b1_r[k] for k in reps] if b1_r else [],
+            "overload_over_peak": [lvls[-1][k].tokens_per_s / peak[k] for k in reps],
+            "cpu": [at_peak[k].tokens_per_engine_cpu_s / limit_cpu[k] for k in reps],
+        }
+
+    per_variant = [ratios(lv) for lv in by_variant]
+    main_r = per_variant[0]
+    peak_r, r_limit, r_b1, r_over, r_cpu = (
+        main_r["peak"],
+        main_r["peak_over_limit"],
+        main_r["peak_over_batch1"],
+        main_r["overload_over_peak"],
+        main_r["cpu"],
+    )
+
+    def maybe(values: list[float], digits: int) -> str:
+        return fmt_spread(values, digits) if values else "-"
+
     print()
     print(
         "| system | load (x limit) | tokens/s median (min-max) | / limit | / batch-1 | reject "
         "| inter. TTFT p50/p95/p99 (ms) | batch TTFT p95 | batch latency p95 | cores: server+engine "
-        "(engine thread), client | tokens per engine CPU s |"
+        "(engine thread), client | tokens per engine CPU s | rows/step | tokens/step | engine busy |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     print(
         f"| (a) raw limit, batch {best_batch} | - | {fmt_spread(limit_runs)} | 1.00 | "
-        f"{fmt_spread([limit_runs[k] / b1_r[k] for k in reps], 1)} | - | - | - | - | - | "
-        f"{fmt_spread(limit_cpu)} (per CPU s) |"
+        f"{maybe([limit_runs[k] / b1_r[k] for k in reps] if b1_r else [], 1)} | - | - | - | - | - | "
+        f"{fmt_spread(limit_cpu)} (per CPU s) | - | - | - |"
     )
     print(
         f"| (c0) engine, no HTTP | - | {fmt_spread(offline)} | "
-        f"{fmt_spread([offline[k] / limit_runs[k] for k in reps], 2)} | - | - | - | - | - | - | - |"
+        f"{fmt_spread([offline[k] / limit_runs[k] for k in reps], 2)} |" + " - |" * 10
     )
-    for runs in [*levels, *batch1]:
+    tags = {"scheduler": "(c)", "sched-alt": "(c')", "batch-1": "(b)"}
+    for runs in [*(lv for variant in by_variant for lv in variant), *batch1]:
         mid = sorted(runs, key=lambda r: r.tokens_per_s)[len(runs) // 2]  # the median repeat
         ic, bc = mid.by_class["interactive"], mid.by_class["batch"]
         ttft = "/".join(_fmt(ic[k]).replace(" ms", "") for k in ("ttft_p50", "ttft_p95", "ttft_p99"))
+        label = f"{tags[mid.name]} {mid.name}" + (f" `{mid.server}`" if mid.server else "")
         print(
-            f"| ({'c' if mid.name == 'scheduler' else 'b'}) {mid.name} | {mid.load:.2f} | "
+            f"| {label} | {mid.load:.2f} | "
             f"{fmt_spread(tps(runs))} | "
             f"{fmt_spread([r.tokens_per_s / r.limit_tokens_per_s for r in runs], 2)} | "
-            f"{fmt_spread([r.tokens_per_s / b1_r[r.repeat] for r in runs], 1)} | "
+            f"{maybe([r.tokens_per_s / b1_r[r.repeat] for r in runs] if b1_r else [], 1)} | "
             f"{statistics.median(r.reject_rate for r in runs):.1%} | {ttft} | "
             f"{_fmt(bc['ttft_p95'])} | {_fmt(bc['latency_p95'])} | "
             f"{statistics.median(r.server_cores for r in runs):.2f} "
             f"({statistics.median(r.engine_cores for r in runs):.2f}), "
             f"{statistics.median(r.client_cores for r in runs):.2f} | "
-            f"{statistics.median(r.tokens_per_engine_cpu_s for r in runs):.0f} |"
+            f"{fmt_spread([r.tokens_per_engine_cpu_s for r in runs])} | "
+            f"{fmt_spread([r.mean_rows for r in runs], 1)} | "
+            f"{fmt_spread([r.step_tokens for r in runs], 1)} | "
+            f"{fmt_spread([r.engine_busy for r in runs], 2)} |"
         )
-    print(
-        f"\nper repeat (median, min-max): peak / limit {fmt_spread(r_limit, 2)} (aim >= 0.85); "
-        f"peak / batch-1 {fmt_spread(r_b1, 1)} (aim >= 5); {loads[-1]}x / peak {fmt_spread(r_over, 2)} "
-        f"(aim >= 0.95); engine tokens per engine-thread CPU second at the peak / raw model's per "
-        f"CPU second {fmt_spread(r_cpu, 2)}; load average {os.getloadavg()}"
-    )
+    for name, vr, variant in zip(names, per_variant, variants, strict=True):
+        print(
+            f"\n{tags[name]} {' '.join(variant) or 'defaults'}, per repeat (median, min-max): peak / limit "
+            f"{fmt_spread(vr['peak_over_limit'], 2)} (aim >= 0.85); peak / batch-1 "
+            f"{maybe(vr['peak_over_batch1'], 1)} (aim >= 5); {loads[-1]}x / peak "
+            f"{fmt_spread(vr['overload_over_peak'], 2)} (each: "
+            f"{', '.join(f'{x:.2f}' for x in vr['overload_over_peak'])}; aim >= 0.95); engine tokens per "
+            f"engine-thread CPU second at the peak / raw model's per CPU second {fmt_spread(vr['cpu'], 2)}"
+        )
+    print(f"load average {os.getloadavg()}")
 
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -732,12 +866,20 @@ def main(argv: list[str] | None = None) -> int:
         "engine_offline": {"max_seqs": max_seqs, "runs": offline},
         "scheduler": [[asdict(r) for r in level] for level in levels],
         "batch1": [[asdict(r) for r in level] for level in batch1],
+        "variants": [
+            {
+                "server_args": " ".join(variant),
+                "levels": [[asdict(r) for r in level] for level in lvls],
+                "per_repeat": vr,
+            }
+            for variant, lvls, vr in zip(variants, by_variant, per_variant, strict=True)
+        ],
         "summary": {
             "limit_tokens_per_s": spread(limit_runs),
             "peak_tokens_per_s": spread(peak_r),
-            "batch1_tokens_per_s": spread(b1_r),
+            "batch1_tokens_per_s": spread(b1_r) if b1_r else None,
             "peak_over_limit": spread(r_limit),
-            "peak_over_batch1": spread(r_b1),
+            "peak_over_batch1": spread(r_b1) if r_b1 else None,
             "overload_over_peak": spread(r_over),
             "peak_tokens_per_engine_cpu_s_over_limit_per_cpu_s": spread(r_cpu),
             "per_repeat": {
