@@ -989,51 +989,84 @@ class _Notify(Protocol):
     ) -> set[tuple[int, str]] | str: ...
 
 
-def next_batch(
-    notify: _Notify,
-    stop: threading.Event,
-    *,
-    step_ms: int,
-    debounce_ms: int,
-    quiet_min_ms: int = QUIET_MIN_MS,
-    idle_timeout_ms: int = 500,
-    clock: Callable[[], float] = time.monotonic,
-) -> set[tuple[int, str]] | str:
-    """The next batch of changes, or "timeout" / "stop" / "signal" as RustNotify.watch says.
+class Batcher:
+    """When a batch of changes ends: the watcher's loop asks `next(notify, stop)` for the next
+    batch and calls `answered()` once its report is out.
 
     Idle, the event set is looked at every `step_ms` (what RustNotify.watch costs while
     nothing happens: a wake-up a step); the first look that finds changes returns them one
     step later. From then on it is looked at every FINE_STEP_MS, and the batch ends once no
-    change has come for a quiet window measured from the last one seen: `quiet_min_ms`, or
-    twice the longest gap seen between two changes of this burst (a writer that pauses now
-    and then is waited for), never more than `step_ms`; or `debounce_ms` after the first
-    change, whatever comes. A fixed step waited one to two steps after the last change
-    (10-20 ms at 10). A burst cut short by a longer pause comes as two batches, each
-    answered in full: the cut costs time, never a change (the events of the pause stay in
-    RustNotify's set for the next call)."""
-    got = notify.watch(1, step_ms, idle_timeout_ms, stop)
-    if not isinstance(got, set):
-        return got
-    changes = set(got)
-    first = last = clock()
-    longest = 0.0
-    quiet_max = max(step_ms, quiet_min_ms) / 1000
-    while True:
-        quiet = min(max(quiet_min_ms / 1000, 2 * longest), quiet_max)
-        now = clock()
-        left = quiet - (now - last)
-        if left <= 0 or now - first >= debounce_ms / 1000:
-            return changes
-        more = notify.watch(1, FINE_STEP_MS, max(1, math.ceil(round(left * 1000, 3))), stop)
-        if more == "timeout":
-            return changes
-        if not isinstance(more, set):
-            return more  # stop or signal: the run ends, the batch with it
-        now = clock()
-        # RustNotify returns a step after the look that found the change: the gap ended then.
-        longest = max(longest, now - last - FINE_STEP_MS / 1000)
-        last = now
-        changes |= more
+    change has come for a quiet window measured from the last change seen: the learned
+    `floor_ms` (QUIET_MIN_MS at first), or twice the longest gap seen between two changes of
+    this burst, never more than `step_ms`; or `debounce_ms` after the first change, whatever
+    comes. (A fixed step waited one to two steps after the last change: 10-20 ms at 10.)
+
+    For `hot_ms` after an answer the set is looked at every FINE_STEP_MS too: changes that
+    came while the batch was being answered are taken at once, not a step or two later.
+    Changes there mean the window cut a burst short (a writer paused longer than the
+    window; on a loaded machine it is descheduled for milliseconds): `floor_ms` doubles, up
+    to `step_ms`; an answer no change follows within `hot_ms` lets it back down by a fifth.
+    A cut costs time, never a change: the changes of the pause stay in RustNotify's set for
+    the next call, and each batch is answered in full."""
+
+    def __init__(
+        self,
+        *,
+        step_ms: int,
+        debounce_ms: int,
+        quiet_min_ms: float = QUIET_MIN_MS,
+        hot_ms: float | None = None,
+        idle_timeout_ms: int = 500,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.step_ms = step_ms
+        self.debounce_ms = debounce_ms
+        self.quiet_min_ms = quiet_min_ms
+        self.quiet_max_ms = max(step_ms, quiet_min_ms)
+        self.floor_ms = quiet_min_ms
+        self.hot_ms = 2 * step_ms if hot_ms is None else hot_ms
+        self.idle_timeout_ms = idle_timeout_ms
+        self.clock = clock
+        self.hot_until = 0.0
+        self.cuts = 0  # batches that came right after an answer (the log says so)
+
+    def answered(self) -> None:
+        self.hot_until = self.clock() + self.hot_ms / 1000
+
+    def next(self, notify: _Notify, stop: threading.Event) -> set[tuple[int, str]] | str:
+        """The next batch of changes, or "timeout" / "stop" / "signal" as RustNotify.watch says."""
+        hot_left = self.hot_until - self.clock()
+        if hot_left > 0:
+            got = notify.watch(1, FINE_STEP_MS, max(1, math.ceil(round(hot_left * 1000, 3))), stop)
+            self.hot_until = 0.0
+            if got == "timeout":  # the last burst had ended: the window may shrink again
+                self.floor_ms = max(self.quiet_min_ms, self.floor_ms * 0.8)
+            elif isinstance(got, set):
+                self.cuts += 1
+                self.floor_ms = min(self.quiet_max_ms, self.floor_ms * 2)
+        else:
+            got = notify.watch(1, self.step_ms, self.idle_timeout_ms, stop)
+        if not isinstance(got, set):
+            return got
+        changes = set(got)
+        first = last = self.clock()
+        longest = 0.0
+        while True:
+            quiet = min(max(self.floor_ms / 1000, 2 * longest), self.quiet_max_ms / 1000)
+            now = self.clock()
+            left = quiet - (now - last)
+            if left <= 0 or now - first >= self.debounce_ms / 1000:
+                return changes
+            more = notify.watch(1, FINE_STEP_MS, max(1, math.ceil(round(left * 1000, 3))), stop)
+            if more == "timeout":
+                return changes
+            if not isinstance(more, set):
+                return more  # stop or signal: the run ends, the batch with it
+            now = self.clock()
+            # RustNotify returns a step after the look that found the change: the gap ended then.
+            longest = max(longest, now - last - FINE_STEP_MS / 1000)
+            last = now
+            changes |= more
 
 
 def run_watch(
@@ -1060,6 +1093,7 @@ def run_watch(
     stop = stop or threading.Event()
     # Armed before the first scan: a change made while it runs comes in the first batch.
     notify = _arm()
+    batcher = Batcher(step_ms=step_ms, debounce_ms=debounce_ms)
     index = WatchIndex(roots, options, log=log, rescan_over=rescan_over)
     json_report = JsonReport()
     try:
@@ -1078,7 +1112,7 @@ def run_watch(
         )
         while not stop.is_set():
             try:
-                got = next_batch(notify, stop, step_ms=step_ms, debounce_ms=debounce_ms)
+                got = batcher.next(notify, stop)
             except WatchfilesRustInternalError as exc:
                 # watchfiles 1.2.0 cannot hand over a path that is not UTF-8 (an event for
                 # one, a read included, fails the whole batch, and every batch after it):
@@ -1108,12 +1142,14 @@ def run_watch(
                     f" {info['files_verified']} files verified"
                     f"{', full re-scan' if info['full_rescan'] else ''}; {len(res.groups)} groups"
                     f" ({info['seconds_with_report'] * 1000:.1f} ms with the report,"
-                    f" {info['cpu_seconds_with_report'] * 1000:.1f} ms CPU)"
+                    f" {info['cpu_seconds_with_report'] * 1000:.1f} ms CPU);"
+                    f" quiet window {batcher.floor_ms:.1f} ms, {batcher.cuts} bursts cut so far"
                 )
                 index.flush_cache()  # the batch's digests, once the answer is out
             finally:
                 for fd in old_reports:
                     os.close(fd)  # the replaced report's pages are freed now
+            batcher.answered()
             if on_batch is not None:
                 on_batch(info)
     finally:

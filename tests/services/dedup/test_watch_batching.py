@@ -1,4 +1,4 @@
-"""watch.next_batch: when a batch of changes ends. A scripted RustNotify and a clock the test
+"""watch.Batcher: when a batch of changes ends. A scripted RustNotify and a clock the test
 moves, so nothing here depends on how fast the machine is."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.dedup.files.watch import FINE_STEP_MS, QUIET_MIN_MS, next_batch
+from services.dedup.files.watch import FINE_STEP_MS, QUIET_MIN_MS, Batcher
 
 
 class Clock:
@@ -34,17 +34,20 @@ class ScriptedNotify:
         return answer
 
 
-def _batch(notify: ScriptedNotify, clock: Clock, **kw: Any) -> Any:
+def _batcher(clock: Clock, **kw: Any) -> Batcher:
     kw.setdefault("step_ms", 10)
     kw.setdefault("debounce_ms", 1600)
-    return next_batch(notify, threading.Event(), clock=clock, **kw)
+    return Batcher(clock=clock, **kw)
+
+
+STOP = threading.Event()
 
 
 @pytest.mark.parametrize("answer", ["timeout", "stop", "signal"])
 def test_idle_answers_pass_through(answer: str) -> None:
     clock = Clock()
     notify = ScriptedNotify(clock, [(0.5, answer)])
-    assert _batch(notify, clock) == answer
+    assert _batcher(clock).next(notify, STOP) == answer
     assert notify.calls == [(1, 10, 500)]  # idle: looked at every step_ms
 
 
@@ -52,7 +55,7 @@ def test_a_burst_is_one_batch_until_the_quiet_window() -> None:
     clock = Clock()
     a, b, c = (1, "/r/a"), (1, "/r/b"), (2, "/r/c")
     notify = ScriptedNotify(clock, [(0.02, {a}), (0.002, {b}), (0.002, {c, a}), (0.003, "timeout")])
-    assert _batch(notify, clock) == {a, b, c}
+    assert _batcher(clock).next(notify, STOP) == {a, b, c}
     assert not notify.script
     # after the idle look, the set is looked at every FINE_STEP_MS; a gap of one fine step
     # between changes keeps the quiet window at its minimum
@@ -63,7 +66,7 @@ def test_a_burst_is_one_batch_until_the_quiet_window() -> None:
 def test_the_quiet_window_grows_with_the_gaps_of_the_burst() -> None:
     clock = Clock()
     notify = ScriptedNotify(clock, [(0.02, {(1, "/r/a")}), (0.004, {(1, "/r/b")}), (0.007, "timeout")])
-    assert _batch(notify, clock, step_ms=50) == {(1, "/r/a"), (1, "/r/b")}
+    assert _batcher(clock, step_ms=50).next(notify, STOP) == {(1, "/r/a"), (1, "/r/b")}
     # a gap of 3 ms (4 ms less the step that returned it): the next window is twice that
     assert notify.calls[1][2] == QUIET_MIN_MS
     assert notify.calls[2][2] == 6
@@ -72,7 +75,7 @@ def test_the_quiet_window_grows_with_the_gaps_of_the_burst() -> None:
 def test_the_quiet_window_is_at_most_step_ms() -> None:
     clock = Clock()
     notify = ScriptedNotify(clock, [(0.02, {(1, "/r/a")}), (0.2, {(1, "/r/b")}), (0.01, "timeout")])
-    assert _batch(notify, clock, step_ms=10) == {(1, "/r/a"), (1, "/r/b")}
+    assert _batcher(clock, step_ms=10).next(notify, STOP) == {(1, "/r/a"), (1, "/r/b")}
     assert notify.calls[2][2] == 10
 
 
@@ -81,7 +84,7 @@ def test_debounce_ends_a_batch_that_never_goes_quiet() -> None:
     script: list[tuple[float, Any]] = [(0.02, {(1, "/r/0")})]
     script += [(0.002, {(1, f"/r/{i}")}) for i in range(1, 100)]
     notify = ScriptedNotify(clock, script)
-    got = _batch(notify, clock, debounce_ms=50)
+    got = _batcher(clock, debounce_ms=50).next(notify, STOP)
     assert isinstance(got, set)
     assert 20 <= len(got) <= 30  # 50 ms of changes 2 ms apart, then the batch is answered
     assert notify.script  # the rest comes in the next batch
@@ -90,7 +93,7 @@ def test_debounce_ends_a_batch_that_never_goes_quiet() -> None:
 def test_stop_during_a_burst_stops() -> None:
     clock = Clock()
     notify = ScriptedNotify(clock, [(0.02, {(1, "/r/a")}), (0.001, "stop")])
-    assert _batch(notify, clock) == "stop"
+    assert _batcher(clock).next(notify, STOP) == "stop"
 
 
 def test_a_slow_caller_is_not_made_to_wait_again() -> None:
@@ -103,5 +106,39 @@ def test_a_slow_caller_is_not_made_to_wait_again() -> None:
 
     clock = LateClock()
     notify = ScriptedNotify(clock, [(0.02, {(1, "/r/a")})])
-    assert _batch(notify, clock) == {(1, "/r/a")}
+    assert _batcher(clock).next(notify, STOP) == {(1, "/r/a")}
     assert len(notify.calls) == 1  # 3 ms passed between the last change seen and the check
+
+
+def test_changes_right_after_an_answer_widen_the_window_and_quiet_answers_narrow_it() -> None:
+    clock = Clock()
+    batcher = _batcher(clock, step_ms=10)
+    a, b = (1, "/r/a"), (1, "/r/b")
+    # a burst, answered; more of it comes while the answer is made: taken at the first fine
+    # look (not a step or two later), and the window doubles
+    notify = ScriptedNotify(clock, [(0.02, {a}), (0.003, "timeout")])
+    assert batcher.next(notify, STOP) == {a}
+    clock.now += 0.03  # the answer
+    batcher.answered()
+    notify = ScriptedNotify(clock, [(0.002, {b}), (0.005, "timeout")])
+    assert batcher.next(notify, STOP) == {b}
+    assert notify.calls[0][1] == FINE_STEP_MS
+    assert notify.calls[0][2] == 20  # hot for 2 x step_ms after the answer
+    assert batcher.floor_ms == 2 * QUIET_MIN_MS and batcher.cuts == 1
+    assert notify.calls[1][2] == 2 * QUIET_MIN_MS
+    # cut again and again: at most step_ms
+    for _ in range(5):
+        batcher.answered()
+        notify = ScriptedNotify(clock, [(0.001, {a}), (0.02, "timeout")])
+        batcher.next(notify, STOP)
+    assert batcher.floor_ms == 10
+    # answers that nothing follows: the window comes back down, to QUIET_MIN_MS at least
+    for _ in range(20):
+        batcher.answered()
+        notify = ScriptedNotify(clock, [(0.02, "timeout")])
+        assert batcher.next(notify, STOP) == "timeout"
+    assert batcher.floor_ms == QUIET_MIN_MS
+    # not hot any more: the idle step again
+    notify = ScriptedNotify(clock, [(0.5, "timeout")])
+    batcher.next(notify, STOP)
+    assert notify.calls == [(1, 10, 500)]
