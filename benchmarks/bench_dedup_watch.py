@@ -195,6 +195,7 @@ def watch_rounds(
             for p in prev_copies[:third]:
                 p.unlink()
             t_last_write = time.perf_counter()
+            mono_last_write = time.monotonic()  # the clock of the watcher's log (CLOCK_MONOTONIC)
             changed = len(copies) + len(edits) + min(third, len(prev_copies))
             deleted = prev_copies[:third]
             prev_copies = prev_copies[third:] + copies
@@ -211,6 +212,13 @@ def watch_rounds(
             replaced = [t for t, line in log.lines[log_before:] if " batch " in f" {line}"]
             batch_ms = [float(m.group(1)) for line in new_lines if (m := re.search(r"\(([\d.]+) ms", line))]
             cpu_ms = [float(m.group(1)) for line in new_lines if (m := re.search(r"([\d.]+) ms CPU\)", line))]
+            # The watcher's own clock: when the batch began (changes quiet) and its report was
+            # replaced; last write -> begin is the wait for the changes to stop.
+            spans = [
+                (float(m.group(1)), float(m.group(2)))
+                for line in new_lines
+                if (m := re.search(r"monotonic ([\d.]+)-([\d.]+) s", line))
+            ]
             # The answer must hold this round's changes: each copy of a file this round did
             # not edit is in a group (its source has its bytes), no deleted file is anywhere.
             in_report = _report_paths(report)
@@ -227,6 +235,9 @@ def watch_rounds(
                 "changed_files": changed,
                 "write_seconds": t_last_write - t0,
                 "seconds_to_report": (max(replaced) - t_last_write) if replaced else None,
+                # from the watcher's timestamps (None for a watcher that does not log them)
+                "seconds_to_replace": (spans[-1][1] - mono_last_write) if spans else None,
+                "seconds_to_last_batch": (spans[-1][0] - mono_last_write) if spans else None,
                 "batches": len(new_lines),
                 "watcher_ms": batch_ms,
                 "watcher_cpu_ms": cpu_ms,
@@ -327,6 +338,9 @@ def main() -> int:
         cpu = [sum(r["watcher_cpu_ms"]) / 1000 for w in blocks[name] for r in w["rounds"]]
         own = [sum(r["watcher_ms"]) / 1000 for w in blocks[name] for r in w["rounds"]]
         nb = [r["batches"] for w in blocks[name] for r in w["rounds"]]
+        rounds = [r for w in blocks[name] for r in w["rounds"]]
+        waits = [r["seconds_to_last_batch"] for r in rounds if r["seconds_to_last_batch"] is not None]
+        replaced = [r["seconds_to_replace"] for r in rounds if r["seconds_to_replace"] is not None]
         side: dict[str, Any] = {
             "repo": str(repo),
             "seconds_to_report": _stats(times),
@@ -339,6 +353,9 @@ def main() -> int:
             "cpu_ratio_vs_inprocess": _ratios(result["warm_first_scan_inprocess_cpu"]["median"], cpu),
             "blocks": blocks[name],
         }
+        if waits:
+            side["seconds_to_last_batch"] = _stats(waits)
+            side["seconds_to_replace"] = _stats(replaced)
         result["watch" if name == "this" else "watch_compare"] = side
         ms = {k: _fmt(side[k], 1000, " ms") for k in side if k.endswith("seconds") or k.endswith("report")}
         x = {k: _fmt(side[k], unit="x") for k in side if "ratio" in k}
@@ -349,6 +366,12 @@ def main() -> int:
             f"    vs in-process first scan {x['ratio_vs_inprocess']} (CPU {x['cpu_ratio_vs_inprocess']});"
             f" vs CLI {x['ratio_vs_cli']} (CPU {x['cpu_ratio_vs_cli']})"
         )
+        if waits:
+            begins = _fmt(side["seconds_to_last_batch"], 1000, " ms")
+            lines.append(
+                f"    watcher's clock: last write -> last batch begins {begins} (the wait for quiet),"
+                f" -> report replaced {_fmt(side['seconds_to_replace'], 1000, ' ms')}"
+            )
     # the headline figures, as before: this checkout's medians
     med = result["watch"]["seconds_to_report"]["median"]
     result["speedup_vs_cli"] = result["warm_first_scan_cli"]["median"] / med

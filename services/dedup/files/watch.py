@@ -13,6 +13,9 @@ up to date from filesystem change notifications (inotify, through watchfiles/Rus
                        ─> stages.find_duplicates(members of the size buckets that changed)
                        ─> the report (same format as `scan`), `--report PATH` replaced atomically
 
+A batch ends once the changes stop for a quiet window measured from the last one seen (2 ms at
+first, learned up to --step-ms from bursts it cut short; Batcher), or 1.6 s after its first.
+
 Digests live in the per-root hash cache (hashcache.py), kept open for the whole session and
 flushed after each batch: unchanged members of a re-verified bucket are settled from it
 without a read. A batch of more than `rescan_over` changes (an inotify queue overflow is
@@ -1129,6 +1132,7 @@ def run_watch(
             if got == "timeout":
                 continue
             assert isinstance(got, set)
+            started_at = time.monotonic()
             t0, c0 = time.perf_counter(), time.thread_time()
             info = index.apply(got, persist=False)
             res = index.result(info["seconds"])
@@ -1136,6 +1140,7 @@ def run_watch(
             write_report(res, fmt, report_path, stream, json_report, old_reports)
             info["seconds_with_report"] = time.perf_counter() - t0
             info["cpu_seconds_with_report"] = time.thread_time() - c0
+            info["started_at"], info["answered_at"] = started_at, time.monotonic()
             try:
                 log(
                     f"batch {index.batches}: {info['changes']} changes, {info['sizes']} sizes,"
@@ -1143,7 +1148,8 @@ def run_watch(
                     f"{', full re-scan' if info['full_rescan'] else ''}; {len(res.groups)} groups"
                     f" ({info['seconds_with_report'] * 1000:.1f} ms with the report,"
                     f" {info['cpu_seconds_with_report'] * 1000:.1f} ms CPU);"
-                    f" quiet window {batcher.floor_ms:.1f} ms, {batcher.cuts} bursts cut so far"
+                    f" quiet window {batcher.floor_ms:.1f} ms, {batcher.cuts} bursts cut so far;"
+                    f" monotonic {started_at:.6f}-{info['answered_at']:.6f} s"  # for benchmarks
                 )
                 index.flush_cache()  # the batch's digests, once the answer is out
             finally:
