@@ -369,7 +369,29 @@ class WaitModel:
         # as this tenant's: a slot it cannot prove another tenant holds is not one it can take.
         unknown = max(0, view.running - sum(len(r) for r in running.values()))
         own_waiting = sum(w.seqs for (u, _), w in waiting.items() if u == tenant)
-        if share and not higher and own_running + unknown + own_waiting < share:
+        everyone = view.running + sum(w.seqs for w in waiting.values())
+        ahead = 0.0
+        if (
+            rank > 0
+            and view.max_seqs
+            and view.step_s > 0
+            and self.class_slots(klass, view) - everyone >= max(1, self.class_slots(klass, view) // 8)
+            and self._others_under_share(tenant, waiting, view, running)
+        ):
+            # Rows of the batch its class may fill are free for every request waiting and for
+            # this one, an eighth of them to spare, and every other tenant is under its own
+            # share: they all start within a step or two, whatever its share (the scheduler is
+            # work-conserving: a free row goes to whoever waits; the spare eighth is for the
+            # others' requests arriving meanwhile, which go first when its tenant is over its
+            # share: with one row to spare, a flood of the other tenant's took it and the
+            # request admitted on it waited 2.4 s for a 0.35 s cap, test_admission_slots). Counted on its
+            # share alone, bob's batch requests were shed at 1.0-1.5x in windows whose batch
+            # ran 19 and 58 rows of 112 (bench_inference, session 8): alice's few interactive
+            # streams halved bob's share, and his running sequences over it were counted as
+            # taken back. Not while another tenant holds its share: its next requests would
+            # take the free rows first, and this one would wait for its own share's slots.
+            raw, floor, queued = 0.0, view.step_s, False
+        elif share and not higher and own_running + unknown + own_waiting < share:
             # Under its weighted share of the batch's slots, counting its own requests that
             # wait: this one gets a slot as soon as one frees, or takes back one lent to a
             # tenant over its share after the scheduler's patience (fair_preempt_after_steps).
@@ -379,33 +401,53 @@ class WaitModel:
             # flight to the engine process (a step or two) made it look backlogged, and with
             # equal weights it was shed while it held 23 of its 32 slots (inference_rejections
             # by tenant; the per-tenant decisions in /v1/admin/state).
-            full = view.running + sum(w.seqs for w in waiting.values()) >= view.max_seqs
-            floor = view.step_s * (1 + (self.SLOT_STEPS if full else 0))
-            return WaitEstimate(
-                floor,
-                0.0,
-                floor,
-                0.0,
-                self._margin(cal),
-                queued=False,
-                own_waiting=mine.seqs,
-                own_running=own_running,
-                share_slots=share,
+            full = everyone >= view.max_seqs
+            raw, floor, queued = 0.0, view.step_s * (1 + (self.SLOT_STEPS if full else 0)), False
+        else:
+            backlogged = any(w.tokens for (u, _), w in waiting.items() if u == tenant)
+            v_start = view.vtime.get(tenant, 0.0)
+            if not backlogged:  # an idle tenant restarts at the queue's clock (no credit saved up)
+                v_start = max(v_start, view.vclock)
+            finish = v_start + mine.tokens / self.weight(tenant)
+            # Another tenant with work waiting is taken to keep it up (a flood goes on
+            # arriving), so its share is not capped by what it has queued now: capped, a
+            # low-weight tenant's estimate ran 2x low under a high-weight flood.
+            share_of_others = sum(
+                steps_per_token * max(0.0, self.weight(u) * (finish - view.vtime.get(u, 0.0)))
+                for (u, k), w in waiting.items()
+                if k == klass and u != tenant and w.tokens
             )
-        backlogged = any(w.tokens for (u, _), w in waiting.items() if u == tenant)
-        v_start = view.vtime.get(tenant, 0.0)
-        if not backlogged:  # an idle tenant restarts at the queue's clock (no credit saved up)
-            v_start = max(v_start, view.vclock)
-        finish = v_start + mine.tokens / self.weight(tenant)
-        # Another tenant with work waiting is taken to keep it up (a flood goes on arriving),
-        # so its share is not capped by what it has queued now: capped, a low-weight tenant's
-        # estimate ran 2x low under a high-weight flood.
-        share_of_others = sum(
-            steps_per_token * max(0.0, self.weight(u) * (finish - view.vtime.get(u, 0.0)))
-            for (u, k), w in waiting.items()
-            if k == klass and u != tenant and w.tokens
+            ahead = higher + mine.steps + share_of_others  # slot-steps of work before it starts
+            raw, floor, queued = self._queued_wait(
+                tenant, rank, waiting, view, running, serving, share, higher, ahead, steps_per_token
+            )
+        factor = cal.factors.get(tenant, 1.0)
+        return WaitEstimate(
+            floor + factor * raw,
+            raw,
+            floor,
+            ahead,
+            self._margin(cal),
+            queued,
+            own_waiting=mine.seqs,
+            own_running=own_running,
+            share_slots=share,
         )
-        ahead = higher + mine.steps + share_of_others  # slot-steps of work before it starts
+
+    def _queued_wait(
+        self,
+        tenant: str,
+        rank: int,
+        waiting: dict[tuple[str, str], Work],
+        view: EngineView,
+        running: dict[str, list[int]],
+        serving: int | None,
+        share: int,
+        higher: int,
+        ahead: float,
+        steps_per_token: float,
+    ) -> tuple[float, float, bool]:
+        """(raw, floor, queued) of a request with work ahead of it or no row free for it."""
         if view.max_seqs and view.step_s > 0:
             # Its own slots, scheduled: when one is free for it after its own queue has started
             # (WaitModel._slot_schedule), in steps; work of a higher class first, shared by the
@@ -414,19 +456,7 @@ class WaitModel:
             raw = start * view.step_s
             if higher:
                 raw += higher * view.step_s / max(1, view.running if serving is None else serving)
-            floor = view.step_s
-            factor = cal.factors.get(tenant, 1.0)
-            return WaitEstimate(
-                floor + factor * raw,
-                raw,
-                floor,
-                ahead,
-                self._margin(cal),
-                start > 0 or higher > 0,
-                own_waiting=mine.seqs,
-                own_running=own_running,
-                share_slots=share,
-            )
+            return raw, view.step_s, start > 0 or higher > 0
         if view.max_seqs and view.running + sum(w.seqs for w in waiting.values()) < view.max_seqs:
             # A slot is free for every request waiting and for this one: they all start in the
             # next step, side by side, not one after another's work. (The disconnect drill's
@@ -439,20 +469,7 @@ class WaitModel:
         else:  # no step measured yet: tokens over the prior throughput
             raw = ahead / steps_per_token / max(view.tokens_per_s, 1e-6)
         slot_wait, at_share = self._slot_wait(tenant, waiting, view, running)
-        floor = view.step_s + slot_wait
-        factor = cal.factors.get(tenant, 1.0)
-        queued = ahead > 0 or at_share
-        return WaitEstimate(
-            floor + factor * raw,
-            raw,
-            floor,
-            ahead,
-            self._margin(cal),
-            queued,
-            own_waiting=mine.seqs,
-            own_running=own_running,
-            share_slots=share,
-        )
+        return raw, view.step_s + slot_wait, ahead > 0 or at_share
 
     def _share(
         self,
@@ -469,6 +486,21 @@ class WaitModel:
         active = set(running) | {u for (u, _), w in waiting.items() if w.tokens} | {tenant}
         slots = self.class_slots(klass, view)
         return max(1, int(slots * self.weight(tenant) / sum(self.weight(u) for u in active)))
+
+    def _others_under_share(
+        self,
+        tenant: str,
+        waiting: dict[tuple[str, str], Work],
+        view: EngineView,
+        running: dict[str, list[int]],
+    ) -> bool:
+        """Whether every other tenant running or waiting holds fewer slots (running + waiting,
+        any class) than its weighted share of the batch."""
+        held: dict[str, int] = {u: len(r) for u, r in running.items() if u != tenant}
+        for (u, _), w in waiting.items():
+            if u != tenant and w.seqs:
+                held[u] = held.get(u, 0) + w.seqs
+        return all(n < self._share(u, waiting, view, running) for u, n in held.items())
 
     @staticmethod
     def class_slots(klass: str, view: EngineView) -> int:
