@@ -272,7 +272,12 @@ def engine_offline(
 
 # -- the server under load ---------------------------------------------------------------------
 def start_server(
-    port: int, threads: int, max_seqs: int, model: Path | None = None, extra: list[str] | None = None
+    port: int,
+    threads: int,
+    max_seqs: int,
+    model: Path | None = None,
+    extra: list[str] | None = None,
+    root: Path = ROOT,
 ) -> subprocess.Popen:
     big = {
         "requests_per_s": 1e6,
@@ -318,7 +323,7 @@ def start_server(
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(
             cmd,
-            cwd=ROOT,
+            cwd=root,
             stdout=subprocess.DEVNULL,
             stderr=errors,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -653,6 +658,12 @@ def main(argv: list[str] | None = None) -> int:
         help="a second scheduler server (c') with these extra arguments, measured at every level "
         "side by side with (c) (order alternating by repeat); '' for the defaults",
     )
+    p.add_argument(
+        "--alt-root",
+        type=Path,
+        default=None,
+        help="run (c') from this checkout (e.g. `git archive <commit> | tar -x -C DIR`): code A/B",
+    )
     p.add_argument("--no-batch1", action="store_true", help="skip batch-1 serving (b)")
     args = p.parse_args(argv)
     # SIGTERM: unwind (the finally blocks stop the servers) rather than leave them running.
@@ -722,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     batch1: list[list[LevelReport]] = [[] for _ in b1_loads]
     try:
         for v in range(1, len(variants)):
-            servers.append(start_server(ports[v], args.threads, max_seqs, args.model, variants[v]))
+            root = args.alt_root.resolve() if args.alt_root else ROOT
+            servers.append(start_server(ports[v], args.threads, max_seqs, args.model, variants[v], root))
         if b1_loads:
             servers.append(start_server(args.port + 1, args.threads, 1, args.model))
         warm = [*ports, *([args.port + 1] if b1_loads else [])]
@@ -756,7 +768,8 @@ def main(argv: list[str] | None = None) -> int:
                 for v in order:
                     level = measure_level(servers[v], ports[v], names[v], r, rep, seed, args)
                     level.load, level.limit_tokens_per_s = loads[i], tps_a
-                    level.server = " ".join(variants[v])
+                    where = f" [{args.alt_root}]" if v and args.alt_root else ""
+                    level.server = " ".join(variants[v]) + where
                     by_variant[v][i].append(level)
             for i, li in enumerate(b1_loads):
                 seed = args.seed + 100 * rep + li
