@@ -120,6 +120,33 @@ END;
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+#: A link to admit: (url, host, depth, redirects, via).
+_Row = tuple[str, str, int, int, "str | None"]
+
+_FINAL = f"{int(URLState.FETCHED)},{int(URLState.FAILED)}"
+# One statement each (RETURNING): the host's best ready URL claimed; a URL's outcome written
+# unless it is final already (its depth: the links' base).
+_CLAIM_SQL = (
+    f"UPDATE urls SET state={int(URLState.SCHEDULED)}, lease_owner=?, lease_until=? WHERE id=("
+    f"SELECT id FROM urls WHERE host=? AND state IN ({_READY}) AND not_before<=?"
+    f" ORDER BY depth, id LIMIT 1) RETURNING id, url, host, depth, redirects, via, attempts"
+)
+_FINISH_SQL = (
+    "UPDATE urls SET state=?, status=?, content_sha256=?, error=?, fetched_at=?,"
+    f" lease_owner=NULL, lease_until=NULL WHERE id=? AND state NOT IN ({_FINAL}) RETURNING depth"
+)
+#: Keys looked up in one statement at most (SQLite allows 32766 parameters).
+_IN_MAX = 512
+_KNOWN_SQL = {
+    n: f"SELECT url_key, id, depth FROM urls WHERE url_key IN ({','.join('?' * n)})"
+    for n in (1 << k for k in range(_IN_MAX.bit_length()))
+}
+
+
+def _rows(urls: Sequence[NewURL]) -> list[_Row]:
+    return [(u.url, u.host, u.depth, u.redirects, u.via) for u in urls]
+
+
 #: A transaction is committed at most this long after it began (the group-commit window).
 FLUSH_INTERVAL_S = 0.02
 #: ... or once it holds this many operations.
@@ -127,7 +154,7 @@ _MAX_OPS_PER_COMMIT = 1000
 
 
 def _timed(op: str) -> Callable[[_F], _F]:
-    """Observe one operation's duration on the store thread in crawler_store_write_duration_seconds{op}."""
+    """Observe one call's duration in crawler_store_write_duration_seconds{op} (the outbox)."""
     hist = metrics.STORE_WRITE_LATENCY.labels(op)
 
     def wrap(fn: _F) -> _F:
@@ -142,6 +169,21 @@ def _timed(op: str) -> Callable[[_F], _F]:
         return timed  # type: ignore[return-value]
 
     return wrap
+
+
+def _store_op(op: str) -> Callable[[_F], _F]:
+    """Name a store-thread operation for crawler_store_write_duration_seconds{op}: the thread
+    observes it once when it runs as an operation of its own (not when another one calls it,
+    as claim_start calls claim and start), without a wrapper's call a time."""
+
+    def mark(fn: _F) -> _F:
+        setattr(fn, _HIST_ATTR, metrics.STORE_WRITE_LATENCY.labels(op))
+        return fn
+
+    return mark
+
+
+_HIST_ATTR = "_store_write_hist"
 
 
 class _Op:
@@ -292,6 +334,7 @@ class SQLiteStore(FrontierStore):
 
     def _run(self) -> None:
         db = self._db
+        perf_counter = time.perf_counter
         q = self._queue
         in_txn = False
         began = 0.0
@@ -339,7 +382,13 @@ class SQLiteStore(FrontierStore):
                     in_txn, began, ops, urgent = True, time.monotonic(), 0, False
                 try:
                     db.execute("SAVEPOINT op")
-                    op.result = op.fn(*op.args, **op.kwargs)
+                    t0 = perf_counter()
+                    try:
+                        op.result = op.fn(*op.args, **op.kwargs)
+                    finally:
+                        hist = getattr(op.fn, _HIST_ATTR, None)
+                        if hist is not None:
+                            hist.observe(perf_counter() - t0)
                 except BaseException as exc:
                     if db.in_transaction:
                         with contextlib.suppress(sqlite3.Error):
@@ -396,41 +445,82 @@ class SQLiteStore(FrontierStore):
 
     # -- helpers (on the store thread, inside its transaction) --------------------------------
     def _insert(
-        self, urls: Sequence[NewURL], max_per_host: int | None, now: float, max_depth: int | None = None
+        self, rows: Sequence[_Row], max_per_host: int | None, now: float, max_depth: int | None = None
     ) -> int:
-        new = 0
-        cur = self._db.cursor()
-        for u in urls:
-            key = url_key(u.url)
-            if self.bloom is not None and key not in self.bloom:
-                seen = None  # certainly new: no index lookup needed
-                self.bloom_skips += 1
-            else:
-                seen = cur.execute("SELECT id, depth FROM urls WHERE url_key=?", (key,)).fetchone()
+        """Admit the links `rows` ((url, host, depth, redirects, via), in this order) not seen
+        before; return how many. The known ones are looked up in one statement, the new ones and
+        their hosts' admitted counts written in one executemany each (a link known at a greater
+        depth lowers it, see _lower_depth: the links after it are then looked up again)."""
+        keyed = [(url_key(r[0]), r) for r in rows]
+        bloom = self.bloom
+        if bloom is None:
+            ask = [k for k, _ in keyed]
+        else:  # a key the filter never saw is certainly new: no index lookup needed
+            ask = [k for k, _ in keyed if k in bloom]
+            self.bloom_skips += len(keyed) - len(ask)
+        known = self._known(ask)
+        pending: dict[bytes, list[Any]] = {}  # new, in order: key -> [url, host, depth, redirects, via]
+        admitted: dict[str, int] = {}  # per host, with the pending ones
+        for i, (key, (url, host, depth, redirects, via)) in enumerate(keyed):
+            seen = known.get(key)
             if seen is not None:
-                if u.depth < seen[1]:
-                    new += self._lower_depth(seen[0], u.depth, max_per_host, now, max_depth)
+                if depth < seen[1]:  # (rare) it may add URLs of any host, these links' too
+                    new = self._write_new(pending, now)
+                    new += self._lower_depth(seen[0], depth, max_per_host, now, max_depth)
+                    return new + self._insert(rows[i + 1 :], max_per_host, now, max_depth)
                 continue
-            if max_depth is not None and u.depth > max_depth:
+            twice = pending.get(key)
+            if twice is not None:  # the same link again in these rows
+                twice[2] = min(twice[2], depth)
+                continue
+            if max_depth is not None and depth > max_depth:
                 continue
             if max_per_host is not None:
-                row = cur.execute("SELECT admitted FROM hosts WHERE host=?", (u.host,)).fetchone()
-                if row is not None and row[0] >= max_per_host:
+                n = admitted.get(host)
+                if n is None:
+                    row = self._db.execute("SELECT admitted FROM hosts WHERE host=?", (host,)).fetchone()
+                    n = 0 if row is None else row[0]
+                if n >= max_per_host:
                     continue
-            cur.execute(
-                "INSERT INTO urls (url_key, url, host, depth, redirects, via, state, discovered_at)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (key, u.url, u.host, u.depth, u.redirects, u.via, int(URLState.DISCOVERED), now),
-            )
-            if self.bloom is not None:
+                admitted[host] = n + 1
+            pending[key] = [url, host, depth, redirects, via]
+        return self._write_new(pending, now)
+
+    def _known(self, keys: list[bytes]) -> dict[bytes, tuple[int, int]]:
+        """url_key -> (id, depth) of the keys already in the store, in a statement per 512 keys
+        (padded to a power of two: a few statement texts, all kept in the statement cache)."""
+        out: dict[bytes, tuple[int, int]] = {}
+        for i in range(0, len(keys), _IN_MAX):
+            chunk = keys[i : i + _IN_MAX]
+            size = 1 << (len(chunk) - 1).bit_length()
+            chunk += chunk[-1:] * (size - len(chunk))
+            for key, url_id, depth in self._db.execute(_KNOWN_SQL[size], chunk):
+                out[key] = (url_id, depth)
+        return out
+
+    def _write_new(self, pending: dict[bytes, list[Any]], now: float) -> int:
+        """Insert the admitted new URLs and count them in their hosts' admitted."""
+        if not pending:
+            return 0
+        self._db.executemany(
+            f"INSERT INTO urls (url_key, url, host, depth, redirects, via, state, discovered_at)"
+            f" VALUES (?,?,?,?,?,?,{int(URLState.DISCOVERED)},?)",
+            [(key, *row, now) for key, row in pending.items()],
+        )
+        per_host: dict[str, int] = {}
+        for row in pending.values():
+            per_host[row[1]] = per_host.get(row[1], 0) + 1
+        self._db.executemany(
+            "INSERT INTO hosts (host, admitted) VALUES (?, ?)"
+            " ON CONFLICT(host) DO UPDATE SET admitted = admitted + excluded.admitted",
+            per_host.items(),
+        )
+        if self.bloom is not None:
+            for key in pending:
                 self.bloom.add(key)
-            cur.execute(
-                "INSERT INTO hosts (host, admitted) VALUES (?, 1)"
-                " ON CONFLICT(host) DO UPDATE SET admitted = admitted + 1",
-                (u.host,),
-            )
-            new += 1
-        return new
+        n = len(pending)
+        pending.clear()
+        return n
 
     def _lower_depth(
         self, url_id: int, depth: int, max_per_host: int | None, now: float, max_depth: int | None
@@ -454,34 +544,25 @@ class SQLiteStore(FrontierStore):
                 child = self._db.execute("SELECT id FROM urls WHERE url_key=?", (url_key(url),)).fetchone()
                 if child is not None:
                     stack.append((child[0], d + delta))
-                elif self._insert(
-                    [NewURL(url, host, d + delta, redirects, via)], max_per_host, now, max_depth
-                ):
+                elif self._insert([(url, host, d + delta, redirects, via)], max_per_host, now, max_depth):
                     new += 1
                     with self._changed_lock:  # a host the caller's links may not name
                         self._changed[host] = 0.0
         return new
 
-    @_timed("add")
+    @_store_op("add")
     def _add(self, urls: list[NewURL], max_per_host: int | None, now: float, max_depth: int | None) -> int:
-        return self._insert(urls, max_per_host, now, max_depth) if urls else 0
+        return self._insert(_rows(urls), max_per_host, now, max_depth) if urls else 0
 
-    @_timed("claim")
+    @_store_op("claim")
     def _claim(self, host: str, owner: str, lease_seconds: float, now: float) -> URLRecord | None:
-        row = self._db.execute(
-            f"SELECT id, url, host, depth, redirects, via, state, attempts FROM urls"
-            f" WHERE host=? AND state IN ({_READY}) AND not_before<=?"
-            f" ORDER BY depth, id LIMIT 1",
-            (host, now),
-        ).fetchone()
-        if row is None:
+        rows = self._db.execute(_CLAIM_SQL, (owner, now + lease_seconds, host, now)).fetchall()
+        if not rows:
             return None
-        self._db.execute(
-            "UPDATE urls SET state=?, lease_owner=?, lease_until=? WHERE id=?",
-            (int(URLState.SCHEDULED), owner, now + lease_seconds, row[0]),
-        )
-        return URLRecord(row[0], row[1], row[2], row[3], row[4], row[5], URLState.SCHEDULED, row[7])
+        url_id, url, host, depth, redirects, via, attempts = rows[0]
+        return URLRecord(url_id, url, host, depth, redirects, via, URLState.SCHEDULED, attempts)
 
+    @_store_op("claim")
     def _claim_start(
         self, host: str, owner: str, lease_seconds: float, now: float, rule: ClaimRule | None
     ) -> Claimed:
@@ -497,7 +578,7 @@ class SQLiteStore(FrontierStore):
             return Claimed(rec, started=self._start(rec.id, owner, lease_seconds, now))
         return Claimed(rec)
 
-    @_timed("start")
+    @_store_op("start")
     def _start(self, url_id: int, owner: str, lease_seconds: float, now: float) -> bool:
         cur = self._db.execute(
             "UPDATE urls SET state=?, attempts=attempts+1, lease_until=?"
@@ -506,41 +587,31 @@ class SQLiteStore(FrontierStore):
         )
         return cur.rowcount == 1
 
-    @_timed("finish")
+    @_store_op("finish")
     def _finish(self, f: Finish) -> int:
-        assert f.outcome.state in (URLState.FETCHED, URLState.FAILED)
-        row = self._db.execute("SELECT state FROM urls WHERE id=?", (f.url_id,)).fetchone()
-        if row is None or row[0] in (int(URLState.FETCHED), int(URLState.FAILED)):
-            return 0  # already final: a second finish (at-least-once fetch) changes nothing
-        self._db.execute(
-            "UPDATE urls SET state=?, status=?, content_sha256=?, error=?, fetched_at=?,"
-            " lease_owner=NULL, lease_until=NULL WHERE id=?",
-            (
-                int(f.outcome.state),
-                f.outcome.status,
-                f.outcome.content_sha256,
-                f.outcome.error,
-                f.outcome.fetched_at,
-                f.url_id,
-            ),
-        )
+        o = f.outcome
+        assert o.state in (URLState.FETCHED, URLState.FAILED)
+        # A URL already final is not written: a second finish (at-least-once fetch) changes nothing.
+        row = self._db.execute(
+            _FINISH_SQL, (int(o.state), o.status, o.content_sha256, o.error, o.fetched_at, f.url_id)
+        ).fetchall()
+        if not row or not f.new_urls:
+            return 0
         if f.max_depth is None:
-            return self._insert(f.new_urls, f.max_per_host, f.now)
+            return self._insert(_rows(f.new_urls), f.max_per_host, f.now)
         # With a depth limit, remember every edge (even the ones cut by the limit) so that a
         # later, shorter path to this page can re-derive its descendants' depths.
-        depth_now = self._db.execute("SELECT depth FROM urls WHERE id=?", (f.url_id,)).fetchone()[0]
+        depth_now = row[0][0]
         base = depth_now if f.parent_depth is None else f.parent_depth
-        rebased = []
-        edges = []
-        for u in f.new_urls:
-            delta = u.depth - base
-            edges.append((f.url_id, u.url, u.host, delta, u.redirects, u.via))
-            rebased.append(NewURL(u.url, u.host, depth_now + delta, u.redirects, u.via))
         self._db.executemany(
-            "INSERT INTO edges (src, url, host, delta, redirects, via) VALUES (?,?,?,?,?,?)", edges
+            "INSERT INTO edges (src, url, host, delta, redirects, via) VALUES (?,?,?,?,?,?)",
+            [(f.url_id, u.url, u.host, u.depth - base, u.redirects, u.via) for u in f.new_urls],
         )
-        return self._insert(rebased, f.max_per_host, f.now, f.max_depth)
+        shift = depth_now - base
+        rows = [(u.url, u.host, u.depth + shift, u.redirects, u.via) for u in f.new_urls]
+        return self._insert(rows, f.max_per_host, f.now, f.max_depth)
 
+    @_store_op("finish")
     def _finish_page(self, f: Finish, content_known: bool) -> tuple[int, bool]:
         """first_with_content and finish in one operation (afinish_page)."""
         duplicate = False
@@ -549,7 +620,7 @@ class SQLiteStore(FrontierStore):
             duplicate = self._first_with_content(sha, f.url_id) != f.url_id
         return self._finish(f), duplicate
 
-    @_timed("retry")
+    @_store_op("retry")
     def _retry(self, url_id: int, not_before: float, error: str, status: int | None) -> None:
         self._db.execute(
             f"UPDATE urls SET state=?, not_before=?, error=?, status=?, lease_owner=NULL,"
@@ -558,7 +629,7 @@ class SQLiteStore(FrontierStore):
             (int(URLState.RETRYABLE), not_before, error, status, url_id),
         )
 
-    @_timed("release")
+    @_store_op("release")
     def _release(self, url_id: int) -> None:
         self._db.execute(
             f"UPDATE urls SET state=CASE WHEN attempts>0 THEN ? ELSE ? END,"
@@ -566,7 +637,7 @@ class SQLiteStore(FrontierStore):
             (int(URLState.RETRYABLE), int(URLState.DISCOVERED), url_id),
         )
 
-    @_timed("expire_leases")
+    @_store_op("expire_leases")
     def _expire_leases(self, now: float) -> int:
         cur = self._db.execute(
             f"UPDATE urls SET state=CASE WHEN attempts>0 THEN ? ELSE ? END,"
@@ -605,9 +676,14 @@ class SQLiteStore(FrontierStore):
         row = self._db.execute(f"SELECT MIN(lease_until) FROM urls WHERE state IN ({_LEASED})").fetchone()
         return row[0] if row else None
 
-    @_timed("first_with_content")
+    @_store_op("first_with_content")
     def _first_with_content(self, sha256: str, url_id: int) -> int:
-        self._db.execute("INSERT OR IGNORE INTO content (sha256, url_id) VALUES (?, ?)", (sha256, url_id))
+        first = self._db.execute(
+            "INSERT INTO content (sha256, url_id) VALUES (?, ?) ON CONFLICT DO NOTHING RETURNING url_id",
+            (sha256, url_id),
+        ).fetchall()
+        if first:  # this body's first URL
+            return int(first[0][0])
         row = self._db.execute("SELECT url_id FROM content WHERE sha256=?", (sha256,)).fetchone()
         return int(row[0])
 
@@ -628,7 +704,7 @@ class SQLiteStore(FrontierStore):
     def _hosts(self) -> list[str]:
         return [h for (h,) in self._db.execute("SELECT host FROM hosts ORDER BY host")]
 
-    @_timed("set_meta")
+    @_store_op("set_meta")
     def _set_meta(self, key: str, value: str) -> None:
         self._db.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
