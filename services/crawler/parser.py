@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from selectolax.lexbor import LexborHTMLParser
+from selectolax.lexbor import LexborNode as Node
 
 from services.crawler.settings import ROBOTS_TOKEN
 from services.crawler.urlnorm import InvalidURL, normalize
@@ -48,9 +49,9 @@ def _sniff_meta_charset(body: bytes) -> str | None:
     return m.group(1).decode("ascii", "ignore") if m else None
 
 
-def _meta_robots(tree: LexborHTMLParser) -> set[str]:
+def _meta_robots(metas: list[Node]) -> set[str]:
     directives: set[str] = set()
-    for node in tree.css("meta[name]"):
+    for node in metas:
         name = (node.attributes.get("name") or "").strip().lower()
         if name in ("robots", ROBOTS_TOKEN.lower()):
             content = node.attributes.get("content") or ""
@@ -60,19 +61,45 @@ def _meta_robots(tree: LexborHTMLParser) -> set[str]:
     return directives
 
 
+# Every element parse_html reads, in one pass over the tree (document order), sorted by tag below.
+_ONE_PASS = (
+    "base[href], meta[name], link[rel][href], title, a[href], area[href], script, style, noscript, template"
+)
+_HIDDEN = frozenset(("script", "style", "noscript", "template"))
+
+
 def parse_html(html: str, url: str) -> ParsedPage:
     tree = LexborHTMLParser(html)
     page = ParsedPage(base=url)
-    base_node = tree.css_first("base[href]")
+    base_node = title = None
+    metas: list[Node] = []
+    links: list[Node] = []
+    anchors: list[Node] = []
+    hidden: list[Node] = []
+    for node in tree.css(_ONE_PASS):
+        tag = node.tag
+        if tag == "a" or tag == "area":
+            anchors.append(node)
+        elif tag in _HIDDEN:
+            hidden.append(node)
+        elif tag == "meta":
+            metas.append(node)
+        elif tag == "link":
+            links.append(node)
+        elif tag == "title":
+            if title is None:
+                title = node
+        elif tag == "base" and base_node is None:
+            base_node = node
     if base_node is not None:
         try:
             page.base = normalize(base_node.attributes.get("href") or "", url)
         except InvalidURL:
             page.base = url
-    directives = _meta_robots(tree)
+    directives = _meta_robots(metas)
     page.noindex = "noindex" in directives
     page.nofollow = "nofollow" in directives
-    for node in tree.css("link[rel][href]"):
+    for node in links:
         rels = (node.attributes.get("rel") or "").lower().split()
         if "canonical" in rels:
             try:
@@ -80,23 +107,23 @@ def parse_html(html: str, url: str) -> ParsedPage:
             except InvalidURL:
                 pass
             break
-    title = tree.css_first("title")
     page.title = title.text(strip=True) if title is not None else ""
     if not page.nofollow:
         seen: set[str] = set()
-        for node in tree.css("a[href], area[href]"):
-            rels = (node.attributes.get("rel") or "").lower().split()
-            if "nofollow" in rels:
+        for node in anchors:
+            attrs = node.attributes
+            rel = attrs.get("rel")
+            if rel and "nofollow" in rel.lower().split():
                 page.nofollow_links += 1
                 continue
             try:
-                link = normalize(node.attributes.get("href") or "", page.base)
+                link = normalize(attrs.get("href") or "", page.base)
             except InvalidURL:
                 continue
             if link not in seen:
                 seen.add(link)
                 page.links.append(link)
-    for node in tree.css("script, style, noscript, template"):
+    for node in hidden:
         node.decompose()
     body = tree.body
     text = body.text(separator=" ", strip=True) if body is not None else ""
