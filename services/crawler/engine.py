@@ -162,6 +162,7 @@ class Crawl:
         self.stats = CrawlStats()
         self.error: str | None = None
         self.stopped_by: str | None = None  # a limit that ended the crawl with work left ("max_pages")
+        self._scope_known: dict[str, bool] = {}  # authority -> in scope (see _in_scope)
         self._scope = [p.lower() for p in config.scope] or sorted(
             {(urlsplit(normalize(s)).hostname or "") for s in config.seeds}
         )
@@ -208,19 +209,33 @@ class Crawl:
 
     # -- scope and admission -----------------------------------------------------------------
     def in_scope(self, url: str) -> bool:
-        hostname = urlsplit(url).hostname or ""
-        return any(fnmatch.fnmatchcase(hostname, p) for p in self._scope)
+        return self._in_scope(url, host_of(url))
+
+    def _in_scope(self, url: str, authority: str) -> bool:
+        """`authority` is host_of(url): the host name urlsplit reads is a function of it, so the
+        answer is remembered per authority (links name the same few hosts again and again)."""
+        known = self._scope_known.get(authority)
+        if known is None:
+            hostname = urlsplit(url).hostname or ""
+            known = any(fnmatch.fnmatchcase(hostname, p) for p in self._scope)
+            if len(self._scope_known) >= 100_000:
+                self._scope_known.clear()
+            self._scope_known[authority] = known
+        return known
 
     def _admit(self, url: str, depth: int, *, redirects: int = 0, via: str | None = None) -> NewURL | None:
-        if len(url) > self.config.max_url_length or not self.in_scope(url):
+        if len(url) > self.config.max_url_length:
             return None
-        if self.traps.check(url, host_of(url), depth) == PATTERN_BUDGET:
+        host = host_of(url)
+        if not self._in_scope(url, host):
+            return None
+        if self.traps.check(url, host, depth) == PATTERN_BUDGET:
             return None  # a trap's (crawler_trap_cut_total): its pattern's budget is spent
         # A link deeper than max_depth is counted by the guard but still goes to the store: `depth`
         # is this page's depth when it was claimed, and a shorter path found since (another host,
         # another worker) may make the link admissible; the store keeps the edge to re-derive it.
         # Depth is judged by the store, which knows the shortest path found so far.
-        return NewURL(url, host_of(url), depth, redirects, via)
+        return NewURL(url, host, depth, redirects, via)
 
     def _budget_left(self) -> bool:
         return self.store.pages_reserved() < self.config.max_pages

@@ -193,6 +193,15 @@ class Fetcher:
         self.user_agent = user_agent
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
+        # Built once: the same for every request (aiohttp copies the headers into each request).
+        self._headers = {
+            "User-Agent": user_agent,
+            "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1",
+            "Accept-Encoding": "gzip, deflate",
+        }
+        self._timeout = aiohttp.ClientTimeout(
+            total=config.total_timeout, sock_connect=config.connect_timeout, sock_read=config.read_timeout
+        )
 
     async def __aenter__(self) -> Fetcher:
         connector = aiohttp.TCPConnector(
@@ -236,14 +245,8 @@ class Fetcher:
         self._guard_literal(target)
         limit = cfg.max_body_bytes if max_body_bytes is None else max_body_bytes
         allowed = cfg.allowed_content_types if allowed_types is None else allowed_types
-        headers = {
-            "User-Agent": self.user_agent,
-            "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1",
-            "Accept-Encoding": "gzip, deflate",
-        }
-        timeout = aiohttp.ClientTimeout(
-            total=cfg.total_timeout, sock_connect=cfg.connect_timeout, sock_read=cfg.read_timeout
-        )
+        headers = self._headers
+        timeout = self._timeout
         started_at = time.time()
         t0 = time.monotonic()
         try:

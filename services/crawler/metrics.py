@@ -6,7 +6,25 @@ crawl; a crawl of the open web would aggregate it (top-k) instead.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
+
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+_children: dict[tuple[int, str], object] = {}
+
+
+def child(metric: _M, label: str) -> _M:
+    """`metric.labels(label)` of a metric with one label, remembered: labels() builds and checks
+    a key and takes a lock on every call, and the request path asks for the same few children
+    (by status, by host) on every request. (A child removed with `metric.remove` is not seen
+    here: the crawler never removes one.)"""
+    key = (id(metric), label)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(label)
+    return found  # type: ignore[return-value]
+
 
 FETCHES = Counter("crawler_fetches_total", "Fetches by outcome: HTTP status code or error class", ["status"])
 BYTES = Counter("crawler_fetched_bytes_total", "Response body bytes received (after decoding)")

@@ -55,12 +55,12 @@ class CrawlStats:
     def request(self, host: str) -> None:
         """A request leaves for `host` (robots.txt included)."""
         self.requests += 1
-        metrics.HOST_REQUESTS.labels(host).inc()
+        metrics.child(metrics.HOST_REQUESTS, host).inc()
 
     def response(self, outcome: str, body_bytes: int = 0, *, page: bool = True) -> None:
         """A request ended: `outcome` is the HTTP status or the error class. `page`: a page, not
         robots.txt (only pages count in `statuses`)."""
-        metrics.FETCHES.labels(outcome).inc()
+        metrics.child(metrics.FETCHES, outcome).inc()
         if body_bytes:
             self.bytes += body_bytes
             metrics.BYTES.inc(body_bytes)
@@ -70,7 +70,7 @@ class CrawlStats:
     def retry(self, reason: str) -> None:
         """A URL is scheduled for another attempt (reason: status or error class)."""
         self.retries += 1
-        metrics.RETRIES.labels(reason).inc()
+        metrics.child(metrics.RETRIES, reason).inc()
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "statuses"}

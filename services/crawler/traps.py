@@ -22,8 +22,10 @@ from collections import Counter
 from urllib.parse import urlsplit
 
 from services.crawler import metrics
+from services.crawler.urlnorm import split_authority
 
 _DIGITS = re.compile(r"\d+")
+_UNPLAIN = re.compile(r"[#\t\r\n]")
 DEPTH = "depth"
 PATTERN_BUDGET = "pattern_budget"
 REASONS = (DEPTH, PATTERN_BUDGET)
@@ -31,6 +33,13 @@ REASONS = (DEPTH, PATTERN_BUDGET)
 
 def url_pattern(url: str) -> str:
     """Path and query of `url` with every run of digits collapsed to "#"."""
+    split = split_authority(url)
+    if split is not None and not _UNPLAIN.search(split[1]):  # (what urlsplit would cut or drop)
+        path, _, query = split[1].partition("?")
+        target = path or "/"
+        if query:
+            target += "?" + query
+        return _DIGITS.sub("#", target)
     parts = urlsplit(url)
     target = parts.path or "/"
     if parts.query:
