@@ -47,6 +47,7 @@ import random
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -142,8 +143,43 @@ def _report_paths(report: Path) -> set[str] | None:
     return {f["path"] for g in data["groups"] for f in g["files"]}
 
 
+def _py_spy_summary(raw: Path) -> dict[str, float]:
+    """Share of the watcher's batch samples (py-spy's collapsed stacks) per step of a batch."""
+    steps = ("apply", "result", "write_report", "flush_cache", "log")
+    counts = dict.fromkeys(steps, 0)
+    inner: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _sep, n = line.rpartition(" ")
+        frames = stack.split(";")
+        at = next((i for i, f in enumerate(frames) if f.startswith("run_watch ")), None)
+        if at is None or at + 1 >= len(frames) or "full_scan" in stack:
+            continue  # start-up, the first scan, a full re-scan
+        step = frames[at + 1].split(" ")[0].rpartition(".")[2]
+        if step not in counts:
+            continue  # the wait in RustNotify.watch, the loop itself
+        counts[step] += int(n)
+        if step == "apply":  # one level down, through _verify
+            below = [f.split(" ")[0] for f in frames[at + 2 :] if "watch.py" in f or "stages.py" in f]
+            named = (f for f in below if f.endswith(("_stage", "_digests", "_look")) and f != "_run_stage")
+            key = next(named, None)
+            key = key or (below[1] if len(below) > 1 else below[0] if below else "?")
+            inner[key] = inner.get(key, 0) + int(n)
+    total = sum(counts.values()) or 1
+    out = {k: v / total for k, v in counts.items()}
+    out.update({f"apply/{k}": v / total for k, v in sorted(inner.items(), key=lambda kv: -kv[1])[:12]})
+    out["samples"] = total
+    return out
+
+
 def watch_rounds(
-    tree: Path, work: Path, runs: int, fraction: float, step_ms: int, quiet: float, repo: Path = REPO
+    tree: Path,
+    work: Path,
+    runs: int,
+    fraction: float,
+    step_ms: int,
+    quiet: float,
+    repo: Path = REPO,
+    py_spy: Path | None = None,
 ) -> dict[str, Any]:
     report = work / "report.json"
     cache = work / "cache"
@@ -168,6 +204,13 @@ def watch_rounds(
             raise SystemExit(f"watch did not start: {log.lines}")
         time.sleep(0.01)
     first_scan = time.perf_counter() - t_start
+    spy = None
+    if py_spy is not None:  # the batches' samples (py-spy from this venv, or on PATH)
+        exe = shutil.which("py-spy", path=f"{Path(PY).parent}:{os.environ.get('PATH', '')}") or "py-spy"
+        rec = [exe, "record", "-p", str(proc.pid), "-r", "1000", "-f", "raw", "-o", str(py_spy)]
+        rec.append("--nonblocking")
+        spy = subprocess.Popen(rec, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # attached before the first round
     first_line = next(line for _t, line in log.lines if "first scan" in line)
     prev_copies: list[Path] = []
     rounds: list[dict[str, Any]] = []
@@ -247,6 +290,9 @@ def watch_rounds(
                 rounds.append(r)
             print(json.dumps({k: v for k, v in r.items() if k != "log"}), flush=True)
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # writes its file and exits
+            spy.wait(timeout=60)
         proc.terminate()
         rc = proc.wait(timeout=60)
         shutil.rmtree(bench_dir, ignore_errors=True)
@@ -257,6 +303,7 @@ def watch_rounds(
     watcher = [sum(r["watcher_ms"]) / 1000 for r in rounds]
     watcher_cpu = [sum(r["watcher_cpu_ms"]) / 1000 for r in rounds]
     return {
+        "py_spy": _py_spy_summary(py_spy) if py_spy is not None and py_spy.exists() else None,
         "repo": str(repo),
         "files": n_files,
         "changed_per_round": n_change,
@@ -292,6 +339,7 @@ def main() -> int:
     ap.add_argument("--tree-dir", default="/tmp/pg-dedup-watch-bench")
     ap.add_argument("--compare", metavar="DIR", help="another checkout whose watcher runs the same rounds")
     ap.add_argument("--blocks", type=int, default=2, help="with --compare: blocks of --runs rounds each")
+    ap.add_argument("--py-spy", metavar="FILE", help="py-spy the watcher (this checkout's) during its rounds")
     ap.add_argument("--out", default=str(REPO / "reports" / "bench_dedup_watch.json"))
     args = ap.parse_args()
 
@@ -308,10 +356,11 @@ def main() -> int:
     if args.compare:
         repos += [("compare", Path(args.compare).resolve())]
     blocks: dict[str, list[dict[str, Any]]] = {name: [] for name, _r in repos}
-    for _b in range(args.blocks if args.compare else 1):
+    for b in range(args.blocks if args.compare else 1):
         for name, repo in repos:
+            spy = Path(args.py_spy) if args.py_spy and name == "this" and b == 0 else None
             blocks[name].append(
-                watch_rounds(tree, work, args.runs, args.change_fraction, args.step_ms, args.quiet, repo)
+                watch_rounds(tree, work, args.runs, args.change_fraction, args.step_ms, args.quiet, repo, spy)
             )
     more = warm_scan_cli(tree, args.runs - before + 1)
     cli, cli_cpu = cli + more[0], cli_cpu + more[1]
@@ -372,6 +421,12 @@ def main() -> int:
                 f"    watcher's clock: last write -> last batch begins {begins} (the wait for quiet),"
                 f" -> report replaced {_fmt(side['seconds_to_replace'], 1000, ' ms')}"
             )
+    spied = blocks["this"][0]["py_spy"]
+    if spied:
+        lines.append(
+            f"py-spy of this watcher's batches ({spied['samples']} samples): "
+            + ", ".join(f"{k} {v:.0%}" for k, v in spied.items() if k != "samples")
+        )
     # the headline figures, as before: this checkout's medians
     med = result["watch"]["seconds_to_report"]["median"]
     result["speedup_vs_cli"] = result["warm_first_scan_cli"]["median"] / med
