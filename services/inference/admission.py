@@ -196,9 +196,10 @@ class WaitEstimate:
     floor_s: float  # the part that does not scale with the queue (one step, a slot to free)
     ahead_steps: float  # slot-steps of work ahead of it
     margin_s: float = 0.0  # how far real waits recently ran past their estimate (p95, >= 0)
-    # False when nothing is queued ahead of it and its tenant is under its share of the batch:
-    # its wait is a step or two and the scheduler's patience before it preempts for it, which
-    # shedding it would not shorten (on a slow machine that alone can pass the cap).
+    # False when it starts in the next step: a row is free for it (its tenant under its share
+    # of the batch, or rows to spare while the others are under theirs). Admission sheds only
+    # queued requests. A tenant under its share in a full batch waits the scheduler's patience
+    # before it takes a lent slot back: queued, so shed where that passes the cap (a slow box).
     queued: bool = True
     own_waiting: int = 0  # this tenant's requests of this class not yet started
     own_running: int = 0  # this tenant's running sequences
@@ -396,13 +397,17 @@ class WaitModel:
             # wait: this one gets a slot as soon as one frees, or takes back one lent to a
             # tenant over its share after the scheduler's patience (fair_preempt_after_steps).
             # The work queued ahead does not delay it (its own waiting requests start side by
-            # side with it, the others' wait behind it), so it is not shed: shedding it would
+            # side with it, the others' wait behind it), so it is not shed for them: that would
             # not shorten its wait. Counted as queued work, a steady tenant's requests still in
             # flight to the engine process (a step or two) made it look backlogged, and with
             # equal weights it was shed while it held 23 of its 32 slots (inference_rejections
             # by tenant; the per-tenant decisions in /v1/admin/state).
+            # In a full batch it waits for that patience, and that is its estimate like any
+            # other's: on a box whose steps pass a third of the class cap, admitting it only
+            # moved its 503 to the cap (queue_timeout) or its first token past it (session 8;
+            # before, it was never shed).
             full = everyone >= view.max_seqs
-            raw, floor, queued = 0.0, view.step_s * (1 + (self.SLOT_STEPS if full else 0)), False
+            raw, floor, queued = 0.0, view.step_s * (1 + (self.SLOT_STEPS if full else 0)), full
         else:
             backlogged = any(w.tokens for (u, _), w in waiting.items() if u == tenant)
             v_start = view.vtime.get(tenant, 0.0)

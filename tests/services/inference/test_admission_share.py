@@ -31,7 +31,10 @@ def test_under_its_share_with_requests_in_flight_it_waits_only_for_a_slot() -> N
     }
     running = {"a": [10] * 23, "b": [50] * 41}
     est = model.estimate("a", "interactive", waiting, FULL, running)
-    assert not est.queued  # so never shed on the estimate
+    # Its estimate is its wait for a slot alone, not the queue's: at this step time well within
+    # the cap. (Held to the cap like any other since session 8, test_admission_under_share: in
+    # a full batch it is queued for the scheduler's patience.)
+    assert est.queued
     assert est.raw_s == 0.0
     assert est.seconds == est.floor_s == FULL.step_s * (1 + WaitModel.SLOT_STEPS)
     assert (est.own_running, est.own_waiting, est.share_slots) == (23, 5, 32)
@@ -58,9 +61,11 @@ def test_weights_set_the_share_and_unknown_running_sequences_count_as_its_own() 
         ("heavy", "interactive"): Work(tokens=224, steps=97, seqs=1),
         ("light", "interactive"): Work(tokens=10 * 224, steps=10 * 97, seqs=10),
     }
-    # 40 running + 1 waiting + this one: under its 48 (3/4 of 64).
+    # 40 running + 1 waiting + this one: under its 48 (3/4 of 64): it waits only for the
+    # scheduler's patience in this full batch (queued since session 8; nothing raw ahead).
     est = model.estimate("heavy", "interactive", waiting, FULL, {"heavy": [5] * 40, "light": [50] * 24})
-    assert (est.share_slots, est.queued) == (48, False)
+    assert (est.share_slots, est.queued, est.raw_s) == (48, True, 0.0)
+    assert est.seconds == FULL.step_s * (1 + WaitModel.SLOT_STEPS)
     # The engine says 64 run, the tickets name 40 + 16: the 8 unknown ones may be heavy's own,
     # so it is at its share and its queue counts.
     est = model.estimate("heavy", "interactive", waiting, FULL, {"heavy": [5] * 40, "light": [50] * 16})
