@@ -18,7 +18,11 @@ requests taking them in turn), so a tenant may queue only what its own share sta
 the class cap, and admission holds that to (1 - admission_headroom) x the cap (the rest for the
 step time drifting over the wait): a request it cannot start in time is refused at once (503
 overloaded, Retry-After how far its estimate is past that) instead of admitted and dropped at
-the cap (the late drops of docs/bench/inference.md).
+the cap (the late drops of docs/bench/inference.md). Since session 8 two exceptions are
+settled by what the batch holds, not the share: a batch request that finds rows free for all
+that waits and for itself (an eighth to spare) while every other tenant is under its share is
+admitted as starting next step (shed on its share, it left rows idle); and a tenant under its
+share in a full batch is held to the cap on the scheduler's patience like any other.
 Each admitted request's estimate is compared with the wait it then had (Ticket.bind), which
 both calibrates the estimate and is exported (inference_wait_estimate_error_seconds); one
 dropped at its class cap before a first token calibrates it as a wait of at least the cap
