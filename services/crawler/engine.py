@@ -862,9 +862,10 @@ class Crawl:
 
     async def _parse(self, result: FetchResult) -> ParsedPage:
         html = decode_body(result.body, result.charset)
+        text = self.sink is not None  # (the page's text goes nowhere else)
         if len(result.body) > _PARSE_OFF_LOOP_BYTES:
-            return await asyncio.to_thread(parse_html, html, result.url)
-        return parse_html(html, result.url)
+            return await asyncio.to_thread(functools.partial(parse_html, html, result.url, text=text))
+        return parse_html(html, result.url, text=text)
 
     async def _emit(
         self,

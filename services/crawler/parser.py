@@ -68,7 +68,9 @@ _ONE_PASS = (
 _HIDDEN = frozenset(("script", "style", "noscript", "template"))
 
 
-def parse_html(html: str, url: str) -> ParsedPage:
+def parse_html(html: str, url: str, *, text: bool = True) -> ParsedPage:
+    """The page's links, canonical, meta robots, title and (`text`: only when asked; nothing but a
+    sink reads it) its visible text."""
     tree = LexborHTMLParser(html)
     page = ParsedPage(base=url)
     base_node = title = None
@@ -123,9 +125,11 @@ def parse_html(html: str, url: str) -> ParsedPage:
             if link not in seen:
                 seen.add(link)
                 page.links.append(link)
+    if not text:
+        return page
     for node in hidden:
         node.decompose()
     body = tree.body
-    text = body.text(separator=" ", strip=True) if body is not None else ""
-    page.text = " ".join(text.split())[:MAX_TEXT_CHARS]
+    visible = body.text(separator=" ", strip=True) if body is not None else ""
+    page.text = " ".join(visible.split())[:MAX_TEXT_CHARS]
     return page
