@@ -55,8 +55,9 @@ ADDED, MODIFIED, DELETED = 1, 2, 3
 # work by then, and what an overflowed inotify queue looks like).
 RESCAN_OVER = 20000
 # Once changes come, the batch ends after a quiet window measured from the last change seen:
-# QUIET_MIN_MS, or twice the longest gap seen between changes of this burst, at most step_ms.
-# The event set is looked at every FINE_STEP_MS meanwhile (every step_ms while idle).
+# QUIET_MIN_MS at first, doubled (up to step_ms) each time changes follow an answer at once.
+# The event set is looked at when that window ends (every step_ms while idle, every
+# FINE_STEP_MS for a while after an answer).
 QUIET_MIN_MS = 2
 FINE_STEP_MS = 1
 
@@ -998,11 +999,11 @@ class Batcher:
 
     Idle, the event set is looked at every `step_ms` (what RustNotify.watch costs while
     nothing happens: a wake-up a step); the first look that finds changes returns them one
-    step later. From then on it is looked at every FINE_STEP_MS, and the batch ends once no
-    change has come for a quiet window measured from the last change seen: the learned
-    `floor_ms` (QUIET_MIN_MS at first), or twice the longest gap seen between two changes of
-    this burst, never more than `step_ms`; or `debounce_ms` after the first change, whatever
-    comes. (A fixed step waited one to two steps after the last change: 10-20 ms at 10.)
+    step later. From then on it is looked at once a quiet window has passed, and the batch
+    ends once no change has come for that window, measured from the last change seen: the
+    learned `floor_ms` (QUIET_MIN_MS at first, never more than `step_ms`); or `debounce_ms`
+    after the first change, whatever comes. (A fixed step waited one to two steps after the
+    last change: 10-20 ms at 10.)
 
     For `hot_ms` after an answer the set is looked at every FINE_STEP_MS too: changes that
     came while the batch was being answered are taken at once, not a step or two later.
@@ -1053,22 +1054,22 @@ class Batcher:
             return got
         changes = set(got)
         first = last = self.clock()
-        longest = 0.0
+        quiet = self.floor_ms / 1000
         while True:
-            quiet = min(max(self.floor_ms / 1000, 2 * longest), self.quiet_max_ms / 1000)
             now = self.clock()
             left = quiet - (now - last)
             if left <= 0 or now - first >= self.debounce_ms / 1000:
                 return changes
-            more = notify.watch(1, FINE_STEP_MS, max(1, math.ceil(round(left * 1000, 3))), stop)
+            # One look when the window ends (RustNotify checks its timeout at each step, so
+            # a step as long as the window is one wake-up, not one a millisecond: on a loaded
+            # machine each wake-up waits for a core); a change meanwhile returns a step later.
+            wait_ms = max(1, math.ceil(round(left * 1000, 3)))
+            more = notify.watch(1, wait_ms, wait_ms, stop)
             if more == "timeout":
                 return changes
             if not isinstance(more, set):
                 return more  # stop or signal: the run ends, the batch with it
-            now = self.clock()
-            # RustNotify returns a step after the look that found the change: the gap ended then.
-            longest = max(longest, now - last - FINE_STEP_MS / 1000)
-            last = now
+            last = self.clock()
             changes |= more
 
 

@@ -54,29 +54,12 @@ def test_idle_answers_pass_through(answer: str) -> None:
 def test_a_burst_is_one_batch_until_the_quiet_window() -> None:
     clock = Clock()
     a, b, c = (1, "/r/a"), (1, "/r/b"), (2, "/r/c")
-    notify = ScriptedNotify(clock, [(0.02, {a}), (0.002, {b}), (0.002, {c, a}), (0.003, "timeout")])
+    notify = ScriptedNotify(clock, [(0.02, {a}), (0.004, {b}), (0.004, {c, a}), (0.002, "timeout")])
     assert _batcher(clock).next(notify, STOP) == {a, b, c}
     assert not notify.script
-    # after the idle look, the set is looked at every FINE_STEP_MS; a gap of one fine step
-    # between changes keeps the quiet window at its minimum
-    assert [call[1] for call in notify.calls] == [10, FINE_STEP_MS, FINE_STEP_MS, FINE_STEP_MS]
-    assert notify.calls[-1][2] == QUIET_MIN_MS
-
-
-def test_the_quiet_window_grows_with_the_gaps_of_the_burst() -> None:
-    clock = Clock()
-    notify = ScriptedNotify(clock, [(0.02, {(1, "/r/a")}), (0.004, {(1, "/r/b")}), (0.007, "timeout")])
-    assert _batcher(clock, step_ms=50).next(notify, STOP) == {(1, "/r/a"), (1, "/r/b")}
-    # a gap of 3 ms (4 ms less the step that returned it): the next window is twice that
-    assert notify.calls[1][2] == QUIET_MIN_MS
-    assert notify.calls[2][2] == 6
-
-
-def test_the_quiet_window_is_at_most_step_ms() -> None:
-    clock = Clock()
-    notify = ScriptedNotify(clock, [(0.02, {(1, "/r/a")}), (0.2, {(1, "/r/b")}), (0.01, "timeout")])
-    assert _batcher(clock, step_ms=10).next(notify, STOP) == {(1, "/r/a"), (1, "/r/b")}
-    assert notify.calls[2][2] == 10
+    # after the idle look (every step_ms), one look when the quiet window ends: a step and
+    # a timeout of the window (one wake-up)
+    assert notify.calls == [(1, 10, 500)] + [(1, QUIET_MIN_MS, QUIET_MIN_MS)] * 3
 
 
 def test_debounce_ends_a_batch_that_never_goes_quiet() -> None:
@@ -125,7 +108,7 @@ def test_changes_right_after_an_answer_widen_the_window_and_quiet_answers_narrow
     assert notify.calls[0][1] == FINE_STEP_MS
     assert notify.calls[0][2] == 20  # hot for 2 x step_ms after the answer
     assert batcher.floor_ms == 2 * QUIET_MIN_MS and batcher.cuts == 1
-    assert notify.calls[1][2] == 2 * QUIET_MIN_MS
+    assert notify.calls[1] == (1, 2 * QUIET_MIN_MS, 2 * QUIET_MIN_MS)
     # cut again and again: at most step_ms
     for _ in range(5):
         batcher.answered()
