@@ -376,27 +376,7 @@ class WaitModel:
         own_waiting = sum(w.seqs for (u, _), w in waiting.items() if u == tenant)
         everyone = view.running + sum(w.seqs for w in waiting.values())
         ahead = 0.0
-        if (
-            rank > 0
-            and view.max_seqs
-            and view.step_s > 0
-            and self.class_slots(klass, view) - everyone >= max(1, self.class_slots(klass, view) // 8)
-            and self._others_under_share(tenant, waiting, view, running)
-        ):
-            # Rows of the batch its class may fill are free for every request waiting and for
-            # this one, an eighth of them to spare, and every other tenant is under its own
-            # share: they all start within a step or two, whatever its share (the scheduler is
-            # work-conserving: a free row goes to whoever waits; the spare eighth is for the
-            # others' requests arriving meanwhile, which go first when its tenant is over its
-            # share: with one row to spare, a flood of the other tenant's took it and the
-            # request admitted on it waited 2.4 s for a 0.35 s cap, test_admission_slots). Counted on its
-            # share alone, bob's batch requests were shed at 1.0-1.5x in windows whose batch
-            # ran 19 and 58 rows of 112 (bench_inference, session 8): alice's few interactive
-            # streams halved bob's share, and his running sequences over it were counted as
-            # taken back. Not while another tenant holds its share: its next requests would
-            # take the free rows first, and this one would wait for its own share's slots.
-            raw, floor, queued = 0.0, view.step_s, False
-        elif share and not higher and own_running + unknown + own_waiting < share:
+        if share and not higher and own_running + unknown + own_waiting < share:
             # Under its weighted share of the batch's slots, counting its own requests that
             # wait: this one gets a slot as soon as one frees, or takes back one lent to a
             # tenant over its share after the scheduler's patience (fair_preempt_after_steps).
@@ -412,6 +392,30 @@ class WaitModel:
             # before, it was never shed).
             full = everyone >= view.max_seqs
             raw, floor, queued = 0.0, view.step_s * (1 + (self.SLOT_STEPS if full else 0)), full
+        elif (
+            rank > 0
+            and view.max_seqs
+            and view.step_s > 0
+            and self.class_slots(klass, view) - everyone >= max(1, self.class_slots(klass, view) // 8)
+            and self._others_under_share(tenant, waiting, view, running)
+        ):
+            # Rows of the batch its class may fill are free for every request waiting and for
+            # this one, an eighth of them to spare, and every other tenant is under its own
+            # share: it starts once the prompts ahead of it are prefilled, whatever its share
+            # (the scheduler is work-conserving: a free row goes to whoever waits). Counted on
+            # its share alone, bob's batch requests were shed at 1.0-1.5x in windows whose
+            # batch ran 19 and 58 rows of 112 (bench_inference, session 8): alice's few
+            # interactive streams halved bob's share, and his running sequences over it were
+            # counted as taken back. Not while another tenant holds its share (its next
+            # requests would take the free rows first, and this one would wait for its own
+            # share's slots), nor with less to spare or for the interactive class, whose cap is
+            # a few steps: with one row to spare, a flood of the other tenant's took it and the
+            # request admitted on it waited 2.4 s for a 0.35 s cap (test_admission_slots).
+            # The prompts ahead are prefilled at least a chunk a step (a step's token budget
+            # goes to the running decodes first), so on a starved engine a long list of them is
+            # still held to the cap.
+            fill = -(-sum(w.prompt for w in waiting.values()) // max(view.prefill_chunk, 1))
+            raw, floor, queued = fill * view.step_s, view.step_s, fill > 0
         else:
             backlogged = any(w.tokens for (u, _), w in waiting.items() if u == tenant)
             v_start = view.vtime.get(tenant, 0.0)
@@ -694,6 +698,8 @@ class Work:
     # Each request's slot-steps, in admission order (what WaitModel's slot schedule queues);
     # empty: `seqs` requests of equal size. Not compared: the totals are the work.
     jobs: tuple[int, ...] = field(default=(), compare=False)
+    # Their prompt tokens still to prefill: the free-row estimate's part (0: not known).
+    prompt: int = field(default=0, compare=False)
 
 
 def waiting_work(tickets: Iterable[Ticket], prefill_chunk: int) -> dict[tuple[str, str], Work]:
@@ -702,6 +708,7 @@ def waiting_work(tickets: Iterable[Ticket], prefill_chunk: int) -> dict[tuple[st
     tokens: dict[tuple[str, str], int] = {}
     steps: dict[tuple[str, str], int] = {}
     seqs: dict[tuple[str, str], int] = {}
+    prompts: dict[tuple[str, str], int] = {}
     for t in tickets:
         seq = t.seq
         if seq is None:  # admitted, not yet handed to the engine
@@ -714,7 +721,8 @@ def waiting_work(tickets: Iterable[Ticket], prefill_chunk: int) -> dict[tuple[st
         tokens[key] = tokens.get(key, 0) + prompt + out
         steps[key] = steps.get(key, 0) + out + -(-prompt // chunk)
         seqs[key] = seqs.get(key, 0) + 1
-    return {k: Work(tokens[k], steps[k], seqs[k]) for k in tokens}
+        prompts[key] = prompts.get(key, 0) + prompt
+    return {k: Work(tokens[k], steps[k], seqs[k], prompt=prompts[k]) for k in tokens}
 
 
 class Admission:
@@ -935,6 +943,7 @@ class Admission:
         below = CLASS_ORDER[CLASS_ORDER.index(klass) :] if klass in CLASS_ORDER[1:] else None
         serving = 0
         tokens: dict[tuple[str, str], int] = {}
+        prompts: dict[tuple[str, str], int] = {}
         jobs: dict[tuple[str, str], list[int]] = {}
         running: dict[str, list[int]] = {}
         waiting_status, running_status = SeqStatus.WAITING, SeqStatus.RUNNING
@@ -965,11 +974,13 @@ class Admission:
             mine_jobs = jobs.get(key)
             if mine_jobs is None:
                 tokens[key] = prompt + out
+                prompts[key] = prompt
                 jobs[key] = [out + -(-prompt // chunk)]
             else:
                 tokens[key] += prompt + out
+                prompts[key] += prompt
                 mine_jobs.append(out + -(-prompt // chunk))
-        waiting = {k: Work(tokens[k], sum(j), len(j), tuple(j)) for k, j in jobs.items()}
+        waiting = {k: Work(tokens[k], sum(j), len(j), tuple(j), prompts[k]) for k, j in jobs.items()}
         return waiting, running, (serving if below is not None else None)
 
     def _observe(self, tickets: Iterable[Ticket]) -> None:

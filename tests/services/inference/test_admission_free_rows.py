@@ -30,11 +30,21 @@ from services.inference.errors import Overloaded
 MAX_SEQS = 128  # the batch class may fill 112 (the interactive reserve, max_seqs // 8)
 
 
-def _bob_estimate(bob_running: int, bob_waiting: int, alice_running: int, step_s: float = 0.05):
+def _bob_estimate(
+    bob_running: int, bob_waiting: int, alice_running: int, step_s: float = 0.05, prompt: int = 0
+):
     model = WaitModel({"alice": 1.0, "bob": 1.0})
     running = {"bob": [250 - i for i in range(bob_running)], "alice": [30] * alice_running}
     jobs = (257,) * bob_waiting
-    waiting = {("bob", "batch"): Work(tokens=300 * bob_waiting, steps=sum(jobs), seqs=bob_waiting, jobs=jobs)}
+    waiting = {
+        ("bob", "batch"): Work(
+            tokens=300 * bob_waiting,
+            steps=sum(jobs),
+            seqs=bob_waiting,
+            jobs=jobs,
+            prompt=prompt * bob_waiting,
+        )
+    }
     view = EngineView(
         tokens_per_s=2000.0, step_s=step_s, max_seqs=MAX_SEQS, running=bob_running + alice_running
     )
@@ -49,6 +59,16 @@ def test_a_request_with_a_free_row_behind_everything_waiting_starts_next_step() 
     est = _bob_estimate(bob_running=60, bob_waiting=30, alice_running=5)
     assert not est.queued
     assert est.seconds == est.floor_s == 0.05
+
+
+def test_on_free_rows_it_still_waits_for_the_prompts_ahead_to_prefill() -> None:
+    # The same 30 waiting with 64-token prompts: 1920 tokens, at least a 256-token chunk a
+    # step, 8 steps before its own. On a starved engine (1 s steps) that passes the 8 s aim.
+    est = _bob_estimate(bob_running=60, bob_waiting=30, alice_running=5, prompt=64)
+    assert est.queued
+    assert est.seconds == pytest.approx(0.05 * (1 + 8))
+    starved = _bob_estimate(bob_running=60, bob_waiting=30, alice_running=5, prompt=64, step_s=1.0)
+    assert starved.seconds == pytest.approx(9.0)
 
 
 def test_with_no_row_free_for_it_the_schedule_still_counts() -> None:
