@@ -216,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(service="crawler", level="WARNING")  # JSON lines on stderr, like the service
     try:
-        status = asyncio.run(run_crawl(args, config))
+        import uvloop  # (libuv: the loop's own work, timers and socket writes, in C)
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            status = runner.run(run_crawl(args, config))
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
