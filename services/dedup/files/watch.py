@@ -33,6 +33,7 @@ import fnmatch
 import gc
 import itertools
 import math
+import operator
 import os
 import stat
 import sys
@@ -131,6 +132,9 @@ def _kept_cache_class() -> type:
 
 def _entry_path(f: FileEntry) -> bytes:
     return f.path
+
+
+_files_of = operator.attrgetter("files")
 
 
 def _lone_set(
@@ -803,8 +807,8 @@ class WatchIndex:
                 self._chunks[i] = None
             self._unencoded.add(size)
             gs.sort(key=_first_path)  # the report's order: (size, first path), see sort_groups
-            n_files = sum(len(g.files) for g in gs)
-            wasted = sum(g.wasted_bytes for g in gs)
+            n_files = sum(map(len, map(_files_of, gs)))
+            wasted = size * (n_files - len(gs))  # the sum of Group.wasted_bytes, in one step
             self._agg[size] = (len(gs), n_files, wasted)
             self._n_files += n_files
             self._wasted += wasted
