@@ -61,6 +61,7 @@ RESCAN_OVER = 20000
 # FINE_STEP_MS for a while after an answer).
 QUIET_MIN_MS = 2
 FINE_STEP_MS = 1
+HOT_MAX_MS = 100  # looks every FINE_STEP_MS after an answer: for 2 x step_ms, at most this
 
 Stamp = tuple[int, int, int, int, int]  # (dev, ino, mtime_ns, size, ctime_ns)
 _SEP_TEXT = ",\n    "  # between two groups in the JSON report (indent 2, in a list)
@@ -1009,13 +1010,14 @@ class Batcher:
     after the first change, whatever comes. (A fixed step waited one to two steps after the
     last change: 10-20 ms at 10.)
 
-    For `hot_ms` after an answer the set is looked at every FINE_STEP_MS too: changes that
-    came while the batch was being answered are taken at once, not a step or two later.
-    Changes there mean the window cut a burst short (a writer paused longer than the
-    window; on a loaded machine it is descheduled for milliseconds): `floor_ms` doubles, up
-    to `step_ms`; an answer no change follows within `hot_ms` lets it back down by a fifth.
-    A cut costs time, never a change: the changes of the pause stay in RustNotify's set for
-    the next call, and each batch is answered in full."""
+    For `hot_ms` after an answer (2 x `step_ms`, at most HOT_MAX_MS) the set is looked at
+    every FINE_STEP_MS: changes that came while the batch was being answered are taken at
+    once, not a step or two later. Changes there mean the window cut a burst short (a
+    writer paused longer than the window; on a loaded machine it is descheduled for
+    milliseconds): `floor_ms` doubles, up to `step_ms`; an answer no change follows within
+    `hot_ms` lets it back down by a fifth. A cut costs time, never a change: the changes of
+    the pause stay in RustNotify's set for the next call, and each batch is answered in
+    full."""
 
     def __init__(
         self,
@@ -1032,7 +1034,7 @@ class Batcher:
         self.quiet_min_ms = quiet_min_ms
         self.quiet_max_ms = max(step_ms, quiet_min_ms)
         self.floor_ms = quiet_min_ms
-        self.hot_ms = 2 * step_ms if hot_ms is None else hot_ms
+        self.hot_ms = min(2 * step_ms, HOT_MAX_MS) if hot_ms is None else hot_ms
         self.idle_timeout_ms = idle_timeout_ms
         self.clock = clock
         self.hot_until = 0.0

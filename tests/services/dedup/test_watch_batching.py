@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.dedup.files.watch import FINE_STEP_MS, QUIET_MIN_MS, Batcher
+from services.dedup.files.watch import FINE_STEP_MS, HOT_MAX_MS, QUIET_MIN_MS, Batcher
 
 
 class Clock:
@@ -125,3 +125,12 @@ def test_changes_right_after_an_answer_widen_the_window_and_quiet_answers_narrow
     notify = ScriptedNotify(clock, [(0.5, "timeout")])
     batcher.next(notify, STOP)
     assert notify.calls == [(1, 10, 500)]
+
+
+def test_the_fine_looks_after_an_answer_are_bounded() -> None:
+    clock = Clock()
+    batcher = _batcher(clock, step_ms=1000)  # a long idle step: not 2 s of looks every 1 ms
+    batcher.answered()
+    notify = ScriptedNotify(clock, [(0.1, "timeout")])
+    assert batcher.next(notify, STOP) == "timeout"
+    assert notify.calls == [(1, FINE_STEP_MS, HOT_MAX_MS)]
