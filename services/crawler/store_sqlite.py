@@ -80,8 +80,8 @@ CREATE TABLE IF NOT EXISTS urls (
     discovered_at REAL,
     fetched_at    REAL
 );
-CREATE INDEX IF NOT EXISTS urls_host_queue ON urls (host, state, depth, id);
-CREATE INDEX IF NOT EXISTS urls_state_lease ON urls (state, lease_until);
+CREATE INDEX IF NOT EXISTS urls_host ON urls (host);
+CREATE INDEX IF NOT EXISTS urls_leased ON urls (state, lease_until) WHERE state IN ({_LEASED});
 CREATE INDEX IF NOT EXISTS urls_ready ON urls (host, not_before) WHERE state IN ({_READY});
 CREATE TABLE IF NOT EXISTS hosts (host TEXT PRIMARY KEY, admitted INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS content (sha256 TEXT PRIMARY KEY, url_id INTEGER NOT NULL);
@@ -94,6 +94,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS state_counts (state INTEGER PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS host_ready (host TEXT PRIMARY KEY, n INTEGER NOT NULL);
 """
+
+# Indexes of a file written before the ones above: every state change of a URL moved its entries
+# in both (a claim, a start, a finish: a page of each written again in the WAL); now a URL's
+# entry by host does not move, and only leased URLs have one by lease.
+_OLD_INDEXES = ("urls_host_queue", "urls_state_lease")
 
 # Kept by the same transaction as the change they count (a file from before them is counted once
 # on open, see _migrate).
@@ -256,6 +261,9 @@ class SQLiteStore(FrontierStore):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        # A statement's or savepoint's undo journal in memory: not a temporary file (created,
+        # written, closed) when it outgrows 64 KiB.
+        self._db.execute("PRAGMA temp_store=MEMORY")
         self._db.executescript(_SCHEMA)
         self._migrate()
         self.bloom: BloomFilter | None = None
@@ -280,6 +288,8 @@ class SQLiteStore(FrontierStore):
         """Counters for a file written before them: counted once, with the triggers, in one transaction."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
+            for old in _OLD_INDEXES:  # (their successors are in _SCHEMA)
+                self._db.execute(f"DROP INDEX IF EXISTS {old}")
             if self._db.execute("SELECT 1 FROM meta WHERE key='counters'").fetchone() is None:
                 self._db.execute("DELETE FROM state_counts")
                 self._db.execute("DELETE FROM host_ready")

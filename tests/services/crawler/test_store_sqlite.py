@@ -332,3 +332,39 @@ def test_counters_of_a_file_from_before_them_are_counted_on_open(tmp_path: Path)
         assert store.counts()["DISCOVERED"] == 3
     finally:
         store.close()
+
+
+def test_a_file_with_the_old_indexes_gets_the_new_ones(tmp_path: Path) -> None:
+    """A file written before session 8 (an index by host, state, depth, id; one by state and lease
+    over every URL) is opened with the new ones: an index by host alone, and one by lease over the
+    leased URLs only; the leases still run out and the host counts still answer."""
+    import sqlite3
+
+    db = tmp_path / "s.sqlite"
+    store = SQLiteStore(db)
+    store.add([_u("/a"), _u("/b")], now=0)
+    rec = store.claim("a.test", "w", 5, now=100)
+    assert rec is not None and store.start(rec.id, "w", 5, now=100)
+    store.close()
+    raw = sqlite3.connect(db, isolation_level=None)
+    raw.executescript(
+        "DROP INDEX urls_host; DROP INDEX urls_leased;"
+        " CREATE INDEX urls_host_queue ON urls (host, state, depth, id);"
+        " CREATE INDEX urls_state_lease ON urls (state, lease_until);"
+    )
+    raw.close()
+    store = SQLiteStore(db)
+    try:
+        names = {n for (n,) in store._call(lambda: list(store._db.execute("SELECT name FROM sqlite_master")))}
+        assert {"urls_host", "urls_leased", "urls_ready"} <= names
+        assert not names & {"urls_host_queue", "urls_state_lease"}
+        assert store.host_counts("a.test")["FETCHING"] == 1
+        assert store.earliest_lease_expiry() == 105
+        assert store.expire_leases(now=106) == 1
+        assert store.host_counts("a.test") == {
+            **dict.fromkeys(store.host_counts("a.test"), 0),
+            "DISCOVERED": 1,
+            "RETRYABLE": 1,
+        }
+    finally:
+        store.close()
