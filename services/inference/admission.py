@@ -376,6 +376,7 @@ class WaitModel:
         own_waiting = sum(w.seqs for (u, _), w in waiting.items() if u == tenant)
         everyone = view.running + sum(w.seqs for w in waiting.values())
         ahead = 0.0
+        margin = self._margin(cal)
         if share and not higher and own_running + unknown + own_waiting < share:
             # Under its weighted share of the batch's slots, counting its own requests that
             # wait: this one gets a slot as soon as one frees, or takes back one lent to a
@@ -389,9 +390,12 @@ class WaitModel:
             # In a full batch it waits for that patience, and that is its estimate like any
             # other's: on a box whose steps pass a third of the class cap, admitting it only
             # moved its 503 to the cap (queue_timeout) or its first token past it (session 8;
-            # before, it was never shed).
+            # before, it was never shed). Without the class's margin: that is the error of
+            # queue estimates (with it, at 50 ms steps the margin's cap/2 alone shed a steady
+            # tenant under its share, the very thing this branch is for).
             full = everyone >= view.max_seqs
             raw, floor, queued = 0.0, view.step_s * (1 + (self.SLOT_STEPS if full else 0)), full
+            margin = 0.0
         elif (
             rank > 0
             and view.max_seqs
@@ -440,7 +444,7 @@ class WaitModel:
             raw,
             floor,
             ahead,
-            self._margin(cal),
+            margin,
             queued,
             own_waiting=mine.seqs,
             own_running=own_running,

@@ -65,3 +65,18 @@ def test_under_its_share_with_a_free_row_it_is_admitted_whatever_the_step() -> N
     est = adm.estimate("alice", "interactive")
     assert not est.queued
     adm.admit(adm.tenants["alice"], klass="interactive", prompt_tokens=16, max_tokens=16)
+
+
+def test_the_class_margin_does_not_reach_it() -> None:
+    # The class's recent waits ran 0.3 s past their estimates (a flood's queue estimates on a
+    # loaded box): the margin is for those, and with it (up to cap / 2) a steady tenant under
+    # its share was shed at 50 ms steps (0.15 + 0.175 > 0.28). Its own wait is the patience.
+    adm = _admission(step_s=0.05, bob_running=MAX_SEQS)
+    cal = adm.wait_model.calibration["interactive"]
+    cal.recent.extend([0.3] * 50)
+    cal.margin = None
+    est = adm.estimate("alice", "interactive")
+    assert est.queued and est.margin_s == 0.0
+    adm.admit(adm.tenants["alice"], klass="interactive", prompt_tokens=16, max_tokens=16)
+    # The flooding tenant's queue estimate still carries it.
+    assert adm.estimate("bob", "interactive").margin_s == 0.3
