@@ -32,7 +32,6 @@ import dataclasses
 import fnmatch
 import gc
 import itertools
-import math
 import operator
 import os
 import stat
@@ -57,8 +56,8 @@ ADDED, MODIFIED, DELETED = 1, 2, 3
 RESCAN_OVER = 20000
 # Once changes come, the batch ends after a quiet window measured from the last change seen:
 # QUIET_MIN_MS at first, doubled (up to step_ms) each time changes follow an answer at once.
-# The event set is looked at when that window ends (every step_ms while idle, every
-# FINE_STEP_MS for a while after an answer).
+# The event set is looked at every step_ms while idle, every FINE_STEP_MS in a batch and for a
+# while after an answer. No look ever drops a change (Batcher._watch: no watchfiles timeout).
 QUIET_MIN_MS = 2
 FINE_STEP_MS = 1
 HOT_MAX_MS = 100  # looks every FINE_STEP_MS after an answer: for 2 x step_ms, at most this
@@ -1004,8 +1003,8 @@ class Batcher:
 
     Idle, the event set is looked at every `step_ms` (what RustNotify.watch costs while
     nothing happens: a wake-up a step); the first look that finds changes returns them one
-    step later. From then on it is looked at once a quiet window has passed, and the batch
-    ends once no change has come for that window, measured from the last change seen: the
+    step later. From then on it is looked at every FINE_STEP_MS, and the batch ends once no
+    change has come for a quiet window, measured from the last change seen: the
     learned `floor_ms` (QUIET_MIN_MS at first, never more than `step_ms`); or `debounce_ms`
     after the first change, whatever comes. (A fixed step waited one to two steps after the
     last change: 10-20 ms at 10.)
@@ -1047,7 +1046,7 @@ class Batcher:
         """The next batch of changes, or "timeout" / "stop" / "signal" as RustNotify.watch says."""
         hot_left = self.hot_until - self.clock()
         if hot_left > 0:
-            got = notify.watch(1, FINE_STEP_MS, max(1, math.ceil(round(hot_left * 1000, 3))), stop)
+            got = self._watch(notify, FINE_STEP_MS, hot_left, stop)
             self.hot_until = 0.0
             if got == "timeout":  # the last burst had ended: the window may shrink again
                 self.floor_ms = max(self.quiet_min_ms, self.floor_ms * 0.8)
@@ -1055,7 +1054,7 @@ class Batcher:
                 self.cuts += 1
                 self.floor_ms = min(self.quiet_max_ms, self.floor_ms * 2)
         else:
-            got = notify.watch(1, self.step_ms, self.idle_timeout_ms, stop)
+            got = self._watch(notify, self.step_ms, self.idle_timeout_ms / 1000, stop)
         if not isinstance(got, set):
             return got
         changes = set(got)
@@ -1066,17 +1065,54 @@ class Batcher:
             left = quiet - (now - last)
             if left <= 0 or now - first >= self.debounce_ms / 1000:
                 return changes
-            # One look when the window ends (RustNotify checks its timeout at each step, so
-            # a step as long as the window is one wake-up, not one a millisecond: on a loaded
-            # machine each wake-up waits for a core); a change meanwhile returns a step later.
-            wait_ms = max(1, math.ceil(round(left * 1000, 3)))
-            more = notify.watch(1, wait_ms, wait_ms, stop)
+            # Looked at every FINE_STEP_MS until the window ends: a change meanwhile joins
+            # the batch and the window starts again from it.
+            more = self._watch(notify, FINE_STEP_MS, left, stop)
             if more == "timeout":
                 return changes
             if not isinstance(more, set):
                 return more  # stop or signal: the run ends, the batch with it
             last = self.clock()
             changes |= more
+
+    def _watch(
+        self, notify: _Notify, step_ms: int, seconds: float, stop: threading.Event
+    ) -> set[tuple[int, str]] | str:
+        """RustNotify.watch for at most `seconds`, and nothing lost when that time ends.
+
+        watchfiles 1.2.0's own timeout (src/lib.rs, RustNotify.watch) reads the event set's
+        size, lets go of its lock, then clears the set: a change the notify thread adds in
+        between is dropped, silently, and the report would miss it until that path changes
+        again. So no timeout is passed: the deadline is the stop event's is_set(), which
+        raises once it has passed. watch() propagates that before it touches the set, so a
+        change that came meanwhile stays there for the next call (tests/services/dedup/
+        test_watch_batching.py pins this on the real RustNotify)."""
+        deadline = _Deadline(stop, self.clock() + seconds, self.clock)
+        try:
+            return notify.watch(1, step_ms, 0, deadline)
+        except _WindowEnded:
+            return "timeout"
+
+
+class _WindowEnded(Exception):
+    """Raised through RustNotify.watch by _Deadline.is_set once its time is up."""
+
+
+class _Deadline:
+    """RustNotify.watch's stop_event: set when the run's stop event is; past `until` it
+    raises _WindowEnded (see Batcher._watch for why a timeout is not used)."""
+
+    __slots__ = ("clock", "stop", "until")
+
+    def __init__(self, stop: threading.Event, until: float, clock: Callable[[], float]) -> None:
+        self.stop, self.until, self.clock = stop, until, clock
+
+    def is_set(self) -> bool:
+        if self.stop.is_set():
+            return True  # the run ends: watch() clears the set, which no longer matters
+        if self.clock() >= self.until:
+            raise _WindowEnded
+        return False
 
 
 def run_watch(
