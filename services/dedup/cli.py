@@ -151,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--no-cache", action="store_true", help="do not read or write the hash cache")
     w.add_argument("--reverify", action="store_true", help="byte-verify even members the cache proved before")
     w.add_argument(
-        "--step-ms", type=_positive_int, default=50, help="a batch ends after this long without a new change"
+        "--step-ms",
+        type=_positive_int,
+        default=50,
+        help="while idle, look for changes this often; also the longest quiet window that ends a batch",
     )
     w.add_argument(
         "--debounce-ms", type=_positive_int, default=1600, help="a batch ends after this long at most"
