@@ -469,14 +469,6 @@ class WaitModel:
             # Its own slots, scheduled: when one is free for it after its own queue has started
             # (WaitModel._slot_schedule), in steps; work of a higher class first, shared by the
             # batch as before.
-            # A batch tenant keeps the slots lent to it while every other tenant is under its
-            # share: nobody waits to take them back (the interactive reserve serves the top
-            # class), so its queue is scheduled on all the slots it holds. Counted as taken
-            # back, bob's 100 running of 112 with 11-23 waiting were estimated at 8.5 s and shed
-            # against 0.13-0.36 s waited (bench_inference at 1.25-1.5x, session 8), and the
-            # batch ran 75-92 rows.
-            if rank > 0 and self._others_under_share(tenant, waiting, view, running):
-                share = max(share, len(running.get(tenant, ())))
             start = self._slot_schedule(tenant, rank, waiting, view, running, share)
             raw = start * view.step_s
             if higher:

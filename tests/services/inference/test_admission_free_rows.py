@@ -98,16 +98,3 @@ def test_admission_does_not_shed_while_the_batch_has_a_free_row() -> None:
     # The 113th has none: it waits for the first of them to end, 257 steps (12.9 s): shed.
     with pytest.raises(Overloaded):
         adm.admit(bob, klass="batch", prompt_tokens=64, max_tokens=256)
-
-
-def test_a_full_batch_of_its_own_lent_slots_schedules_its_queue_on_all_of_them() -> None:
-    # Bob holds 100 of the batch class's 112 rows (over his share of 56: lent), alice runs 5
-    # streams, under hers; 20 of bob's requests wait. Nobody waits to take bob's slots back,
-    # so his queue starts as his own sequences end (the 21st of 100 to end: 230 steps left at
-    # most here), not after 44 of them are recomputed on 56 slots.
-    est = _bob_estimate(bob_running=100, bob_waiting=20, alice_running=5)
-    assert est.queued
-    assert est.raw_s == pytest.approx(0.05 * (250 - 79))  # the 21st shortest of 250..151 left
-    # With alice at her share (she would take hers back), the share counts again.
-    flooding = _bob_estimate(bob_running=100, bob_waiting=20, alice_running=64)
-    assert flooding.raw_s > est.raw_s
