@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import sys
@@ -217,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(service="crawler", level="WARNING")  # JSON lines on stderr, like the service
     try:
         import uvloop  # (libuv: the loop's own work, timers and socket writes, in C)
+
+        # The cyclic collector: what is alive after start-up (modules, classes) is never garbage,
+        # and with the default threshold (700) a wide crawl collected ~1,000 times, 1.3-1.8 CPU s
+        # of ~13 (full collections ~0.1 s each); a page's objects die by reference counting anyway.
+        gc.freeze()
+        gc.set_threshold(10_000, 10, 10)
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             status = runner.run(run_crawl(args, config))
