@@ -72,3 +72,4 @@ _.leases_reclaimed  # services/crawler/engine.py CrawlStats, reported in the cra
 _.writable  # io protocol method of the test's disk-full file wrapper
 _.offered_rps  # benchmarks/bench_inference.py LevelReport, written whole as JSON (asdict)
 _.engine_cpu_window_s
+_.steps_per_s  # the same LevelReport, JSON

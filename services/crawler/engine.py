@@ -208,9 +208,6 @@ class Crawl:
         return self.state in (CrawlState.CANCELLED, CrawlState.FINISHED, CrawlState.FAILED)
 
     # -- scope and admission -----------------------------------------------------------------
-    def in_scope(self, url: str) -> bool:
-        return self._in_scope(url, host_of(url))
-
     def _in_scope(self, url: str, authority: str) -> bool:
         """`authority` is host_of(url): the host name urlsplit reads is a function of it, so the
         answer is remembered per authority (links name the same few hosts again and again)."""

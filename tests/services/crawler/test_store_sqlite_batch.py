@@ -17,10 +17,6 @@ def _u(path: str, host: str = "a.test", depth: int = 0) -> NewURL:
     return NewURL(f"http://{host}{path}", host, depth)
 
 
-def _all(store: SQLiteStore, sql: str) -> list[tuple]:
-    return store._call(lambda: store._db.execute(sql).fetchall())  # type: ignore[no-any-return]
-
-
 def _reference(batches: list[list[NewURL]], max_per_host: int | None, max_depth: int | None) -> tuple:
     """What add() answers and keeps, one link at a time (no URL fetched: a lower depth is only
     written down)."""
