@@ -7,6 +7,13 @@ tenant's requests overtake its backlog. A tenant that was idle restarts at the v
 the last admission (if that is ahead of its own counter), so idleness earns no burst credit.
 
 Within one tenant and class, order is FIFO; preempted sequences go back to the front.
+
+The queue also keeps two sums for the engine, so its per-step bookkeeping does not walk every
+waiting sequence (at a 400-deep queue those walks took 0.6-1.8 ms of a ~22 ms step, 3-8% of
+the engine's CPU): the tokens of work waiting per class, added at `push` and taken off at
+`pop`/`remove` (a sequence's work cannot change while it waits: only running sequences compute
+or generate), and a lower bound on the earliest deadline of anything waiting, so the engine
+scans the queue for expired requests only when one may have expired.
 With `fair=False` (the `--no-fair-queueing` switch, for experiments) the heads are served in
 arrival order across tenants: plain FIFO within a class, so a flood goes first.
 Thread-confined: only the engine thread touches it.
@@ -14,6 +21,7 @@ Thread-confined: only the engine thread touches it.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterator
 
@@ -31,6 +39,10 @@ class FairQueue:
         self.vtime: dict[str, float] = {}
         self._clock = 0.0  # virtual time of the last admission
         self._len = 0
+        self._work = dict.fromkeys(CLASSES, 0)
+        # No waiting sequence has a deadline (or a queue deadline) before this: lowered by every
+        # push, raised only by the engine after a full scan (`set_earliest_deadline`).
+        self._earliest = math.inf
 
     @property
     def clock(self) -> float:
@@ -55,6 +67,9 @@ class FairQueue:
         else:
             q.append(seq)
         self._len += 1
+        seq.queued_work = seq.pending + seq.max_tokens - len(seq.output)
+        self._work[seq.klass] += seq.queued_work
+        self._earliest = min(self._earliest, _earliest_deadline(seq))
 
     def remove(self, seq: Sequence) -> bool:
         q = self._queues.get((seq.klass, seq.tenant))
@@ -65,6 +80,7 @@ class FairQueue:
         except ValueError:
             return False
         self._len -= 1
+        self._work[seq.klass] -= seq.queued_work
         return True
 
     def candidates(self) -> Iterator[Sequence]:
@@ -85,6 +101,7 @@ class FairQueue:
         assert q[0] is seq, "pop() takes a queue head"
         q.popleft()
         self._len -= 1
+        self._work[seq.klass] -= seq.queued_work
         self._clock = max(self._clock, self.vtime.get(seq.tenant, 0.0))
 
     def charge(self, tenant: str, tokens: int) -> None:
@@ -94,9 +111,35 @@ class FairQueue:
         for q in self._queues.values():
             yield from q
 
+    def work_by_class(self) -> dict[str, int]:
+        """Tokens of work waiting, per class (a copy): prompt still to prefill plus output still
+        to generate, as each sequence had when it entered the queue."""
+        return dict(self._work)
+
+    @property
+    def earliest_deadline(self) -> float:
+        """No waiting sequence has a deadline or queue deadline before this (a lower bound)."""
+        return self._earliest
+
+    def set_earliest_deadline(self, t: float) -> None:
+        """The engine's full scan found nothing waiting with a deadline before `t`."""
+        self._earliest = t
+
+    def waiting_tenants_by_class(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {k: set() for k in CLASSES}
+        for (k, t), q in self._queues.items():
+            if q:
+                out[k].add(t)
+        return out
+
     def waiting_by_tenant(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for (_, t), q in self._queues.items():
             if q:
                 out[t] = out.get(t, 0) + len(q)
         return out
+
+
+def _earliest_deadline(seq: Sequence) -> float:
+    deadlines = [d for d in (seq.deadline, seq.queue_deadline) if d is not None]
+    return min(deadlines, default=math.inf)

@@ -229,10 +229,19 @@ class Scheduler:
 
     def _next_admissible(self) -> Sequence | None:
         """The first candidate in fair order whose tenant is under its slot share, if another
-        tenant is waiting too; otherwise the first candidate (work-conserving)."""
-        waiting = self.fair.waiting_by_tenant()
+        tenant is waiting in the same class too; otherwise the first candidate
+        (work-conserving).
+
+        Rivals are of the same class only: classes are served by priority, shares within a
+        class. When a batch tenant counted as a rival of an interactive one, the two rules
+        livelocked (hypothesis found it in test_properties, 2 slots, both held by batch): the
+        waiting interactive request preempted the youngest batch sequence for priority, whose
+        tenant was then waiting, so the interactive request was over its share and held back,
+        and the batch sequence was re-admitted into the slot it had just lost, step after step;
+        nothing finished."""
+        rivals = self.fair.waiting_tenants_by_class()
         for seq in self.fair.candidates():
-            others_waiting = any(t != seq.tenant for t in waiting)
+            others_waiting = any(t != seq.tenant for t in rivals[seq.klass])
             if others_waiting and self._running_of(seq.tenant) >= self.fair_slots(seq.tenant, seq.klass):
                 continue
             return seq

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from services.inference.fairness import FairQueue
@@ -64,6 +64,20 @@ def test_stream_decoder_equals_one_shot_decode(data: bytes) -> None:
     budget=st.integers(1, 48),
     chunk=st.integers(1, 32),
     patience=st.integers(0, 4),
+)
+# Found by this test once (rare at random): priority preemption for a waiting interactive
+# request and the share rule, which counted a batch tenant as its rival, livelocked the
+# scheduler (a batch sequence preempted and re-admitted every step; scheduler.py
+# _next_admissible).
+@example(
+    reqs=[(1, 1, "interactive", "a", False, 0)] * 12
+    + [(1, 1, "interactive", "a", False, 13)] * 2
+    + [(3, 1, "batch", "a", False, 0), (1, 2, "batch", "b", False, 13)],
+    kv_blocks=6,
+    max_seqs=2,
+    budget=1,
+    chunk=1,
+    patience=0,
 )
 def test_scheduler_invariants_hold_and_everything_finishes(
     reqs, kv_blocks, max_seqs, budget, chunk, patience
