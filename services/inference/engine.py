@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import math
 import threading
 import time
 import weakref
@@ -391,14 +392,25 @@ class Engine(EngineConsumers):
         the cap); one that has had its first token is never dropped for it, it keeps its place
         to finish."""
         now = self.clock()
-        expired = [s for s in self.fair if s.deadline is not None and s.deadline < now]
+        if now <= self.fair.earliest_deadline:
+            return  # nothing waiting can have expired: no walk of the queue this step
+        expired: list[Sequence] = []
+        timed_out: list[Sequence] = []
+        earliest = math.inf
+        for s in self.fair:
+            if s.deadline is not None and s.deadline < now:
+                expired.append(s)
+                continue
+            if s.queue_deadline is not None and s.first_token_at is None:
+                if s.queue_deadline < now:
+                    timed_out.append(s)
+                    continue
+                earliest = min(earliest, s.queue_deadline)
+            if s.deadline is not None:
+                earliest = min(earliest, s.deadline)
+        self.fair.set_earliest_deadline(earliest)  # of those left; a later push lowers it
         for seq in expired:
             self._end(seq, "deadline")
-        timed_out = [
-            s
-            for s in self.fair
-            if s.queue_deadline is not None and s.queue_deadline < now and s.first_token_at is None
-        ]
         for seq in timed_out:
             m.QUEUE_TIMEOUTS.labels(seq.tenant, seq.klass).inc()
             self._end(seq, "queue_timeout")
@@ -463,11 +475,18 @@ class Engine(EngineConsumers):
         self.step_no += 1
         now = time.monotonic()
         done = self.scheduler.commit(plan, sampled, self.eos_ids)
+        # One increment per tenant and class, not per row, and before any token is handed on.
+        generated = collections.Counter(
+            (seq.tenant, seq.klass)
+            for (seq, _), tok in zip(plan.chunks, sampled, strict=True)
+            if tok is not None
+        )
+        for labels, n in generated.items():
+            m.GENERATED_TOKENS.labels(*labels).inc(n)
         for (seq, _), tok in zip(plan.chunks, sampled, strict=True):
             self._slot_steps[seq.tenant] += 1
             if tok is None:
                 continue
-            m.GENERATED_TOKENS.labels(seq.tenant, seq.klass).inc()
             if seq.first_token_at is None:
                 seq.first_token_at = now
                 m.TTFT.labels(seq.tenant, seq.klass).observe(now - seq.arrival)
@@ -490,8 +509,10 @@ class Engine(EngineConsumers):
         backlog behind, or admission would answer 503 "overloaded" on an idle engine forever.
         """
         self._dirty = False
-        backlog = dict.fromkeys(CLASSES, 0)
-        for seq in self._live.values():
+        # Live = waiting + running. The queue keeps its own total (exact: it changes only on its
+        # push/pop/remove, fairness.py); the running sequences are summed here, each step.
+        backlog = self.fair.work_by_class()
+        for seq in self.scheduler.running:
             backlog[seq.klass] += seq.pending + seq.max_tokens - len(seq.output)
         self._backlog = backlog
         m.KV_USED.set(self.cache.used_tokens)

@@ -68,6 +68,9 @@ class Sequence:
     emit_tokens: bool = True
     preemptions: int = 0
     queued_step: int = 0  # scheduler step at which it last entered the waiting queue
+    # Tokens of work (pending prompt + output still to generate) it brought into the waiting
+    # queue; constant while it waits, so the queue keeps its total exactly (fairness.py).
+    queued_work: int = 0
 
     arrival: float = field(default_factory=time.monotonic)
     first_scheduled: float | None = None
