@@ -65,6 +65,8 @@ from pathlib import Path
 import aiohttp
 import httpx
 
+from libs.service.cli import int_at_least
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -672,17 +674,6 @@ def plot(levels: list[LevelReport], batch1: list[LevelReport], limit: float, pat
     fig.savefig(path, dpi=110)
 
 
-def _count(text: str) -> int:
-    """argparse type: an integer >= 0 (a bad value is one line and exit 2, not a traceback)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -727,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-batch1", action="store_true", help="skip batch-1 serving (b)")
     p.add_argument(
         "--overload-pairs",
-        type=_count,
+        type=int_at_least(0),
         default=2,
         help="after each repeat's sweep, windows alternating its best level and the highest load "
         "(P O P ... P, this many O): each O against the mean of the P windows beside it (0: off)",

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from libs.queues import AsyncBoundedQueue, BoundedQueue
+from libs.service.cli import int_at_least
 
 Runner = Callable[[int, int, int, int], float]  # (items, producers, consumers, maxsize) -> seconds
 
@@ -229,23 +230,14 @@ def plot(results: list[Result], path: Path) -> bool:
     return True
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench_queues.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--items", type=positive_int, default=200_000, help="items per run (default 200000)")
-    parser.add_argument("--repeats", type=positive_int, default=7, help="measured runs per queue (default 7)")
-    parser.add_argument("--maxsize", type=positive_int, default=128, help="queue bound (default 128)")
+    positive = int_at_least(1)
+    parser.add_argument("--items", type=positive, default=200_000, help="items per run (default 200000)")
+    parser.add_argument("--repeats", type=positive, default=7, help="measured runs per queue (default 7)")
+    parser.add_argument("--maxsize", type=positive, default=128, help="queue bound (default 128)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 10000 items, 3 repeats")
     parser.add_argument(
         "--out",

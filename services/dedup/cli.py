@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from libs.service.cli import ArgumentParser, UsageError
+from libs.service.cli import ArgumentParser, UsageError, int_at_least
 from services.dedup.files.sizes import parse_size
 
 if TYPE_CHECKING:
@@ -41,16 +41,6 @@ def _workers(text: str) -> int:
         return parse_workers(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,16 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--reverify", action="store_true", help="byte-verify even members the cache proved before")
     w.add_argument(
         "--step-ms",
-        type=_positive_int,
+        type=int_at_least(1),
         default=50,
         help="while idle, look for changes this often; also the longest quiet window that ends a batch",
     )
     w.add_argument(
-        "--debounce-ms", type=_positive_int, default=1600, help="a batch ends after this long at most"
+        "--debounce-ms", type=int_at_least(1), default=1600, help="a batch ends after this long at most"
     )
     w.add_argument(
         "--rescan-over",
-        type=_positive_int,
+        type=int_at_least(1),
         default=20000,
         help="a batch of more changes than this (e.g. an inotify overflow) is a full re-scan",
     )
@@ -177,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-bytes", type=parse_size, default=parse_size("512M"), help="stop after reading this much"
     )
     c.add_argument("--format", choices=["table", "json"], default="table")
-    c.add_argument("--top", type=_positive_int, default=20, help="pairs shown in the table")
+    c.add_argument("--top", type=int_at_least(1), default=20, help="pairs shown in the table")
 
     sub.add_parser("worker", help="run the page dedup worker (HTTP API); `worker --help` for its settings")
     return p
