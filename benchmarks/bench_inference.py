@@ -539,11 +539,14 @@ def measure_level(
     rate_i, rate_b = rates
     url = f"http://127.0.0.1:{port}"
     reqs = workload(rate_i, rate_b, args.duration, seed=seed)
+    spy = profile_engine(proc, args, f"{name.replace(':', '-')}-{rate_i + rate_b:.1f}rps-r{rep}")
     cpu0, t0 = thread_cpu(proc.pid), time.perf_counter()
     level = asyncio.run(
         drive(url, reqs, args.duration, name, rate_i + rate_b, args.drain, lambda: thread_cpu(proc.pid))
     )
     cpu1, wall = thread_cpu(proc.pid), time.perf_counter() - t0
+    if spy is not None:
+        spy.wait()
     deltas = [cpu1[t] - cpu0.get(t, 0.0) for t in cpu1]
     level.server_cores, level.engine_cores = sum(deltas) / wall, max(deltas) / wall
     level.repeat = rep
@@ -561,6 +564,25 @@ def measure_level(
         flush=True,
     )
     return level
+
+
+def profile_engine(proc: subprocess.Popen, args, tag: str) -> subprocess.Popen | None:
+    """With --profile: py-spy the engine process (the server's spawned child) over the level's
+    measured window (after the ramp-up, to the end of sending), collapsed stacks to
+    DIR/<tag>.txt; `bench_inference_profile.py --summarize` reads them."""
+    if args.profile is None:
+        return None
+    kids = [
+        int(c) for t in Path(f"/proc/{proc.pid}/task").iterdir() for c in (t / "children").read_text().split()
+    ]
+    engine = next((k for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()), None)
+    if engine is None:
+        raise SystemExit(f"--profile: no engine process under the server (pid {proc.pid})")
+    ramp, window = 0.3 * args.duration, 0.7 * args.duration
+    spy = Path(sys.executable).parent / "py-spy"
+    out = args.profile / f"{tag}.txt"
+    cmd = f"sleep {ramp:.2f}; exec {spy} record -p {engine} -d {int(window)} -r 100 --format raw -o {out}"
+    return subprocess.Popen(["sh", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def overload_sandwich(
@@ -717,6 +739,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-batch1", action="store_true", help="skip batch-1 serving (b)")
     p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy the engine process over every server window into this directory "
+        "(summarise a file with benchmarks/bench_inference_profile.py --summarize)",
+    )
+    p.add_argument(
         "--overload-pairs",
         type=int_at_least(0),
         default=2,
@@ -738,6 +767,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overload_pairs = min(args.overload_pairs, 1)
     loads = [float(x) for x in args.loads.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
 
     import torch
 
