@@ -8,15 +8,16 @@ the last admission (if that is ahead of its own counter), so idleness earns no b
 
 Within one tenant and class, order is FIFO; preempted sequences go back to the front.
 
-The queue also keeps two sums for the engine, so its per-step bookkeeping does not walk every
+With `fair=False` (the `--no-fair-queueing` switch, for experiments) the heads are served in
+arrival order across tenants: plain FIFO within a class, so a flood goes first.
+Thread-confined: only the engine thread touches it.
+
+The queue also keeps two figures for the engine, so its per-step bookkeeping does not walk every
 waiting sequence (at a 400-deep queue those walks took 0.6-1.8 ms of a ~22 ms step, 3-8% of
 the engine's CPU): the tokens of work waiting per class, added at `push` and taken off at
 `pop`/`remove` (a sequence's work cannot change while it waits: only running sequences compute
 or generate), and a lower bound on the earliest deadline of anything waiting, so the engine
 scans the queue for expired requests only when one may have expired.
-With `fair=False` (the `--no-fair-queueing` switch, for experiments) the heads are served in
-arrival order across tenants: plain FIFO within a class, so a flood goes first.
-Thread-confined: only the engine thread touches it.
 """
 
 from __future__ import annotations
