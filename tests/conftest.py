@@ -7,6 +7,7 @@ under CI=true a missing binary is a failure, because CI's `make setup` installs 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -20,6 +21,24 @@ from hypothesis import HealthCheck, settings
 from libs.testkit.net import free_port, wait_for_port
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+class _SnapshotLoggerDict(dict):
+    """logging's table of loggers, whose values() is a list copied in one C call (atomic under
+    the GIL). pytest 9.1+ walks `loggerDict.values()` without a lock as every test phase starts
+    (_pytest/logging.py, catching_logs.__enter__; pytest-dev/pytest#14375), so a thread of the
+    test process creating a logger meanwhile (an in-process server's first connection creates
+    uvicorn.access) failed that phase with "dictionary changed size during iteration", reported
+    at contextlib.py:137 (test_admission, 1 run in 17 at load 7-11; forced and seen at
+    _pytest/logging.py:366 with --full-trace, session 9). The inference LiveServer also waits
+    for a first answer now; this covers every other in-process server."""
+
+    def values(self):
+        return list(super().values())
+
+
+# At conftest import only one thread runs, so no logger can be added during the swap.
+logging.Logger.manager.loggerDict = _SnapshotLoggerDict(logging.Logger.manager.loggerDict)
 
 # CI explores the same examples every run (a landing must not hinge on a lucky draw); locally every
 # run draws new examples and may find more. Neither times examples: a per-example deadline on a
